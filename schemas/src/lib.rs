@@ -1,0 +1,34 @@
+//! # meridian-schemas
+//!
+//! The contract between Meridian services, and the one place other teams need
+//! to read to talk to the hub:
+//!
+//! - [`proto`]: `agent.proto`, the gRPC contract between agents and the hub.
+//! - [`streams`]: JetStream stream names and subject builders. No other crate
+//!   spells a stream or subject name.
+//! - [`envelope`]: the versioned envelope every event travels in (postcard).
+//! - [`ids`]: id newtypes, including the deterministic API id.
+//! - [`agents`], [`sync`], [`lifecycle`]: the event types of the `AGENTS`,
+//!   `AGENT_HEARTBEATS`, `SYNC` and `API_LIFECYCLE` streams.
+//! - [`commands`]: request/reply commands sent over core NATS between services.
+//!
+//! postcard is not self-describing: fields and variants are only ever
+//! appended, and a change of shape bumps the stream's schema version.
+#![deny(missing_docs)]
+
+pub mod agents;
+pub mod commands;
+pub mod envelope;
+pub mod ids;
+pub mod lifecycle;
+pub mod streams;
+pub mod sync;
+
+/// Generated types and client/server stubs of `proto/agent.proto`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("meridian.agent.v1");
+}
+
+pub use envelope::{DecodeError, Envelope, Event, EventMeta};
+pub use ids::{AgentId, ApiId, RunId};

@@ -1,0 +1,95 @@
+//! JetStream stream names and subjects. Nothing outside this module spells
+//! them.
+//!
+//! Subject tokens built from user input are validated first: agent ids are
+//! UUIDs, and provider names pass [`validate_provider_name`], so a `.`, `*`,
+//! `>` or space in a name can never change routing.
+
+use crate::ids::AgentId;
+
+/// The agent registry: registrations, updates, deletions, tokens, connections.
+pub const AGENTS: &str = "AGENTS";
+/// Latest heartbeat per agent (one message kept per subject).
+pub const AGENT_HEARTBEATS: &str = "AGENT_HEARTBEATS";
+/// Sync runs as the agents stream them: started, api, completed, failed.
+pub const SYNC: &str = "SYNC";
+/// API lifecycle events emitted by inventory: created, updated, deleted, restored.
+pub const API_LIFECYCLE: &str = "API_LIFECYCLE";
+
+/// Subject filter that captures a whole stream.
+pub fn stream_subjects(stream: &str) -> &'static str {
+    match stream {
+        AGENTS => "agents.>",
+        AGENT_HEARTBEATS => "heartbeats.>",
+        SYNC => "sync.>",
+        API_LIFECYCLE => "lifecycle.>",
+        other => panic!("unknown stream {other}"),
+    }
+}
+
+/// Registry events of one agent.
+pub fn agent_subject(agent: AgentId) -> String {
+    format!("agents.{agent}")
+}
+
+/// Heartbeats of one agent.
+pub fn heartbeat_subject(agent: AgentId) -> String {
+    format!("heartbeats.{agent}")
+}
+
+/// Sync events of one provider of one agent. `provider` must have passed
+/// [`validate_provider_name`].
+pub fn sync_subject(agent: AgentId, provider: &str) -> String {
+    debug_assert!(validate_provider_name(provider).is_ok());
+    format!("sync.{agent}.{provider}")
+}
+
+/// Lifecycle events of one kind (`created`, `updated`, ...).
+pub fn lifecycle_subject(kind: &str) -> String {
+    format!("lifecycle.api.{kind}")
+}
+
+/// Core-NATS request subject served by the agent-gateway replica that holds
+/// the agent's sync stream. No responder means the agent is not connected.
+pub fn sync_request_subject(agent: AgentId) -> String {
+    format!("meridian.agent.{agent}.sync")
+}
+
+/// Longest provider name accepted, in bytes.
+pub const MAX_PROVIDER_NAME_BYTES: usize = 128;
+
+/// Checks a provider name: 1 to 128 bytes, no `.`, `*`, `>`, whitespace or
+/// control characters. The error says why, for use in an error message.
+pub fn validate_provider_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > MAX_PROVIDER_NAME_BYTES {
+        return Err(format!("must be at most {MAX_PROVIDER_NAME_BYTES} bytes"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| matches!(c, '.' | '*' | '>') || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "must not contain {c:?} ('.', '*', '>', whitespace and control characters are not allowed)"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_names_that_would_change_routing_are_refused() {
+        for bad in ["", "a.b", "a*", "a>", "a b", "a\tb", "a\u{0}b"] {
+            assert!(validate_provider_name(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["tyk-provider", "aws_us-east-1", "Prod/EU", "ünïcode"] {
+            assert!(validate_provider_name(good).is_ok(), "{good:?} refused");
+        }
+        assert!(validate_provider_name(&"x".repeat(129)).is_err());
+    }
+}
