@@ -1,1 +1,24 @@
-//! stub
+//! # meridian-kit
+//!
+//! Plumbing shared by every Meridian service, and nothing domain-specific:
+//!
+//! - [`bus`]: connect to NATS, create or update streams, publish events with
+//!   `Nats-Msg-Id` and awaited acks (many in flight).
+//! - [`projection`]: the consumer loop that folds a stream into sled, with the
+//!   checkpoint committed in the same transaction as the state.
+//! - [`http`]: the shared JSON error shape, extractors that reject with it,
+//!   the admin-key check, `/healthz` and `/readyz`, serving with shutdown.
+//! - [`config`]: typed configuration from `MERIDIAN_<SERVICE>__*` variables.
+//! - [`nats_server`]: find, check and start a local `nats-server -js`.
+//! - [`telemetry`], [`shutdown`], [`time`].
+
+pub mod bus;
+pub mod config;
+pub mod http;
+pub mod nats_server;
+pub mod projection;
+pub mod shutdown;
+pub mod telemetry;
+pub mod time;
+
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,163 @@
+//! The event bus: NATS connection, stream set-up and idempotent publishing.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use async_nats::header::{HeaderMap, NATS_MESSAGE_ID};
+use async_nats::jetstream::{self, context::PublishAckFuture, publish::PublishAck, stream};
+use meridian_schemas::envelope::{HEADER_EVENT_TYPE, HEADER_SCHEMA_VERSION};
+use meridian_schemas::{Envelope, Event, EventMeta, streams};
+
+/// How many publish acks may be outstanding at once in [`Publisher::publish_all`].
+pub const PUBLISH_WINDOW: usize = 512;
+
+/// A failure talking to NATS.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// Could not connect.
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        /// The URL tried.
+        url: String,
+        /// Why.
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    /// Stream creation or lookup failed.
+    #[error("stream {stream}: {message}")]
+    Stream {
+        /// The stream.
+        stream: String,
+        /// Why.
+        message: String,
+    },
+    /// A publish was not acknowledged.
+    #[error("publish to {subject} failed: {message}")]
+    Publish {
+        /// The subject.
+        subject: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Connects to NATS, retrying for up to `patience` while the server comes up.
+/// Once connected, the client reconnects by itself and logs each change.
+pub async fn connect(url: &str, name: &str, patience: Duration) -> Result<async_nats::Client, BusError> {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let attempt = async_nats::ConnectOptions::new()
+            .name(name)
+            .connection_timeout(Duration::from_secs(2))
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Disconnected => tracing::warn!("NATS connection lost, reconnecting"),
+                    async_nats::Event::Connected => tracing::info!("NATS connected"),
+                    other => tracing::debug!(%other, "NATS event"),
+                }
+            })
+            .connect(url)
+            .await;
+        match attempt {
+            Ok(client) => return Ok(client),
+            Err(source) if tokio::time::Instant::now() >= deadline => {
+                return Err(BusError::Connect { url: url.to_owned(), source });
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// The configuration of one of Meridian's streams.
+pub fn stream_config(name: &str) -> stream::Config {
+    let mut config = stream::Config {
+        name: name.to_owned(),
+        subjects: vec![streams::stream_subjects(name).to_owned()],
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    };
+    if name == streams::AGENT_HEARTBEATS {
+        // Only the latest heartbeat of each agent matters.
+        config.max_messages_per_subject = 1;
+        config.duplicate_window = Duration::from_secs(10);
+    }
+    config
+}
+
+/// Creates the named streams, or updates them to the current configuration.
+pub async fn ensure_streams(js: &jetstream::Context, names: &[&str]) -> Result<(), BusError> {
+    for name in names {
+        js.create_or_update_stream(stream_config(name))
+            .await
+            .map_err(|e| BusError::Stream { stream: (*name).to_owned(), message: e.to_string() })?;
+    }
+    Ok(())
+}
+
+/// Publishes events with `Nats-Msg-Id` set to their dedup id, awaiting acks.
+#[derive(Clone)]
+pub struct Publisher {
+    js: jetstream::Context,
+}
+
+impl Publisher {
+    /// Wraps a JetStream context.
+    pub fn new(js: jetstream::Context) -> Self {
+        Self { js }
+    }
+
+    /// The JetStream context.
+    pub fn context(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// Publishes one event and waits for the stream to store it. A duplicate
+    /// (same dedup id within the stream's window) is acknowledged with
+    /// `duplicate: true` and stored once.
+    pub async fn publish<E: Event>(&self, event: &E, meta: EventMeta) -> Result<PublishAck, BusError> {
+        let subject = event.subject();
+        let fut = self.send(event, meta).await?;
+        fut.await.map_err(|e| BusError::Publish { subject, message: e.to_string() })
+    }
+
+    /// Publishes many events, keeping up to [`PUBLISH_WINDOW`] acks in
+    /// flight, and returns the acks in order. Stops at the first failure;
+    /// events before it are stored, and a retry of the whole batch stores
+    /// nothing twice.
+    pub async fn publish_all<E: Event>(
+        &self,
+        events: impl IntoIterator<Item = (E, EventMeta)>,
+    ) -> Result<Vec<PublishAck>, BusError> {
+        let mut pending: VecDeque<(String, PublishAckFuture)> = VecDeque::new();
+        let mut acks = Vec::new();
+        for (event, meta) in events {
+            if pending.len() >= PUBLISH_WINDOW {
+                acks.push(Self::settle(pending.pop_front().expect("non-empty")).await?);
+            }
+            let subject = event.subject();
+            pending.push_back((subject, self.send(&event, meta).await?));
+        }
+        while let Some(p) = pending.pop_front() {
+            acks.push(Self::settle(p).await?);
+        }
+        Ok(acks)
+    }
+
+    async fn settle((subject, fut): (String, PublishAckFuture)) -> Result<PublishAck, BusError> {
+        fut.await.map_err(|e| BusError::Publish { subject, message: e.to_string() })
+    }
+
+    async fn send<E: Event>(&self, event: &E, meta: EventMeta) -> Result<PublishAckFuture, BusError> {
+        let subject = event.subject();
+        let envelope = Envelope::wrap(event, meta);
+        let mut headers = HeaderMap::new();
+        headers.insert(NATS_MESSAGE_ID, event.dedup_id().as_str());
+        headers.insert(HEADER_EVENT_TYPE, envelope.event_type.as_str());
+        headers.insert(HEADER_SCHEMA_VERSION, E::SCHEMA_VERSION.to_string().as_str());
+        self.js
+            .publish_with_headers(subject.clone(), headers, envelope.to_bytes().into())
+            .await
+            .map_err(|e| BusError::Publish { subject, message: e.to_string() })
+    }
+}

@@ -1,0 +1,217 @@
+//! Typed service configuration from environment variables.
+//!
+//! A service with prefix `MERIDIAN_INVENTORY__` reads `MERIDIAN_INVENTORY__NATS_URL`
+//! into the field `nats_url`. Unknown keys under the prefix are rejected, so a
+//! typo fails at start instead of being ignored. [`from_vars`] is pure, for
+//! tests; [`from_env_or_exit`] is what `main` calls (exit code 64 on bad config).
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+use std::fmt;
+
+/// Exit code for bad configuration (`EX_USAGE`).
+pub const EXIT_BAD_CONFIG: i32 = 64;
+
+/// Configuration that could not be loaded; the message names the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("bad configuration: {message}")]
+pub struct ConfigError {
+    /// What is wrong and with which variable.
+    pub message: String,
+}
+
+/// Reads the variables under `prefix` into `T`.
+pub fn from_vars<T: DeserializeOwned>(
+    prefix: &str,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<T, ConfigError> {
+    let picked: Vec<(String, String)> = vars
+        .into_iter()
+        .filter_map(|(k, v)| k.strip_prefix(prefix).map(|rest| (rest.to_owned(), v)))
+        .collect();
+    envy::from_iter(picked).map_err(|e| ConfigError {
+        message: name_variables(prefix, &e.to_string()),
+    })
+}
+
+/// Reads `T` from the process environment, or prints the problem and exits 64.
+pub fn from_env_or_exit<T: DeserializeOwned>(prefix: &str) -> T {
+    match from_vars(prefix, std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(EXIT_BAD_CONFIG);
+        }
+    }
+}
+
+/// envy speaks of fields (`nats_url`); operators set variables
+/// (`MERIDIAN_X__NATS_URL`). Rewrite back-quoted field names.
+fn name_variables(prefix: &str, message: &str) -> String {
+    let mut out = String::with_capacity(message.len() + 32);
+    let mut parts = message.split('`');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    for (i, part) in parts.enumerate() {
+        if i % 2 == 0 && !part.contains(' ') && !part.is_empty() {
+            out.push_str(prefix);
+            out.push_str(&part.to_uppercase());
+        } else if i % 2 == 0 {
+            out.push('`');
+            out.push_str(part);
+            out.push('`');
+        } else {
+            out.push_str(part);
+        }
+    }
+    if !message.contains('`') {
+        out = format!("{out} (variables under {prefix})");
+    }
+    out
+}
+
+/// A secret value: never printed by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value itself; keep the result out of logs.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+/// A duration in humantime syntax (`30s`, `5m`, `1h30m`, `7d`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub std::time::Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s).map(HumanDuration).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses `90s`, `1h30m`, `500ms`, `7d`, `1w`. Negative or empty values are
+/// refused with a message saying why.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration (use for example 30s, 5m, 1h30m, 7d)".into());
+    }
+    if s.starts_with('-') {
+        return Err(format!("{s:?} is negative"));
+    }
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!("{s:?} is not a duration (use for example 30s, 5m, 1h30m, 7d)"));
+        }
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("{s:?}: number too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let one = match unit {
+            "ms" => std::time::Duration::from_millis(1),
+            "s" => std::time::Duration::from_secs(1),
+            "m" => std::time::Duration::from_secs(60),
+            "h" => std::time::Duration::from_secs(3600),
+            "d" => std::time::Duration::from_secs(86_400),
+            "w" => std::time::Duration::from_secs(7 * 86_400),
+            "" => return Err(format!("{s:?}: missing unit after {n} (ms, s, m, h, d or w)")),
+            other => return Err(format!("{s:?}: unknown unit {other:?} (ms, s, m, h, d or w)")),
+        };
+        total = one
+            .checked_mul(u32::try_from(n).map_err(|_| format!("{s:?}: number too large"))?)
+            .and_then(|d| total.checked_add(d))
+            .ok_or_else(|| format!("{s:?}: too long"))?;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Conf {
+        nats_url: String,
+        #[serde(default)]
+        port: Option<u16>,
+        secret: Option<Secret>,
+    }
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn reads_prefixed_variables_and_ignores_others() {
+        let c: Conf = from_vars(
+            "MERIDIAN_X__",
+            vars(&[("MERIDIAN_X__NATS_URL", "nats://a:1"), ("PATH", "/bin"), ("MERIDIAN_X__PORT", "80")]),
+        )
+        .unwrap();
+        assert_eq!(c.nats_url, "nats://a:1");
+        assert_eq!(c.port, Some(80));
+    }
+
+    #[test]
+    fn unknown_and_bad_keys_are_named() {
+        let e = from_vars::<Conf>(
+            "MERIDIAN_X__",
+            vars(&[("MERIDIAN_X__NATS_URL", "n"), ("MERIDIAN_X__NATS_ULR", "n")]),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("MERIDIAN_X__NATS_ULR"), "{}", e.message);
+        let e = from_vars::<Conf>("MERIDIAN_X__", vars(&[("MERIDIAN_X__PORT", "eighty")])).unwrap_err();
+        assert!(e.message.contains("PORT") || e.message.contains("NATS_URL"), "{}", e.message);
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let c: Conf = from_vars(
+            "P_",
+            vars(&[("P_NATS_URL", "n"), ("P_SECRET", "hunter2")]),
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert_eq!(c.secret.unwrap().expose(), "hunter2");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        for bad in ["", "-1s", "h", "10", "5y", "1.5h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! HTTP plumbing shared by every service.
+//!
+//! Every error leaves as `{"error": "<code>", "message": "<what and which field>"}`
+//! with the status of its [`ErrorCode`]; the same code maps to a gRPC status.
+//! Internal failures are logged here and answered without internals.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::{StatusCode, request::Parts};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Router, Json as AxumJson};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+/// The kinds of failure a request can meet, shared by HTTP and gRPC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The request is malformed or a field is invalid.
+    InvalidArgument,
+    /// Missing or wrong credentials.
+    Unauthenticated,
+    /// The thing named does not exist.
+    NotFound,
+    /// The request conflicts with current state.
+    Conflict,
+    /// A dependency (NATS, the agent) is not available now.
+    Unavailable,
+    /// A bug or an unexpected failure; details are in the log only.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status.
+    pub fn http_status(self) -> StatusCode {
+        match self {
+            Self::InvalidArgument => StatusCode::BAD_REQUEST,
+            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Conflict => StatusCode::CONFLICT,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The gRPC status code.
+    pub fn grpc_code(self) -> tonic::Code {
+        match self {
+            Self::InvalidArgument => tonic::Code::InvalidArgument,
+            Self::Unauthenticated => tonic::Code::Unauthenticated,
+            Self::NotFound => tonic::Code::NotFound,
+            Self::Conflict => tonic::Code::FailedPrecondition,
+            Self::Unavailable => tonic::Code::Unavailable,
+            Self::Internal => tonic::Code::Internal,
+        }
+    }
+
+    /// The snake-case name used in the `error` field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidArgument => "invalid_argument",
+            Self::Unauthenticated => "unauthenticated",
+            Self::NotFound => "not_found",
+            Self::Conflict => "conflict",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+/// The JSON body of every error response.
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Machine-readable code: `invalid_argument`, `unauthenticated`,
+    /// `not_found`, `conflict`, `unavailable` or `internal`.
+    pub error: String,
+    /// What went wrong, naming the field where one is at fault.
+    pub message: String,
+}
+
+/// An error answer.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// The kind.
+    pub code: ErrorCode,
+    /// What to tell the caller.
+    pub message: String,
+}
+
+impl ApiError {
+    /// Any code with a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+    /// 400 naming a field.
+    pub fn invalid_field(field: &str, why: impl std::fmt::Display) -> Self {
+        Self::new(ErrorCode::InvalidArgument, format!("{field}: {why}"))
+    }
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, message)
+    }
+    /// 409.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Conflict, message)
+    }
+    /// 503.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unavailable, message)
+    }
+    /// 500: logs the cause, tells the caller only that it happened.
+    pub fn internal(context: &str, cause: impl std::fmt::Display) -> Self {
+        tracing::error!(%cause, "{context}");
+        Self::new(ErrorCode::Internal, format!("{context}; see the service log"))
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(e: ApiError) -> Self {
+        tonic::Status::new(e.code.grpc_code(), e.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: self.code.as_str().to_owned(), message: self.message };
+        (self.code.http_status(), AxumJson(body)).into_response()
+    }
+}
+
+/// `axum::Json` whose rejection is an [`ApiError`] naming the problem.
+pub struct Json<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match AxumJson::<T>::from_request(req, state).await {
+            Ok(AxumJson(v)) => Ok(Json(v)),
+            Err(rejection) => Err(ApiError::new(ErrorCode::InvalidArgument, json_message(&rejection.body_text()))),
+        }
+    }
+}
+
+impl<T: Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        AxumJson(self.0).into_response()
+    }
+}
+
+fn json_message(text: &str) -> String {
+    // axum: "Failed to deserialize the JSON body into the target type: name: missing field `name` at line 1"
+    let text = text
+        .strip_prefix("Failed to deserialize the JSON body into the target type: ")
+        .unwrap_or(text);
+    format!("body: {text}")
+}
+
+/// `axum::extract::Query` whose rejection is an [`ApiError`].
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(v)| Query(v))
+            .map_err(|r| ApiError::new(ErrorCode::InvalidArgument, format!("query: {}", r.body_text())))
+    }
+}
+
+/// The admin key, kept only as its SHA-256 so comparisons take constant time
+/// and the key itself is not held in memory longer than start-up.
+#[derive(Clone)]
+pub struct ApiKey(Arc<[u8; 32]>);
+
+/// The header carrying the admin key.
+pub const API_KEY_HEADER: &str = "x-api-key";
+
+impl ApiKey {
+    /// Wraps the expected key.
+    pub fn new(key: &str) -> Self {
+        Self(Arc::new(Sha256::digest(key.as_bytes()).into()))
+    }
+
+    /// Constant-time comparison (over digests of equal length).
+    pub fn matches(&self, candidate: &str) -> bool {
+        let c: [u8; 32] = Sha256::digest(candidate.as_bytes()).into();
+        self.0.iter().zip(c.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
+/// Middleware: 401 unless `X-API-Key` matches.
+pub async fn require_api_key(State(key): State<ApiKey>, req: Request, next: Next) -> Response {
+    match req.headers().get(API_KEY_HEADER).map(|v| v.to_str()) {
+        None => ApiError::new(ErrorCode::Unauthenticated, "missing X-API-Key header").into_response(),
+        Some(Ok(v)) if key.matches(v) => next.run(req).await,
+        Some(_) => ApiError::new(ErrorCode::Unauthenticated, "X-API-Key is not valid").into_response(),
+    }
+}
+
+/// A readiness check: `Ok` or the reason the service is not ready.
+pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Readiness of a NATS client.
+pub fn nats_ready(client: async_nats::Client) -> ReadyCheck {
+    Arc::new(move || match client.connection_state() {
+        async_nats::connection::State::Connected => Ok(()),
+        other => Err(format!("NATS is {other}")),
+    })
+}
+
+/// Readiness of a projection: caught up and not halted.
+pub fn projection_ready(name: &'static str, progress: crate::projection::Progress) -> ReadyCheck {
+    Arc::new(move || {
+        if let Some(why) = progress.halted() {
+            Err(format!("{name} halted: {why}"))
+        } else if progress.caught_up() {
+            Ok(())
+        } else {
+            Err(format!("{name} is catching up (at sequence {})", progress.position()))
+        }
+    })
+}
+
+/// `/healthz` (alive) and `/readyz` (every check passes; 503 listing failures).
+pub fn health_router(checks: Vec<ReadyCheck>) -> Router {
+    let checks = Arc::new(checks);
+    Router::new()
+        .route("/healthz", get(|| async { AxumJson(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/readyz",
+            get(move || {
+                let checks = checks.clone();
+                async move {
+                    let problems: Vec<String> = checks.iter().filter_map(|c| c().err()).collect();
+                    if problems.is_empty() {
+                        (StatusCode::OK, AxumJson(serde_json::json!({"status": "ready"})))
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            AxumJson(serde_json::json!({"status": "not_ready", "problems": problems})),
+                        )
+                    }
+                }
+            }),
+        )
+}
+
+/// The router's fallback: a JSON 404.
+pub async fn not_found_fallback(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {}", uri.path()))
+}
+
+/// Serves `router` until `stop` is cancelled, then drains in-flight requests.
+pub async fn serve(listener: tokio::net::TcpListener, router: Router, stop: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    #[test]
+    fn api_key_matches_only_itself() {
+        let k = ApiKey::new("s3cret");
+        assert!(k.matches("s3cret"));
+        assert!(!k.matches("s3cre"));
+        assert!(!k.matches(""));
+    }
+
+    #[tokio::test]
+    async fn missing_and_wrong_keys_get_json_401() {
+        let app = Router::new()
+            .route("/x", get(|| async { "ok" }))
+            .layer(axum::middleware::from_fn_with_state(ApiKey::new("k"), require_api_key));
+        for header in [None, Some("wrong")] {
+            let mut req = axum::http::Request::builder().uri("/x");
+            if let Some(h) = header {
+                req = req.header(API_KEY_HEADER, h);
+            }
+            let res = app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+            assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+            let body = axum::body::to_bytes(res.into_body(), 1 << 16).await.unwrap();
+            let body: ErrorBody = serde_json::from_slice(&body).unwrap();
+            assert_eq!(body.error, "unauthenticated");
+        }
+        let req = axum::http::Request::builder().uri("/x").header(API_KEY_HEADER, "k");
+        let res = app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+}

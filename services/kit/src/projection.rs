@@ -1,0 +1,357 @@
+//! Projections: a stream folded into a sled tree.
+//!
+//! A projection applies a batch of messages and records the last stream
+//! sequence it reached (the checkpoint) in the same sled transaction, so its
+//! state and its position can never disagree. Messages at or below the
+//! checkpoint are skipped, which makes a redelivery change nothing. On start it
+//! resumes from the checkpoint; a wiped tree replays from sequence 1.
+//!
+//! Two ways to read the stream:
+//! - [`ConsumerKind::Durable`]: a durable pull consumer named after the
+//!   projection, acked (ack-all) after each committed batch. It is recreated at
+//!   start from the local checkpoint: the local state, not the server's ack
+//!   floor, decides where to resume, so a wiped or restored sled directory
+//!   replays exactly what it lacks instead of waiting out ack timeouts.
+//! - [`ConsumerKind::Ordered`]: an ordered consumer, for in-memory state that
+//!   every replica rebuilds at start, and for `rebuild`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, consumer::pull};
+use futures_util::{StreamExt, stream::BoxStream};
+use meridian_schemas::Envelope;
+use sha2::{Digest, Sha256};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Key of the checkpoint inside a projection's tree. Keys starting with
+/// `0xff 0xff` are bookkeeping and excluded from [`digest`].
+pub const CHECKPOINT_KEY: &[u8] = b"\xff\xffcheckpoint";
+const META_PREFIX: &[u8] = b"\xff\xff";
+
+/// One message as a projection sees it.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    /// Stream sequence.
+    pub seq: u64,
+    /// Subject it was published on.
+    pub subject: String,
+    /// The decoded envelope; [`Envelope::open`] gives the event.
+    pub envelope: Envelope,
+}
+
+/// A fold of a stream into a sled tree.
+pub trait Projection: Send + Sync + 'static {
+    /// Applies one event. Runs inside the batch's transaction, which sled may
+    /// retry: it must depend only on the tree and the event. An error halts the
+    /// projection (the message is poison: an operator must look).
+    fn apply(&self, tx: &TransactionalTree, event: &StoredEvent) -> Result<(), String>;
+}
+
+/// How the projection reads its stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsumerKind {
+    /// Durable pull consumer named after the projection.
+    Durable,
+    /// Ordered (ephemeral) consumer.
+    Ordered,
+}
+
+/// What a projection is.
+#[derive(Clone, Debug)]
+pub struct ProjectionSpec {
+    /// Stable id: the durable consumer's name.
+    pub id: String,
+    /// The stream it folds.
+    pub stream: &'static str,
+    /// How it reads.
+    pub consumer: ConsumerKind,
+    /// Most messages applied in one transaction.
+    pub batch: usize,
+}
+
+/// Why a projection stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    /// A message could not be decoded or applied. Not retried.
+    #[error("projection {id} halted at stream sequence {seq}: {message}")]
+    Poison {
+        /// The projection.
+        id: String,
+        /// The message's sequence.
+        seq: u64,
+        /// Why.
+        message: String,
+    },
+    /// sled failed.
+    #[error("projection {id}: storage error: {source}")]
+    Storage {
+        /// The projection.
+        id: String,
+        /// Why.
+        #[source]
+        source: sled::Error,
+    },
+    /// NATS failed; retried by [`Runner::run_until_stopped`].
+    #[error("projection {id}: {message}")]
+    Bus {
+        /// The projection.
+        id: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Read side of a running projection: where it is and whether it caught up.
+#[derive(Clone)]
+pub struct Progress {
+    position: watch::Receiver<u64>,
+    target: Arc<AtomicU64>,
+    halted: watch::Receiver<Option<String>>,
+}
+
+impl Progress {
+    /// Last stream sequence applied.
+    pub fn position(&self) -> u64 {
+        *self.position.borrow()
+    }
+
+    /// True once the projection reached the end of the stream as it was when
+    /// the projection started.
+    pub fn caught_up(&self) -> bool {
+        self.halted.borrow().is_none() && self.position() >= self.target.load(Ordering::Acquire)
+    }
+
+    /// Why the projection halted, if it did.
+    pub fn halted(&self) -> Option<String> {
+        self.halted.borrow().clone()
+    }
+
+    /// Waits until the projection applied `seq` (read-your-writes after a
+    /// publish). False on timeout.
+    pub async fn wait_for(&self, seq: u64, timeout: Duration) -> bool {
+        let mut rx = self.position.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|p| *p >= seq)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// A receiver that changes whenever the position moves.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.position.clone()
+    }
+}
+
+/// Runs one projection.
+pub struct Runner<P> {
+    js: jetstream::Context,
+    tree: sled::Tree,
+    projection: Arc<P>,
+    spec: ProjectionSpec,
+    position: watch::Sender<u64>,
+    target: Arc<AtomicU64>,
+    halted: watch::Sender<Option<String>>,
+}
+
+impl<P: Projection> Runner<P> {
+    /// Prepares a runner; nothing is read until it runs.
+    pub fn new(js: jetstream::Context, tree: sled::Tree, projection: Arc<P>, spec: ProjectionSpec) -> (Self, Progress) {
+        let start = read_checkpoint(&tree).unwrap_or(0);
+        let (position, position_rx) = watch::channel(start);
+        let (halted, halted_rx) = watch::channel(None);
+        let target = Arc::new(AtomicU64::new(u64::MAX));
+        let progress = Progress { position: position_rx, target: target.clone(), halted: halted_rx };
+        (Self { js, tree, projection, spec, position, target, halted }, progress)
+    }
+
+    /// Follows the stream until `stop` is cancelled. Bus failures are retried
+    /// with a pause; a poison message halts it and is returned.
+    pub async fn run_until_stopped(self, stop: CancellationToken) -> Result<(), ProjectionError> {
+        loop {
+            match self.run_once(&stop, false).await {
+                Ok(()) => break,
+                Err(e @ ProjectionError::Bus { .. }) => {
+                    tracing::warn!(error = %e, "projection interrupted, resuming from its checkpoint");
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "projection halted");
+                    self.halted.send_replace(Some(e.to_string()));
+                    return Err(e);
+                }
+            }
+        }
+        self.flush().await
+    }
+
+    /// Applies everything in the stream up to its last sequence at call time,
+    /// then returns (used by `rebuild`).
+    pub async fn run_until_caught_up(self) -> Result<u64, ProjectionError> {
+        self.run_once(&CancellationToken::new(), true).await?;
+        self.flush().await?;
+        Ok(*self.position.borrow())
+    }
+
+    async fn flush(&self) -> Result<(), ProjectionError> {
+        self.tree.flush_async().await.map(|_| ()).map_err(|source| self.storage(source))
+    }
+
+    fn storage(&self, source: sled::Error) -> ProjectionError {
+        ProjectionError::Storage { id: self.spec.id.clone(), source }
+    }
+
+    fn bus(&self, message: impl std::fmt::Display) -> ProjectionError {
+        ProjectionError::Bus { id: self.spec.id.clone(), message: message.to_string() }
+    }
+
+    async fn run_once(&self, stop: &CancellationToken, until_caught_up: bool) -> Result<(), ProjectionError> {
+        let mut checkpoint = read_checkpoint(&self.tree).map_err(|s| self.storage(s))?;
+        self.position.send_replace(checkpoint);
+        let stream = self.js.get_stream(self.spec.stream).await.map_err(|e| self.bus(e))?;
+        let last = stream.get_info().await.map_err(|e| self.bus(e))?.state.last_sequence;
+        self.target.store(last, Ordering::Release);
+        if until_caught_up && checkpoint >= last {
+            return Ok(());
+        }
+        let deliver_policy = if checkpoint == 0 {
+            consumer::DeliverPolicy::All
+        } else {
+            consumer::DeliverPolicy::ByStartSequence { start_sequence: checkpoint + 1 }
+        };
+        let durable = self.spec.consumer == ConsumerKind::Durable;
+        let messages: BoxStream<'static, Result<jetstream::Message, String>> = if durable {
+            // Recreate from the local checkpoint (see the module docs).
+            let _ = stream.delete_consumer(&self.spec.id).await;
+            let consumer = stream
+                .create_consumer(pull::Config {
+                    durable_name: Some(self.spec.id.clone()),
+                    deliver_policy,
+                    ack_policy: consumer::AckPolicy::All,
+                    max_ack_pending: (self.spec.batch * 16) as i64,
+                    ack_wait: Duration::from_secs(30),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| self.bus(e))?;
+            consumer
+                .stream()
+                .max_messages_per_batch(self.spec.batch * 2)
+                .messages()
+                .await
+                .map_err(|e| self.bus(e))?
+                .map(|r| r.map_err(|e| e.to_string()))
+                .boxed()
+        } else {
+            stream
+                .create_consumer(pull::OrderedConfig { deliver_policy, ..Default::default() })
+                .await
+                .map_err(|e| self.bus(e))?
+                .messages()
+                .await
+                .map_err(|e| self.bus(e))?
+                .map(|r| r.map_err(|e| e.to_string()))
+                .boxed()
+        };
+        tracing::info!(projection = %self.spec.id, from = checkpoint + 1, stream_last = last, "projection following stream");
+        let mut chunks = messages.ready_chunks(self.spec.batch);
+        loop {
+            let chunk = tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                next = chunks.next() => next.ok_or_else(|| self.bus("message stream ended"))?,
+            };
+            let mut events = Vec::with_capacity(chunk.len());
+            let mut last_message = None;
+            for item in chunk {
+                let message = item.map_err(|e| self.bus(e))?;
+                let seq = message.info().map_err(|e| self.bus(e))?.stream_sequence;
+                if seq > checkpoint {
+                    let envelope = Envelope::from_bytes(&message.payload).map_err(|e| ProjectionError::Poison {
+                        id: self.spec.id.clone(),
+                        seq,
+                        message: e.to_string(),
+                    })?;
+                    events.push(StoredEvent { seq, subject: message.subject.to_string(), envelope });
+                }
+                last_message = Some(message);
+            }
+            if let Some(newest) = events.last().map(|e| e.seq) {
+                let tree = self.tree.clone();
+                let projection = self.projection.clone();
+                let id = self.spec.id.clone();
+                tokio::task::spawn_blocking(move || apply_batch(&tree, &*projection, &id, &events, newest))
+                    .await
+                    .map_err(|e| self.bus(format!("apply task failed: {e}")))??;
+                checkpoint = newest;
+                self.position.send_replace(checkpoint);
+            }
+            if durable && let Some(message) = last_message {
+                message.ack().await.map_err(|e| self.bus(e))?;
+            }
+            if until_caught_up && checkpoint >= last {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn apply_batch<P: Projection>(
+    tree: &sled::Tree,
+    projection: &P,
+    id: &str,
+    events: &[StoredEvent],
+    newest: u64,
+) -> Result<(), ProjectionError> {
+    tree.transaction(|tx| {
+        for event in events {
+            projection
+                .apply(tx, event)
+                .map_err(|m| ConflictableTransactionError::Abort((event.seq, m)))?;
+        }
+        tx.insert(CHECKPOINT_KEY, &newest.to_be_bytes())?;
+        Ok(())
+    })
+    .map_err(|e| match e {
+        TransactionError::Abort((seq, message)) => ProjectionError::Poison { id: id.to_owned(), seq, message },
+        TransactionError::Storage(source) => ProjectionError::Storage { id: id.to_owned(), source },
+    })
+}
+
+/// The checkpoint stored in `tree` (0 when none).
+pub fn read_checkpoint(tree: &sled::Tree) -> Result<u64, sled::Error> {
+    Ok(tree
+        .get(CHECKPOINT_KEY)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0))
+}
+
+/// SHA-256 over every key and value of the tree except bookkeeping, hex. Two
+/// trees with the same digest hold the same projection.
+pub fn digest(tree: &sled::Tree) -> Result<String, sled::Error> {
+    let mut hasher = Sha256::new();
+    for entry in tree.iter() {
+        let (k, v) = entry?;
+        if k.starts_with(META_PREFIX) {
+            continue;
+        }
+        hasher.update((k.len() as u64).to_be_bytes());
+        hasher.update(&k);
+        hasher.update((v.len() as u64).to_be_bytes());
+        hasher.update(&v);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Opens (or creates) a sled database with a bounded cache.
+pub fn open_db(path: &std::path::Path) -> Result<sled::Db, sled::Error> {
+    sled::Config::new().path(path).cache_capacity(64 << 20).flush_every_ms(Some(500)).open()
+}
+
+/// A throw-away in-memory database, for state rebuilt at every start.
+pub fn temporary_db() -> Result<sled::Db, sled::Error> {
+    sled::Config::new().temporary(true).cache_capacity(16 << 20).open()
+}
