@@ -148,3 +148,30 @@ impl Event for Heartbeat {
         format!("hb:{}:{}", self.agent_id, self.at_ms)
     }
 }
+
+/// An agent's connection status as the hub reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentStatus {
+    /// Heartbeats arrive.
+    Active,
+    /// No heartbeat within the missed-heartbeat window (or never).
+    Inactive,
+}
+
+impl AgentStatus {
+    /// Upper-case name, as the REST API prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "ACTIVE",
+            Self::Inactive => "INACTIVE",
+        }
+    }
+
+    /// The status implied by an agent's latest heartbeat at `now_ms`.
+    pub fn at(latest: Option<&Heartbeat>, now_ms: i64) -> Self {
+        match latest {
+            Some(h) if now_ms < h.active_until_ms => Self::Active,
+            _ => Self::Inactive,
+        }
+    }
+}

@@ -1,1 +1,46 @@
-fn main() {}
+//! `meridian-inventory`: serve the API Repository, or rebuild it from the log.
+
+use clap::{Parser, Subcommand};
+use meridian_inventory::{App, Config, app::ENV_PREFIX};
+use meridian_kit::{config, shutdown, telemetry};
+
+/// The API Repository. Configured by MERIDIAN_INVENTORY__* variables
+/// (NATS_URL, HTTP_ADDR, DATA_DIR, API_KEY, BATCH) and MERIDIAN_API_KEY.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the repository (the default).
+    Serve,
+    /// Wipe the local repository and replay the SYNC stream from the start;
+    /// prints the digest. Stop the service first.
+    Rebuild,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init("meridian-inventory");
+    let config: Config = config::from_env_or_exit(ENV_PREFIX);
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let listener = tokio::net::TcpListener::bind(&config.http_addr).await?;
+            tracing::info!(addr = %listener.local_addr()?, "inventory listening");
+            let app = App::build(config).await?;
+            app.serve(listener, shutdown::on_signal()).await?;
+        }
+        Command::Rebuild => {
+            let report = meridian_inventory::rebuild(config).await?;
+            println!(
+                "rebuilt repository to SYNC sequence {} in {:.2}s\ndigest {}",
+                report.position, report.seconds, report.digest
+            );
+        }
+    }
+    Ok(())
+}

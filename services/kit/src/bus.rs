@@ -161,3 +161,21 @@ impl Publisher {
             .map_err(|e| BusError::Publish { subject, message: e.to_string() })
     }
 }
+
+/// The newest event stored on `subject` of the event's stream, if any.
+pub async fn last_event<E: Event>(
+    js: &jetstream::Context,
+    subject: &str,
+) -> Result<Option<(E, Envelope)>, BusError> {
+    let stream_err = |message: String| BusError::Stream { stream: E::STREAM.to_owned(), message };
+    let stream = js.get_stream_no_info(E::STREAM).await.map_err(|e| stream_err(e.to_string()))?;
+    match stream.get_last_raw_message_by_subject(subject).await {
+        Ok(message) => {
+            let envelope = Envelope::from_bytes(&message.payload).map_err(|e| stream_err(e.to_string()))?;
+            let event = envelope.open::<E>().map_err(|e| stream_err(e.to_string()))?;
+            Ok(Some((event, envelope)))
+        }
+        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(stream_err(e.to_string())),
+    }
+}

@@ -297,3 +297,22 @@ mod tests {
         assert_eq!(res.status(), StatusCode::OK);
     }
 }
+
+/// Completes a generated OpenAPI document: title, version, and the
+/// `X-API-Key` security scheme the handlers refer to as `api_key`.
+pub fn finish_openapi(mut doc: utoipa::openapi::OpenApi, title: &str) -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::security::{ApiKey as Scheme, ApiKeyValue, SecurityScheme};
+    doc.info.title = title.to_owned();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    doc.info.description = Some("Meridian: a federated API governance hub. Authenticate with the X-API-Key header.".into());
+    let components = doc.components.get_or_insert_with(Default::default);
+    components
+        .security_schemes
+        .insert("api_key".into(), SecurityScheme::ApiKey(Scheme::Header(ApiKeyValue::new("X-API-Key"))).into());
+    doc
+}
+
+/// `GET /api/openapi.json` and the browsable UI at `/api/docs`.
+pub fn docs_router(doc: utoipa::openapi::OpenApi) -> Router {
+    utoipa_swagger_ui::SwaggerUi::new("/api/docs").url("/api/openapi.json", doc).into()
+}

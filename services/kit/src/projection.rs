@@ -43,12 +43,39 @@ pub struct StoredEvent {
     pub envelope: Envelope,
 }
 
+/// Rows a barrier's [`Projection::scan`] read before its transaction.
+pub type Scanned = Vec<(sled::IVec, sled::IVec)>;
+
+/// What a projection may touch while applying an event.
+pub struct Ctx<'a> {
+    /// The batch transaction: every read and write of state goes here.
+    pub tx: &'a TransactionalTree,
+    /// For a barrier event: what [`Projection::scan`] returned. Empty for
+    /// other events.
+    pub scanned: &'a Scanned,
+}
+
 /// A fold of a stream into a sled tree.
 pub trait Projection: Send + Sync + 'static {
     /// Applies one event. Runs inside the batch's transaction, which sled may
     /// retry: it must depend only on the tree and the event. An error halts the
     /// projection (the message is poison: an operator must look).
-    fn apply(&self, tx: &TransactionalTree, event: &StoredEvent) -> Result<(), String>;
+    fn apply(&self, ctx: &Ctx<'_>, event: &StoredEvent) -> Result<(), String>;
+
+    /// Whether the event needs to scan state; such an event starts a new
+    /// transaction after everything before it is committed.
+    fn is_barrier(&self, _event: &StoredEvent) -> bool {
+        false
+    }
+
+    /// For a barrier: reads the rows it needs from the committed tree, before
+    /// its transaction opens. sled transactions cannot iterate, and reading the
+    /// tree from inside one deadlocks; since everything before a barrier is
+    /// committed and the runner is the only writer, this read is exactly the
+    /// state the barrier applies to.
+    fn scan(&self, _committed: &sled::Tree, _event: &StoredEvent) -> Result<Scanned, String> {
+        Ok(Vec::new())
+    }
 }
 
 /// How the projection reads its stream.
@@ -282,7 +309,7 @@ impl<P: Projection> Runner<P> {
                 let tree = self.tree.clone();
                 let projection = self.projection.clone();
                 let id = self.spec.id.clone();
-                tokio::task::spawn_blocking(move || apply_batch(&tree, &*projection, &id, &events, newest))
+                tokio::task::spawn_blocking(move || apply_events(&tree, &*projection, &id, &events))
                     .await
                     .map_err(|e| self.bus(format!("apply task failed: {e}")))??;
                 checkpoint = newest;
@@ -298,17 +325,49 @@ impl<P: Projection> Runner<P> {
     }
 }
 
-fn apply_batch<P: Projection>(
+/// Applies events in order, one transaction per run of events between
+/// barriers, each committing its last sequence as the checkpoint. Events at or
+/// below the stored checkpoint are skipped. Synchronous: call it off the async
+/// runtime. The runner uses it; so do tests that drive a projection directly.
+pub fn apply_events<P: Projection>(
     tree: &sled::Tree,
     projection: &P,
     id: &str,
     events: &[StoredEvent],
-    newest: u64,
 ) -> Result<(), ProjectionError> {
+    let checkpoint = read_checkpoint(tree).map_err(|source| ProjectionError::Storage { id: id.to_owned(), source })?;
+    let fresh: Vec<&StoredEvent> = events.iter().filter(|e| e.seq > checkpoint).collect();
+    let mut start = 0;
+    while start < fresh.len() {
+        let mut end = start + 1;
+        while end < fresh.len() && !projection.is_barrier(fresh[end]) {
+            end += 1;
+        }
+        apply_batch(tree, projection, id, &fresh[start..end])?;
+        start = end;
+    }
+    Ok(())
+}
+
+fn apply_batch<P: Projection>(
+    tree: &sled::Tree,
+    projection: &P,
+    id: &str,
+    events: &[&StoredEvent],
+) -> Result<(), ProjectionError> {
+    let newest = events.last().map_or(0, |e| e.seq);
+    let empty = Scanned::new();
+    let scanned = match events.first() {
+        Some(first) if projection.is_barrier(first) => projection
+            .scan(tree, first)
+            .map_err(|message| ProjectionError::Poison { id: id.to_owned(), seq: first.seq, message })?,
+        _ => empty.clone(),
+    };
     tree.transaction(|tx| {
-        for event in events {
+        for (i, event) in events.iter().enumerate() {
+            let ctx = Ctx { tx, scanned: if i == 0 { &scanned } else { &empty } };
             projection
-                .apply(tx, event)
+                .apply(&ctx, event)
                 .map_err(|m| ConflictableTransactionError::Abort((event.seq, m)))?;
         }
         tx.insert(CHECKPOINT_KEY, &newest.to_be_bytes())?;

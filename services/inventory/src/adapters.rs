@@ -1,0 +1,4 @@
+//! Adapters: sled storage of the repository and the lifecycle outbox publisher.
+
+pub mod outbox;
+pub mod store;

@@ -1,0 +1,116 @@
+//! Publishes the lifecycle events the projection leaves in its outbox.
+//!
+//! Exactly once per change, across restarts and rebuilds:
+//! - the projection writes each event into the outbox in the same transaction
+//!   as the change, keyed by (causing `SYNC` sequence, API id), an order that
+//!   replay reproduces exactly;
+//! - this publisher sends them in key order from one task, so the
+//!   `API_LIFECYCLE` stream holds them in that order, and removes them once
+//!   acknowledged;
+//! - at start, and after any failure, it reads the newest event in the stream:
+//!   every outbox entry at or below that key was published before (by this
+//!   process, or before a crash or a rebuild) and is dropped unsent;
+//! - `Nats-Msg-Id` deduplication covers a crash between an ack and the removal.
+//!
+//! This relies on one inventory instance writing the stream (by design).
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use meridian_kit::CancellationToken;
+use meridian_kit::bus::Publisher;
+use meridian_kit::projection::Progress;
+use meridian_schemas::lifecycle::LifecycleEvent;
+use meridian_schemas::{Envelope, EventMeta, streams};
+
+use super::store::OUTBOX_PREFIX;
+
+const CHUNK: usize = 2048;
+
+type Mark = (u64, [u8; 16]);
+
+fn mark_of(event: &LifecycleEvent) -> Mark {
+    (event.source_seq, *event.api_id.0.as_bytes())
+}
+
+/// The newest published event's (source sequence, API id), if any.
+async fn high_water(js: &jetstream::Context) -> Result<Option<Mark>, String> {
+    let stream = js.get_stream(streams::API_LIFECYCLE).await.map_err(|e| e.to_string())?;
+    let last = stream.get_info().await.map_err(|e| e.to_string())?.state.last_sequence;
+    if last == 0 {
+        return Ok(None);
+    }
+    let message = stream.get_raw_message(last).await.map_err(|e| e.to_string())?;
+    let event: LifecycleEvent = Envelope::from_bytes(&message.payload)
+        .and_then(|e| e.open())
+        .map_err(|e| e.to_string())?;
+    Ok(Some(mark_of(&event)))
+}
+
+/// Drains the outbox whenever the projection moves, until `stop`; then one
+/// last drain.
+pub async fn run_until_stopped(tree: sled::Tree, publisher: Publisher, progress: Progress, stop: CancellationToken) {
+    let mut moved = progress.subscribe();
+    let mut mark: Option<Option<Mark>> = None;
+    loop {
+        if let Err(e) = drain(&tree, &publisher, &mut mark).await {
+            tracing::warn!(error = %e, "publishing lifecycle events failed; retrying");
+            mark = None; // re-read the high-water mark before trying again
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            continue;
+        }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = moved.changed() => {}
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+    if let Err(e) = drain(&tree, &publisher, &mut mark).await {
+        tracing::warn!(error = %e, "lifecycle events left unpublished at shutdown; they go out at next start");
+    }
+}
+
+async fn drain(tree: &sled::Tree, publisher: &Publisher, mark: &mut Option<Option<Mark>>) -> Result<(), String> {
+    loop {
+        let hw = match mark {
+            Some(m) => *m,
+            None => *mark.insert(high_water(publisher.context()).await?),
+        };
+        let mut already = Vec::new();
+        let mut fresh = Vec::new();
+        for entry in tree.scan_prefix(OUTBOX_PREFIX).take(CHUNK) {
+            let (key, value) = entry.map_err(|e| e.to_string())?;
+            let event: LifecycleEvent = postcard::from_bytes(&value).map_err(|e| e.to_string())?;
+            if hw.is_some_and(|hw| mark_of(&event) <= hw) {
+                already.push(key);
+            } else {
+                fresh.push((key, event));
+            }
+        }
+        if already.is_empty() && fresh.is_empty() {
+            return Ok(());
+        }
+        let newest = fresh.last().map(|(_, e)| mark_of(e));
+        let events: Vec<_> = fresh.iter().map(|(_, e)| {
+            let meta = EventMeta {
+                occurred_at_ms: e.at_ms,
+                causation_id: None,
+                correlation_id: Some(e.run_id.0),
+                traceparent: None,
+            };
+            (e.clone(), meta)
+        }).collect();
+        publisher.publish_all(events).await.map_err(|e| e.to_string())?;
+        if let Some(newest) = newest {
+            *mark = Some(Some(newest));
+        }
+        let mut batch = sled::Batch::default();
+        for key in already.into_iter().chain(fresh.into_iter().map(|(k, _)| k)) {
+            batch.remove(key);
+        }
+        tree.apply_batch(batch).map_err(|e| e.to_string())?;
+    }
+}

@@ -1,0 +1,361 @@
+//! The repository in sled: key layout, the projection of the `SYNC` stream,
+//! and the read queries.
+//!
+//! Keys (one tree; ids are raw 16-byte UUIDs, sequences big-endian):
+//! - `a<api>` the [`ApiRecord`]; `d<api>` its current definition
+//! - `p<agent><provider>` the [`ProviderRecord`]
+//! - `i<agent><provider>\0<api>` index of a provider's APIs: last-seen order
+//!   (8 bytes) and a deleted flag (1 byte), scanned when a run completes
+//! - `r<run>` the [`RunRecord`]; `s<run><api>` "seen in this run", removed
+//!   when the run ends
+//! - `\xff\xffoutbox/<seq><api>` lifecycle events not yet published (kept out of
+//!   the digest: publishing is not state)
+
+use meridian_kit::projection::{Ctx, Projection, Scanned, StoredEvent};
+use meridian_schemas::lifecycle::{LifecycleEvent, LifecycleKind};
+use meridian_schemas::sync::{ApiDefinition, SyncEvent, SyncEventKind};
+use meridian_schemas::{AgentId, ApiId, RunId};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sled::transaction::{TransactionalTree, UnabortableTransactionError};
+
+use crate::domain::{self, ApiRecord, HistoryEntry, Observation, ProviderRecord, RunEnd, RunRecord, RunResult};
+
+/// Prefix of outbox keys.
+pub const OUTBOX_PREFIX: &[u8] = b"\xff\xffoutbox/";
+
+fn api_key(api: ApiId) -> Vec<u8> {
+    [b"a".as_slice(), api.0.as_bytes()].concat()
+}
+fn def_key(api: ApiId) -> Vec<u8> {
+    [b"d".as_slice(), api.0.as_bytes()].concat()
+}
+fn provider_key(agent: AgentId, provider: &str) -> Vec<u8> {
+    [b"p".as_slice(), agent.0.as_bytes(), provider.as_bytes()].concat()
+}
+fn index_prefix(agent: AgentId, provider: &str) -> Vec<u8> {
+    [b"i".as_slice(), agent.0.as_bytes(), provider.as_bytes(), b"\0"].concat()
+}
+fn index_key(agent: AgentId, provider: &str, api: ApiId) -> Vec<u8> {
+    [index_prefix(agent, provider).as_slice(), api.0.as_bytes()].concat()
+}
+fn run_key(run: RunId) -> Vec<u8> {
+    [b"r".as_slice(), run.0.as_bytes()].concat()
+}
+fn seen_prefix(run: RunId) -> Vec<u8> {
+    [b"s".as_slice(), run.0.as_bytes()].concat()
+}
+fn seen_key(run: RunId, api: ApiId) -> Vec<u8> {
+    [seen_prefix(run).as_slice(), api.0.as_bytes()].concat()
+}
+fn outbox_key(seq: u64, api: ApiId) -> Vec<u8> {
+    [OUTBOX_PREFIX, &seq.to_be_bytes(), api.0.as_bytes()].concat()
+}
+fn index_value(order: u64, deleted: bool) -> [u8; 9] {
+    let mut v = [0u8; 9];
+    v[..8].copy_from_slice(&order.to_be_bytes());
+    v[8] = u8::from(deleted);
+    v
+}
+fn parse_index_value(v: &[u8]) -> Option<(u64, bool)> {
+    Some((u64::from_be_bytes(v.get(..8)?.try_into().ok()?), *v.get(8)? == 1))
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_allocvec(v).expect("postcard encoding into a Vec cannot fail")
+}
+
+fn get<T: DeserializeOwned>(tx: &TransactionalTree, key: &[u8]) -> Result<Option<T>, String> {
+    match tx.get(key).map_err(tx_err)? {
+        None => Ok(None),
+        Some(bytes) => postcard::from_bytes(&bytes).map(Some).map_err(|e| format!("corrupt record: {e}")),
+    }
+}
+
+fn put<T: Serialize>(tx: &TransactionalTree, key: &[u8], v: &T) -> Result<(), String> {
+    tx.insert(key, encode(v)).map(|_| ()).map_err(tx_err)
+}
+
+fn tx_err(e: UnabortableTransactionError) -> String {
+    format!("storage: {e}")
+}
+
+/// The projection of `SYNC` into the repository.
+pub struct Repository;
+
+/// The projection's stable id (also its durable consumer's name).
+pub const PROJECTION_ID: &str = "inventory-repository";
+
+impl Projection for Repository {
+    fn is_barrier(&self, event: &StoredEvent) -> bool {
+        matches!(event.envelope.event_type.as_str(), "sync.completed" | "sync.failed")
+    }
+
+    /// A run's end needs the run's seen-markers (to remove them) and the
+    /// provider's index (to find what to delete).
+    fn scan(&self, committed: &sled::Tree, stored: &StoredEvent) -> Result<Scanned, String> {
+        let event: SyncEvent = stored.envelope.open().map_err(|e| e.to_string())?;
+        committed
+            .scan_prefix(seen_prefix(event.run_id))
+            .chain(committed.scan_prefix(index_prefix(event.agent_id, &event.provider)))
+            .map(|r| r.map_err(|e| e.to_string()))
+            .collect()
+    }
+
+    fn apply(&self, ctx: &Ctx<'_>, stored: &StoredEvent) -> Result<(), String> {
+        let event: SyncEvent = stored.envelope.open().map_err(|e| e.to_string())?;
+        let at = stored.envelope.occurred_at_ms;
+        let seq = stored.seq;
+        match event.kind {
+            SyncEventKind::Started { ref provider_type } => {
+                if ctx.tx.get(run_key(event.run_id)).map_err(tx_err)?.is_some() {
+                    return Ok(()); // the run already began (implicitly or by a duplicate)
+                }
+                let run = RunRecord::begin(event.run_id, event.agent_id, &event.provider, seq, at);
+                put(ctx.tx, &run_key(event.run_id), &run)?;
+                let pkey = provider_key(event.agent_id, &event.provider);
+                let mut provider = load_provider(ctx.tx, &event)?;
+                if provider.provider_type != *provider_type {
+                    provider.provider_type.clone_from(provider_type);
+                    put(ctx.tx, &pkey, &provider)?;
+                }
+                Ok(())
+            }
+            SyncEventKind::Api { ref definition, ref content_hash } => {
+                apply_api(ctx.tx, &event, definition, content_hash, at, seq)
+            }
+            SyncEventKind::Completed { count } => end_run(ctx, &event, RunEnd::Completed { count }, at, seq),
+            SyncEventKind::Failed { ref reason } => {
+                end_run(ctx, &event, RunEnd::Failed { reason: reason.clone() }, at, seq)
+            }
+        }
+    }
+}
+
+fn load_provider(tx: &TransactionalTree, event: &SyncEvent) -> Result<ProviderRecord, String> {
+    Ok(get(tx, &provider_key(event.agent_id, &event.provider))?.unwrap_or_else(|| ProviderRecord {
+        agent_id: Some(event.agent_id),
+        provider: event.provider.clone(),
+        ..Default::default()
+    }))
+}
+
+fn load_run(tx: &TransactionalTree, event: &SyncEvent, seq: u64, at: i64) -> Result<RunRecord, String> {
+    Ok(get(tx, &run_key(event.run_id))?
+        .unwrap_or_else(|| RunRecord::begin(event.run_id, event.agent_id, &event.provider, seq, at)))
+}
+
+fn apply_api(
+    tx: &TransactionalTree,
+    event: &SyncEvent,
+    definition: &ApiDefinition,
+    content_hash: &str,
+    at: i64,
+    seq: u64,
+) -> Result<(), String> {
+    let mut run = load_run(tx, event, seq, at)?;
+    if !run.is_running() {
+        return Ok(()); // a late message of an ended run
+    }
+    let mut provider = load_provider(tx, event)?;
+    if domain::is_stale(&run, &provider) {
+        return Ok(());
+    }
+    let api_id = ApiId::derive(event.agent_id, &event.provider, &definition.provider_api_id);
+    if tx.insert(seen_key(run.run_id, api_id), &[][..]).map_err(tx_err)?.is_none() {
+        run.seen += 1;
+    }
+    put(tx, &run_key(run.run_id), &run)?;
+    let existing: Option<ApiRecord> = get(tx, &api_key(api_id))?;
+    let old_definition: Option<ApiDefinition> = match &existing {
+        Some(e) if e.content_hash != content_hash => get(tx, &def_key(api_id))?,
+        _ => None,
+    };
+    let obs = Observation { api_id, run: &run, definition, content_hash, at_ms: at, seq };
+    let observed = domain::observe(existing.as_ref(), old_definition.as_ref(), &obs);
+    put(tx, &api_key(api_id), &observed.record)?;
+    if observed.definition_changed {
+        put(tx, &def_key(api_id), definition)?;
+    }
+    let index = index_value(observed.record.last_seen_order, false);
+    tx.insert(index_key(event.agent_id, &event.provider, api_id), &index[..]).map_err(tx_err)?;
+    if let Some(change) = observed.change {
+        match change.kind {
+            LifecycleKind::Created => provider.active += 1,
+            LifecycleKind::Restored => {
+                provider.active += 1;
+                provider.deleted = provider.deleted.saturating_sub(1);
+            }
+            LifecycleKind::Updated | LifecycleKind::Deleted => {}
+        }
+        if change.kind != LifecycleKind::Updated {
+            put(tx, &provider_key(event.agent_id, &event.provider), &provider)?;
+        }
+        emit(tx, &observed.record, &change)?;
+    }
+    Ok(())
+}
+
+fn end_run(ctx: &Ctx<'_>, event: &SyncEvent, end: RunEnd, at: i64, seq: u64) -> Result<(), String> {
+    let tx = ctx.tx;
+    let mut run = load_run(tx, event, seq, at)?;
+    if !run.is_running() {
+        return Ok(());
+    }
+    let mut provider = load_provider(tx, event)?;
+    let finish = domain::finish(&run, &provider, end);
+    run.result = finish.result;
+    run.ended_at_ms = Some(at);
+    // `scanned` holds this run's seen-markers, then the provider's index.
+    let (seen, index): (Vec<_>, Vec<_>) = ctx.scanned.iter().partition(|(k, _)| k.starts_with(b"s"));
+    for (key, _) in seen {
+        tx.remove(key.clone()).map_err(tx_err)?;
+    }
+    if let Some(delete_below) = finish.delete_below {
+        provider.newest_completed_order = delete_below;
+        let mut deleted = 0u64;
+        for (key, value) in index {
+            let (order, is_deleted) = parse_index_value(&value).ok_or("corrupt index entry")?;
+            if !domain::should_delete(order, is_deleted, delete_below) {
+                continue;
+            }
+            let api_id = ApiId(uuid::Uuid::from_slice(&key[key.len() - 16..]).map_err(|e| e.to_string())?);
+            let mut record: ApiRecord = get(tx, &api_key(api_id))?.ok_or("index names a missing API")?;
+            let change = domain::delete(&mut record, &run, at, seq);
+            put(tx, &api_key(api_id), &record)?;
+            tx.insert(key.clone(), &index_value(order, true)[..]).map_err(tx_err)?;
+            emit(tx, &record, &change)?;
+            deleted += 1;
+        }
+        provider.active = provider.active.saturating_sub(deleted);
+        provider.deleted += deleted;
+        if let RunResult::Completed { deleted: d, .. } = &mut run.result {
+            *d = deleted;
+        }
+    }
+    provider.last_run = Some(run.clone());
+    put(tx, &run_key(run.run_id), &run)?;
+    put(tx, &provider_key(event.agent_id, &event.provider), &provider)
+}
+
+fn emit(tx: &TransactionalTree, record: &ApiRecord, change: &HistoryEntry) -> Result<(), String> {
+    let event = LifecycleEvent {
+        api_id: record.api_id,
+        kind: change.kind,
+        agent_id: record.agent_id,
+        provider: record.provider.clone(),
+        name: record.name.clone(),
+        version: record.version.clone(),
+        content_hash: change.content_hash.clone(),
+        run_id: change.run_id,
+        changed: change.changed.clone(),
+        source_seq: change.source_seq,
+        at_ms: change.at_ms,
+    };
+    put(tx, &outbox_key(change.source_seq, record.api_id), &event)
+}
+
+/// Read access to the repository.
+#[derive(Clone)]
+pub struct Queries {
+    tree: sled::Tree,
+}
+
+/// Which APIs a listing wants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusFilter {
+    /// Not deleted.
+    Active,
+    /// Deleted.
+    Deleted,
+    /// Both.
+    All,
+}
+
+/// A listing request.
+#[derive(Clone, Debug)]
+pub struct ApiFilter {
+    /// Only this provider.
+    pub provider: Option<String>,
+    /// Only this agent.
+    pub agent_id: Option<AgentId>,
+    /// Which statuses.
+    pub status: StatusFilter,
+    /// Case-insensitive substring of the name.
+    pub name_contains: Option<String>,
+    /// 1-based page.
+    pub page: usize,
+    /// Page size.
+    pub per_page: usize,
+}
+
+impl Queries {
+    /// Reads `tree`.
+    pub fn new(tree: sled::Tree) -> Self {
+        Self { tree }
+    }
+
+    /// One page of matching APIs (ordered by id) and the total that match.
+    pub fn list(&self, filter: &ApiFilter) -> Result<(Vec<ApiRecord>, usize), String> {
+        let needle = filter.name_contains.as_ref().map(|q| q.to_lowercase());
+        let skip = (filter.page - 1) * filter.per_page;
+        let mut total = 0usize;
+        let mut page = Vec::new();
+        for entry in self.tree.scan_prefix(b"a") {
+            let (_, v) = entry.map_err(|e| e.to_string())?;
+            let rec: ApiRecord = postcard::from_bytes(&v).map_err(|e| e.to_string())?;
+            let status_ok = match filter.status {
+                StatusFilter::Active => rec.deleted_at_ms.is_none(),
+                StatusFilter::Deleted => rec.deleted_at_ms.is_some(),
+                StatusFilter::All => true,
+            };
+            if !status_ok
+                || filter.provider.as_ref().is_some_and(|p| *p != rec.provider)
+                || filter.agent_id.is_some_and(|a| a != rec.agent_id)
+                || needle.as_ref().is_some_and(|n| !rec.name.to_lowercase().contains(n))
+            {
+                continue;
+            }
+            if total >= skip && page.len() < filter.per_page {
+                page.push(rec);
+            }
+            total += 1;
+        }
+        Ok((page, total))
+    }
+
+    /// One API and its current definition.
+    pub fn get(&self, api: ApiId) -> Result<Option<(ApiRecord, ApiDefinition)>, String> {
+        let read = |k: Vec<u8>| self.tree.get(k).map_err(|e| e.to_string());
+        let (Some(rec), Some(def)) = (read(api_key(api))?, read(def_key(api))?) else {
+            return Ok(None);
+        };
+        let rec = postcard::from_bytes(&rec).map_err(|e| e.to_string())?;
+        let def = postcard::from_bytes(&def).map_err(|e| e.to_string())?;
+        Ok(Some((rec, def)))
+    }
+
+    /// Every provider seen in a sync.
+    pub fn providers(&self) -> Result<Vec<ProviderRecord>, String> {
+        self.tree
+            .scan_prefix(b"p")
+            .map(|e| {
+                let (_, v) = e.map_err(|e| e.to_string())?;
+                postcard::from_bytes(&v).map_err(|e| e.to_string())
+            })
+            .collect()
+    }
+
+    /// A run.
+    pub fn run(&self, run: RunId) -> Result<Option<RunRecord>, String> {
+        match self.tree.get(run_key(run)).map_err(|e| e.to_string())? {
+            None => Ok(None),
+            Some(v) => postcard::from_bytes(&v).map(Some).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Digest of the repository (see [`meridian_kit::projection::digest`]).
+    pub fn digest(&self) -> Result<String, String> {
+        meridian_kit::projection::digest(&self.tree).map_err(|e| e.to_string())
+    }
+}

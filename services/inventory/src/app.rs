@@ -1,0 +1,210 @@
+//! Wiring: configuration, NATS, sled, the projection, the outbox, HTTP.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use meridian_kit::bus::{self, Publisher};
+use meridian_kit::config::{Secret, admin_key};
+use meridian_kit::http::{self, ApiKey, ReadyCheck};
+use meridian_kit::projection::{self, ConsumerKind, Progress, ProjectionSpec, Runner};
+use meridian_kit::CancellationToken;
+use meridian_schemas::streams;
+use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::adapters::{outbox, store};
+use crate::api;
+
+/// Environment prefix of the configuration.
+pub const ENV_PREFIX: &str = "MERIDIAN_INVENTORY__";
+
+/// Configuration (`MERIDIAN_INVENTORY__<FIELD>`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// NATS server URL.
+    #[serde(default = "default_nats_url")]
+    pub nats_url: String,
+    /// Address the standalone HTTP server binds.
+    #[serde(default = "default_http_addr")]
+    pub http_addr: String,
+    /// Where the sled repository lives.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Admin key; defaults to `MERIDIAN_API_KEY`.
+    pub api_key: Option<Secret>,
+    /// Most `SYNC` messages applied per transaction.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+}
+
+fn default_nats_url() -> String {
+    "nats://127.0.0.1:4222".into()
+}
+fn default_http_addr() -> String {
+    "127.0.0.1:8082".into()
+}
+fn default_data_dir() -> PathBuf {
+    ".meridian/inventory".into()
+}
+fn default_batch() -> usize {
+    1024
+}
+
+impl Config {
+    /// Defaults with the given NATS URL and data directory (for the launcher
+    /// and tests).
+    pub fn new(nats_url: &str, data_dir: PathBuf, api_key: &str) -> Self {
+        Self {
+            nats_url: nats_url.to_owned(),
+            http_addr: "127.0.0.1:0".into(),
+            data_dir,
+            api_key: Some(Secret::new(api_key)),
+            batch: default_batch(),
+        }
+    }
+}
+
+/// A failure to start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] meridian_kit::config::ConfigError),
+    /// NATS.
+    #[error(transparent)]
+    Bus(#[from] bus::BusError),
+    /// sled.
+    #[error("repository at {path}: {source}")]
+    Storage {
+        /// The directory.
+        path: String,
+        /// Why.
+        #[source]
+        source: sled::Error,
+    },
+    /// The projection stopped.
+    #[error(transparent)]
+    Projection(#[from] projection::ProjectionError),
+    /// HTTP.
+    #[error("HTTP server: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+const TREE: &str = "repository";
+
+fn open_tree(data_dir: &std::path::Path) -> Result<(sled::Db, sled::Tree), AppError> {
+    let storage = |source| AppError::Storage { path: data_dir.display().to_string(), source };
+    std::fs::create_dir_all(data_dir).map_err(|e| storage(sled::Error::Io(e)))?;
+    let db = projection::open_db(data_dir).map_err(storage)?;
+    let tree = db.open_tree(TREE).map_err(storage)?;
+    Ok((db, tree))
+}
+
+fn spec(config: &Config, consumer: ConsumerKind) -> ProjectionSpec {
+    ProjectionSpec { id: store::PROJECTION_ID.into(), stream: streams::SYNC, consumer, batch: config.batch.max(1) }
+}
+
+/// A built inventory, ready to run.
+pub struct App {
+    client: async_nats::Client,
+    publisher: Publisher,
+    _db: sled::Db,
+    tree: sled::Tree,
+    runner: Runner<store::Repository>,
+    progress: Progress,
+    api_key: ApiKey,
+}
+
+impl App {
+    /// Connects, creates streams, opens the repository.
+    pub async fn build(config: Config) -> Result<Self, AppError> {
+        let api_key = ApiKey::new(admin_key(config.api_key.clone(), "MERIDIAN_INVENTORY__API_KEY")?.expose());
+        let client = bus::connect(&config.nats_url, "meridian-inventory", std::time::Duration::from_secs(30)).await?;
+        let js = async_nats::jetstream::new(client.clone());
+        bus::ensure_streams(&js, &[streams::SYNC, streams::API_LIFECYCLE, streams::AGENT_HEARTBEATS]).await?;
+        let (db, tree) = open_tree(&config.data_dir)?;
+        let (runner, progress) =
+            Runner::new(js.clone(), tree.clone(), Arc::new(store::Repository), spec(&config, ConsumerKind::Durable));
+        Ok(Self { client, publisher: Publisher::new(js), _db: db, tree, runner, progress, api_key })
+    }
+
+    /// The REST routes (admin key required) with their OpenAPI description.
+    pub fn api(&self) -> OpenApiRouter {
+        let state = api::ApiState {
+            queries: store::Queries::new(self.tree.clone()),
+            js: self.publisher.context().clone(),
+            progress: self.progress.clone(),
+        };
+        api::router(state).layer(axum::middleware::from_fn_with_state(self.api_key.clone(), http::require_api_key))
+    }
+
+    /// Ready when NATS is connected and the repository caught up.
+    pub fn ready_checks(&self) -> Vec<ReadyCheck> {
+        vec![http::nats_ready(self.client.clone()), http::projection_ready("repository", self.progress.clone())]
+    }
+
+    /// The projection's progress.
+    pub fn progress(&self) -> Progress {
+        self.progress.clone()
+    }
+
+    /// Runs the projection and the lifecycle publisher until `stop`.
+    pub async fn run_until_stopped(self, stop: CancellationToken) -> Result<(), AppError> {
+        let outbox = tokio::spawn(outbox::run_until_stopped(
+            self.tree.clone(),
+            self.publisher.clone(),
+            self.progress.clone(),
+            stop.clone(),
+        ));
+        let result = self.runner.run_until_stopped(stop.clone()).await;
+        stop.cancel();
+        let _ = outbox.await;
+        self.tree.flush_async().await.map_err(|source| AppError::Storage { path: TREE.into(), source })?;
+        result.map_err(AppError::from)
+    }
+
+    /// Standalone: serves the API, `/healthz`, `/readyz`, `/api/openapi.json`
+    /// and `/api/docs` on `listener`, and runs until `stop`.
+    pub async fn serve(self, listener: tokio::net::TcpListener, stop: CancellationToken) -> Result<(), AppError> {
+        let (api, doc) = self.api().split_for_parts();
+        let router = api
+            .merge(http::health_router(self.ready_checks()))
+            .merge(http::docs_router(http::finish_openapi(doc, "Meridian inventory")))
+            .fallback(http::not_found_fallback);
+        let server = tokio::spawn(http::serve(listener, router, stop.clone()));
+        let result = self.run_until_stopped(stop.clone()).await;
+        stop.cancel();
+        server.await.map_err(|e| std::io::Error::other(e.to_string()))??;
+        result
+    }
+}
+
+/// What `rebuild` did.
+#[derive(Debug, Clone)]
+pub struct RebuildReport {
+    /// Last `SYNC` sequence applied.
+    pub position: u64,
+    /// Digest of the rebuilt repository.
+    pub digest: String,
+    /// Seconds it took.
+    pub seconds: f64,
+}
+
+/// Wipes the repository in `config.data_dir` and replays `SYNC` from the
+/// start. The service must be stopped (sled locks the directory). Lifecycle
+/// events are not re-emitted: the outbox publisher drops those already in the
+/// stream when the service next starts.
+pub async fn rebuild(config: Config) -> Result<RebuildReport, AppError> {
+    let started = std::time::Instant::now();
+    let client = bus::connect(&config.nats_url, "meridian-inventory-rebuild", std::time::Duration::from_secs(10)).await?;
+    let js = async_nats::jetstream::new(client);
+    bus::ensure_streams(&js, &[streams::SYNC, streams::API_LIFECYCLE]).await?;
+    let (_db, tree) = open_tree(&config.data_dir)?;
+    let storage = |source| AppError::Storage { path: config.data_dir.display().to_string(), source };
+    tree.clear().map_err(storage)?;
+    let (runner, _) = Runner::new(js, tree.clone(), Arc::new(store::Repository), spec(&config, ConsumerKind::Ordered));
+    let position = runner.run_until_caught_up().await?;
+    let digest = projection::digest(&tree).map_err(storage)?;
+    Ok(RebuildReport { position, digest, seconds: started.elapsed().as_secs_f64() })
+}

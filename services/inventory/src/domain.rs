@@ -1,0 +1,408 @@
+//! The API Repository's records and reconciliation rules. Pure: no I/O, no
+//! clock; time and stream order come in as values.
+//!
+//! Rules (one provider = one agent's provider):
+//! - A run's *order* is the stream sequence of its first message (normally
+//!   `started`). Later-started runs are newer.
+//! - An `api` message creates the API, updates it (definition hash changed),
+//!   or restores it (it was deleted). A message from a run older than the
+//!   newest completed run of the provider is stale and changes nothing; a
+//!   message older than what the API already shows does not roll its
+//!   definition back.
+//! - `completed` with a count equal to the distinct APIs the run sent, from a
+//!   run that is not older than the newest completed run, deletes every live
+//!   API of the provider that neither this run nor a newer one saw. A count
+//!   mismatch makes the run *incomplete*; `failed` and incomplete runs delete
+//!   nothing.
+
+use meridian_schemas::lifecycle::LifecycleKind;
+use meridian_schemas::sync::ApiDefinition;
+use meridian_schemas::{AgentId, ApiId, RunId};
+use serde::{Deserialize, Serialize};
+
+/// One API in the repository (its definition is stored beside it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiRecord {
+    /// Repository id.
+    pub api_id: ApiId,
+    /// Reporting agent.
+    pub agent_id: AgentId,
+    /// Provider name.
+    pub provider: String,
+    /// The provider's own id.
+    pub provider_api_id: String,
+    /// Current name.
+    pub name: String,
+    /// Current version.
+    pub version: String,
+    /// Hash of the current definition.
+    pub content_hash: String,
+    /// When first seen (ms since epoch).
+    pub first_seen_ms: i64,
+    /// When last seen.
+    pub last_seen_ms: i64,
+    /// Order of the newest run that saw it.
+    pub last_seen_order: u64,
+    /// The newest run that saw it.
+    pub last_run: RunId,
+    /// When it was deleted, if it is.
+    pub deleted_at_ms: Option<i64>,
+    /// Every lifecycle change, oldest first.
+    pub history: Vec<HistoryEntry>,
+}
+
+/// One lifecycle change of an API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// What happened.
+    pub kind: LifecycleKind,
+    /// When (the causing sync message's time).
+    pub at_ms: i64,
+    /// The run that caused it.
+    pub run_id: RunId,
+    /// Definition hash after the change.
+    pub content_hash: String,
+    /// For updates: the fields that changed.
+    pub changed: Vec<String>,
+    /// The causing sync message's stream sequence.
+    pub source_seq: u64,
+}
+
+/// How a run ended (or that it has not).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunResult {
+    /// Still receiving.
+    Running,
+    /// Completed with a matching count.
+    Completed {
+        /// APIs sent.
+        count: u64,
+        /// APIs this completion deleted.
+        deleted: u64,
+        /// A newer run had already completed, so it deleted nothing.
+        superseded: bool,
+    },
+    /// The agent's count did not match what arrived; deleted nothing.
+    Incomplete {
+        /// What the agent said it sent.
+        expected: u64,
+        /// Distinct APIs that arrived.
+        received: u64,
+    },
+    /// The agent reported failure; deleted nothing.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One sync run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// The run.
+    pub run_id: RunId,
+    /// The agent.
+    pub agent_id: AgentId,
+    /// The provider.
+    pub provider: String,
+    /// Stream sequence of its first message.
+    pub order: u64,
+    /// Distinct APIs received.
+    pub seen: u64,
+    /// When it started.
+    pub started_at_ms: i64,
+    /// When it ended.
+    pub ended_at_ms: Option<i64>,
+    /// Its outcome.
+    pub result: RunResult,
+}
+
+impl RunRecord {
+    /// A run that begins at stream sequence `order`.
+    pub fn begin(run_id: RunId, agent_id: AgentId, provider: &str, order: u64, at_ms: i64) -> Self {
+        Self {
+            run_id,
+            agent_id,
+            provider: provider.to_owned(),
+            order,
+            seen: 0,
+            started_at_ms: at_ms,
+            ended_at_ms: None,
+            result: RunResult::Running,
+        }
+    }
+
+    /// Whether it still accepts messages.
+    pub fn is_running(&self) -> bool {
+        self.result == RunResult::Running
+    }
+}
+
+/// Per provider: type, counters, newest completed run, last outcome.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderRecord {
+    /// The agent.
+    pub agent_id: Option<AgentId>,
+    /// The provider name.
+    pub provider: String,
+    /// Provider kind (`tyk`, `aws`, ...).
+    pub provider_type: String,
+    /// Order of the newest completed run (0: none yet).
+    pub newest_completed_order: u64,
+    /// Live APIs.
+    pub active: u64,
+    /// Deleted APIs.
+    pub deleted: u64,
+    /// The last run that ended.
+    pub last_run: Option<RunRecord>,
+}
+
+/// A run's message is stale when a newer run of its provider has completed.
+pub fn is_stale(run: &RunRecord, provider: &ProviderRecord) -> bool {
+    run.order < provider.newest_completed_order
+}
+
+/// One `api` message, as the rules need it.
+#[derive(Clone, Debug)]
+pub struct Observation<'a> {
+    /// Derived id.
+    pub api_id: ApiId,
+    /// The run.
+    pub run: &'a RunRecord,
+    /// The definition.
+    pub definition: &'a ApiDefinition,
+    /// Its hash.
+    pub content_hash: &'a str,
+    /// The message's time.
+    pub at_ms: i64,
+    /// The message's stream sequence.
+    pub seq: u64,
+}
+
+/// What an observation changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    /// The record after the observation.
+    pub record: ApiRecord,
+    /// Whether the stored definition must be replaced.
+    pub definition_changed: bool,
+    /// The lifecycle change, if any (also appended to the record's history).
+    pub change: Option<HistoryEntry>,
+}
+
+/// Applies an observation to the API's current record (`None`: new API).
+/// `old_definition` is needed only when the hash differs.
+pub fn observe(existing: Option<&ApiRecord>, old_definition: Option<&ApiDefinition>, obs: &Observation<'_>) -> Observed {
+    let def = obs.definition;
+    let entry = |kind, changed: Vec<String>| HistoryEntry {
+        kind,
+        at_ms: obs.at_ms,
+        run_id: obs.run.run_id,
+        content_hash: obs.content_hash.to_owned(),
+        changed,
+        source_seq: obs.seq,
+    };
+    let Some(existing) = existing else {
+        let change = entry(LifecycleKind::Created, Vec::new());
+        let record = ApiRecord {
+            api_id: obs.api_id,
+            agent_id: obs.run.agent_id,
+            provider: obs.run.provider.clone(),
+            provider_api_id: def.provider_api_id.clone(),
+            name: def.name.clone(),
+            version: def.version.clone(),
+            content_hash: obs.content_hash.to_owned(),
+            first_seen_ms: obs.at_ms,
+            last_seen_ms: obs.at_ms,
+            last_seen_order: obs.run.order,
+            last_run: obs.run.run_id,
+            deleted_at_ms: None,
+            history: vec![change.clone()],
+        };
+        return Observed { record, definition_changed: true, change: Some(change) };
+    };
+    let mut record = existing.clone();
+    if obs.run.order < existing.last_seen_order {
+        // An older run than the one the record already reflects: it counts as
+        // seen by that run, but does not roll the definition back.
+        return Observed { record, definition_changed: false, change: None };
+    }
+    record.last_seen_ms = obs.at_ms;
+    record.last_seen_order = obs.run.order;
+    record.last_run = obs.run.run_id;
+    let hash_changed = existing.content_hash != obs.content_hash;
+    if hash_changed {
+        record.name = def.name.clone();
+        record.version = def.version.clone();
+        record.content_hash = obs.content_hash.to_owned();
+    }
+    let change = if existing.deleted_at_ms.is_some() {
+        record.deleted_at_ms = None;
+        Some(entry(LifecycleKind::Restored, Vec::new()))
+    } else if hash_changed {
+        let changed = old_definition.map(|old| changed_fields(old, def)).unwrap_or_default();
+        Some(entry(LifecycleKind::Updated, changed))
+    } else {
+        None
+    };
+    if let Some(c) = &change {
+        record.history.push(c.clone());
+    }
+    Observed { record, definition_changed: hash_changed, change }
+}
+
+/// Which parts of a definition differ, named as in lifecycle events.
+pub fn changed_fields(old: &ApiDefinition, new: &ApiDefinition) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut check = |name: &str, differs: bool| {
+        if differs {
+            out.push(name.to_owned());
+        }
+    };
+    check("name", old.name != new.name);
+    check("version", old.version != new.version);
+    check("paths", old.base_path != new.base_path);
+    check("upstream", old.upstream_url != new.upstream_url);
+    check("auth", old.auth_methods != new.auth_methods);
+    check("tags", old.tags != new.tags);
+    check("stages", old.stages != new.stages);
+    check("spec", old.openapi != new.openapi);
+    check("raw", old.raw != new.raw);
+    out
+}
+
+/// How a run ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunEnd {
+    /// `completed` with the count the agent sent.
+    Completed {
+        /// The agent's count.
+        count: u64,
+    },
+    /// `failed`.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The consequence of a run's end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finish {
+    /// The run's result (deleted count still 0; the caller fills it in).
+    pub result: RunResult,
+    /// When set, live APIs of the provider whose last-seen order is below it
+    /// are deleted, and it becomes the provider's newest completed order.
+    pub delete_below: Option<u64>,
+}
+
+/// Decides what ending `run` means for its provider.
+pub fn finish(run: &RunRecord, provider: &ProviderRecord, end: RunEnd) -> Finish {
+    match end {
+        RunEnd::Failed { reason } => Finish { result: RunResult::Failed { reason }, delete_below: None },
+        RunEnd::Completed { count } if count != run.seen => Finish {
+            result: RunResult::Incomplete { expected: count, received: run.seen },
+            delete_below: None,
+        },
+        RunEnd::Completed { count } => {
+            let superseded = is_stale(run, provider);
+            Finish {
+                result: RunResult::Completed { count, deleted: 0, superseded },
+                delete_below: (!superseded).then_some(run.order),
+            }
+        }
+    }
+}
+
+/// Whether a completion that deletes below `delete_below` deletes this API.
+pub fn should_delete(last_seen_order: u64, deleted: bool, delete_below: u64) -> bool {
+    !deleted && last_seen_order < delete_below
+}
+
+/// Marks a record deleted by `run` and returns the history entry.
+pub fn delete(record: &mut ApiRecord, run: &RunRecord, at_ms: i64, seq: u64) -> HistoryEntry {
+    record.deleted_at_ms = Some(at_ms);
+    let entry = HistoryEntry {
+        kind: LifecycleKind::Deleted,
+        at_ms,
+        run_id: run.run_id,
+        content_hash: record.content_hash.clone(),
+        changed: Vec::new(),
+        source_seq: seq,
+    };
+    record.history.push(entry.clone());
+    entry
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    fn run(order: u64) -> RunRecord {
+        RunRecord::begin(RunId(Uuid::from_u128(order as u128)), AgentId(Uuid::nil()), "p", order, 1000)
+    }
+
+    fn def(name: &str) -> ApiDefinition {
+        ApiDefinition { provider_api_id: "x".into(), name: name.into(), ..Default::default() }
+    }
+
+    fn see(existing: Option<&ApiRecord>, old: Option<&ApiDefinition>, r: &RunRecord, d: &ApiDefinition) -> Observed {
+        let hash = d.content_hash();
+        observe(
+            existing,
+            old,
+            &Observation { api_id: ApiId(Uuid::nil()), run: r, definition: d, content_hash: &hash, at_ms: 5, seq: r.order + 1 },
+        )
+    }
+
+    #[test]
+    fn created_then_unchanged_then_updated_with_fields() {
+        let (r1, r2) = (run(1), run(5));
+        let a = see(None, None, &r1, &def("a"));
+        assert_eq!(a.change.as_ref().unwrap().kind, LifecycleKind::Created);
+        let same = see(Some(&a.record), None, &r2, &def("a"));
+        assert!(same.change.is_none());
+        assert_eq!(same.record.last_seen_order, 5);
+        let b = see(Some(&same.record), Some(&def("a")), &run(9), &def("b"));
+        let change = b.change.unwrap();
+        assert_eq!(change.kind, LifecycleKind::Updated);
+        assert_eq!(change.changed, vec!["name".to_string()]);
+        assert_eq!(b.record.history.len(), 2);
+    }
+
+    #[test]
+    fn an_older_run_never_rolls_a_definition_back() {
+        let newer = see(None, None, &run(9), &def("new"));
+        let older = see(Some(&newer.record), Some(&def("new")), &run(3), &def("old"));
+        assert!(older.change.is_none());
+        assert_eq!(older.record.name, "new");
+    }
+
+    #[test]
+    fn deleted_api_seen_again_is_restored() {
+        let r1 = run(1);
+        let mut rec = see(None, None, &r1, &def("a")).record;
+        delete(&mut rec, &r1, 7, 3);
+        let back = see(Some(&rec), None, &run(10), &def("a"));
+        assert_eq!(back.change.unwrap().kind, LifecycleKind::Restored);
+        assert_eq!(back.record.deleted_at_ms, None);
+    }
+
+    #[test]
+    fn only_a_consistent_newest_completion_deletes() {
+        let mut r = run(10);
+        r.seen = 2;
+        let p = ProviderRecord::default();
+        assert_eq!(finish(&r, &p, RunEnd::Completed { count: 2 }).delete_below, Some(10));
+        assert_eq!(finish(&r, &p, RunEnd::Completed { count: 3 }).delete_below, None);
+        assert_eq!(finish(&r, &p, RunEnd::Failed { reason: "x".into() }).delete_below, None);
+        let newer_done = ProviderRecord { newest_completed_order: 20, ..Default::default() };
+        let f = finish(&r, &newer_done, RunEnd::Completed { count: 2 });
+        assert_eq!(f.delete_below, None);
+        assert!(matches!(f.result, RunResult::Completed { superseded: true, .. }));
+        assert!(should_delete(3, false, 10));
+        assert!(!should_delete(10, false, 10));
+        assert!(!should_delete(3, true, 10));
+    }
+}

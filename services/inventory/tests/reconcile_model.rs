@@ -1,0 +1,254 @@
+//! Property test: for any sequence of sync runs (completed, failed, short,
+//! interleaved, duplicated messages), the sled repository equals a simple
+//! reference model of the reconciliation rules, however the events are split
+//! into transactions, and re-applying them changes nothing.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use meridian_inventory::adapters::store::{ApiFilter, OUTBOX_PREFIX, PROJECTION_ID, Queries, Repository, StatusFilter};
+use meridian_kit::projection::{StoredEvent, apply_events, digest};
+use meridian_schemas::lifecycle::{LifecycleEvent, LifecycleKind};
+use meridian_schemas::sync::{ApiDefinition, SyncEvent, SyncEventKind};
+use meridian_schemas::{AgentId, ApiId, Envelope, EventMeta, RunId};
+use proptest::prelude::*;
+use uuid::Uuid;
+
+const PROVIDERS: [&str; 2] = ["tyk-a", "aws-b"];
+const AGENT: AgentId = AgentId(Uuid::from_u128(42));
+
+#[derive(Clone, Debug)]
+enum Op {
+    Start(usize),
+    Api { run: usize, api: usize, variant: u8 },
+    Complete { run: usize, short: bool },
+    Fail(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        1 => (0..6usize).prop_map(Op::Start),
+        6 => (0..6usize, 0..5usize, 0..2u8).prop_map(|(run, api, variant)| Op::Api { run, api, variant }),
+        2 => (0..6usize, prop::bool::weighted(0.2)).prop_map(|(run, short)| Op::Complete { run, short }),
+        1 => (0..6usize).prop_map(Op::Fail),
+    ]
+}
+
+fn provider_of(run: usize) -> &'static str {
+    PROVIDERS[run % 2]
+}
+
+fn run_id(run: usize) -> RunId {
+    RunId(Uuid::from_u128(1000 + run as u128))
+}
+
+fn definition(api: usize, variant: u8) -> ApiDefinition {
+    ApiDefinition {
+        provider_api_id: format!("api-{api}"),
+        name: format!("API {api}"),
+        version: format!("v{variant}"),
+        ..Default::default()
+    }
+}
+
+/// Turns ops into the SYNC messages an agent-gateway would have appended.
+/// The agent's count is what it sent in the run; `short` lies by one.
+fn events(ops: &[Op]) -> Vec<StoredEvent> {
+    let mut sent: HashMap<usize, BTreeSet<usize>> = HashMap::new();
+    let mut out = Vec::new();
+    for op in ops {
+        let (run, kind) = match *op {
+            Op::Start(run) => (run, SyncEventKind::Started { provider_type: "tyk".into() }),
+            Op::Api { run, api, variant } => {
+                sent.entry(run).or_default().insert(api);
+                let d = definition(api, variant);
+                let content_hash = d.content_hash();
+                (run, SyncEventKind::Api { definition: d, content_hash })
+            }
+            Op::Complete { run, short } => {
+                let n = sent.get(&run).map_or(0, |s| s.len() as u64);
+                (run, SyncEventKind::Completed { count: if short { n + 1 } else { n } })
+            }
+            Op::Fail(run) => (run, SyncEventKind::Failed { reason: "boom".into() }),
+        };
+        let seq = out.len() as u64 + 1;
+        let event = SyncEvent { run_id: run_id(run), agent_id: AGENT, provider: provider_of(run).into(), kind };
+        let meta = EventMeta { occurred_at_ms: seq as i64 * 1000, ..Default::default() };
+        out.push(StoredEvent { seq, subject: String::new(), envelope: Envelope::wrap(&event, meta) });
+    }
+    out
+}
+
+#[derive(Default, Debug)]
+struct ModelApi {
+    deleted: bool,
+    variant: u8,
+    seen_by: BTreeSet<u64>,
+}
+
+#[derive(Default)]
+struct Model {
+    runs: HashMap<usize, (u64, bool, BTreeSet<usize>)>, // order, ended, seen
+    newest_completed: HashMap<&'static str, u64>,
+    apis: BTreeMap<(usize, usize), ModelApi>, // (provider index, api)
+    emitted: Vec<(u64, ApiId, LifecycleKind)>,
+}
+
+fn api_id(provider: &str, api: usize) -> ApiId {
+    ApiId::derive(AGENT, provider, &format!("api-{api}"))
+}
+
+impl Model {
+    fn run(ops: &[Op]) -> Self {
+        let mut m = Model::default();
+        let mut sent: HashMap<usize, BTreeSet<usize>> = HashMap::new();
+        for (i, op) in ops.iter().enumerate() {
+            let seq = i as u64 + 1;
+            let r = match *op {
+                Op::Start(r) | Op::Api { run: r, .. } | Op::Complete { run: r, .. } | Op::Fail(r) => r,
+            };
+            let provider = provider_of(r);
+            let p = r % 2;
+            let (order, ended, _) = *m.runs.entry(r).or_insert((seq, false, BTreeSet::new()));
+            let stale = order < m.newest_completed.get(provider).copied().unwrap_or(0);
+            match *op {
+                Op::Start(_) => {}
+                Op::Api { api, variant, .. } => {
+                    sent.entry(r).or_default().insert(api);
+                    if ended || stale {
+                        continue;
+                    }
+                    m.runs.get_mut(&r).unwrap().2.insert(api);
+                    let id = api_id(provider, api);
+                    match m.apis.get_mut(&(p, api)) {
+                        None => {
+                            let mut a = ModelApi { variant, ..Default::default() };
+                            a.seen_by.insert(order);
+                            m.apis.insert((p, api), a);
+                            m.emitted.push((seq, id, LifecycleKind::Created));
+                        }
+                        Some(a) => {
+                            let newest_seen = a.seen_by.iter().next_back().copied().unwrap_or(0);
+                            a.seen_by.insert(order);
+                            if order < newest_seen {
+                                continue;
+                            }
+                            if a.deleted {
+                                a.deleted = false;
+                                a.variant = variant;
+                                m.emitted.push((seq, id, LifecycleKind::Restored));
+                            } else if a.variant != variant {
+                                a.variant = variant;
+                                m.emitted.push((seq, id, LifecycleKind::Updated));
+                            }
+                        }
+                    }
+                }
+                Op::Complete { .. } | Op::Fail(_) => {
+                    if ended {
+                        continue;
+                    }
+                    m.runs.get_mut(&r).unwrap().1 = true;
+                    let Op::Complete { short, .. } = *op else { continue };
+                    let seen = &m.runs[&r].2;
+                    let count = sent.get(&r).map_or(0, |s| s.len()) + usize::from(short);
+                    if count != seen.len() || stale {
+                        continue;
+                    }
+                    m.newest_completed.insert(provider, order);
+                    // Delete what neither this run nor a newer one saw.
+                    let mut doomed: Vec<ApiId> = Vec::new();
+                    for (&(ap, api), a) in m.apis.iter_mut() {
+                        if ap == p && !a.deleted && !a.seen_by.iter().any(|&o| o >= order) {
+                            a.deleted = true;
+                            doomed.push(api_id(provider, api));
+                        }
+                    }
+                    doomed.sort_by_key(|id| *id.0.as_bytes());
+                    m.emitted.extend(doomed.into_iter().map(|id| (seq, id, LifecycleKind::Deleted)));
+                }
+            }
+        }
+        m
+    }
+}
+
+fn repository_state(tree: &sled::Tree) -> BTreeMap<ApiId, (bool, String)> {
+    let filter = ApiFilter {
+        provider: None,
+        agent_id: None,
+        status: StatusFilter::All,
+        name_contains: None,
+        page: 1,
+        per_page: usize::MAX,
+    };
+    let (records, _) = Queries::new(tree.clone()).list(&filter).unwrap();
+    records.into_iter().map(|r| (r.api_id, (r.deleted_at_ms.is_some(), r.version))).collect()
+}
+
+fn outbox(tree: &sled::Tree) -> Vec<(u64, ApiId, LifecycleKind)> {
+    tree.scan_prefix(OUTBOX_PREFIX)
+        .map(|e| {
+            let ev: LifecycleEvent = postcard::from_bytes(&e.unwrap().1).unwrap();
+            (ev.source_seq, ev.api_id, ev.kind)
+        })
+        .collect()
+}
+
+/// One database for the whole test binary; each case gets fresh trees
+/// (creating a sled database per case is slow).
+fn fresh_tree() -> sled::Tree {
+    static DB: std::sync::OnceLock<sled::Db> = std::sync::OnceLock::new();
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let db = DB.get_or_init(|| sled::Config::new().temporary(true).open().unwrap());
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    db.open_tree(format!("case-{n}")).unwrap()
+}
+
+fn apply_in_chunks(events: &[StoredEvent], chunk: usize) -> sled::Tree {
+    let tree = fresh_tree();
+    for part in events.chunks(chunk.max(1)) {
+        apply_events(&tree, &Repository, PROJECTION_ID, part).unwrap();
+    }
+    tree
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn repository_matches_reference_model(ops in prop::collection::vec(op(), 0..60), chunk in 1usize..20) {
+        let events = events(&ops);
+        let model = Model::run(&ops);
+        let tree = apply_in_chunks(&events, chunk);
+
+        let expected: BTreeMap<ApiId, (bool, String)> = model
+            .apis
+            .iter()
+            .map(|(&(p, api), a)| (api_id(PROVIDERS[p], api), (a.deleted, format!("v{}", a.variant))))
+            .collect();
+        prop_assert_eq!(repository_state(&tree), expected);
+        prop_assert_eq!(outbox(&tree), model.emitted.clone());
+
+        // Another batching, and a redelivery of everything, give the same state.
+        let other = apply_in_chunks(&events, 1000);
+        apply_events(&other, &Repository, PROJECTION_ID, &events).unwrap();
+        prop_assert_eq!(digest(&tree).unwrap(), digest(&other).unwrap());
+        prop_assert_eq!(outbox(&other), model.emitted);
+    }
+
+    #[test]
+    fn never_deletes_what_the_newest_completed_run_saw(ops in prop::collection::vec(op(), 0..60)) {
+        let events = events(&ops);
+        let model = Model::run(&ops);
+        let tree = apply_in_chunks(&events, 7);
+        let state = repository_state(&tree);
+        for (&provider_run, &(order, _, ref seen)) in &model.runs {
+            let provider = provider_of(provider_run);
+            if model.newest_completed.get(provider) == Some(&order) {
+                for &api in seen {
+                    prop_assert_eq!(state[&api_id(provider, api)].0, false, "newest completed run saw api-{}", api);
+                }
+            }
+        }
+    }
+}
