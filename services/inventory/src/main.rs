@@ -31,7 +31,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve => {
             let listener = tokio::net::TcpListener::bind(&config.http_addr).await?;
             tracing::info!(addr = %listener.local_addr()?, "inventory listening");
-            let app = App::build(config).await?;
+            let app = match App::build(config).await {
+                Ok(app) => app,
+                Err(meridian_inventory::app::AppError::Config(e)) => {
+                    eprintln!("{e}");
+                    std::process::exit(config::EXIT_BAD_CONFIG);
+                }
+                Err(e) => return Err(e.into()),
+            };
             app.serve(listener, shutdown::on_signal()).await?;
         }
         Command::Rebuild => {

@@ -122,30 +122,28 @@ impl Publisher {
     }
 
     /// Publishes many events, keeping up to [`PUBLISH_WINDOW`] acks in
-    /// flight, and returns the acks in order. Stops at the first failure;
-    /// events before it are stored, and a retry of the whole batch stores
-    /// nothing twice.
+    /// flight, and returns the last ack. Stops at the first failure; events
+    /// before it are stored, and a retry of the whole batch stores nothing
+    /// twice.
     pub async fn publish_all<E: Event>(
         &self,
         events: impl IntoIterator<Item = (E, EventMeta)>,
-    ) -> Result<Vec<PublishAck>, BusError> {
-        let mut pending: VecDeque<(String, PublishAckFuture)> = VecDeque::new();
-        let mut acks = Vec::new();
+    ) -> Result<Option<PublishAck>, BusError> {
+        let mut window = AckWindow::new(PUBLISH_WINDOW);
         for (event, meta) in events {
-            if pending.len() >= PUBLISH_WINDOW {
-                acks.push(Self::settle(pending.pop_front().expect("non-empty")).await?);
-            }
-            let subject = event.subject();
-            pending.push_back((subject, self.send(&event, meta).await?));
+            window.push(self.start(&event, meta).await?).await?;
         }
-        while let Some(p) = pending.pop_front() {
-            acks.push(Self::settle(p).await?);
-        }
-        Ok(acks)
+        window.flush().await
     }
 
     async fn settle((subject, fut): (String, PublishAckFuture)) -> Result<PublishAck, BusError> {
         fut.await.map_err(|e| BusError::Publish { subject, message: e.to_string() })
+    }
+
+    /// Sends an event without waiting for its ack; await the returned
+    /// [`PendingAck`] (or put it in an [`AckWindow`]) to know it is stored.
+    pub async fn start<E: Event>(&self, event: &E, meta: EventMeta) -> Result<PendingAck, BusError> {
+        Ok(PendingAck { subject: event.subject(), fut: self.send(event, meta).await? })
     }
 
     async fn send<E: Event>(&self, event: &E, meta: EventMeta) -> Result<PublishAckFuture, BusError> {
@@ -159,6 +157,52 @@ impl Publisher {
             .publish_with_headers(subject.clone(), headers, envelope.to_bytes().into())
             .await
             .map_err(|e| BusError::Publish { subject, message: e.to_string() })
+    }
+}
+
+/// A publish whose ack has not arrived yet.
+pub struct PendingAck {
+    subject: String,
+    fut: PublishAckFuture,
+}
+
+impl PendingAck {
+    /// Waits for the stream to store the event.
+    pub async fn wait(self) -> Result<PublishAck, BusError> {
+        Publisher::settle((self.subject, self.fut)).await
+    }
+}
+
+/// A bounded window of in-flight publishes: pushing beyond the bound waits for
+/// the oldest ack, so a fast producer keeps many publishes in flight without
+/// one round trip each, and without unbounded memory.
+pub struct AckWindow {
+    pending: VecDeque<PendingAck>,
+    limit: usize,
+}
+
+impl AckWindow {
+    /// A window of at most `limit` outstanding acks.
+    pub fn new(limit: usize) -> Self {
+        Self { pending: VecDeque::new(), limit: limit.max(1) }
+    }
+
+    /// Adds a publish, first settling the oldest if the window is full.
+    pub async fn push(&mut self, ack: PendingAck) -> Result<(), BusError> {
+        while self.pending.len() >= self.limit {
+            self.pending.pop_front().expect("non-empty").wait().await?;
+        }
+        self.pending.push_back(ack);
+        Ok(())
+    }
+
+    /// Waits for every outstanding ack; returns the last one.
+    pub async fn flush(&mut self) -> Result<Option<PublishAck>, BusError> {
+        let mut last = None;
+        while let Some(p) = self.pending.pop_front() {
+            last = Some(p.wait().await?);
+        }
+        Ok(last)
     }
 }
 

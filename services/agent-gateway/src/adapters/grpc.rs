@@ -1,0 +1,407 @@
+//! The agent-facing gRPC service: health and sync streams.
+//!
+//! Protocol: the agent opens the health stream, says `Hello` with its
+//! providers, waits for the first `HealthReply`, then opens the sync stream.
+//! Opening the sync stream triggers an initial sync of every provider.
+//!
+//! Each sync stream subscribes (queue group `sync`) to the agent's core-NATS
+//! request subject, so a sync asked for on any replica (REST, scheduler)
+//! reaches the replica holding the stream. Runs belong to the stream they were
+//! requested on; messages for other runs, out of order, oversized or malformed
+//! end the stream with `InvalidArgument`. When a stream ends, its unfinished
+//! runs are appended as `failed` with the reason, so nothing waits forever.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use meridian_kit::bus::{AckWindow, BusError, Publisher};
+use meridian_kit::time::now_ms;
+use meridian_schemas::agents::{Heartbeat, ProviderRef};
+use meridian_schemas::commands::{self, RunStarted, TriggerSync, TriggerSyncReply};
+use meridian_schemas::proto::agent_hub_server::AgentHub;
+use meridian_schemas::proto::{
+    HealthMessage, HealthReply, SyncMessage, SyncRequest, health_message, sync_message,
+};
+use meridian_schemas::sync::{ApiDefinition, SyncEvent, SyncEventKind};
+use meridian_schemas::{AgentId, EventMeta, RunId, streams};
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use uuid::Uuid;
+
+use super::registry::{ExecError, Registry};
+use super::tokens::{TokenError, Tokens};
+use crate::domain::{self, Command, Rejection};
+
+/// Protocol settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// How often agents must send a heartbeat.
+    pub heartbeat_interval: Duration,
+    /// Missed heartbeats before an agent counts as `INACTIVE`.
+    pub missed_heartbeats: u32,
+    /// Largest encoded `ApiDefinition` accepted.
+    pub max_api_bytes: usize,
+    /// Publishes kept in flight per sync stream.
+    pub publish_window: usize,
+}
+
+/// The service.
+#[derive(Clone)]
+pub struct Hub {
+    registry: Registry,
+    tokens: Tokens,
+    publisher: Publisher,
+    client: async_nats::Client,
+    settings: Settings,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+impl Hub {
+    /// Builds the service.
+    pub fn new(registry: Registry, tokens: Tokens, publisher: Publisher, client: async_nats::Client, settings: Settings) -> Self {
+        Self { registry, tokens, publisher, client, settings }
+    }
+
+    /// Checks `authorization: Bearer <token>` against signature, expiry and
+    /// the registry's current token for the agent.
+    fn authenticate<T>(&self, req: &Request<T>) -> Result<(AgentId, Uuid), Status> {
+        let header = req
+            .metadata()
+            .get("authorization")
+            .ok_or_else(|| Status::unauthenticated("missing authorization metadata (expected `Bearer <token>`)"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <token>`"))?;
+        let (agent, jti) = self.tokens.verify(token.trim()).map_err(|e| match e {
+            TokenError::Expired => Status::unauthenticated("token expired"),
+            TokenError::Invalid(_) => Status::unauthenticated("token is not valid"),
+        })?;
+        self.still_valid(agent, jti)?;
+        Ok((agent, jti))
+    }
+
+    fn still_valid(&self, agent: AgentId, jti: Uuid) -> Result<(), Status> {
+        let record = self.registry.get(agent);
+        if record.is_none() {
+            return Err(Status::unauthenticated("unknown agent (deleted?)"));
+        }
+        if !domain::token_valid(record.as_ref(), jti, now_ms()) {
+            return Err(Status::unauthenticated("token revoked, replaced or expired"));
+        }
+        Ok(())
+    }
+
+    async fn beat(&self, agent: AgentId) -> Result<(), BusError> {
+        let at_ms = now_ms();
+        let window = self.settings.heartbeat_interval * self.settings.missed_heartbeats;
+        let beat = Heartbeat { agent_id: agent, at_ms, active_until_ms: at_ms + window.as_millis() as i64 };
+        self.publisher.publish(&beat, EventMeta { occurred_at_ms: at_ms, ..Default::default() }).await.map(|_| ())
+    }
+
+    async fn announce(&self, agent: AgentId, hello: meridian_schemas::proto::Hello) -> Result<(), Status> {
+        let providers: Vec<ProviderRef> = hello
+            .providers
+            .into_iter()
+            .map(|p| ProviderRef { name: p.name, provider_type: p.r#type })
+            .collect();
+        let command = Command::Connect { connection_id: Uuid::new_v4(), providers, agent_version: hello.agent_version };
+        match self.registry.execute(agent, command).await {
+            Ok(_) => {}
+            Err(ExecError::Rejected(Rejection::Invalid { field, why })) => {
+                return Err(Status::invalid_argument(format!("hello.{field}: {why}")));
+            }
+            Err(ExecError::Rejected(e)) => return Err(Status::unauthenticated(e.to_string())),
+            Err(e) => return Err(Status::unavailable(e.to_string())),
+        }
+        self.beat(agent).await.map_err(|e| Status::unavailable(e.to_string()))
+    }
+}
+
+#[tonic::async_trait]
+impl AgentHub for Hub {
+    type HealthStream = BoxStream<HealthReply>;
+    type SyncStream = BoxStream<SyncRequest>;
+
+    async fn health(&self, req: Request<Streaming<HealthMessage>>) -> Result<Response<Self::HealthStream>, Status> {
+        let (agent, jti) = self.authenticate(&req)?;
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(30), inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no hello within 30 s"))??;
+        let Some(HealthMessage { kind: Some(health_message::Kind::Hello(hello)) }) = first else {
+            return Err(Status::invalid_argument("the first message on the health stream must be hello"));
+        };
+        self.announce(agent, hello).await?;
+        tracing::info!(%agent, "agent connected (health stream)");
+        let (tx, rx) = mpsc::channel(4);
+        let interval = self.settings.heartbeat_interval.as_secs().max(1) as u32;
+        let _ = tx.send(Ok(HealthReply { heartbeat_interval_seconds: interval })).await;
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let reason = loop {
+                let message = tokio::select! {
+                    m = inbound.message() => m,
+                    () = tx.closed() => break "hub side closed".to_owned(),
+                };
+                let result = match message {
+                    Ok(Some(HealthMessage { kind: Some(health_message::Kind::Heartbeat(_)) })) => {
+                        match hub.still_valid(agent, jti) {
+                            Err(status) => Err(status),
+                            Ok(()) => hub.beat(agent).await.map_err(|e| Status::unavailable(e.to_string())),
+                        }
+                    }
+                    Ok(Some(HealthMessage { kind: Some(health_message::Kind::Hello(hello)) })) => {
+                        hub.announce(agent, hello).await
+                    }
+                    Ok(Some(HealthMessage { kind: None })) => {
+                        Err(Status::invalid_argument("health message without hello or heartbeat"))
+                    }
+                    Ok(None) => break "agent closed the stream".to_owned(),
+                    Err(status) => break format!("stream error: {}", status.message()),
+                };
+                if let Err(status) = result {
+                    let reason = status.message().to_owned();
+                    let _ = tx.send(Err(status)).await;
+                    break reason;
+                }
+            };
+            tracing::info!(%agent, %reason, "agent health stream ended");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn sync(&self, req: Request<Streaming<SyncMessage>>) -> Result<Response<Self::SyncStream>, Status> {
+        let (agent, jti) = self.authenticate(&req)?;
+        let inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel::<Result<SyncRequest, Status>>(64);
+        let runs: Runs = Arc::new(Mutex::new(HashMap::new()));
+        let subscription = self
+            .client
+            .queue_subscribe(streams::sync_request_subject(agent), "sync".into())
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot subscribe to sync requests: {e}")))?;
+        tracing::info!(%agent, "agent connected (sync stream)");
+        let responder = tokio::spawn(respond(self.clone(), agent, subscription, runs.clone(), tx.clone()));
+        // The initial sync of a new connection.
+        let hub = self.clone();
+        let (initial_runs, initial_tx) = (runs.clone(), tx.clone());
+        tokio::spawn(async move {
+            match hub.start_runs(agent, None, &initial_runs, &initial_tx, Duration::from_secs(5)).await {
+                TriggerSyncReply::Started(started) => tracing::info!(%agent, runs = started.len(), "initial sync requested"),
+                other => tracing::warn!(%agent, ?other, "initial sync not started"),
+            }
+        });
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let reason = hub.receive(agent, jti, inbound, &runs, &tx).await;
+            responder.abort();
+            hub.fail_open_runs(agent, &runs, &reason).await;
+            tracing::info!(%agent, %reason, "agent sync stream ended");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Runs requested on one sync stream and whether each has started.
+type Runs = Arc<Mutex<HashMap<RunId, RunTrack>>>;
+
+#[derive(Clone, Debug)]
+struct RunTrack {
+    provider: String,
+    provider_type: String,
+    started: bool,
+}
+
+async fn respond(
+    hub: Hub,
+    agent: AgentId,
+    mut subscription: async_nats::Subscriber,
+    runs: Runs,
+    tx: mpsc::Sender<Result<SyncRequest, Status>>,
+) {
+    while let Some(message) = subscription.next().await {
+        let reply = match commands::decode::<TriggerSync>(&message.payload) {
+            Ok(trigger) => hub.start_runs(agent, trigger.provider, &runs, &tx, Duration::ZERO).await,
+            Err(e) => TriggerSyncReply::UnknownProvider(format!("malformed request: {e}")),
+        };
+        if let Some(reply_to) = message.reply
+            && let Err(e) = hub.client.publish(reply_to, commands::encode(&reply).into()).await
+        {
+            tracing::warn!(%agent, error = %e, "could not answer a sync request");
+        }
+    }
+}
+
+impl Hub {
+    /// Pushes sync requests for one provider (or all) to the agent.
+    async fn start_runs(
+        &self,
+        agent: AgentId,
+        provider: Option<String>,
+        runs: &Runs,
+        tx: &mpsc::Sender<Result<SyncRequest, Status>>,
+        patience: Duration,
+    ) -> TriggerSyncReply {
+        // A brand-new connection's hello may still be on its way through the log.
+        let deadline = tokio::time::Instant::now() + patience;
+        let known = loop {
+            match self.registry.get(agent).and_then(|r| r.providers) {
+                Some(p) => break p,
+                None if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+                None => break Vec::new(),
+            }
+        };
+        let chosen: Vec<ProviderRef> = match &provider {
+            Some(name) => match known.iter().find(|p| &p.name == name) {
+                Some(p) => vec![p.clone()],
+                None => return TriggerSyncReply::UnknownProvider(name.clone()),
+            },
+            None => known,
+        };
+        let mut started = Vec::new();
+        for p in chosen {
+            let run_id = RunId::new_random();
+            runs.lock().expect("runs lock").insert(
+                run_id,
+                RunTrack { provider: p.name.clone(), provider_type: p.provider_type.clone(), started: false },
+            );
+            let request = SyncRequest { run_id: run_id.to_string(), provider: p.name.clone() };
+            if tx.send(Ok(request)).await.is_err() {
+                runs.lock().expect("runs lock").remove(&run_id);
+                return TriggerSyncReply::SyncStreamDown;
+            }
+            started.push(RunStarted { provider: p.name, run_id });
+        }
+        TriggerSyncReply::Started(started)
+    }
+
+    /// Appends what the agent sends until the stream ends; returns why it ended.
+    async fn receive(
+        &self,
+        agent: AgentId,
+        jti: Uuid,
+        mut inbound: Streaming<SyncMessage>,
+        runs: &Runs,
+        tx: &mpsc::Sender<Result<SyncRequest, Status>>,
+    ) -> String {
+        let mut window = AckWindow::new(self.settings.publish_window);
+        let result: Result<String, Status> = async {
+            loop {
+                let message = tokio::select! {
+                    m = inbound.message() => m,
+                    () = tx.closed() => return Ok("hub side closed".to_owned()),
+                };
+                let message = match message {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return Ok("agent closed the stream".to_owned()),
+                    Err(status) => return Ok(format!("stream error: {}", status.message())),
+                };
+                self.still_valid(agent, jti)?;
+                let (event, ends_run) = self.to_event(agent, message, runs)?;
+                let meta = EventMeta { occurred_at_ms: now_ms(), correlation_id: Some(event.run_id.0), ..Default::default() };
+                let pending = self.publisher.start(&event, meta).await.map_err(unavailable)?;
+                window.push(pending).await.map_err(unavailable)?;
+                if ends_run {
+                    window.flush().await.map_err(unavailable)?;
+                }
+            }
+        }
+        .await;
+        let flushed = window.flush().await;
+        match (result, flushed) {
+            (Ok(reason), Ok(_)) => reason,
+            (Ok(_), Err(e)) => format!("publishing failed: {e}"),
+            (Err(status), _) => {
+                let reason = status.message().to_owned();
+                let _ = tx.send(Err(status)).await;
+                reason
+            }
+        }
+    }
+
+    /// Validates one message against the stream's runs and maps it to an event.
+    fn to_event(&self, agent: AgentId, message: SyncMessage, runs: &Runs) -> Result<(SyncEvent, bool), Status> {
+        let run_id = RunId::parse(&message.run_id)
+            .map_err(|_| Status::invalid_argument(format!("run_id: {:?} is not a UUID", message.run_id)))?;
+        let mut runs = runs.lock().expect("runs lock");
+        let track = runs
+            .get_mut(&run_id)
+            .ok_or_else(|| Status::invalid_argument(format!("run_id: {run_id} was not requested on this stream (or has ended)")))?;
+        if message.provider != track.provider {
+            return Err(Status::invalid_argument(format!(
+                "provider: run {run_id} is for {:?}, not {:?}",
+                track.provider, message.provider
+            )));
+        }
+        let provider = track.provider.clone();
+        let (kind, ends) = match message.kind {
+            None => return Err(Status::invalid_argument("sync message without started, api, completed or failed")),
+            Some(sync_message::Kind::Started(_)) if track.started => {
+                return Err(Status::invalid_argument(format!("run {run_id}: started twice")));
+            }
+            Some(sync_message::Kind::Started(_)) => {
+                track.started = true;
+                (SyncEventKind::Started { provider_type: track.provider_type.clone() }, false)
+            }
+            Some(sync_message::Kind::Api(_)) if !track.started => {
+                return Err(Status::invalid_argument(format!("run {run_id}: api before started")));
+            }
+            Some(sync_message::Kind::Api(api)) => {
+                let size = api.encoded_len();
+                if size > self.settings.max_api_bytes {
+                    return Err(Status::invalid_argument(format!(
+                        "api {:?}: definition is {size} bytes, the limit is {}",
+                        api.provider_api_id, self.settings.max_api_bytes
+                    )));
+                }
+                if api.provider_api_id.is_empty() {
+                    return Err(Status::invalid_argument("api.provider_api_id: must not be empty"));
+                }
+                let definition = ApiDefinition::from(api);
+                let content_hash = definition.content_hash();
+                (SyncEventKind::Api { definition, content_hash }, false)
+            }
+            Some(sync_message::Kind::Completed(_)) if !track.started => {
+                return Err(Status::invalid_argument(format!("run {run_id}: completed before started")));
+            }
+            Some(sync_message::Kind::Completed(c)) => (SyncEventKind::Completed { count: c.count }, true),
+            Some(sync_message::Kind::Failed(f)) => {
+                let reason = if f.reason.trim().is_empty() { "agent reported failure".to_owned() } else { f.reason };
+                (SyncEventKind::Failed { reason }, true)
+            }
+        };
+        if ends {
+            runs.remove(&run_id);
+        }
+        Ok((SyncEvent { run_id, agent_id: agent, provider, kind }, ends))
+    }
+
+    /// Appends `failed` for every run of the stream that has not ended.
+    async fn fail_open_runs(&self, agent: AgentId, runs: &Runs, reason: &str) {
+        let open: Vec<(RunId, RunTrack)> = runs.lock().expect("runs lock").drain().collect();
+        let events = open.into_iter().filter(|(_, t)| t.started).map(|(run_id, t)| {
+            let event = SyncEvent {
+                run_id,
+                agent_id: agent,
+                provider: t.provider,
+                kind: SyncEventKind::Failed { reason: format!("sync stream ended during the run: {reason}") },
+            };
+            (event, EventMeta { occurred_at_ms: now_ms(), correlation_id: Some(run_id.0), ..Default::default() })
+        });
+        if let Err(e) = self.publisher.publish_all(events.collect::<Vec<_>>()).await {
+            tracing::warn!(%agent, error = %e, "could not record unfinished runs as failed");
+        }
+    }
+}
+
+fn unavailable(e: BusError) -> Status {
+    Status::unavailable(e.to_string())
+}

@@ -1,0 +1,111 @@
+//! The registry projection (`AGENTS` folded into sled) and command execution.
+//!
+//! Every replica folds the whole stream into a temporary in-memory sled tree
+//! at start (the registry is small) and follows it, so any replica can answer
+//! and authenticate any agent. A command is decided against the local record,
+//! published, and answered once the local projection has applied it, so a
+//! caller reads its own write.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_kit::bus::{BusError, Publisher};
+use meridian_kit::projection::{Ctx, Progress, Projection, StoredEvent};
+use meridian_kit::time::now_ms;
+use meridian_schemas::agents::AgentEvent;
+use meridian_schemas::{AgentId, EventMeta};
+
+use crate::domain::{self, AgentRecord, Command, Rejection};
+
+fn key(id: AgentId) -> Vec<u8> {
+    [b"g".as_slice(), id.0.as_bytes()].concat()
+}
+
+/// Folds `AGENTS` into agent records.
+pub struct RegistryProjection;
+
+impl Projection for RegistryProjection {
+    fn apply(&self, ctx: &Ctx<'_>, stored: &StoredEvent) -> Result<(), String> {
+        let event: AgentEvent = stored.envelope.open().map_err(|e| e.to_string())?;
+        let k = key(event.agent_id());
+        let state: Option<AgentRecord> = match ctx.tx.get(&k).map_err(|e| e.to_string())? {
+            Some(v) => Some(postcard::from_bytes(&v).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        match domain::evolve(state, &event, stored.envelope.occurred_at_ms) {
+            Some(r) => ctx.tx.insert(k, postcard::to_allocvec(&r).map_err(|e| e.to_string())?),
+            None => ctx.tx.remove(k),
+        }
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// Why a command did not take effect.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The rules refused it.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// NATS failed.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// Published, but the local registry did not apply it in time.
+    #[error("the registry did not catch up in time")]
+    Lagging,
+}
+
+/// The registry: reads, and commands that go through the log.
+#[derive(Clone)]
+pub struct Registry {
+    tree: sled::Tree,
+    publisher: Publisher,
+    progress: Progress,
+}
+
+impl Registry {
+    /// Wraps the projection's tree and progress.
+    pub fn new(tree: sled::Tree, publisher: Publisher, progress: Progress) -> Self {
+        Self { tree, publisher, progress }
+    }
+
+    /// One agent.
+    pub fn get(&self, id: AgentId) -> Option<AgentRecord> {
+        let v = self.tree.get(key(id)).ok()??;
+        postcard::from_bytes(&v).ok()
+    }
+
+    /// Every agent, ordered by creation time.
+    pub fn list(&self) -> Vec<AgentRecord> {
+        let mut all: Vec<AgentRecord> = self
+            .tree
+            .scan_prefix(b"g")
+            .values()
+            .filter_map(|v| postcard::from_bytes(&v.ok()?).ok())
+            .collect();
+        all.sort_by_key(|r| (r.created_at_ms, r.id));
+        all
+    }
+
+    /// Decides, publishes, waits for the local projection; returns the
+    /// record as it now is (`None` after a delete).
+    pub async fn execute(&self, id: AgentId, command: Command) -> Result<Option<AgentRecord>, ExecError> {
+        let events = domain::decide(self.get(id).as_ref(), id, command)?;
+        let meta = || EventMeta { occurred_at_ms: now_ms(), ..Default::default() };
+        let last = self.publisher.publish_all(events.into_iter().map(|e| (e, meta()))).await?;
+        if let Some(ack) = last
+            && !self.progress.wait_for(ack.sequence, Duration::from_secs(5)).await
+        {
+            return Err(ExecError::Lagging);
+        }
+        Ok(self.get(id))
+    }
+
+    /// The projection's progress.
+    pub fn progress(&self) -> &Progress {
+        &self.progress
+    }
+}
+
+/// Shared handle.
+pub type SharedRegistry = Arc<Registry>;

@@ -1,0 +1,254 @@
+//! Wiring: configuration, NATS, the registry projection, gRPC and HTTP.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_kit::CancellationToken;
+use meridian_kit::bus::{self, Publisher};
+use meridian_kit::config::{ConfigError, HumanDuration, Secret, admin_key};
+use meridian_kit::http::{self, ApiKey, ReadyCheck};
+use meridian_kit::projection::{self, ConsumerKind, Progress, ProjectionSpec, Runner};
+use meridian_schemas::proto::agent_hub_server::AgentHubServer;
+use meridian_schemas::streams;
+use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::adapters::grpc::{Hub, Settings};
+use crate::adapters::registry::{Registry, RegistryProjection};
+use crate::adapters::tokens::{MIN_SECRET_BYTES, Tokens};
+use crate::api;
+
+/// Environment prefix of the configuration.
+pub const ENV_PREFIX: &str = "MERIDIAN_AGENT_GATEWAY__";
+
+/// Configuration (`MERIDIAN_AGENT_GATEWAY__<FIELD>`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// NATS server URL.
+    #[serde(default = "default_nats_url")]
+    pub nats_url: String,
+    /// Address of the standalone REST server.
+    #[serde(default = "default_http_addr")]
+    pub http_addr: String,
+    /// Address of the agents' gRPC endpoint.
+    #[serde(default = "default_grpc_addr")]
+    pub grpc_addr: String,
+    /// Admin key; defaults to `MERIDIAN_API_KEY`.
+    pub api_key: Option<Secret>,
+    /// Secret that signs agent tokens (at least 32 bytes). Required.
+    pub jwt_secret: Option<Secret>,
+    /// Lifetime of issued tokens.
+    #[serde(default = "default_token_ttl")]
+    pub token_ttl: HumanDuration,
+    /// How often agents send heartbeats.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_interval: HumanDuration,
+    /// Missed heartbeats before an agent is `INACTIVE`.
+    #[serde(default = "default_missed")]
+    pub missed_heartbeats: u32,
+    /// Largest API definition accepted from an agent, in bytes.
+    #[serde(default = "default_max_api_bytes")]
+    pub max_api_bytes: usize,
+}
+
+fn default_nats_url() -> String {
+    "nats://127.0.0.1:4222".into()
+}
+fn default_http_addr() -> String {
+    "127.0.0.1:8081".into()
+}
+fn default_grpc_addr() -> String {
+    "127.0.0.1:50051".into()
+}
+fn default_token_ttl() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30 * 86_400))
+}
+fn default_heartbeat() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+fn default_missed() -> u32 {
+    3
+}
+fn default_max_api_bytes() -> usize {
+    1_000_000
+}
+
+impl Config {
+    /// Defaults with the given NATS URL and secrets (launcher and tests).
+    pub fn new(nats_url: &str, api_key: &str, jwt_secret: &str) -> Self {
+        Self {
+            nats_url: nats_url.to_owned(),
+            http_addr: "127.0.0.1:0".into(),
+            grpc_addr: "127.0.0.1:0".into(),
+            api_key: Some(Secret::new(api_key)),
+            jwt_secret: Some(Secret::new(jwt_secret)),
+            token_ttl: default_token_ttl(),
+            heartbeat_interval: default_heartbeat(),
+            missed_heartbeats: default_missed(),
+            max_api_bytes: default_max_api_bytes(),
+        }
+    }
+}
+
+/// A failure to start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// NATS.
+    #[error(transparent)]
+    Bus(#[from] bus::BusError),
+    /// sled.
+    #[error("registry storage: {0}")]
+    Storage(#[from] sled::Error),
+    /// The registry projection stopped.
+    #[error(transparent)]
+    Projection(#[from] projection::ProjectionError),
+    /// The registry did not catch up with the log in time.
+    #[error("the agent registry did not catch up with the AGENTS stream within {0:?}")]
+    NotCaughtUp(Duration),
+    /// gRPC server.
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    /// HTTP server.
+    #[error("HTTP server: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+/// A built agent-gateway, ready to run.
+pub struct App {
+    client: async_nats::Client,
+    registry: Registry,
+    runner: Runner<RegistryProjection>,
+    progress: Progress,
+    hub: Hub,
+    tokens: Tokens,
+    token_ttl: Duration,
+    max_api_bytes: usize,
+    api_key: ApiKey,
+    _db: sled::Db,
+}
+
+impl App {
+    /// Checks configuration, connects, creates streams.
+    pub async fn build(config: Config) -> Result<Self, AppError> {
+        let api_key = ApiKey::new(admin_key(config.api_key.clone(), "MERIDIAN_AGENT_GATEWAY__API_KEY")?.expose());
+        let secret = config.jwt_secret.as_ref().ok_or_else(|| ConfigError {
+            message: format!("set {ENV_PREFIX}JWT_SECRET (at least {MIN_SECRET_BYTES} bytes): it signs agent tokens"),
+        })?;
+        let tokens = Tokens::new(secret.expose().as_bytes())
+            .map_err(|m| ConfigError { message: format!("{ENV_PREFIX}JWT_SECRET: {m}") })?;
+        if config.missed_heartbeats == 0 {
+            return Err(ConfigError { message: format!("{ENV_PREFIX}MISSED_HEARTBEATS must be at least 1") }.into());
+        }
+        if config.heartbeat_interval.0 < Duration::from_secs(1) {
+            return Err(ConfigError { message: format!("{ENV_PREFIX}HEARTBEAT_INTERVAL must be at least 1s") }.into());
+        }
+        let client = bus::connect(&config.nats_url, "meridian-agent-gateway", Duration::from_secs(30)).await?;
+        let js = async_nats::jetstream::new(client.clone());
+        bus::ensure_streams(&js, &[streams::AGENTS, streams::AGENT_HEARTBEATS, streams::SYNC]).await?;
+        // The registry is small and every replica needs all of it: rebuild it
+        // in memory from the log at every start.
+        let db = projection::temporary_db()?;
+        let tree = db.open_tree("registry")?;
+        let spec = ProjectionSpec {
+            id: "agent-gateway-registry".into(),
+            stream: streams::AGENTS,
+            consumer: ConsumerKind::Ordered,
+            batch: 256,
+        };
+        let (runner, progress) = Runner::new(js.clone(), tree.clone(), Arc::new(RegistryProjection), spec);
+        let publisher = Publisher::new(js);
+        let registry = Registry::new(tree, publisher.clone(), progress.clone());
+        let settings = Settings {
+            heartbeat_interval: config.heartbeat_interval.0,
+            missed_heartbeats: config.missed_heartbeats,
+            max_api_bytes: config.max_api_bytes,
+            publish_window: 1024,
+        };
+        let hub = Hub::new(registry.clone(), tokens.clone(), publisher, client.clone(), settings);
+        Ok(Self {
+            client,
+            registry,
+            runner,
+            progress,
+            hub,
+            tokens,
+            token_ttl: config.token_ttl.0,
+            max_api_bytes: config.max_api_bytes,
+            api_key,
+            _db: db,
+        })
+    }
+
+    /// The REST routes (admin key required) with their OpenAPI description.
+    pub fn api(&self) -> OpenApiRouter {
+        let state = api::ApiState {
+            registry: self.registry.clone(),
+            tokens: self.tokens.clone(),
+            token_ttl: self.token_ttl,
+            client: self.client.clone(),
+        };
+        api::router(state).layer(axum::middleware::from_fn_with_state(self.api_key.clone(), http::require_api_key))
+    }
+
+    /// Ready when NATS is connected and the registry caught up.
+    pub fn ready_checks(&self) -> Vec<ReadyCheck> {
+        vec![http::nats_ready(self.client.clone()), http::projection_ready("agent registry", self.progress.clone())]
+    }
+
+    /// Follows the registry and serves agents on `grpc` until `stop`. Agents
+    /// are accepted only once the registry has caught up, so no valid token
+    /// is refused for want of history.
+    pub async fn run_until_stopped(self, grpc: tokio::net::TcpListener, stop: CancellationToken) -> Result<(), AppError> {
+        let runner = tokio::spawn(self.runner.run_until_stopped(stop.clone()));
+        let patience = Duration::from_secs(60);
+        let deadline = tokio::time::Instant::now() + patience;
+        while !self.progress.caught_up() {
+            if tokio::time::Instant::now() > deadline || runner.is_finished() {
+                stop.cancel();
+                return match runner.await {
+                    Ok(Err(e)) => Err(e.into()),
+                    _ => Err(AppError::NotCaughtUp(patience)),
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let service = AgentHubServer::new(self.hub)
+            .max_decoding_message_size(self.max_api_bytes + (64 << 10))
+            .max_encoding_message_size(1 << 20);
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+        let stop_grpc = stop.clone();
+        let served = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, async move { stop_grpc.cancelled().await })
+            .await;
+        stop.cancel();
+        let projected = runner.await.map_err(|e| std::io::Error::other(e.to_string()))?;
+        served?;
+        projected.map_err(AppError::from)
+    }
+
+    /// Standalone: REST (with health and OpenAPI) on `http`, gRPC on `grpc`.
+    pub async fn serve(
+        self,
+        http_listener: tokio::net::TcpListener,
+        grpc: tokio::net::TcpListener,
+        stop: CancellationToken,
+    ) -> Result<(), AppError> {
+        let (api, doc) = self.api().split_for_parts();
+        let router = api
+            .merge(http::health_router(self.ready_checks()))
+            .merge(http::docs_router(http::finish_openapi(doc, "Meridian agent-gateway")))
+            .fallback(http::not_found_fallback);
+        let server = tokio::spawn(http::serve(http_listener, router, stop.clone()));
+        let result = self.run_until_stopped(grpc, stop.clone()).await;
+        stop.cancel();
+        server.await.map_err(|e| std::io::Error::other(e.to_string()))??;
+        result
+    }
+}
