@@ -1,0 +1,126 @@
+//! The hub in one process: agent-gateway and inventory side by side, every
+//! REST endpoint on one URL (routed by path), one OpenAPI document for all.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use meridian_kit::CancellationToken;
+use meridian_kit::http;
+use tokio::task::JoinHandle;
+use utoipa_axum::router::OpenApiRouter;
+
+/// What the hub needs.
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    /// NATS URL.
+    pub nats_url: String,
+    /// Directory for service state.
+    pub data_dir: PathBuf,
+    /// Admin key.
+    pub api_key: String,
+    /// Token signing secret.
+    pub jwt_secret: String,
+    /// REST address.
+    pub http_addr: String,
+    /// gRPC address for agents.
+    pub grpc_addr: String,
+    /// Heartbeat interval expected from agents.
+    pub heartbeat_interval: Duration,
+}
+
+/// A running hub.
+pub struct RunningHub {
+    /// Where REST answers.
+    pub http_addr: SocketAddr,
+    /// Where agents connect.
+    pub grpc_addr: SocketAddr,
+    stop: CancellationToken,
+    tasks: Vec<(&'static str, JoinHandle<Result<(), String>>)>,
+}
+
+/// Builds and starts every hub service in this process.
+pub async fn start(config: HubConfig, stop: CancellationToken) -> anyhow::Result<RunningHub> {
+    let mut gw_config = meridian_agent_gateway::Config::new(&config.nats_url, &config.api_key, &config.jwt_secret);
+    gw_config.heartbeat_interval = meridian_kit::config::HumanDuration(config.heartbeat_interval);
+    let gateway = meridian_agent_gateway::App::build(gw_config).await?;
+    let inventory = meridian_inventory::App::build(meridian_inventory::Config::new(
+        &config.nats_url,
+        config.data_dir.join("inventory"),
+        &config.api_key,
+    ))
+    .await?;
+
+    let mut checks = gateway.ready_checks();
+    checks.extend(inventory.ready_checks());
+    let (api, doc) = OpenApiRouter::new().merge(gateway.api()).merge(inventory.api()).split_for_parts();
+    let router = api
+        .merge(http::health_router(checks))
+        .merge(http::docs_router(http::finish_openapi(doc, "Meridian hub")))
+        .fallback(http::not_found_fallback);
+
+    let http_listener = tokio::net::TcpListener::bind(&config.http_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {} for REST: {e}", config.http_addr))?;
+    let grpc_listener = tokio::net::TcpListener::bind(&config.grpc_addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {} for agents: {e}", config.grpc_addr))?;
+    let http_addr = http_listener.local_addr()?;
+    let grpc_addr = grpc_listener.local_addr()?;
+
+    let (s1, s2, s3) = (stop.clone(), stop.clone(), stop.clone());
+    let tasks = vec![
+        ("http", tokio::spawn(async move { http::serve(http_listener, router, s1).await.map_err(|e| e.to_string()) })),
+        (
+            "agent-gateway",
+            tokio::spawn(async move { gateway.run_until_stopped(grpc_listener, s2).await.map_err(|e| e.to_string()) }),
+        ),
+        ("inventory", tokio::spawn(async move { inventory.run_until_stopped(s3).await.map_err(|e| e.to_string()) })),
+    ];
+    Ok(RunningHub { http_addr, grpc_addr, stop, tasks })
+}
+
+impl RunningHub {
+    /// Waits until stop is requested or a service exits; then stops the rest
+    /// and waits for them (up to `grace`). Reports which service ended and why.
+    pub async fn run_until_stopped(mut self, grace: Duration) -> anyhow::Result<()> {
+        let first = {
+            let waits = self.tasks.iter_mut().map(|(name, handle)| {
+                let name = *name;
+                Box::pin(async move { (name, handle.await) })
+            });
+            tokio::select! {
+                () = self.stop.cancelled() => None,
+                (done, _, _) = futures_util::future::select_all(waits) => Some(done),
+            }
+        };
+        let mut failure = None;
+        if let Some((name, result)) = first {
+            match result {
+                Ok(Ok(())) => tracing::info!(service = name, "service stopped"),
+                Ok(Err(e)) => {
+                    tracing::error!(service = name, error = %e, "service failed; stopping the hub");
+                    failure = Some(format!("{name}: {e}"));
+                }
+                Err(e) => failure = Some(format!("{name} panicked: {e}")),
+            }
+        }
+        self.stop.cancel();
+        let remaining = self.tasks.into_iter().filter(|(_, h)| !h.is_finished());
+        let all = futures_util::future::join_all(remaining.map(|(name, h)| async move { (name, h.await) }));
+        match tokio::time::timeout(grace, all).await {
+            Ok(results) => {
+                for (name, r) in results {
+                    if let Ok(Err(e)) = r {
+                        tracing::warn!(service = name, error = %e, "service ended with an error during shutdown");
+                    }
+                }
+            }
+            Err(_) => tracing::warn!("some services did not stop within {grace:?}"),
+        }
+        match failure {
+            Some(f) => Err(anyhow::anyhow!(f)),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! # meridian
+//!
+//! The `meridian` command: `meridian up` runs the whole hub on one machine
+//! (a child `nats-server -js`, every hub service in this process with all REST
+//! endpoints on one URL, a demo Tyk-compatible provider and a demo agent);
+//! the other subcommands call the hub's REST API.
+//!
+//! Modules: [`hub`] (in-process composition), [`up`] (the launcher),
+//! [`cli`] (REST client commands), [`demo_provider`], [`demo_agent`].
+
+pub mod cli;
+pub mod demo_agent;
+pub mod demo_provider;
+pub mod hub;
+pub mod up;

@@ -1,0 +1,156 @@
+//! `meridian up`: NATS, every hub service, a demo provider and a demo agent.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use meridian_kit::CancellationToken;
+use meridian_kit::nats_server::{self, NatsServer};
+
+use crate::demo_agent::{self, AgentConfig, ProviderConfig, TykDashboard};
+use crate::demo_provider::{self, DemoProvider};
+use crate::hub::{self, HubConfig};
+
+/// Options of `meridian up`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct UpArgs {
+    /// Use this NATS server instead of starting one.
+    #[arg(long, env = "MERIDIAN_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Where NATS data, the repository and generated secrets live.
+    #[arg(long, default_value = ".meridian")]
+    pub data_dir: PathBuf,
+    /// REST address of the hub.
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    pub http: String,
+    /// gRPC address for agents.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub grpc: String,
+    /// Do not start the demo provider and agent.
+    #[arg(long)]
+    pub no_demo: bool,
+}
+
+fn random_hex() -> String {
+    format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+}
+
+/// A secret kept in `data_dir/name`, created on first use (mode 0600).
+fn persistent_secret(data_dir: &Path, name: &str) -> anyhow::Result<String> {
+    let path = data_dir.join(name);
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let s = s.trim().to_owned();
+        if !s.is_empty() {
+            return Ok(s);
+        }
+    }
+    let secret = random_hex();
+    std::fs::write(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(secret)
+}
+
+/// Runs everything until Ctrl-C.
+pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let _nats_child;
+    let nats_url = match &args.nats_url {
+        Some(url) => url.clone(),
+        None => {
+            let port = (!nats_server::port_taken(4222)).then_some(4222);
+            let server = NatsServer::start(port, Some(args.data_dir.join("nats")))?;
+            tracing::info!(url = %server.url, store = %server.store_dir.display(), "started nats-server");
+            let url = server.url.clone();
+            _nats_child = server;
+            url
+        }
+    };
+    let (api_key, generated) = match std::env::var(meridian_kit::config::API_KEY_VAR) {
+        Ok(k) if !k.is_empty() => (k, false),
+        _ => (random_hex(), true),
+    };
+    let jwt_secret = persistent_secret(&args.data_dir, "jwt-secret")?;
+    let stop = meridian_kit::shutdown::on_signal();
+    let config = HubConfig {
+        nats_url: nats_url.clone(),
+        data_dir: args.data_dir.clone(),
+        api_key: api_key.clone(),
+        jwt_secret,
+        http_addr: args.http.clone(),
+        grpc_addr: args.grpc.clone(),
+        heartbeat_interval: Duration::from_secs(10),
+    };
+    let running = hub::start(config, stop.clone()).await?;
+    let hub_url = format!("http://{}", running.http_addr);
+    println!("\nMeridian hub is up");
+    println!("  REST API   {hub_url}   (docs: {hub_url}/api/docs)");
+    println!("  agents     {} (gRPC)", running.grpc_addr);
+    println!("  NATS       {nats_url}");
+    if generated {
+        println!("  admin key  {api_key}   (generated; set MERIDIAN_API_KEY to choose one)");
+        println!("\n  export MERIDIAN_API_KEY={api_key}");
+    } else {
+        println!("  admin key  from MERIDIAN_API_KEY");
+    }
+    if !args.no_demo {
+        let demo = start_demo(&hub_url, &api_key, &running.grpc_addr.to_string(), &args.data_dir, stop.clone())
+            .await
+            .context("starting the demo provider and agent")?;
+        println!("  demo       provider {} with {} APIs, agent {}", demo.0, demo_provider::sample_apis().len(), demo.1);
+        println!("\n  try: meridian apis list");
+    }
+    println!("\nCtrl-C stops everything.\n");
+    running.run_until_stopped(Duration::from_secs(15)).await
+}
+
+/// Starts the demo provider and the demo agent (registered through the REST
+/// API like any other agent; its id is kept in `data_dir/demo-agent-id`).
+async fn start_demo(
+    hub_url: &str,
+    api_key: &str,
+    grpc: &str,
+    data_dir: &Path,
+    stop: CancellationToken,
+) -> anyhow::Result<(String, String)> {
+    let provider_key = random_hex();
+    let provider = DemoProvider::new(demo_provider::sample_apis(), &provider_key);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let provider_url = format!("http://{}", listener.local_addr()?);
+    let router = provider.router();
+    let s = stop.clone();
+    tokio::spawn(async move { meridian_kit::http::serve(listener, router, s).await });
+
+    let client = crate::cli::Client::new(hub_url, api_key);
+    let id_file = data_dir.join("demo-agent-id");
+    let existing = std::fs::read_to_string(&id_file).ok().map(|s| s.trim().to_owned());
+    let agent_id = match existing {
+        Some(id) if client.get(&format!("/api/agents/{id}")).await.is_ok() => id,
+        _ => {
+            let created = client
+                .post("/api/agents/", &serde_json::json!({"name": "demo-agent", "description": "started by meridian up"}))
+                .await?;
+            let id = created["id"].as_str().context("no id in the created agent")?.to_owned();
+            std::fs::write(&id_file, &id)?;
+            id
+        }
+    };
+    let token = client.post("/api/auth/token/", &serde_json::json!({"agent_id": agent_id})).await?;
+    let token = token["token"].as_str().context("no token in the answer")?.to_owned();
+    let source = TykDashboard { host: provider_url.clone(), key: provider_key, http: reqwest::Client::new() };
+    let config = AgentConfig {
+        hub: format!("http://{grpc}"),
+        token,
+        providers: vec![ProviderConfig {
+            name: "demo-tyk".into(),
+            provider_type: "tyk".into(),
+            source: Arc::new(source),
+        }],
+    };
+    tokio::spawn(demo_agent::run_until_stopped(config, stop));
+    Ok((provider_url, agent_id))
+}
