@@ -1,1 +1,410 @@
-//! stub
+//! The end-to-end test harness: a real `nats-server -js` per test on a free
+//! port with its own store, services bound to port 0, and helpers to drive
+//! them as an operator and an agent would.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use meridian::demo_agent::{self, AgentConfig, ProviderConfig, Source};
+use meridian_kit::CancellationToken;
+use meridian_kit::nats_server::NatsServer;
+use meridian_schemas::lifecycle::LifecycleEvent;
+use meridian_schemas::proto::ApiDefinition;
+use meridian_schemas::{Envelope, streams};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+
+/// The admin key every test hub uses.
+pub const API_KEY: &str = "test-admin-key";
+/// The token-signing secret every test hub uses.
+pub const JWT_SECRET: &str = "test-jwt-secret-that-is-at-least-32-bytes";
+
+/// A real nats-server with JetStream, killed on drop.
+pub struct Nats {
+    /// The server process.
+    pub server: NatsServer,
+    /// A client for assertions.
+    pub client: async_nats::Client,
+    /// JetStream on that client.
+    pub js: async_nats::jetstream::Context,
+}
+
+impl Nats {
+    /// Starts a server on a free port with a temporary store. Fails loudly
+    /// (with install instructions) when no suitable nats-server exists.
+    pub async fn start() -> Self {
+        let server = NatsServer::start(None, None).unwrap_or_else(|e| panic!("{e}"));
+        let client = async_nats::connect(&server.url)
+            .await
+            .expect("connect to test nats-server");
+        let js = async_nats::jetstream::new(client.clone());
+        Self { server, client, js }
+    }
+
+    /// The URL services connect to.
+    pub fn url(&self) -> String {
+        self.server.url.clone()
+    }
+}
+
+/// A running service task.
+pub struct Running {
+    /// Its base URL.
+    pub url: String,
+    /// Cancel to stop it gracefully.
+    pub stop: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+impl Running {
+    /// Graceful stop, waiting for it to finish.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.handle).await;
+    }
+
+    /// Crash: abort the service mid-flight (no graceful drain, no final
+    /// flush), then stop the tasks it had spawned, as the end of a process
+    /// would, and wait until it is gone.
+    pub async fn kill(self) {
+        self.handle.abort();
+        self.stop.cancel();
+        let _ = self.handle.await;
+    }
+}
+
+/// A running agent-gateway.
+pub struct Gateway {
+    /// REST.
+    pub rest: Running,
+    /// gRPC URL for agents.
+    pub grpc_url: String,
+}
+
+/// Starts an agent-gateway; `tweak` adjusts its configuration.
+pub async fn start_gateway(
+    nats: &Nats,
+    tweak: impl FnOnce(&mut meridian_agent_gateway::Config),
+) -> Gateway {
+    let mut config = meridian_agent_gateway::Config::new(&nats.url(), API_KEY, JWT_SECRET);
+    tweak(&mut config);
+    let app = meridian_agent_gateway::App::build(config)
+        .await
+        .expect("build agent-gateway");
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", http.local_addr().unwrap());
+    let grpc_url = format!("http://{}", grpc.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let handle = tokio::spawn(async move {
+        if let Err(e) = app.serve(http, grpc, s).await {
+            eprintln!("agent-gateway ended: {e}");
+        }
+    });
+    wait_ready(&url).await;
+    Gateway {
+        rest: Running { url, stop, handle },
+        grpc_url,
+    }
+}
+
+/// Starts inventory on `data_dir`.
+pub async fn start_inventory(nats: &Nats, data_dir: PathBuf) -> Running {
+    let app = meridian_inventory::App::build(meridian_inventory::Config::new(
+        &nats.url(),
+        data_dir,
+        API_KEY,
+    ))
+    .await
+    .expect("build inventory");
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", http.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let handle = tokio::spawn(async move {
+        if let Err(e) = app.serve(http, s).await {
+            eprintln!("inventory ended: {e}");
+        }
+    });
+    wait_ready(&url).await;
+    Running { url, stop, handle }
+}
+
+async fn wait_ready(url: &str) {
+    let http = reqwest::Client::new();
+    let ok = eventually(Duration::from_secs(30), || async {
+        let r = http.get(format!("{url}/readyz")).send().await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+    assert!(ok.is_some(), "{url} did not become ready");
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, or `None` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The hub's REST API, routed by path as the launcher and the Ingress do.
+#[derive(Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    /// agent-gateway base URL.
+    pub gateway: String,
+    /// inventory base URL.
+    pub inventory: String,
+    /// The key sent in `X-API-Key` (None: no header).
+    pub key: Option<String>,
+}
+
+impl Api {
+    /// Routes to the two services.
+    pub fn new(gateway: &str, inventory: &str) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            gateway: gateway.into(),
+            inventory: inventory.into(),
+            key: Some(API_KEY.into()),
+        }
+    }
+
+    /// The same API with another key (or none).
+    pub fn with_key(&self, key: Option<&str>) -> Self {
+        Self {
+            key: key.map(str::to_owned),
+            ..self.clone()
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        let inventory = ["/api/apis", "/api/providers", "/api/repository"]
+            .iter()
+            .any(|p| path.starts_with(p));
+        format!(
+            "{}{path}",
+            if inventory {
+                &self.inventory
+            } else {
+                &self.gateway
+            }
+        )
+    }
+
+    /// Sends a request; returns status and JSON body (Null when empty).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, Value) {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(k) = &self.key {
+            req = req.header("x-api-key", k);
+        }
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_owned());
+        }
+        let res = req.send().await.expect("request");
+        let status = res.status().as_u16();
+        let text = res.text().await.unwrap();
+        (
+            status,
+            if text.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text).unwrap_or(Value::String(text))
+            },
+        )
+    }
+
+    /// GET.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    /// POST JSON.
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(&body.to_string()))
+            .await
+    }
+
+    /// Registers an agent and issues its token.
+    pub async fn register_agent(&self, name: &str) -> (String, String) {
+        let (status, agent) = self
+            .post("/api/agents/", &serde_json::json!({"name": name}))
+            .await;
+        assert_eq!(status, 201, "{agent}");
+        let id = agent["id"].as_str().unwrap().to_owned();
+        let (status, token) = self
+            .post("/api/auth/token/", &serde_json::json!({"agent_id": id}))
+            .await;
+        assert_eq!(status, 200, "{token}");
+        (id, token["token"].as_str().unwrap().to_owned())
+    }
+
+    /// Every API of the repository with the given status filter.
+    pub async fn apis(&self, status: &str) -> Vec<Value> {
+        let (code, page) = self
+            .get(&format!("/api/apis?status={status}&per_page=500"))
+            .await;
+        assert_eq!(code, 200, "{page}");
+        page["apis"].as_array().unwrap().clone()
+    }
+
+    /// Waits until the repository's total for `status` equals `n`.
+    pub async fn wait_for_total(&self, status: &str, n: u64, timeout: Duration) {
+        let got = eventually(timeout, || async {
+            let (_, page) = self
+                .get(&format!("/api/apis?status={status}&per_page=1"))
+                .await;
+            (page["total"].as_u64() == Some(n)).then_some(())
+        })
+        .await;
+        if got.is_none() {
+            let (_, page) = self
+                .get(&format!("/api/apis?status={status}&per_page=1"))
+                .await;
+            panic!(
+                "repository {status} total is {}, expected {n}",
+                page["total"]
+            );
+        }
+    }
+
+    /// The provider's last sync as `/api/providers` shows it.
+    pub async fn last_sync(&self, provider: &str) -> Value {
+        let (_, providers) = self.get("/api/providers").await;
+        providers
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == provider))
+            .map(|p| p["last_sync"].clone())
+            .unwrap_or(Value::Null)
+    }
+}
+
+/// A provider whose API list (or failure) the test controls.
+#[derive(Clone)]
+pub struct MemorySource(pub Arc<Mutex<Result<Vec<ApiDefinition>, String>>>);
+
+impl MemorySource {
+    /// A source listing `apis`.
+    pub fn new(apis: Vec<ApiDefinition>) -> Self {
+        Self(Arc::new(Mutex::new(Ok(apis))))
+    }
+
+    /// Replace what the next sync lists (or make it fail).
+    pub fn set(&self, next: Result<Vec<ApiDefinition>, String>) {
+        *self.0.lock().unwrap() = next;
+    }
+}
+
+impl Source for MemorySource {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ApiDefinition>, String>> {
+        let r = self.0.lock().unwrap().clone();
+        Box::pin(async move { r })
+    }
+}
+
+/// An API definition for tests.
+pub fn api_def(id: &str, name: &str, version: &str) -> ApiDefinition {
+    ApiDefinition {
+        provider_api_id: id.into(),
+        name: name.into(),
+        version: version.into(),
+        base_path: format!("/{id}/"),
+        upstream_url: format!("http://{id}.internal"),
+        auth_methods: vec!["authToken".into()],
+        tags: vec!["test".into()],
+        raw: serde_json::json!({"api_id": id, "name": name}).to_string(),
+        ..Default::default()
+    }
+}
+
+/// A running demo agent.
+pub struct Agent {
+    stop: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
+impl Agent {
+    /// Connects an agent with the given providers (name, type, source).
+    pub fn start(grpc_url: &str, token: &str, providers: Vec<(&str, &str, MemorySource)>) -> Self {
+        let config = AgentConfig {
+            hub: grpc_url.to_owned(),
+            token: token.to_owned(),
+            providers: providers
+                .into_iter()
+                .map(|(name, t, source)| ProviderConfig {
+                    name: name.into(),
+                    provider_type: t.into(),
+                    source: Arc::new(source),
+                })
+                .collect(),
+        };
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(demo_agent::run_until_stopped(config, stop.clone()));
+        Self { stop, handle }
+    }
+
+    /// Disconnects.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.handle.await;
+    }
+}
+
+/// Every event on the `API_LIFECYCLE` stream, in order.
+pub async fn lifecycle_events(js: &async_nats::jetstream::Context) -> Vec<LifecycleEvent> {
+    use futures_util::StreamExt;
+    let Ok(stream) = js.get_stream(streams::API_LIFECYCLE).await else {
+        return Vec::new();
+    };
+    let last = stream.get_info().await.unwrap().state.last_sequence;
+    let mut out = Vec::new();
+    if last == 0 {
+        return out;
+    }
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    while let Some(m) = messages.next().await {
+        let m = m.unwrap();
+        out.push(Envelope::from_bytes(&m.payload).unwrap().open().unwrap());
+        if m.info().unwrap().stream_sequence >= last {
+            break;
+        }
+    }
+    out
+}
+
+/// Number of messages stored on a stream.
+pub async fn stream_count(js: &async_nats::jetstream::Context, stream: &str) -> u64 {
+    js.get_stream(stream)
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap()
+        .state
+        .messages
+}

@@ -102,7 +102,8 @@ impl Envelope {
             causation_id: meta.causation_id,
             correlation_id: meta.correlation_id,
             traceparent: meta.traceparent,
-            payload: postcard::to_allocvec(event).expect("postcard encoding into a Vec cannot fail"),
+            payload: postcard::to_allocvec(event)
+                .expect("postcard encoding into a Vec cannot fail"),
         }
     }
 

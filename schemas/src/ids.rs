@@ -79,8 +79,14 @@ mod tests {
     #[test]
     fn api_id_is_deterministic_and_separates_parts() {
         let agent = AgentId(Uuid::from_u128(7));
-        assert_eq!(ApiId::derive(agent, "p", "a"), ApiId::derive(agent, "p", "a"));
-        assert_ne!(ApiId::derive(agent, "pa", "b"), ApiId::derive(agent, "p", "ab"));
+        assert_eq!(
+            ApiId::derive(agent, "p", "a"),
+            ApiId::derive(agent, "p", "a")
+        );
+        assert_ne!(
+            ApiId::derive(agent, "pa", "b"),
+            ApiId::derive(agent, "p", "ab")
+        );
         assert_ne!(
             ApiId::derive(agent, "p", "a"),
             ApiId::derive(AgentId(Uuid::from_u128(8)), "p", "a")

@@ -79,6 +79,11 @@ impl Event for LifecycleEvent {
     }
 
     fn dedup_id(&self) -> String {
-        format!("api:{}:{}:{}", self.api_id, self.kind.as_str(), self.source_seq)
+        format!(
+            "api:{}:{}:{}",
+            self.api_id,
+            self.kind.as_str(),
+            self.source_seq
+        )
     }
 }

@@ -1,1 +1,6 @@
+//! End-to-end tests: real nats-server, real services, agents over gRPC.
 
+mod bad_input;
+mod hub;
+mod restart;
+mod story;

@@ -42,7 +42,10 @@ pub fn router(state: ApiState) -> OpenApiRouter {
         .routes(routes!(issue_token))
         .routes(routes!(revoke_token))
         .routes(routes!(trigger_sync))
-        .route("/api/agents", axum::routing::post(create_agent).get(list_agents))
+        .route(
+            "/api/agents",
+            axum::routing::post(create_agent).get(list_agents),
+        )
         .route("/api/auth/token", axum::routing::post(issue_token))
         .with_state(state)
 }
@@ -140,30 +143,46 @@ fn parse_agent_id(field: &str, id: &str) -> Result<AgentId, ApiError> {
 
 fn exec_error(e: ExecError) -> ApiError {
     match e {
-        ExecError::Rejected(Rejection::Invalid { field, why }) => ApiError::invalid_field(&field, why),
-        ExecError::Rejected(r @ (Rejection::UnknownAgent(_) | Rejection::NoToken(_))) => ApiError::not_found(r.to_string()),
+        ExecError::Rejected(Rejection::Invalid { field, why }) => {
+            ApiError::invalid_field(&field, why)
+        }
+        ExecError::Rejected(r @ (Rejection::UnknownAgent(_) | Rejection::NoToken(_))) => {
+            ApiError::not_found(r.to_string())
+        }
         ExecError::Rejected(r @ Rejection::AlreadyExists(_)) => ApiError::conflict(r.to_string()),
         ExecError::Bus(e) => ApiError::unavailable(format!("the event log is not available: {e}")),
-        ExecError::Lagging => ApiError::unavailable("the change was recorded but is not visible yet; retry the read"),
+        ExecError::Lagging => {
+            ApiError::unavailable("the change was recorded but is not visible yet; retry the read")
+        }
     }
 }
 
 async fn view(state: &ApiState, r: AgentRecord) -> Result<AgentView, ApiError> {
     let js = async_nats::jetstream::new(state.client.clone());
     let subject = streams::heartbeat_subject(r.id);
-    let beat = tokio::time::timeout(Duration::from_secs(2), last_event::<Heartbeat>(&js, &subject))
-        .await
-        .map_err(|_| ApiError::unavailable("NATS did not answer in time"))?
-        .map_err(|e| ApiError::internal("reading heartbeats failed", e))?
-        .map(|(h, _)| h);
+    let beat = tokio::time::timeout(
+        Duration::from_secs(2),
+        last_event::<Heartbeat>(&js, &subject),
+    )
+    .await
+    .map_err(|_| ApiError::unavailable("NATS did not answer in time"))?
+    .map_err(|e| ApiError::internal("reading heartbeats failed", e))?
+    .map(|(h, _)| h);
     Ok(AgentView {
         id: r.id.0,
         name: r.name,
         description: r.description,
-        last_heartbeat: beat.as_ref().map_or_else(|| NEVER.to_owned(), |h| rfc3339(h.at_ms)),
+        last_heartbeat: beat
+            .as_ref()
+            .map_or_else(|| NEVER.to_owned(), |h| rfc3339(h.at_ms)),
         status: AgentStatus::at(beat.as_ref(), now_ms()).as_str().to_owned(),
         providers: r.providers.map(|ps| {
-            ps.into_iter().map(|p| ProviderView { name: p.name, provider_type: p.provider_type }).collect()
+            ps.into_iter()
+                .map(|p| ProviderView {
+                    name: p.name,
+                    provider_type: p.provider_type,
+                })
+                .collect()
         }),
     })
 }
@@ -176,10 +195,19 @@ fn found(id: AgentId, r: Option<AgentRecord>) -> Result<AgentRecord, ApiError> {
 #[utoipa::path(post, path = "/api/agents/", tag = "agents", request_body = CreateAgent,
     security(("api_key" = [])),
     responses((status = 201, body = AgentView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
-async fn create_agent(State(s): State<ApiState>, Json(body): Json<CreateAgent>) -> Result<impl IntoResponse, ApiError> {
+async fn create_agent(
+    State(s): State<ApiState>,
+    Json(body): Json<CreateAgent>,
+) -> Result<impl IntoResponse, ApiError> {
     let id = AgentId::new_random();
-    let command = Command::Register { name: body.name, description: body.description };
-    let record = found(id, s.registry.execute(id, command).await.map_err(exec_error)?)?;
+    let command = Command::Register {
+        name: body.name,
+        description: body.description,
+    };
+    let record = found(
+        id,
+        s.registry.execute(id, command).await.map_err(exec_error)?,
+    )?;
     tracing::info!(agent = %id, name = %record.name, "agent registered");
     Ok((StatusCode::CREATED, Json(view(&s, record).await?)))
 }
@@ -199,7 +227,10 @@ async fn list_agents(State(s): State<ApiState>) -> Result<Json<Vec<AgentView>>, 
 #[utoipa::path(get, path = "/api/agents/{id}", tag = "agents", params(("id" = String, Path)),
     security(("api_key" = [])),
     responses((status = 200, body = AgentView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn get_agent(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Json<AgentView>, ApiError> {
+async fn get_agent(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<AgentView>, ApiError> {
     let id = parse_agent_id("id", &id)?;
     let record = found(id, s.registry.get(id))?;
     Ok(Json(view(&s, record).await?))
@@ -215,8 +246,15 @@ async fn update_agent(
     Json(body): Json<UpdateAgent>,
 ) -> Result<Json<AgentView>, ApiError> {
     let id = parse_agent_id("id", &id)?;
-    let command = Command::Update { name: body.name, description: body.description, update_id: Uuid::new_v4() };
-    let record = found(id, s.registry.execute(id, command).await.map_err(exec_error)?)?;
+    let command = Command::Update {
+        name: body.name,
+        description: body.description,
+        update_id: Uuid::new_v4(),
+    };
+    let record = found(
+        id,
+        s.registry.execute(id, command).await.map_err(exec_error)?,
+    )?;
     Ok(Json(view(&s, record).await?))
 }
 
@@ -224,9 +262,15 @@ async fn update_agent(
 #[utoipa::path(delete, path = "/api/agents/{id}", tag = "agents", params(("id" = String, Path)),
     security(("api_key" = [])),
     responses((status = 204), (status = 404, body = ErrorBody)))]
-async fn delete_agent(State(s): State<ApiState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete_agent(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let id = parse_agent_id("id", &id)?;
-    s.registry.execute(id, Command::Delete).await.map_err(exec_error)?;
+    s.registry
+        .execute(id, Command::Delete)
+        .await
+        .map_err(exec_error)?;
     tracing::info!(agent = %id, "agent deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -235,23 +279,43 @@ async fn delete_agent(State(s): State<ApiState>, Path(id): Path<String>) -> Resu
 #[utoipa::path(post, path = "/api/auth/token/", tag = "tokens", request_body = TokenRequest,
     security(("api_key" = [])),
     responses((status = 200, body = TokenResponse), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn issue_token(State(s): State<ApiState>, Json(body): Json<TokenRequest>) -> Result<Json<TokenResponse>, ApiError> {
+async fn issue_token(
+    State(s): State<ApiState>,
+    Json(body): Json<TokenRequest>,
+) -> Result<Json<TokenResponse>, ApiError> {
     let id = parse_agent_id("agent_id", &body.agent_id)?;
     let token_id = Uuid::new_v4();
     let now = now_ms();
     let expires_at_ms = now + s.token_ttl.as_millis() as i64;
-    s.registry.execute(id, Command::IssueToken { token_id, expires_at_ms }).await.map_err(exec_error)?;
+    s.registry
+        .execute(
+            id,
+            Command::IssueToken {
+                token_id,
+                expires_at_ms,
+            },
+        )
+        .await
+        .map_err(exec_error)?;
     tracing::info!(agent = %id, token_id = %token_id, "token issued");
-    Ok(Json(TokenResponse { token: s.tokens.issue(id, token_id, now, expires_at_ms) }))
+    Ok(Json(TokenResponse {
+        token: s.tokens.issue(id, token_id, now, expires_at_ms),
+    }))
 }
 
 /// Revoke an agent's token; its open streams end at their next message.
 #[utoipa::path(delete, path = "/api/auth/token/{agent_id}", tag = "tokens", params(("agent_id" = String, Path)),
     security(("api_key" = [])),
     responses((status = 204), (status = 404, body = ErrorBody)))]
-async fn revoke_token(State(s): State<ApiState>, Path(agent_id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn revoke_token(
+    State(s): State<ApiState>,
+    Path(agent_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let id = parse_agent_id("agent_id", &agent_id)?;
-    s.registry.execute(id, Command::RevokeToken).await.map_err(exec_error)?;
+    s.registry
+        .execute(id, Command::RevokeToken)
+        .await
+        .map_err(exec_error)?;
     tracing::info!(agent = %id, "token revoked");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -277,19 +341,27 @@ async fn trigger_sync(
     if let (Some(p), Some(known)) = (&body.provider, &record.providers)
         && !known.iter().any(|k| &k.name == p)
     {
-        return Err(ApiError::invalid_field("provider", format!("agent {id} has not reported a provider named {p:?}")));
+        return Err(ApiError::invalid_field(
+            "provider",
+            format!("agent {id} has not reported a provider named {p:?}"),
+        ));
     }
-    let request = commands::encode(&TriggerSync { provider: body.provider });
+    let request = commands::encode(&TriggerSync {
+        provider: body.provider,
+    });
     let answer = tokio::time::timeout(
         Duration::from_secs(10),
-        s.client.request(streams::sync_request_subject(id), request.into()),
+        s.client
+            .request(streams::sync_request_subject(id), request.into()),
     )
     .await
     .map_err(|_| ApiError::unavailable("the agent's gateway replica did not answer in time"))?;
     let message = match answer {
         Ok(m) => m,
         Err(e) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
-            return Err(ApiError::conflict(format!("agent {id} is not connected (no open sync stream)")));
+            return Err(ApiError::conflict(format!(
+                "agent {id} is not connected (no open sync stream)"
+            )));
         }
         Err(e) => return Err(ApiError::unavailable(format!("sync request failed: {e}"))),
     };
@@ -297,15 +369,25 @@ async fn trigger_sync(
         Ok(TriggerSyncReply::Started(runs)) => Ok((
             StatusCode::ACCEPTED,
             Json(SyncAccepted {
-                runs: runs.into_iter().map(|r| RunView { provider: r.provider, run_id: r.run_id.0 }).collect(),
+                runs: runs
+                    .into_iter()
+                    .map(|r| RunView {
+                        provider: r.provider,
+                        run_id: r.run_id.0,
+                    })
+                    .collect(),
             }),
         )),
-        Ok(TriggerSyncReply::UnknownProvider(p)) => {
-            Err(ApiError::invalid_field("provider", format!("agent {id} has not reported a provider named {p:?}")))
-        }
-        Ok(TriggerSyncReply::SyncStreamDown) => {
-            Err(ApiError::conflict(format!("agent {id} is not connected (its sync stream just closed)")))
-        }
-        Err(e) => Err(ApiError::new(ErrorCode::Internal, format!("malformed reply from the gateway replica: {e}"))),
+        Ok(TriggerSyncReply::UnknownProvider(p)) => Err(ApiError::invalid_field(
+            "provider",
+            format!("agent {id} has not reported a provider named {p:?}"),
+        )),
+        Ok(TriggerSyncReply::SyncStreamDown) => Err(ApiError::conflict(format!(
+            "agent {id} is not connected (its sync stream just closed)"
+        ))),
+        Err(e) => Err(ApiError::new(
+            ErrorCode::Internal,
+            format!("malformed reply from the gateway replica: {e}"),
+        )),
     }
 }

@@ -134,21 +134,39 @@ pub struct App {
 impl App {
     /// Checks configuration, connects, creates streams.
     pub async fn build(config: Config) -> Result<Self, AppError> {
-        let api_key = ApiKey::new(admin_key(config.api_key.clone(), "MERIDIAN_AGENT_GATEWAY__API_KEY")?.expose());
+        let api_key = ApiKey::new(
+            admin_key(config.api_key.clone(), "MERIDIAN_AGENT_GATEWAY__API_KEY")?.expose(),
+        );
         let secret = config.jwt_secret.as_ref().ok_or_else(|| ConfigError {
             message: format!("set {ENV_PREFIX}JWT_SECRET (at least {MIN_SECRET_BYTES} bytes): it signs agent tokens"),
         })?;
-        let tokens = Tokens::new(secret.expose().as_bytes())
-            .map_err(|m| ConfigError { message: format!("{ENV_PREFIX}JWT_SECRET: {m}") })?;
+        let tokens = Tokens::new(secret.expose().as_bytes()).map_err(|m| ConfigError {
+            message: format!("{ENV_PREFIX}JWT_SECRET: {m}"),
+        })?;
         if config.missed_heartbeats == 0 {
-            return Err(ConfigError { message: format!("{ENV_PREFIX}MISSED_HEARTBEATS must be at least 1") }.into());
+            return Err(ConfigError {
+                message: format!("{ENV_PREFIX}MISSED_HEARTBEATS must be at least 1"),
+            }
+            .into());
         }
         if config.heartbeat_interval.0 < Duration::from_secs(1) {
-            return Err(ConfigError { message: format!("{ENV_PREFIX}HEARTBEAT_INTERVAL must be at least 1s") }.into());
+            return Err(ConfigError {
+                message: format!("{ENV_PREFIX}HEARTBEAT_INTERVAL must be at least 1s"),
+            }
+            .into());
         }
-        let client = bus::connect(&config.nats_url, "meridian-agent-gateway", Duration::from_secs(30)).await?;
+        let client = bus::connect(
+            &config.nats_url,
+            "meridian-agent-gateway",
+            Duration::from_secs(30),
+        )
+        .await?;
         let js = async_nats::jetstream::new(client.clone());
-        bus::ensure_streams(&js, &[streams::AGENTS, streams::AGENT_HEARTBEATS, streams::SYNC]).await?;
+        bus::ensure_streams(
+            &js,
+            &[streams::AGENTS, streams::AGENT_HEARTBEATS, streams::SYNC],
+        )
+        .await?;
         // The registry is small and every replica needs all of it: rebuild it
         // in memory from the log at every start.
         let db = projection::temporary_db()?;
@@ -159,7 +177,8 @@ impl App {
             consumer: ConsumerKind::Ordered,
             batch: 256,
         };
-        let (runner, progress) = Runner::new(js.clone(), tree.clone(), Arc::new(RegistryProjection), spec);
+        let (runner, progress) =
+            Runner::new(js.clone(), tree.clone(), Arc::new(RegistryProjection), spec);
         let publisher = Publisher::new(js);
         let registry = Registry::new(tree, publisher.clone(), progress.clone());
         let settings = Settings {
@@ -168,7 +187,13 @@ impl App {
             max_api_bytes: config.max_api_bytes,
             publish_window: 1024,
         };
-        let hub = Hub::new(registry.clone(), tokens.clone(), publisher, client.clone(), settings);
+        let hub = Hub::new(
+            registry.clone(),
+            tokens.clone(),
+            publisher,
+            client.clone(),
+            settings,
+        );
         Ok(Self {
             client,
             registry,
@@ -191,18 +216,28 @@ impl App {
             token_ttl: self.token_ttl,
             client: self.client.clone(),
         };
-        api::router(state).layer(axum::middleware::from_fn_with_state(self.api_key.clone(), http::require_api_key))
+        api::router(state).layer(axum::middleware::from_fn_with_state(
+            self.api_key.clone(),
+            http::require_api_key,
+        ))
     }
 
     /// Ready when NATS is connected and the registry caught up.
     pub fn ready_checks(&self) -> Vec<ReadyCheck> {
-        vec![http::nats_ready(self.client.clone()), http::projection_ready("agent registry", self.progress.clone())]
+        vec![
+            http::nats_ready(self.client.clone()),
+            http::projection_ready("agent registry", self.progress.clone()),
+        ]
     }
 
     /// Follows the registry and serves agents on `grpc` until `stop`. Agents
     /// are accepted only once the registry has caught up, so no valid token
     /// is refused for want of history.
-    pub async fn run_until_stopped(self, grpc: tokio::net::TcpListener, stop: CancellationToken) -> Result<(), AppError> {
+    pub async fn run_until_stopped(
+        self,
+        grpc: tokio::net::TcpListener,
+        stop: CancellationToken,
+    ) -> Result<(), AppError> {
         let runner = tokio::spawn(self.runner.run_until_stopped(stop.clone()));
         let patience = Duration::from_secs(60);
         let deadline = tokio::time::Instant::now() + patience;
@@ -228,7 +263,9 @@ impl App {
             .serve_with_incoming_shutdown(incoming, async move { stop_grpc.cancelled().await })
             .await;
         stop.cancel();
-        let projected = runner.await.map_err(|e| std::io::Error::other(e.to_string()))?;
+        let projected = runner
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         served?;
         projected.map_err(AppError::from)
     }
@@ -243,12 +280,17 @@ impl App {
         let (api, doc) = self.api().split_for_parts();
         let router = api
             .merge(http::health_router(self.ready_checks()))
-            .merge(http::docs_router(http::finish_openapi(doc, "Meridian agent-gateway")))
+            .merge(http::docs_router(http::finish_openapi(
+                doc,
+                "Meridian agent-gateway",
+            )))
             .fallback(http::not_found_fallback);
         let server = tokio::spawn(http::serve(http_listener, router, stop.clone()));
         let result = self.run_until_stopped(grpc, stop.clone()).await;
         stop.cancel();
-        server.await.map_err(|e| std::io::Error::other(e.to_string()))??;
+        server
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
         result
     }
 }

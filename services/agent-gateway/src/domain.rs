@@ -111,7 +111,10 @@ pub enum Rejection {
 }
 
 fn invalid(field: impl Into<String>, why: impl Into<String>) -> Rejection {
-    Rejection::Invalid { field: field.into(), why: why.into() }
+    Rejection::Invalid {
+        field: field.into(),
+        why: why.into(),
+    }
 }
 
 fn check_name(name: &str) -> Result<String, Rejection> {
@@ -120,7 +123,10 @@ fn check_name(name: &str) -> Result<String, Rejection> {
         return Err(invalid("name", "must not be empty"));
     }
     if name.chars().count() > MAX_NAME_CHARS {
-        return Err(invalid("name", format!("must be at most {MAX_NAME_CHARS} characters")));
+        return Err(invalid(
+            "name",
+            format!("must be at most {MAX_NAME_CHARS} characters"),
+        ));
     }
     if name.chars().any(char::is_control) {
         return Err(invalid("name", "must not contain control characters"));
@@ -130,7 +136,10 @@ fn check_name(name: &str) -> Result<String, Rejection> {
 
 fn check_description(d: &str) -> Result<String, Rejection> {
     if d.chars().count() > MAX_DESCRIPTION_CHARS {
-        return Err(invalid("description", format!("must be at most {MAX_DESCRIPTION_CHARS} characters")));
+        return Err(invalid(
+            "description",
+            format!("must be at most {MAX_DESCRIPTION_CHARS} characters"),
+        ));
     }
     Ok(d.to_owned())
 }
@@ -138,23 +147,34 @@ fn check_description(d: &str) -> Result<String, Rejection> {
 /// Checks reported providers: valid, unique names and a type each.
 pub fn check_providers(providers: &[ProviderRef]) -> Result<(), Rejection> {
     if providers.len() > MAX_PROVIDERS {
-        return Err(invalid("providers", format!("at most {MAX_PROVIDERS} providers per agent")));
+        return Err(invalid(
+            "providers",
+            format!("at most {MAX_PROVIDERS} providers per agent"),
+        ));
     }
     let mut names = std::collections::HashSet::new();
     for (i, p) in providers.iter().enumerate() {
-        validate_provider_name(&p.name).map_err(|why| invalid(format!("providers[{i}].name"), why))?;
+        validate_provider_name(&p.name)
+            .map_err(|why| invalid(format!("providers[{i}].name"), why))?;
         if p.provider_type.trim().is_empty() {
             return Err(invalid(format!("providers[{i}].type"), "must not be empty"));
         }
         if !names.insert(p.name.as_str()) {
-            return Err(invalid(format!("providers[{i}].name"), format!("{:?} is reported twice", p.name)));
+            return Err(invalid(
+                format!("providers[{i}].name"),
+                format!("{:?} is reported twice", p.name),
+            ));
         }
     }
     Ok(())
 }
 
 /// Turns a command into events, or refuses it.
-pub fn decide(state: Option<&AgentRecord>, agent_id: AgentId, command: Command) -> Result<Vec<AgentEvent>, Rejection> {
+pub fn decide(
+    state: Option<&AgentRecord>,
+    agent_id: AgentId,
+    command: Command,
+) -> Result<Vec<AgentEvent>, Rejection> {
     match (state, command) {
         (Some(_), Command::Register { .. }) => Err(Rejection::AlreadyExists(agent_id)),
         (None, Command::Register { name, description }) => Ok(vec![AgentEvent::Registered {
@@ -163,9 +183,20 @@ pub fn decide(state: Option<&AgentRecord>, agent_id: AgentId, command: Command) 
             description: check_description(&description)?,
         }]),
         (None, _) => Err(Rejection::UnknownAgent(agent_id)),
-        (Some(rec), Command::Update { name, description, update_id }) => Ok(vec![AgentEvent::Updated {
+        (
+            Some(rec),
+            Command::Update {
+                name,
+                description,
+                update_id,
+            },
+        ) => Ok(vec![AgentEvent::Updated {
             agent_id,
-            name: name.as_deref().map(check_name).transpose()?.unwrap_or_else(|| rec.name.clone()),
+            name: name
+                .as_deref()
+                .map(check_name)
+                .transpose()?
+                .unwrap_or_else(|| rec.name.clone()),
             description: description
                 .as_deref()
                 .map(check_description)
@@ -174,16 +205,39 @@ pub fn decide(state: Option<&AgentRecord>, agent_id: AgentId, command: Command) 
             update_id,
         }]),
         (Some(_), Command::Delete) => Ok(vec![AgentEvent::Deleted { agent_id }]),
-        (Some(_), Command::IssueToken { token_id, expires_at_ms }) => {
-            Ok(vec![AgentEvent::TokenIssued { agent_id, token_id, expires_at_ms }])
-        }
+        (
+            Some(_),
+            Command::IssueToken {
+                token_id,
+                expires_at_ms,
+            },
+        ) => Ok(vec![AgentEvent::TokenIssued {
+            agent_id,
+            token_id,
+            expires_at_ms,
+        }]),
         (Some(rec), Command::RevokeToken) => match rec.token {
-            Some(t) => Ok(vec![AgentEvent::TokenRevoked { agent_id, token_id: t.id }]),
+            Some(t) => Ok(vec![AgentEvent::TokenRevoked {
+                agent_id,
+                token_id: t.id,
+            }]),
             None => Err(Rejection::NoToken(agent_id)),
         },
-        (Some(_), Command::Connect { connection_id, providers, agent_version }) => {
+        (
+            Some(_),
+            Command::Connect {
+                connection_id,
+                providers,
+                agent_version,
+            },
+        ) => {
             check_providers(&providers)?;
-            Ok(vec![AgentEvent::Connected { agent_id, connection_id, providers, agent_version }])
+            Ok(vec![AgentEvent::Connected {
+                agent_id,
+                connection_id,
+                providers,
+                agent_version,
+            }])
         }
     }
 }
@@ -191,7 +245,14 @@ pub fn decide(state: Option<&AgentRecord>, agent_id: AgentId, command: Command) 
 /// Folds one event into the agent's record (`None`: no such agent).
 pub fn evolve(state: Option<AgentRecord>, event: &AgentEvent, at_ms: i64) -> Option<AgentRecord> {
     match (state, event) {
-        (None, AgentEvent::Registered { agent_id, name, description }) => Some(AgentRecord {
+        (
+            None,
+            AgentEvent::Registered {
+                agent_id,
+                name,
+                description,
+            },
+        ) => Some(AgentRecord {
             id: *agent_id,
             name: name.clone(),
             description: description.clone(),
@@ -204,13 +265,28 @@ pub fn evolve(state: Option<AgentRecord>, event: &AgentEvent, at_ms: i64) -> Opt
         (state @ Some(_), AgentEvent::Registered { .. }) => state,
         (None, _) => None,
         (Some(_), AgentEvent::Deleted { .. }) => None,
-        (Some(mut r), AgentEvent::Updated { name, description, .. }) => {
+        (
+            Some(mut r),
+            AgentEvent::Updated {
+                name, description, ..
+            },
+        ) => {
             r.name.clone_from(name);
             r.description.clone_from(description);
             Some(r)
         }
-        (Some(mut r), AgentEvent::TokenIssued { token_id, expires_at_ms, .. }) => {
-            r.token = Some(TokenRecord { id: *token_id, expires_at_ms: *expires_at_ms });
+        (
+            Some(mut r),
+            AgentEvent::TokenIssued {
+                token_id,
+                expires_at_ms,
+                ..
+            },
+        ) => {
+            r.token = Some(TokenRecord {
+                id: *token_id,
+                expires_at_ms: *expires_at_ms,
+            });
             Some(r)
         }
         (Some(mut r), AgentEvent::TokenRevoked { token_id, .. }) => {
@@ -219,7 +295,14 @@ pub fn evolve(state: Option<AgentRecord>, event: &AgentEvent, at_ms: i64) -> Opt
             }
             Some(r)
         }
-        (Some(mut r), AgentEvent::Connected { providers, agent_version, .. }) => {
+        (
+            Some(mut r),
+            AgentEvent::Connected {
+                providers,
+                agent_version,
+                ..
+            },
+        ) => {
             r.providers = Some(providers.clone());
             r.agent_version.clone_from(agent_version);
             r.connected_at_ms = Some(at_ms);
@@ -247,17 +330,53 @@ mod tests {
     const A: AgentId = AgentId(Uuid::from_u128(1));
 
     fn registered() -> AgentEvent {
-        AgentEvent::Registered { agent_id: A, name: "a".into(), description: String::new() }
+        AgentEvent::Registered {
+            agent_id: A,
+            name: "a".into(),
+            description: String::new(),
+        }
     }
 
     #[test]
     fn register_validates_the_name() {
-        assert!(decide(None, A, Command::Register { name: "  ".into(), description: String::new() }).is_err());
-        let e = decide(None, A, Command::Register { name: " x ".into(), description: "d".into() }).unwrap();
-        assert_eq!(e, vec![AgentEvent::Registered { agent_id: A, name: "x".into(), description: "d".into() }]);
+        assert!(
+            decide(
+                None,
+                A,
+                Command::Register {
+                    name: "  ".into(),
+                    description: String::new()
+                }
+            )
+            .is_err()
+        );
+        let e = decide(
+            None,
+            A,
+            Command::Register {
+                name: " x ".into(),
+                description: "d".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            e,
+            vec![AgentEvent::Registered {
+                agent_id: A,
+                name: "x".into(),
+                description: "d".into()
+            }]
+        );
         let s = given(&[registered()]);
         assert_eq!(
-            decide(s.as_ref(), A, Command::Register { name: "x".into(), description: String::new() }),
+            decide(
+                s.as_ref(),
+                A,
+                Command::Register {
+                    name: "x".into(),
+                    description: String::new()
+                }
+            ),
             Err(Rejection::AlreadyExists(A))
         );
     }
@@ -267,8 +386,16 @@ mod tests {
         let (t1, t2) = (Uuid::from_u128(10), Uuid::from_u128(11));
         let s = given(&[
             registered(),
-            AgentEvent::TokenIssued { agent_id: A, token_id: t1, expires_at_ms: 100 },
-            AgentEvent::TokenIssued { agent_id: A, token_id: t2, expires_at_ms: 100 },
+            AgentEvent::TokenIssued {
+                agent_id: A,
+                token_id: t1,
+                expires_at_ms: 100,
+            },
+            AgentEvent::TokenIssued {
+                agent_id: A,
+                token_id: t2,
+                expires_at_ms: 100,
+            },
         ]);
         assert!(!token_valid(s.as_ref(), t1, 50));
         assert!(token_valid(s.as_ref(), t2, 50));
@@ -276,30 +403,50 @@ mod tests {
         let revoke = decide(s.as_ref(), A, Command::RevokeToken).unwrap();
         let s = revoke.iter().fold(s, |s, e| evolve(s, e, 2));
         assert!(!token_valid(s.as_ref(), t2, 50));
-        assert_eq!(decide(s.as_ref(), A, Command::RevokeToken), Err(Rejection::NoToken(A)));
+        assert_eq!(
+            decide(s.as_ref(), A, Command::RevokeToken),
+            Err(Rejection::NoToken(A))
+        );
     }
 
     #[test]
     fn deleting_an_agent_revokes_its_token() {
         let t = Uuid::from_u128(10);
-        let s = given(&[registered(), AgentEvent::TokenIssued { agent_id: A, token_id: t, expires_at_ms: 100 }]);
+        let s = given(&[
+            registered(),
+            AgentEvent::TokenIssued {
+                agent_id: A,
+                token_id: t,
+                expires_at_ms: 100,
+            },
+        ]);
         let s = evolve(s, &AgentEvent::Deleted { agent_id: A }, 3);
         assert!(s.is_none());
         assert!(!token_valid(s.as_ref(), t, 50));
-        assert_eq!(decide(None, A, Command::Delete), Err(Rejection::UnknownAgent(A)));
+        assert_eq!(
+            decide(None, A, Command::Delete),
+            Err(Rejection::UnknownAgent(A))
+        );
     }
 
     #[test]
     fn reported_providers_are_checked() {
         let s = given(&[registered()]);
-        let p = |n: &str, t: &str| ProviderRef { name: n.into(), provider_type: t.into() };
+        let p = |n: &str, t: &str| ProviderRef {
+            name: n.into(),
+            provider_type: t.into(),
+        };
         for (bad, field) in [
             (vec![p("a.b", "tyk")], "providers[0].name"),
             (vec![p("ok", "")], "providers[0].type"),
             (vec![p("x", "tyk"), p("x", "aws")], "providers[1].name"),
             (vec![p("x y", "tyk")], "providers[0].name"),
         ] {
-            let cmd = Command::Connect { connection_id: Uuid::nil(), providers: bad, agent_version: String::new() };
+            let cmd = Command::Connect {
+                connection_id: Uuid::nil(),
+                providers: bad,
+                agent_version: String::new(),
+            };
             match decide(s.as_ref(), A, cmd) {
                 Err(Rejection::Invalid { field: f, .. }) => assert_eq!(f, field),
                 other => panic!("expected invalid {field}, got {other:?}"),

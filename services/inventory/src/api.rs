@@ -76,7 +76,12 @@ impl From<&ApiRecord> for ApiSummary {
             provider_api_id: r.provider_api_id.clone(),
             name: r.name.clone(),
             version: r.version.clone(),
-            status: if r.deleted_at_ms.is_some() { "deleted" } else { "active" }.to_owned(),
+            status: if r.deleted_at_ms.is_some() {
+                "deleted"
+            } else {
+                "active"
+            }
+            .to_owned(),
             content_hash: r.content_hash.clone(),
             first_seen: rfc3339(r.first_seen_ms),
             last_seen: rfc3339(r.last_seen_ms),
@@ -200,14 +205,24 @@ impl From<&RunRecord> for SyncView {
     fn from(r: &RunRecord) -> Self {
         let (result, deleted, reason) = match &r.result {
             RunResult::Running => ("running", 0, None),
-            RunResult::Completed { deleted, superseded: false, .. } => ("completed", *deleted, None),
-            RunResult::Completed { superseded: true, .. } => {
-                ("completed", 0, Some("a newer run had already completed; nothing deleted".to_owned()))
-            }
+            RunResult::Completed {
+                deleted,
+                superseded: false,
+                ..
+            } => ("completed", *deleted, None),
+            RunResult::Completed {
+                superseded: true, ..
+            } => (
+                "completed",
+                0,
+                Some("a newer run had already completed; nothing deleted".to_owned()),
+            ),
             RunResult::Incomplete { expected, received } => (
                 "incomplete",
                 0,
-                Some(format!("agent said {expected} APIs, {received} arrived; nothing deleted")),
+                Some(format!(
+                    "agent said {expected} APIs, {received} arrived; nothing deleted"
+                )),
             ),
             RunResult::Failed { reason } => ("failed", 0, Some(reason.clone())),
         };
@@ -261,7 +276,10 @@ fn parse_status(s: Option<&str>) -> Result<StatusFilter, ApiError> {
         "active" => Ok(StatusFilter::Active),
         "deleted" => Ok(StatusFilter::Deleted),
         "all" => Ok(StatusFilter::All),
-        other => Err(ApiError::invalid_field("status", format!("{other:?} is not one of active, deleted, all"))),
+        other => Err(ApiError::invalid_field(
+            "status",
+            format!("{other:?} is not one of active, deleted, all"),
+        )),
     }
 }
 
@@ -273,19 +291,28 @@ fn parse_api_id(id: &str) -> Result<ApiId, ApiError> {
 #[utoipa::path(get, path = "/api/apis", tag = "repository", params(ListParams),
     security(("api_key" = [])),
     responses((status = 200, body = ApiPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
-async fn list_apis(State(s): State<ApiState>, Query(p): Query<ListParams>) -> Result<Json<ApiPage>, ApiError> {
+async fn list_apis(
+    State(s): State<ApiState>,
+    Query(p): Query<ListParams>,
+) -> Result<Json<ApiPage>, ApiError> {
     let page = p.page.unwrap_or(1);
     if page == 0 {
         return Err(ApiError::invalid_field("page", "pages start at 1"));
     }
     let per_page = p.per_page.unwrap_or(50);
     if per_page == 0 || per_page > MAX_PER_PAGE {
-        return Err(ApiError::invalid_field("per_page", format!("must be between 1 and {MAX_PER_PAGE}")));
+        return Err(ApiError::invalid_field(
+            "per_page",
+            format!("must be between 1 and {MAX_PER_PAGE}"),
+        ));
     }
     let agent_id = p
         .agent_id
         .as_deref()
-        .map(|a| AgentId::parse(a).map_err(|_| ApiError::invalid_field("agent_id", format!("{a:?} is not a UUID"))))
+        .map(|a| {
+            AgentId::parse(a)
+                .map_err(|_| ApiError::invalid_field("agent_id", format!("{a:?} is not a UUID")))
+        })
         .transpose()?;
     let filter = ApiFilter {
         provider: p.provider,
@@ -300,7 +327,12 @@ async fn list_apis(State(s): State<ApiState>, Query(p): Query<ListParams>) -> Re
         .await
         .map_err(|e| ApiError::internal("listing APIs failed", e))?
         .map_err(|e| ApiError::internal("listing APIs failed", e))?;
-    Ok(Json(ApiPage { apis: records.iter().map(ApiSummary::from).collect(), total, page, per_page }))
+    Ok(Json(ApiPage {
+        apis: records.iter().map(ApiSummary::from).collect(),
+        total,
+        page,
+        per_page,
+    }))
 }
 
 /// One API: definition, first and last seen, deletion, lifecycle history.
@@ -308,14 +340,19 @@ async fn list_apis(State(s): State<ApiState>, Query(p): Query<ListParams>) -> Re
     params(("id" = String, Path, description = "API id")),
     security(("api_key" = [])),
     responses((status = 200, body = ApiDetail), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn get_api(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Json<ApiDetail>, ApiError> {
+async fn get_api(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<ApiDetail>, ApiError> {
     let api_id = parse_api_id(&id)?;
     let (record, def) = s
         .queries
         .get(api_id)
         .map_err(|e| ApiError::internal("reading the API failed", e))?
         .ok_or_else(|| ApiError::not_found(format!("no API with id {api_id}")))?;
-    let json_or_string = |s: &str| serde_json::from_str(s).unwrap_or_else(|_| serde_json::Value::String(s.to_owned()));
+    let json_or_string = |s: &str| {
+        serde_json::from_str(s).unwrap_or_else(|_| serde_json::Value::String(s.to_owned()))
+    };
     Ok(Json(ApiDetail {
         summary: ApiSummary::from(&record),
         definition: DefinitionView {
@@ -325,7 +362,11 @@ async fn get_api(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Js
             tags: def.tags,
             stages: def.stages,
             openapi: (!def.openapi.is_empty()).then(|| json_or_string(&def.openapi)),
-            raw: if def.raw.is_empty() { serde_json::Value::Null } else { json_or_string(&def.raw) },
+            raw: if def.raw.is_empty() {
+                serde_json::Value::Null
+            } else {
+                json_or_string(&def.raw)
+            },
         },
         history: record.history.iter().map(HistoryView::from).collect(),
     }))
@@ -336,7 +377,10 @@ async fn get_api(State(s): State<ApiState>, Path(id): Path<String>) -> Result<Js
     security(("api_key" = [])),
     responses((status = 200, body = Vec<ProviderView>), (status = 401, body = ErrorBody)))]
 async fn list_providers(State(s): State<ApiState>) -> Result<Json<Vec<ProviderView>>, ApiError> {
-    let records = s.queries.providers().map_err(|e| ApiError::internal("reading providers failed", e))?;
+    let records = s
+        .queries
+        .providers()
+        .map_err(|e| ApiError::internal("reading providers failed", e))?;
     let now = now_ms();
     let mut out = Vec::with_capacity(records.len());
     let mut beats: std::collections::HashMap<AgentId, Option<Heartbeat>> = Default::default();
@@ -344,11 +388,14 @@ async fn list_providers(State(s): State<ApiState>) -> Result<Json<Vec<ProviderVi
         let Some(agent_id) = p.agent_id else { continue };
         if !beats.contains_key(&agent_id) {
             let subject = streams::heartbeat_subject(agent_id);
-            let beat = tokio::time::timeout(Duration::from_secs(2), last_event::<Heartbeat>(&s.js, &subject))
-                .await
-                .map_err(|_| ApiError::unavailable("NATS did not answer in time"))?
-                .map_err(|e| ApiError::internal("reading heartbeats failed", e))?
-                .map(|(h, _)| h);
+            let beat = tokio::time::timeout(
+                Duration::from_secs(2),
+                last_event::<Heartbeat>(&s.js, &subject),
+            )
+            .await
+            .map_err(|_| ApiError::unavailable("NATS did not answer in time"))?
+            .map_err(|e| ApiError::internal("reading heartbeats failed", e))?
+            .map(|(h, _)| h);
             beats.insert(agent_id, beat);
         }
         let beat = beats[&agent_id].as_ref();
@@ -373,6 +420,9 @@ async fn list_providers(State(s): State<ApiState>) -> Result<Json<Vec<ProviderVi
     responses((status = 200, body = DigestView)))]
 async fn digest(State(s): State<ApiState>) -> Result<Json<DigestView>, ApiError> {
     let position = s.progress.position();
-    let digest = s.queries.digest().map_err(|e| ApiError::internal("digest failed", e))?;
+    let digest = s
+        .queries
+        .digest()
+        .map_err(|e| ApiError::internal("digest failed", e))?;
     Ok(Json(DigestView { digest, position }))
 }

@@ -3,11 +3,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use meridian_kit::CancellationToken;
 use meridian_kit::bus::{self, Publisher};
 use meridian_kit::config::{Secret, admin_key};
 use meridian_kit::http::{self, ApiKey, ReadyCheck};
 use meridian_kit::projection::{self, ConsumerKind, Progress, ProjectionSpec, Runner};
-use meridian_kit::CancellationToken;
 use meridian_schemas::streams;
 use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
@@ -93,16 +93,41 @@ pub enum AppError {
 
 const TREE: &str = "repository";
 
-fn open_tree(data_dir: &std::path::Path) -> Result<(sled::Db, sled::Tree), AppError> {
-    let storage = |source| AppError::Storage { path: data_dir.display().to_string(), source };
+/// Opens the repository. Another process (or a previous instance still
+/// shutting down) may hold sled's directory lock for a moment: wait up to
+/// ten seconds for it before giving up.
+async fn open_tree(data_dir: &std::path::Path) -> Result<(sled::Db, sled::Tree), AppError> {
+    let storage = |source| AppError::Storage {
+        path: data_dir.display().to_string(),
+        source,
+    };
     std::fs::create_dir_all(data_dir).map_err(|e| storage(sled::Error::Io(e)))?;
-    let db = projection::open_db(data_dir).map_err(storage)?;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let db = loop {
+        match projection::open_db(data_dir) {
+            Ok(db) => break db,
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if tokio::time::Instant::now() > deadline {
+                    return Err(storage(sled::Error::Io(std::io::Error::other(format!(
+                        "{e}; is another inventory (or a rebuild) using this directory?"
+                    )))));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(storage(e)),
+        }
+    };
     let tree = db.open_tree(TREE).map_err(storage)?;
     Ok((db, tree))
 }
 
 fn spec(config: &Config, consumer: ConsumerKind) -> ProjectionSpec {
-    ProjectionSpec { id: store::PROJECTION_ID.into(), stream: streams::SYNC, consumer, batch: config.batch.max(1) }
+    ProjectionSpec {
+        id: store::PROJECTION_ID.into(),
+        stream: streams::SYNC,
+        consumer,
+        batch: config.batch.max(1),
+    }
 }
 
 /// A built inventory, ready to run.
@@ -119,14 +144,40 @@ pub struct App {
 impl App {
     /// Connects, creates streams, opens the repository.
     pub async fn build(config: Config) -> Result<Self, AppError> {
-        let api_key = ApiKey::new(admin_key(config.api_key.clone(), "MERIDIAN_INVENTORY__API_KEY")?.expose());
-        let client = bus::connect(&config.nats_url, "meridian-inventory", std::time::Duration::from_secs(30)).await?;
+        let api_key =
+            ApiKey::new(admin_key(config.api_key.clone(), "MERIDIAN_INVENTORY__API_KEY")?.expose());
+        let client = bus::connect(
+            &config.nats_url,
+            "meridian-inventory",
+            std::time::Duration::from_secs(30),
+        )
+        .await?;
         let js = async_nats::jetstream::new(client.clone());
-        bus::ensure_streams(&js, &[streams::SYNC, streams::API_LIFECYCLE, streams::AGENT_HEARTBEATS]).await?;
-        let (db, tree) = open_tree(&config.data_dir)?;
-        let (runner, progress) =
-            Runner::new(js.clone(), tree.clone(), Arc::new(store::Repository), spec(&config, ConsumerKind::Durable));
-        Ok(Self { client, publisher: Publisher::new(js), _db: db, tree, runner, progress, api_key })
+        bus::ensure_streams(
+            &js,
+            &[
+                streams::SYNC,
+                streams::API_LIFECYCLE,
+                streams::AGENT_HEARTBEATS,
+            ],
+        )
+        .await?;
+        let (db, tree) = open_tree(&config.data_dir).await?;
+        let (runner, progress) = Runner::new(
+            js.clone(),
+            tree.clone(),
+            Arc::new(store::Repository),
+            spec(&config, ConsumerKind::Durable),
+        );
+        Ok(Self {
+            client,
+            publisher: Publisher::new(js),
+            _db: db,
+            tree,
+            runner,
+            progress,
+            api_key,
+        })
     }
 
     /// The REST routes (admin key required) with their OpenAPI description.
@@ -136,12 +187,18 @@ impl App {
             js: self.publisher.context().clone(),
             progress: self.progress.clone(),
         };
-        api::router(state).layer(axum::middleware::from_fn_with_state(self.api_key.clone(), http::require_api_key))
+        api::router(state).layer(axum::middleware::from_fn_with_state(
+            self.api_key.clone(),
+            http::require_api_key,
+        ))
     }
 
     /// Ready when NATS is connected and the repository caught up.
     pub fn ready_checks(&self) -> Vec<ReadyCheck> {
-        vec![http::nats_ready(self.client.clone()), http::projection_ready("repository", self.progress.clone())]
+        vec![
+            http::nats_ready(self.client.clone()),
+            http::projection_ready("repository", self.progress.clone()),
+        ]
     }
 
     /// The projection's progress.
@@ -160,22 +217,37 @@ impl App {
         let result = self.runner.run_until_stopped(stop.clone()).await;
         stop.cancel();
         let _ = outbox.await;
-        self.tree.flush_async().await.map_err(|source| AppError::Storage { path: TREE.into(), source })?;
+        self.tree
+            .flush_async()
+            .await
+            .map_err(|source| AppError::Storage {
+                path: TREE.into(),
+                source,
+            })?;
         result.map_err(AppError::from)
     }
 
     /// Standalone: serves the API, `/healthz`, `/readyz`, `/api/openapi.json`
     /// and `/api/docs` on `listener`, and runs until `stop`.
-    pub async fn serve(self, listener: tokio::net::TcpListener, stop: CancellationToken) -> Result<(), AppError> {
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        stop: CancellationToken,
+    ) -> Result<(), AppError> {
         let (api, doc) = self.api().split_for_parts();
         let router = api
             .merge(http::health_router(self.ready_checks()))
-            .merge(http::docs_router(http::finish_openapi(doc, "Meridian inventory")))
+            .merge(http::docs_router(http::finish_openapi(
+                doc,
+                "Meridian inventory",
+            )))
             .fallback(http::not_found_fallback);
         let server = tokio::spawn(http::serve(listener, router, stop.clone()));
         let result = self.run_until_stopped(stop.clone()).await;
         stop.cancel();
-        server.await.map_err(|e| std::io::Error::other(e.to_string()))??;
+        server
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
         result
     }
 }
@@ -197,14 +269,31 @@ pub struct RebuildReport {
 /// stream when the service next starts.
 pub async fn rebuild(config: Config) -> Result<RebuildReport, AppError> {
     let started = std::time::Instant::now();
-    let client = bus::connect(&config.nats_url, "meridian-inventory-rebuild", std::time::Duration::from_secs(10)).await?;
+    let client = bus::connect(
+        &config.nats_url,
+        "meridian-inventory-rebuild",
+        std::time::Duration::from_secs(10),
+    )
+    .await?;
     let js = async_nats::jetstream::new(client);
     bus::ensure_streams(&js, &[streams::SYNC, streams::API_LIFECYCLE]).await?;
-    let (_db, tree) = open_tree(&config.data_dir)?;
-    let storage = |source| AppError::Storage { path: config.data_dir.display().to_string(), source };
+    let (_db, tree) = open_tree(&config.data_dir).await?;
+    let storage = |source| AppError::Storage {
+        path: config.data_dir.display().to_string(),
+        source,
+    };
     tree.clear().map_err(storage)?;
-    let (runner, _) = Runner::new(js, tree.clone(), Arc::new(store::Repository), spec(&config, ConsumerKind::Ordered));
+    let (runner, _) = Runner::new(
+        js,
+        tree.clone(),
+        Arc::new(store::Repository),
+        spec(&config, ConsumerKind::Ordered),
+    );
     let position = runner.run_until_caught_up().await?;
     let digest = projection::digest(&tree).map_err(storage)?;
-    Ok(RebuildReport { position, digest, seconds: started.elapsed().as_secs_f64() })
+    Ok(RebuildReport {
+        position,
+        digest,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }

@@ -192,7 +192,11 @@ pub struct Observed {
 
 /// Applies an observation to the API's current record (`None`: new API).
 /// `old_definition` is needed only when the hash differs.
-pub fn observe(existing: Option<&ApiRecord>, old_definition: Option<&ApiDefinition>, obs: &Observation<'_>) -> Observed {
+pub fn observe(
+    existing: Option<&ApiRecord>,
+    old_definition: Option<&ApiDefinition>,
+    obs: &Observation<'_>,
+) -> Observed {
     let def = obs.definition;
     let entry = |kind, changed: Vec<String>| HistoryEntry {
         kind,
@@ -219,13 +223,21 @@ pub fn observe(existing: Option<&ApiRecord>, old_definition: Option<&ApiDefiniti
             deleted_at_ms: None,
             history: vec![change.clone()],
         };
-        return Observed { record, definition_changed: true, change: Some(change) };
+        return Observed {
+            record,
+            definition_changed: true,
+            change: Some(change),
+        };
     };
     let mut record = existing.clone();
     if obs.run.order < existing.last_seen_order {
         // An older run than the one the record already reflects: it counts as
         // seen by that run, but does not roll the definition back.
-        return Observed { record, definition_changed: false, change: None };
+        return Observed {
+            record,
+            definition_changed: false,
+            change: None,
+        };
     }
     record.last_seen_ms = obs.at_ms;
     record.last_seen_order = obs.run.order;
@@ -240,7 +252,9 @@ pub fn observe(existing: Option<&ApiRecord>, old_definition: Option<&ApiDefiniti
         record.deleted_at_ms = None;
         Some(entry(LifecycleKind::Restored, Vec::new()))
     } else if hash_changed {
-        let changed = old_definition.map(|old| changed_fields(old, def)).unwrap_or_default();
+        let changed = old_definition
+            .map(|old| changed_fields(old, def))
+            .unwrap_or_default();
         Some(entry(LifecycleKind::Updated, changed))
     } else {
         None
@@ -248,7 +262,11 @@ pub fn observe(existing: Option<&ApiRecord>, old_definition: Option<&ApiDefiniti
     if let Some(c) = &change {
         record.history.push(c.clone());
     }
-    Observed { record, definition_changed: hash_changed, change }
+    Observed {
+        record,
+        definition_changed: hash_changed,
+        change,
+    }
 }
 
 /// Which parts of a definition differ, named as in lifecycle events.
@@ -299,15 +317,25 @@ pub struct Finish {
 /// Decides what ending `run` means for its provider.
 pub fn finish(run: &RunRecord, provider: &ProviderRecord, end: RunEnd) -> Finish {
     match end {
-        RunEnd::Failed { reason } => Finish { result: RunResult::Failed { reason }, delete_below: None },
+        RunEnd::Failed { reason } => Finish {
+            result: RunResult::Failed { reason },
+            delete_below: None,
+        },
         RunEnd::Completed { count } if count != run.seen => Finish {
-            result: RunResult::Incomplete { expected: count, received: run.seen },
+            result: RunResult::Incomplete {
+                expected: count,
+                received: run.seen,
+            },
             delete_below: None,
         },
         RunEnd::Completed { count } => {
             let superseded = is_stale(run, provider);
             Finish {
-                result: RunResult::Completed { count, deleted: 0, superseded },
+                result: RunResult::Completed {
+                    count,
+                    deleted: 0,
+                    superseded,
+                },
                 delete_below: (!superseded).then_some(run.order),
             }
         }
@@ -340,19 +368,41 @@ mod tests {
     use uuid::Uuid;
 
     fn run(order: u64) -> RunRecord {
-        RunRecord::begin(RunId(Uuid::from_u128(order as u128)), AgentId(Uuid::nil()), "p", order, 1000)
+        RunRecord::begin(
+            RunId(Uuid::from_u128(order as u128)),
+            AgentId(Uuid::nil()),
+            "p",
+            order,
+            1000,
+        )
     }
 
     fn def(name: &str) -> ApiDefinition {
-        ApiDefinition { provider_api_id: "x".into(), name: name.into(), ..Default::default() }
+        ApiDefinition {
+            provider_api_id: "x".into(),
+            name: name.into(),
+            ..Default::default()
+        }
     }
 
-    fn see(existing: Option<&ApiRecord>, old: Option<&ApiDefinition>, r: &RunRecord, d: &ApiDefinition) -> Observed {
+    fn see(
+        existing: Option<&ApiRecord>,
+        old: Option<&ApiDefinition>,
+        r: &RunRecord,
+        d: &ApiDefinition,
+    ) -> Observed {
         let hash = d.content_hash();
         observe(
             existing,
             old,
-            &Observation { api_id: ApiId(Uuid::nil()), run: r, definition: d, content_hash: &hash, at_ms: 5, seq: r.order + 1 },
+            &Observation {
+                api_id: ApiId(Uuid::nil()),
+                run: r,
+                definition: d,
+                content_hash: &hash,
+                at_ms: 5,
+                seq: r.order + 1,
+            },
         )
     }
 
@@ -394,13 +444,31 @@ mod tests {
         let mut r = run(10);
         r.seen = 2;
         let p = ProviderRecord::default();
-        assert_eq!(finish(&r, &p, RunEnd::Completed { count: 2 }).delete_below, Some(10));
-        assert_eq!(finish(&r, &p, RunEnd::Completed { count: 3 }).delete_below, None);
-        assert_eq!(finish(&r, &p, RunEnd::Failed { reason: "x".into() }).delete_below, None);
-        let newer_done = ProviderRecord { newest_completed_order: 20, ..Default::default() };
+        assert_eq!(
+            finish(&r, &p, RunEnd::Completed { count: 2 }).delete_below,
+            Some(10)
+        );
+        assert_eq!(
+            finish(&r, &p, RunEnd::Completed { count: 3 }).delete_below,
+            None
+        );
+        assert_eq!(
+            finish(&r, &p, RunEnd::Failed { reason: "x".into() }).delete_below,
+            None
+        );
+        let newer_done = ProviderRecord {
+            newest_completed_order: 20,
+            ..Default::default()
+        };
         let f = finish(&r, &newer_done, RunEnd::Completed { count: 2 });
         assert_eq!(f.delete_below, None);
-        assert!(matches!(f.result, RunResult::Completed { superseded: true, .. }));
+        assert!(matches!(
+            f.result,
+            RunResult::Completed {
+                superseded: true,
+                ..
+            }
+        ));
         assert!(should_delete(3, false, 10));
         assert!(!should_delete(10, false, 10));
         assert!(!should_delete(3, true, 10));

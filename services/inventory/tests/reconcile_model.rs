@@ -5,7 +5,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use meridian_inventory::adapters::store::{ApiFilter, OUTBOX_PREFIX, PROJECTION_ID, Queries, Repository, StatusFilter};
+use meridian_inventory::adapters::store::{
+    ApiFilter, OUTBOX_PREFIX, PROJECTION_ID, Queries, Repository, StatusFilter,
+};
 use meridian_kit::projection::{StoredEvent, apply_events, digest};
 use meridian_schemas::lifecycle::{LifecycleEvent, LifecycleKind};
 use meridian_schemas::sync::{ApiDefinition, SyncEvent, SyncEventKind};
@@ -57,23 +59,56 @@ fn events(ops: &[Op]) -> Vec<StoredEvent> {
     let mut out = Vec::new();
     for op in ops {
         let (run, kind) = match *op {
-            Op::Start(run) => (run, SyncEventKind::Started { provider_type: "tyk".into() }),
+            Op::Start(run) => (
+                run,
+                SyncEventKind::Started {
+                    provider_type: "tyk".into(),
+                },
+            ),
             Op::Api { run, api, variant } => {
                 sent.entry(run).or_default().insert(api);
                 let d = definition(api, variant);
                 let content_hash = d.content_hash();
-                (run, SyncEventKind::Api { definition: d, content_hash })
+                (
+                    run,
+                    SyncEventKind::Api {
+                        definition: d,
+                        content_hash,
+                    },
+                )
             }
             Op::Complete { run, short } => {
                 let n = sent.get(&run).map_or(0, |s| s.len() as u64);
-                (run, SyncEventKind::Completed { count: if short { n + 1 } else { n } })
+                (
+                    run,
+                    SyncEventKind::Completed {
+                        count: if short { n + 1 } else { n },
+                    },
+                )
             }
-            Op::Fail(run) => (run, SyncEventKind::Failed { reason: "boom".into() }),
+            Op::Fail(run) => (
+                run,
+                SyncEventKind::Failed {
+                    reason: "boom".into(),
+                },
+            ),
         };
         let seq = out.len() as u64 + 1;
-        let event = SyncEvent { run_id: run_id(run), agent_id: AGENT, provider: provider_of(run).into(), kind };
-        let meta = EventMeta { occurred_at_ms: seq as i64 * 1000, ..Default::default() };
-        out.push(StoredEvent { seq, subject: String::new(), envelope: Envelope::wrap(&event, meta) });
+        let event = SyncEvent {
+            run_id: run_id(run),
+            agent_id: AGENT,
+            provider: provider_of(run).into(),
+            kind,
+        };
+        let meta = EventMeta {
+            occurred_at_ms: seq as i64 * 1000,
+            ..Default::default()
+        };
+        out.push(StoredEvent {
+            seq,
+            subject: String::new(),
+            envelope: Envelope::wrap(&event, meta),
+        });
     }
     out
 }
@@ -104,7 +139,10 @@ impl Model {
         for (i, op) in ops.iter().enumerate() {
             let seq = i as u64 + 1;
             let r = match *op {
-                Op::Start(r) | Op::Api { run: r, .. } | Op::Complete { run: r, .. } | Op::Fail(r) => r,
+                Op::Start(r)
+                | Op::Api { run: r, .. }
+                | Op::Complete { run: r, .. }
+                | Op::Fail(r) => r,
             };
             let provider = provider_of(r);
             let p = r % 2;
@@ -121,7 +159,10 @@ impl Model {
                     let id = api_id(provider, api);
                     match m.apis.get_mut(&(p, api)) {
                         None => {
-                            let mut a = ModelApi { variant, ..Default::default() };
+                            let mut a = ModelApi {
+                                variant,
+                                ..Default::default()
+                            };
                             a.seen_by.insert(order);
                             m.apis.insert((p, api), a);
                             m.emitted.push((seq, id, LifecycleKind::Created));
@@ -148,7 +189,9 @@ impl Model {
                         continue;
                     }
                     m.runs.get_mut(&r).unwrap().1 = true;
-                    let Op::Complete { short, .. } = *op else { continue };
+                    let Op::Complete { short, .. } = *op else {
+                        continue;
+                    };
                     let seen = &m.runs[&r].2;
                     let count = sent.get(&r).map_or(0, |s| s.len()) + usize::from(short);
                     if count != seen.len() || stale {
@@ -164,7 +207,11 @@ impl Model {
                         }
                     }
                     doomed.sort_by_key(|id| *id.0.as_bytes());
-                    m.emitted.extend(doomed.into_iter().map(|id| (seq, id, LifecycleKind::Deleted)));
+                    m.emitted.extend(
+                        doomed
+                            .into_iter()
+                            .map(|id| (seq, id, LifecycleKind::Deleted)),
+                    );
                 }
             }
         }
@@ -182,7 +229,10 @@ fn repository_state(tree: &sled::Tree) -> BTreeMap<ApiId, (bool, String)> {
         per_page: usize::MAX,
     };
     let (records, _) = Queries::new(tree.clone()).list(&filter).unwrap();
-    records.into_iter().map(|r| (r.api_id, (r.deleted_at_ms.is_some(), r.version))).collect()
+    records
+        .into_iter()
+        .map(|r| (r.api_id, (r.deleted_at_ms.is_some(), r.version)))
+        .collect()
 }
 
 fn outbox(tree: &sled::Tree) -> Vec<(u64, ApiId, LifecycleKind)> {

@@ -43,7 +43,11 @@ pub enum BusError {
 
 /// Connects to NATS, retrying for up to `patience` while the server comes up.
 /// Once connected, the client reconnects by itself and logs each change.
-pub async fn connect(url: &str, name: &str, patience: Duration) -> Result<async_nats::Client, BusError> {
+pub async fn connect(
+    url: &str,
+    name: &str,
+    patience: Duration,
+) -> Result<async_nats::Client, BusError> {
     let deadline = tokio::time::Instant::now() + patience;
     loop {
         let attempt = async_nats::ConnectOptions::new()
@@ -51,7 +55,9 @@ pub async fn connect(url: &str, name: &str, patience: Duration) -> Result<async_
             .connection_timeout(Duration::from_secs(2))
             .event_callback(|event| async move {
                 match event {
-                    async_nats::Event::Disconnected => tracing::warn!("NATS connection lost, reconnecting"),
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("NATS connection lost, reconnecting")
+                    }
                     async_nats::Event::Connected => tracing::info!("NATS connected"),
                     other => tracing::debug!(%other, "NATS event"),
                 }
@@ -61,7 +67,10 @@ pub async fn connect(url: &str, name: &str, patience: Duration) -> Result<async_
         match attempt {
             Ok(client) => return Ok(client),
             Err(source) if tokio::time::Instant::now() >= deadline => {
-                return Err(BusError::Connect { url: url.to_owned(), source });
+                return Err(BusError::Connect {
+                    url: url.to_owned(),
+                    source,
+                });
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
@@ -90,7 +99,10 @@ pub async fn ensure_streams(js: &jetstream::Context, names: &[&str]) -> Result<(
     for name in names {
         js.create_or_update_stream(stream_config(name))
             .await
-            .map_err(|e| BusError::Stream { stream: (*name).to_owned(), message: e.to_string() })?;
+            .map_err(|e| BusError::Stream {
+                stream: (*name).to_owned(),
+                message: e.to_string(),
+            })?;
     }
     Ok(())
 }
@@ -115,10 +127,17 @@ impl Publisher {
     /// Publishes one event and waits for the stream to store it. A duplicate
     /// (same dedup id within the stream's window) is acknowledged with
     /// `duplicate: true` and stored once.
-    pub async fn publish<E: Event>(&self, event: &E, meta: EventMeta) -> Result<PublishAck, BusError> {
+    pub async fn publish<E: Event>(
+        &self,
+        event: &E,
+        meta: EventMeta,
+    ) -> Result<PublishAck, BusError> {
         let subject = event.subject();
         let fut = self.send(event, meta).await?;
-        fut.await.map_err(|e| BusError::Publish { subject, message: e.to_string() })
+        fut.await.map_err(|e| BusError::Publish {
+            subject,
+            message: e.to_string(),
+        })
     }
 
     /// Publishes many events, keeping up to [`PUBLISH_WINDOW`] acks in
@@ -137,26 +156,46 @@ impl Publisher {
     }
 
     async fn settle((subject, fut): (String, PublishAckFuture)) -> Result<PublishAck, BusError> {
-        fut.await.map_err(|e| BusError::Publish { subject, message: e.to_string() })
+        fut.await.map_err(|e| BusError::Publish {
+            subject,
+            message: e.to_string(),
+        })
     }
 
     /// Sends an event without waiting for its ack; await the returned
     /// [`PendingAck`] (or put it in an [`AckWindow`]) to know it is stored.
-    pub async fn start<E: Event>(&self, event: &E, meta: EventMeta) -> Result<PendingAck, BusError> {
-        Ok(PendingAck { subject: event.subject(), fut: self.send(event, meta).await? })
+    pub async fn start<E: Event>(
+        &self,
+        event: &E,
+        meta: EventMeta,
+    ) -> Result<PendingAck, BusError> {
+        Ok(PendingAck {
+            subject: event.subject(),
+            fut: self.send(event, meta).await?,
+        })
     }
 
-    async fn send<E: Event>(&self, event: &E, meta: EventMeta) -> Result<PublishAckFuture, BusError> {
+    async fn send<E: Event>(
+        &self,
+        event: &E,
+        meta: EventMeta,
+    ) -> Result<PublishAckFuture, BusError> {
         let subject = event.subject();
         let envelope = Envelope::wrap(event, meta);
         let mut headers = HeaderMap::new();
         headers.insert(NATS_MESSAGE_ID, event.dedup_id().as_str());
         headers.insert(HEADER_EVENT_TYPE, envelope.event_type.as_str());
-        headers.insert(HEADER_SCHEMA_VERSION, E::SCHEMA_VERSION.to_string().as_str());
+        headers.insert(
+            HEADER_SCHEMA_VERSION,
+            E::SCHEMA_VERSION.to_string().as_str(),
+        );
         self.js
             .publish_with_headers(subject.clone(), headers, envelope.to_bytes().into())
             .await
-            .map_err(|e| BusError::Publish { subject, message: e.to_string() })
+            .map_err(|e| BusError::Publish {
+                subject,
+                message: e.to_string(),
+            })
     }
 }
 
@@ -184,7 +223,10 @@ pub struct AckWindow {
 impl AckWindow {
     /// A window of at most `limit` outstanding acks.
     pub fn new(limit: usize) -> Self {
-        Self { pending: VecDeque::new(), limit: limit.max(1) }
+        Self {
+            pending: VecDeque::new(),
+            limit: limit.max(1),
+        }
     }
 
     /// Adds a publish, first settling the oldest if the window is full.
@@ -211,12 +253,21 @@ pub async fn last_event<E: Event>(
     js: &jetstream::Context,
     subject: &str,
 ) -> Result<Option<(E, Envelope)>, BusError> {
-    let stream_err = |message: String| BusError::Stream { stream: E::STREAM.to_owned(), message };
-    let stream = js.get_stream_no_info(E::STREAM).await.map_err(|e| stream_err(e.to_string()))?;
+    let stream_err = |message: String| BusError::Stream {
+        stream: E::STREAM.to_owned(),
+        message,
+    };
+    let stream = js
+        .get_stream_no_info(E::STREAM)
+        .await
+        .map_err(|e| stream_err(e.to_string()))?;
     match stream.get_last_raw_message_by_subject(subject).await {
         Ok(message) => {
-            let envelope = Envelope::from_bytes(&message.payload).map_err(|e| stream_err(e.to_string()))?;
-            let event = envelope.open::<E>().map_err(|e| stream_err(e.to_string()))?;
+            let envelope =
+                Envelope::from_bytes(&message.payload).map_err(|e| stream_err(e.to_string()))?;
+            let event = envelope
+                .open::<E>()
+                .map_err(|e| stream_err(e.to_string()))?;
             Ok(Some((event, envelope)))
         }
         Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),

@@ -106,7 +106,9 @@ pub struct HumanDuration(pub std::time::Duration);
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        parse_duration(&s).map(HumanDuration).map_err(serde::de::Error::custom)
+        parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -123,15 +125,21 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let mut total = std::time::Duration::ZERO;
     let mut rest = s;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!("{s:?} is not a duration (use for example 30s, 5m, 1h30m, 7d)"));
+            return Err(format!(
+                "{s:?} is not a duration (use for example 30s, 5m, 1h30m, 7d)"
+            ));
         }
         let n: u64 = rest[..digits]
             .parse()
             .map_err(|_| format!("{s:?}: number too large"))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let one = match unit {
@@ -141,8 +149,16 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
             "h" => std::time::Duration::from_secs(3600),
             "d" => std::time::Duration::from_secs(86_400),
             "w" => std::time::Duration::from_secs(7 * 86_400),
-            "" => return Err(format!("{s:?}: missing unit after {n} (ms, s, m, h, d or w)")),
-            other => return Err(format!("{s:?}: unknown unit {other:?} (ms, s, m, h, d or w)")),
+            "" => {
+                return Err(format!(
+                    "{s:?}: missing unit after {n} (ms, s, m, h, d or w)"
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "{s:?}: unknown unit {other:?} (ms, s, m, h, d or w)"
+                ));
+            }
         };
         total = one
             .checked_mul(u32::try_from(n).map_err(|_| format!("{s:?}: number too large"))?)
@@ -167,14 +183,21 @@ mod tests {
     }
 
     fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn reads_prefixed_variables_and_ignores_others() {
         let c: Conf = from_vars(
             "MERIDIAN_X__",
-            vars(&[("MERIDIAN_X__NATS_URL", "nats://a:1"), ("PATH", "/bin"), ("MERIDIAN_X__PORT", "80")]),
+            vars(&[
+                ("MERIDIAN_X__NATS_URL", "nats://a:1"),
+                ("PATH", "/bin"),
+                ("MERIDIAN_X__PORT", "80"),
+            ]),
         )
         .unwrap();
         assert_eq!(c.nats_url, "nats://a:1");
@@ -189,17 +212,19 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.message.contains("MERIDIAN_X__NATS_ULR"), "{}", e.message);
-        let e = from_vars::<Conf>("MERIDIAN_X__", vars(&[("MERIDIAN_X__PORT", "eighty")])).unwrap_err();
-        assert!(e.message.contains("PORT") || e.message.contains("NATS_URL"), "{}", e.message);
+        let e =
+            from_vars::<Conf>("MERIDIAN_X__", vars(&[("MERIDIAN_X__PORT", "eighty")])).unwrap_err();
+        assert!(
+            e.message.contains("PORT") || e.message.contains("NATS_URL"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
     fn secrets_do_not_print() {
-        let c: Conf = from_vars(
-            "P_",
-            vars(&[("P_NATS_URL", "n"), ("P_SECRET", "hunter2")]),
-        )
-        .unwrap();
+        let c: Conf =
+            from_vars("P_", vars(&[("P_NATS_URL", "n"), ("P_SECRET", "hunter2")])).unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
         assert_eq!(c.secret.unwrap().expose(), "hunter2");
     }
@@ -208,7 +233,10 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86400)
+        );
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         for bad in ["", "-1s", "h", "10", "5y", "1.5h"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
@@ -223,5 +251,7 @@ pub const API_KEY_VAR: &str = "MERIDIAN_API_KEY";
 pub fn admin_key(own: Option<Secret>, own_var: &str) -> Result<Secret, ConfigError> {
     own.or_else(|| std::env::var(API_KEY_VAR).ok().map(Secret::new))
         .filter(|k| !k.expose().is_empty())
-        .ok_or_else(|| ConfigError { message: format!("set {API_KEY_VAR} (or {own_var}) to the admin API key") })
+        .ok_or_else(|| ConfigError {
+            message: format!("set {API_KEY_VAR} (or {own_var}) to the admin API key"),
+        })
 }

@@ -11,7 +11,7 @@ use axum::http::{StatusCode, request::Parts};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Router, Json as AxumJson};
+use axum::{Json as AxumJson, Router};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
@@ -94,7 +94,10 @@ pub struct ApiError {
 impl ApiError {
     /// Any code with a message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
     /// 400 naming a field.
     pub fn invalid_field(field: &str, why: impl std::fmt::Display) -> Self {
@@ -115,7 +118,10 @@ impl ApiError {
     /// 500: logs the cause, tells the caller only that it happened.
     pub fn internal(context: &str, cause: impl std::fmt::Display) -> Self {
         tracing::error!(%cause, "{context}");
-        Self::new(ErrorCode::Internal, format!("{context}; see the service log"))
+        Self::new(
+            ErrorCode::Internal,
+            format!("{context}; see the service log"),
+        )
     }
 }
 
@@ -127,7 +133,10 @@ impl From<ApiError> for tonic::Status {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: self.code.as_str().to_owned(), message: self.message };
+        let body = ErrorBody {
+            error: self.code.as_str().to_owned(),
+            message: self.message,
+        };
         (self.code.http_status(), AxumJson(body)).into_response()
     }
 }
@@ -141,7 +150,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match AxumJson::<T>::from_request(req, state).await {
             Ok(AxumJson(v)) => Ok(Json(v)),
-            Err(rejection) => Err(ApiError::new(ErrorCode::InvalidArgument, json_message(&rejection.body_text()))),
+            Err(rejection) => Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                json_message(&rejection.body_text()),
+            )),
         }
     }
 }
@@ -170,7 +182,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Query(v)| Query(v))
-            .map_err(|r| ApiError::new(ErrorCode::InvalidArgument, format!("query: {}", r.body_text())))
+            .map_err(|r| {
+                ApiError::new(
+                    ErrorCode::InvalidArgument,
+                    format!("query: {}", r.body_text()),
+                )
+            })
     }
 }
 
@@ -191,16 +208,24 @@ impl ApiKey {
     /// Constant-time comparison (over digests of equal length).
     pub fn matches(&self, candidate: &str) -> bool {
         let c: [u8; 32] = Sha256::digest(candidate.as_bytes()).into();
-        self.0.iter().zip(c.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        self.0
+            .iter()
+            .zip(c.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
     }
 }
 
 /// Middleware: 401 unless `X-API-Key` matches.
 pub async fn require_api_key(State(key): State<ApiKey>, req: Request, next: Next) -> Response {
     match req.headers().get(API_KEY_HEADER).map(|v| v.to_str()) {
-        None => ApiError::new(ErrorCode::Unauthenticated, "missing X-API-Key header").into_response(),
+        None => {
+            ApiError::new(ErrorCode::Unauthenticated, "missing X-API-Key header").into_response()
+        }
         Some(Ok(v)) if key.matches(v) => next.run(req).await,
-        Some(_) => ApiError::new(ErrorCode::Unauthenticated, "X-API-Key is not valid").into_response(),
+        Some(_) => {
+            ApiError::new(ErrorCode::Unauthenticated, "X-API-Key is not valid").into_response()
+        }
     }
 }
 
@@ -223,7 +248,10 @@ pub fn projection_ready(name: &'static str, progress: crate::projection::Progres
         } else if progress.caught_up() {
             Ok(())
         } else {
-            Err(format!("{name} is catching up (at sequence {})", progress.position()))
+            Err(format!(
+                "{name} is catching up (at sequence {})",
+                progress.position()
+            ))
         }
     })
 }
@@ -232,7 +260,10 @@ pub fn projection_ready(name: &'static str, progress: crate::projection::Progres
 pub fn health_router(checks: Vec<ReadyCheck>) -> Router {
     let checks = Arc::new(checks);
     Router::new()
-        .route("/healthz", get(|| async { AxumJson(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/healthz",
+            get(|| async { AxumJson(serde_json::json!({"status": "ok"})) }),
+        )
         .route(
             "/readyz",
             get(move || {
@@ -240,11 +271,16 @@ pub fn health_router(checks: Vec<ReadyCheck>) -> Router {
                 async move {
                     let problems: Vec<String> = checks.iter().filter_map(|c| c().err()).collect();
                     if problems.is_empty() {
-                        (StatusCode::OK, AxumJson(serde_json::json!({"status": "ready"})))
+                        (
+                            StatusCode::OK,
+                            AxumJson(serde_json::json!({"status": "ready"})),
+                        )
                     } else {
                         (
                             StatusCode::SERVICE_UNAVAILABLE,
-                            AxumJson(serde_json::json!({"status": "not_ready", "problems": problems})),
+                            AxumJson(
+                                serde_json::json!({"status": "not_ready", "problems": problems}),
+                            ),
                         )
                     }
                 }
@@ -258,8 +294,14 @@ pub async fn not_found_fallback(uri: axum::http::Uri) -> ApiError {
 }
 
 /// Serves `router` until `stop` is cancelled, then drains in-flight requests.
-pub async fn serve(listener: tokio::net::TcpListener, router: Router, stop: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
 }
 
 #[cfg(test)]
@@ -278,21 +320,29 @@ mod tests {
 
     #[tokio::test]
     async fn missing_and_wrong_keys_get_json_401() {
-        let app = Router::new()
-            .route("/x", get(|| async { "ok" }))
-            .layer(axum::middleware::from_fn_with_state(ApiKey::new("k"), require_api_key));
+        let app = Router::new().route("/x", get(|| async { "ok" })).layer(
+            axum::middleware::from_fn_with_state(ApiKey::new("k"), require_api_key),
+        );
         for header in [None, Some("wrong")] {
             let mut req = axum::http::Request::builder().uri("/x");
             if let Some(h) = header {
                 req = req.header(API_KEY_HEADER, h);
             }
-            let res = app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+            let res = app
+                .clone()
+                .oneshot(req.body(Body::empty()).unwrap())
+                .await
+                .unwrap();
             assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
-            let body = axum::body::to_bytes(res.into_body(), 1 << 16).await.unwrap();
+            let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+                .await
+                .unwrap();
             let body: ErrorBody = serde_json::from_slice(&body).unwrap();
             assert_eq!(body.error, "unauthenticated");
         }
-        let req = axum::http::Request::builder().uri("/x").header(API_KEY_HEADER, "k");
+        let req = axum::http::Request::builder()
+            .uri("/x")
+            .header(API_KEY_HEADER, "k");
         let res = app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
         assert_eq!(res.status(), StatusCode::OK);
     }
@@ -304,15 +354,20 @@ pub fn finish_openapi(mut doc: utoipa::openapi::OpenApi, title: &str) -> utoipa:
     use utoipa::openapi::security::{ApiKey as Scheme, ApiKeyValue, SecurityScheme};
     doc.info.title = title.to_owned();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
-    doc.info.description = Some("Meridian: a federated API governance hub. Authenticate with the X-API-Key header.".into());
+    doc.info.description = Some(
+        "Meridian: a federated API governance hub. Authenticate with the X-API-Key header.".into(),
+    );
     let components = doc.components.get_or_insert_with(Default::default);
-    components
-        .security_schemes
-        .insert("api_key".into(), SecurityScheme::ApiKey(Scheme::Header(ApiKeyValue::new("X-API-Key"))).into());
+    components.security_schemes.insert(
+        "api_key".into(),
+        SecurityScheme::ApiKey(Scheme::Header(ApiKeyValue::new("X-API-Key"))).into(),
+    );
     doc
 }
 
 /// `GET /api/openapi.json` and the browsable UI at `/api/docs`.
 pub fn docs_router(doc: utoipa::openapi::OpenApi) -> Router {
-    utoipa_swagger_ui::SwaggerUi::new("/api/docs").url("/api/openapi.json", doc).into()
+    utoipa_swagger_ui::SwaggerUi::new("/api/docs")
+        .url("/api/openapi.json", doc)
+        .into()
 }

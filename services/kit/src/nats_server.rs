@@ -21,7 +21,9 @@ pub const INSTALL_HINT: &str = "install one with `python3 -m venv .venv && .venv
 #[derive(Debug, thiserror::Error)]
 pub enum NatsServerError {
     /// Not found anywhere we look.
-    #[error("nats-server not found (looked at NATS_SERVER_BIN, PATH and .venv/bin); {INSTALL_HINT}")]
+    #[error(
+        "nats-server not found (looked at NATS_SERVER_BIN, PATH and .venv/bin); {INSTALL_HINT}"
+    )]
     NotFound,
     /// Found but too old or unreadable.
     #[error("{path}: {problem}; Meridian needs nats-server >= 2.10: {INSTALL_HINT}")]
@@ -42,7 +44,9 @@ pub fn locate() -> Result<PathBuf, NatsServerError> {
         .map(PathBuf::from)
         .or_else(|| {
             std::env::var_os("PATH").and_then(|paths| {
-                std::env::split_paths(&paths).map(|d| d.join("nats-server")).find(|p| p.is_file())
+                std::env::split_paths(&paths)
+                    .map(|d| d.join("nats-server"))
+                    .find(|p| p.is_file())
             })
         })
         .or_else(|| Some(PathBuf::from(".venv/bin/nats-server")).filter(|p| p.is_file()))
@@ -53,15 +57,23 @@ pub fn locate() -> Result<PathBuf, NatsServerError> {
 
 /// Runs `nats-server --version` and checks it is at least [`MIN_VERSION`].
 pub fn check_version(bin: &Path) -> Result<(u32, u32, u32), NatsServerError> {
-    let unusable = |problem: String| NatsServerError::Unusable { path: bin.display().to_string(), problem };
+    let unusable = |problem: String| NatsServerError::Unusable {
+        path: bin.display().to_string(),
+        problem,
+    };
     let out = Command::new(bin)
         .arg("--version")
         .output()
         .map_err(|e| unusable(format!("cannot run it: {e}")))?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    let version = parse_version(&text).ok_or_else(|| unusable(format!("cannot read its version from {text:?}")))?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let version = parse_version(&text)
+        .ok_or_else(|| unusable(format!("cannot read its version from {text:?}")))?;
     if (version.0, version.1) < MIN_VERSION {
-        return Err(unusable(format!("version {}.{}.{} is too old", version.0, version.1, version.2)));
+        return Err(unusable(format!(
+            "version {}.{}.{} is too old",
+            version.0, version.1, version.2
+        )));
     }
     Ok(version)
 }
@@ -69,13 +81,23 @@ pub fn check_version(bin: &Path) -> Result<(u32, u32, u32), NatsServerError> {
 fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
     // "nats-server: v2.15.1"
     let v = text.split_whitespace().find_map(|w| w.strip_prefix('v'))?;
-    let mut parts = v.split('.').map(|p| p.trim_end_matches(|c: char| !c.is_ascii_digit()).parse::<u32>());
-    Some((parts.next()?.ok()?, parts.next()?.ok()?, parts.next().and_then(Result::ok).unwrap_or(0)))
+    let mut parts = v.split('.').map(|p| {
+        p.trim_end_matches(|c: char| !c.is_ascii_digit())
+            .parse::<u32>()
+    });
+    Some((
+        parts.next()?.ok()?,
+        parts.next()?.ok()?,
+        parts.next().and_then(Result::ok).unwrap_or(0),
+    ))
 }
 
 /// A free TCP port on 127.0.0.1 (may race with another process; callers retry).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
 }
 
 /// Whether something already listens on the port.
@@ -108,7 +130,8 @@ impl NatsServer {
                 (t.path().to_owned(), Some(t))
             }
         };
-        std::fs::create_dir_all(&store_dir).map_err(|e| NatsServerError::Start(format!("{}: {e}", store_dir.display())))?;
+        std::fs::create_dir_all(&store_dir)
+            .map_err(|e| NatsServerError::Start(format!("{}: {e}", store_dir.display())))?;
         let mut last_error = String::new();
         for _ in 0..5 {
             let chosen = port.unwrap_or_else(free_port);
@@ -123,7 +146,13 @@ impl NatsServer {
             loop {
                 if std::net::TcpStream::connect(("127.0.0.1", chosen)).is_ok() {
                     let url = format!("nats://127.0.0.1:{chosen}");
-                    return Ok(Self { child, url, port: chosen, store_dir, _temp: temp });
+                    return Ok(Self {
+                        child,
+                        url,
+                        port: chosen,
+                        store_dir,
+                        _temp: temp,
+                    });
                 }
                 if let Ok(Some(status)) = child.try_wait() {
                     let mut err = String::new();

@@ -161,7 +161,9 @@ impl Progress {
     /// publish). False on timeout.
     pub async fn wait_for(&self, seq: u64, timeout: Duration) -> bool {
         let mut rx = self.position.clone();
-        tokio::time::timeout(timeout, rx.wait_for(|p| *p >= seq)).await.is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(timeout, rx.wait_for(|p| *p >= seq))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// A receiver that changes whenever the position moves.
@@ -183,13 +185,33 @@ pub struct Runner<P> {
 
 impl<P: Projection> Runner<P> {
     /// Prepares a runner; nothing is read until it runs.
-    pub fn new(js: jetstream::Context, tree: sled::Tree, projection: Arc<P>, spec: ProjectionSpec) -> (Self, Progress) {
+    pub fn new(
+        js: jetstream::Context,
+        tree: sled::Tree,
+        projection: Arc<P>,
+        spec: ProjectionSpec,
+    ) -> (Self, Progress) {
         let start = read_checkpoint(&tree).unwrap_or(0);
         let (position, position_rx) = watch::channel(start);
         let (halted, halted_rx) = watch::channel(None);
         let target = Arc::new(AtomicU64::new(u64::MAX));
-        let progress = Progress { position: position_rx, target: target.clone(), halted: halted_rx };
-        (Self { js, tree, projection, spec, position, target, halted }, progress)
+        let progress = Progress {
+            position: position_rx,
+            target: target.clone(),
+            halted: halted_rx,
+        };
+        (
+            Self {
+                js,
+                tree,
+                projection,
+                spec,
+                position,
+                target,
+                halted,
+            },
+            progress,
+        )
     }
 
     /// Follows the stream until `stop` is cancelled. Bus failures are retried
@@ -224,22 +246,45 @@ impl<P: Projection> Runner<P> {
     }
 
     async fn flush(&self) -> Result<(), ProjectionError> {
-        self.tree.flush_async().await.map(|_| ()).map_err(|source| self.storage(source))
+        self.tree
+            .flush_async()
+            .await
+            .map(|_| ())
+            .map_err(|source| self.storage(source))
     }
 
     fn storage(&self, source: sled::Error) -> ProjectionError {
-        ProjectionError::Storage { id: self.spec.id.clone(), source }
+        ProjectionError::Storage {
+            id: self.spec.id.clone(),
+            source,
+        }
     }
 
     fn bus(&self, message: impl std::fmt::Display) -> ProjectionError {
-        ProjectionError::Bus { id: self.spec.id.clone(), message: message.to_string() }
+        ProjectionError::Bus {
+            id: self.spec.id.clone(),
+            message: message.to_string(),
+        }
     }
 
-    async fn run_once(&self, stop: &CancellationToken, until_caught_up: bool) -> Result<(), ProjectionError> {
+    async fn run_once(
+        &self,
+        stop: &CancellationToken,
+        until_caught_up: bool,
+    ) -> Result<(), ProjectionError> {
         let mut checkpoint = read_checkpoint(&self.tree).map_err(|s| self.storage(s))?;
         self.position.send_replace(checkpoint);
-        let stream = self.js.get_stream(self.spec.stream).await.map_err(|e| self.bus(e))?;
-        let last = stream.get_info().await.map_err(|e| self.bus(e))?.state.last_sequence;
+        let stream = self
+            .js
+            .get_stream(self.spec.stream)
+            .await
+            .map_err(|e| self.bus(e))?;
+        let last = stream
+            .get_info()
+            .await
+            .map_err(|e| self.bus(e))?
+            .state
+            .last_sequence;
         self.target.store(last, Ordering::Release);
         if until_caught_up && checkpoint >= last {
             return Ok(());
@@ -247,7 +292,9 @@ impl<P: Projection> Runner<P> {
         let deliver_policy = if checkpoint == 0 {
             consumer::DeliverPolicy::All
         } else {
-            consumer::DeliverPolicy::ByStartSequence { start_sequence: checkpoint + 1 }
+            consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: checkpoint + 1,
+            }
         };
         let durable = self.spec.consumer == ConsumerKind::Durable;
         let messages: BoxStream<'static, Result<jetstream::Message, String>> = if durable {
@@ -274,7 +321,10 @@ impl<P: Projection> Runner<P> {
                 .boxed()
         } else {
             stream
-                .create_consumer(pull::OrderedConfig { deliver_policy, ..Default::default() })
+                .create_consumer(pull::OrderedConfig {
+                    deliver_policy,
+                    ..Default::default()
+                })
                 .await
                 .map_err(|e| self.bus(e))?
                 .messages()
@@ -296,12 +346,18 @@ impl<P: Projection> Runner<P> {
                 let message = item.map_err(|e| self.bus(e))?;
                 let seq = message.info().map_err(|e| self.bus(e))?.stream_sequence;
                 if seq > checkpoint {
-                    let envelope = Envelope::from_bytes(&message.payload).map_err(|e| ProjectionError::Poison {
-                        id: self.spec.id.clone(),
-                        seq,
-                        message: e.to_string(),
+                    let envelope = Envelope::from_bytes(&message.payload).map_err(|e| {
+                        ProjectionError::Poison {
+                            id: self.spec.id.clone(),
+                            seq,
+                            message: e.to_string(),
+                        }
                     })?;
-                    events.push(StoredEvent { seq, subject: message.subject.to_string(), envelope });
+                    events.push(StoredEvent {
+                        seq,
+                        subject: message.subject.to_string(),
+                        envelope,
+                    });
                 }
                 last_message = Some(message);
             }
@@ -309,9 +365,11 @@ impl<P: Projection> Runner<P> {
                 let tree = self.tree.clone();
                 let projection = self.projection.clone();
                 let id = self.spec.id.clone();
-                tokio::task::spawn_blocking(move || apply_events(&tree, &*projection, &id, &events))
-                    .await
-                    .map_err(|e| self.bus(format!("apply task failed: {e}")))??;
+                tokio::task::spawn_blocking(move || {
+                    apply_events(&tree, &*projection, &id, &events)
+                })
+                .await
+                .map_err(|e| self.bus(format!("apply task failed: {e}")))??;
                 checkpoint = newest;
                 self.position.send_replace(checkpoint);
             }
@@ -335,7 +393,10 @@ pub fn apply_events<P: Projection>(
     id: &str,
     events: &[StoredEvent],
 ) -> Result<(), ProjectionError> {
-    let checkpoint = read_checkpoint(tree).map_err(|source| ProjectionError::Storage { id: id.to_owned(), source })?;
+    let checkpoint = read_checkpoint(tree).map_err(|source| ProjectionError::Storage {
+        id: id.to_owned(),
+        source,
+    })?;
     let fresh: Vec<&StoredEvent> = events.iter().filter(|e| e.seq > checkpoint).collect();
     let mut start = 0;
     while start < fresh.len() {
@@ -358,14 +419,23 @@ fn apply_batch<P: Projection>(
     let newest = events.last().map_or(0, |e| e.seq);
     let empty = Scanned::new();
     let scanned = match events.first() {
-        Some(first) if projection.is_barrier(first) => projection
-            .scan(tree, first)
-            .map_err(|message| ProjectionError::Poison { id: id.to_owned(), seq: first.seq, message })?,
+        Some(first) if projection.is_barrier(first) => {
+            projection
+                .scan(tree, first)
+                .map_err(|message| ProjectionError::Poison {
+                    id: id.to_owned(),
+                    seq: first.seq,
+                    message,
+                })?
+        }
         _ => empty.clone(),
     };
     tree.transaction(|tx| {
         for (i, event) in events.iter().enumerate() {
-            let ctx = Ctx { tx, scanned: if i == 0 { &scanned } else { &empty } };
+            let ctx = Ctx {
+                tx,
+                scanned: if i == 0 { &scanned } else { &empty },
+            };
             projection
                 .apply(&ctx, event)
                 .map_err(|m| ConflictableTransactionError::Abort((event.seq, m)))?;
@@ -374,8 +444,15 @@ fn apply_batch<P: Projection>(
         Ok(())
     })
     .map_err(|e| match e {
-        TransactionError::Abort((seq, message)) => ProjectionError::Poison { id: id.to_owned(), seq, message },
-        TransactionError::Storage(source) => ProjectionError::Storage { id: id.to_owned(), source },
+        TransactionError::Abort((seq, message)) => ProjectionError::Poison {
+            id: id.to_owned(),
+            seq,
+            message,
+        },
+        TransactionError::Storage(source) => ProjectionError::Storage {
+            id: id.to_owned(),
+            source,
+        },
     })
 }
 
@@ -402,15 +479,26 @@ pub fn digest(tree: &sled::Tree) -> Result<String, sled::Error> {
         hasher.update((v.len() as u64).to_be_bytes());
         hasher.update(&v);
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// Opens (or creates) a sled database with a bounded cache.
 pub fn open_db(path: &std::path::Path) -> Result<sled::Db, sled::Error> {
-    sled::Config::new().path(path).cache_capacity(64 << 20).flush_every_ms(Some(500)).open()
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(64 << 20)
+        .flush_every_ms(Some(500))
+        .open()
 }
 
 /// A throw-away in-memory database, for state rebuilt at every start.
 pub fn temporary_db() -> Result<sled::Db, sled::Error> {
-    sled::Config::new().temporary(true).cache_capacity(16 << 20).open()
+    sled::Config::new()
+        .temporary(true)
+        .cache_capacity(16 << 20)
+        .open()
 }

@@ -14,16 +14,31 @@ pub struct Client {
 impl Client {
     /// For the hub at `base` with the admin key.
     pub fn new(base: &str, key: &str) -> Self {
-        Self { base: base.trim_end_matches('/').to_owned(), key: key.to_owned(), http: reqwest::Client::new() }
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            key: key.to_owned(),
+            http: reqwest::Client::new(),
+        }
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
-        let response = req.header("x-api-key", &self.key).send().await.with_context(|| format!("cannot reach the hub at {}", self.base))?;
+        let response = req
+            .header("x-api-key", &self.key)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the hub at {}", self.base))?;
         let status = response.status();
         let text = response.text().await?;
-        let body: Value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let body: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
         if !status.is_success() {
-            let message = body["message"].as_str().map(str::to_owned).unwrap_or_else(|| body.to_string());
+            let message = body["message"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| body.to_string());
             bail!("{} ({status})", message);
         }
         Ok(body)
@@ -31,27 +46,32 @@ impl Client {
 
     /// GET a path.
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        self.send(self.http.get(format!("{}{path}", self.base))).await
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
     }
 
     /// GET with query parameters.
     pub async fn get_query(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
-        self.send(self.http.get(format!("{}{path}", self.base)).query(query)).await
+        self.send(self.http.get(format!("{}{path}", self.base)).query(query))
+            .await
     }
 
     /// POST JSON.
     pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        self.send(self.http.post(format!("{}{path}", self.base)).json(body)).await
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
     }
 
     /// PUT JSON.
     pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        self.send(self.http.put(format!("{}{path}", self.base)).json(body)).await
+        self.send(self.http.put(format!("{}{path}", self.base)).json(body))
+            .await
     }
 
     /// DELETE.
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
-        self.send(self.http.delete(format!("{}{path}", self.base))).await
+        self.send(self.http.delete(format!("{}{path}", self.base)))
+            .await
     }
 }
 
@@ -149,10 +169,19 @@ pub async fn agents(client: &Client, cmd: AgentsCmd) -> anyhow::Result<()> {
     let v = match cmd {
         AgentsCmd::List => client.get("/api/agents/").await?,
         AgentsCmd::Create { name, description } => {
-            client.post("/api/agents/", &serde_json::json!({"name": name, "description": description})).await?
+            client
+                .post(
+                    "/api/agents/",
+                    &serde_json::json!({"name": name, "description": description}),
+                )
+                .await?
         }
         AgentsCmd::Get { id } => client.get(&format!("/api/agents/{id}")).await?,
-        AgentsCmd::Update { id, name, description } => {
+        AgentsCmd::Update {
+            id,
+            name,
+            description,
+        } => {
             let mut body = serde_json::Map::new();
             if let Some(n) = name {
                 body.insert("name".into(), n.into());
@@ -160,14 +189,25 @@ pub async fn agents(client: &Client, cmd: AgentsCmd) -> anyhow::Result<()> {
             if let Some(d) = description {
                 body.insert("description".into(), d.into());
             }
-            client.put(&format!("/api/agents/{id}"), &Value::Object(body)).await?
+            client
+                .put(&format!("/api/agents/{id}"), &Value::Object(body))
+                .await?
         }
         AgentsCmd::Delete { id } => client.delete(&format!("/api/agents/{id}")).await?,
-        AgentsCmd::Token { id } => client.post("/api/auth/token/", &serde_json::json!({"agent_id": id})).await?,
+        AgentsCmd::Token { id } => {
+            client
+                .post("/api/auth/token/", &serde_json::json!({"agent_id": id}))
+                .await?
+        }
         AgentsCmd::Revoke { id } => client.delete(&format!("/api/auth/token/{id}")).await?,
         AgentsCmd::Sync { id, provider } => {
-            let body = provider.map_or_else(|| serde_json::json!({}), |p| serde_json::json!({"provider": p}));
-            client.post(&format!("/api/agents/{id}/sync"), &body).await?
+            let body = provider.map_or_else(
+                || serde_json::json!({}),
+                |p| serde_json::json!({"provider": p}),
+            );
+            client
+                .post(&format!("/api/agents/{id}/sync"), &body)
+                .await?
         }
     };
     if !v.is_null() {
@@ -179,7 +219,14 @@ pub async fn agents(client: &Client, cmd: AgentsCmd) -> anyhow::Result<()> {
 /// Runs an `apis` command.
 pub async fn apis(client: &Client, cmd: ApisCmd) -> anyhow::Result<()> {
     let v = match cmd {
-        ApisCmd::List { provider, agent_id, status, q, page, per_page } => {
+        ApisCmd::List {
+            provider,
+            agent_id,
+            status,
+            q,
+            page,
+            per_page,
+        } => {
             let mut query = Vec::new();
             let mut add = |k: &'static str, v: Option<String>| {
                 if let Some(v) = v {

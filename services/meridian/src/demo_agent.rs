@@ -10,8 +10,8 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use meridian_schemas::proto::agent_hub_client::AgentHubClient;
 use meridian_schemas::proto::{
-    ApiDefinition, HealthMessage, Heartbeat, Hello, Provider, SyncCompleted, SyncFailed, SyncMessage, SyncStarted,
-    health_message, sync_message,
+    ApiDefinition, HealthMessage, Heartbeat, Hello, Provider, SyncCompleted, SyncFailed,
+    SyncMessage, SyncStarted, health_message, sync_message,
 };
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -62,8 +62,13 @@ impl Source for TykDashboard {
                 if !response.status().is_success() {
                     return Err(format!("GET {url}: HTTP {}", response.status()));
                 }
-                let body: Value = response.json().await.map_err(|e| format!("GET {url}: {e}"))?;
-                let apis = body["apis"].as_array().ok_or_else(|| format!("GET {url}: no `apis` array"))?;
+                let body: Value = response
+                    .json()
+                    .await
+                    .map_err(|e| format!("GET {url}: {e}"))?;
+                let apis = body["apis"]
+                    .as_array()
+                    .ok_or_else(|| format!("GET {url}: no `apis` array"))?;
                 out.extend(apis.iter().map(|a| normalize_tyk(&a["api_definition"])));
                 let pages = body["pages"].as_u64().unwrap_or(1) as usize;
                 if page >= pages {
@@ -97,7 +102,10 @@ pub fn normalize_tyk(d: &Value) -> ApiDefinition {
         base_path: s(&d["proxy"]["listen_path"]),
         upstream_url: s(&d["proxy"]["target_url"]),
         auth_methods: auth,
-        tags: d["tags"].as_array().map(|t| t.iter().map(s).collect()).unwrap_or_default(),
+        tags: d["tags"]
+            .as_array()
+            .map(|t| t.iter().map(s).collect())
+            .unwrap_or_default(),
         stages: Vec::new(),
         openapi: String::new(),
         raw: d.to_string(),
@@ -125,7 +133,9 @@ pub async fn run_until_stopped(config: AgentConfig, stop: CancellationToken) {
         };
         match outcome {
             Ok(()) => return,
-            Err(e) => tracing::warn!(error = %e, "demo agent disconnected; reconnecting in {backoff:?}"),
+            Err(e) => {
+                tracing::warn!(error = %e, "demo agent disconnected; reconnecting in {backoff:?}")
+            }
         }
         tokio::select! {
             () = stop.cancelled() => return,
@@ -138,7 +148,11 @@ pub async fn run_until_stopped(config: AgentConfig, stop: CancellationToken) {
 type Client = AgentHubClient<
     tonic::service::interceptor::InterceptedService<
         tonic::transport::Channel,
-        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send + Sync>,
+        Box<
+            dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>
+                + Send
+                + Sync,
+        >,
     >,
 >;
 
@@ -150,13 +164,15 @@ pub async fn connect(hub: &str, token: &str) -> Result<Client, String> {
         .connect()
         .await
         .map_err(|e| format!("cannot reach {hub}: {e}"))?;
-    let value: tonic::metadata::MetadataValue<_> =
-        format!("Bearer {token}").parse().map_err(|_| "token is not valid metadata".to_owned())?;
-    let interceptor: Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send + Sync> =
-        Box::new(move |mut req: tonic::Request<()>| {
-            req.metadata_mut().insert("authorization", value.clone());
-            Ok(req)
-        });
+    let value: tonic::metadata::MetadataValue<_> = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| "token is not valid metadata".to_owned())?;
+    let interceptor: Box<
+        dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send + Sync,
+    > = Box::new(move |mut req: tonic::Request<()>| {
+        req.metadata_mut().insert("authorization", value.clone());
+        Ok(req)
+    });
     Ok(AgentHubClient::with_interceptor(channel, interceptor).max_decoding_message_size(8 << 20))
 }
 
@@ -167,17 +183,28 @@ async fn session(config: &AgentConfig, stop: &CancellationToken) -> Result<(), S
         providers: config
             .providers
             .iter()
-            .map(|p| Provider { name: p.name.clone(), r#type: p.provider_type.clone() })
+            .map(|p| Provider {
+                name: p.name.clone(),
+                r#type: p.provider_type.clone(),
+            })
             .collect(),
         agent_version: format!("meridian-demo-agent/{}", env!("CARGO_PKG_VERSION")),
     };
-    let _ = health_tx.send(HealthMessage { kind: Some(health_message::Kind::Hello(hello)) }).await;
+    let _ = health_tx
+        .send(HealthMessage {
+            kind: Some(health_message::Kind::Hello(hello)),
+        })
+        .await;
     let mut replies = client
         .health(ReceiverStream::new(health_rx))
         .await
         .map_err(|s| format!("health stream refused: {}", s.message()))?
         .into_inner();
-    let first = replies.message().await.map_err(|s| s.message().to_owned())?.ok_or("hub closed the health stream")?;
+    let first = replies
+        .message()
+        .await
+        .map_err(|s| s.message().to_owned())?
+        .ok_or("hub closed the health stream")?;
     let interval = Duration::from_secs(u64::from(first.heartbeat_interval_seconds.max(1)));
     tracing::info!(hub = %config.hub, "demo agent connected");
 
@@ -215,14 +242,26 @@ async fn session(config: &AgentConfig, stop: &CancellationToken) -> Result<(), S
     }
 }
 
-async fn run_sync(provider: Option<ProviderConfig>, req: meridian_schemas::proto::SyncRequest, tx: mpsc::Sender<SyncMessage>) {
-    let msg = |kind| SyncMessage { run_id: req.run_id.clone(), provider: req.provider.clone(), kind: Some(kind) };
+async fn run_sync(
+    provider: Option<ProviderConfig>,
+    req: meridian_schemas::proto::SyncRequest,
+    tx: mpsc::Sender<SyncMessage>,
+) {
+    let msg = |kind| SyncMessage {
+        run_id: req.run_id.clone(),
+        provider: req.provider.clone(),
+        kind: Some(kind),
+    };
     let Some(provider) = provider else {
         let reason = format!("no provider named {:?}", req.provider);
-        let _ = tx.send(msg(sync_message::Kind::Failed(SyncFailed { reason }))).await;
+        let _ = tx
+            .send(msg(sync_message::Kind::Failed(SyncFailed { reason })))
+            .await;
         return;
     };
-    let _ = tx.send(msg(sync_message::Kind::Started(SyncStarted {}))).await;
+    let _ = tx
+        .send(msg(sync_message::Kind::Started(SyncStarted {})))
+        .await;
     match provider.source.list().await {
         Ok(apis) => {
             let count = apis.len() as u64;
@@ -231,12 +270,16 @@ async fn run_sync(provider: Option<ProviderConfig>, req: meridian_schemas::proto
                     return;
                 }
             }
-            let _ = tx.send(msg(sync_message::Kind::Completed(SyncCompleted { count }))).await;
+            let _ = tx
+                .send(msg(sync_message::Kind::Completed(SyncCompleted { count })))
+                .await;
             tracing::info!(provider = %req.provider, count, "demo agent synced");
         }
         Err(reason) => {
             tracing::warn!(provider = %req.provider, %reason, "demo agent sync failed");
-            let _ = tx.send(msg(sync_message::Kind::Failed(SyncFailed { reason }))).await;
+            let _ = tx
+                .send(msg(sync_message::Kind::Failed(SyncFailed { reason })))
+                .await;
         }
     }
 }

@@ -49,30 +49,73 @@ pub fn tyk_api(id: &str, name: &str, listen_path: &str, target: &str, tags: &[&s
 /// The sample APIs `meridian up` starts with.
 pub fn sample_apis() -> Vec<Value> {
     vec![
-        tyk_api("petstore", "Petstore", "/petstore/", "http://petstore.internal:8080", &["public", "demo"]),
-        tyk_api("payments", "Payments", "/payments/", "http://payments.internal:8080", &["pci"]),
-        tyk_api("users", "Users", "/users/", "http://users.internal:8080", &["internal"]),
-        tyk_api("orders", "Orders", "/orders/", "http://orders.internal:8080", &["internal"]),
-        tyk_api("weather", "Weather", "/weather/", "http://weather.internal:8080", &["public"]),
+        tyk_api(
+            "petstore",
+            "Petstore",
+            "/petstore/",
+            "http://petstore.internal:8080",
+            &["public", "demo"],
+        ),
+        tyk_api(
+            "payments",
+            "Payments",
+            "/payments/",
+            "http://payments.internal:8080",
+            &["pci"],
+        ),
+        tyk_api(
+            "users",
+            "Users",
+            "/users/",
+            "http://users.internal:8080",
+            &["internal"],
+        ),
+        tyk_api(
+            "orders",
+            "Orders",
+            "/orders/",
+            "http://orders.internal:8080",
+            &["internal"],
+        ),
+        tyk_api(
+            "weather",
+            "Weather",
+            "/weather/",
+            "http://weather.internal:8080",
+            &["public"],
+        ),
     ]
 }
 
 impl DemoProvider {
     /// A provider with the given APIs and key.
     pub fn new(apis: Vec<Value>, key: &str) -> Self {
-        Self { apis: Arc::new(RwLock::new(apis)), key: key.to_owned() }
+        Self {
+            apis: Arc::new(RwLock::new(apis)),
+            key: key.to_owned(),
+        }
     }
 
     /// The HTTP routes.
     pub fn router(&self) -> Router {
-        Router::new().route("/api/apis", get(list)).with_state(self.clone())
+        Router::new()
+            .route("/api/apis", get(list))
+            .with_state(self.clone())
     }
 }
 
-async fn list(State(p): State<DemoProvider>, headers: HeaderMap, Query(page): Query<Page>) -> impl IntoResponse {
-    let authorized = headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(p.key.as_str());
+async fn list(
+    State(p): State<DemoProvider>,
+    headers: HeaderMap,
+    Query(page): Query<Page>,
+) -> impl IntoResponse {
+    let authorized =
+        headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(p.key.as_str());
     if !authorized {
-        return (StatusCode::UNAUTHORIZED, Json(json!({"Status": "Error", "Message": "Not authorised"})));
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"Status": "Error", "Message": "Not authorised"})),
+        );
     }
     let apis = p.apis.read().expect("apis lock").clone();
     let pages = apis.len().div_ceil(PAGE_SIZE).max(1);
@@ -83,5 +126,8 @@ async fn list(State(p): State<DemoProvider>, headers: HeaderMap, Query(page): Qu
         .take(PAGE_SIZE)
         .map(|d| json!({ "api_definition": d }))
         .collect();
-    (StatusCode::OK, Json(json!({ "apis": items, "pages": pages })))
+    (
+        StatusCode::OK,
+        Json(json!({ "apis": items, "pages": pages })),
+    )
 }

@@ -41,7 +41,8 @@ pub struct RunningHub {
 
 /// Builds and starts every hub service in this process.
 pub async fn start(config: HubConfig, stop: CancellationToken) -> anyhow::Result<RunningHub> {
-    let mut gw_config = meridian_agent_gateway::Config::new(&config.nats_url, &config.api_key, &config.jwt_secret);
+    let mut gw_config =
+        meridian_agent_gateway::Config::new(&config.nats_url, &config.api_key, &config.jwt_secret);
     gw_config.heartbeat_interval = meridian_kit::config::HumanDuration(config.heartbeat_interval);
     let gateway = meridian_agent_gateway::App::build(gw_config).await?;
     let inventory = meridian_inventory::App::build(meridian_inventory::Config::new(
@@ -53,7 +54,10 @@ pub async fn start(config: HubConfig, stop: CancellationToken) -> anyhow::Result
 
     let mut checks = gateway.ready_checks();
     checks.extend(inventory.ready_checks());
-    let (api, doc) = OpenApiRouter::new().merge(gateway.api()).merge(inventory.api()).split_for_parts();
+    let (api, doc) = OpenApiRouter::new()
+        .merge(gateway.api())
+        .merge(inventory.api())
+        .split_for_parts();
     let router = api
         .merge(http::health_router(checks))
         .merge(http::docs_router(http::finish_openapi(doc, "Meridian hub")))
@@ -70,14 +74,39 @@ pub async fn start(config: HubConfig, stop: CancellationToken) -> anyhow::Result
 
     let (s1, s2, s3) = (stop.clone(), stop.clone(), stop.clone());
     let tasks = vec![
-        ("http", tokio::spawn(async move { http::serve(http_listener, router, s1).await.map_err(|e| e.to_string()) })),
+        (
+            "http",
+            tokio::spawn(async move {
+                http::serve(http_listener, router, s1)
+                    .await
+                    .map_err(|e| e.to_string())
+            }),
+        ),
         (
             "agent-gateway",
-            tokio::spawn(async move { gateway.run_until_stopped(grpc_listener, s2).await.map_err(|e| e.to_string()) }),
+            tokio::spawn(async move {
+                gateway
+                    .run_until_stopped(grpc_listener, s2)
+                    .await
+                    .map_err(|e| e.to_string())
+            }),
         ),
-        ("inventory", tokio::spawn(async move { inventory.run_until_stopped(s3).await.map_err(|e| e.to_string()) })),
+        (
+            "inventory",
+            tokio::spawn(async move {
+                inventory
+                    .run_until_stopped(s3)
+                    .await
+                    .map_err(|e| e.to_string())
+            }),
+        ),
     ];
-    Ok(RunningHub { http_addr, grpc_addr, stop, tasks })
+    Ok(RunningHub {
+        http_addr,
+        grpc_addr,
+        stop,
+        tasks,
+    })
 }
 
 impl RunningHub {
@@ -107,7 +136,9 @@ impl RunningHub {
         }
         self.stop.cancel();
         let remaining = self.tasks.into_iter().filter(|(_, h)| !h.is_finished());
-        let all = futures_util::future::join_all(remaining.map(|(name, h)| async move { (name, h.await) }));
+        let all = futures_util::future::join_all(
+            remaining.map(|(name, h)| async move { (name, h.await) }),
+        );
         match tokio::time::timeout(grace, all).await {
             Ok(results) => {
                 for (name, r) in results {

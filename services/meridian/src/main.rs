@@ -8,10 +8,21 @@ use meridian::up::{self, UpArgs};
 #[command(version, about = "Meridian: a federated API governance hub")]
 struct Cli {
     /// The hub's REST URL.
-    #[arg(long, global = true, env = "MERIDIAN_HUB_URL", default_value = "http://127.0.0.1:8000")]
+    #[arg(
+        long,
+        global = true,
+        env = "MERIDIAN_HUB_URL",
+        default_value = "http://127.0.0.1:8000"
+    )]
     hub: String,
     /// The admin key.
-    #[arg(long, global = true, env = "MERIDIAN_API_KEY", hide_env_values = true, default_value = "")]
+    #[arg(
+        long,
+        global = true,
+        env = "MERIDIAN_API_KEY",
+        hide_env_values = true,
+        default_value = ""
+    )]
     api_key: String,
     #[command(subcommand)]
     command: Command,
@@ -32,7 +43,11 @@ enum Command {
     /// Rebuild the API Repository from the log (stop the hub first).
     Rebuild {
         /// NATS URL.
-        #[arg(long, env = "MERIDIAN_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+        #[arg(
+            long,
+            env = "MERIDIAN_NATS_URL",
+            default_value = "nats://127.0.0.1:4222"
+        )]
         nats_url: String,
         /// The hub's data directory.
         #[arg(long, default_value = ".meridian")]
@@ -55,10 +70,20 @@ async fn main() -> anyhow::Result<()> {
         Command::Agents(cmd) => cli::agents(&client()?, cmd).await,
         Command::Apis(cmd) => cli::apis(&client()?, cmd).await,
         Command::Providers => cli::providers(&client()?).await,
-        Command::Rebuild { ref nats_url, ref data_dir } => {
-            let config = meridian_inventory::Config::new(nats_url, data_dir.join("inventory"), "unused-for-rebuild");
+        Command::Rebuild {
+            ref nats_url,
+            ref data_dir,
+        } => {
+            let config = meridian_inventory::Config::new(
+                nats_url,
+                data_dir.join("inventory"),
+                "unused-for-rebuild",
+            );
             let report = meridian_inventory::rebuild(config).await?;
-            println!("rebuilt repository to SYNC sequence {} in {:.2}s\ndigest {}", report.position, report.seconds, report.digest);
+            println!(
+                "rebuilt repository to SYNC sequence {} in {:.2}s\ndigest {}",
+                report.position, report.seconds, report.digest
+            );
             Ok(())
         }
     }

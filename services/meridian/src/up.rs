@@ -33,7 +33,11 @@ pub struct UpArgs {
 }
 
 fn random_hex() -> String {
-    format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
 }
 
 /// A secret kept in `data_dir/name`, created on first use (mode 0600).
@@ -57,7 +61,8 @@ fn persistent_secret(data_dir: &Path, name: &str) -> anyhow::Result<String> {
 
 /// Runs everything until Ctrl-C.
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let _nats_child;
     let nats_url = match &args.nats_url {
         Some(url) => url.clone(),
@@ -98,10 +103,21 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         println!("  admin key  from MERIDIAN_API_KEY");
     }
     if !args.no_demo {
-        let demo = start_demo(&hub_url, &api_key, &running.grpc_addr.to_string(), &args.data_dir, stop.clone())
-            .await
-            .context("starting the demo provider and agent")?;
-        println!("  demo       provider {} with {} APIs, agent {}", demo.0, demo_provider::sample_apis().len(), demo.1);
+        let demo = start_demo(
+            &hub_url,
+            &api_key,
+            &running.grpc_addr.to_string(),
+            &args.data_dir,
+            stop.clone(),
+        )
+        .await
+        .context("starting the demo provider and agent")?;
+        println!(
+            "  demo       provider {} with {} APIs, agent {}",
+            demo.0,
+            demo_provider::sample_apis().len(),
+            demo.1
+        );
         println!("\n  try: meridian apis list");
     }
     println!("\nCtrl-C stops everything.\n");
@@ -127,21 +143,38 @@ async fn start_demo(
 
     let client = crate::cli::Client::new(hub_url, api_key);
     let id_file = data_dir.join("demo-agent-id");
-    let existing = std::fs::read_to_string(&id_file).ok().map(|s| s.trim().to_owned());
+    let existing = std::fs::read_to_string(&id_file)
+        .ok()
+        .map(|s| s.trim().to_owned());
     let agent_id = match existing {
         Some(id) if client.get(&format!("/api/agents/{id}")).await.is_ok() => id,
         _ => {
             let created = client
                 .post("/api/agents/", &serde_json::json!({"name": "demo-agent", "description": "started by meridian up"}))
                 .await?;
-            let id = created["id"].as_str().context("no id in the created agent")?.to_owned();
+            let id = created["id"]
+                .as_str()
+                .context("no id in the created agent")?
+                .to_owned();
             std::fs::write(&id_file, &id)?;
             id
         }
     };
-    let token = client.post("/api/auth/token/", &serde_json::json!({"agent_id": agent_id})).await?;
-    let token = token["token"].as_str().context("no token in the answer")?.to_owned();
-    let source = TykDashboard { host: provider_url.clone(), key: provider_key, http: reqwest::Client::new() };
+    let token = client
+        .post(
+            "/api/auth/token/",
+            &serde_json::json!({"agent_id": agent_id}),
+        )
+        .await?;
+    let token = token["token"]
+        .as_str()
+        .context("no token in the answer")?
+        .to_owned();
+    let source = TykDashboard {
+        host: provider_url.clone(),
+        key: provider_key,
+        http: reqwest::Client::new(),
+    };
     let config = AgentConfig {
         hub: format!("http://{grpc}"),
         token,

@@ -64,17 +64,28 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 
 impl Hub {
     /// Builds the service.
-    pub fn new(registry: Registry, tokens: Tokens, publisher: Publisher, client: async_nats::Client, settings: Settings) -> Self {
-        Self { registry, tokens, publisher, client, settings }
+    pub fn new(
+        registry: Registry,
+        tokens: Tokens,
+        publisher: Publisher,
+        client: async_nats::Client,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            registry,
+            tokens,
+            publisher,
+            client,
+            settings,
+        }
     }
 
     /// Checks `authorization: Bearer <token>` against signature, expiry and
     /// the registry's current token for the agent.
     fn authenticate<T>(&self, req: &Request<T>) -> Result<(AgentId, Uuid), Status> {
-        let header = req
-            .metadata()
-            .get("authorization")
-            .ok_or_else(|| Status::unauthenticated("missing authorization metadata (expected `Bearer <token>`)"))?;
+        let header = req.metadata().get("authorization").ok_or_else(|| {
+            Status::unauthenticated("missing authorization metadata (expected `Bearer <token>`)")
+        })?;
         let token = header
             .to_str()
             .ok()
@@ -94,7 +105,9 @@ impl Hub {
             return Err(Status::unauthenticated("unknown agent (deleted?)"));
         }
         if !domain::token_valid(record.as_ref(), jti, now_ms()) {
-            return Err(Status::unauthenticated("token revoked, replaced or expired"));
+            return Err(Status::unauthenticated(
+                "token revoked, replaced or expired",
+            ));
         }
         Ok(())
     }
@@ -102,17 +115,41 @@ impl Hub {
     async fn beat(&self, agent: AgentId) -> Result<(), BusError> {
         let at_ms = now_ms();
         let window = self.settings.heartbeat_interval * self.settings.missed_heartbeats;
-        let beat = Heartbeat { agent_id: agent, at_ms, active_until_ms: at_ms + window.as_millis() as i64 };
-        self.publisher.publish(&beat, EventMeta { occurred_at_ms: at_ms, ..Default::default() }).await.map(|_| ())
+        let beat = Heartbeat {
+            agent_id: agent,
+            at_ms,
+            active_until_ms: at_ms + window.as_millis() as i64,
+        };
+        self.publisher
+            .publish(
+                &beat,
+                EventMeta {
+                    occurred_at_ms: at_ms,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map(|_| ())
     }
 
-    async fn announce(&self, agent: AgentId, hello: meridian_schemas::proto::Hello) -> Result<(), Status> {
+    async fn announce(
+        &self,
+        agent: AgentId,
+        hello: meridian_schemas::proto::Hello,
+    ) -> Result<(), Status> {
         let providers: Vec<ProviderRef> = hello
             .providers
             .into_iter()
-            .map(|p| ProviderRef { name: p.name, provider_type: p.r#type })
+            .map(|p| ProviderRef {
+                name: p.name,
+                provider_type: p.r#type,
+            })
             .collect();
-        let command = Command::Connect { connection_id: Uuid::new_v4(), providers, agent_version: hello.agent_version };
+        let command = Command::Connect {
+            connection_id: Uuid::new_v4(),
+            providers,
+            agent_version: hello.agent_version,
+        };
         match self.registry.execute(agent, command).await {
             Ok(_) => {}
             Err(ExecError::Rejected(Rejection::Invalid { field, why })) => {
@@ -121,7 +158,9 @@ impl Hub {
             Err(ExecError::Rejected(e)) => return Err(Status::unauthenticated(e.to_string())),
             Err(e) => return Err(Status::unavailable(e.to_string())),
         }
-        self.beat(agent).await.map_err(|e| Status::unavailable(e.to_string()))
+        self.beat(agent)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))
     }
 }
 
@@ -130,20 +169,32 @@ impl AgentHub for Hub {
     type HealthStream = BoxStream<HealthReply>;
     type SyncStream = BoxStream<SyncRequest>;
 
-    async fn health(&self, req: Request<Streaming<HealthMessage>>) -> Result<Response<Self::HealthStream>, Status> {
+    async fn health(
+        &self,
+        req: Request<Streaming<HealthMessage>>,
+    ) -> Result<Response<Self::HealthStream>, Status> {
         let (agent, jti) = self.authenticate(&req)?;
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(30), inbound.message())
             .await
             .map_err(|_| Status::deadline_exceeded("no hello within 30 s"))??;
-        let Some(HealthMessage { kind: Some(health_message::Kind::Hello(hello)) }) = first else {
-            return Err(Status::invalid_argument("the first message on the health stream must be hello"));
+        let Some(HealthMessage {
+            kind: Some(health_message::Kind::Hello(hello)),
+        }) = first
+        else {
+            return Err(Status::invalid_argument(
+                "the first message on the health stream must be hello",
+            ));
         };
         self.announce(agent, hello).await?;
         tracing::info!(%agent, "agent connected (health stream)");
         let (tx, rx) = mpsc::channel(4);
         let interval = self.settings.heartbeat_interval.as_secs().max(1) as u32;
-        let _ = tx.send(Ok(HealthReply { heartbeat_interval_seconds: interval })).await;
+        let _ = tx
+            .send(Ok(HealthReply {
+                heartbeat_interval_seconds: interval,
+            }))
+            .await;
         let hub = self.clone();
         tokio::spawn(async move {
             let reason = loop {
@@ -152,18 +203,21 @@ impl AgentHub for Hub {
                     () = tx.closed() => break "hub side closed".to_owned(),
                 };
                 let result = match message {
-                    Ok(Some(HealthMessage { kind: Some(health_message::Kind::Heartbeat(_)) })) => {
-                        match hub.still_valid(agent, jti) {
-                            Err(status) => Err(status),
-                            Ok(()) => hub.beat(agent).await.map_err(|e| Status::unavailable(e.to_string())),
-                        }
-                    }
-                    Ok(Some(HealthMessage { kind: Some(health_message::Kind::Hello(hello)) })) => {
-                        hub.announce(agent, hello).await
-                    }
-                    Ok(Some(HealthMessage { kind: None })) => {
-                        Err(Status::invalid_argument("health message without hello or heartbeat"))
-                    }
+                    Ok(Some(HealthMessage {
+                        kind: Some(health_message::Kind::Heartbeat(_)),
+                    })) => match hub.still_valid(agent, jti) {
+                        Err(status) => Err(status),
+                        Ok(()) => hub
+                            .beat(agent)
+                            .await
+                            .map_err(|e| Status::unavailable(e.to_string())),
+                    },
+                    Ok(Some(HealthMessage {
+                        kind: Some(health_message::Kind::Hello(hello)),
+                    })) => hub.announce(agent, hello).await,
+                    Ok(Some(HealthMessage { kind: None })) => Err(Status::invalid_argument(
+                        "health message without hello or heartbeat",
+                    )),
                     Ok(None) => break "agent closed the stream".to_owned(),
                     Err(status) => break format!("stream error: {}", status.message()),
                 };
@@ -178,7 +232,10 @@ impl AgentHub for Hub {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn sync(&self, req: Request<Streaming<SyncMessage>>) -> Result<Response<Self::SyncStream>, Status> {
+    async fn sync(
+        &self,
+        req: Request<Streaming<SyncMessage>>,
+    ) -> Result<Response<Self::SyncStream>, Status> {
         let (agent, jti) = self.authenticate(&req)?;
         let inbound = req.into_inner();
         let (tx, rx) = mpsc::channel::<Result<SyncRequest, Status>>(64);
@@ -189,13 +246,30 @@ impl AgentHub for Hub {
             .await
             .map_err(|e| Status::unavailable(format!("cannot subscribe to sync requests: {e}")))?;
         tracing::info!(%agent, "agent connected (sync stream)");
-        let responder = tokio::spawn(respond(self.clone(), agent, subscription, runs.clone(), tx.clone()));
+        let responder = tokio::spawn(respond(
+            self.clone(),
+            agent,
+            subscription,
+            runs.clone(),
+            tx.clone(),
+        ));
         // The initial sync of a new connection.
         let hub = self.clone();
         let (initial_runs, initial_tx) = (runs.clone(), tx.clone());
         tokio::spawn(async move {
-            match hub.start_runs(agent, None, &initial_runs, &initial_tx, Duration::from_secs(5)).await {
-                TriggerSyncReply::Started(started) => tracing::info!(%agent, runs = started.len(), "initial sync requested"),
+            match hub
+                .start_runs(
+                    agent,
+                    None,
+                    &initial_runs,
+                    &initial_tx,
+                    Duration::from_secs(5),
+                )
+                .await
+            {
+                TriggerSyncReply::Started(started) => {
+                    tracing::info!(%agent, runs = started.len(), "initial sync requested")
+                }
                 other => tracing::warn!(%agent, ?other, "initial sync not started"),
             }
         });
@@ -229,11 +303,17 @@ async fn respond(
 ) {
     while let Some(message) = subscription.next().await {
         let reply = match commands::decode::<TriggerSync>(&message.payload) {
-            Ok(trigger) => hub.start_runs(agent, trigger.provider, &runs, &tx, Duration::ZERO).await,
+            Ok(trigger) => {
+                hub.start_runs(agent, trigger.provider, &runs, &tx, Duration::ZERO)
+                    .await
+            }
             Err(e) => TriggerSyncReply::UnknownProvider(format!("malformed request: {e}")),
         };
         if let Some(reply_to) = message.reply
-            && let Err(e) = hub.client.publish(reply_to, commands::encode(&reply).into()).await
+            && let Err(e) = hub
+                .client
+                .publish(reply_to, commands::encode(&reply).into())
+                .await
         {
             tracing::warn!(%agent, error = %e, "could not answer a sync request");
         }
@@ -255,7 +335,9 @@ impl Hub {
         let known = loop {
             match self.registry.get(agent).and_then(|r| r.providers) {
                 Some(p) => break p,
-                None if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+                None if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
                 None => break Vec::new(),
             }
         };
@@ -271,14 +353,24 @@ impl Hub {
             let run_id = RunId::new_random();
             runs.lock().expect("runs lock").insert(
                 run_id,
-                RunTrack { provider: p.name.clone(), provider_type: p.provider_type.clone(), started: false },
+                RunTrack {
+                    provider: p.name.clone(),
+                    provider_type: p.provider_type.clone(),
+                    started: false,
+                },
             );
-            let request = SyncRequest { run_id: run_id.to_string(), provider: p.name.clone() };
+            let request = SyncRequest {
+                run_id: run_id.to_string(),
+                provider: p.name.clone(),
+            };
             if tx.send(Ok(request)).await.is_err() {
                 runs.lock().expect("runs lock").remove(&run_id);
                 return TriggerSyncReply::SyncStreamDown;
             }
-            started.push(RunStarted { provider: p.name, run_id });
+            started.push(RunStarted {
+                provider: p.name,
+                run_id,
+            });
         }
         TriggerSyncReply::Started(started)
     }
@@ -306,8 +398,16 @@ impl Hub {
                 };
                 self.still_valid(agent, jti)?;
                 let (event, ends_run) = self.to_event(agent, message, runs)?;
-                let meta = EventMeta { occurred_at_ms: now_ms(), correlation_id: Some(event.run_id.0), ..Default::default() };
-                let pending = self.publisher.start(&event, meta).await.map_err(unavailable)?;
+                let meta = EventMeta {
+                    occurred_at_ms: now_ms(),
+                    correlation_id: Some(event.run_id.0),
+                    ..Default::default()
+                };
+                let pending = self
+                    .publisher
+                    .start(&event, meta)
+                    .await
+                    .map_err(unavailable)?;
                 window.push(pending).await.map_err(unavailable)?;
                 if ends_run {
                     window.flush().await.map_err(unavailable)?;
@@ -328,13 +428,21 @@ impl Hub {
     }
 
     /// Validates one message against the stream's runs and maps it to an event.
-    fn to_event(&self, agent: AgentId, message: SyncMessage, runs: &Runs) -> Result<(SyncEvent, bool), Status> {
-        let run_id = RunId::parse(&message.run_id)
-            .map_err(|_| Status::invalid_argument(format!("run_id: {:?} is not a UUID", message.run_id)))?;
+    fn to_event(
+        &self,
+        agent: AgentId,
+        message: SyncMessage,
+        runs: &Runs,
+    ) -> Result<(SyncEvent, bool), Status> {
+        let run_id = RunId::parse(&message.run_id).map_err(|_| {
+            Status::invalid_argument(format!("run_id: {:?} is not a UUID", message.run_id))
+        })?;
         let mut runs = runs.lock().expect("runs lock");
-        let track = runs
-            .get_mut(&run_id)
-            .ok_or_else(|| Status::invalid_argument(format!("run_id: {run_id} was not requested on this stream (or has ended)")))?;
+        let track = runs.get_mut(&run_id).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "run_id: {run_id} was not requested on this stream (or has ended)"
+            ))
+        })?;
         if message.provider != track.provider {
             return Err(Status::invalid_argument(format!(
                 "provider: run {run_id} is for {:?}, not {:?}",
@@ -343,16 +451,29 @@ impl Hub {
         }
         let provider = track.provider.clone();
         let (kind, ends) = match message.kind {
-            None => return Err(Status::invalid_argument("sync message without started, api, completed or failed")),
+            None => {
+                return Err(Status::invalid_argument(
+                    "sync message without started, api, completed or failed",
+                ));
+            }
             Some(sync_message::Kind::Started(_)) if track.started => {
-                return Err(Status::invalid_argument(format!("run {run_id}: started twice")));
+                return Err(Status::invalid_argument(format!(
+                    "run {run_id}: started twice"
+                )));
             }
             Some(sync_message::Kind::Started(_)) => {
                 track.started = true;
-                (SyncEventKind::Started { provider_type: track.provider_type.clone() }, false)
+                (
+                    SyncEventKind::Started {
+                        provider_type: track.provider_type.clone(),
+                    },
+                    false,
+                )
             }
             Some(sync_message::Kind::Api(_)) if !track.started => {
-                return Err(Status::invalid_argument(format!("run {run_id}: api before started")));
+                return Err(Status::invalid_argument(format!(
+                    "run {run_id}: api before started"
+                )));
             }
             Some(sync_message::Kind::Api(api)) => {
                 let size = api.encoded_len();
@@ -363,39 +484,75 @@ impl Hub {
                     )));
                 }
                 if api.provider_api_id.is_empty() {
-                    return Err(Status::invalid_argument("api.provider_api_id: must not be empty"));
+                    return Err(Status::invalid_argument(
+                        "api.provider_api_id: must not be empty",
+                    ));
                 }
                 let definition = ApiDefinition::from(api);
                 let content_hash = definition.content_hash();
-                (SyncEventKind::Api { definition, content_hash }, false)
+                (
+                    SyncEventKind::Api {
+                        definition,
+                        content_hash,
+                    },
+                    false,
+                )
             }
             Some(sync_message::Kind::Completed(_)) if !track.started => {
-                return Err(Status::invalid_argument(format!("run {run_id}: completed before started")));
+                return Err(Status::invalid_argument(format!(
+                    "run {run_id}: completed before started"
+                )));
             }
-            Some(sync_message::Kind::Completed(c)) => (SyncEventKind::Completed { count: c.count }, true),
+            Some(sync_message::Kind::Completed(c)) => {
+                (SyncEventKind::Completed { count: c.count }, true)
+            }
             Some(sync_message::Kind::Failed(f)) => {
-                let reason = if f.reason.trim().is_empty() { "agent reported failure".to_owned() } else { f.reason };
+                let reason = if f.reason.trim().is_empty() {
+                    "agent reported failure".to_owned()
+                } else {
+                    f.reason
+                };
                 (SyncEventKind::Failed { reason }, true)
             }
         };
         if ends {
             runs.remove(&run_id);
         }
-        Ok((SyncEvent { run_id, agent_id: agent, provider, kind }, ends))
+        Ok((
+            SyncEvent {
+                run_id,
+                agent_id: agent,
+                provider,
+                kind,
+            },
+            ends,
+        ))
     }
 
     /// Appends `failed` for every run of the stream that has not ended.
     async fn fail_open_runs(&self, agent: AgentId, runs: &Runs, reason: &str) {
         let open: Vec<(RunId, RunTrack)> = runs.lock().expect("runs lock").drain().collect();
-        let events = open.into_iter().filter(|(_, t)| t.started).map(|(run_id, t)| {
-            let event = SyncEvent {
-                run_id,
-                agent_id: agent,
-                provider: t.provider,
-                kind: SyncEventKind::Failed { reason: format!("sync stream ended during the run: {reason}") },
-            };
-            (event, EventMeta { occurred_at_ms: now_ms(), correlation_id: Some(run_id.0), ..Default::default() })
-        });
+        let events = open
+            .into_iter()
+            .filter(|(_, t)| t.started)
+            .map(|(run_id, t)| {
+                let event = SyncEvent {
+                    run_id,
+                    agent_id: agent,
+                    provider: t.provider,
+                    kind: SyncEventKind::Failed {
+                        reason: format!("sync stream ended during the run: {reason}"),
+                    },
+                };
+                (
+                    event,
+                    EventMeta {
+                        occurred_at_ms: now_ms(),
+                        correlation_id: Some(run_id.0),
+                        ..Default::default()
+                    },
+                )
+            });
         if let Err(e) = self.publisher.publish_all(events.collect::<Vec<_>>()).await {
             tracing::warn!(%agent, error = %e, "could not record unfinished runs as failed");
         }

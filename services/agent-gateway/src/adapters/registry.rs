@@ -33,7 +33,9 @@ impl Projection for RegistryProjection {
             None => None,
         };
         match domain::evolve(state, &event, stored.envelope.occurred_at_ms) {
-            Some(r) => ctx.tx.insert(k, postcard::to_allocvec(&r).map_err(|e| e.to_string())?),
+            Some(r) => ctx
+                .tx
+                .insert(k, postcard::to_allocvec(&r).map_err(|e| e.to_string())?),
             None => ctx.tx.remove(k),
         }
         .map(|_| ())
@@ -66,7 +68,11 @@ pub struct Registry {
 impl Registry {
     /// Wraps the projection's tree and progress.
     pub fn new(tree: sled::Tree, publisher: Publisher, progress: Progress) -> Self {
-        Self { tree, publisher, progress }
+        Self {
+            tree,
+            publisher,
+            progress,
+        }
     }
 
     /// One agent.
@@ -89,12 +95,25 @@ impl Registry {
 
     /// Decides, publishes, waits for the local projection; returns the
     /// record as it now is (`None` after a delete).
-    pub async fn execute(&self, id: AgentId, command: Command) -> Result<Option<AgentRecord>, ExecError> {
+    pub async fn execute(
+        &self,
+        id: AgentId,
+        command: Command,
+    ) -> Result<Option<AgentRecord>, ExecError> {
         let events = domain::decide(self.get(id).as_ref(), id, command)?;
-        let meta = || EventMeta { occurred_at_ms: now_ms(), ..Default::default() };
-        let last = self.publisher.publish_all(events.into_iter().map(|e| (e, meta()))).await?;
+        let meta = || EventMeta {
+            occurred_at_ms: now_ms(),
+            ..Default::default()
+        };
+        let last = self
+            .publisher
+            .publish_all(events.into_iter().map(|e| (e, meta())))
+            .await?;
         if let Some(ack) = last
-            && !self.progress.wait_for(ack.sequence, Duration::from_secs(5)).await
+            && !self
+                .progress
+                .wait_for(ack.sequence, Duration::from_secs(5))
+                .await
         {
             return Err(ExecError::Lagging);
         }

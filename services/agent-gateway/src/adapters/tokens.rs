@@ -43,13 +43,19 @@ impl Tokens {
     /// From the hub secret (at least [`MIN_SECRET_BYTES`]).
     pub fn new(secret: &[u8]) -> Result<Self, String> {
         if secret.len() < MIN_SECRET_BYTES {
-            return Err(format!("the JWT secret must be at least {MIN_SECRET_BYTES} bytes"));
+            return Err(format!(
+                "the JWT secret must be at least {MIN_SECRET_BYTES} bytes"
+            ));
         }
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[ISSUER]);
         validation.set_required_spec_claims(&["exp", "sub", "iss"]);
         validation.leeway = 0;
-        Ok(Self { encoding: EncodingKey::from_secret(secret), decoding: DecodingKey::from_secret(secret), validation })
+        Ok(Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+        })
     }
 
     /// A signed token for `agent` with id `token_id`, expiring at `expires_at_ms`.
@@ -67,14 +73,15 @@ impl Tokens {
 
     /// Checks signature, issuer and expiry; returns the agent and token id.
     pub fn verify(&self, token: &str) -> Result<(AgentId, Uuid), TokenError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
-            match e.kind() {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
                 _ => TokenError::Invalid(e.to_string()),
-            }
-        })?;
-        let agent = AgentId::parse(&data.claims.sub).map_err(|_| TokenError::Invalid("bad subject".into()))?;
-        let jti = Uuid::parse_str(&data.claims.jti).map_err(|_| TokenError::Invalid("bad token id".into()))?;
+            })?;
+        let agent = AgentId::parse(&data.claims.sub)
+            .map_err(|_| TokenError::Invalid("bad subject".into()))?;
+        let jti = Uuid::parse_str(&data.claims.jti)
+            .map_err(|_| TokenError::Invalid("bad token id".into()))?;
         Ok((agent, jti))
     }
 }

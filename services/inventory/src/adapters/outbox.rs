@@ -35,12 +35,23 @@ fn mark_of(event: &LifecycleEvent) -> Mark {
 
 /// The newest published event's (source sequence, API id), if any.
 async fn high_water(js: &jetstream::Context) -> Result<Option<Mark>, String> {
-    let stream = js.get_stream(streams::API_LIFECYCLE).await.map_err(|e| e.to_string())?;
-    let last = stream.get_info().await.map_err(|e| e.to_string())?.state.last_sequence;
+    let stream = js
+        .get_stream(streams::API_LIFECYCLE)
+        .await
+        .map_err(|e| e.to_string())?;
+    let last = stream
+        .get_info()
+        .await
+        .map_err(|e| e.to_string())?
+        .state
+        .last_sequence;
     if last == 0 {
         return Ok(None);
     }
-    let message = stream.get_raw_message(last).await.map_err(|e| e.to_string())?;
+    let message = stream
+        .get_raw_message(last)
+        .await
+        .map_err(|e| e.to_string())?;
     let event: LifecycleEvent = Envelope::from_bytes(&message.payload)
         .and_then(|e| e.open())
         .map_err(|e| e.to_string())?;
@@ -49,7 +60,12 @@ async fn high_water(js: &jetstream::Context) -> Result<Option<Mark>, String> {
 
 /// Drains the outbox whenever the projection moves, until `stop`; then one
 /// last drain.
-pub async fn run_until_stopped(tree: sled::Tree, publisher: Publisher, progress: Progress, stop: CancellationToken) {
+pub async fn run_until_stopped(
+    tree: sled::Tree,
+    publisher: Publisher,
+    progress: Progress,
+    stop: CancellationToken,
+) {
     let mut moved = progress.subscribe();
     let mut mark: Option<Option<Mark>> = None;
     loop {
@@ -73,7 +89,11 @@ pub async fn run_until_stopped(tree: sled::Tree, publisher: Publisher, progress:
     }
 }
 
-async fn drain(tree: &sled::Tree, publisher: &Publisher, mark: &mut Option<Option<Mark>>) -> Result<(), String> {
+async fn drain(
+    tree: &sled::Tree,
+    publisher: &Publisher,
+    mark: &mut Option<Option<Mark>>,
+) -> Result<(), String> {
     loop {
         let hw = match mark {
             Some(m) => *m,
@@ -94,16 +114,22 @@ async fn drain(tree: &sled::Tree, publisher: &Publisher, mark: &mut Option<Optio
             return Ok(());
         }
         let newest = fresh.last().map(|(_, e)| mark_of(e));
-        let events: Vec<_> = fresh.iter().map(|(_, e)| {
-            let meta = EventMeta {
-                occurred_at_ms: e.at_ms,
-                causation_id: None,
-                correlation_id: Some(e.run_id.0),
-                traceparent: None,
-            };
-            (e.clone(), meta)
-        }).collect();
-        publisher.publish_all(events).await.map_err(|e| e.to_string())?;
+        let events: Vec<_> = fresh
+            .iter()
+            .map(|(_, e)| {
+                let meta = EventMeta {
+                    occurred_at_ms: e.at_ms,
+                    causation_id: None,
+                    correlation_id: Some(e.run_id.0),
+                    traceparent: None,
+                };
+                (e.clone(), meta)
+            })
+            .collect();
+        publisher
+            .publish_all(events)
+            .await
+            .map_err(|e| e.to_string())?;
         if let Some(newest) = newest {
             *mark = Some(Some(newest));
         }

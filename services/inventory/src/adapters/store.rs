@@ -19,7 +19,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sled::transaction::{TransactionalTree, UnabortableTransactionError};
 
-use crate::domain::{self, ApiRecord, HistoryEntry, Observation, ProviderRecord, RunEnd, RunRecord, RunResult};
+use crate::domain::{
+    self, ApiRecord, HistoryEntry, Observation, ProviderRecord, RunEnd, RunRecord, RunResult,
+};
 
 /// Prefix of outbox keys.
 pub const OUTBOX_PREFIX: &[u8] = b"\xff\xffoutbox/";
@@ -34,7 +36,13 @@ fn provider_key(agent: AgentId, provider: &str) -> Vec<u8> {
     [b"p".as_slice(), agent.0.as_bytes(), provider.as_bytes()].concat()
 }
 fn index_prefix(agent: AgentId, provider: &str) -> Vec<u8> {
-    [b"i".as_slice(), agent.0.as_bytes(), provider.as_bytes(), b"\0"].concat()
+    [
+        b"i".as_slice(),
+        agent.0.as_bytes(),
+        provider.as_bytes(),
+        b"\0",
+    ]
+    .concat()
 }
 fn index_key(agent: AgentId, provider: &str, api: ApiId) -> Vec<u8> {
     [index_prefix(agent, provider).as_slice(), api.0.as_bytes()].concat()
@@ -58,7 +66,10 @@ fn index_value(order: u64, deleted: bool) -> [u8; 9] {
     v
 }
 fn parse_index_value(v: &[u8]) -> Option<(u64, bool)> {
-    Some((u64::from_be_bytes(v.get(..8)?.try_into().ok()?), *v.get(8)? == 1))
+    Some((
+        u64::from_be_bytes(v.get(..8)?.try_into().ok()?),
+        *v.get(8)? == 1,
+    ))
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -68,7 +79,9 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 fn get<T: DeserializeOwned>(tx: &TransactionalTree, key: &[u8]) -> Result<Option<T>, String> {
     match tx.get(key).map_err(tx_err)? {
         None => Ok(None),
-        Some(bytes) => postcard::from_bytes(&bytes).map(Some).map_err(|e| format!("corrupt record: {e}")),
+        Some(bytes) => postcard::from_bytes(&bytes)
+            .map(Some)
+            .map_err(|e| format!("corrupt record: {e}")),
     }
 }
 
@@ -88,7 +101,10 @@ pub const PROJECTION_ID: &str = "inventory-repository";
 
 impl Projection for Repository {
     fn is_barrier(&self, event: &StoredEvent) -> bool {
-        matches!(event.envelope.event_type.as_str(), "sync.completed" | "sync.failed")
+        matches!(
+            event.envelope.event_type.as_str(),
+            "sync.completed" | "sync.failed"
+        )
     }
 
     /// A run's end needs the run's seen-markers (to remove them) and the
@@ -121,28 +137,47 @@ impl Projection for Repository {
                 }
                 Ok(())
             }
-            SyncEventKind::Api { ref definition, ref content_hash } => {
-                apply_api(ctx.tx, &event, definition, content_hash, at, seq)
+            SyncEventKind::Api {
+                ref definition,
+                ref content_hash,
+            } => apply_api(ctx.tx, &event, definition, content_hash, at, seq),
+            SyncEventKind::Completed { count } => {
+                end_run(ctx, &event, RunEnd::Completed { count }, at, seq)
             }
-            SyncEventKind::Completed { count } => end_run(ctx, &event, RunEnd::Completed { count }, at, seq),
-            SyncEventKind::Failed { ref reason } => {
-                end_run(ctx, &event, RunEnd::Failed { reason: reason.clone() }, at, seq)
-            }
+            SyncEventKind::Failed { ref reason } => end_run(
+                ctx,
+                &event,
+                RunEnd::Failed {
+                    reason: reason.clone(),
+                },
+                at,
+                seq,
+            ),
         }
     }
 }
 
 fn load_provider(tx: &TransactionalTree, event: &SyncEvent) -> Result<ProviderRecord, String> {
-    Ok(get(tx, &provider_key(event.agent_id, &event.provider))?.unwrap_or_else(|| ProviderRecord {
-        agent_id: Some(event.agent_id),
-        provider: event.provider.clone(),
-        ..Default::default()
-    }))
+    Ok(
+        get(tx, &provider_key(event.agent_id, &event.provider))?.unwrap_or_else(|| {
+            ProviderRecord {
+                agent_id: Some(event.agent_id),
+                provider: event.provider.clone(),
+                ..Default::default()
+            }
+        }),
+    )
 }
 
-fn load_run(tx: &TransactionalTree, event: &SyncEvent, seq: u64, at: i64) -> Result<RunRecord, String> {
-    Ok(get(tx, &run_key(event.run_id))?
-        .unwrap_or_else(|| RunRecord::begin(event.run_id, event.agent_id, &event.provider, seq, at)))
+fn load_run(
+    tx: &TransactionalTree,
+    event: &SyncEvent,
+    seq: u64,
+    at: i64,
+) -> Result<RunRecord, String> {
+    Ok(get(tx, &run_key(event.run_id))?.unwrap_or_else(|| {
+        RunRecord::begin(event.run_id, event.agent_id, &event.provider, seq, at)
+    }))
 }
 
 fn apply_api(
@@ -162,7 +197,11 @@ fn apply_api(
         return Ok(());
     }
     let api_id = ApiId::derive(event.agent_id, &event.provider, &definition.provider_api_id);
-    if tx.insert(seen_key(run.run_id, api_id), &[][..]).map_err(tx_err)?.is_none() {
+    if tx
+        .insert(seen_key(run.run_id, api_id), &[][..])
+        .map_err(tx_err)?
+        .is_none()
+    {
         run.seen += 1;
     }
     put(tx, &run_key(run.run_id), &run)?;
@@ -171,14 +210,25 @@ fn apply_api(
         Some(e) if e.content_hash != content_hash => get(tx, &def_key(api_id))?,
         _ => None,
     };
-    let obs = Observation { api_id, run: &run, definition, content_hash, at_ms: at, seq };
+    let obs = Observation {
+        api_id,
+        run: &run,
+        definition,
+        content_hash,
+        at_ms: at,
+        seq,
+    };
     let observed = domain::observe(existing.as_ref(), old_definition.as_ref(), &obs);
     put(tx, &api_key(api_id), &observed.record)?;
     if observed.definition_changed {
         put(tx, &def_key(api_id), definition)?;
     }
     let index = index_value(observed.record.last_seen_order, false);
-    tx.insert(index_key(event.agent_id, &event.provider, api_id), &index[..]).map_err(tx_err)?;
+    tx.insert(
+        index_key(event.agent_id, &event.provider, api_id),
+        &index[..],
+    )
+    .map_err(tx_err)?;
     if let Some(change) = observed.change {
         match change.kind {
             LifecycleKind::Created => provider.active += 1,
@@ -189,7 +239,11 @@ fn apply_api(
             LifecycleKind::Updated | LifecycleKind::Deleted => {}
         }
         if change.kind != LifecycleKind::Updated {
-            put(tx, &provider_key(event.agent_id, &event.provider), &provider)?;
+            put(
+                tx,
+                &provider_key(event.agent_id, &event.provider),
+                &provider,
+            )?;
         }
         emit(tx, &observed.record, &change)?;
     }
@@ -207,7 +261,8 @@ fn end_run(ctx: &Ctx<'_>, event: &SyncEvent, end: RunEnd, at: i64, seq: u64) -> 
     run.result = finish.result;
     run.ended_at_ms = Some(at);
     // `scanned` holds this run's seen-markers, then the provider's index.
-    let (seen, index): (Vec<_>, Vec<_>) = ctx.scanned.iter().partition(|(k, _)| k.starts_with(b"s"));
+    let (seen, index): (Vec<_>, Vec<_>) =
+        ctx.scanned.iter().partition(|(k, _)| k.starts_with(b"s"));
     for (key, _) in seen {
         tx.remove(key.clone()).map_err(tx_err)?;
     }
@@ -219,11 +274,14 @@ fn end_run(ctx: &Ctx<'_>, event: &SyncEvent, end: RunEnd, at: i64, seq: u64) -> 
             if !domain::should_delete(order, is_deleted, delete_below) {
                 continue;
             }
-            let api_id = ApiId(uuid::Uuid::from_slice(&key[key.len() - 16..]).map_err(|e| e.to_string())?);
-            let mut record: ApiRecord = get(tx, &api_key(api_id))?.ok_or("index names a missing API")?;
+            let api_id =
+                ApiId(uuid::Uuid::from_slice(&key[key.len() - 16..]).map_err(|e| e.to_string())?);
+            let mut record: ApiRecord =
+                get(tx, &api_key(api_id))?.ok_or("index names a missing API")?;
             let change = domain::delete(&mut record, &run, at, seq);
             put(tx, &api_key(api_id), &record)?;
-            tx.insert(key.clone(), &index_value(order, true)[..]).map_err(tx_err)?;
+            tx.insert(key.clone(), &index_value(order, true)[..])
+                .map_err(tx_err)?;
             emit(tx, &record, &change)?;
             deleted += 1;
         }
@@ -235,7 +293,11 @@ fn end_run(ctx: &Ctx<'_>, event: &SyncEvent, end: RunEnd, at: i64, seq: u64) -> 
     }
     provider.last_run = Some(run.clone());
     put(tx, &run_key(run.run_id), &run)?;
-    put(tx, &provider_key(event.agent_id, &event.provider), &provider)
+    put(
+        tx,
+        &provider_key(event.agent_id, &event.provider),
+        &provider,
+    )
 }
 
 fn emit(tx: &TransactionalTree, record: &ApiRecord, change: &HistoryEntry) -> Result<(), String> {
@@ -312,7 +374,9 @@ impl Queries {
             if !status_ok
                 || filter.provider.as_ref().is_some_and(|p| *p != rec.provider)
                 || filter.agent_id.is_some_and(|a| a != rec.agent_id)
-                || needle.as_ref().is_some_and(|n| !rec.name.to_lowercase().contains(n))
+                || needle
+                    .as_ref()
+                    .is_some_and(|n| !rec.name.to_lowercase().contains(n))
             {
                 continue;
             }
@@ -350,7 +414,9 @@ impl Queries {
     pub fn run(&self, run: RunId) -> Result<Option<RunRecord>, String> {
         match self.tree.get(run_key(run)).map_err(|e| e.to_string())? {
             None => Ok(None),
-            Some(v) => postcard::from_bytes(&v).map(Some).map_err(|e| e.to_string()),
+            Some(v) => postcard::from_bytes(&v)
+                .map(Some)
+                .map_err(|e| e.to_string()),
         }
     }
 

@@ -1,0 +1,316 @@
+//! Bad input gets a clear error, and the repository is unchanged.
+
+use std::time::Duration;
+
+use meridian::demo_agent::connect;
+use meridian_schemas::proto::{
+    HealthMessage, Hello, Provider, SyncMessage, SyncStarted, health_message, sync_message,
+};
+use meridian_tests::*;
+use serde_json::json;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+async fn repository_digest(api: &Api) -> String {
+    api.get("/api/repository/digest").await.1["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Opens a health stream saying hello with `providers`; returns the status
+/// the hub answered with (Ok when it accepted the hello).
+async fn hello(grpc: &str, token: &str, providers: &[(&str, &str)]) -> Result<(), tonic::Status> {
+    let mut client = connect(grpc, token)
+        .await
+        .map_err(tonic::Status::unavailable)?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let hello = Hello {
+        providers: providers
+            .iter()
+            .map(|(n, t)| Provider {
+                name: (*n).into(),
+                r#type: (*t).into(),
+            })
+            .collect(),
+        agent_version: "test".into(),
+    };
+    tx.send(HealthMessage {
+        kind: Some(health_message::Kind::Hello(hello)),
+    })
+    .await
+    .unwrap();
+    let mut replies = client.health(ReceiverStream::new(rx)).await?.into_inner();
+    replies.message().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_errors_are_clear_json() {
+    let nats = Nats::start().await;
+    let gw = start_gateway(&nats, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let inv = start_inventory(&nats, dir.path().join("inventory")).await;
+    let api = Api::new(&gw.rest.url, &inv.url);
+    let (agent_id, _) = api.register_agent("errors").await;
+    let before = repository_digest(&api).await;
+
+    for key in [None, Some("wrong-key")] {
+        for path in ["/api/agents/", "/api/apis"] {
+            let (code, body) = api.with_key(key).get(path).await;
+            assert_eq!(code, 401, "{path} with {key:?}");
+            assert_eq!(body["error"], "unauthenticated");
+            assert!(body["message"].as_str().unwrap().contains("X-API-Key"));
+        }
+    }
+    let (code, body) = api
+        .call(reqwest::Method::POST, "/api/agents/", Some("{not json"))
+        .await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (400, Some("invalid_argument"))
+    );
+    let (code, body) = api
+        .post("/api/agents/", &json!({"description": "no name"}))
+        .await;
+    assert_eq!(code, 400);
+    assert!(body["message"].as_str().unwrap().contains("name"), "{body}");
+    let (code, body) = api.post("/api/agents/", &json!({"name": "   "})).await;
+    assert_eq!(code, 400);
+    assert!(
+        body["message"].as_str().unwrap().starts_with("name:"),
+        "{body}"
+    );
+
+    let unknown = uuid::Uuid::new_v4();
+    assert_eq!(api.get(&format!("/api/agents/{unknown}")).await.0, 404);
+    assert_eq!(
+        api.post(
+            "/api/auth/token/",
+            &json!({"agent_id": unknown.to_string()})
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        api.post(&format!("/api/agents/{unknown}/sync"), &json!({}))
+            .await
+            .0,
+        404
+    );
+    let (code, body) = api.get("/api/agents/not-a-uuid").await;
+    assert_eq!(code, 400);
+    assert!(
+        body["message"].as_str().unwrap().starts_with("id:"),
+        "{body}"
+    );
+    let (code, body) = api
+        .post(&format!("/api/agents/{agent_id}/sync"), &json!({}))
+        .await;
+    assert_eq!(code, 409, "not connected: {body}");
+    assert!(body["message"].as_str().unwrap().contains("not connected"));
+    let (code, body) = api.get("/api/apis?status=gone").await;
+    assert_eq!(code, 400);
+    assert!(
+        body["message"].as_str().unwrap().starts_with("status:"),
+        "{body}"
+    );
+    assert_eq!(api.get("/api/apis?per_page=0").await.0, 400);
+    assert_eq!(api.get(&format!("/api/apis/{unknown}")).await.0, 404);
+    let revoke = format!("/api/auth/token/{agent_id}");
+    assert_eq!(
+        api.call(reqwest::Method::DELETE, &revoke, None).await.0,
+        204
+    );
+    assert_eq!(
+        api.call(reqwest::Method::DELETE, &revoke, None).await.0,
+        404,
+        "nothing left to revoke"
+    );
+
+    assert_eq!(
+        repository_digest(&api).await,
+        before,
+        "nothing stored changed"
+    );
+    gw.rest.stop().await;
+    inv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_revoked_replaced_and_expired_tokens_are_unauthenticated() {
+    let nats = Nats::start().await;
+    let gw = start_gateway(&nats, |c| {
+        c.token_ttl = meridian_kit::config::HumanDuration(Duration::from_secs(1))
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let inv = start_inventory(&nats, dir.path().join("inventory")).await;
+    let api = Api::new(&gw.rest.url, &inv.url);
+    let (agent_id, first) = api.register_agent("tokens").await;
+    let p = [("p", "tyk")];
+
+    let code = |r: Result<(), tonic::Status>| r.err().map(|s| s.code());
+    assert_eq!(
+        code(hello(&gw.grpc_url, "garbage", &p).await),
+        Some(Code::Unauthenticated)
+    );
+    assert_eq!(
+        code(hello(&gw.grpc_url, &first, &p).await),
+        None,
+        "fresh token works"
+    );
+
+    // A new token replaces the old one.
+    let (_, second) = api
+        .post("/api/auth/token/", &json!({"agent_id": agent_id}))
+        .await;
+    let second = second["token"].as_str().unwrap().to_owned();
+    let replaced = hello(&gw.grpc_url, &first, &p).await.unwrap_err();
+    assert_eq!(replaced.code(), Code::Unauthenticated);
+    assert!(
+        replaced.message().contains("revoked, replaced or expired"),
+        "{}",
+        replaced.message()
+    );
+
+    // Revoked.
+    assert_eq!(
+        api.call(
+            reqwest::Method::DELETE,
+            &format!("/api/auth/token/{agent_id}"),
+            None
+        )
+        .await
+        .0,
+        204
+    );
+    assert_eq!(
+        code(hello(&gw.grpc_url, &second, &p).await),
+        Some(Code::Unauthenticated)
+    );
+
+    // Expired (the gateway issues 1-second tokens in this test).
+    let (_, third) = api
+        .post("/api/auth/token/", &json!({"agent_id": agent_id}))
+        .await;
+    let third = third["token"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let expired = hello(&gw.grpc_url, &third, &p).await.unwrap_err();
+    assert_eq!(expired.code(), Code::Unauthenticated);
+
+    // A deleted agent's token stops working.
+    let (_, fourth) = api
+        .post("/api/auth/token/", &json!({"agent_id": agent_id}))
+        .await;
+    let fourth = fourth["token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        api.call(
+            reqwest::Method::DELETE,
+            &format!("/api/agents/{agent_id}"),
+            None
+        )
+        .await
+        .0,
+        204
+    );
+    assert_eq!(
+        code(hello(&gw.grpc_url, &fourth, &p).await),
+        Some(Code::Unauthenticated)
+    );
+    assert_eq!(api.get(&format!("/api/agents/{agent_id}")).await.0, 404);
+    gw.rest.stop().await;
+    inv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_provider_names_and_oversized_messages_are_refused_and_store_nothing() {
+    let nats = Nats::start().await;
+    let gw = start_gateway(&nats, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let inv = start_inventory(&nats, dir.path().join("inventory")).await;
+    let api = Api::new(&gw.rest.url, &inv.url);
+    let (agent_id, token) = api.register_agent("strict").await;
+    let sync_before = stream_count(&nats.js, meridian_schemas::streams::SYNC).await;
+
+    for bad in ["a.b", "all*", "x>", "with space", ""] {
+        let status = hello(&gw.grpc_url, &token, &[(bad, "tyk")])
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{bad:?}");
+        assert!(
+            status.message().contains("providers[0].name"),
+            "{}",
+            status.message()
+        );
+    }
+    assert_eq!(
+        api.get(&format!("/api/agents/{agent_id}")).await.1["providers"],
+        serde_json::Value::Null
+    );
+
+    // A good hello, then an API larger than the limit on the sync stream.
+    let mut client = connect(&gw.grpc_url, &token).await.unwrap();
+    let (htx, hrx) = tokio::sync::mpsc::channel(4);
+    let hello_msg = Hello {
+        providers: vec![Provider {
+            name: "p".into(),
+            r#type: "tyk".into(),
+        }],
+        agent_version: String::new(),
+    };
+    htx.send(HealthMessage {
+        kind: Some(health_message::Kind::Hello(hello_msg)),
+    })
+    .await
+    .unwrap();
+    let mut replies = client
+        .health(ReceiverStream::new(hrx))
+        .await
+        .unwrap()
+        .into_inner();
+    replies.message().await.unwrap();
+    let (stx, srx) = tokio::sync::mpsc::channel(4);
+    let mut requests = client
+        .sync(ReceiverStream::new(srx))
+        .await
+        .unwrap()
+        .into_inner();
+    let request = requests
+        .message()
+        .await
+        .unwrap()
+        .expect("initial sync request");
+    let msg = |kind| SyncMessage {
+        run_id: request.run_id.clone(),
+        provider: "p".into(),
+        kind: Some(kind),
+    };
+    stx.send(msg(sync_message::Kind::Started(SyncStarted {})))
+        .await
+        .unwrap();
+    let mut huge = api_def("huge", "Huge", "");
+    huge.raw = "x".repeat(1_030_000);
+    stx.send(msg(sync_message::Kind::Api(huge))).await.unwrap();
+    let status = requests.message().await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("limit"), "{}", status.message());
+
+    // The run is recorded as failed; no API was stored.
+    let last = eventually(Duration::from_secs(10), || async {
+        let last = api.last_sync("p").await;
+        (last["result"] == "failed").then_some(last)
+    })
+    .await
+    .expect("the broken run ends as failed");
+    assert!(last["reason"].as_str().unwrap().contains("limit"));
+    assert_eq!(api.apis("all").await.len(), 0);
+    assert_eq!(
+        stream_count(&nats.js, meridian_schemas::streams::SYNC).await,
+        sync_before + 2,
+        "started and failed only"
+    );
+    gw.rest.stop().await;
+    inv.stop().await;
+}

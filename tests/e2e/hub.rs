@@ -1,0 +1,93 @@
+//! The launcher's hub: one URL for every REST endpoint and one OpenAPI document.
+
+use std::time::Duration;
+
+use meridian::hub::{HubConfig, start};
+use meridian_kit::CancellationToken;
+use meridian_tests::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_url_serves_every_endpoint_and_the_openapi_document() {
+    let nats = Nats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let config = HubConfig {
+        nats_url: nats.url(),
+        data_dir: dir.path().to_owned(),
+        api_key: API_KEY.into(),
+        jwt_secret: JWT_SECRET.into(),
+        http_addr: "127.0.0.1:0".into(),
+        grpc_addr: "127.0.0.1:0".into(),
+        heartbeat_interval: Duration::from_secs(10),
+    };
+    let hub = start(config, stop.clone()).await.unwrap();
+    let url = format!("http://{}", hub.http_addr);
+    let running = tokio::spawn(hub.run_until_stopped(Duration::from_secs(5)));
+    let api = Api::new(&url, &url);
+    let http = reqwest::Client::new();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            http.get(format!("{url}/readyz"))
+                .send()
+                .await
+                .ok()?
+                .status()
+                .is_success()
+                .then_some(())
+        })
+        .await
+        .is_some()
+    );
+
+    let doc: serde_json::Value = http
+        .get(format!("{url}/api/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with('3'));
+    let paths: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for p in [
+        "/api/agents/",
+        "/api/agents/{id}",
+        "/api/agents/{id}/sync",
+        "/api/auth/token/",
+        "/api/auth/token/{agent_id}",
+        "/api/apis",
+        "/api/apis/{id}",
+        "/api/providers",
+        "/api/repository/digest",
+    ] {
+        assert!(paths.contains(&p), "{p} missing from {paths:?}");
+    }
+    assert!(
+        doc["components"]["schemas"]["ErrorBody"].is_object(),
+        "shared error shape documented"
+    );
+    assert!(doc["components"]["securitySchemes"]["api_key"].is_object());
+    assert_eq!(
+        http.get(format!("{url}/api/docs/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Both services answer on the one URL.
+    let (id, _) = api.register_agent("via-hub").await;
+    assert_eq!(api.get(&format!("/api/agents/{id}")).await.0, 200);
+    assert_eq!(api.get("/api/apis").await.0, 200);
+    let (code, body) = api.get("/api/nothing-here").await;
+    assert_eq!((code, body["error"].as_str()), (404, Some("not_found")));
+
+    stop.cancel();
+    running.await.unwrap().unwrap();
+}

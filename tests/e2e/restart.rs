@@ -1,0 +1,205 @@
+//! Crashes, restarts, rebuilds, duplicates and redeliveries change nothing.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use meridian_inventory::adapters::store::{PROJECTION_ID, Repository};
+use meridian_kit::bus::{Publisher, ensure_streams};
+use meridian_kit::projection::{StoredEvent, apply_events, digest};
+use meridian_schemas::sync::{SyncEvent, SyncEventKind};
+use meridian_schemas::{AgentId, Envelope, EventMeta, RunId, streams};
+use meridian_tests::*;
+
+const N: usize = 30_000;
+
+async fn live_digest(api: &Api) -> (String, u64) {
+    let (code, d) = api.get("/api/repository/digest").await;
+    assert_eq!(code, 200, "{d}");
+    (
+        d["digest"].as_str().unwrap().to_owned(),
+        d["position"].as_u64().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inventory_killed_mid_sync_loses_and_duplicates_nothing_and_rebuild_matches() {
+    let nats = Nats::start().await;
+    let gw = start_gateway(&nats, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("inventory");
+    let inv = start_inventory(&nats, data.clone()).await;
+    let api = Api::new(&gw.rest.url, &inv.url);
+    let (_, token) = api.register_agent("bulk").await;
+    let apis: Vec<_> = (0..N)
+        .map(|i| api_def(&format!("api-{i}"), &format!("API {i}"), "v1"))
+        .collect();
+    let agent = Agent::start(
+        &gw.grpc_url,
+        &token,
+        vec![("bulk", "tyk", MemorySource::new(apis))],
+    );
+
+    // Crash inventory once it is part-way through the run.
+    let at = eventually(Duration::from_secs(60), || async {
+        let (_, position) = live_digest(&api).await;
+        (position >= 2_000).then_some(position)
+    })
+    .await
+    .expect("inventory started applying the run");
+    inv.kill().await;
+    assert!(
+        at < N as u64,
+        "inventory should be killed mid-run (was at {at})"
+    );
+
+    let inv = start_inventory(&nats, data.clone()).await;
+    let api = Api::new(&gw.rest.url, &inv.url);
+    api.wait_for_total("active", N as u64, Duration::from_secs(120))
+        .await;
+    let expect_all = || async {
+        eventually(Duration::from_secs(60), || async {
+            let n = stream_count(&nats.js, streams::API_LIFECYCLE).await;
+            (n >= N as u64).then_some(n)
+        })
+        .await
+    };
+    assert_eq!(expect_all().await, Some(N as u64));
+    let events = lifecycle_events(&nats.js).await;
+    let ids: HashSet<_> = events.iter().map(|e| e.api_id).collect();
+    assert_eq!(ids.len(), N, "one created event per API, none twice");
+    assert!(
+        events
+            .iter()
+            .all(|e| e.kind == meridian_schemas::lifecycle::LifecycleKind::Created)
+    );
+    let (live, position) = live_digest(&api).await;
+
+    // A restart republishes nothing and changes nothing.
+    inv.stop().await;
+    let inv = start_inventory(&nats, data.clone()).await;
+    let api = Api::new(&gw.rest.url, &inv.url);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(live_digest(&api).await, (live.clone(), position));
+    assert_eq!(
+        stream_count(&nats.js, streams::API_LIFECYCLE).await,
+        N as u64
+    );
+
+    // Rebuilding into a fresh directory reproduces the live repository.
+    let fresh = dir.path().join("rebuilt");
+    let report =
+        meridian_inventory::rebuild(meridian_inventory::Config::new(&nats.url(), fresh, API_KEY))
+            .await
+            .unwrap();
+    assert_eq!(report.position, position);
+    assert_eq!(report.digest, live, "rebuilt digest equals the live one");
+
+    // Rebuilding the live directory, then starting again, republishes nothing.
+    inv.stop().await;
+    let report = meridian_inventory::rebuild(meridian_inventory::Config::new(
+        &nats.url(),
+        data.clone(),
+        API_KEY,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(report.digest, live);
+    let inv = start_inventory(&nats, data.clone()).await;
+    let api = Api::new(&gw.rest.url, &inv.url);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        stream_count(&nats.js, streams::API_LIFECYCLE).await,
+        N as u64,
+        "rebuild must not re-emit"
+    );
+    assert_eq!(live_digest(&api).await.0, live);
+
+    agent.stop().await;
+    gw.rest.stop().await;
+    inv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_publish_is_stored_once_and_a_redelivery_changes_nothing() {
+    let nats = Nats::start().await;
+    ensure_streams(&nats.js, &[streams::SYNC]).await.unwrap();
+    let publisher = Publisher::new(nats.js.clone());
+    let run_id = RunId::new_random();
+    let agent_id = AgentId::new_random();
+    let event = |kind| SyncEvent {
+        run_id,
+        agent_id,
+        provider: "p".into(),
+        kind,
+    };
+    let def = meridian_schemas::sync::ApiDefinition::from(api_def("a", "A", "v1"));
+    let api_event = event(SyncEventKind::Api {
+        content_hash: def.content_hash(),
+        definition: def,
+    });
+    let first = publisher
+        .publish(
+            &event(SyncEventKind::Started {
+                provider_type: "tyk".into(),
+            }),
+            EventMeta::default(),
+        )
+        .await
+        .unwrap();
+    assert!(!first.duplicate);
+    let a1 = publisher
+        .publish(&api_event, EventMeta::default())
+        .await
+        .unwrap();
+    let a2 = publisher
+        .publish(&api_event, EventMeta::default())
+        .await
+        .unwrap();
+    assert!(!a1.duplicate);
+    assert!(a2.duplicate, "the retry is recognised");
+    assert_eq!(a1.sequence, a2.sequence);
+    publisher
+        .publish(
+            &event(SyncEventKind::Completed { count: 1 }),
+            EventMeta::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        stream_count(&nats.js, streams::SYNC).await,
+        3,
+        "stored once"
+    );
+
+    // Fold the real stream into a repository, then deliver every message again.
+    let stream = nats.js.get_stream(streams::SYNC).await.unwrap();
+    let mut stored = Vec::new();
+    for seq in 1..=3 {
+        let m = stream.get_raw_message(seq).await.unwrap();
+        stored.push(StoredEvent {
+            seq,
+            subject: m.subject.to_string(),
+            envelope: Envelope::from_bytes(&m.payload).unwrap(),
+        });
+    }
+    let db = sled::Config::new().temporary(true).open().unwrap();
+    let tree = db.open_tree("repo").unwrap();
+    apply_events(&tree, &Repository, PROJECTION_ID, &stored).unwrap();
+    let before = digest(&tree).unwrap();
+    let outbox_before = tree
+        .scan_prefix(meridian_inventory::adapters::store::OUTBOX_PREFIX)
+        .count();
+    assert_eq!(outbox_before, 1, "one created event");
+    apply_events(&tree, &Repository, PROJECTION_ID, &stored).unwrap();
+    apply_events(&tree, &Repository, PROJECTION_ID, &stored[1..2]).unwrap();
+    assert_eq!(
+        digest(&tree).unwrap(),
+        before,
+        "redelivered messages change nothing"
+    );
+    assert_eq!(
+        tree.scan_prefix(meridian_inventory::adapters::store::OUTBOX_PREFIX)
+            .count(),
+        outbox_before
+    );
+}
