@@ -238,6 +238,19 @@ impl AckWindow {
         Ok(())
     }
 
+    /// Adds a raw publish's ack future (for publishers outside [`Publisher`]).
+    pub async fn push_future(
+        &mut self,
+        subject: &str,
+        fut: PublishAckFuture,
+    ) -> Result<(), BusError> {
+        self.push(PendingAck {
+            subject: subject.to_owned(),
+            fut,
+        })
+        .await
+    }
+
     /// Waits for every outstanding ack; returns the last one.
     pub async fn flush(&mut self) -> Result<Option<PublishAck>, BusError> {
         let mut last = None;
