@@ -5,8 +5,7 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use meridian_kit::bus::last_event;
-use meridian_kit::http::{ApiError, ErrorBody, ErrorCode, Json};
+use meridian_kit::http::{ApiError, ErrorBody, ErrorCode, Json, read_last};
 use meridian_kit::time::{NEVER, now_ms, rfc3339};
 use meridian_schemas::agents::{AgentStatus, Heartbeat};
 use meridian_schemas::commands::{self, TriggerSync, TriggerSyncReply};
@@ -159,15 +158,7 @@ fn exec_error(e: ExecError) -> ApiError {
 
 async fn view(state: &ApiState, r: AgentRecord) -> Result<AgentView, ApiError> {
     let js = async_nats::jetstream::new(state.client.clone());
-    let subject = streams::heartbeat_subject(r.id);
-    let beat = tokio::time::timeout(
-        Duration::from_secs(2),
-        last_event::<Heartbeat>(&js, &subject),
-    )
-    .await
-    .map_err(|_| ApiError::unavailable("NATS did not answer in time"))?
-    .map_err(|e| ApiError::internal("reading heartbeats failed", e))?
-    .map(|(h, _)| h);
+    let beat = read_last::<Heartbeat>(&js, &streams::heartbeat_subject(r.id)).await?;
     Ok(AgentView {
         id: r.id.0,
         name: r.name,

@@ -1,11 +1,8 @@
 //! REST API of the repository: `/api/apis`, `/api/apis/{id}`, `/api/providers`,
 //! `/api/repository/digest`. Every route needs the admin key.
 
-use std::time::Duration;
-
 use axum::extract::{Path, State};
-use meridian_kit::bus::last_event;
-use meridian_kit::http::{ApiError, ErrorBody, Json, Query};
+use meridian_kit::http::{ApiError, ErrorBody, Json, Query, read_last};
 use meridian_kit::time::{NEVER, now_ms, rfc3339};
 use meridian_schemas::agents::{AgentStatus, Heartbeat};
 use meridian_schemas::{AgentId, ApiId, streams};
@@ -386,19 +383,16 @@ async fn list_providers(State(s): State<ApiState>) -> Result<Json<Vec<ProviderVi
     let mut beats: std::collections::HashMap<AgentId, Option<Heartbeat>> = Default::default();
     for p in records {
         let Some(agent_id) = p.agent_id else { continue };
-        if !beats.contains_key(&agent_id) {
-            let subject = streams::heartbeat_subject(agent_id);
-            let beat = tokio::time::timeout(
-                Duration::from_secs(2),
-                last_event::<Heartbeat>(&s.js, &subject),
-            )
-            .await
-            .map_err(|_| ApiError::unavailable("NATS did not answer in time"))?
-            .map_err(|e| ApiError::internal("reading heartbeats failed", e))?
-            .map(|(h, _)| h);
-            beats.insert(agent_id, beat);
-        }
-        let beat = beats[&agent_id].as_ref();
+        let beat = match beats.get(&agent_id) {
+            Some(known) => known.clone(),
+            None => {
+                let read =
+                    read_last::<Heartbeat>(&s.js, &streams::heartbeat_subject(agent_id)).await?;
+                beats.insert(agent_id, read.clone());
+                read
+            }
+        };
+        let beat = beat.as_ref();
         out.push(ProviderView {
             agent_id: agent_id.0,
             name: p.provider.clone(),

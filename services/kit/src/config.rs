@@ -168,6 +168,18 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(total)
 }
 
+/// The environment variable every service falls back to for the admin key.
+pub const API_KEY_VAR: &str = "MERIDIAN_API_KEY";
+
+/// The admin key: the service's own setting, else `MERIDIAN_API_KEY`.
+pub fn admin_key(own: Option<Secret>, own_var: &str) -> Result<Secret, ConfigError> {
+    own.or_else(|| std::env::var(API_KEY_VAR).ok().map(Secret::new))
+        .filter(|k| !k.expose().is_empty())
+        .ok_or_else(|| ConfigError {
+            message: format!("set {API_KEY_VAR} (or {own_var}) to the admin API key"),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,16 +254,4 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
         }
     }
-}
-
-/// The environment variable every service falls back to for the admin key.
-pub const API_KEY_VAR: &str = "MERIDIAN_API_KEY";
-
-/// The admin key: the service's own setting, else `MERIDIAN_API_KEY`.
-pub fn admin_key(own: Option<Secret>, own_var: &str) -> Result<Secret, ConfigError> {
-    own.or_else(|| std::env::var(API_KEY_VAR).ok().map(Secret::new))
-        .filter(|k| !k.expose().is_empty())
-        .ok_or_else(|| ConfigError {
-            message: format!("set {API_KEY_VAR} (or {own_var}) to the admin API key"),
-        })
 }

@@ -304,6 +304,46 @@ pub async fn serve(
         .await
 }
 
+/// Completes a generated OpenAPI document: title, version, and the
+/// `X-API-Key` security scheme the handlers refer to as `api_key`.
+pub fn finish_openapi(mut doc: utoipa::openapi::OpenApi, title: &str) -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::security::{ApiKey as Scheme, ApiKeyValue, SecurityScheme};
+    doc.info.title = title.to_owned();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    doc.info.description = Some(
+        "Meridian: a federated API governance hub. Authenticate with the X-API-Key header.".into(),
+    );
+    let components = doc.components.get_or_insert_with(Default::default);
+    components.security_schemes.insert(
+        "api_key".into(),
+        SecurityScheme::ApiKey(Scheme::Header(ApiKeyValue::new("X-API-Key"))).into(),
+    );
+    doc
+}
+
+/// `GET /api/openapi.json` and the browsable UI at `/api/docs`.
+pub fn docs_router(doc: utoipa::openapi::OpenApi) -> Router {
+    utoipa_swagger_ui::SwaggerUi::new("/api/docs")
+        .url("/api/openapi.json", doc)
+        .into()
+}
+
+/// The newest event on `subject` of `E`'s stream, for a request handler:
+/// a slow or failing NATS becomes a 503 or 500 instead of a hung request.
+pub async fn read_last<E: meridian_schemas::Event>(
+    js: &async_nats::jetstream::Context,
+    subject: &str,
+) -> Result<Option<E>, ApiError> {
+    tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        crate::bus::last_event::<E>(js, subject),
+    )
+    .await
+    .map_err(|_| ApiError::unavailable("NATS did not answer in time"))?
+    .map(|found| found.map(|(event, _)| event))
+    .map_err(|e| ApiError::internal("reading the event log failed", e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,28 +386,4 @@ mod tests {
         let res = app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
         assert_eq!(res.status(), StatusCode::OK);
     }
-}
-
-/// Completes a generated OpenAPI document: title, version, and the
-/// `X-API-Key` security scheme the handlers refer to as `api_key`.
-pub fn finish_openapi(mut doc: utoipa::openapi::OpenApi, title: &str) -> utoipa::openapi::OpenApi {
-    use utoipa::openapi::security::{ApiKey as Scheme, ApiKeyValue, SecurityScheme};
-    doc.info.title = title.to_owned();
-    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
-    doc.info.description = Some(
-        "Meridian: a federated API governance hub. Authenticate with the X-API-Key header.".into(),
-    );
-    let components = doc.components.get_or_insert_with(Default::default);
-    components.security_schemes.insert(
-        "api_key".into(),
-        SecurityScheme::ApiKey(Scheme::Header(ApiKeyValue::new("X-API-Key"))).into(),
-    );
-    doc
-}
-
-/// `GET /api/openapi.json` and the browsable UI at `/api/docs`.
-pub fn docs_router(doc: utoipa::openapi::OpenApi) -> Router {
-    utoipa_swagger_ui::SwaggerUi::new("/api/docs")
-        .url("/api/openapi.json", doc)
-        .into()
 }

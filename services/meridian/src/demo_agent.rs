@@ -145,15 +145,13 @@ pub async fn run_until_stopped(config: AgentConfig, stop: CancellationToken) {
     }
 }
 
-type Client = AgentHubClient<
-    tonic::service::interceptor::InterceptedService<
-        tonic::transport::Channel,
-        Box<
-            dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>
-                + Send
-                + Sync,
-        >,
-    >,
+/// Adds the token to every call.
+type Interceptor =
+    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send + Sync>;
+
+/// A hub client that authenticates every call.
+pub type Client = AgentHubClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Interceptor>,
 >;
 
 /// A client that sends the token with every call.
@@ -167,9 +165,7 @@ pub async fn connect(hub: &str, token: &str) -> Result<Client, String> {
     let value: tonic::metadata::MetadataValue<_> = format!("Bearer {token}")
         .parse()
         .map_err(|_| "token is not valid metadata".to_owned())?;
-    let interceptor: Box<
-        dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send + Sync,
-    > = Box::new(move |mut req: tonic::Request<()>| {
+    let interceptor: Interceptor = Box::new(move |mut req: tonic::Request<()>| {
         req.metadata_mut().insert("authorization", value.clone());
         Ok(req)
     });

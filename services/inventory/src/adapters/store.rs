@@ -270,7 +270,7 @@ fn end_run(ctx: &Ctx<'_>, event: &SyncEvent, end: RunEnd, at: i64, seq: u64) -> 
         provider.newest_completed_order = delete_below;
         let mut deleted = 0u64;
         for (key, value) in index {
-            let (order, is_deleted) = parse_index_value(&value).ok_or("corrupt index entry")?;
+            let (order, is_deleted) = parse_index_value(value).ok_or("corrupt index entry")?;
             if !domain::should_delete(order, is_deleted, delete_below) {
                 continue;
             }
