@@ -26,7 +26,7 @@ pub const ENV_PREFIX: &str = "MERIDIAN_AGENT_GATEWAY__";
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// NATS server URL.
-    #[serde(default = "default_nats_url")]
+    #[serde(default = "meridian_kit::config::default_nats_url")]
     pub nats_url: String,
     /// Address of the standalone REST server.
     #[serde(default = "default_http_addr")]
@@ -52,9 +52,6 @@ pub struct Config {
     pub max_api_bytes: usize,
 }
 
-fn default_nats_url() -> String {
-    "nats://127.0.0.1:4222".into()
-}
 fn default_http_addr() -> String {
     "127.0.0.1:8081".into()
 }

@@ -23,7 +23,7 @@ pub const ENV_PREFIX: &str = "MERIDIAN_INVENTORY__";
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// NATS server URL.
-    #[serde(default = "default_nats_url")]
+    #[serde(default = "meridian_kit::config::default_nats_url")]
     pub nats_url: String,
     /// Address the standalone HTTP server binds.
     #[serde(default = "default_http_addr")]
@@ -38,9 +38,6 @@ pub struct Config {
     pub batch: usize,
 }
 
-fn default_nats_url() -> String {
-    "nats://127.0.0.1:4222".into()
-}
 fn default_http_addr() -> String {
     "127.0.0.1:8082".into()
 }

@@ -180,6 +180,11 @@ pub fn admin_key(own: Option<Secret>, own_var: &str) -> Result<Secret, ConfigErr
         })
 }
 
+/// Where services look for NATS unless told otherwise.
+pub fn default_nats_url() -> String {
+    "nats://127.0.0.1:4222".into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,21 +25,18 @@ fn key(id: AgentId) -> Vec<u8> {
 pub struct RegistryProjection;
 
 impl Projection for RegistryProjection {
-    fn apply(&self, ctx: &Ctx<'_>, stored: &StoredEvent) -> Result<(), String> {
+    fn apply(&self, ctx: &mut Ctx<'_>, stored: &StoredEvent) -> Result<(), String> {
         let event: AgentEvent = stored.envelope.open().map_err(|e| e.to_string())?;
         let k = key(event.agent_id());
-        let state: Option<AgentRecord> = match ctx.tx.get(&k).map_err(|e| e.to_string())? {
+        let state: Option<AgentRecord> = match ctx.get(&k)? {
             Some(v) => Some(postcard::from_bytes(&v).map_err(|e| e.to_string())?),
             None => None,
         };
         match domain::evolve(state, &event, stored.envelope.occurred_at_ms) {
-            Some(r) => ctx
-                .tx
-                .insert(k, postcard::to_allocvec(&r).map_err(|e| e.to_string())?),
-            None => ctx.tx.remove(k),
+            Some(r) => ctx.insert(k, postcard::to_allocvec(&r).map_err(|e| e.to_string())?),
+            None => ctx.remove(k),
         }
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+        Ok(())
     }
 }
 

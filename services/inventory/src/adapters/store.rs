@@ -17,7 +17,6 @@ use meridian_schemas::sync::{ApiDefinition, SyncEvent, SyncEventKind};
 use meridian_schemas::{AgentId, ApiId, RunId};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sled::transaction::{TransactionalTree, UnabortableTransactionError};
 
 use crate::domain::{
     self, ApiRecord, HistoryEntry, Observation, ProviderRecord, RunEnd, RunRecord, RunResult,
@@ -76,8 +75,8 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_allocvec(v).expect("postcard encoding into a Vec cannot fail")
 }
 
-fn get<T: DeserializeOwned>(tx: &TransactionalTree, key: &[u8]) -> Result<Option<T>, String> {
-    match tx.get(key).map_err(tx_err)? {
+fn get<T: DeserializeOwned>(ctx: &Ctx<'_>, key: &[u8]) -> Result<Option<T>, String> {
+    match ctx.get(key)? {
         None => Ok(None),
         Some(bytes) => postcard::from_bytes(&bytes)
             .map(Some)
@@ -85,12 +84,8 @@ fn get<T: DeserializeOwned>(tx: &TransactionalTree, key: &[u8]) -> Result<Option
     }
 }
 
-fn put<T: Serialize>(tx: &TransactionalTree, key: &[u8], v: &T) -> Result<(), String> {
-    tx.insert(key, encode(v)).map(|_| ()).map_err(tx_err)
-}
-
-fn tx_err(e: UnabortableTransactionError) -> String {
-    format!("storage: {e}")
+fn put<T: Serialize>(ctx: &mut Ctx<'_>, key: &[u8], v: &T) {
+    ctx.insert(key, encode(v));
 }
 
 /// The projection of `SYNC` into the repository.
@@ -118,33 +113,36 @@ impl Projection for Repository {
             .collect()
     }
 
-    fn apply(&self, ctx: &Ctx<'_>, stored: &StoredEvent) -> Result<(), String> {
+    fn apply(&self, ctx: &mut Ctx<'_>, stored: &StoredEvent) -> Result<(), String> {
         let event: SyncEvent = stored.envelope.open().map_err(|e| e.to_string())?;
         let at = stored.envelope.occurred_at_ms;
         let seq = stored.seq;
-        match event.kind {
-            SyncEventKind::Started { ref provider_type } => {
-                if ctx.tx.get(run_key(event.run_id)).map_err(tx_err)?.is_some() {
+        match &event.kind {
+            SyncEventKind::Started { provider_type } => {
+                if ctx.get(&run_key(event.run_id))?.is_some() {
                     return Ok(()); // the run already began (implicitly or by a duplicate)
                 }
                 let run = RunRecord::begin(event.run_id, event.agent_id, &event.provider, seq, at);
-                put(ctx.tx, &run_key(event.run_id), &run)?;
-                let pkey = provider_key(event.agent_id, &event.provider);
-                let mut provider = load_provider(ctx.tx, &event)?;
+                put(ctx, &run_key(event.run_id), &run);
+                let mut provider = load_provider(ctx, &event)?;
                 if provider.provider_type != *provider_type {
                     provider.provider_type.clone_from(provider_type);
-                    put(ctx.tx, &pkey, &provider)?;
+                    put(
+                        ctx,
+                        &provider_key(event.agent_id, &event.provider),
+                        &provider,
+                    );
                 }
                 Ok(())
             }
             SyncEventKind::Api {
-                ref definition,
-                ref content_hash,
-            } => apply_api(ctx.tx, &event, definition, content_hash, at, seq),
+                definition,
+                content_hash,
+            } => apply_api(ctx, &event, definition, content_hash, at, seq),
             SyncEventKind::Completed { count } => {
-                end_run(ctx, &event, RunEnd::Completed { count }, at, seq)
+                end_run(ctx, &event, RunEnd::Completed { count: *count }, at, seq)
             }
-            SyncEventKind::Failed { ref reason } => end_run(
+            SyncEventKind::Failed { reason } => end_run(
                 ctx,
                 &event,
                 RunEnd::Failed {
@@ -157,9 +155,9 @@ impl Projection for Repository {
     }
 }
 
-fn load_provider(tx: &TransactionalTree, event: &SyncEvent) -> Result<ProviderRecord, String> {
+fn load_provider(ctx: &Ctx<'_>, event: &SyncEvent) -> Result<ProviderRecord, String> {
     Ok(
-        get(tx, &provider_key(event.agent_id, &event.provider))?.unwrap_or_else(|| {
+        get(ctx, &provider_key(event.agent_id, &event.provider))?.unwrap_or_else(|| {
             ProviderRecord {
                 agent_id: Some(event.agent_id),
                 provider: event.provider.clone(),
@@ -169,45 +167,38 @@ fn load_provider(tx: &TransactionalTree, event: &SyncEvent) -> Result<ProviderRe
     )
 }
 
-fn load_run(
-    tx: &TransactionalTree,
-    event: &SyncEvent,
-    seq: u64,
-    at: i64,
-) -> Result<RunRecord, String> {
-    Ok(get(tx, &run_key(event.run_id))?.unwrap_or_else(|| {
+fn load_run(ctx: &Ctx<'_>, event: &SyncEvent, seq: u64, at: i64) -> Result<RunRecord, String> {
+    Ok(get(ctx, &run_key(event.run_id))?.unwrap_or_else(|| {
         RunRecord::begin(event.run_id, event.agent_id, &event.provider, seq, at)
     }))
 }
 
 fn apply_api(
-    tx: &TransactionalTree,
+    ctx: &mut Ctx<'_>,
     event: &SyncEvent,
     definition: &ApiDefinition,
     content_hash: &str,
     at: i64,
     seq: u64,
 ) -> Result<(), String> {
-    let mut run = load_run(tx, event, seq, at)?;
+    let mut run = load_run(ctx, event, seq, at)?;
     if !run.is_running() {
         return Ok(()); // a late message of an ended run
     }
-    let mut provider = load_provider(tx, event)?;
+    let mut provider = load_provider(ctx, event)?;
     if domain::is_stale(&run, &provider) {
         return Ok(());
     }
     let api_id = ApiId::derive(event.agent_id, &event.provider, &definition.provider_api_id);
-    if tx
-        .insert(seen_key(run.run_id, api_id), &[][..])
-        .map_err(tx_err)?
-        .is_none()
-    {
+    let seen = seen_key(run.run_id, api_id);
+    if ctx.get(&seen)?.is_none() {
+        ctx.insert(seen, &[][..]);
         run.seen += 1;
+        put(ctx, &run_key(run.run_id), &run);
     }
-    put(tx, &run_key(run.run_id), &run)?;
-    let existing: Option<ApiRecord> = get(tx, &api_key(api_id))?;
+    let existing: Option<ApiRecord> = get(ctx, &api_key(api_id))?;
     let old_definition: Option<ApiDefinition> = match &existing {
-        Some(e) if e.content_hash != content_hash => get(tx, &def_key(api_id))?,
+        Some(e) if e.content_hash != content_hash => get(ctx, &def_key(api_id))?,
         _ => None,
     };
     let obs = Observation {
@@ -219,16 +210,15 @@ fn apply_api(
         seq,
     };
     let observed = domain::observe(existing.as_ref(), old_definition.as_ref(), &obs);
-    put(tx, &api_key(api_id), &observed.record)?;
+    put(ctx, &api_key(api_id), &observed.record);
     if observed.definition_changed {
-        put(tx, &def_key(api_id), definition)?;
+        put(ctx, &def_key(api_id), definition);
     }
     let index = index_value(observed.record.last_seen_order, false);
-    tx.insert(
+    ctx.insert(
         index_key(event.agent_id, &event.provider, api_id),
         &index[..],
-    )
-    .map_err(tx_err)?;
+    );
     if let Some(change) = observed.change {
         match change.kind {
             LifecycleKind::Created => provider.active += 1,
@@ -240,31 +230,36 @@ fn apply_api(
         }
         if change.kind != LifecycleKind::Updated {
             put(
-                tx,
+                ctx,
                 &provider_key(event.agent_id, &event.provider),
                 &provider,
-            )?;
+            );
         }
-        emit(tx, &observed.record, &change)?;
+        emit(ctx, &observed.record, &change);
     }
     Ok(())
 }
 
-fn end_run(ctx: &Ctx<'_>, event: &SyncEvent, end: RunEnd, at: i64, seq: u64) -> Result<(), String> {
-    let tx = ctx.tx;
-    let mut run = load_run(tx, event, seq, at)?;
+fn end_run(
+    ctx: &mut Ctx<'_>,
+    event: &SyncEvent,
+    end: RunEnd,
+    at: i64,
+    seq: u64,
+) -> Result<(), String> {
+    let mut run = load_run(ctx, event, seq, at)?;
     if !run.is_running() {
         return Ok(());
     }
-    let mut provider = load_provider(tx, event)?;
+    let mut provider = load_provider(ctx, event)?;
     let finish = domain::finish(&run, &provider, end);
     run.result = finish.result;
     run.ended_at_ms = Some(at);
     // `scanned` holds this run's seen-markers, then the provider's index.
-    let (seen, index): (Vec<_>, Vec<_>) =
-        ctx.scanned.iter().partition(|(k, _)| k.starts_with(b"s"));
+    let scanned = ctx.scanned;
+    let (seen, index): (Vec<_>, Vec<_>) = scanned.iter().partition(|(k, _)| k.starts_with(b"s"));
     for (key, _) in seen {
-        tx.remove(key.clone()).map_err(tx_err)?;
+        ctx.remove(key.to_vec());
     }
     if let Some(delete_below) = finish.delete_below {
         provider.newest_completed_order = delete_below;
@@ -277,12 +272,11 @@ fn end_run(ctx: &Ctx<'_>, event: &SyncEvent, end: RunEnd, at: i64, seq: u64) -> 
             let api_id =
                 ApiId(uuid::Uuid::from_slice(&key[key.len() - 16..]).map_err(|e| e.to_string())?);
             let mut record: ApiRecord =
-                get(tx, &api_key(api_id))?.ok_or("index names a missing API")?;
+                get(ctx, &api_key(api_id))?.ok_or("index names a missing API")?;
             let change = domain::delete(&mut record, &run, at, seq);
-            put(tx, &api_key(api_id), &record)?;
-            tx.insert(key.clone(), &index_value(order, true)[..])
-                .map_err(tx_err)?;
-            emit(tx, &record, &change)?;
+            put(ctx, &api_key(api_id), &record);
+            ctx.insert(key.to_vec(), &index_value(order, true)[..]);
+            emit(ctx, &record, &change);
             deleted += 1;
         }
         provider.active = provider.active.saturating_sub(deleted);
@@ -292,15 +286,16 @@ fn end_run(ctx: &Ctx<'_>, event: &SyncEvent, end: RunEnd, at: i64, seq: u64) -> 
         }
     }
     provider.last_run = Some(run.clone());
-    put(tx, &run_key(run.run_id), &run)?;
+    put(ctx, &run_key(run.run_id), &run);
     put(
-        tx,
+        ctx,
         &provider_key(event.agent_id, &event.provider),
         &provider,
-    )
+    );
+    Ok(())
 }
 
-fn emit(tx: &TransactionalTree, record: &ApiRecord, change: &HistoryEntry) -> Result<(), String> {
+fn emit(ctx: &mut Ctx<'_>, record: &ApiRecord, change: &HistoryEntry) {
     let event = LifecycleEvent {
         api_id: record.api_id,
         kind: change.kind,
@@ -314,7 +309,7 @@ fn emit(tx: &TransactionalTree, record: &ApiRecord, change: &HistoryEntry) -> Re
         source_seq: change.source_seq,
         at_ms: change.at_ms,
     };
-    put(tx, &outbox_key(change.source_seq, record.api_id), &event)
+    put(ctx, &outbox_key(change.source_seq, record.api_id), &event);
 }
 
 /// Read access to the repository.
