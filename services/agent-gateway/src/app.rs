@@ -274,14 +274,8 @@ impl App {
         grpc: tokio::net::TcpListener,
         stop: CancellationToken,
     ) -> Result<(), AppError> {
-        let (api, doc) = self.api().split_for_parts();
-        let router = api
-            .merge(http::health_router(self.ready_checks()))
-            .merge(http::docs_router(http::finish_openapi(
-                doc,
-                "Meridian agent-gateway",
-            )))
-            .fallback(http::not_found_fallback);
+        let router =
+            http::service_router(self.api(), self.ready_checks(), "Meridian agent-gateway");
         let server = tokio::spawn(http::serve(http_listener, router, stop.clone()));
         let result = self.run_until_stopped(grpc, stop.clone()).await;
         stop.cancel();

@@ -231,14 +231,7 @@ impl App {
         listener: tokio::net::TcpListener,
         stop: CancellationToken,
     ) -> Result<(), AppError> {
-        let (api, doc) = self.api().split_for_parts();
-        let router = api
-            .merge(http::health_router(self.ready_checks()))
-            .merge(http::docs_router(http::finish_openapi(
-                doc,
-                "Meridian inventory",
-            )))
-            .fallback(http::not_found_fallback);
+        let router = http::service_router(self.api(), self.ready_checks(), "Meridian inventory");
         let server = tokio::spawn(http::serve(listener, router, stop.clone()));
         let result = self.run_until_stopped(stop.clone()).await;
         stop.cancel();

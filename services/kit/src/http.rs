@@ -344,6 +344,20 @@ pub async fn read_last<E: meridian_schemas::Event>(
     .map_err(|e| ApiError::internal("reading the event log failed", e))
 }
 
+/// A service's whole HTTP surface: its API routes, `/healthz` and `/readyz`
+/// with `checks`, the OpenAPI document titled `title` with its UI, and a JSON
+/// 404 for anything else.
+pub fn service_router(
+    api: utoipa_axum::router::OpenApiRouter,
+    checks: Vec<ReadyCheck>,
+    title: &str,
+) -> Router {
+    let (api, doc) = api.split_for_parts();
+    api.merge(health_router(checks))
+        .merge(docs_router(finish_openapi(doc, title)))
+        .fallback(not_found_fallback)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,14 +54,10 @@ pub async fn start(config: HubConfig, stop: CancellationToken) -> anyhow::Result
 
     let mut checks = gateway.ready_checks();
     checks.extend(inventory.ready_checks());
-    let (api, doc) = OpenApiRouter::new()
+    let api = OpenApiRouter::new()
         .merge(gateway.api())
-        .merge(inventory.api())
-        .split_for_parts();
-    let router = api
-        .merge(http::health_router(checks))
-        .merge(http::docs_router(http::finish_openapi(doc, "Meridian hub")))
-        .fallback(http::not_found_fallback);
+        .merge(inventory.api());
+    let router = http::service_router(api, checks, "Meridian hub");
 
     let http_listener = tokio::net::TcpListener::bind(&config.http_addr)
         .await
