@@ -213,10 +213,7 @@ impl App {
             token_ttl: self.token_ttl,
             client: self.client.clone(),
         };
-        api::router(state).layer(axum::middleware::from_fn_with_state(
-            self.api_key.clone(),
-            http::require_api_key,
-        ))
+        http::with_api_key(api::router(state), self.api_key.clone())
     }
 
     /// Ready when NATS is connected and the registry caught up.

@@ -184,10 +184,7 @@ impl App {
             js: self.publisher.context().clone(),
             progress: self.progress.clone(),
         };
-        api::router(state).layer(axum::middleware::from_fn_with_state(
-            self.api_key.clone(),
-            http::require_api_key,
-        ))
+        http::with_api_key(api::router(state), self.api_key.clone())
     }
 
     /// Ready when NATS is connected and the repository caught up.
@@ -196,11 +193,6 @@ impl App {
             http::nats_ready(self.client.clone()),
             http::projection_ready("repository", self.progress.clone()),
         ]
-    }
-
-    /// The projection's progress.
-    pub fn progress(&self) -> Progress {
-        self.progress.clone()
     }
 
     /// Runs the projection and the lifecycle publisher until `stop`.

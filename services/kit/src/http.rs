@@ -344,6 +344,14 @@ pub async fn read_last<E: meridian_schemas::Event>(
     .map_err(|e| ApiError::internal("reading the event log failed", e))
 }
 
+/// `api` with every route behind the admin key.
+pub fn with_api_key(
+    api: utoipa_axum::router::OpenApiRouter,
+    key: ApiKey,
+) -> utoipa_axum::router::OpenApiRouter {
+    api.layer(axum::middleware::from_fn_with_state(key, require_api_key))
+}
+
 /// A service's whole HTTP surface: its API routes, `/healthz` and `/readyz`
 /// with `checks`, the OpenAPI document titled `title` with its UI, and a JSON
 /// 404 for anything else.

@@ -6,7 +6,6 @@
 //! published, and answered once the local projection has applied it, so a
 //! caller reads its own write.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_kit::bus::{BusError, Publisher};
@@ -116,12 +115,4 @@ impl Registry {
         }
         Ok(self.get(id))
     }
-
-    /// The projection's progress.
-    pub fn progress(&self) -> &Progress {
-        &self.progress
-    }
 }
-
-/// Shared handle.
-pub type SharedRegistry = Arc<Registry>;

@@ -114,16 +114,17 @@ async fn drain(
             return Ok(());
         }
         let newest = fresh.last().map(|(_, e)| mark_of(e));
-        let events: Vec<_> = fresh
-            .iter()
-            .map(|(_, e)| {
+        let (fresh_keys, fresh_events): (Vec<_>, Vec<_>) = fresh.into_iter().unzip();
+        let events: Vec<_> = fresh_events
+            .into_iter()
+            .map(|e| {
                 let meta = EventMeta {
                     occurred_at_ms: e.at_ms,
                     causation_id: None,
                     correlation_id: Some(e.run_id.0),
                     traceparent: None,
                 };
-                (e.clone(), meta)
+                (e, meta)
             })
             .collect();
         publisher
@@ -134,7 +135,7 @@ async fn drain(
             *mark = Some(Some(newest));
         }
         let mut batch = sled::Batch::default();
-        for key in already.into_iter().chain(fresh.into_iter().map(|(k, _)| k)) {
+        for key in already.into_iter().chain(fresh_keys) {
             batch.remove(key);
         }
         tree.apply_batch(batch).map_err(|e| e.to_string())?;

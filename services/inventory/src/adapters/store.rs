@@ -405,16 +405,6 @@ impl Queries {
             .collect()
     }
 
-    /// A run.
-    pub fn run(&self, run: RunId) -> Result<Option<RunRecord>, String> {
-        match self.tree.get(run_key(run)).map_err(|e| e.to_string())? {
-            None => Ok(None),
-            Some(v) => postcard::from_bytes(&v)
-                .map(Some)
-                .map_err(|e| e.to_string()),
-        }
-    }
-
     /// Digest of the repository (see [`meridian_kit::projection::digest`]).
     pub fn digest(&self) -> Result<String, String> {
         meridian_kit::projection::digest(&self.tree).map_err(|e| e.to_string())
