@@ -143,6 +143,31 @@ async fn wait_ready(url: &str) {
     assert!(ok.is_some(), "{url} did not become ready");
 }
 
+/// Starts a scheduler replica (minimum interval 1 s, so tests can use short
+/// cadences); `tweak` adjusts the rest.
+pub async fn start_scheduler(
+    nats: &Nats,
+    tweak: impl FnOnce(&mut meridian_scheduler::Config),
+) -> Running {
+    let mut config = meridian_scheduler::Config::new(&nats.url(), API_KEY);
+    config.min_interval = meridian_kit::config::HumanDuration(Duration::from_secs(1));
+    tweak(&mut config);
+    let app = meridian_scheduler::App::build(config)
+        .await
+        .expect("build scheduler");
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", http.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let handle = tokio::spawn(async move {
+        if let Err(e) = app.serve(http, s).await {
+            eprintln!("scheduler ended: {e}");
+        }
+    });
+    wait_ready(&url).await;
+    Running { url, stop, handle }
+}
+
 /// Polls `f` every 50 ms until it returns `Some`, or `None` after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
 where
@@ -169,6 +194,8 @@ pub struct Api {
     pub gateway: String,
     /// inventory base URL.
     pub inventory: String,
+    /// scheduler base URL (empty when the test runs none).
+    pub scheduler: String,
     /// The key sent in `X-API-Key` (None: no header).
     pub key: Option<String>,
 }
@@ -180,7 +207,16 @@ impl Api {
             http: reqwest::Client::new(),
             gateway: gateway.into(),
             inventory: inventory.into(),
+            scheduler: String::new(),
             key: Some(API_KEY.into()),
+        }
+    }
+
+    /// The same API with sync-job paths routed to `scheduler`.
+    pub fn with_scheduler(&self, scheduler: &str) -> Self {
+        Self {
+            scheduler: scheduler.into(),
+            ..self.clone()
         }
     }
 
@@ -193,6 +229,9 @@ impl Api {
     }
 
     fn url(&self, path: &str) -> String {
+        if path.contains("/sync-jobs") {
+            return format!("{}{path}", self.scheduler);
+        }
         let inventory = ["/api/apis", "/api/providers", "/api/repository"]
             .iter()
             .any(|p| path.starts_with(p));
@@ -373,8 +412,16 @@ impl Agent {
 
 /// Every event on the `API_LIFECYCLE` stream, in order.
 pub async fn lifecycle_events(js: &async_nats::jetstream::Context) -> Vec<LifecycleEvent> {
+    stream_events(js, streams::API_LIFECYCLE).await
+}
+
+/// Every event on a stream, in order.
+pub async fn stream_events<E: meridian_schemas::Event>(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+) -> Vec<E> {
     use futures_util::StreamExt;
-    let Ok(stream) = js.get_stream(streams::API_LIFECYCLE).await else {
+    let Ok(stream) = js.get_stream(stream).await else {
         return Vec::new();
     };
     let last = stream.get_info().await.unwrap().state.last_sequence;

@@ -43,6 +43,18 @@ uuid_newtype!(
     RunId
 );
 
+uuid_newtype!(
+    /// A scheduled sync job (random v4, chosen at creation).
+    JobId
+);
+
+impl JobId {
+    /// A fresh random job id.
+    pub fn new_random() -> Self {
+        Self(Uuid::new_v4())
+    }
+}
+
 impl AgentId {
     /// A fresh random agent id.
     pub fn new_random() -> Self {

@@ -8,8 +8,9 @@
 //!   spells a stream or subject name.
 //! - [`envelope`]: the versioned envelope every event travels in (postcard).
 //! - [`ids`]: id newtypes, including the deterministic API id.
-//! - [`agents`], [`sync`], [`lifecycle`]: the event types of the `AGENTS`,
-//!   `AGENT_HEARTBEATS`, `SYNC` and `API_LIFECYCLE` streams.
+//! - [`agents`], [`sync`], [`lifecycle`], [`schedule`]: the event types of
+//!   the `AGENTS`, `AGENT_HEARTBEATS`, `SYNC`, `API_LIFECYCLE` and `SCHEDULE`
+//!   streams.
 //! - [`commands`]: request/reply commands sent over core NATS between services.
 //!
 //! postcard is not self-describing: fields and variants are only ever
@@ -21,6 +22,7 @@ pub mod commands;
 pub mod envelope;
 pub mod ids;
 pub mod lifecycle;
+pub mod schedule;
 pub mod streams;
 pub mod sync;
 
@@ -31,4 +33,4 @@ pub mod proto {
 }
 
 pub use envelope::{DecodeError, Envelope, Event, EventMeta};
-pub use ids::{AgentId, ApiId, RunId};
+pub use ids::{AgentId, ApiId, JobId, RunId};

@@ -5,7 +5,7 @@
 //! UUIDs, and provider names pass [`validate_provider_name`], so a `.`, `*`,
 //! `>` or space in a name can never change routing.
 
-use crate::ids::AgentId;
+use crate::ids::{AgentId, JobId};
 
 /// The agent registry: registrations, updates, deletions, tokens, connections.
 pub const AGENTS: &str = "AGENTS";
@@ -15,6 +15,8 @@ pub const AGENT_HEARTBEATS: &str = "AGENT_HEARTBEATS";
 pub const SYNC: &str = "SYNC";
 /// API lifecycle events emitted by inventory: created, updated, deleted, restored.
 pub const API_LIFECYCLE: &str = "API_LIFECYCLE";
+/// Sync jobs and their firings, written by the scheduler.
+pub const SCHEDULE: &str = "SCHEDULE";
 
 /// Subject filter that captures a whole stream.
 pub fn stream_subjects(stream: &str) -> &'static str {
@@ -23,6 +25,7 @@ pub fn stream_subjects(stream: &str) -> &'static str {
         AGENT_HEARTBEATS => "heartbeats.>",
         SYNC => "sync.>",
         API_LIFECYCLE => "lifecycle.>",
+        SCHEDULE => "schedule.>",
         other => panic!("unknown stream {other}"),
     }
 }
@@ -37,11 +40,46 @@ pub fn heartbeat_subject(agent: AgentId) -> String {
     format!("heartbeats.{agent}")
 }
 
+/// Which messages of a run a `SYNC` subject carries: the run's start and end
+/// (`run`), or its discovered APIs (`api`). Consumers that only follow runs
+/// (the scheduler) filter on [`SYNC_RUN_EVENTS`] and skip the bulk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncPart {
+    /// `started`, `completed`, `failed`.
+    Run,
+    /// One message per discovered API.
+    Api,
+}
+
 /// Sync events of one provider of one agent. `provider` must have passed
 /// [`validate_provider_name`].
-pub fn sync_subject(agent: AgentId, provider: &str) -> String {
+pub fn sync_subject(agent: AgentId, provider: &str, part: SyncPart) -> String {
     debug_assert!(validate_provider_name(provider).is_ok());
-    format!("sync.{agent}.{provider}")
+    let part = match part {
+        SyncPart::Run => "run",
+        SyncPart::Api => "api",
+    };
+    format!("sync.{agent}.{provider}.{part}")
+}
+
+/// Filter of every run start and end in `SYNC`, without the APIs.
+pub const SYNC_RUN_EVENTS: &str = "sync.*.*.run";
+
+/// Definitions and changes of one agent's sync jobs.
+pub fn job_subject(agent: AgentId, job: JobId) -> String {
+    format!("schedule.jobs.{agent}.{job}")
+}
+
+/// Firings of one job. The scheduler publishes each firing expecting this
+/// subject's last sequence to be the one it knows, so of several replicas
+/// only one can fire a job for a given due time.
+pub fn job_fire_subject(job: JobId) -> String {
+    format!("schedule.fires.{job}")
+}
+
+/// What became of each firing of one job.
+pub fn job_outcome_subject(job: JobId) -> String {
+    format!("schedule.outcomes.{job}")
 }
 
 /// Lifecycle events of one kind (`created`, `updated`, ...).

@@ -134,7 +134,11 @@ impl Event for SyncEvent {
     }
 
     fn subject(&self) -> String {
-        streams::sync_subject(self.agent_id, &self.provider)
+        let part = match self.kind {
+            SyncEventKind::Api { .. } => streams::SyncPart::Api,
+            _ => streams::SyncPart::Run,
+        };
+        streams::sync_subject(self.agent_id, &self.provider, part)
     }
 
     fn dedup_id(&self) -> String {

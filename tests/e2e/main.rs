@@ -3,4 +3,5 @@
 mod bad_input;
 mod hub;
 mod restart;
+mod schedule;
 mod story;

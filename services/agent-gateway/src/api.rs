@@ -5,10 +5,10 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use meridian_kit::http::{ApiError, ErrorBody, ErrorCode, Json, read_last};
+use meridian_kit::bus::{self, SyncRequestError};
+use meridian_kit::http::{ApiError, ErrorBody, Json, read_last};
 use meridian_kit::time::{NEVER, now_ms, rfc3339};
 use meridian_schemas::agents::{AgentStatus, Heartbeat};
-use meridian_schemas::commands::{self, TriggerSync, TriggerSyncReply};
 use meridian_schemas::{AgentId, streams};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -337,27 +337,9 @@ async fn trigger_sync(
             format!("agent {id} has not reported a provider named {p:?}"),
         ));
     }
-    let request = commands::encode(&TriggerSync {
-        provider: body.provider,
-    });
-    let answer = tokio::time::timeout(
-        Duration::from_secs(10),
-        s.client
-            .request(streams::sync_request_subject(id), request.into()),
-    )
-    .await
-    .map_err(|_| ApiError::unavailable("the agent's gateway replica did not answer in time"))?;
-    let message = match answer {
-        Ok(m) => m,
-        Err(e) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
-            return Err(ApiError::conflict(format!(
-                "agent {id} is not connected (no open sync stream)"
-            )));
-        }
-        Err(e) => return Err(ApiError::unavailable(format!("sync request failed: {e}"))),
-    };
-    match commands::decode::<TriggerSyncReply>(&message.payload) {
-        Ok(TriggerSyncReply::Started(runs)) => Ok((
+    let patience = Duration::from_secs(10);
+    match bus::request_sync(&s.client, id, body.provider, patience).await {
+        Ok(runs) => Ok((
             StatusCode::ACCEPTED,
             Json(SyncAccepted {
                 runs: runs
@@ -369,16 +351,14 @@ async fn trigger_sync(
                     .collect(),
             }),
         )),
-        Ok(TriggerSyncReply::UnknownProvider(p)) => Err(ApiError::invalid_field(
-            "provider",
-            format!("agent {id} has not reported a provider named {p:?}"),
-        )),
-        Ok(TriggerSyncReply::SyncStreamDown) => Err(ApiError::conflict(format!(
-            "agent {id} is not connected (its sync stream just closed)"
-        ))),
-        Err(e) => Err(ApiError::new(
-            ErrorCode::Internal,
-            format!("malformed reply from the gateway replica: {e}"),
-        )),
+        Err(e @ SyncRequestError::UnknownProvider { .. }) => {
+            Err(ApiError::invalid_field("provider", e))
+        }
+        Err(e @ (SyncRequestError::NotConnected(_) | SyncRequestError::StreamClosed(_))) => {
+            Err(ApiError::conflict(e.to_string()))
+        }
+        Err(e @ (SyncRequestError::TimedOut(_) | SyncRequestError::Failed(_))) => {
+            Err(ApiError::unavailable(e.to_string()))
+        }
     }
 }

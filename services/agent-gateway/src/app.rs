@@ -118,7 +118,7 @@ pub enum AppError {
 pub struct App {
     client: async_nats::Client,
     registry: Registry,
-    runner: Runner<RegistryProjection>,
+    runner: Runner<projection::Stored<RegistryProjection>>,
     progress: Progress,
     hub: Hub,
     tokens: Tokens,
@@ -173,6 +173,7 @@ impl App {
             stream: streams::AGENTS,
             consumer: ConsumerKind::Ordered,
             batch: 256,
+            filter_subject: None,
         };
         let (runner, progress) =
             Runner::new(js.clone(), tree.clone(), Arc::new(RegistryProjection), spec);

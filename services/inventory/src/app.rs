@@ -124,6 +124,7 @@ fn spec(config: &Config, consumer: ConsumerKind) -> ProjectionSpec {
         stream: streams::SYNC,
         consumer,
         batch: config.batch.max(1),
+        filter_subject: None,
     }
 }
 
@@ -133,7 +134,7 @@ pub struct App {
     publisher: Publisher,
     _db: sled::Db,
     tree: sled::Tree,
-    runner: Runner<store::Repository>,
+    runner: Runner<projection::Stored<store::Repository>>,
     progress: Progress,
     api_key: ApiKey,
 }

@@ -3,10 +3,11 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use async_nats::header::{HeaderMap, NATS_MESSAGE_ID};
+use async_nats::header::{HeaderMap, NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, NATS_MESSAGE_ID};
 use async_nats::jetstream::{self, context::PublishAckFuture, publish::PublishAck, stream};
+use meridian_schemas::commands::{self, RunStarted, TriggerSync, TriggerSyncReply};
 use meridian_schemas::envelope::{HEADER_EVENT_TYPE, HEADER_SCHEMA_VERSION};
-use meridian_schemas::{Envelope, Event, EventMeta, streams};
+use meridian_schemas::{AgentId, Envelope, Event, EventMeta, streams};
 
 /// How many publish acks may be outstanding at once in [`Publisher::publish_all`].
 pub const PUBLISH_WINDOW: usize = 512;
@@ -30,6 +31,13 @@ pub enum BusError {
         stream: String,
         /// Why.
         message: String,
+    },
+    /// A conditional publish found the subject moved on: someone else
+    /// published there first.
+    #[error("publish to {subject} lost a race: the subject moved past the expected sequence")]
+    WrongLastSequence {
+        /// The subject.
+        subject: String,
     },
     /// A publish was not acknowledged.
     #[error("publish to {subject} failed: {message}")]
@@ -140,6 +148,45 @@ impl Publisher {
         })
     }
 
+    /// Publishes one event only if the last message stored on its subject
+    /// has stream sequence `expected_last` (0: no message yet), which makes
+    /// the publish a compare-and-set among competing writers. A loser gets
+    /// [`BusError::WrongLastSequence`], or an ack with `duplicate: true` when
+    /// the winner published the same dedup id.
+    pub async fn publish_expecting<E: Event>(
+        &self,
+        event: &E,
+        meta: EventMeta,
+        expected_last: u64,
+    ) -> Result<PublishAck, BusError> {
+        let subject = event.subject();
+        let mut headers = Self::headers(event);
+        headers.insert(
+            NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            expected_last.to_string().as_str(),
+        );
+        let payload = Envelope::wrap(event, meta).to_bytes();
+        let fut = self
+            .js
+            .publish_with_headers(subject.clone(), headers, payload.into())
+            .await
+            .map_err(|e| BusError::Publish {
+                subject: subject.clone(),
+                message: e.to_string(),
+            })?;
+        fut.await.map_err(|e| match e.kind() {
+            jetstream::context::PublishErrorKind::WrongLastSequence => {
+                BusError::WrongLastSequence {
+                    subject: subject.clone(),
+                }
+            }
+            _ => BusError::Publish {
+                subject: subject.clone(),
+                message: e.to_string(),
+            },
+        })
+    }
+
     /// Publishes many events, keeping up to [`PUBLISH_WINDOW`] acks in
     /// flight, and returns the last ack. Stops at the first failure; events
     /// before it are stored, and a retry of the whole batch stores nothing
@@ -175,20 +222,25 @@ impl Publisher {
         })
     }
 
+    fn headers<E: Event>(event: &E) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(NATS_MESSAGE_ID, event.dedup_id().as_str());
+        headers.insert(HEADER_EVENT_TYPE, event.event_type());
+        headers.insert(
+            HEADER_SCHEMA_VERSION,
+            E::SCHEMA_VERSION.to_string().as_str(),
+        );
+        headers
+    }
+
     async fn send<E: Event>(
         &self,
         event: &E,
         meta: EventMeta,
     ) -> Result<PublishAckFuture, BusError> {
         let subject = event.subject();
+        let headers = Self::headers(event);
         let envelope = Envelope::wrap(event, meta);
-        let mut headers = HeaderMap::new();
-        headers.insert(NATS_MESSAGE_ID, event.dedup_id().as_str());
-        headers.insert(HEADER_EVENT_TYPE, envelope.event_type.as_str());
-        headers.insert(
-            HEADER_SCHEMA_VERSION,
-            E::SCHEMA_VERSION.to_string().as_str(),
-        );
         self.js
             .publish_with_headers(subject.clone(), headers, envelope.to_bytes().into())
             .await
@@ -285,5 +337,65 @@ pub async fn last_event<E: Event>(
         }
         Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
         Err(e) => Err(stream_err(e.to_string())),
+    }
+}
+
+/// Why a sync request did not start any run.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncRequestError {
+    /// No agent-gateway replica holds the agent's sync stream.
+    #[error("agent {0} is not connected (no open sync stream)")]
+    NotConnected(AgentId),
+    /// The agent's sync stream closed while the request was on its way.
+    #[error("agent {0} is not connected (its sync stream just closed)")]
+    StreamClosed(AgentId),
+    /// The agent did not report the provider.
+    #[error("agent {agent} has not reported a provider named {provider:?}")]
+    UnknownProvider {
+        /// The agent.
+        agent: AgentId,
+        /// The provider asked for.
+        provider: String,
+    },
+    /// The replica holding the stream did not answer in time.
+    #[error("the agent's gateway replica did not answer within {0:?}")]
+    TimedOut(Duration),
+    /// NATS failed, or the answer made no sense.
+    #[error("sync request failed: {0}")]
+    Failed(String),
+}
+
+/// Asks the agent-gateway replica that holds `agent`'s sync stream to start
+/// runs of `provider` (every reported provider when `None`), and returns the
+/// runs it started.
+pub async fn request_sync(
+    client: &async_nats::Client,
+    agent: AgentId,
+    provider: Option<String>,
+    patience: Duration,
+) -> Result<Vec<RunStarted>, SyncRequestError> {
+    let request = commands::encode(&TriggerSync { provider });
+    let answer = tokio::time::timeout(
+        patience,
+        client.request(streams::sync_request_subject(agent), request.into()),
+    )
+    .await
+    .map_err(|_| SyncRequestError::TimedOut(patience))?;
+    let message = match answer {
+        Ok(m) => m,
+        Err(e) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
+            return Err(SyncRequestError::NotConnected(agent));
+        }
+        Err(e) => return Err(SyncRequestError::Failed(e.to_string())),
+    };
+    match commands::decode::<TriggerSyncReply>(&message.payload) {
+        Ok(TriggerSyncReply::Started(runs)) => Ok(runs),
+        Ok(TriggerSyncReply::UnknownProvider(provider)) => {
+            Err(SyncRequestError::UnknownProvider { agent, provider })
+        }
+        Ok(TriggerSyncReply::SyncStreamDown) => Err(SyncRequestError::StreamClosed(agent)),
+        Err(e) => Err(SyncRequestError::Failed(format!(
+            "malformed reply from the gateway replica: {e}"
+        ))),
     }
 }

@@ -168,6 +168,29 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(total)
 }
 
+/// Writes a duration the way [`parse_duration`] reads it, largest units first
+/// and without weeks (`7d`, `1h30m`, `1m30s`, `250ms`; `0s` for zero).
+pub fn format_duration(d: std::time::Duration) -> String {
+    let mut ms = d.as_millis();
+    if ms == 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ] {
+        if ms >= size {
+            out.push_str(&format!("{}{unit}", ms / size));
+            ms %= size;
+        }
+    }
+    out
+}
+
 /// The environment variable every service falls back to for the admin key.
 pub const API_KEY_VAR: &str = "MERIDIAN_API_KEY";
 
@@ -189,6 +212,23 @@ pub fn default_nats_url() -> String {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn formatted_durations_parse_back() {
+        for (text, canonical) in [
+            ("90s", "1m30s"),
+            ("1h30m", "1h30m"),
+            ("12h", "12h"),
+            ("7d", "7d"),
+            ("1w", "7d"),
+            ("1500ms", "1s500ms"),
+            ("0s", "0s"),
+        ] {
+            let parsed = parse_duration(text).unwrap();
+            assert_eq!(format_duration(parsed), canonical, "{text}");
+            assert_eq!(parse_duration(canonical).unwrap(), parsed, "{canonical}");
+        }
+    }
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]

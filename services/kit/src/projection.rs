@@ -17,9 +17,13 @@
 //!   replays exactly what it lacks instead of waiting out ack timeouts.
 //! - [`ConsumerKind::Ordered`]: an ordered consumer, for in-memory state that
 //!   every replica rebuilds at start, and for `rebuild`.
+//!
+//! Two places to apply it: a sled tree through a [`Projection`]
+//! ([`Runner::new`]), or plain in-memory state through a [`Fold`]
+//! ([`Runner::in_memory`]) for small state every replica rebuilds at start.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, consumer::pull};
@@ -112,6 +116,77 @@ pub trait Projection: Send + Sync + 'static {
     }
 }
 
+/// A fold of a stream into plain in-memory state, rebuilt at every start.
+pub trait Fold: Send + Sync + 'static {
+    /// Applies one event. An error halts the runner (the message is poison).
+    fn apply(&mut self, event: &StoredEvent) -> Result<(), String>;
+}
+
+/// Where a [`Runner`] applies what it reads.
+pub trait Sink: Send + Sync + 'static {
+    /// The last stream sequence applied.
+    fn checkpoint(&self) -> Result<u64, sled::Error>;
+    /// Applies events in order, skipping those at or below the checkpoint.
+    /// Blocking: the runner calls it off the async runtime.
+    fn apply(&self, id: &str, events: &[StoredEvent]) -> Result<(), ProjectionError>;
+    /// Makes what was applied durable.
+    fn flush(&self) -> Result<(), sled::Error>;
+}
+
+/// A [`Projection`] over a sled tree.
+pub struct Stored<P> {
+    tree: sled::Tree,
+    projection: Arc<P>,
+}
+
+impl<P: Projection> Sink for Stored<P> {
+    fn checkpoint(&self) -> Result<u64, sled::Error> {
+        read_checkpoint(&self.tree)
+    }
+
+    fn apply(&self, id: &str, events: &[StoredEvent]) -> Result<(), ProjectionError> {
+        apply_events(&self.tree, &*self.projection, id, events)
+    }
+
+    fn flush(&self) -> Result<(), sled::Error> {
+        self.tree.flush().map(|_| ())
+    }
+}
+
+/// A [`Fold`] in memory.
+pub struct InMemory<F> {
+    state: Arc<RwLock<F>>,
+    checkpoint: AtomicU64,
+}
+
+impl<F: Fold> Sink for InMemory<F> {
+    fn checkpoint(&self) -> Result<u64, sled::Error> {
+        Ok(self.checkpoint.load(Ordering::Acquire))
+    }
+
+    fn apply(&self, id: &str, events: &[StoredEvent]) -> Result<(), ProjectionError> {
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        for event in events {
+            if event.seq <= self.checkpoint.load(Ordering::Acquire) {
+                continue;
+            }
+            state
+                .apply(event)
+                .map_err(|message| ProjectionError::Poison {
+                    id: id.to_owned(),
+                    seq: event.seq,
+                    message,
+                })?;
+            self.checkpoint.store(event.seq, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), sled::Error> {
+        Ok(())
+    }
+}
+
 /// How the projection reads its stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConsumerKind {
@@ -132,6 +207,9 @@ pub struct ProjectionSpec {
     pub consumer: ConsumerKind,
     /// Most messages applied in one atomic batch.
     pub batch: usize,
+    /// Only the stream's messages on these subjects (a NATS wildcard); all
+    /// of them when `None`.
+    pub filter_subject: Option<&'static str>,
 }
 
 /// Why a projection stopped.
@@ -207,25 +285,45 @@ impl Progress {
 }
 
 /// Runs one projection.
-pub struct Runner<P> {
+pub struct Runner<S> {
     js: jetstream::Context,
-    tree: sled::Tree,
-    projection: Arc<P>,
+    sink: Arc<S>,
     spec: ProjectionSpec,
     position: watch::Sender<u64>,
     target: Arc<AtomicU64>,
     halted: watch::Sender<Option<String>>,
 }
 
-impl<P: Projection> Runner<P> {
-    /// Prepares a runner; nothing is read until it runs.
+impl<P: Projection> Runner<Stored<P>> {
+    /// Prepares a runner of a sled projection; nothing is read until it runs.
     pub fn new(
         js: jetstream::Context,
         tree: sled::Tree,
         projection: Arc<P>,
         spec: ProjectionSpec,
     ) -> (Self, Progress) {
-        let start = read_checkpoint(&tree).unwrap_or(0);
+        Self::with_sink(js, Stored { tree, projection }, spec)
+    }
+}
+
+impl<F: Fold> Runner<InMemory<F>> {
+    /// Prepares a runner that folds the stream from its start into `state`.
+    pub fn in_memory(
+        js: jetstream::Context,
+        state: Arc<RwLock<F>>,
+        spec: ProjectionSpec,
+    ) -> (Self, Progress) {
+        let sink = InMemory {
+            state,
+            checkpoint: AtomicU64::new(0),
+        };
+        Self::with_sink(js, sink, spec)
+    }
+}
+
+impl<S: Sink> Runner<S> {
+    fn with_sink(js: jetstream::Context, sink: S, spec: ProjectionSpec) -> (Self, Progress) {
+        let start = sink.checkpoint().unwrap_or(0);
         let (position, position_rx) = watch::channel(start);
         let (halted, halted_rx) = watch::channel(None);
         let target = Arc::new(AtomicU64::new(u64::MAX));
@@ -237,8 +335,7 @@ impl<P: Projection> Runner<P> {
         (
             Self {
                 js,
-                tree,
-                projection,
+                sink: Arc::new(sink),
                 spec,
                 position,
                 target,
@@ -280,10 +377,10 @@ impl<P: Projection> Runner<P> {
     }
 
     async fn flush(&self) -> Result<(), ProjectionError> {
-        self.tree
-            .flush_async()
+        let sink = self.sink.clone();
+        tokio::task::spawn_blocking(move || sink.flush())
             .await
-            .map(|_| ())
+            .map_err(|e| self.bus(format!("flush task failed: {e}")))?
             .map_err(|source| self.storage(source))
     }
 
@@ -306,19 +403,33 @@ impl<P: Projection> Runner<P> {
         stop: &CancellationToken,
         until_caught_up: bool,
     ) -> Result<(), ProjectionError> {
-        let mut checkpoint = read_checkpoint(&self.tree).map_err(|s| self.storage(s))?;
+        let mut checkpoint = self.sink.checkpoint().map_err(|s| self.storage(s))?;
         self.position.send_replace(checkpoint);
         let stream = self
             .js
             .get_stream(self.spec.stream)
             .await
             .map_err(|e| self.bus(e))?;
-        let last = stream
-            .get_info()
-            .await
-            .map_err(|e| self.bus(e))?
-            .state
-            .last_sequence;
+        let last = match self.spec.filter_subject {
+            None => {
+                stream
+                    .get_info()
+                    .await
+                    .map_err(|e| self.bus(e))?
+                    .state
+                    .last_sequence
+            }
+            Some(filter) => match stream.get_last_raw_message_by_subject(filter).await {
+                Ok(message) => message.sequence,
+                Err(e)
+                    if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                {
+                    0
+                }
+                Err(e) => return Err(self.bus(e)),
+            },
+        };
+        let filter_subject = self.spec.filter_subject.unwrap_or_default().to_owned();
         self.target.store(last, Ordering::Release);
         if until_caught_up && checkpoint >= last {
             return Ok(());
@@ -341,6 +452,7 @@ impl<P: Projection> Runner<P> {
                     ack_policy: consumer::AckPolicy::All,
                     max_ack_pending: (self.spec.batch * 16) as i64,
                     ack_wait: Duration::from_secs(30),
+                    filter_subject: filter_subject.clone(),
                     ..Default::default()
                 })
                 .await
@@ -357,6 +469,7 @@ impl<P: Projection> Runner<P> {
             stream
                 .create_consumer(pull::OrderedConfig {
                     deliver_policy,
+                    filter_subject,
                     ..Default::default()
                 })
                 .await
@@ -405,14 +518,11 @@ impl<P: Projection> Runner<P> {
                 last_message = Some(message);
             }
             if let Some(newest) = events.last().map(|e| e.seq) {
-                let tree = self.tree.clone();
-                let projection = self.projection.clone();
+                let sink = self.sink.clone();
                 let id = self.spec.id.clone();
-                tokio::task::spawn_blocking(move || {
-                    apply_events(&tree, &*projection, &id, &events)
-                })
-                .await
-                .map_err(|e| self.bus(format!("apply task failed: {e}")))??;
+                tokio::task::spawn_blocking(move || sink.apply(&id, &events))
+                    .await
+                    .map_err(|e| self.bus(format!("apply task failed: {e}")))??;
                 checkpoint = newest;
                 self.position.send_replace(checkpoint);
             }

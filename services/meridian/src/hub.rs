@@ -1,4 +1,4 @@
-//! The hub in one process: agent-gateway and inventory side by side, every
+//! The hub in one process: agent-gateway, inventory and scheduler side by side, every
 //! REST endpoint on one URL (routed by path), one OpenAPI document for all.
 
 use std::net::SocketAddr;
@@ -51,12 +51,17 @@ pub async fn start(config: HubConfig, stop: CancellationToken) -> anyhow::Result
         &config.api_key,
     ))
     .await?;
+    let mut scheduler_config = meridian_scheduler::Config::new(&config.nats_url, &config.api_key);
+    scheduler_config.replica = Some("hub".into());
+    let scheduler = meridian_scheduler::App::build(scheduler_config).await?;
 
     let mut checks = gateway.ready_checks();
     checks.extend(inventory.ready_checks());
+    checks.extend(scheduler.ready_checks());
     let api = OpenApiRouter::new()
         .merge(gateway.api())
-        .merge(inventory.api());
+        .merge(inventory.api())
+        .merge(scheduler.api());
     let router = http::service_router(api, checks, "Meridian hub");
 
     let http_listener = tokio::net::TcpListener::bind(&config.http_addr)
@@ -68,7 +73,7 @@ pub async fn start(config: HubConfig, stop: CancellationToken) -> anyhow::Result
     let http_addr = http_listener.local_addr()?;
     let grpc_addr = grpc_listener.local_addr()?;
 
-    let (s1, s2, s3) = (stop.clone(), stop.clone(), stop.clone());
+    let (s1, s2, s3, s4) = (stop.clone(), stop.clone(), stop.clone(), stop.clone());
     let tasks = vec![
         (
             "http",
@@ -92,6 +97,15 @@ pub async fn start(config: HubConfig, stop: CancellationToken) -> anyhow::Result
             tokio::spawn(async move {
                 inventory
                     .run_until_stopped(s3)
+                    .await
+                    .map_err(|e| e.to_string())
+            }),
+        ),
+        (
+            "scheduler",
+            tokio::spawn(async move {
+                scheduler
+                    .run_until_stopped(s4)
                     .await
                     .map_err(|e| e.to_string())
             }),

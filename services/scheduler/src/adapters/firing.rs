@@ -1,0 +1,243 @@
+//! The firing loop. It sleeps until the earliest due time of any job (or until
+//! the jobs change), then for each due job:
+//!
+//! 1. claims the due time by publishing `Fired` on the job's fire subject,
+//!    expecting the subject's last sequence to be the job's newest firing as
+//!    this replica knows it. JetStream stores the claim only if nobody fired
+//!    since, and deduplicates the same (job, due time) from another replica,
+//!    so with any number of replicas one claim wins per due time;
+//! 2. the winner asks agent-gateway, over core NATS, to push a sync request
+//!    to the agent (no responder: the agent is offline, and the firing is
+//!    reported as skipped);
+//! 3. the winner appends the outcome (`FireOutcome`), with the run ids that
+//!    the run history joins with the sync log.
+//!
+//! A replica that dies between 1 and 3 leaves a firing without outcome; the
+//! run history shows it as such. Firing again would break "once per due time".
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_kit::CancellationToken;
+use meridian_kit::bus::{self, BusError, Publisher, SyncRequestError};
+use meridian_kit::projection::Progress;
+use meridian_kit::time::now_ms;
+use meridian_schemas::schedule::{Outcome, ScheduleEvent};
+use meridian_schemas::{AgentId, EventMeta, JobId};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::adapters::folds::{State, read};
+use crate::domain::Due;
+
+/// Longest sleep between two looks at the schedule, so a missed wake-up costs
+/// at most this much lateness.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+/// What the loop needs.
+#[derive(Clone)]
+pub struct Firer {
+    /// The folds.
+    pub state: State,
+    /// Progress of the jobs fold, to read our own claims back.
+    pub jobs_progress: Progress,
+    /// Appends to `SCHEDULE`.
+    pub publisher: Publisher,
+    /// Core NATS, for sync requests.
+    pub client: async_nats::Client,
+    /// This replica's name, recorded in each firing.
+    pub replica: String,
+    /// How long to wait for agent-gateway to answer a sync request.
+    pub request_patience: Duration,
+}
+
+/// A due job, copied out of the fold.
+struct Claim {
+    job_id: JobId,
+    agent_id: AgentId,
+    provider: String,
+    expected_last: u64,
+    due: Due,
+}
+
+impl Firer {
+    /// Fires due jobs until `stop`.
+    pub async fn run_until_stopped(self, stop: CancellationToken) {
+        let this = Arc::new(self);
+        let mut in_flight: HashSet<JobId> = HashSet::new();
+        let mut tasks = JoinSet::new();
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<JobId>();
+        let mut changes = this.jobs_progress.subscribe();
+        tracing::info!(replica = %this.replica, "scheduler firing loop started");
+        loop {
+            let now = now_ms();
+            let (due, next) = this.plan(now, &in_flight);
+            for claim in due {
+                in_flight.insert(claim.job_id);
+                let firer = this.clone();
+                let done = done_tx.clone();
+                tasks.spawn(async move {
+                    let job = claim.job_id;
+                    firer.fire(claim).await;
+                    let _ = done.send(job);
+                });
+            }
+            let sleep = next
+                .map(|at| Duration::from_millis(u64::try_from(at - now).unwrap_or(0)))
+                .unwrap_or(MAX_SLEEP)
+                .min(MAX_SLEEP);
+            tokio::select! {
+                () = stop.cancelled() => break,
+                changed = changes.changed() => if changed.is_err() { break },
+                Some(job) = done_rx.recv() => {
+                    in_flight.remove(&job);
+                    while let Ok(job) = done_rx.try_recv() {
+                        in_flight.remove(&job);
+                    }
+                }
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                () = tokio::time::sleep(sleep) => {}
+            }
+        }
+        // Let claims already made report their outcome.
+        let _ = tokio::time::timeout(Duration::from_secs(5), tasks.join_all()).await;
+    }
+
+    /// The jobs due at `now` (not already being fired), and the earliest
+    /// future due time of the others. Jobs of deleted agents never fire.
+    fn plan(&self, now: i64, in_flight: &HashSet<JobId>) -> (Vec<Claim>, Option<i64>) {
+        let jobs = read(&self.state.jobs);
+        let agents = read(&self.state.agents);
+        let mut due = Vec::new();
+        let mut next: Option<i64> = None;
+        for job in jobs.all() {
+            if in_flight.contains(&job.job_id) || agents.get(job.agent_id).is_none() {
+                continue;
+            }
+            match job.due_at(now) {
+                Some(d) => due.push(Claim {
+                    job_id: job.job_id,
+                    agent_id: job.agent_id,
+                    provider: job.provider.clone(),
+                    expected_last: job.last_fire_seq,
+                    due: d,
+                }),
+                None if !job.paused => {
+                    let at = job.next_due();
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                }
+                None => {}
+            }
+        }
+        (due, next)
+    }
+
+    async fn fire(&self, claim: Claim) {
+        let fired_at_ms = now_ms();
+        let fired = ScheduleEvent::Fired {
+            job_id: claim.job_id,
+            agent_id: claim.agent_id,
+            due_ms: claim.due.due_ms,
+            missed: claim.due.missed,
+            fired_at_ms,
+            replica: self.replica.clone(),
+        };
+        let meta = EventMeta {
+            occurred_at_ms: fired_at_ms,
+            ..Default::default()
+        };
+        match self
+            .publisher
+            .publish_expecting(&fired, meta, claim.expected_last)
+            .await
+        {
+            Ok(ack) if !ack.duplicate => {
+                self.jobs_progress
+                    .wait_for(ack.sequence, Duration::from_secs(10))
+                    .await;
+            }
+            Ok(_) | Err(BusError::WrongLastSequence { .. }) => {
+                tracing::debug!(job = %claim.job_id, due = claim.due.due_ms, "another replica fired this due time");
+                self.wait_until_fired(claim.job_id, claim.due.due_ms).await;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(job = %claim.job_id, error = %e, "could not claim a due time; will retry");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return;
+            }
+        }
+        let outcome = match bus::request_sync(
+            &self.client,
+            claim.agent_id,
+            Some(claim.provider.clone()),
+            self.request_patience,
+        )
+        .await
+        {
+            Ok(runs) => Outcome::Delivered { runs },
+            Err(
+                e @ (SyncRequestError::NotConnected(_)
+                | SyncRequestError::StreamClosed(_)
+                | SyncRequestError::TimedOut(_)),
+            ) => Outcome::AgentOffline {
+                reason: e.to_string(),
+            },
+            Err(e @ (SyncRequestError::UnknownProvider { .. } | SyncRequestError::Failed(_))) => {
+                Outcome::Refused {
+                    reason: e.to_string(),
+                }
+            }
+        };
+        match &outcome {
+            Outcome::Delivered { runs } => tracing::info!(
+                job = %claim.job_id, agent = %claim.agent_id, provider = %claim.provider,
+                due = claim.due.due_ms, late_ms = fired_at_ms - claim.due.due_ms,
+                missed = claim.due.missed, runs = runs.len(), "sync job fired"
+            ),
+            Outcome::AgentOffline { reason } | Outcome::Refused { reason } => tracing::warn!(
+                job = %claim.job_id, agent = %claim.agent_id, provider = %claim.provider,
+                due = claim.due.due_ms, %reason, "sync job fired but not delivered"
+            ),
+        }
+        let report = ScheduleEvent::FireOutcome {
+            job_id: claim.job_id,
+            agent_id: claim.agent_id,
+            due_ms: claim.due.due_ms,
+            outcome,
+        };
+        for attempt in 1..=5 {
+            let meta = EventMeta {
+                occurred_at_ms: now_ms(),
+                ..Default::default()
+            };
+            match self.publisher.publish(&report, meta).await {
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(job = %claim.job_id, attempt, error = %e, "could not record a firing's outcome");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+            }
+        }
+    }
+
+    /// Waits (a bounded time) until the jobs fold shows a firing of `job` at
+    /// or after `due_ms`, so the loop does not try the same due time again.
+    async fn wait_until_fired(&self, job: JobId, due_ms: i64) {
+        let mut changes = self.jobs_progress.subscribe();
+        let seen = || {
+            read(&self.state.jobs)
+                .get(job)
+                .is_none_or(|j| j.firings.last().is_some_and(|f| f.due_ms >= due_ms))
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while !seen() {
+                if changes.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}

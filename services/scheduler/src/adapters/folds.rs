@@ -1,0 +1,53 @@
+//! The scheduler's state: three in-memory folds, rebuilt from the log at
+//! every start (`SCHEDULE`, `AGENTS`, and the run starts and ends of `SYNC`).
+
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use meridian_kit::projection::{Fold, StoredEvent};
+use meridian_schemas::agents::AgentEvent;
+use meridian_schemas::schedule::ScheduleEvent;
+use meridian_schemas::sync::SyncEvent;
+
+use crate::domain::{Agents, Jobs, Runs};
+
+impl Fold for Jobs {
+    fn apply(&mut self, stored: &StoredEvent) -> Result<(), String> {
+        let event: ScheduleEvent = stored.envelope.open().map_err(|e| e.to_string())?;
+        Jobs::apply(self, event, stored.seq);
+        Ok(())
+    }
+}
+
+impl Fold for Agents {
+    fn apply(&mut self, stored: &StoredEvent) -> Result<(), String> {
+        let event: AgentEvent = stored.envelope.open().map_err(|e| e.to_string())?;
+        Agents::apply(self, event);
+        Ok(())
+    }
+}
+
+impl Fold for Runs {
+    fn apply(&mut self, stored: &StoredEvent) -> Result<(), String> {
+        let event: SyncEvent = stored.envelope.open().map_err(|e| e.to_string())?;
+        Runs::apply(self, &event);
+        Ok(())
+    }
+}
+
+/// The three folds, shared between their runners (the writers), the firing
+/// loop and the API (readers hold a lock only while they copy what they need).
+#[derive(Clone, Default)]
+pub struct State {
+    /// Jobs and their firings.
+    pub jobs: Arc<RwLock<Jobs>>,
+    /// Registered agents and their providers.
+    pub agents: Arc<RwLock<Agents>>,
+    /// Sync runs.
+    pub runs: Arc<RwLock<Runs>>,
+}
+
+/// Reads a fold. A panic while a fold was being applied halts its runner
+/// anyway, so a poisoned lock still holds the last consistent state.
+pub fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
