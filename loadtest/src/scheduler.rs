@@ -81,7 +81,7 @@ async fn main() -> anyhow::Result<()> {
     // Creating the jobs must end before the first is due.
     let lead_ms = 20_000 + (n as i64) * 4;
     let t0 = now_ms() + lead_ms;
-    let due = |i: usize| t0 + (i as i64 * WINDOW_MS) / n as i64;
+    let due = move |i: usize| t0 + (i as i64 * WINDOW_MS) / n as i64;
     let created = std::time::Instant::now();
     let api = Arc::new(api);
     let results: Vec<anyhow::Result<()>> = futures_util::stream::iter(0..n)
