@@ -10,7 +10,7 @@
 //! several due times passed unfired (no scheduler was running), the job fires
 //! once, for the latest of them, and records how many it folded in.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use meridian_schemas::agents::{AgentEvent, ProviderRef};
 use meridian_schemas::schedule::{Cadence, Outcome, ScheduleEvent};
@@ -129,15 +129,45 @@ impl Job {
     }
 }
 
-/// Every job, folded from the `SCHEDULE` stream.
+/// Every job, folded from the `SCHEDULE` stream, with an index of each
+/// unpaused job's next due time so the firing loop finds due jobs without
+/// looking at the others.
 #[derive(Debug, Default)]
 pub struct Jobs {
     jobs: BTreeMap<JobId, Job>,
+    by_next_due: BTreeSet<(i64, JobId)>,
 }
 
 impl Jobs {
     /// Applies one event stored at `seq`. Replays and duplicates are no-ops.
     pub fn apply(&mut self, event: ScheduleEvent, seq: u64) {
+        let job_id = event.job_id();
+        if let Some(job) = self.jobs.get(&job_id).filter(|j| !j.paused) {
+            self.by_next_due.remove(&(job.next_due(), job_id));
+        }
+        self.apply_to_jobs(event, seq);
+        if let Some(job) = self.jobs.get(&job_id).filter(|j| !j.paused) {
+            self.by_next_due.insert((job.next_due(), job_id));
+        }
+    }
+
+    /// Unpaused jobs whose next due time is at or before `now_ms`, earliest
+    /// first.
+    pub fn due_by(&self, now_ms: i64) -> impl Iterator<Item = &Job> {
+        self.by_next_due
+            .range(..=(now_ms, JobId(uuid::Uuid::max())))
+            .filter_map(|(_, id)| self.jobs.get(id))
+    }
+
+    /// The earliest next due time after `now_ms` of any unpaused job.
+    pub fn next_due_after(&self, now_ms: i64) -> Option<i64> {
+        self.by_next_due
+            .range((now_ms.saturating_add(1), JobId(uuid::Uuid::nil()))..)
+            .next()
+            .map(|(at, _)| *at)
+    }
+
+    fn apply_to_jobs(&mut self, event: ScheduleEvent, seq: u64) {
         match event {
             ScheduleEvent::JobCreated {
                 job_id,
@@ -220,11 +250,6 @@ impl Jobs {
     /// The jobs of one agent, by id.
     pub fn of_agent(&self, agent: AgentId) -> impl Iterator<Item = &Job> {
         self.jobs.values().filter(move |j| j.agent_id == agent)
-    }
-
-    /// Every job.
-    pub fn all(&self) -> impl Iterator<Item = &Job> {
-        self.jobs.values()
     }
 }
 
@@ -579,6 +604,63 @@ mod tests {
                 reason: "first".into()
             })
         );
+    }
+
+    #[test]
+    fn the_due_index_follows_firings_pauses_and_deletions() {
+        let mut jobs = Jobs::default();
+        let agent = AgentId::new_random();
+        let ids: Vec<JobId> = (0..3).map(|_| JobId::new_random()).collect();
+        for (i, id) in ids.iter().enumerate() {
+            jobs.apply(
+                ScheduleEvent::JobCreated {
+                    job_id: *id,
+                    agent_id: agent,
+                    provider: "p".into(),
+                    cadence: Cadence {
+                        repeat_every_ms: HOUR,
+                        start_from_ms: i as i64 * MIN,
+                    },
+                    at_ms: 0,
+                },
+                i as u64 + 1,
+            );
+        }
+        let due = |jobs: &Jobs, at| jobs.due_by(at).map(|j| j.job_id).collect::<Vec<_>>();
+        assert_eq!(due(&jobs, MIN), vec![ids[0], ids[1]]);
+        assert_eq!(jobs.next_due_after(MIN), Some(2 * MIN));
+        jobs.apply(
+            ScheduleEvent::Fired {
+                job_id: ids[0],
+                agent_id: agent,
+                due_ms: 0,
+                missed: 0,
+                fired_at_ms: 1,
+                replica: "r".into(),
+            },
+            4,
+        );
+        jobs.apply(
+            ScheduleEvent::JobChanged {
+                job_id: ids[1],
+                agent_id: agent,
+                cadence: jobs.get(ids[1]).unwrap().cadence,
+                paused: true,
+                at_ms: 0,
+                change_id: uuid::Uuid::new_v4(),
+            },
+            5,
+        );
+        jobs.apply(
+            ScheduleEvent::JobDeleted {
+                job_id: ids[2],
+                agent_id: agent,
+            },
+            6,
+        );
+        assert_eq!(due(&jobs, 30 * MIN), Vec::<JobId>::new());
+        assert_eq!(jobs.next_due_after(30 * MIN), Some(HOUR as i64));
+        assert_eq!(due(&jobs, HOUR as i64), vec![ids[0]]);
     }
 
     #[test]

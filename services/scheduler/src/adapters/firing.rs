@@ -105,32 +105,24 @@ impl Firer {
     }
 
     /// The jobs due at `now` (not already being fired), and the earliest
-    /// future due time of the others. Jobs of deleted agents never fire.
+    /// future due time. Jobs of deleted agents never fire.
     fn plan(&self, now: i64, in_flight: &HashSet<JobId>) -> (Vec<Claim>, Option<i64>) {
         let jobs = read(&self.state.jobs);
         let agents = read(&self.state.agents);
-        let mut due = Vec::new();
-        let mut next: Option<i64> = None;
-        for job in jobs.all() {
-            if in_flight.contains(&job.job_id) || agents.get(job.agent_id).is_none() {
-                continue;
-            }
-            match job.due_at(now) {
-                Some(d) => due.push(Claim {
+        let due = jobs
+            .due_by(now)
+            .filter(|job| !in_flight.contains(&job.job_id) && agents.get(job.agent_id).is_some())
+            .filter_map(|job| {
+                job.due_at(now).map(|due| Claim {
                     job_id: job.job_id,
                     agent_id: job.agent_id,
                     provider: job.provider.clone(),
                     expected_last: job.last_fire_seq,
-                    due: d,
-                }),
-                None if !job.paused => {
-                    let at = job.next_due();
-                    next = Some(next.map_or(at, |n| n.min(at)));
-                }
-                None => {}
-            }
-        }
-        (due, next)
+                    due,
+                })
+            })
+            .collect();
+        (due, jobs.next_due_after(now))
     }
 
     async fn fire(&self, claim: Claim) {
