@@ -23,7 +23,7 @@ async fn one_url_serves_every_endpoint_and_the_openapi_document() {
     let hub = start(config, stop.clone()).await.unwrap();
     let url = format!("http://{}", hub.http_addr);
     let running = tokio::spawn(hub.run_until_stopped(Duration::from_secs(5)));
-    let api = Api::new(&url, &url);
+    let api = Api::new(&url, &url).with_scheduler(&url);
     let http = reqwest::Client::new();
     assert!(
         eventually(Duration::from_secs(20), || async {
@@ -64,6 +64,9 @@ async fn one_url_serves_every_endpoint_and_the_openapi_document() {
         "/api/apis/{id}",
         "/api/providers",
         "/api/repository/digest",
+        "/api/agents/{id}/sync-jobs",
+        "/api/agents/{id}/sync-jobs/{job_id}",
+        "/api/agents/{id}/sync-jobs/{job_id}/runs",
     ] {
         assert!(paths.contains(&p), "{p} missing from {paths:?}");
     }
@@ -81,10 +84,12 @@ async fn one_url_serves_every_endpoint_and_the_openapi_document() {
         200
     );
 
-    // Both services answer on the one URL.
+    // Every service answers on the one URL.
     let (id, _) = api.register_agent("via-hub").await;
     assert_eq!(api.get(&format!("/api/agents/{id}")).await.0, 200);
     assert_eq!(api.get("/api/apis").await.0, 200);
+    let (code, jobs) = api.get(&format!("/api/agents/{id}/sync-jobs")).await;
+    assert_eq!((code, jobs), (200, serde_json::json!([])));
     let (code, body) = api.get("/api/nothing-here").await;
     assert_eq!((code, body["error"].as_str()), (404, Some("not_found")));
 
