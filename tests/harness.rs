@@ -232,9 +232,14 @@ impl Api {
         if path.contains("/sync-jobs") {
             return format!("{}{path}", self.scheduler);
         }
-        let inventory = ["/api/apis", "/api/providers", "/api/repository"]
-            .iter()
-            .any(|p| path.starts_with(p));
+        let inventory = [
+            "/api/apis",
+            "/api/providers",
+            "/api/repository",
+            "/api/events",
+        ]
+        .iter()
+        .any(|p| path.starts_with(p));
         format!(
             "{}{path}",
             if inventory {
@@ -454,4 +459,45 @@ pub async fn stream_count(js: &async_nats::jetstream::Context, stream: &str) -> 
         .unwrap()
         .state
         .messages
+}
+
+/// The public CloudEvents on subjects matching `filter`, in stream order.
+pub async fn public_events(js: &async_nats::jetstream::Context, filter: &str) -> Vec<Value> {
+    use futures_util::StreamExt;
+    let Ok(stream) = js.get_stream(meridian_schemas::public::EVENTS).await else {
+        return Vec::new();
+    };
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: filter.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut pending = consumer.cached_info().num_pending;
+    let mut out = Vec::new();
+    let mut messages = consumer.messages().await.unwrap();
+    while pending > 0 {
+        let m = messages.next().await.unwrap().unwrap();
+        pending = m.info().unwrap().pending;
+        let mut event: Value = serde_json::from_slice(&m.payload).unwrap();
+        event["_subject"] = Value::String(m.subject.to_string());
+        out.push(event);
+    }
+    out
+}
+
+/// Waits until the public stream holds `n` events matching `filter`, and
+/// returns them (or fails, showing what is there).
+pub async fn wait_for_public(
+    js: &async_nats::jetstream::Context,
+    filter: &str,
+    n: usize,
+) -> Vec<Value> {
+    let got = eventually(Duration::from_secs(30), || async {
+        let events = public_events(js, filter).await;
+        (events.len() >= n).then_some(events)
+    })
+    .await;
+    got.unwrap_or_else(|| panic!("fewer than {n} public events on {filter}"))
 }

@@ -11,6 +11,8 @@
 //! - [`agents`], [`sync`], [`lifecycle`], [`schedule`]: the event types of
 //!   the `AGENTS`, `AGENT_HEARTBEATS`, `SYNC`, `API_LIFECYCLE` and `SCHEDULE`
 //!   streams.
+//! - [`public`]: the public events (CloudEvents JSON on `MERIDIAN_EVENTS`)
+//!   that outside consumers subscribe to, and their JSON Schemas.
 //! - [`commands`]: request/reply commands sent over core NATS between services.
 //!
 //! postcard is not self-describing: fields and variants are only ever
@@ -22,6 +24,7 @@ pub mod commands;
 pub mod envelope;
 pub mod ids;
 pub mod lifecycle;
+pub mod public;
 pub mod schedule;
 pub mod streams;
 pub mod sync;

@@ -43,6 +43,8 @@ pub struct LifecycleEvent {
     pub agent_id: AgentId,
     /// The provider the API lives in.
     pub provider: String,
+    /// The provider's kind (`tyk`, `aws`, ...).
+    pub provider_type: String,
     /// The API's name at the time.
     pub name: String,
     /// The API's version at the time.
@@ -62,7 +64,8 @@ pub struct LifecycleEvent {
 }
 
 impl Event for LifecycleEvent {
-    const SCHEMA_VERSION: u16 = 1;
+    // 2: added `provider_type`.
+    const SCHEMA_VERSION: u16 = 2;
     const STREAM: &'static str = streams::API_LIFECYCLE;
 
     fn event_type(&self) -> &'static str {

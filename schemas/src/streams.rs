@@ -26,6 +26,7 @@ pub fn stream_subjects(stream: &str) -> &'static str {
         SYNC => "sync.>",
         API_LIFECYCLE => "lifecycle.>",
         SCHEDULE => "schedule.>",
+        crate::public::EVENTS => crate::public::ALL_EVENTS,
         other => panic!("unknown stream {other}"),
     }
 }

@@ -1,6 +1,7 @@
 //! End-to-end tests: real nats-server, real services, agents over gRPC.
 
 mod bad_input;
+mod events;
 mod hub;
 mod restart;
 mod schedule;

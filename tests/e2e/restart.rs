@@ -72,6 +72,9 @@ async fn inventory_killed_mid_sync_loses_and_duplicates_nothing_and_rebuild_matc
             .iter()
             .all(|e| e.kind == meridian_schemas::lifecycle::LifecycleKind::Created)
     );
+    let public = wait_for_public(&nats.js, "events.api.>", N).await;
+    let public_ids: HashSet<_> = public.iter().map(|e| e["id"].to_string()).collect();
+    assert_eq!(public_ids.len(), N, "one public event per API, none twice");
     let (live, position) = live_digest(&api).await;
 
     // A restart republishes nothing and changes nothing.
@@ -111,6 +114,11 @@ async fn inventory_killed_mid_sync_loses_and_duplicates_nothing_and_rebuild_matc
         stream_count(&nats.js, streams::API_LIFECYCLE).await,
         N as u64,
         "rebuild must not re-emit"
+    );
+    assert_eq!(
+        public_events(&nats.js, "events.api.>").await.len(),
+        N,
+        "restarts and rebuilds publish no public event twice"
     );
     assert_eq!(live_digest(&api).await.0, live);
 

@@ -1,4 +1,6 @@
-//! Adapters: sled storage of the repository and the lifecycle outbox publisher.
+//! Adapters: sled storage of the repository, the lifecycle outbox publisher,
+//! and the public stream (relay, agent status watcher, reads).
 
 pub mod outbox;
+pub mod public;
 pub mod store;

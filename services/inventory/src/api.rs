@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::adapters::store::{ApiFilter, Queries, StatusFilter};
+use crate::adapters::public::{self, Start};
+use crate::adapters::store::{self, ApiFilter, Queries, StatusFilter};
 use crate::domain::{ApiRecord, HistoryEntry, RunRecord, RunResult};
 
 /// Largest page a listing returns.
@@ -32,6 +33,8 @@ pub fn router(state: ApiState) -> OpenApiRouter {
     OpenApiRouter::new()
         .routes(routes!(list_apis))
         .routes(routes!(get_api))
+        .routes(routes!(api_history))
+        .routes(routes!(list_events))
         .routes(routes!(list_providers))
         .routes(routes!(digest))
         .with_state(state)
@@ -419,4 +422,97 @@ async fn digest(State(s): State<ApiState>) -> Result<Json<DigestView>, ApiError>
         .digest()
         .map_err(|e| ApiError::internal("digest failed", e))?;
     Ok(Json(DigestView { digest, position }))
+}
+
+/// An API's lifecycle, oldest first: the same CloudEvents the public stream
+/// carries for it (kept here after the stream's retention drops them).
+#[utoipa::path(get, path = "/api/apis/{id}/history", tag = "events", params(("id" = String, Path)),
+    security(("api_key" = [])),
+    responses((status = 200, body = Vec<Object>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn api_history(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    let api_id = parse_api_id(&id)?;
+    let (record, _) = s
+        .queries
+        .get(api_id)
+        .map_err(|e| ApiError::internal("reading the API failed", e))?
+        .ok_or_else(|| ApiError::not_found(format!("no API with id {api_id}")))?;
+    let provider_type = s
+        .queries
+        .provider_type(record.agent_id, &record.provider)
+        .map_err(|e| ApiError::internal("reading the provider failed", e))?;
+    let events = record
+        .history
+        .iter()
+        .map(|entry| {
+            let event = store::lifecycle_event(&record, entry, &provider_type);
+            serde_json::to_value(meridian_schemas::public::api_event(&event))
+                .expect("a CloudEvent always serializes")
+        })
+        .collect();
+    Ok(Json(events))
+}
+
+/// `GET /api/events` parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// `created`, `updated`, `deleted`, `restored` or `status_changed` (or
+    /// the full `io.meridian....` type).
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+    /// Only this provider's API events.
+    pub provider: Option<String>,
+    /// Start at this time: RFC 3339, or a duration back from now (`1h`, `7d`).
+    pub since: Option<String>,
+    /// Start after this cursor (`next_after` of the previous page); wins over `since`.
+    pub after: Option<u64>,
+    /// Most events returned (default 100, at most 1000).
+    pub limit: Option<usize>,
+}
+
+/// A page of public events.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EventsPageView {
+    /// CloudEvents, oldest first.
+    pub events: Vec<serde_json::Value>,
+    /// Pass as `after` to continue where this page ended.
+    pub next_after: u64,
+}
+
+/// Poll the public events (the `MERIDIAN_EVENTS` stream) without NATS access.
+#[utoipa::path(get, path = "/api/events", tag = "events", params(EventsQuery),
+    security(("api_key" = [])),
+    responses((status = 200, body = EventsPageView), (status = 400, body = ErrorBody)))]
+async fn list_events(
+    State(s): State<ApiState>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<EventsPageView>, ApiError> {
+    let filter =
+        meridian_schemas::public::filter_for(q.event_type.as_deref(), q.provider.as_deref())
+            .map_err(|e| ApiError::new(meridian_kit::http::ErrorCode::InvalidArgument, e))?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid_field(
+            "limit",
+            "must be between 1 and 1000",
+        ));
+    }
+    let start = match (q.after, q.since.as_deref()) {
+        (Some(after), _) => Start::After(after),
+        (None, Some(since)) => Start::Since(
+            meridian_kit::time::parse_since(since, now_ms())
+                .map_err(|e| ApiError::invalid_field("since", e))?,
+        ),
+        (None, None) => Start::After(0),
+    };
+    let page = public::read_events(&s.js, &filter, start, limit)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("the public stream is not available: {e}")))?;
+    Ok(Json(EventsPageView {
+        events: page.events,
+        next_after: page.last_seq,
+    }))
 }

@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use meridian_kit::CancellationToken;
 use meridian_kit::bus::{self, Publisher};
-use meridian_kit::config::{Secret, admin_key};
+use meridian_kit::config::{HumanDuration, Secret, admin_key};
 use meridian_kit::http::{self, ApiKey, ReadyCheck};
 use meridian_kit::projection::{self, ConsumerKind, Progress, ProjectionSpec, Runner};
 use meridian_schemas::streams;
 use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::adapters::{outbox, store};
+use crate::adapters::{outbox, public, store};
 use crate::api;
 
 /// Environment prefix of the configuration.
@@ -36,6 +36,9 @@ pub struct Config {
     /// Most `SYNC` messages applied per transaction.
     #[serde(default = "default_batch")]
     pub batch: usize,
+    /// How long the public stream `MERIDIAN_EVENTS` keeps events.
+    #[serde(default = "default_events_retention")]
+    pub events_retention: HumanDuration,
 }
 
 fn default_http_addr() -> String {
@@ -46,6 +49,9 @@ fn default_data_dir() -> PathBuf {
 }
 fn default_batch() -> usize {
     1024
+}
+fn default_events_retention() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(30 * 86_400))
 }
 
 impl Config {
@@ -58,6 +64,7 @@ impl Config {
             data_dir,
             api_key: Some(Secret::new(api_key)),
             batch: default_batch(),
+            events_retention: default_events_retention(),
         }
     }
 }
@@ -160,6 +167,18 @@ impl App {
             ],
         )
         .await?;
+        if config.events_retention.0 < std::time::Duration::from_secs(60) {
+            return Err(meridian_kit::config::ConfigError {
+                message: format!("{ENV_PREFIX}EVENTS_RETENTION must be at least 1m"),
+            }
+            .into());
+        }
+        js.create_or_update_stream(public::stream_config(config.events_retention.0))
+            .await
+            .map_err(|e| bus::BusError::Stream {
+                stream: meridian_schemas::public::EVENTS.into(),
+                message: e.to_string(),
+            })?;
         let (db, tree) = open_tree(&config.data_dir).await?;
         let (runner, progress) = Runner::new(
             js.clone(),
@@ -196,7 +215,8 @@ impl App {
         ]
     }
 
-    /// Runs the projection and the lifecycle publisher until `stop`.
+    /// Runs the projection, the lifecycle publisher, the public relay and the
+    /// agent status watcher until `stop`.
     pub async fn run_until_stopped(self, stop: CancellationToken) -> Result<(), AppError> {
         let outbox = tokio::spawn(outbox::run_until_stopped(
             self.tree.clone(),
@@ -204,9 +224,12 @@ impl App {
             self.progress.clone(),
             stop.clone(),
         ));
+        let js = self.publisher.context().clone();
+        let relay = tokio::spawn(public::relay_until_stopped(js.clone(), stop.clone()));
+        let status = tokio::spawn(public::watch_status_until_stopped(js, stop.clone()));
         let result = self.runner.run_until_stopped(stop.clone()).await;
         stop.cancel();
-        let _ = outbox.await;
+        let _ = tokio::join!(outbox, relay, status);
         self.tree
             .flush_async()
             .await

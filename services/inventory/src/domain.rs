@@ -66,6 +66,10 @@ pub struct HistoryEntry {
     pub changed: Vec<String>,
     /// The causing sync message's stream sequence.
     pub source_seq: u64,
+    /// The API's name after the change.
+    pub name: String,
+    /// The API's version after the change.
+    pub version: String,
 }
 
 /// How a run ended (or that it has not).
@@ -205,6 +209,8 @@ pub fn observe(
         content_hash: obs.content_hash.to_owned(),
         changed,
         source_seq: obs.seq,
+        name: def.name.clone(),
+        version: def.version.clone(),
     };
     let Some(existing) = existing else {
         let change = entry(LifecycleKind::Created, Vec::new());
@@ -357,6 +363,8 @@ pub fn delete(record: &mut ApiRecord, run: &RunRecord, at_ms: i64, seq: u64) -> 
         content_hash: record.content_hash.clone(),
         changed: Vec::new(),
         source_seq: seq,
+        name: record.name.clone(),
+        version: record.version.clone(),
     };
     record.history.push(entry.clone());
     entry

@@ -235,7 +235,7 @@ fn apply_api(
                 &provider,
             );
         }
-        emit(ctx, &observed.record, &change);
+        emit(ctx, &observed.record, &change, &provider.provider_type);
     }
     Ok(())
 }
@@ -276,7 +276,7 @@ fn end_run(
             let change = domain::delete(&mut record, &run, at, seq);
             put(ctx, &api_key(api_id), &record);
             ctx.insert(key.to_vec(), &index_value(order, true)[..]);
-            emit(ctx, &record, &change);
+            emit(ctx, &record, &change, &provider.provider_type);
             deleted += 1;
         }
         provider.active = provider.active.saturating_sub(deleted);
@@ -295,21 +295,32 @@ fn end_run(
     Ok(())
 }
 
-fn emit(ctx: &mut Ctx<'_>, record: &ApiRecord, change: &HistoryEntry) {
-    let event = LifecycleEvent {
+fn emit(ctx: &mut Ctx<'_>, record: &ApiRecord, change: &HistoryEntry, provider_type: &str) {
+    let event = lifecycle_event(record, change, provider_type);
+    put(ctx, &outbox_key(change.source_seq, record.api_id), &event);
+}
+
+/// The lifecycle event of one history entry of an API: what the outbox
+/// publishes when the change happens, and what the history shows later.
+pub fn lifecycle_event(
+    record: &ApiRecord,
+    change: &HistoryEntry,
+    provider_type: &str,
+) -> LifecycleEvent {
+    LifecycleEvent {
         api_id: record.api_id,
         kind: change.kind,
         agent_id: record.agent_id,
         provider: record.provider.clone(),
-        name: record.name.clone(),
-        version: record.version.clone(),
+        provider_type: provider_type.to_owned(),
+        name: change.name.clone(),
+        version: change.version.clone(),
         content_hash: change.content_hash.clone(),
         run_id: change.run_id,
         changed: change.changed.clone(),
         source_seq: change.source_seq,
         at_ms: change.at_ms,
-    };
-    put(ctx, &outbox_key(change.source_seq, record.api_id), &event);
+    }
 }
 
 /// Read access to the repository.
@@ -392,6 +403,20 @@ impl Queries {
         let rec = postcard::from_bytes(&rec).map_err(|e| e.to_string())?;
         let def = postcard::from_bytes(&def).map_err(|e| e.to_string())?;
         Ok(Some((rec, def)))
+    }
+
+    /// The kind of a provider (empty when unknown).
+    pub fn provider_type(&self, agent: AgentId, provider: &str) -> Result<String, String> {
+        match self
+            .tree
+            .get(provider_key(agent, provider))
+            .map_err(|e| e.to_string())?
+        {
+            Some(v) => postcard::from_bytes::<ProviderRecord>(&v)
+                .map(|p| p.provider_type)
+                .map_err(|e| e.to_string()),
+            None => Ok(String::new()),
+        }
     }
 
     /// Every provider seen in a sync.

@@ -1,0 +1,411 @@
+//! The public events: what outside consumers subscribe to, in any language.
+//!
+//! CloudEvents 1.0 in structured JSON mode (the NATS binding: the message body
+//! is the whole event, `content-type: application/cloudevents+json`) on the
+//! `MERIDIAN_EVENTS` stream. Each event type has a JSON Schema in
+//! `schemas/json/` (generated from these types; a test fails when they
+//! disagree) and `schemas/asyncapi.yaml` documents the channels.
+//!
+//! Subjects, filterable with ordinary NATS wildcards:
+//! - `events.api.<kind>.<agent id>.<provider>`: `kind` is `created`,
+//!   `updated`, `deleted` or `restored`;
+//! - `events.agent.status_changed.<agent id>`.
+//!
+//! `<provider>` is the provider name escaped by [`escape_token`]: every byte
+//! other than `A-Z a-z 0-9 - _` is written `%XX` (upper-case hex of the UTF-8
+//! byte), so `team.a payments` becomes `team%2Ea%20payments`. A dot, space,
+//! `*` or `>` in a name can never change routing.
+//!
+//! Event ids are deterministic (UUID v5 of the change's identity), and every
+//! publish carries `Nats-Msg-Id` = the event id: consumers may dedupe on `id`.
+
+use serde::{Deserialize, Serialize};
+use utoipa::{PartialSchema, ToSchema};
+use uuid::Uuid;
+
+use crate::ids::{AgentId, MERIDIAN_NAMESPACE};
+use crate::lifecycle::{LifecycleEvent, LifecycleKind};
+
+/// The public stream.
+pub const EVENTS: &str = "MERIDIAN_EVENTS";
+/// `source` of API lifecycle events.
+pub const API_SOURCE: &str = "urn:meridian:inventory";
+/// `source` of agent status events.
+pub const AGENT_SOURCE: &str = "urn:meridian:agents";
+/// The NATS header and value of structured-mode CloudEvents.
+pub const CONTENT_TYPE: (&str, &str) = ("content-type", "application/cloudevents+json");
+
+/// Every public event type, with the file of its JSON Schema.
+pub const EVENT_TYPES: [(&str, &str); 5] = [
+    ("io.meridian.api.created", "api.created.json"),
+    ("io.meridian.api.updated", "api.updated.json"),
+    ("io.meridian.api.deleted", "api.deleted.json"),
+    ("io.meridian.api.restored", "api.restored.json"),
+    (
+        "io.meridian.agent.status_changed",
+        "agent.status_changed.json",
+    ),
+];
+
+/// A CloudEvent in structured JSON mode.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloudEvent<D> {
+    /// Always `1.0`.
+    pub specversion: String,
+    /// Deterministic: the same change always has the same id.
+    pub id: String,
+    /// Which part of Meridian emitted it.
+    pub source: String,
+    /// `io.meridian.api.<kind>` or `io.meridian.agent.status_changed`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The API id, or the agent id.
+    pub subject: String,
+    /// When the change happened (RFC 3339).
+    pub time: String,
+    /// Always `application/json`.
+    pub datacontenttype: String,
+    /// The payload.
+    pub data: D,
+}
+
+/// `data` of the API lifecycle events.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiEventData {
+    /// The API's repository id.
+    #[schema(format = Uuid)]
+    pub api_id: String,
+    /// The agent that reported it.
+    #[schema(format = Uuid)]
+    pub agent_id: String,
+    /// The provider it lives in (unescaped).
+    pub provider: String,
+    /// The provider's kind (`tyk`, `aws`, ...).
+    pub provider_type: String,
+    /// The API's name at the time of the change.
+    pub name: String,
+    /// The API's version at the time of the change.
+    pub version: String,
+    /// SHA-256 (hex) of the normalized definition after the change.
+    pub definition_hash: String,
+    /// The sync run that caused the change.
+    #[schema(format = Uuid)]
+    pub run_id: String,
+    /// For `updated`: what changed, among `name`, `version`, `paths`,
+    /// `upstream`, `auth`, `tags`, `stages`, `spec`, `raw`. Empty otherwise.
+    pub changed: Vec<String>,
+}
+
+/// `data` of `io.meridian.agent.status_changed`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentStatusData {
+    /// The agent.
+    #[schema(format = Uuid)]
+    pub agent_id: String,
+    /// The new status.
+    #[schema(pattern = "^(ACTIVE|INACTIVE)$")]
+    pub status: String,
+    /// The status before.
+    #[schema(pattern = "^(ACTIVE|INACTIVE)$")]
+    pub previous_status: String,
+    /// The newest heartbeat the hub had received (RFC 3339).
+    pub last_heartbeat: String,
+}
+
+/// Escapes a subject token: bytes outside `A-Z a-z 0-9 - _` become `%XX`.
+pub fn escape_token(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for b in raw.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The subject of an API lifecycle event.
+pub fn api_subject(kind: LifecycleKind, agent: AgentId, provider: &str) -> String {
+    format!(
+        "events.api.{}.{agent}.{}",
+        kind.as_str(),
+        escape_token(provider)
+    )
+}
+
+/// The subject of an agent's status changes.
+pub fn agent_status_subject(agent: AgentId) -> String {
+    format!("events.agent.status_changed.{agent}")
+}
+
+/// A subject filter for API events of one kind and/or one provider (every
+/// kind / provider when `None`).
+pub fn api_filter(kind: Option<LifecycleKind>, provider: Option<&str>) -> String {
+    format!(
+        "events.api.{}.*.{}",
+        kind.map_or("*", LifecycleKind::as_str),
+        provider.map_or_else(|| "*".to_owned(), escape_token)
+    )
+}
+
+/// Every subject of the public stream.
+pub const ALL_EVENTS: &str = "events.>";
+
+/// The subject filter for a consumer that wants one event type (`created`,
+/// `updated`, `deleted`, `restored`, `status_changed`, or the full
+/// `io.meridian....` name) and/or one provider's events. The error says which
+/// argument is wrong.
+pub fn filter_for(event_type: Option<&str>, provider: Option<&str>) -> Result<String, String> {
+    let short = event_type.map(|t| {
+        t.strip_prefix("io.meridian.api.")
+            .or_else(|| t.strip_prefix("io.meridian.agent."))
+            .unwrap_or(t)
+    });
+    let kind = match short {
+        None => None,
+        Some("created") => Some(LifecycleKind::Created),
+        Some("updated") => Some(LifecycleKind::Updated),
+        Some("deleted") => Some(LifecycleKind::Deleted),
+        Some("restored") => Some(LifecycleKind::Restored),
+        Some("status_changed") => {
+            return match provider {
+                Some(_) => Err("provider: agent status events have no provider".into()),
+                None => Ok("events.agent.status_changed.*".into()),
+            };
+        }
+        Some(other) => {
+            return Err(format!(
+                "type: unknown event type {other:?} (created, updated, deleted, restored, status_changed)"
+            ));
+        }
+    };
+    if let Some(p) = provider
+        && p.is_empty()
+    {
+        return Err("provider: must not be empty".into());
+    }
+    Ok(match (kind, provider) {
+        (None, None) => ALL_EVENTS.into(),
+        (kind, provider) => api_filter(kind, provider),
+    })
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| "0001-01-01T00:00:00.000Z".to_owned())
+}
+
+fn event_id(identity: &str) -> String {
+    Uuid::new_v5(&MERIDIAN_NAMESPACE, identity.as_bytes()).to_string()
+}
+
+/// The public form of an API lifecycle change.
+pub fn api_event(e: &LifecycleEvent) -> CloudEvent<ApiEventData> {
+    CloudEvent {
+        specversion: "1.0".into(),
+        id: event_id(&format!(
+            "public:api:{}:{}:{}",
+            e.api_id,
+            e.kind.as_str(),
+            e.source_seq
+        )),
+        source: API_SOURCE.into(),
+        event_type: format!("io.meridian.api.{}", e.kind.as_str()),
+        subject: e.api_id.to_string(),
+        time: rfc3339(e.at_ms),
+        datacontenttype: "application/json".into(),
+        data: ApiEventData {
+            api_id: e.api_id.to_string(),
+            agent_id: e.agent_id.to_string(),
+            provider: e.provider.clone(),
+            provider_type: e.provider_type.clone(),
+            name: e.name.clone(),
+            version: e.version.clone(),
+            definition_hash: e.content_hash.clone(),
+            run_id: e.run_id.to_string(),
+            changed: e.changed.clone(),
+        },
+    }
+}
+
+/// The public form of an agent's status change. `since_ms` identifies the
+/// change (the heartbeat that began the active period, or the instant the
+/// agent's last heartbeat expired), so recomputing it yields the same id.
+pub fn agent_status_event(
+    agent: AgentId,
+    active: bool,
+    since_ms: i64,
+    last_heartbeat_ms: Option<i64>,
+) -> CloudEvent<AgentStatusData> {
+    let (status, previous) = if active {
+        ("ACTIVE", "INACTIVE")
+    } else {
+        ("INACTIVE", "ACTIVE")
+    };
+    CloudEvent {
+        specversion: "1.0".into(),
+        id: event_id(&format!("public:agent:{agent}:{status}:{since_ms}")),
+        source: AGENT_SOURCE.into(),
+        event_type: "io.meridian.agent.status_changed".into(),
+        subject: agent.to_string(),
+        time: rfc3339(since_ms),
+        datacontenttype: "application/json".into(),
+        data: AgentStatusData {
+            agent_id: agent.to_string(),
+            status: status.into(),
+            previous_status: previous.into(),
+            last_heartbeat: last_heartbeat_ms
+                .map_or_else(|| "0001-01-01T00:00:00.000Z".to_owned(), rfc3339),
+        },
+    }
+}
+
+/// The JSON Schema (2020-12) of one public event type, as checked in under
+/// `schemas/json/`: the CloudEvents attributes with `type` fixed, and `data`
+/// from the Rust type.
+pub fn json_schema(event_type: &str) -> Option<serde_json::Value> {
+    let file = EVENT_TYPES
+        .iter()
+        .find(|(t, _)| *t == event_type)
+        .map(|(_, f)| *f)?;
+    let (data, source) = if event_type.starts_with("io.meridian.api.") {
+        (
+            serde_json::to_value(ApiEventData::schema()).ok()?,
+            API_SOURCE,
+        )
+    } else {
+        (
+            serde_json::to_value(AgentStatusData::schema()).ok()?,
+            AGENT_SOURCE,
+        )
+    };
+    Some(serde_json::json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": format!("https://meridian.dev/schemas/{file}"),
+        "title": event_type,
+        "description": "A Meridian public event: CloudEvents 1.0, structured JSON mode.",
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["specversion", "id", "source", "type", "subject", "time", "datacontenttype", "data"],
+        "properties": {
+            "specversion": {"const": "1.0"},
+            "id": {"type": "string", "format": "uuid"},
+            "source": {"const": source},
+            "type": {"const": event_type},
+            "subject": {"type": "string", "format": "uuid"},
+            "time": {"type": "string", "format": "date-time"},
+            "datacontenttype": {"const": "application/json"},
+            "data": data,
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_keeps_routing_characters_out_of_tokens() {
+        assert_eq!(escape_token("tyk-provider_1"), "tyk-provider_1");
+        assert_eq!(escape_token("team.a payments"), "team%2Ea%20payments");
+        assert_eq!(escape_token("a*b>c%"), "a%2Ab%3Ec%25");
+        assert_eq!(escape_token("ü"), "%C3%BC");
+        for name in ["team.a payments", "*", ">", "a.b.c", "x y\tz"] {
+            let token = escape_token(name);
+            assert!(
+                !token.contains(['.', '*', '>', ' ', '\t']),
+                "{name:?} -> {token:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn filters_select_by_type_and_provider() {
+        assert_eq!(filter_for(None, None).unwrap(), "events.>");
+        assert_eq!(
+            filter_for(Some("deleted"), None).unwrap(),
+            "events.api.deleted.*.*"
+        );
+        assert_eq!(
+            filter_for(Some("io.meridian.api.updated"), Some("team.a payments")).unwrap(),
+            "events.api.updated.*.team%2Ea%20payments"
+        );
+        assert_eq!(filter_for(None, Some("tyk")).unwrap(), "events.api.*.*.tyk");
+        assert_eq!(
+            filter_for(Some("status_changed"), None).unwrap(),
+            "events.agent.status_changed.*"
+        );
+        assert!(
+            filter_for(Some("status_changed"), Some("x"))
+                .unwrap_err()
+                .starts_with("provider")
+        );
+        assert!(
+            filter_for(Some("exploded"), None)
+                .unwrap_err()
+                .starts_with("type")
+        );
+    }
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(1_685_620_800_123), "2023-06-01T12:00:00.123Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    /// The checked-in schemas are what the Rust types say. To regenerate:
+    /// `MERIDIAN_WRITE_SCHEMAS=1 cargo test -p meridian-schemas`.
+    #[test]
+    fn checked_in_json_schemas_match_the_rust_types() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("json");
+        for (event_type, file) in EVENT_TYPES {
+            let generated = json_schema(event_type).unwrap();
+            let path = dir.join(file);
+            if std::env::var_os("MERIDIAN_WRITE_SCHEMAS").is_some() {
+                std::fs::create_dir_all(&dir).unwrap();
+                let text = serde_json::to_string_pretty(&generated).unwrap() + "\n";
+                std::fs::write(&path, text).unwrap();
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e}; regenerate with MERIDIAN_WRITE_SCHEMAS=1",
+                    path.display()
+                )
+            });
+            let checked_in: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(
+                checked_in,
+                generated,
+                "{} disagrees with the Rust types; regenerate with MERIDIAN_WRITE_SCHEMAS=1 and review the diff",
+                path.display()
+            );
+        }
+    }
+
+    #[test]
+    fn asyncapi_documents_every_event_type_and_schema() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("asyncapi.yaml");
+        let doc = std::fs::read_to_string(&path).unwrap();
+        for (event_type, file) in EVENT_TYPES {
+            assert!(doc.contains(event_type), "asyncapi.yaml lacks {event_type}");
+            assert!(
+                doc.contains(&format!("json/{file}")),
+                "asyncapi.yaml lacks json/{file}"
+            );
+        }
+        for channel in [
+            "events.api.{kind}.{agentId}.{provider}",
+            "events.agent.status_changed.{agentId}",
+        ] {
+            assert!(
+                doc.contains(channel),
+                "asyncapi.yaml lacks channel {channel}"
+            );
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! The public stream `MERIDIAN_EVENTS`: CloudEvents JSON for outside consumers.
+//!
+//! - The **relay** republishes every `API_LIFECYCLE` event (which the outbox
+//!   writes exactly once per change) as a CloudEvent. It reads through a
+//!   durable consumer whose position lives on the server, so neither a restart
+//!   nor a `rebuild` of the local repository moves it back; each publish
+//!   carries `Nats-Msg-Id` = the event's deterministic id, so a redelivery
+//!   after a crash is stored once.
+//! - The **status watcher** follows `AGENT_HEARTBEATS` and publishes
+//!   `io.meridian.agent.status_changed` when an agent turns ACTIVE or
+//!   INACTIVE. It knows the last status it published per agent from the public
+//!   stream itself, and publishes conditionally on that subject's last
+//!   sequence, so a restart (or a second instance) never publishes a change
+//!   twice.
+//! - [`read_events`] serves `GET /api/events` to consumers without NATS.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::header::{HeaderMap, NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, NATS_MESSAGE_ID};
+use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
+use futures_util::StreamExt;
+use meridian_kit::CancellationToken;
+use meridian_kit::bus::{AckWindow, BusError};
+use meridian_kit::time::now_ms;
+use meridian_schemas::agents::Heartbeat;
+use meridian_schemas::lifecycle::LifecycleEvent;
+use meridian_schemas::public::{self, AgentStatusData, CloudEvent};
+use meridian_schemas::{AgentId, Envelope, streams};
+use serde::Serialize;
+
+/// The relay's durable consumer on `API_LIFECYCLE`.
+pub const RELAY_CONSUMER: &str = "inventory-public-relay";
+const RELAY_BATCH: usize = 256;
+/// How long the public stream remembers message ids: covers a relay crash and
+/// restart (the relay's unacked messages come back after its ack wait).
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
+
+/// The public stream's configuration: file storage, events kept for
+/// `retention` (30 days by default).
+pub fn stream_config(retention: Duration) -> stream::Config {
+    let mut config = meridian_kit::bus::stream_config(public::EVENTS);
+    config.max_age = retention;
+    config.duplicate_window = DUPLICATE_WINDOW.min(retention);
+    config
+}
+
+fn headers(id: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(NATS_MESSAGE_ID, id);
+    headers.insert(public::CONTENT_TYPE.0, public::CONTENT_TYPE.1);
+    headers
+}
+
+fn json<D: Serialize>(event: &CloudEvent<D>) -> bytes::Bytes {
+    serde_json::to_vec(event)
+        .expect("a CloudEvent always serializes")
+        .into()
+}
+
+/// Relays `API_LIFECYCLE` to the public stream until `stop`.
+pub async fn relay_until_stopped(js: jetstream::Context, stop: CancellationToken) {
+    loop {
+        let result = tokio::select! {
+            () = stop.cancelled() => return,
+            r = relay(&js) => r,
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "relaying lifecycle events to the public stream failed; retrying");
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+async fn relay(js: &jetstream::Context) -> Result<(), String> {
+    let stream = js
+        .get_stream(streams::API_LIFECYCLE)
+        .await
+        .map_err(|e| e.to_string())?;
+    let consumer = stream
+        .get_or_create_consumer(
+            RELAY_CONSUMER,
+            consumer::pull::Config {
+                durable_name: Some(RELAY_CONSUMER.into()),
+                ack_policy: consumer::AckPolicy::All,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: (RELAY_BATCH * 8) as i64,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(RELAY_BATCH)
+        .messages()
+        .await
+        .map_err(|e| e.to_string())?;
+    loop {
+        let first = messages
+            .next()
+            .await
+            .ok_or("the lifecycle consumer ended")?
+            .map_err(|e| e.to_string())?;
+        let mut chunk = vec![first];
+        while chunk.len() < RELAY_BATCH {
+            match tokio::time::timeout(Duration::from_millis(2), messages.next()).await {
+                Ok(Some(m)) => chunk.push(m.map_err(|e| e.to_string())?),
+                _ => break,
+            }
+        }
+        let mut window = AckWindow::new(meridian_kit::bus::PUBLISH_WINDOW);
+        for message in &chunk {
+            let event: LifecycleEvent = Envelope::from_bytes(&message.payload)
+                .and_then(|e| e.open())
+                .map_err(|e| format!("undecodable lifecycle event: {e}"))?;
+            let public = public::api_event(&event);
+            let subject = public::api_subject(event.kind, event.agent_id, &event.provider);
+            let ack = js
+                .publish_with_headers(subject.clone(), headers(&public.id), json(&public))
+                .await
+                .map_err(|e| e.to_string())?;
+            window
+                .push_future(&subject, ack)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        window.flush().await.map_err(|e| e.to_string())?;
+        chunk
+            .last()
+            .expect("a chunk has a first message")
+            .ack()
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+}
+
+/// The last status published per agent, with its stream sequence.
+type Published = HashMap<AgentId, (bool, u64)>;
+
+/// Publishes agent status changes until `stop`.
+pub async fn watch_status_until_stopped(js: jetstream::Context, stop: CancellationToken) {
+    loop {
+        let result = tokio::select! {
+            () = stop.cancelled() => return,
+            r = watch_status(&js) => r,
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "agent status watcher failed; retrying");
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Reads the newest message of each subject matching `filter` in `stream`
+/// (by replaying it once with an ordered consumer).
+async fn replay(
+    js: &jetstream::Context,
+    stream: &str,
+    filter: &str,
+) -> Result<Vec<(u64, bytes::Bytes)>, String> {
+    let stream = js.get_stream(stream).await.map_err(|e| e.to_string())?;
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: filter.into(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut pending = consumer.cached_info().num_pending;
+    let mut out = Vec::new();
+    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    while pending > 0 {
+        let m = messages
+            .next()
+            .await
+            .ok_or("replay ended early")?
+            .map_err(|e| e.to_string())?;
+        let info = m.info().map_err(|e| e.to_string())?;
+        pending = info.pending;
+        out.push((info.stream_sequence, m.payload.clone()));
+    }
+    Ok(out)
+}
+
+async fn watch_status(js: &jetstream::Context) -> Result<(), String> {
+    let mut published: Published = HashMap::new();
+    for (seq, payload) in replay(js, public::EVENTS, "events.agent.status_changed.*").await? {
+        let event: CloudEvent<AgentStatusData> =
+            serde_json::from_slice(&payload).map_err(|e| e.to_string())?;
+        if let Ok(agent) = AgentId::parse(&event.data.agent_id) {
+            published.insert(agent, (event.data.status == "ACTIVE", seq));
+        }
+    }
+    let mut beats: HashMap<AgentId, Heartbeat> = HashMap::new();
+    let stream = js
+        .get_stream(streams::AGENT_HEARTBEATS)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut live = stream
+        .create_consumer(consumer::pull::OrderedConfig::default())
+        .await
+        .map_err(|e| e.to_string())?
+        .messages()
+        .await
+        .map_err(|e| e.to_string())?;
+    loop {
+        let now = now_ms();
+        for agent in beats.keys().copied().collect::<Vec<_>>() {
+            settle(js, &mut published, agent, &beats[&agent], now).await?;
+        }
+        // Wake for the next heartbeat, or when the first ACTIVE agent expires.
+        let next_expiry = beats
+            .iter()
+            .filter(|(a, _)| published.get(a).is_some_and(|(active, _)| *active))
+            .map(|(_, hb)| hb.active_until_ms)
+            .min();
+        let wait = next_expiry.map_or(Duration::from_secs(60), |at| {
+            Duration::from_millis(u64::try_from(at - now).unwrap_or(0) + 1)
+        });
+        match tokio::time::timeout(wait, live.next()).await {
+            Ok(Some(message)) => {
+                let message = message.map_err(|e| e.to_string())?;
+                let beat: Heartbeat = Envelope::from_bytes(&message.payload)
+                    .and_then(|e| e.open())
+                    .map_err(|e| format!("undecodable heartbeat: {e}"))?;
+                beats.insert(beat.agent_id, beat);
+            }
+            Ok(None) => return Err("the heartbeat consumer ended".into()),
+            Err(_) => {}
+        }
+    }
+}
+
+/// Publishes the agent's status if it differs from the last one published.
+async fn settle(
+    js: &jetstream::Context,
+    published: &mut Published,
+    agent: AgentId,
+    beat: &Heartbeat,
+    now: i64,
+) -> Result<(), String> {
+    let active = now < beat.active_until_ms;
+    let (was_active, last_seq) = published.get(&agent).copied().unwrap_or((false, 0));
+    if active == was_active {
+        return Ok(());
+    }
+    let since = if active {
+        beat.at_ms
+    } else {
+        beat.active_until_ms
+    };
+    let event = public::agent_status_event(agent, active, since, Some(beat.at_ms));
+    let subject = public::agent_status_subject(agent);
+    let mut headers = headers(&event.id);
+    headers.insert(
+        NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+        last_seq.to_string().as_str(),
+    );
+    let ack = js
+        .publish_with_headers(subject.clone(), headers, json(&event))
+        .await
+        .map_err(|e| e.to_string())?
+        .await;
+    match ack {
+        Ok(ack) => {
+            if !ack.duplicate {
+                tracing::info!(%agent, status = %event.data.status, "agent status changed");
+            }
+            published.insert(agent, (active, ack.sequence));
+            Ok(())
+        }
+        Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+            // Someone else published on this subject: learn what, and let the
+            // next round decide again.
+            let stream = js
+                .get_stream_no_info(public::EVENTS)
+                .await
+                .map_err(|e| e.to_string())?;
+            let last = stream
+                .get_last_raw_message_by_subject(&subject)
+                .await
+                .map_err(|e| e.to_string())?;
+            let event: CloudEvent<AgentStatusData> =
+                serde_json::from_slice(&last.payload).map_err(|e| e.to_string())?;
+            published.insert(agent, (event.data.status == "ACTIVE", last.sequence));
+            Ok(())
+        }
+        Err(e) => Err(BusError::Publish {
+            subject,
+            message: e.to_string(),
+        }
+        .to_string()),
+    }
+}
+
+/// A page of public events.
+pub struct EventsPage {
+    /// The events, oldest first, as stored (CloudEvents JSON).
+    pub events: Vec<serde_json::Value>,
+    /// The stream sequence of the last event returned: pass it as `after` to
+    /// get the next page (0 when nothing was returned and nothing precedes).
+    pub last_seq: u64,
+}
+
+/// Where a read of the public stream starts.
+#[derive(Clone, Copy, Debug)]
+pub enum Start {
+    /// After this stream sequence.
+    After(u64),
+    /// At this time (ms since the epoch).
+    Since(i64),
+}
+
+/// Reads up to `limit` public events on subjects matching `filter`.
+pub async fn read_events(
+    js: &jetstream::Context,
+    filter: &str,
+    from: Start,
+    limit: usize,
+) -> Result<EventsPage, String> {
+    if let Start::Since(ms) = from
+        && ms > now_ms()
+    {
+        // JetStream starts a future start time at the first message it has.
+        return Ok(EventsPage {
+            events: Vec::new(),
+            last_seq: 0,
+        });
+    }
+    let deliver_policy = match from {
+        Start::After(seq) => consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: seq + 1,
+        },
+        Start::Since(ms) => consumer::DeliverPolicy::ByStartTime {
+            start_time: time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+                .map_err(|e| e.to_string())?,
+        },
+    };
+    let stream = js
+        .get_stream(public::EVENTS)
+        .await
+        .map_err(|e| e.to_string())?;
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: filter.into(),
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut pending = consumer.cached_info().num_pending;
+    let mut page = EventsPage {
+        events: Vec::new(),
+        last_seq: match from {
+            Start::After(seq) => seq,
+            Start::Since(_) => 0,
+        },
+    };
+    if pending == 0 {
+        return Ok(page);
+    }
+    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    while pending > 0 && page.events.len() < limit {
+        let m = tokio::time::timeout(Duration::from_secs(5), messages.next())
+            .await
+            .map_err(|_| "the public stream did not answer in time")?
+            .ok_or("the public stream consumer ended")?
+            .map_err(|e| e.to_string())?;
+        let info = m.info().map_err(|e| e.to_string())?;
+        pending = info.pending;
+        page.last_seq = info.stream_sequence;
+        page.events
+            .push(serde_json::from_slice(&m.payload).map_err(|e| e.to_string())?);
+    }
+    Ok(page)
+}
