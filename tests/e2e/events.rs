@@ -210,6 +210,49 @@ async fn each_change_is_one_valid_cloudevent_in_order_with_history_and_polling()
         );
     }
 
+    // `meridian events tail` prints the same events, as JSON or as lines.
+    let mut args = meridian::events::TailArgs {
+        nats_url: nats.url(),
+        provider: Some("tyk-main".into()),
+        event_type: None,
+        since: Some("1h".into()),
+        json: true,
+        count: Some(6),
+    };
+    let mut out = Vec::new();
+    tokio::time::timeout(T, meridian::events::tail(&args, &mut out))
+        .await
+        .expect("tail printed six events")
+        .unwrap();
+    let printed: Vec<Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        printed.iter().map(|e| e["id"].clone()).collect::<Vec<_>>(),
+        events.iter().map(|e| e["id"].clone()).collect::<Vec<_>>()
+    );
+    (args.json, args.event_type, args.count) = (false, Some("updated".into()), Some(1));
+    let mut out = Vec::new();
+    tokio::time::timeout(T, meridian::events::tail(&args, &mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let line = String::from_utf8(out).unwrap();
+    assert!(
+        line.contains("api.updated")
+            && line.contains("tyk/tyk-main")
+            && line.contains("Beta Two")
+            && line.contains("changed: name"),
+        "{line}"
+    );
+    args.event_type = Some("bogus".into());
+    let err = meridian::events::tail(&args, &mut Vec::new())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().starts_with("--type"), "{err}");
+
     // A restart and a rebuild publish nothing again.
     inv.stop().await;
     meridian_inventory::rebuild(meridian_inventory::Config::new(

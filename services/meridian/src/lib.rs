@@ -3,13 +3,16 @@
 //! The `meridian` command: `meridian up` runs the whole hub on one machine
 //! (a child `nats-server -js`, every hub service in this process with all REST
 //! endpoints on one URL, a demo Tyk-compatible provider and a demo agent);
-//! the other subcommands call the hub's REST API.
+//! `meridian events tail` follows the public events on NATS; the other
+//! subcommands call the hub's REST API.
 //!
 //! Modules: [`hub`] (in-process composition), [`up`] (the launcher),
-//! [`cli`] (REST client commands), [`demo_provider`], [`demo_agent`].
+//! [`cli`] (REST client commands), [`events`] (`events tail`),
+//! [`demo_provider`], [`demo_agent`].
 
 pub mod cli;
 pub mod demo_agent;
 pub mod demo_provider;
+pub mod events;
 pub mod hub;
 pub mod up;

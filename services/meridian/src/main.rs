@@ -40,6 +40,9 @@ enum Command {
     Apis(ApisCmd),
     /// Providers with API counts, agent status and last sync.
     Providers,
+    /// Follow the public events (API lifecycle, agent status).
+    #[command(subcommand)]
+    Events(meridian::events::EventsCmd),
     /// Rebuild the API Repository from the log (stop the hub first).
     Rebuild {
         /// NATS URL.
@@ -70,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Agents(cmd) => cli::agents(&client()?, cmd).await,
         Command::Apis(cmd) => cli::apis(&client()?, cmd).await,
         Command::Providers => cli::providers(&client()?).await,
+        Command::Events(cmd) => meridian::events::run(cmd).await,
         Command::Rebuild {
             ref nats_url,
             ref data_dir,
