@@ -67,6 +67,8 @@ async fn one_url_serves_every_endpoint_and_the_openapi_document() {
         "/api/agents/{id}/sync-jobs",
         "/api/agents/{id}/sync-jobs/{job_id}",
         "/api/agents/{id}/sync-jobs/{job_id}/runs",
+        "/api/apis/{id}/history",
+        "/api/events",
     ] {
         assert!(paths.contains(&p), "{p} missing from {paths:?}");
     }

@@ -5,9 +5,14 @@
 //! the rules), and emits API lifecycle events (`created`, `updated`,
 //! `deleted`, `restored`) on `API_LIFECYCLE` exactly once per change.
 //!
-//! Consumes: `SYNC` (durable consumer `inventory-repository`); reads the
-//! latest heartbeat per agent from `AGENT_HEARTBEATS`.
-//! Publishes: `API_LIFECYCLE` (`lifecycle.api.<kind>`).
+//! It also feeds the public stream `MERIDIAN_EVENTS` (CloudEvents JSON): a
+//! relay republishes `API_LIFECYCLE`, and a watcher publishes agent status
+//! changes (see [`adapters::public`]).
+//!
+//! Consumes: `SYNC` (durable consumer `inventory-repository`),
+//! `API_LIFECYCLE` (durable consumer `inventory-public-relay`),
+//! `AGENT_HEARTBEATS`.
+//! Publishes: `API_LIFECYCLE` (`lifecycle.api.<kind>`), `MERIDIAN_EVENTS`.
 //!
 //! Modules:
 //! - [`domain`]: records and reconciliation rules (pure).

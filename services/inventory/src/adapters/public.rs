@@ -2,10 +2,13 @@
 //!
 //! - The **relay** republishes every `API_LIFECYCLE` event (which the outbox
 //!   writes exactly once per change) as a CloudEvent. It reads through a
-//!   durable consumer whose position lives on the server, so neither a restart
-//!   nor a `rebuild` of the local repository moves it back; each publish
-//!   carries `Nats-Msg-Id` = the event's deterministic id, so a redelivery
-//!   after a crash is stored once.
+//!   durable consumer whose position (ack floor) lives on the server, so
+//!   neither a restart nor a `rebuild` of the local repository moves it back.
+//!   After a crash it resumes at the ack floor and republishes what was not
+//!   acknowledged; each publish carries `Nats-Msg-Id` = the event's
+//!   deterministic id, so within the stream's 10-minute duplicate window the
+//!   repeat is stored once (after a longer outage a consumer could see an id
+//!   twice, which is why consumers dedupe on `id`).
 //! - The **status watcher** follows `AGENT_HEARTBEATS` and publishes
 //!   `io.meridian.agent.status_changed` when an agent turns ACTIVE or
 //!   INACTIVE. It knows the last status it published per agent from the public
@@ -80,17 +83,25 @@ async fn relay(js: &jetstream::Context) -> Result<(), String> {
         .get_stream(streams::API_LIFECYCLE)
         .await
         .map_err(|e| e.to_string())?;
+    // Resume at the server-side ack floor, recreating the consumer there:
+    // with ack-all, messages an earlier (crashed) relay received but never
+    // acked would otherwise be acked by the next ack, unpublished.
+    let deliver_policy = match stream.consumer_info(RELAY_CONSUMER).await {
+        Ok(info) => consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: info.ack_floor.stream_sequence + 1,
+        },
+        Err(_) => consumer::DeliverPolicy::All,
+    };
+    let _ = stream.delete_consumer(RELAY_CONSUMER).await;
     let consumer = stream
-        .get_or_create_consumer(
-            RELAY_CONSUMER,
-            consumer::pull::Config {
-                durable_name: Some(RELAY_CONSUMER.into()),
-                ack_policy: consumer::AckPolicy::All,
-                ack_wait: Duration::from_secs(30),
-                max_ack_pending: (RELAY_BATCH * 8) as i64,
-                ..Default::default()
-            },
-        )
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(RELAY_CONSUMER.into()),
+            deliver_policy,
+            ack_policy: consumer::AckPolicy::All,
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: (RELAY_BATCH * 8) as i64,
+            ..Default::default()
+        })
         .await
         .map_err(|e| e.to_string())?;
     let mut messages = consumer
