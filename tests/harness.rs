@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use meridian::demo_agent::{self, AgentConfig, ProviderConfig, Source};
+use meridian_agent::providers::{ProviderConfig, Source};
+use meridian_agent::session::{self, SessionConfig};
 use meridian_kit::CancellationToken;
 use meridian_kit::nats_server::NatsServer;
 use meridian_schemas::lifecycle::LifecycleEvent;
@@ -391,10 +392,10 @@ pub struct Agent {
 impl Agent {
     /// Connects an agent with the given providers (name, type, source).
     pub fn start(grpc_url: &str, token: &str, providers: Vec<(&str, &str, MemorySource)>) -> Self {
-        let config = AgentConfig {
-            hub: grpc_url.to_owned(),
-            token: token.to_owned(),
-            providers: providers
+        let config = SessionConfig::new(
+            grpc_url,
+            token,
+            providers
                 .into_iter()
                 .map(|(name, t, source)| ProviderConfig {
                     name: name.into(),
@@ -402,9 +403,9 @@ impl Agent {
                     source: Arc::new(source),
                 })
                 .collect(),
-        };
+        );
         let stop = CancellationToken::new();
-        let handle = tokio::spawn(demo_agent::run_until_stopped(config, stop.clone()));
+        let handle = tokio::spawn(session::run_until_stopped(config, stop.clone()));
         Self { stop, handle }
     }
 

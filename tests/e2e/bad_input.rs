@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use meridian::demo_agent::connect;
+use meridian_agent::session::connect;
 use meridian_schemas::proto::{
     HealthMessage, Hello, Provider, SyncMessage, SyncStarted, health_message, sync_message,
 };

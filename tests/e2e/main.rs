@@ -1,5 +1,6 @@
 //! End-to-end tests: real nats-server, real services, agents over gRPC.
 
+mod agent;
 mod bad_input;
 mod events;
 mod hub;

@@ -23,6 +23,8 @@ use serde_json::{Map, Value};
 pub const ENV_PREFIX: &str = "MERIDIAN_AGENT_";
 /// Prefix of the governance agent's documented variables, accepted as aliases.
 pub const ALIAS_PREFIX: &str = "TYK_AGENT_";
+/// The variable naming the configuration file (not a setting itself).
+pub const CONFIG_PATH_VAR: &str = "MERIDIAN_AGENT_CONFIG";
 
 /// A configuration problem, naming the key (or variable) at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -470,7 +472,10 @@ pub fn from_sources(
     let vars: BTreeMap<String, String> = vars.into_iter().collect();
     // Aliases first, so the Meridian names override them.
     for prefix in [ALIAS_PREFIX, ENV_PREFIX] {
-        for (var, raw) in vars.iter().filter(|(k, _)| k.starts_with(prefix)) {
+        for (var, raw) in vars
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix) && *k != CONFIG_PATH_VAR)
+        {
             let (key, value) = env_override(var, raw)?;
             set_path(&mut root, key, value);
         }

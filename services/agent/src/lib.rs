@@ -3,10 +3,17 @@
 //! The governance agent that runs beside API providers, discovers their APIs
 //! and streams them to the hub over gRPC (`schemas/proto/agent.proto`).
 //!
-//! So far: [`config`], the documented `agent-config.yaml` with environment
-//! overrides and `TYK_AGENT_...` aliases. The connection, the providers, the
-//! health probe and leader election follow (issue 3); until then the
-//! development launcher's demo agent (`meridian::demo_agent`) speaks the
-//! protocol.
+//! Modules: [`config`] (the documented `agent-config.yaml` with environment
+//! overrides and `TYK_AGENT_...` aliases), [`session`] (the connection to
+//! the hub), [`providers`] (where APIs are discovered), [`probe`] (liveness
+//! and readiness).
+//!
+//! Not yet here (issue 3 is open): the AWS API Gateway provider, TLS towards
+//! the hub, and Kubernetes leader election. Configuration for all three is
+//! parsed and checked already; the agent refuses to start with an `aws`
+//! instance, TLS enabled or leader election enabled, saying so.
 
 pub mod config;
+pub mod probe;
+pub mod providers;
+pub mod session;

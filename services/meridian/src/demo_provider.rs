@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 /// APIs per page, as the Tyk Dashboard pages them.
 pub const PAGE_SIZE: usize = 10;
 
-/// The provider's APIs (Tyk classic definitions), shared so tests can change them.
+/// The provider's APIs, shared so tests can change them: Tyk classic
+/// definitions, or whole Dashboard entries (`{"api_definition": ..., "oas": ...}`).
 #[derive(Clone)]
 pub struct DemoProvider {
     /// Definitions served.
@@ -124,7 +125,14 @@ async fn list(
         .into_iter()
         .skip((n - 1) * PAGE_SIZE)
         .take(PAGE_SIZE)
-        .map(|d| json!({ "api_definition": d }))
+        .map(|d| {
+            // Whole entries (with `oas`) are served as they are.
+            if d.get("api_definition").is_some() {
+                d
+            } else {
+                json!({ "api_definition": d })
+            }
+        })
         .collect();
     (
         StatusCode::OK,

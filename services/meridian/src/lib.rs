@@ -8,10 +8,10 @@
 //!
 //! Modules: [`hub`] (in-process composition), [`up`] (the launcher),
 //! [`cli`] (REST client commands), [`events`] (`events tail`),
-//! [`demo_provider`], [`demo_agent`].
+//! [`demo_provider`]. The demo agent is `meridian-agent`'s session with the
+//! demo provider as its one Tyk provider.
 
 pub mod cli;
-pub mod demo_agent;
 pub mod demo_provider;
 pub mod events;
 pub mod hub;

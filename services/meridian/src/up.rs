@@ -8,9 +8,10 @@ use anyhow::Context;
 use meridian_kit::CancellationToken;
 use meridian_kit::nats_server::{self, NatsServer};
 
-use crate::demo_agent::{self, AgentConfig, ProviderConfig, TykDashboard};
 use crate::demo_provider::{self, DemoProvider};
 use crate::hub::{self, HubConfig};
+use meridian_agent::providers::{ProviderConfig, tyk::TykDashboard};
+use meridian_agent::session::{self, SessionConfig};
 
 /// Options of `meridian up`.
 #[derive(clap::Args, Debug, Clone)]
@@ -175,15 +176,15 @@ async fn start_demo(
         key: provider_key,
         http: reqwest::Client::new(),
     };
-    let config = AgentConfig {
-        hub: format!("http://{grpc}"),
-        token,
-        providers: vec![ProviderConfig {
+    let config = SessionConfig::new(
+        &format!("http://{grpc}"),
+        &token,
+        vec![ProviderConfig {
             name: "demo-tyk".into(),
             provider_type: "tyk".into(),
             source: Arc::new(source),
         }],
-    };
-    tokio::spawn(demo_agent::run_until_stopped(config, stop));
+    );
+    tokio::spawn(session::run_until_stopped(config, stop));
     Ok((provider_url, agent_id))
 }

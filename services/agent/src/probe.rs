@@ -1,0 +1,45 @@
+//! The health probe on `healthProbe.server.port`: `/healthz` answers while
+//! the process lives; `/readyz` says whether the hub streams are up and
+//! whether this replica leads, stands by, or does not elect (200 when
+//! connected, 503 otherwise).
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+/// What the probe reports.
+#[derive(Clone)]
+pub struct ProbeState {
+    /// Whether both streams to the hub are open.
+    pub link: watch::Receiver<bool>,
+    /// `leader`, `standby` or `not electing`.
+    pub role: watch::Receiver<&'static str>,
+}
+
+/// The probe's routes.
+pub fn router(state: ProbeState) -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(json!({"status": "alive"})) }),
+        )
+        .route("/readyz", get(ready))
+        .with_state(state)
+}
+
+async fn ready(State(s): State<ProbeState>) -> (StatusCode, axum::Json<Value>) {
+    let connected = *s.link.borrow();
+    let body = json!({
+        "hub": if connected { "connected" } else { "disconnected" },
+        "role": *s.role.borrow(),
+    });
+    let status = if connected {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body))
+}

@@ -1,0 +1,161 @@
+//! A Tyk Dashboard: `GET /api/apis?p=N` with the Dashboard key raw in
+//! `Authorization` (no `Bearer`), every page (ten APIs per page; the answer
+//! says how many pages there are). Classic and OAS APIs alike: an OAS API
+//! comes with its OpenAPI document under `oas`, which becomes the
+//! definition's `openapi`.
+
+use futures_util::future::BoxFuture;
+use meridian_schemas::proto::ApiDefinition;
+use serde_json::Value;
+
+use super::Source;
+
+/// Most pages followed, against a Dashboard that never stops paging.
+const MAX_PAGES: usize = 100_000;
+
+/// Reads a Tyk Dashboard.
+pub struct TykDashboard {
+    /// Base URL.
+    pub host: String,
+    /// Dashboard key.
+    pub key: String,
+    /// HTTP client.
+    pub http: reqwest::Client,
+}
+
+impl Source for TykDashboard {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ApiDefinition>, String>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for page in 1..=MAX_PAGES {
+                let url = format!("{}/api/apis?p={page}", self.host.trim_end_matches('/'));
+                let response = self
+                    .http
+                    .get(&url)
+                    .header("authorization", &self.key)
+                    .send()
+                    .await
+                    .map_err(|e| format!("GET {url}: {e}"))?;
+                let status = response.status();
+                if !status.is_success() {
+                    return Err(format!("GET {url}: HTTP {status}"));
+                }
+                let body: Value = response
+                    .json()
+                    .await
+                    .map_err(|e| format!("GET {url}: not a Dashboard answer: {e}"))?;
+                let apis = body["apis"]
+                    .as_array()
+                    .ok_or_else(|| format!("GET {url}: no `apis` array in the answer"))?;
+                for entry in apis {
+                    out.push(normalize_tyk(entry)?);
+                }
+                let pages = body["pages"].as_u64().unwrap_or(1) as usize;
+                if page >= pages || apis.is_empty() {
+                    return Ok(out);
+                }
+            }
+            Err(format!("gave up after {MAX_PAGES} pages"))
+        })
+    }
+}
+
+/// Maps one Dashboard entry (`{"api_definition": {...}, "oas": {...}}`) onto
+/// the normalized shape.
+pub fn normalize_tyk(entry: &Value) -> Result<ApiDefinition, String> {
+    let d = &entry["api_definition"];
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    let id = s(&d["api_id"]);
+    if id.is_empty() {
+        return Err(format!(
+            "an API without api_id: {}",
+            truncate(&d.to_string())
+        ));
+    }
+    let oas = entry.get("oas").filter(|o| o.is_object());
+    let mut auth = Vec::new();
+    for (flag, name) in [
+        ("use_keyless", "keyless"),
+        ("use_standard_auth", "authToken"),
+        ("enable_jwt", "jwt"),
+        ("use_oauth2", "oauth2"),
+        ("use_basic_auth", "basic"),
+        ("use_openid", "openid"),
+        ("enable_signature_checking", "hmac"),
+    ] {
+        if d[flag].as_bool() == Some(true) {
+            auth.push(name.to_owned());
+        }
+    }
+    if let Some(schemes) = oas.and_then(|o| o["components"]["securitySchemes"].as_object()) {
+        for name in schemes.keys() {
+            if !auth.contains(name) {
+                auth.push(name.clone());
+            }
+        }
+    }
+    let version = oas
+        .map(|o| s(&o["info"]["version"]))
+        .filter(|v| !v.is_empty())
+        .or_else(|| {
+            (d["version_data"]["not_versioned"].as_bool() == Some(false))
+                .then(|| s(&d["version_data"]["default_version"]))
+        })
+        .unwrap_or_default();
+    Ok(ApiDefinition {
+        provider_api_id: id,
+        name: s(&d["name"]),
+        version,
+        base_path: s(&d["proxy"]["listen_path"]),
+        upstream_url: s(&d["proxy"]["target_url"]),
+        auth_methods: auth,
+        tags: d["tags"]
+            .as_array()
+            .map(|t| t.iter().map(s).collect())
+            .unwrap_or_default(),
+        stages: Vec::new(),
+        openapi: oas.map(Value::to_string).unwrap_or_default(),
+        raw: d.to_string(),
+    })
+}
+
+fn truncate(s: &str) -> &str {
+    s.get(..200).unwrap_or(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn classic_and_oas_entries_normalize() {
+        let classic = json!({"api_definition": {
+            "api_id": "c1", "name": "Classic", "use_standard_auth": true, "tags": ["a"],
+            "proxy": {"listen_path": "/c/", "target_url": "http://up"},
+            "version_data": {"not_versioned": false, "default_version": "v2"}
+        }});
+        let c = normalize_tyk(&classic).unwrap();
+        assert_eq!(
+            (c.provider_api_id.as_str(), c.version.as_str()),
+            ("c1", "v2")
+        );
+        assert_eq!(c.auth_methods, vec!["authToken"]);
+        assert!(c.openapi.is_empty());
+
+        let oas = json!({
+            "api_definition": {"api_id": "o1", "name": "OAS", "is_oas": true,
+                "proxy": {"listen_path": "/o/", "target_url": "http://up2"}},
+            "oas": {"openapi": "3.0.3", "info": {"title": "OAS", "version": "1.4.0"},
+                "components": {"securitySchemes": {"bearerAuth": {"type": "http"}}}}
+        });
+        let o = normalize_tyk(&oas).unwrap();
+        assert_eq!(o.version, "1.4.0");
+        assert_eq!(o.auth_methods, vec!["bearerAuth"]);
+        assert_eq!(
+            serde_json::from_str::<Value>(&o.openapi).unwrap()["openapi"],
+            "3.0.3"
+        );
+        assert!(normalize_tyk(&json!({"api_definition": {}})).is_err());
+    }
+}
