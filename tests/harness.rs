@@ -502,3 +502,57 @@ pub async fn wait_for_public(
     .await;
     got.unwrap_or_else(|| panic!("fewer than {n} public events on {filter}"))
 }
+
+/// A `moto_server` (AWS mock) on a free port, killed on drop. It accepts any
+/// credentials: with IAM authentication on (`INITIAL_NO_AUTH_ACTION_COUNT`),
+/// moto 5.2.5 refuses correctly signed GET requests to API Gateway (botocore's
+/// own signer included), so the signer is checked against AWS's published
+/// example instead.
+pub struct Moto {
+    /// Base URL.
+    pub url: String,
+    child: std::process::Child,
+}
+
+impl Moto {
+    /// Starts one, or fails saying how to install it.
+    pub async fn start() -> Self {
+        let bin = std::env::var_os("MOTO_SERVER_BIN")
+            .map(PathBuf::from)
+            .or_else(|| {
+                let venv =
+                    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/moto_server");
+                venv.exists().then_some(venv)
+            })
+            .unwrap_or_else(|| PathBuf::from("moto_server"));
+        let port = meridian_kit::nats_server::free_port();
+        let child = std::process::Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {} ({e}): run scripts/setup (it installs moto[server] into .venv) or set MOTO_SERVER_BIN",
+                    bin.display()
+                )
+            });
+        let url = format!("http://127.0.0.1:{port}");
+        let up = eventually(Duration::from_secs(30), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await;
+        assert!(up.is_some(), "moto_server did not start on port {port}");
+        Self { url, child }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

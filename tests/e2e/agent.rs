@@ -64,13 +64,31 @@ async fn the_agent_binary_syncs_two_dashboards_and_goes_inactive_when_stopped() 
 
     // 23 classic and 2 OAS APIs: three pages of ten. A second, smaller one.
     let mut entries: Vec<Value> = (0..23)
-        .map(|i| tyk_api(&format!("c{i}"), &format!("Classic {i}"), &format!("/c{i}/"), "http://up", &["t"]))
+        .map(|i| {
+            tyk_api(
+                &format!("c{i}"),
+                &format!("Classic {i}"),
+                &format!("/c{i}/"),
+                "http://up",
+                &["t"],
+            )
+        })
         .collect();
     entries.push(oas_entry("o1", "OAS One"));
     entries.push(oas_entry("o2", "OAS Two"));
     let main = DemoProvider::new(entries, "main-key");
     let small = DemoProvider::new(
-        (0..5).map(|i| tyk_api(&format!("s{i}"), &format!("Small {i}"), "/s/", "http://up", &[])).collect(),
+        (0..5)
+            .map(|i| {
+                tyk_api(
+                    &format!("s{i}"),
+                    &format!("Small {i}"),
+                    "/s/",
+                    "http://up",
+                    &[],
+                )
+            })
+            .collect(),
         "small-key",
     );
     let (main_url, small_url) = (serve(&main).await, serve(&small).await);
@@ -142,7 +160,10 @@ instances:
     // One API gone from the main dashboard: the next sync deletes it.
     main.apis.write().unwrap().retain(|e| e["api_id"] != "c7");
     let (code, body) = api
-        .post(&format!("/api/agents/{agent_id}/sync"), &json!({"provider": "tyk-main"}))
+        .post(
+            &format!("/api/agents/{agent_id}/sync"),
+            &json!({"provider": "tyk-main"}),
+        )
         .await;
     assert_eq!(code, 202, "{body}");
     api.wait_for_total("deleted", 1, T).await;
@@ -156,7 +177,10 @@ instances:
         (shown["status"] == "INACTIVE").then_some(())
     })
     .await;
-    assert!(inactive.is_some(), "the agent stayed ACTIVE after it stopped");
+    assert!(
+        inactive.is_some(),
+        "the agent stayed ACTIVE after it stopped"
+    );
     api.wait_for_total("active", 29, T).await;
     inv.stop().await;
     gw.rest.stop().await;
@@ -193,7 +217,10 @@ async fn a_provider_that_fails_fails_only_its_own_run() {
         .spawn()
         .unwrap();
     api.wait_for_total("active", 1, T).await;
-    for (provider, mentions) in [("wrong-key", "401"), ("unreachable", "GET http://127.0.0.1")] {
+    for (provider, mentions) in [
+        ("wrong-key", "401"),
+        ("unreachable", "GET http://127.0.0.1"),
+    ] {
         let last = eventually(T, || async {
             let last = api.last_sync(provider).await;
             (!last.is_null()).then_some(last)
@@ -215,9 +242,18 @@ async fn a_provider_that_fails_fails_only_its_own_run() {
 async fn a_bad_configuration_stops_the_agent_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        ("governanceDashboard: {server: {url: \"h:1\"}, auth: {token: t}}\nrpc: {keepalive: {time: soon}}\n", "rpc.keepalive.time"),
-        ("governanceDashboard: {server: {url: \"h:1\"}, auth: {token: t}}\ninstances: [{name: p, type: gcp}]\n", "instances[0].type"),
-        ("governanceDashboard: {server: {url: \"h:1\"}}\n", "governanceDashboard"),
+        (
+            "governanceDashboard: {server: {url: \"h:1\"}, auth: {token: t}}\nrpc: {keepalive: {time: soon}}\n",
+            "rpc.keepalive.time",
+        ),
+        (
+            "governanceDashboard: {server: {url: \"h:1\"}, auth: {token: t}}\ninstances: [{name: p, type: gcp}]\n",
+            "instances[0].type",
+        ),
+        (
+            "governanceDashboard: {server: {url: \"h:1\"}}\n",
+            "governanceDashboard",
+        ),
         ("{{{", "agent-config.yaml"),
     ];
     for (text, key) in cases {

@@ -1,6 +1,7 @@
 //! End-to-end tests: real nats-server, real services, agents over gRPC.
 
 mod agent;
+mod aws;
 mod bad_input;
 mod events;
 mod hub;

@@ -8,10 +8,9 @@
 //! the hub), [`providers`] (where APIs are discovered), [`probe`] (liveness
 //! and readiness).
 //!
-//! Not yet here (issue 3 is open): the AWS API Gateway provider, TLS towards
-//! the hub, and Kubernetes leader election. Configuration for all three is
-//! parsed and checked already; the agent refuses to start with an `aws`
-//! instance, TLS enabled or leader election enabled, saying so.
+//! Not yet here (issue 3 is open): TLS towards the hub and Kubernetes leader
+//! election. Their configuration is parsed and checked already; the agent
+//! refuses to start with either enabled, saying so.
 
 pub mod config;
 pub mod probe;

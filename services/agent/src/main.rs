@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use meridian_agent::config::{self, AgentConfig, LogLevel, ProviderSettings};
-use meridian_agent::providers::{ProviderConfig, tyk::TykDashboard};
+use meridian_agent::providers::{ProviderConfig, aws::AwsApiGateway, tyk::TykDashboard};
 use meridian_agent::{probe, session};
 use meridian_kit::shutdown;
 
@@ -108,22 +108,22 @@ fn providers(config: &AgentConfig) -> Result<Vec<ProviderConfig>, String> {
         .iter()
         .enumerate()
         .map(|(i, instance)| {
-            let source: Arc<dyn meridian_agent::providers::Source> = match ProviderSettings::parse(
-                i, instance,
-            )
-            .map_err(|e| e.to_string())?
-            {
-                ProviderSettings::Tyk(t) => Arc::new(TykDashboard {
-                    host: t.host,
-                    key: t.auth.expose().to_owned(),
-                    http: http.clone(),
-                }),
-                ProviderSettings::Aws(_) => {
-                    return Err(format!(
-                        "instances[{i}].type: the aws provider is not supported by this build yet"
-                    ));
-                }
-            };
+            let source: Arc<dyn meridian_agent::providers::Source> =
+                match ProviderSettings::parse(i, instance).map_err(|e| e.to_string())? {
+                    ProviderSettings::Tyk(t) => Arc::new(TykDashboard {
+                        host: t.host,
+                        key: t.auth.expose().to_owned(),
+                        http: http.clone(),
+                    }),
+                    ProviderSettings::Aws(a) => Arc::new(AwsApiGateway::new(
+                        &a.region,
+                        &a.access_key_id,
+                        a.access_key_secret.expose(),
+                        a.session_token.map(|t| t.expose().to_owned()),
+                        a.endpoint,
+                        http.clone(),
+                    )),
+                };
             Ok(ProviderConfig {
                 name: instance.name.clone(),
                 provider_type: instance.provider_type.clone(),

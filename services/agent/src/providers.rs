@@ -7,6 +7,8 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use meridian_schemas::proto::ApiDefinition;
 
+pub mod aws;
+pub mod sigv4;
 pub mod tyk;
 
 /// Where a provider's APIs come from.
