@@ -118,22 +118,24 @@ async fn list(
             Json(json!({"Status": "Error", "Message": "Not authorised"})),
         );
     }
-    let apis = p.apis.read().expect("apis lock").clone();
+    // Copy only the page asked for: the list can be thousands long.
+    let apis = p.apis.read().expect("apis lock");
     let pages = apis.len().div_ceil(PAGE_SIZE).max(1);
     let n = page.p.unwrap_or(1).max(1);
     let items: Vec<Value> = apis
-        .into_iter()
+        .iter()
         .skip((n - 1) * PAGE_SIZE)
         .take(PAGE_SIZE)
         .map(|d| {
             // Whole entries (with `oas`) are served as they are.
             if d.get("api_definition").is_some() {
-                d
+                d.clone()
             } else {
                 json!({ "api_definition": d })
             }
         })
         .collect();
+    drop(apis);
     (
         StatusCode::OK,
         Json(json!({ "apis": items, "pages": pages })),
