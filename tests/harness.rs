@@ -121,13 +121,26 @@ pub async fn start_inventory(nats: &Nats, data_dir: PathBuf) -> Running {
     ))
     .await
     .expect("build inventory");
+    serve_on_free_port("inventory", |http, stop| app.serve(http, stop)).await
+}
+
+/// Binds a free port, runs `serve` on it in the background and waits until
+/// its `/readyz` answers.
+async fn serve_on_free_port<F, E>(
+    name: &'static str,
+    serve: impl FnOnce(tokio::net::TcpListener, CancellationToken) -> F,
+) -> Running
+where
+    F: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", http.local_addr().unwrap());
     let stop = CancellationToken::new();
-    let s = stop.clone();
+    let served = serve(http, stop.clone());
     let handle = tokio::spawn(async move {
-        if let Err(e) = app.serve(http, s).await {
-            eprintln!("inventory ended: {e}");
+        if let Err(e) = served.await {
+            eprintln!("{name} ended: {e}");
         }
     });
     wait_ready(&url).await;
@@ -156,17 +169,7 @@ pub async fn start_scheduler(
     let app = meridian_scheduler::App::build(config)
         .await
         .expect("build scheduler");
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", http.local_addr().unwrap());
-    let stop = CancellationToken::new();
-    let s = stop.clone();
-    let handle = tokio::spawn(async move {
-        if let Err(e) = app.serve(http, s).await {
-            eprintln!("scheduler ended: {e}");
-        }
-    });
-    wait_ready(&url).await;
-    Running { url, stop, handle }
+    serve_on_free_port("scheduler", |http, stop| app.serve(http, stop)).await
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, or `None` after `timeout`.
@@ -554,5 +557,37 @@ impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// NATS, one agent-gateway and one inventory, with the API routed to both.
+pub struct TestHub {
+    /// The NATS server.
+    pub nats: Nats,
+    /// agent-gateway.
+    pub gw: Gateway,
+    /// Inventory's data lives under here (`inventory/`).
+    pub dir: tempfile::TempDir,
+    /// Inventory.
+    pub inv: Running,
+    /// The REST API.
+    pub api: Api,
+}
+
+impl TestHub {
+    /// Starts them; `tweak` adjusts the gateway's configuration.
+    pub async fn start(tweak: impl FnOnce(&mut meridian_agent_gateway::Config)) -> Self {
+        let nats = Nats::start().await;
+        let gw = start_gateway(&nats, tweak).await;
+        let dir = tempfile::tempdir().unwrap();
+        let inv = start_inventory(&nats, dir.path().join("inventory")).await;
+        let api = Api::new(&gw.rest.url, &inv.url);
+        Self {
+            nats,
+            gw,
+            dir,
+            inv,
+            api,
+        }
     }
 }

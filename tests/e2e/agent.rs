@@ -51,15 +51,17 @@ fn oas_entry(id: &str, title: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_binary_syncs_two_dashboards_and_goes_inactive_when_stopped() {
-    let nats = Nats::start().await;
-    let gw = start_gateway(&nats, |c| {
+    let TestHub {
+        nats: _nats,
+        gw,
+        dir,
+        inv,
+        api,
+    } = TestHub::start(|c| {
         c.heartbeat_interval = meridian_kit::config::HumanDuration(Duration::from_secs(1));
         c.missed_heartbeats = 2;
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let inv = start_inventory(&nats, dir.path().join("inventory")).await;
-    let api = Api::new(&gw.rest.url, &inv.url);
     let (agent_id, token) = api.register_agent("real-agent").await;
 
     // 23 classic and 2 OAS APIs: three pages of ten. A second, smaller one.
@@ -188,11 +190,13 @@ instances:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_that_fails_fails_only_its_own_run() {
-    let nats = Nats::start().await;
-    let gw = start_gateway(&nats, |_| {}).await;
-    let dir = tempfile::tempdir().unwrap();
-    let inv = start_inventory(&nats, dir.path().join("inventory")).await;
-    let api = Api::new(&gw.rest.url, &inv.url);
+    let TestHub {
+        nats: _nats,
+        gw,
+        dir,
+        inv,
+        api,
+    } = TestHub::start(|_| {}).await;
     let (_, token) = api.register_agent("mixed").await;
     let good = DemoProvider::new(vec![tyk_api("g", "Good", "/g/", "http://up", &[])], "right");
     let good_url = serve(&good).await;

@@ -137,11 +137,13 @@ async fn rest_and_http_apis_from_api_gateway_land_and_deletions_follow() {
         .await;
     }
 
-    let nats = Nats::start().await;
-    let gw = start_gateway(&nats, |_| {}).await;
-    let dir = tempfile::tempdir().unwrap();
-    let inv = start_inventory(&nats, dir.path().join("inventory")).await;
-    let api = Api::new(&gw.rest.url, &inv.url);
+    let TestHub {
+        nats: _nats,
+        gw,
+        dir,
+        inv,
+        api,
+    } = TestHub::start(|_| {}).await;
     let (agent_id, token) = api.register_agent("aws-agent").await;
     let config = format!(
         r#"

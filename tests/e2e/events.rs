@@ -46,6 +46,25 @@ fn types(events: &[Value]) -> Vec<&str> {
     events.iter().map(|e| e["type"].as_str().unwrap()).collect()
 }
 
+/// Pulls up to `max` events from a durable consumer (waiting at most 2 s),
+/// acking each.
+async fn fetch_acked(durable: &consumer::PullConsumer, max: usize) -> Vec<Value> {
+    let mut batch = durable
+        .fetch()
+        .max_messages(max)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while let Some(m) = batch.next().await {
+        let m = m.unwrap();
+        out.push(serde_json::from_slice::<Value>(&m.payload).unwrap());
+        m.ack().await.unwrap();
+    }
+    out
+}
+
 async fn trigger(api: &Api, agent: &str) {
     let (code, body) = api
         .post(&format!("/api/agents/{agent}/sync"), &json!({}))
@@ -55,11 +74,13 @@ async fn trigger(api: &Api, agent: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_change_is_one_valid_cloudevent_in_order_with_history_and_polling() {
-    let nats = Nats::start().await;
-    let gw = start_gateway(&nats, |_| {}).await;
-    let dir = tempfile::tempdir().unwrap();
-    let inv = start_inventory(&nats, dir.path().join("inventory")).await;
-    let api = Api::new(&gw.rest.url, &inv.url);
+    let TestHub {
+        nats,
+        gw,
+        dir,
+        inv,
+        api,
+    } = TestHub::start(|_| {}).await;
     let (agent_id, token) = api.register_agent("events").await;
     let (a, b, c) = (
         api_def("a", "Alpha", "v1"),
@@ -85,22 +106,7 @@ async fn each_change_is_one_valid_cloudevent_in_order_with_history_and_polling()
         })
         .await
         .unwrap();
-    let mut first = durable
-        .fetch()
-        .max_messages(10)
-        .expires(Duration::from_secs(2))
-        .messages()
-        .await
-        .unwrap();
-    let mut seen_online = Vec::new();
-    while let Some(m) = first.next().await {
-        let m = m.unwrap();
-        seen_online.push(serde_json::from_slice::<Value>(&m.payload).unwrap());
-        m.ack().await.unwrap();
-        if seen_online.len() == 3 {
-            break;
-        }
-    }
+    let seen_online = fetch_acked(&durable, 3).await;
     assert_eq!(types(&seen_online), vec!["io.meridian.api.created"; 3]);
 
     // c goes away, then b changes and c comes back.
@@ -142,19 +148,7 @@ async fn each_change_is_one_valid_cloudevent_in_order_with_history_and_polling()
     assert_eq!(events[5]["data"]["name"], "Gamma");
 
     // The offline consumer gets exactly what it missed, in order.
-    let mut missed = durable
-        .fetch()
-        .max_messages(10)
-        .expires(Duration::from_secs(2))
-        .messages()
-        .await
-        .unwrap();
-    let mut caught_up = Vec::new();
-    while let Some(m) = missed.next().await {
-        let m = m.unwrap();
-        caught_up.push(serde_json::from_slice::<Value>(&m.payload).unwrap());
-        m.ack().await.unwrap();
-    }
+    let caught_up = fetch_acked(&durable, 10).await;
     let expected: Vec<_> = events[3..].iter().map(|e| e["id"].clone()).collect();
     assert_eq!(
         caught_up
@@ -332,15 +326,17 @@ async fn provider_names_with_dots_and_spaces_route_by_their_escaped_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_status_changes_are_published_once_each() {
-    let nats = Nats::start().await;
-    let gw = start_gateway(&nats, |c| {
+    let TestHub {
+        nats,
+        gw,
+        dir,
+        inv,
+        api,
+    } = TestHub::start(|c| {
         c.heartbeat_interval = meridian_kit::config::HumanDuration(Duration::from_secs(1));
         c.missed_heartbeats = 2;
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let inv = start_inventory(&nats, dir.path().join("inventory")).await;
-    let api = Api::new(&gw.rest.url, &inv.url);
     let (agent_id, token) = api.register_agent("status").await;
     let agent = Agent::start(
         &gw.grpc_url,

@@ -28,11 +28,13 @@ async fn wait_for_run(api: &Api, provider: &str, run: &str) -> serde_json::Value
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_create_delete_fail_restore_update() {
-    let nats = Nats::start().await;
-    let gw = start_gateway(&nats, |_| {}).await;
-    let dir = tempfile::tempdir().unwrap();
-    let inv = start_inventory(&nats, dir.path().join("inventory")).await;
-    let api = Api::new(&gw.rest.url, &inv.url);
+    let TestHub {
+        nats,
+        gw,
+        dir: _dir,
+        inv,
+        api,
+    } = TestHub::start(|_| {}).await;
     let (agent_id, token) = api.register_agent("story-agent").await;
 
     let (a, b, c) = (
@@ -150,17 +152,19 @@ async fn sync_create_delete_fail_restore_update() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_goes_inactive_after_missed_heartbeats_and_its_apis_stay() {
-    let nats = Nats::start().await;
-    let gw = start_gateway(&nats, |c| {
+    let TestHub {
+        nats: _nats,
+        gw,
+        dir: _dir,
+        inv,
+        api,
+    } = TestHub::start(|c| {
         c.heartbeat_interval = meridian_kit::config::HumanDuration(Duration::from_secs(1));
         // A 4-second window: wide enough that a loaded CI machine delaying
         // a tick does not flip the status, short enough to test quickly.
         c.missed_heartbeats = 4;
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let inv = start_inventory(&nats, dir.path().join("inventory")).await;
-    let api = Api::new(&gw.rest.url, &inv.url);
     let (agent_id, token) = api.register_agent("beat").await;
     let agent = Agent::start(
         &gw.grpc_url,

@@ -274,12 +274,7 @@ impl App {
     ) -> Result<(), AppError> {
         let router =
             http::service_router(self.api(), self.ready_checks(), "Meridian agent-gateway");
-        let server = tokio::spawn(http::serve(http_listener, router, stop.clone()));
-        let result = self.run_until_stopped(grpc, stop.clone()).await;
-        stop.cancel();
-        server
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))??;
-        result
+        let work = self.run_until_stopped(grpc, stop.clone());
+        http::serve_while(http_listener, router, stop, work).await
     }
 }

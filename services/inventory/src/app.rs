@@ -248,13 +248,8 @@ impl App {
         stop: CancellationToken,
     ) -> Result<(), AppError> {
         let router = http::service_router(self.api(), self.ready_checks(), "Meridian inventory");
-        let server = tokio::spawn(http::serve(listener, router, stop.clone()));
-        let result = self.run_until_stopped(stop.clone()).await;
-        stop.cancel();
-        server
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))??;
-        result
+        let work = self.run_until_stopped(stop.clone());
+        http::serve_while(listener, router, stop, work).await
     }
 }
 

@@ -304,6 +304,24 @@ pub async fn serve(
         .await
 }
 
+/// Serves `router` on `listener` while `work` runs (a service's consumers,
+/// firing loop, gRPC server...); when `work` ends, cancels `stop`, waits for
+/// the server to drain, and returns `work`'s result, or the server's error.
+pub async fn serve_while<E: From<std::io::Error>>(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    stop: CancellationToken,
+    work: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), E> {
+    let server = tokio::spawn(serve(listener, router, stop.clone()));
+    let result = work.await;
+    stop.cancel();
+    server
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))??;
+    result
+}
+
 /// Completes a generated OpenAPI document: title, version, and the
 /// `X-API-Key` security scheme the handlers refer to as `api_key`.
 pub fn finish_openapi(mut doc: utoipa::openapi::OpenApi, title: &str) -> utoipa::openapi::OpenApi {
