@@ -294,6 +294,22 @@ impl Api {
             .await
     }
 
+    /// Asks the agent to sync now (one provider, or all); returns the run ids.
+    pub async fn trigger_sync(&self, agent: &str, provider: Option<&str>) -> Vec<String> {
+        let body = match provider {
+            Some(p) => serde_json::json!({ "provider": p }),
+            None => serde_json::json!({}),
+        };
+        let (code, answer) = self.post(&format!("/api/agents/{agent}/sync"), &body).await;
+        assert_eq!(code, 202, "{answer}");
+        answer["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["run_id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     /// Registers an agent and issues its token.
     pub async fn register_agent(&self, name: &str) -> (String, String) {
         let (status, agent) = self
@@ -590,4 +606,50 @@ impl TestHub {
             api,
         }
     }
+}
+
+/// Heartbeats every second, INACTIVE after two missed: status tests end fast.
+pub fn fast_heartbeats(c: &mut meridian_agent_gateway::Config) {
+    c.heartbeat_interval = meridian_kit::config::HumanDuration(Duration::from_secs(1));
+    c.missed_heartbeats = 2;
+}
+
+/// The `meridian-agent` binary next to the test binary (`cargo test
+/// --workspace`, as `scripts/test` runs it, builds it).
+pub fn agent_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("meridian-agent");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p meridian-agent` (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Writes `yaml` to `dir/agent-config.yaml` and starts the agent binary on
+/// it (killed when the handle drops).
+pub fn start_agent_binary(dir: &std::path::Path, yaml: &str) -> tokio::process::Child {
+    let path = dir.join("agent-config.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    tokio::process::Command::new(agent_binary())
+        .arg("--config")
+        .arg(&path)
+        .env("MERIDIAN_LOG", "error")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// A benchmark's size: its first argument, or `default`.
+pub fn size_arg(default: usize) -> anyhow::Result<usize> {
+    Ok(std::env::args()
+        .nth(1)
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(default))
 }

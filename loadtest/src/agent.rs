@@ -90,11 +90,7 @@ async fn through_hub(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let n: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse())
-        .transpose()?
-        .unwrap_or(5_000);
+    let n = meridian_tests::size_arg(5_000)?;
     println!("agent discovery benchmark: {n} APIs per provider");
 
     let tyk = DemoProvider::new(

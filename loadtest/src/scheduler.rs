@@ -53,11 +53,7 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let n: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse())
-        .transpose()?
-        .unwrap_or(10_000);
+    let n = meridian_tests::size_arg(10_000)?;
     println!("scheduler benchmark: {n} jobs due within one minute");
 
     let nats = Nats::start().await;

@@ -88,11 +88,7 @@ async fn raw_drain(js: &jetstream::Context, n: usize) -> anyhow::Result<f64> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let n: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse())
-        .transpose()?
-        .unwrap_or(100_000);
+    let n = meridian_tests::size_arg(100_000)?;
     let size = sync_message_size();
     println!(
         "spine benchmark: {n} API definitions, {size} bytes per SYNC message, {} cores",

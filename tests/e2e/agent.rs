@@ -3,7 +3,6 @@
 //! that fails alone, a deletion, and INACTIVE with APIs kept after it stops.
 //! Also: a bad configuration stops it with exit code 64 naming the key.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use meridian::demo_provider::{DemoProvider, tyk_api};
@@ -12,19 +11,6 @@ use meridian_tests::*;
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(30);
-
-/// The agent binary built next to this test (`cargo test --workspace` builds it).
-fn agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let bin = dir.join("meridian-agent");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it with `cargo build -p meridian-agent` (scripts/test does)",
-        bin.display()
-    );
-    bin
-}
 
 async fn serve(provider: &DemoProvider) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -57,11 +43,7 @@ async fn the_agent_binary_syncs_two_dashboards_and_goes_inactive_when_stopped() 
         dir,
         inv,
         api,
-    } = TestHub::start(|c| {
-        c.heartbeat_interval = meridian_kit::config::HumanDuration(Duration::from_secs(1));
-        c.missed_heartbeats = 2;
-    })
-    .await;
+    } = TestHub::start(fast_heartbeats).await;
     let (agent_id, token) = api.register_agent("real-agent").await;
 
     // 23 classic and 2 OAS APIs: three pages of ten. A second, smaller one.
@@ -120,15 +102,7 @@ instances:
       auth: "small-key"
 "#
     );
-    let path = dir.path().join("agent-config.yaml");
-    std::fs::write(&path, config).unwrap();
-    let mut agent = tokio::process::Command::new(agent_binary())
-        .arg("--config")
-        .arg(&path)
-        .env("MERIDIAN_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut agent = start_agent_binary(dir.path(), &config);
 
     api.wait_for_total("active", 30, T).await;
     let (_, shown) = api.get(&format!("/api/agents/{agent_id}")).await;
@@ -161,13 +135,7 @@ instances:
 
     // One API gone from the main dashboard: the next sync deletes it.
     main.apis.write().unwrap().retain(|e| e["api_id"] != "c7");
-    let (code, body) = api
-        .post(
-            &format!("/api/agents/{agent_id}/sync"),
-            &json!({"provider": "tyk-main"}),
-        )
-        .await;
-    assert_eq!(code, 202, "{body}");
+    api.trigger_sync(&agent_id, Some("tyk-main")).await;
     api.wait_for_total("deleted", 1, T).await;
     let deleted = api.apis("deleted").await;
     assert_eq!(deleted[0]["provider_api_id"], "c7");
@@ -211,15 +179,7 @@ async fn a_provider_that_fails_fails_only_its_own_run() {
         free_port(),
         free_port()
     );
-    let path = dir.path().join("agent-config.yaml");
-    std::fs::write(&path, config).unwrap();
-    let _agent = tokio::process::Command::new(agent_binary())
-        .arg("--config")
-        .arg(&path)
-        .env("MERIDIAN_LOG", "error")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let _agent = start_agent_binary(dir.path(), &config);
     api.wait_for_total("active", 1, T).await;
     for (provider, mentions) in [
         ("wrong-key", "401"),

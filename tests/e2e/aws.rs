@@ -3,7 +3,6 @@
 //! a deletion, and an unreachable endpoint failing only its own run.
 //! (moto accepts any credentials here; see `Moto` in the harness.)
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use meridian_agent::providers::sigv4::{Signer, amz_now};
@@ -55,14 +54,6 @@ impl Aws {
         assert!(status.is_success(), "{method} {path}: {status} {text}");
         serde_json::from_str(&text).unwrap_or(Value::Null)
     }
-}
-
-fn agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .and_then(|d| d.parent())
-        .unwrap()
-        .join("meridian-agent")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,15 +155,7 @@ instances:
         closed = free_port(),
         moto = moto.url,
     );
-    let path = dir.path().join("agent-config.yaml");
-    std::fs::write(&path, config).unwrap();
-    let _agent = tokio::process::Command::new(agent_binary())
-        .arg("--config")
-        .arg(&path)
-        .env("MERIDIAN_LOG", "error")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the meridian-agent binary (cargo build -p meridian-agent)");
+    let _agent = start_agent_binary(dir.path(), &config);
 
     api.wait_for_total("active", (REST_APIS + HTTP_APIS) as u64, T)
         .await;
@@ -217,13 +200,7 @@ instances:
     // Deleted in API Gateway: the next sync marks it deleted.
     aws.call(Method::DELETE, &format!("/restapis/{}", rest_ids[5]), None)
         .await;
-    let (code, body) = api
-        .post(
-            &format!("/api/agents/{agent_id}/sync"),
-            &json!({"provider": "aws-main"}),
-        )
-        .await;
-    assert_eq!(code, 202, "{body}");
+    api.trigger_sync(&agent_id, Some("aws-main")).await;
     api.wait_for_total("deleted", 1, T).await;
     assert_eq!(
         api.apis("deleted").await[0]["provider_api_id"],

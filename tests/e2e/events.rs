@@ -65,13 +65,6 @@ async fn fetch_acked(durable: &consumer::PullConsumer, max: usize) -> Vec<Value>
     out
 }
 
-async fn trigger(api: &Api, agent: &str) {
-    let (code, body) = api
-        .post(&format!("/api/agents/{agent}/sync"), &json!({}))
-        .await;
-    assert_eq!(code, 202, "{body}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_change_is_one_valid_cloudevent_in_order_with_history_and_polling() {
     let TestHub {
@@ -111,12 +104,12 @@ async fn each_change_is_one_valid_cloudevent_in_order_with_history_and_polling()
 
     // c goes away, then b changes and c comes back.
     source.set(Ok(vec![a.clone(), b.clone()]));
-    trigger(&api, &agent_id).await;
+    api.trigger_sync(&agent_id, None).await;
     api.wait_for_total("deleted", 1, T).await;
     let mut b2 = b.clone();
     b2.name = "Beta Two".into();
     source.set(Ok(vec![a.clone(), b2, c.clone()]));
-    trigger(&api, &agent_id).await;
+    api.trigger_sync(&agent_id, None).await;
     let events = wait_for_public(&nats.js, "events.api.>", 6).await;
     assert_eq!(
         types(&events),
@@ -332,11 +325,7 @@ async fn agent_status_changes_are_published_once_each() {
         dir,
         inv,
         api,
-    } = TestHub::start(|c| {
-        c.heartbeat_interval = meridian_kit::config::HumanDuration(Duration::from_secs(1));
-        c.missed_heartbeats = 2;
-    })
-    .await;
+    } = TestHub::start(fast_heartbeats).await;
     let (agent_id, token) = api.register_agent("status").await;
     let agent = Agent::start(
         &gw.grpc_url,

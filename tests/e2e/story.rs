@@ -10,11 +10,7 @@ use serde_json::json;
 const T: Duration = Duration::from_secs(20);
 
 async fn trigger(api: &Api, agent: &str) -> String {
-    let (code, body) = api
-        .post(&format!("/api/agents/{agent}/sync"), &json!({}))
-        .await;
-    assert_eq!(code, 202, "{body}");
-    body["runs"][0]["run_id"].as_str().unwrap().to_owned()
+    api.trigger_sync(agent, None).await.remove(0)
 }
 
 async fn wait_for_run(api: &Api, provider: &str, run: &str) -> serde_json::Value {
