@@ -481,7 +481,10 @@ pub async fn stream_count(js: &async_nats::jetstream::Context, stream: &str) -> 
         .messages
 }
 
-/// The public CloudEvents on subjects matching `filter`, in stream order.
+/// The public CloudEvents on subjects matching `filter`, in stream order,
+/// each checked against the JSON Schema of its type in `schemas/json/` (so
+/// every public event a test reads is validated), with its subject added as
+/// `_subject`.
 pub async fn public_events(js: &async_nats::jetstream::Context, filter: &str) -> Vec<Value> {
     use futures_util::StreamExt;
     let Ok(stream) = js.get_stream(meridian_schemas::public::EVENTS).await else {
@@ -497,14 +500,44 @@ pub async fn public_events(js: &async_nats::jetstream::Context, filter: &str) ->
     let mut pending = consumer.cached_info().num_pending;
     let mut out = Vec::new();
     let mut messages = consumer.messages().await.unwrap();
+    let validators = schema_validators();
     while pending > 0 {
         let m = messages.next().await.unwrap().unwrap();
         pending = m.info().unwrap().pending;
         let mut event: Value = serde_json::from_slice(&m.payload).unwrap();
+        let ty = event["type"].as_str().unwrap_or_default().to_owned();
+        let validator = validators
+            .get(ty.as_str())
+            .unwrap_or_else(|| panic!("{event}: undocumented type {ty:?}"));
+        let errors: Vec<String> = validator
+            .iter_errors(&event)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{event} breaks the schema of {ty}: {errors:?}"
+        );
         event["_subject"] = Value::String(m.subject.to_string());
         out.push(event);
     }
     out
+}
+
+/// A validator per public event type, from the checked-in schemas.
+fn schema_validators() -> std::collections::HashMap<&'static str, jsonschema::Validator> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../schemas/json");
+    meridian_schemas::public::EVENT_TYPES
+        .iter()
+        .map(|(ty, file)| {
+            let text = std::fs::read_to_string(dir.join(file)).unwrap();
+            let schema: Value = serde_json::from_str(&text).unwrap();
+            let validator = jsonschema::options()
+                .should_validate_formats(true)
+                .build(&schema)
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
+            (*ty, validator)
+        })
+        .collect()
 }
 
 /// Waits until the public stream holds `n` events matching `filter`, and

@@ -9,38 +9,12 @@ use async_nats::jetstream::consumer::{self, pull};
 use futures_util::StreamExt;
 use meridian_kit::bus::Publisher;
 use meridian_schemas::lifecycle::{LifecycleEvent, LifecycleKind};
-use meridian_schemas::public::{self, EVENT_TYPES};
+use meridian_schemas::public;
 use meridian_schemas::{AgentId, ApiId, EventMeta, RunId};
 use meridian_tests::*;
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(20);
-
-/// Every event validates against the checked-in schema of its type.
-fn assert_valid(events: &[Value]) {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/json");
-    for event in events {
-        let mut event = event.clone();
-        event.as_object_mut().unwrap().remove("_subject");
-        let ty = event["type"].as_str().expect("type");
-        let file = EVENT_TYPES
-            .iter()
-            .find(|(t, _)| *t == ty)
-            .unwrap_or_else(|| panic!("undocumented type {ty}"))
-            .1;
-        let schema: Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap();
-        let validator = jsonschema::options()
-            .should_validate_formats(true)
-            .build(&schema)
-            .unwrap();
-        let errors: Vec<String> = validator
-            .iter_errors(&event)
-            .map(|e| e.to_string())
-            .collect();
-        assert!(errors.is_empty(), "{event} breaks {file}: {errors:?}");
-    }
-}
 
 fn types(events: &[Value]) -> Vec<&str> {
     events.iter().map(|e| e["type"].as_str().unwrap()).collect()
@@ -122,7 +96,6 @@ async fn each_change_is_one_valid_cloudevent_in_order_with_history_and_polling()
             "io.meridian.api.restored",
         ]
     );
-    assert_valid(&events);
     let ids: HashSet<_> = events.iter().map(|e| e["id"].clone().to_string()).collect();
     assert_eq!(ids.len(), 6, "ids are unique");
     let c_id = ApiId::derive(AgentId::parse(&agent_id).unwrap(), "tyk-main", "c").to_string();
@@ -299,7 +272,6 @@ async fn provider_names_with_dots_and_spaces_route_by_their_escaped_token() {
         routed[0]["_subject"],
         format!("events.api.created.{agent}.team%2Ea%20payments%20%3E%2A")
     );
-    assert_valid(&routed);
     let plain = wait_for_public(
         &nats.js,
         &public::filter_for(None, Some("team")).unwrap(),
@@ -347,7 +319,6 @@ async fn agent_status_changes_are_published_once_each() {
     agent.stop().await;
     let both = wait_for_public(&nats.js, &filter, 2).await;
     assert_eq!(both[1]["data"]["status"], "INACTIVE");
-    assert_valid(&both);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(
         public_events(&nats.js, &filter).await.len(),

@@ -114,6 +114,9 @@ async fn sync_create_delete_fail_restore_update() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let events_again = lifecycle_events(&nats.js).await;
     assert_eq!(events_again.len(), expected.len(), "no extra events");
+    // The same changes reach the public stream, each valid against its schema.
+    let public = wait_for_public(&nats.js, "events.api.>", expected.len()).await;
+    assert_eq!(public.len(), expected.len());
     let mut creations: Vec<(String, LifecycleKind)> = events[..3]
         .iter()
         .map(|e| (e.name.clone(), e.kind))
