@@ -6,7 +6,6 @@
 //! reconnects with exponential backoff and jitter, logging each change of
 //! state (never the token).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_schemas::proto::agent_hub_client::AgentHubClient;
@@ -74,7 +73,6 @@ pub async fn run_reporting(
     stop: CancellationToken,
     link: watch::Sender<bool>,
 ) {
-    let link = Arc::new(link);
     let mut backoff = Duration::from_millis(200);
     while !stop.is_cancelled() {
         let outcome = tokio::select! {

@@ -129,6 +129,60 @@ pub enum AgentsCmd {
     },
 }
 
+/// `meridian jobs ...`: scheduled syncs of an agent's providers.
+#[derive(clap::Subcommand, Debug)]
+pub enum JobsCmd {
+    /// List an agent's sync jobs.
+    List {
+        /// Agent id.
+        agent: String,
+    },
+    /// Sync a provider every `--every`, aligned to `--start-from`.
+    Create {
+        /// Agent id.
+        agent: String,
+        /// Provider name (as the agent reported it).
+        #[arg(long)]
+        provider: String,
+        /// Interval: `90s`, `1h30m`, `12h`, `7d`.
+        #[arg(long)]
+        every: String,
+        /// RFC 3339 time the due times align to (default: now).
+        #[arg(long)]
+        start_from: Option<String>,
+    },
+    /// Change a job, or pause or resume it.
+    Update {
+        /// Agent id.
+        agent: String,
+        /// Job id.
+        job: String,
+        /// New interval.
+        #[arg(long)]
+        every: Option<String>,
+        /// New alignment.
+        #[arg(long)]
+        start_from: Option<String>,
+        /// `true` to pause, `false` to resume.
+        #[arg(long)]
+        paused: Option<bool>,
+    },
+    /// Delete a job.
+    Delete {
+        /// Agent id.
+        agent: String,
+        /// Job id.
+        job: String,
+    },
+    /// A job's firings, newest first, with the runs' results.
+    Runs {
+        /// Agent id.
+        agent: String,
+        /// Job id.
+        job: String,
+    },
+}
+
 /// `meridian apis ...`
 #[derive(clap::Subcommand, Debug)]
 pub enum ApisCmd {
@@ -209,6 +263,53 @@ pub async fn agents(client: &Client, cmd: AgentsCmd) -> anyhow::Result<()> {
                 .post(&format!("/api/agents/{id}/sync"), &body)
                 .await?
         }
+    };
+    if !v.is_null() {
+        print(&v);
+    }
+    Ok(())
+}
+
+/// Runs a `jobs` command.
+pub async fn jobs(client: &Client, cmd: JobsCmd) -> anyhow::Result<()> {
+    let jobs = |agent: &str| format!("/api/agents/{agent}/sync-jobs");
+    let v = match cmd {
+        JobsCmd::List { agent } => client.get(&jobs(&agent)).await?,
+        JobsCmd::Create {
+            agent,
+            provider,
+            every,
+            start_from,
+        } => {
+            let mut body = serde_json::json!({"provider": provider, "repeat_every": every});
+            if let Some(s) = start_from {
+                body["start_from"] = s.into();
+            }
+            client.post(&jobs(&agent), &body).await?
+        }
+        JobsCmd::Update {
+            agent,
+            job,
+            every,
+            start_from,
+            paused,
+        } => {
+            let mut body = serde_json::Map::new();
+            if let Some(e) = every {
+                body.insert("repeat_every".into(), e.into());
+            }
+            if let Some(s) = start_from {
+                body.insert("start_from".into(), s.into());
+            }
+            if let Some(p) = paused {
+                body.insert("paused".into(), p.into());
+            }
+            client
+                .put(&format!("{}/{job}", jobs(&agent)), &Value::Object(body))
+                .await?
+        }
+        JobsCmd::Delete { agent, job } => client.delete(&format!("{}/{job}", jobs(&agent))).await?,
+        JobsCmd::Runs { agent, job } => client.get(&format!("{}/{job}/runs", jobs(&agent))).await?,
     };
     if !v.is_null() {
         print(&v);

@@ -126,12 +126,17 @@ fn human(event: &Value) -> String {
             s(&d["previous_status"])
         );
     }
+    let version = s(&d["version"]);
     let mut line = format!(
-        "{time}  {short:<20}  {}/{}  {} {}  {}",
+        "{time}  {short:<20}  {}/{}  {}{}  {}",
         s(&d["provider_type"]),
         s(&d["provider"]),
         s(&d["name"]),
-        s(&d["version"]),
+        if version.is_empty() {
+            String::new()
+        } else {
+            format!(" {version}")
+        },
         s(&d["api_id"])
     );
     if let Some(changed) = d["changed"].as_array().filter(|c| !c.is_empty()) {

@@ -40,6 +40,9 @@ enum Command {
     Apis(ApisCmd),
     /// Providers with API counts, agent status and last sync.
     Providers,
+    /// Scheduled syncs of an agent's providers.
+    #[command(subcommand)]
+    Jobs(cli::JobsCmd),
     /// Follow the public events (API lifecycle, agent status).
     #[command(subcommand)]
     Events(meridian::events::EventsCmd),
@@ -61,7 +64,13 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    meridian_kit::telemetry::init("meridian");
+    // The launcher logs what the hub does; the other commands print answers.
+    let level = if matches!(cli.command, Command::Up(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    meridian_kit::telemetry::init_at("meridian", level);
     let client = || {
         if cli.api_key.is_empty() {
             anyhow::bail!("set MERIDIAN_API_KEY (or pass --api-key) to the hub's admin key");
@@ -73,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Agents(cmd) => cli::agents(&client()?, cmd).await,
         Command::Apis(cmd) => cli::apis(&client()?, cmd).await,
         Command::Providers => cli::providers(&client()?).await,
+        Command::Jobs(cmd) => cli::jobs(&client()?, cmd).await,
         Command::Events(cmd) => meridian::events::run(cmd).await,
         Command::Rebuild {
             ref nats_url,
