@@ -647,8 +647,8 @@ pub fn fast_heartbeats(c: &mut meridian_agent_gateway::Config) {
     c.missed_heartbeats = 2;
 }
 
-/// The `meridian-agent` binary next to the test binary (`cargo test
-/// --workspace`, as `scripts/test` runs it, builds it).
+/// The `meridian-agent` binary next to the test binary. `cargo test` does not
+/// build another package's binaries, so `scripts/test` builds it first.
 pub fn agent_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let bin = exe
