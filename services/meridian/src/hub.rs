@@ -36,7 +36,7 @@ pub struct RunningHub {
     /// Where agents connect.
     pub grpc_addr: SocketAddr,
     stop: CancellationToken,
-    tasks: Vec<(&'static str, JoinHandle<Result<(), String>>)>,
+    tasks: Vec<Task>,
 }
 
 /// Builds and starts every hub service in this process.
@@ -73,43 +73,14 @@ pub async fn start(config: HubConfig, stop: CancellationToken) -> anyhow::Result
     let http_addr = http_listener.local_addr()?;
     let grpc_addr = grpc_listener.local_addr()?;
 
-    let (s1, s2, s3, s4) = (stop.clone(), stop.clone(), stop.clone(), stop.clone());
     let tasks = vec![
-        (
-            "http",
-            tokio::spawn(async move {
-                http::serve(http_listener, router, s1)
-                    .await
-                    .map_err(|e| e.to_string())
-            }),
-        ),
-        (
+        task("http", http::serve(http_listener, router, stop.clone())),
+        task(
             "agent-gateway",
-            tokio::spawn(async move {
-                gateway
-                    .run_until_stopped(grpc_listener, s2)
-                    .await
-                    .map_err(|e| e.to_string())
-            }),
+            gateway.run_until_stopped(grpc_listener, stop.clone()),
         ),
-        (
-            "inventory",
-            tokio::spawn(async move {
-                inventory
-                    .run_until_stopped(s3)
-                    .await
-                    .map_err(|e| e.to_string())
-            }),
-        ),
-        (
-            "scheduler",
-            tokio::spawn(async move {
-                scheduler
-                    .run_until_stopped(s4)
-                    .await
-                    .map_err(|e| e.to_string())
-            }),
-        ),
+        task("inventory", inventory.run_until_stopped(stop.clone())),
+        task("scheduler", scheduler.run_until_stopped(stop.clone())),
     ];
     Ok(RunningHub {
         http_addr,
@@ -117,6 +88,19 @@ pub async fn start(config: HubConfig, stop: CancellationToken) -> anyhow::Result
         stop,
         tasks,
     })
+}
+
+type Task = (&'static str, JoinHandle<Result<(), String>>);
+
+/// Runs one service of the hub in the background, its error as text.
+fn task<E: std::fmt::Display>(
+    name: &'static str,
+    run: impl std::future::Future<Output = Result<(), E>> + Send + 'static,
+) -> Task {
+    (
+        name,
+        tokio::spawn(async move { run.await.map_err(|e| e.to_string()) }),
+    )
 }
 
 impl RunningHub {
