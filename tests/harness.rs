@@ -2,6 +2,9 @@
 //! port with its own store, services bound to port 0, and helpers to drive
 //! them as an operator and an agent would.
 
+pub mod fake_kube;
+pub mod pki;
+
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -411,7 +414,7 @@ pub struct Agent {
 impl Agent {
     /// Connects an agent with the given providers (name, type, source).
     pub fn start(grpc_url: &str, token: &str, providers: Vec<(&str, &str, MemorySource)>) -> Self {
-        let config = SessionConfig::new(
+        Self::run(SessionConfig::new(
             grpc_url,
             token,
             providers
@@ -422,7 +425,11 @@ impl Agent {
                     source: Arc::new(source),
                 })
                 .collect(),
-        );
+        ))
+    }
+
+    /// Runs an agent session as configured.
+    pub fn run(config: SessionConfig) -> Self {
         let stop = CancellationToken::new();
         let handle = tokio::spawn(session::run_until_stopped(config, stop.clone()));
         Self { stop, handle }
@@ -667,15 +674,45 @@ pub fn agent_binary() -> PathBuf {
 /// Writes `yaml` to `dir/agent-config.yaml` and starts the agent binary on
 /// it (killed when the handle drops).
 pub fn start_agent_binary(dir: &std::path::Path, yaml: &str) -> tokio::process::Child {
+    start_agent_binary_env(dir, yaml, &[])
+}
+
+/// [`start_agent_binary`] with extra environment variables.
+pub fn start_agent_binary_env(
+    dir: &std::path::Path,
+    yaml: &str,
+    env: &[(&str, &str)],
+) -> tokio::process::Child {
     let path = dir.join("agent-config.yaml");
     std::fs::write(&path, yaml).unwrap();
     tokio::process::Command::new(agent_binary())
         .arg("--config")
         .arg(&path)
         .env("MERIDIAN_LOG", "error")
+        .envs(env.iter().copied())
         .kill_on_drop(true)
         .spawn()
         .unwrap()
+}
+
+/// Serves a fake Tyk Dashboard on a free port; returns its URL.
+pub async fn serve_demo_provider(provider: &meridian::demo_provider::DemoProvider) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let router = provider.router();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    url
+}
+
+/// The agent's `/readyz` on `port` (`None` while it does not answer).
+pub async fn agent_readiness(port: u16) -> Option<Value> {
+    let response = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/readyz"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    response.json().await.ok()
 }
 
 /// A benchmark's size: its first argument, or `default`.

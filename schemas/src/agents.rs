@@ -72,6 +72,14 @@ pub enum AgentEvent {
         /// The agent's version string.
         agent_version: String,
     },
+    /// A replica of the agent opened a sync stream as leader with a fencing
+    /// token newer than any seen before; older tokens are refused from now on.
+    LeaderFenced {
+        /// The agent.
+        agent_id: AgentId,
+        /// The Lease's transition count the new leader presented.
+        fencing_token: u64,
+    },
 }
 
 impl AgentEvent {
@@ -83,7 +91,8 @@ impl AgentEvent {
             | Self::Deleted { agent_id }
             | Self::TokenIssued { agent_id, .. }
             | Self::TokenRevoked { agent_id, .. }
-            | Self::Connected { agent_id, .. } => *agent_id,
+            | Self::Connected { agent_id, .. }
+            | Self::LeaderFenced { agent_id, .. } => *agent_id,
         }
     }
 }
@@ -100,6 +109,7 @@ impl Event for AgentEvent {
             Self::TokenIssued { .. } => "agent.token_issued",
             Self::TokenRevoked { .. } => "agent.token_revoked",
             Self::Connected { .. } => "agent.connected",
+            Self::LeaderFenced { .. } => "agent.leader_fenced",
         }
     }
 
@@ -116,6 +126,9 @@ impl Event for AgentEvent {
             Self::TokenIssued { token_id, .. } => format!("agent:{agent}:token:{token_id}"),
             Self::TokenRevoked { token_id, .. } => format!("agent:{agent}:revoked:{token_id}"),
             Self::Connected { connection_id, .. } => format!("agent:{agent}:conn:{connection_id}"),
+            Self::LeaderFenced { fencing_token, .. } => {
+                format!("agent:{agent}:fence:{fencing_token}")
+            }
         }
     }
 }

@@ -35,5 +35,9 @@ pub mod proto {
     tonic::include_proto!("meridian.agent.v1");
 }
 
+/// gRPC metadata on the sync stream carrying the opener's fencing token
+/// (see `SyncMessage.fencing_token` in `agent.proto`).
+pub const FENCING_TOKEN_METADATA: &str = "x-meridian-fencing-token";
+
 pub use envelope::{DecodeError, Envelope, Event, EventMeta};
 pub use ids::{AgentId, ApiId, JobId, RunId};

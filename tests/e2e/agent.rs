@@ -12,14 +12,6 @@ use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(30);
 
-async fn serve(provider: &DemoProvider) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let router = provider.router();
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    url
-}
-
 fn oas_entry(id: &str, title: &str) -> Value {
     json!({
         "api_definition": {
@@ -75,7 +67,10 @@ async fn the_agent_binary_syncs_two_dashboards_and_goes_inactive_when_stopped() 
             .collect(),
         "small-key",
     );
-    let (main_url, small_url) = (serve(&main).await, serve(&small).await);
+    let (main_url, small_url) = (
+        serve_demo_provider(&main).await,
+        serve_demo_provider(&small).await,
+    );
     let probe_port = free_port();
     let grpc = gw.grpc_url.trim_start_matches("http://");
     let config = format!(
@@ -167,7 +162,7 @@ async fn a_provider_that_fails_fails_only_its_own_run() {
     } = TestHub::start(|_| {}).await;
     let (_, token) = api.register_agent("mixed").await;
     let good = DemoProvider::new(vec![tyk_api("g", "Good", "/g/", "http://up", &[])], "right");
-    let good_url = serve(&good).await;
+    let good_url = serve_demo_provider(&good).await;
     let config = format!(
         "governanceDashboard: {{server: {{url: \"{}\"}}, auth: {{token: \"{token}\"}}}}\n\
          healthProbe: {{server: {{port: {}}}}}\n\
@@ -219,13 +214,24 @@ async fn a_bad_configuration_stops_the_agent_naming_the_key() {
             "governanceDashboard",
         ),
         ("{{{", "agent-config.yaml"),
+        (
+            "governanceDashboard: {server: {url: \"h:1\", tls: {enabled: true, caCertPath: /nonexistent/ca.pem}}, auth: {token: t}}\n",
+            "governanceDashboard.server.tls.caCertPath",
+        ),
+        (
+            "governanceDashboard: {server: {url: \"h:1\"}, auth: {token: t}}\nleaderElection: {enabled: true}\n",
+            "leader election needs POD_NAME",
+        ),
     ];
+    let no_cluster = dir.path().join("no-kubeconfig");
     for (text, key) in cases {
         let path = dir.path().join("agent-config.yaml");
         std::fs::write(&path, text).unwrap();
         let out = tokio::process::Command::new(agent_binary())
             .arg("--config")
             .arg(&path)
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE")
             .output()
             .await
             .unwrap();
@@ -233,4 +239,29 @@ async fn a_bad_configuration_stops_the_agent_naming_the_key() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(key), "{text}: {stderr}");
     }
+
+    // Election on, but no Kubernetes API to be found (neither in-cluster nor
+    // a kubeconfig): refused at start rather than never leading.
+    let path = dir.path().join("agent-config.yaml");
+    std::fs::write(
+        &path,
+        "governanceDashboard: {server: {url: \"h:1\"}, auth: {token: t}}\nleaderElection: {enabled: true}\n",
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(agent_binary())
+        .arg("--config")
+        .arg(&path)
+        .env("POD_NAME", "agent-0")
+        .env("POD_NAMESPACE", "agents")
+        .env("KUBECONFIG", &no_cluster)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("leaderElection.enabled: cannot reach the Kubernetes API"),
+        "{stderr}"
+    );
 }

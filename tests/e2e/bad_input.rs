@@ -286,6 +286,7 @@ async fn bad_provider_names_and_oversized_messages_are_refused_and_store_nothing
         run_id: request.run_id.clone(),
         provider: "p".into(),
         kind: Some(kind),
+        fencing_token: None,
     };
     stx.send(msg(sync_message::Kind::Started(SyncStarted {})))
         .await

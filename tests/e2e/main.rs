@@ -3,8 +3,10 @@
 mod agent;
 mod aws;
 mod bad_input;
+mod election;
 mod events;
 mod hub;
 mod restart;
 mod schedule;
 mod story;
+mod tls;

@@ -148,7 +148,9 @@ fn exec_error(e: ExecError) -> ApiError {
         ExecError::Rejected(r @ (Rejection::UnknownAgent(_) | Rejection::NoToken(_))) => {
             ApiError::not_found(r.to_string())
         }
-        ExecError::Rejected(r @ Rejection::AlreadyExists(_)) => ApiError::conflict(r.to_string()),
+        ExecError::Rejected(r @ (Rejection::AlreadyExists(_) | Rejection::Fenced { .. })) => {
+            ApiError::conflict(r.to_string())
+        }
         ExecError::Bus(e) => ApiError::unavailable(format!("the event log is not available: {e}")),
         ExecError::Lagging => {
             ApiError::unavailable("the change was recorded but is not visible yet; retry the read")

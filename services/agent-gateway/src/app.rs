@@ -11,6 +11,7 @@ use meridian_kit::projection::{self, ConsumerKind, Progress, ProjectionSpec, Run
 use meridian_schemas::proto::agent_hub_server::AgentHubServer;
 use meridian_schemas::streams;
 use serde::Deserialize;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::adapters::grpc::{Hub, Settings};
@@ -50,6 +51,16 @@ pub struct Config {
     /// Largest API definition accepted from an agent, in bytes.
     #[serde(default = "default_max_api_bytes")]
     pub max_api_bytes: usize,
+    /// PEM certificate chain for TLS on the gRPC endpoint (with `TLS_KEY`).
+    #[serde(default)]
+    pub tls_cert: Option<String>,
+    /// PEM private key of `TLS_CERT`.
+    #[serde(default)]
+    pub tls_key: Option<String>,
+    /// PEM CA bundle: when set, agents must present a client certificate
+    /// signed by it (mTLS). Needs `TLS_CERT`.
+    #[serde(default)]
+    pub tls_client_ca: Option<String>,
 }
 
 fn default_http_addr() -> String {
@@ -84,7 +95,47 @@ impl Config {
             heartbeat_interval: default_heartbeat(),
             missed_heartbeats: default_missed(),
             max_api_bytes: default_max_api_bytes(),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
+    }
+
+    /// The gRPC endpoint's TLS settings, read from the configured files.
+    pub fn grpc_tls(&self) -> Result<Option<ServerTlsConfig>, ConfigError> {
+        let bad = |var: &str, why: String| ConfigError {
+            message: format!("{ENV_PREFIX}{var}: {why}"),
+        };
+        let read = |var: &str, path: &str| {
+            std::fs::read(path).map_err(|e| bad(var, format!("cannot read {path}: {e}")))
+        };
+        let (cert, key) = match (&self.tls_cert, &self.tls_key) {
+            (None, None) if self.tls_client_ca.is_some() => {
+                return Err(bad(
+                    "TLS_CLIENT_CA",
+                    "client certificates need TLS: set TLS_CERT and TLS_KEY too".into(),
+                ));
+            }
+            (None, None) => return Ok(None),
+            (Some(c), Some(k)) => (read("TLS_CERT", c)?, read("TLS_KEY", k)?),
+            (Some(_), None) => return Err(bad("TLS_KEY", "is required with TLS_CERT".into())),
+            (None, Some(_)) => return Err(bad("TLS_CERT", "is required with TLS_KEY".into())),
+        };
+        if !String::from_utf8_lossy(&cert).contains("-----BEGIN CERTIFICATE-----") {
+            return Err(bad("TLS_CERT", "holds no PEM certificate".into()));
+        }
+        if !String::from_utf8_lossy(&key).contains("PRIVATE KEY-----") {
+            return Err(bad("TLS_KEY", "holds no PEM private key".into()));
+        }
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+        if let Some(path) = &self.tls_client_ca {
+            let ca = read("TLS_CLIENT_CA", path)?;
+            if !String::from_utf8_lossy(&ca).contains("-----BEGIN CERTIFICATE-----") {
+                return Err(bad("TLS_CLIENT_CA", "holds no PEM certificate".into()));
+            }
+            tls = tls.client_ca_root(Certificate::from_pem(ca));
+        }
+        Ok(Some(tls))
     }
 }
 
@@ -124,6 +175,7 @@ pub struct App {
     tokens: Tokens,
     token_ttl: Duration,
     max_api_bytes: usize,
+    grpc_tls: Option<ServerTlsConfig>,
     api_key: ApiKey,
     _db: sled::Db,
 }
@@ -152,6 +204,7 @@ impl App {
             }
             .into());
         }
+        let grpc_tls = config.grpc_tls()?;
         let client = bus::connect(
             &config.nats_url,
             "meridian-agent-gateway",
@@ -201,6 +254,7 @@ impl App {
             tokens,
             token_ttl: config.token_ttl.0,
             max_api_bytes: config.max_api_bytes,
+            grpc_tls,
             api_key,
             _db: db,
         })
@@ -251,7 +305,12 @@ impl App {
             .max_encoding_message_size(1 << 20);
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
         let stop_grpc = stop.clone();
-        let served = tonic::transport::Server::builder()
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = self.grpc_tls {
+            tracing::info!("gRPC endpoint serves TLS");
+            server = server.tls_config(tls)?;
+        }
+        let served = server
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .add_service(service)

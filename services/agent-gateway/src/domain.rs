@@ -36,6 +36,10 @@ pub struct AgentRecord {
     pub agent_version: String,
     /// When it last opened a health stream.
     pub connected_at_ms: Option<i64>,
+    /// The newest fencing token a leading replica presented (0: none yet).
+    /// Reset when a new token is issued, since that cuts off every replica
+    /// holding the old one.
+    pub fencing_token: u64,
 }
 
 /// The current token of an agent: its id and expiry, never the token.
@@ -86,6 +90,11 @@ pub enum Command {
         /// As reported.
         agent_version: String,
     },
+    /// A replica opened a sync stream as leader with this fencing token.
+    Fence {
+        /// The Lease's transition count it presented.
+        fencing_token: u64,
+    },
 }
 
 /// Why a command was refused.
@@ -108,6 +117,18 @@ pub enum Rejection {
     /// Nothing to revoke.
     #[error("agent {0} has no token")]
     NoToken(AgentId),
+    /// A replica that no longer leads (an older fencing token).
+    #[error(
+        "fencing token {presented} is older than {newest}, the newest seen for this agent: \
+         another replica leads now (after a Lease is deleted and recreated, issue a new \
+         agent token to reset the fence)"
+    )]
+    Fenced {
+        /// The token presented.
+        presented: u64,
+        /// The newest seen.
+        newest: u64,
+    },
 }
 
 fn invalid(field: impl Into<String>, why: impl Into<String>) -> Rejection {
@@ -239,7 +260,29 @@ pub fn decide(
                 agent_version,
             }])
         }
+        (Some(rec), Command::Fence { fencing_token }) => {
+            check_fence(rec, fencing_token)?;
+            Ok(if fencing_token > rec.fencing_token {
+                vec![AgentEvent::LeaderFenced {
+                    agent_id,
+                    fencing_token,
+                }]
+            } else {
+                Vec::new()
+            })
+        }
     }
+}
+
+/// Refuses a fencing token older than the newest seen for the agent.
+pub fn check_fence(record: &AgentRecord, fencing_token: u64) -> Result<(), Rejection> {
+    if fencing_token < record.fencing_token {
+        return Err(Rejection::Fenced {
+            presented: fencing_token,
+            newest: record.fencing_token,
+        });
+    }
+    Ok(())
 }
 
 /// Folds one event into the agent's record (`None`: no such agent).
@@ -261,6 +304,7 @@ pub fn evolve(state: Option<AgentRecord>, event: &AgentEvent, at_ms: i64) -> Opt
             token: None,
             agent_version: String::new(),
             connected_at_ms: None,
+            fencing_token: 0,
         }),
         (state @ Some(_), AgentEvent::Registered { .. }) => state,
         (None, _) => None,
@@ -287,6 +331,7 @@ pub fn evolve(state: Option<AgentRecord>, event: &AgentEvent, at_ms: i64) -> Opt
                 id: *token_id,
                 expires_at_ms: *expires_at_ms,
             });
+            r.fencing_token = 0;
             Some(r)
         }
         (Some(mut r), AgentEvent::TokenRevoked { token_id, .. }) => {
@@ -306,6 +351,10 @@ pub fn evolve(state: Option<AgentRecord>, event: &AgentEvent, at_ms: i64) -> Opt
             r.providers = Some(providers.clone());
             r.agent_version.clone_from(agent_version);
             r.connected_at_ms = Some(at_ms);
+            Some(r)
+        }
+        (Some(mut r), AgentEvent::LeaderFenced { fencing_token, .. }) => {
+            r.fencing_token = r.fencing_token.max(*fencing_token);
             Some(r)
         }
     }
@@ -407,6 +456,52 @@ mod tests {
             decide(s.as_ref(), A, Command::RevokeToken),
             Err(Rejection::NoToken(A))
         );
+    }
+
+    #[test]
+    fn older_fencing_tokens_are_refused_until_a_new_token_is_issued() {
+        let s = given(&[registered()]);
+        let fence = |s: Option<AgentRecord>, t: u64| {
+            let events = decide(s.as_ref(), A, Command::Fence { fencing_token: t })?;
+            Ok::<_, Rejection>(events.iter().fold(s, |s, e| evolve(s, e, 2)))
+        };
+        let s = fence(s, 3).unwrap();
+        assert_eq!(s.as_ref().unwrap().fencing_token, 3);
+        // The same token again changes nothing and publishes nothing.
+        assert_eq!(
+            decide(s.as_ref(), A, Command::Fence { fencing_token: 3 }),
+            Ok(vec![])
+        );
+        assert_eq!(
+            decide(s.as_ref(), A, Command::Fence { fencing_token: 2 }),
+            Err(Rejection::Fenced {
+                presented: 2,
+                newest: 3
+            })
+        );
+        assert!(check_fence(s.as_ref().unwrap(), 2).is_err());
+        assert!(check_fence(s.as_ref().unwrap(), 4).is_ok());
+        // A replayed older LeaderFenced never lowers the fence.
+        let s = evolve(
+            s,
+            &AgentEvent::LeaderFenced {
+                agent_id: A,
+                fencing_token: 1,
+            },
+            3,
+        );
+        assert_eq!(s.as_ref().unwrap().fencing_token, 3);
+        // A new agent token cuts off every old replica, so the fence restarts.
+        let s = evolve(
+            s,
+            &AgentEvent::TokenIssued {
+                agent_id: A,
+                token_id: Uuid::from_u128(12),
+                expires_at_ms: 100,
+            },
+            4,
+        );
+        assert!(fence(s, 0).is_ok());
     }
 
     #[test]

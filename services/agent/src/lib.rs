@@ -5,14 +5,13 @@
 //!
 //! Modules: [`config`] (the documented `agent-config.yaml` with environment
 //! overrides and `TYK_AGENT_...` aliases), [`session`] (the connection to
-//! the hub), [`providers`] (where APIs are discovered), [`probe`] (liveness
-//! and readiness).
-//!
-//! Not yet here (issue 3 is open): TLS towards the hub and Kubernetes leader
-//! election. Their configuration is parsed and checked already; the agent
-//! refuses to start with either enabled, saying so.
+//! the hub), [`tls`] (TLS and mTLS towards it), [`election`] (Kubernetes
+//! Lease leader election and the fencing token), [`providers`] (where APIs
+//! are discovered), [`probe`] (liveness and readiness).
 
 pub mod config;
+pub mod election;
 pub mod probe;
 pub mod providers;
 pub mod session;
+pub mod tls;

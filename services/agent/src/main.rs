@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use meridian_agent::config::{self, AgentConfig, LogLevel, ProviderSettings};
+use meridian_agent::election::{Elector, Role, Timings};
 use meridian_agent::providers::{ProviderConfig, aws::AwsApiGateway, tyk::TykDashboard};
-use meridian_agent::{probe, session};
+use meridian_agent::{probe, session, tls};
 use meridian_kit::shutdown;
 
 /// The governance agent. Settings come from the YAML file and from
@@ -33,11 +34,15 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = config::load(cli.config.as_deref()).unwrap_or_else(|e| refuse(e.to_string()));
     meridian_kit::telemetry::init_at("meridian-agent", level(config.log_level));
+    // One crypto backend for every TLS client in the process (hub, providers, Kubernetes).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let providers = providers(&config).unwrap_or_else(|e| refuse(e));
+    let tls = tls_config(&config).unwrap_or_else(|e| refuse(e.to_string()));
     let hub = hub_url(&config);
+    let elector = elector(&config).await.unwrap_or_else(|e| refuse(e));
 
     let (link_tx, link_rx) = tokio::sync::watch::channel(false);
-    let (_role_tx, role_rx) = tokio::sync::watch::channel("not electing");
+    let (role_tx, role_rx) = tokio::sync::watch::channel(Role::NotElecting);
     let port = config.health_probe.server.port;
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
         .await
@@ -45,7 +50,7 @@ async fn main() -> anyhow::Result<()> {
     let stop = shutdown::on_signal();
     let probe = probe::router(probe::ProbeState {
         link: link_rx,
-        role: role_rx,
+        role: role_rx.clone(),
     });
     let probe_stop = stop.clone();
     let probe_task = tokio::spawn(async move {
@@ -53,7 +58,8 @@ async fn main() -> anyhow::Result<()> {
             .with_graceful_shutdown(async move { probe_stop.cancelled().await })
             .await
     });
-    tracing::info!(%hub, providers = providers.len(), probe_port = port, "agent starting");
+    tracing::info!(%hub, tls = tls.is_some(), providers = providers.len(), probe_port = port, electing = elector.is_some(), "agent starting");
+    let election = elector.map(|e| tokio::spawn(e.run(role_tx, stop.clone())));
     let mut session = session::SessionConfig::new(
         &hub,
         config.governance_dashboard.auth.token.expose(),
@@ -65,8 +71,12 @@ async fn main() -> anyhow::Result<()> {
         timeout: k.timeout.0,
         permit_without_stream: k.permit_without_stream,
     });
-    session::run_reporting(session, stop.clone(), link_tx).await;
+    session.tls = tls;
+    session::run_reporting(session, stop.clone(), link_tx, role_rx).await;
     stop.cancel();
+    if let Some(election) = election {
+        election.await?;
+    }
     probe_task.await??;
     tracing::info!("agent stopped");
     Ok(())
@@ -81,24 +91,70 @@ fn level(l: LogLevel) -> &'static str {
     }
 }
 
-/// `host:port` becomes `http://host:port`; a URL is kept.
+/// `host:port` becomes `http://host:port` (`https://` with TLS); a URL is kept.
 fn hub_url(config: &AgentConfig) -> String {
     let url = config.governance_dashboard.server.url.trim();
     if url.contains("://") {
         url.to_owned()
+    } else if config.governance_dashboard.server.tls.enabled {
+        format!("https://{url}")
     } else {
         format!("http://{url}")
     }
 }
 
-/// The configured providers, or why the agent cannot serve one yet.
+/// The TLS client configuration, when `tls.enabled`.
+fn tls_config(config: &AgentConfig) -> Result<Option<Arc<rustls::ClientConfig>>, tls::TlsError> {
+    let t = &config.governance_dashboard.server.tls;
+    if !t.enabled {
+        return Ok(None);
+    }
+    if t.insecure_skip_verify {
+        tracing::warn!(
+            "governanceDashboard.server.tls.insecureSkipVerify is on: the hub's certificate is not checked"
+        );
+    }
+    let files = tls::TlsFiles {
+        ca_cert: t.ca_cert_path.clone(),
+        client: t.client_cert_path.clone().zip(t.client_key_path.clone()),
+        insecure_skip_verify: t.insecure_skip_verify,
+    };
+    tls::client_config(&files).map(Some)
+}
+
+/// The Lease elector, when `leaderElection.enabled` (the configuration
+/// check has made sure `POD_NAME` and `POD_NAMESPACE` are set).
+async fn elector(config: &AgentConfig) -> Result<Option<Elector>, String> {
+    let le = &config.leader_election;
+    if !le.enabled {
+        return Ok(None);
+    }
+    let var = |name: &str| std::env::var(name).unwrap_or_default();
+    let identity = var("POD_NAME");
+    let namespace = if le.lease_namespace.is_empty() {
+        var("POD_NAMESPACE")
+    } else {
+        le.lease_namespace.clone()
+    };
+    let client = kube::Client::try_default().await.map_err(|e| {
+        format!("leaderElection.enabled: cannot reach the Kubernetes API (in-cluster or KUBECONFIG): {e}")
+    })?;
+    tracing::info!(lease = %le.lease_name, %namespace, %identity, "leader election on");
+    Ok(Some(Elector::new(
+        client,
+        &namespace,
+        &le.lease_name,
+        &identity,
+        Timings {
+            lease_duration: le.lease_duration.0,
+            renew_deadline: le.renew_deadline.0,
+            retry_period: le.retry_period.0,
+        },
+    )))
+}
+
+/// The configured providers.
 fn providers(config: &AgentConfig) -> Result<Vec<ProviderConfig>, String> {
-    if config.governance_dashboard.server.tls.enabled {
-        return Err("governanceDashboard.server.tls.enabled: TLS towards the hub is not supported by this build yet".into());
-    }
-    if config.leader_election.enabled {
-        return Err("leaderElection.enabled: leader election is not supported by this build yet; run one replica".into());
-    }
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()

@@ -10,13 +10,15 @@ use axum::routing::get;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use crate::election::Role;
+
 /// What the probe reports.
 #[derive(Clone)]
 pub struct ProbeState {
     /// Whether both streams to the hub are open.
     pub link: watch::Receiver<bool>,
-    /// `leader`, `standby` or `not electing`.
-    pub role: watch::Receiver<&'static str>,
+    /// Leader, standby or not electing.
+    pub role: watch::Receiver<Role>,
 }
 
 /// The probe's routes.
@@ -32,10 +34,14 @@ pub fn router(state: ProbeState) -> Router {
 
 async fn ready(State(s): State<ProbeState>) -> (StatusCode, axum::Json<Value>) {
     let connected = *s.link.borrow();
-    let body = json!({
+    let role = *s.role.borrow();
+    let mut body = json!({
         "hub": if connected { "connected" } else { "disconnected" },
-        "role": *s.role.borrow(),
+        "role": role.as_str(),
     });
+    if let Role::Leader { fencing_token } = role {
+        body["fencing_token"] = json!(fencing_token);
+    }
     let status = if connected {
         StatusCode::OK
     } else {

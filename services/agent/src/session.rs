@@ -1,22 +1,30 @@
-//! The agent's connection to the hub: outbound only. It opens the health
-//! stream (hello with the providers, then heartbeats at the interval the hub
-//! asks for) and the sync stream (the hub pushes sync requests; each run is
-//! answered with `started`, one message per API, then `completed` with the
-//! count or `failed` with the reason). When either stream breaks it
-//! reconnects with exponential backoff and jitter, logging each change of
-//! state (never the token).
+//! The agent's connection to the hub: outbound only, plain or TLS. It opens
+//! the health stream (hello with the providers, then heartbeats at the
+//! interval the hub asks for) and, while this replica may sync (it leads, or
+//! does not elect), the sync stream (the hub pushes sync requests; each run
+//! is answered with `started`, one message per API, then `completed` with the
+//! count or `failed` with the reason, every message carrying the fencing
+//! token). A replica that stops leading closes its sync stream and abandons
+//! its runs. When a stream breaks it reconnects with exponential backoff and
+//! jitter, logging each change of state (never the token).
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use meridian_schemas::FENCING_TOKEN_METADATA;
 use meridian_schemas::proto::agent_hub_client::AgentHubClient;
 use meridian_schemas::proto::{
-    HealthMessage, Heartbeat, Hello, Provider, SyncCompleted, SyncFailed, SyncMessage, SyncStarted,
-    health_message, sync_message,
+    HealthMessage, Heartbeat, Hello, Provider, SyncCompleted, SyncFailed, SyncMessage, SyncRequest,
+    SyncStarted, health_message, sync_message,
 };
+use rustls::pki_types::ServerName;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::codegen::http::Uri;
 
+use crate::election::Role;
 use crate::providers::ProviderConfig;
 
 /// gRPC keepalive towards the hub.
@@ -43,6 +51,8 @@ pub struct SessionConfig {
     pub keepalive: Option<Keepalive>,
     /// Reported in the hello.
     pub agent_version: String,
+    /// TLS towards the hub (plain gRPC when `None`).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl SessionConfig {
@@ -58,26 +68,30 @@ impl SessionConfig {
                 permit_without_stream: true,
             }),
             agent_version: format!("meridian-agent/{}", env!("CARGO_PKG_VERSION")),
+            tls: None,
         }
     }
 }
 
-/// Runs the agent until `stop`, reconnecting with backoff.
+/// Runs the agent until `stop`, reconnecting with backoff (no election).
 pub async fn run_until_stopped(config: SessionConfig, stop: CancellationToken) {
-    run_reporting(config, stop, watch::channel(false).0).await;
+    let (_role, role_rx) = watch::channel(Role::NotElecting);
+    run_reporting(config, stop, watch::channel(false).0, role_rx).await;
 }
 
-/// [`run_until_stopped`], reporting on `link` whether both streams are up.
+/// [`run_until_stopped`], reporting on `link` whether the hub streams are
+/// up, and opening the sync stream only while `role` allows it.
 pub async fn run_reporting(
     config: SessionConfig,
     stop: CancellationToken,
     link: watch::Sender<bool>,
+    mut role: watch::Receiver<Role>,
 ) {
     let mut backoff = Duration::from_millis(200);
     while !stop.is_cancelled() {
         let outcome = tokio::select! {
             () = stop.cancelled() => return,
-            r = session(&config, &stop, &link) => r,
+            r = session(&config, &stop, &link, &mut role) => r,
         };
         link.send_replace(false);
         match outcome {
@@ -107,7 +121,7 @@ fn jitter(d: Duration) -> Duration {
     d / 2 + d.mul_f64(f64::from(nanos % 1000) / 2000.0)
 }
 
-/// Why a session ended: before or after both streams were up.
+/// Why a session ended: before or after the streams were up.
 enum Failure {
     Connecting(String),
     Connected(String),
@@ -122,18 +136,36 @@ pub type Client = AgentHubClient<
     tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Interceptor>,
 >;
 
-/// A client that sends the token with every call.
+/// A client that sends the token with every call (plain gRPC, no keepalive).
 pub async fn connect(hub: &str, token: &str) -> Result<Client, String> {
-    connect_with(hub, token, None).await
+    connect_with(hub, token, None, None).await
 }
 
-/// [`connect`] with keepalive pings.
+/// [`connect`] with keepalive pings and, when `tls` is given, TLS.
 pub async fn connect_with(
     hub: &str,
     token: &str,
     keepalive: Option<Keepalive>,
+    tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Result<Client, String> {
-    let mut endpoint = tonic::transport::Endpoint::from_shared(hub.to_owned())
+    let uri: Uri = hub
+        .parse()
+        .map_err(|e| format!("{hub:?} is not a URL: {e}"))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("{hub:?} has no host"))?
+        .to_owned();
+    // With TLS the handshake is ours (see `tls`); tonic then speaks plain
+    // HTTP/2 over the encrypted stream, so it is given an http:// URL.
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    let plain = format!("http://{host}:{port}");
+    let mut endpoint = tonic::transport::Endpoint::from_shared(plain)
         .map_err(|e| format!("{hub:?} is not a URL: {e}"))?
         .connect_timeout(Duration::from_secs(5));
     if let Some(k) = keepalive {
@@ -142,10 +174,17 @@ pub async fn connect_with(
             .keep_alive_timeout(k.timeout)
             .keep_alive_while_idle(k.permit_without_stream);
     }
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| format!("cannot reach {hub}: {e}"))?;
+    let channel = match tls {
+        None => endpoint.connect().await,
+        Some(config) => {
+            let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+                .map_err(|e| format!("{host:?} cannot be checked against a certificate: {e}"))?;
+            endpoint
+                .connect_with_connector(crate::tls::connector(config, name))
+                .await
+        }
+    }
+    .map_err(|e| format!("cannot reach {hub}: {}", causes(&e)))?;
     let value: tonic::metadata::MetadataValue<_> = format!("Bearer {token}")
         .parse()
         .map_err(|_| "token is not valid metadata".to_owned())?;
@@ -156,22 +195,38 @@ pub async fn connect_with(
     Ok(AgentHubClient::with_interceptor(channel, interceptor).max_decoding_message_size(8 << 20))
 }
 
+/// An error with its sources: tonic's own message is only "transport error".
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 async fn session(
     config: &SessionConfig,
     stop: &CancellationToken,
     link: &watch::Sender<bool>,
+    role: &mut watch::Receiver<Role>,
 ) -> Result<(), Failure> {
-    let Streams {
-        _client,
-        mut replies,
-        health_tx,
-        interval,
-        mut requests,
-        sync_tx,
-    } = open(config).await.map_err(Failure::Connecting)?;
+    let mut health = open_health(config).await.map_err(Failure::Connecting)?;
+    let mut current = *role.borrow_and_update();
+    let mut sync = match current.sync_token() {
+        Some(token) => Some(
+            open_sync(&mut health.client, token)
+                .await
+                .map_err(Failure::Connecting)?,
+        ),
+        None => None,
+    };
     link.send_replace(true);
-    tracing::info!(hub = %config.hub, providers = config.providers.len(), "connected to the hub");
-    let mut ticker = tokio::time::interval(interval);
+    tracing::info!(hub = %config.hub, providers = config.providers.len(), role = current.as_str(), "connected to the hub");
+    let mut ticker = tokio::time::interval(health.interval);
+    let mut role_open = true;
     loop {
         tokio::select! {
             () = stop.cancelled() => return Ok(()),
@@ -179,41 +234,79 @@ async fn session(
                 let beat = HealthMessage { kind: Some(health_message::Kind::Heartbeat(Heartbeat {
                     sent_at_ms: meridian_kit::time::now_ms(),
                 })) };
-                health_tx.send(beat).await.map_err(|_| Failure::Connected("health stream closed".into()))?;
+                health.tx.send(beat).await.map_err(|_| Failure::Connected("health stream closed".into()))?;
             }
-            reply = replies.message() => match reply {
+            reply = health.replies.message() => match reply {
                 Ok(Some(_)) => {}
                 Ok(None) => return Err(Failure::Connected("hub closed the health stream".into())),
                 Err(s) => return Err(Failure::Connected(format!("health stream: {}", s.message()))),
             },
-            request = requests.message() => match request {
-                Ok(Some(req)) => {
-                    let provider = config.providers.iter().find(|p| p.name == req.provider).cloned();
-                    let tx = sync_tx.clone();
-                    tokio::spawn(async move { run_sync(provider, req, tx).await });
+            changed = role.changed(), if role_open => {
+                if changed.is_err() {
+                    role_open = false;
+                    continue;
                 }
-                Ok(None) => return Err(Failure::Connected("hub closed the sync stream".into())),
-                Err(s) => return Err(Failure::Connected(format!("sync stream: {}", s.message()))),
+                let next = *role.borrow_and_update();
+                if next.sync_token() != current.sync_token() {
+                    // Dropping the side closes the stream and aborts its runs.
+                    sync = None;
+                    match next.sync_token() {
+                        Some(token) => {
+                            sync = Some(open_sync(&mut health.client, token).await.map_err(Failure::Connected)?);
+                            tracing::info!(fencing_token = ?token, "leading: sync stream open");
+                        }
+                        None => tracing::info!("standing by: sync stream closed"),
+                    }
+                }
+                current = next;
+            }
+            request = next_request(sync.as_mut()) => match (request, sync.as_mut()) {
+                (Ok(Some(req)), Some(side)) => {
+                    let provider = config.providers.iter().find(|p| p.name == req.provider).cloned();
+                    while side.runs.try_join_next().is_some() {}
+                    side.runs.spawn(run_sync(provider, req, side.tx.clone(), side.fencing_token));
+                }
+                (Ok(_), _) => return Err(Failure::Connected("hub closed the sync stream".into())),
+                (Err(s), _) => return Err(Failure::Connected(format!("sync stream: {}", s.message()))),
             },
         }
     }
 }
 
-/// Both streams, open.
-struct Streams {
-    /// Kept so the connection lives as long as the streams.
-    _client: Client,
+/// The health stream, open.
+struct Health {
+    client: Client,
     replies: tonic::Streaming<meridian_schemas::proto::HealthReply>,
-    health_tx: mpsc::Sender<HealthMessage>,
+    tx: mpsc::Sender<HealthMessage>,
     interval: Duration,
-    requests: tonic::Streaming<meridian_schemas::proto::SyncRequest>,
-    sync_tx: mpsc::Sender<SyncMessage>,
 }
 
-/// Connects and opens both streams.
-async fn open(config: &SessionConfig) -> Result<Streams, String> {
-    let mut client = connect_with(&config.hub, &config.token, config.keepalive).await?;
-    let (health_tx, health_rx) = mpsc::channel(8);
+/// The sync stream, open, and the runs it is serving.
+struct SyncSide {
+    fencing_token: Option<u64>,
+    requests: tonic::Streaming<SyncRequest>,
+    tx: mpsc::Sender<SyncMessage>,
+    /// Aborted when the side is dropped (a replica that stops leading).
+    runs: JoinSet<()>,
+}
+
+async fn next_request(side: Option<&mut SyncSide>) -> Result<Option<SyncRequest>, tonic::Status> {
+    match side {
+        Some(s) => s.requests.message().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Connects, says hello, and waits for the hub's first reply.
+async fn open_health(config: &SessionConfig) -> Result<Health, String> {
+    let mut client = connect_with(
+        &config.hub,
+        &config.token,
+        config.keepalive,
+        config.tls.clone(),
+    )
+    .await?;
+    let (tx, rx) = mpsc::channel(8);
     let hello = Hello {
         providers: config
             .providers
@@ -225,13 +318,13 @@ async fn open(config: &SessionConfig) -> Result<Streams, String> {
             .collect(),
         agent_version: config.agent_version.clone(),
     };
-    let _ = health_tx
+    let _ = tx
         .send(HealthMessage {
             kind: Some(health_message::Kind::Hello(hello)),
         })
         .await;
     let mut replies = client
-        .health(ReceiverStream::new(health_rx))
+        .health(ReceiverStream::new(rx))
         .await
         .map_err(|s| format!("health stream refused: {}", s.message()))?
         .into_inner();
@@ -241,32 +334,47 @@ async fn open(config: &SessionConfig) -> Result<Streams, String> {
         .map_err(|s| s.message().to_owned())?
         .ok_or("hub closed the health stream")?;
     let interval = Duration::from_secs(u64::from(first.heartbeat_interval_seconds.max(1)));
+    Ok(Health {
+        client,
+        replies,
+        tx,
+        interval,
+    })
+}
 
-    let (sync_tx, sync_rx) = mpsc::channel::<SyncMessage>(1024);
+/// Opens the sync stream, announcing the fencing token (if electing).
+async fn open_sync(client: &mut Client, fencing_token: Option<u64>) -> Result<SyncSide, String> {
+    let (tx, rx) = mpsc::channel::<SyncMessage>(1024);
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(token) = fencing_token {
+        request
+            .metadata_mut()
+            .insert(FENCING_TOKEN_METADATA, token.into());
+    }
     let requests = client
-        .sync(ReceiverStream::new(sync_rx))
+        .sync(request)
         .await
         .map_err(|s| format!("sync stream refused: {}", s.message()))?
         .into_inner();
-    Ok(Streams {
-        _client: client,
-        replies,
-        health_tx,
-        interval,
+    Ok(SyncSide {
+        fencing_token,
         requests,
-        sync_tx,
+        tx,
+        runs: JoinSet::new(),
     })
 }
 
 async fn run_sync(
     provider: Option<ProviderConfig>,
-    req: meridian_schemas::proto::SyncRequest,
+    req: SyncRequest,
     tx: mpsc::Sender<SyncMessage>,
+    fencing_token: Option<u64>,
 ) {
     let msg = |kind| SyncMessage {
         run_id: req.run_id.clone(),
         provider: req.provider.clone(),
         kind: Some(kind),
+        fencing_token,
     };
     let Some(provider) = provider else {
         let reason = format!("no provider named {:?}", req.provider);

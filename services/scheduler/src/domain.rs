@@ -287,7 +287,8 @@ impl Agents {
             }
             AgentEvent::Updated { .. }
             | AgentEvent::TokenIssued { .. }
-            | AgentEvent::TokenRevoked { .. } => {}
+            | AgentEvent::TokenRevoked { .. }
+            | AgentEvent::LeaderFenced { .. } => {}
         }
     }
 

@@ -4,6 +4,13 @@
 //! providers, waits for the first `HealthReply`, then opens the sync stream.
 //! Opening the sync stream triggers an initial sync of every provider.
 //!
+//! A replica of an agent that elects a leader opens the sync stream with its
+//! fencing token (`x-meridian-fencing-token`) and puts it on every message:
+//! opening raises the agent's fence through `AGENTS` (so every gateway
+//! replica sees it), and a message or stream with an older token is refused
+//! with `FailedPrecondition`, failing its open runs: a deposed leader cannot
+//! finish a run.
+//!
 //! Each sync stream subscribes (queue group `sync`) to the agent's core-NATS
 //! request subject, so a sync asked for on any replica (REST, scheduler)
 //! reaches the replica holding the stream. Runs belong to the stream they were
@@ -26,10 +33,11 @@ use meridian_schemas::proto::{
     HealthMessage, HealthReply, SyncMessage, SyncRequest, health_message, sync_message,
 };
 use meridian_schemas::sync::{ApiDefinition, SyncEvent, SyncEventKind};
-use meridian_schemas::{AgentId, EventMeta, RunId, streams};
+use meridian_schemas::{AgentId, EventMeta, FENCING_TOKEN_METADATA, RunId, streams};
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
@@ -95,21 +103,65 @@ impl Hub {
             TokenError::Expired => Status::unauthenticated("token expired"),
             TokenError::Invalid(_) => Status::unauthenticated("token is not valid"),
         })?;
-        self.still_valid(agent, jti)?;
+        self.still_valid(agent, jti, None)?;
         Ok((agent, jti))
     }
 
-    fn still_valid(&self, agent: AgentId, jti: Uuid) -> Result<(), Status> {
-        let record = self.registry.get(agent);
-        if record.is_none() {
+    /// The token is still the agent's current one and, for a leading
+    /// replica, its fencing token is not older than the newest seen.
+    fn still_valid(
+        &self,
+        agent: AgentId,
+        jti: Uuid,
+        fencing_token: Option<u64>,
+    ) -> Result<(), Status> {
+        let Some(record) = self.registry.get(agent) else {
             return Err(Status::unauthenticated("unknown agent (deleted?)"));
-        }
-        if !domain::token_valid(record.as_ref(), jti, now_ms()) {
+        };
+        if !domain::token_valid(Some(&record), jti, now_ms()) {
             return Err(Status::unauthenticated(
                 "token revoked, replaced or expired",
             ));
         }
+        if let Some(token) = fencing_token {
+            domain::check_fence(&record, token)
+                .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        }
         Ok(())
+    }
+
+    /// Reads the opener's fencing token and raises the agent's fence to it
+    /// (through the log, so every replica refuses the older leader).
+    async fn fence(&self, agent: AgentId, metadata: &MetadataMap) -> Result<Option<u64>, Status> {
+        let Some(value) = metadata.get(FENCING_TOKEN_METADATA) else {
+            return Ok(None);
+        };
+        let token: u64 = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "{FENCING_TOKEN_METADATA}: must be a non-negative integer"
+                ))
+            })?;
+        match self
+            .registry
+            .execute(
+                agent,
+                Command::Fence {
+                    fencing_token: token,
+                },
+            )
+            .await
+        {
+            Ok(_) => Ok(Some(token)),
+            Err(ExecError::Rejected(r @ Rejection::Fenced { .. })) => {
+                Err(Status::failed_precondition(r.to_string()))
+            }
+            Err(ExecError::Rejected(r)) => Err(Status::unauthenticated(r.to_string())),
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        }
     }
 
     async fn beat(&self, agent: AgentId) -> Result<(), BusError> {
@@ -205,7 +257,7 @@ impl AgentHub for Hub {
                 let result = match message {
                     Ok(Some(HealthMessage {
                         kind: Some(health_message::Kind::Heartbeat(_)),
-                    })) => match hub.still_valid(agent, jti) {
+                    })) => match hub.still_valid(agent, jti, None) {
                         Err(status) => Err(status),
                         Ok(()) => hub
                             .beat(agent)
@@ -237,6 +289,7 @@ impl AgentHub for Hub {
         req: Request<Streaming<SyncMessage>>,
     ) -> Result<Response<Self::SyncStream>, Status> {
         let (agent, jti) = self.authenticate(&req)?;
+        let fencing_token = self.fence(agent, req.metadata()).await?;
         let inbound = req.into_inner();
         let (tx, rx) = mpsc::channel::<Result<SyncRequest, Status>>(64);
         let runs: Runs = Arc::new(Mutex::new(HashMap::new()));
@@ -245,7 +298,7 @@ impl AgentHub for Hub {
             .queue_subscribe(streams::sync_request_subject(agent), "sync".into())
             .await
             .map_err(|e| Status::unavailable(format!("cannot subscribe to sync requests: {e}")))?;
-        tracing::info!(%agent, "agent connected (sync stream)");
+        tracing::info!(%agent, ?fencing_token, "agent connected (sync stream)");
         let responder = tokio::spawn(respond(
             self.clone(),
             agent,
@@ -275,7 +328,9 @@ impl AgentHub for Hub {
         });
         let hub = self.clone();
         tokio::spawn(async move {
-            let reason = hub.receive(agent, jti, inbound, &runs, &tx).await;
+            let reason = hub
+                .receive(agent, (jti, fencing_token), inbound, &runs, &tx)
+                .await;
             responder.abort();
             hub.fail_open_runs(agent, &runs, &reason).await;
             tracing::info!(%agent, %reason, "agent sync stream ended");
@@ -375,11 +430,12 @@ impl Hub {
         TriggerSyncReply::Started(started)
     }
 
-    /// Appends what the agent sends until the stream ends; returns why it ended.
+    /// Appends what the agent sends until the stream ends; returns why it
+    /// ended. `opened_with` is the stream's token id and fencing token.
     async fn receive(
         &self,
         agent: AgentId,
-        jti: Uuid,
+        opened_with: (Uuid, Option<u64>),
         mut inbound: Streaming<SyncMessage>,
         runs: &Runs,
         tx: &mpsc::Sender<Result<SyncRequest, Status>>,
@@ -396,7 +452,8 @@ impl Hub {
                     Ok(None) => return Ok("agent closed the stream".to_owned()),
                     Err(status) => return Ok(format!("stream error: {}", status.message())),
                 };
-                self.still_valid(agent, jti)?;
+                let (jti, stream_fence) = opened_with;
+                self.still_valid(agent, jti, message.fencing_token.or(stream_fence))?;
                 let (event, ends_run) = self.to_event(agent, message, runs)?;
                 let meta = EventMeta {
                     occurred_at_ms: now_ms(),
