@@ -175,7 +175,20 @@ instances:
         .write()
         .unwrap()
         .retain(|e| e["api_id"] != gone);
-    api.trigger_sync(&agent_id, Some("tyk")).await;
+    // (The probe says `leader` as soon as the Lease is won; the sync stream
+    // opens a moment later.)
+    let asked = eventually(T, || async {
+        let body = serde_json::json!({"provider": "tyk"});
+        let (code, _) = api
+            .post(&format!("/api/agents/{agent_id}/sync"), &body)
+            .await;
+        (code == 202).then_some(())
+    })
+    .await;
+    assert!(
+        asked.is_some(),
+        "the new leader never opened its sync stream"
+    );
     api.wait_for_total("deleted", 1, T).await;
 
     // A clean stop releases the Lease: the last replica leads long before
@@ -203,6 +216,62 @@ instances:
     );
     gw.rest.stop().await;
     inv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_electors_racing_for_one_lease_never_both_lead() {
+    use meridian_agent::election::{Elector, Role, Timings};
+    let kube = FakeKube::start().await;
+    let client = || {
+        let config = kube::Config::new(kube.url.parse().unwrap());
+        kube::Client::try_from(config).unwrap()
+    };
+    let timings = Timings {
+        lease_duration: Duration::from_secs(2),
+        renew_deadline: Duration::from_millis(1500),
+        retry_period: Duration::from_millis(100),
+    };
+    // Each elector runs until its own token is cancelled; aborting a task
+    // instead is a crash (no release).
+    let mut electors = Vec::new();
+    for i in 0..5 {
+        let (tx, rx) = tokio::sync::watch::channel(Role::NotElecting);
+        let identity = format!("pod-{i}");
+        let elector = Elector::new(client(), NS, LEASE, &identity, timings);
+        let task = tokio::spawn(elector.run(tx, meridian_kit::CancellationToken::new()));
+        electors.push((identity, rx, Some(task)));
+    }
+    let mut last_token = None;
+    for round in 0..3 {
+        // Sample often: at no moment do two lead; one leads once settled.
+        let mut leader = None;
+        for _ in 0..40 {
+            let leading: Vec<(usize, u64)> = electors
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, _, task))| task.is_some())
+                .filter_map(|(i, (_, rx, _))| match *rx.borrow() {
+                    Role::Leader { fencing_token } => Some((i, fencing_token)),
+                    _ => None,
+                })
+                .collect();
+            assert!(leading.len() <= 1, "round {round}: two leaders {leading:?}");
+            leader = leading.first().copied();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (i, token) = leader.unwrap_or_else(|| panic!("round {round}: nobody leads"));
+        assert_eq!(
+            kube.holder(NS, LEASE),
+            Some((electors[i].0.clone(), token as i64))
+        );
+        assert!(last_token.is_none_or(|t| token > t), "tokens only grow");
+        last_token = Some(token);
+        electors[i].2.take().unwrap().abort();
+    }
+    eprintln!(
+        "five electors: {} writes refused for a stale resourceVersion",
+        kube.conflicts()
+    );
 }
 
 /// A replica's connection: health stream up (hello with provider `p`), and
