@@ -98,3 +98,90 @@ async fn one_url_serves_every_endpoint_and_the_openapi_document() {
     stop.cancel();
     running.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_puts_separately_run_services_on_one_url() {
+    use meridian::route::{Upstream, router};
+    let TestHub {
+        nats,
+        gw,
+        dir: _dir,
+        inv,
+        api: _,
+    } = TestHub::start(|_| {}).await;
+    let scheduler = start_scheduler(&nats, |_| {}).await;
+    let upstreams = [
+        ("agent-gateway", &gw.rest.url),
+        ("inventory", &inv.url),
+        ("scheduler", &scheduler.url),
+    ]
+    .map(|(name, url)| Upstream {
+        name: name.into(),
+        url: url.clone(),
+    })
+    .to_vec();
+    let routed = router(upstreams, Duration::from_secs(10)).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, routed).await });
+    let api = Api::new(&url, &url).with_scheduler(&url);
+
+    // Each service's own endpoints, through the one URL.
+    let (agent_id, _token) = api.register_agent("routed").await;
+    let (code, agents) = api.get("/api/agents/").await;
+    assert_eq!(code, 200);
+    assert_eq!(agents[0]["id"], agent_id.as_str());
+    let (code, jobs) = api
+        .get(&format!("/api/agents/{agent_id}/sync-jobs"))
+        .await;
+    assert_eq!(code, 200, "{jobs}");
+    assert_eq!(jobs, serde_json::json!([]));
+    let (code, bad) = api
+        .post(
+            &format!("/api/agents/{agent_id}/sync-jobs"),
+            &serde_json::json!({"provider": "p", "repeat_every": "soon"}),
+        )
+        .await;
+    assert_eq!(code, 400, "the scheduler's own validation answers: {bad}");
+    assert!(bad["message"].as_str().unwrap().contains("repeat_every"));
+    let (code, apis) = api.get("/api/apis?status=all").await;
+    assert_eq!((code, &apis["total"]), (200, &serde_json::json!(0)));
+    let (code, _) = api.with_key(Some("wrong")).get("/api/providers").await;
+    assert_eq!(code, 401, "the key is checked by the service behind");
+    let (code, missing) = api.get("/api/nothing-here").await;
+    assert_eq!(code, 404);
+    assert_eq!(missing["error"], "not_found");
+
+    // One document with every service's paths; ready when all are.
+    let http = reqwest::Client::new();
+    let doc: serde_json::Value = http
+        .get(format!("{url}/api/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for p in [
+        "/api/agents/{id}",
+        "/api/agents/{id}/sync-jobs",
+        "/api/apis",
+        "/api/providers",
+    ] {
+        assert!(doc["paths"].get(p).is_some(), "{p} missing");
+    }
+    let ready = http.get(format!("{url}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    scheduler.stop().await;
+    let waiting: serde_json::Value = http
+        .get(format!("{url}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(waiting["waiting_for"], serde_json::json!(["scheduler"]));
+    gw.rest.stop().await;
+    inv.stop().await;
+}

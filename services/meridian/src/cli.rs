@@ -127,6 +127,17 @@ pub enum AgentsCmd {
         #[arg(long)]
         provider: Option<String>,
     },
+    /// Find the agent named NAME (or register it), issue it a fresh token,
+    /// and write `MERIDIAN_AGENT_GOVERNANCEDASHBOARD_AUTH_TOKEN=<token>` to
+    /// `--env-file` (mode 0600) for the agent to source: how compose sets
+    /// up its agent. The token is never printed.
+    Bootstrap {
+        /// Agent name.
+        name: String,
+        /// Where to write the token.
+        #[arg(long)]
+        env_file: std::path::PathBuf,
+    },
 }
 
 /// `meridian jobs ...`: scheduled syncs of an agent's providers.
@@ -219,6 +230,62 @@ fn print(v: &Value) {
 }
 
 /// Runs an `agents` command.
+/// `meridian agents bootstrap`.
+async fn bootstrap(client: &Client, name: &str, env_file: &std::path::Path) -> anyhow::Result<()> {
+    let agents = client.get("/api/agents/").await?;
+    let existing = agents
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["name"] == name)
+        .and_then(|a| a["id"].as_str().map(str::to_owned));
+    let id = match existing {
+        Some(id) => id,
+        None => {
+            let created = client
+                .post(
+                    "/api/agents/",
+                    &serde_json::json!({"name": name, "description": "bootstrapped"}),
+                )
+                .await?;
+            created["id"]
+                .as_str()
+                .ok_or_else(|| anyhow::anyhow!("the hub answered without an id: {created}"))?
+                .to_owned()
+        }
+    };
+    let issued = client
+        .post("/api/auth/token/", &serde_json::json!({"agent_id": id}))
+        .await?;
+    let token = issued["token"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("the hub issued no token"))?;
+    write_private(
+        env_file,
+        &format!("MERIDIAN_AGENT_GOVERNANCEDASHBOARD_AUTH_TOKEN={token}\n"),
+    )?;
+    eprintln!(
+        "agent {name} ({id}): token written to {}",
+        env_file.display()
+    );
+    Ok(())
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}
+
 pub async fn agents(client: &Client, cmd: AgentsCmd) -> anyhow::Result<()> {
     let v = match cmd {
         AgentsCmd::List => client.get("/api/agents/").await?,
@@ -254,6 +321,10 @@ pub async fn agents(client: &Client, cmd: AgentsCmd) -> anyhow::Result<()> {
                 .await?
         }
         AgentsCmd::Revoke { id } => client.delete(&format!("/api/auth/token/{id}")).await?,
+        AgentsCmd::Bootstrap { name, env_file } => {
+            bootstrap(client, &name, &env_file).await?;
+            Value::Null
+        }
         AgentsCmd::Sync { id, provider } => {
             let body = provider.map_or_else(
                 || serde_json::json!({}),

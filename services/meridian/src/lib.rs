@@ -8,11 +8,13 @@
 //!
 //! Modules: [`hub`] (in-process composition), [`up`] (the launcher),
 //! [`cli`] (REST client commands), [`events`] (`events tail`),
-//! [`demo_provider`]. The demo agent is `meridian-agent`'s session with the
+//! [`route`] (`meridian route`: the hub URL in front of separately deployed
+//! services), [`demo_provider`]. The demo agent is `meridian-agent`'s session with the
 //! demo provider as its one Tyk provider.
 
 pub mod cli;
 pub mod demo_provider;
 pub mod events;
 pub mod hub;
+pub mod route;
 pub mod up;

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use meridian::cli::{self, AgentsCmd, ApisCmd, Client};
+use meridian::route;
 use meridian::up::{self, UpArgs};
 
 #[derive(Parser)]
@@ -46,6 +47,36 @@ enum Command {
     /// Follow the public events (API lifecycle, agent status).
     #[command(subcommand)]
     Events(meridian::events::EventsCmd),
+    /// Serve the hub URL in front of separately run services (compose,
+    /// Kubernetes): requests go to the service whose OpenAPI paths match.
+    Route {
+        /// Where to listen.
+        #[arg(long, env = "MERIDIAN_ROUTE_LISTEN", default_value = "127.0.0.1:8000")]
+        listen: String,
+        /// agent-gateway's REST URL.
+        #[arg(long, env = "MERIDIAN_ROUTE_GATEWAY", default_value = "http://127.0.0.1:8081")]
+        gateway: String,
+        /// inventory's REST URL.
+        #[arg(long, env = "MERIDIAN_ROUTE_INVENTORY", default_value = "http://127.0.0.1:8082")]
+        inventory: String,
+        /// scheduler's REST URL.
+        #[arg(long, env = "MERIDIAN_ROUTE_SCHEDULER", default_value = "http://127.0.0.1:8083")]
+        scheduler: String,
+    },
+    /// Serve a demo Tyk-Dashboard-compatible provider with sample APIs.
+    DemoProvider {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        listen: String,
+        /// The dashboard key clients must send.
+        #[arg(long, env = "MERIDIAN_DEMO_PROVIDER_KEY", default_value = "demo-key")]
+        key: String,
+    },
+    /// Exit 0 when URL answers 2xx within 3 s (container health checks).
+    Probe {
+        /// The URL to GET.
+        url: String,
+    },
     /// Rebuild the API Repository from the log (stop the hub first).
     Rebuild {
         /// NATS URL.
@@ -64,8 +95,11 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // The launcher logs what the hub does; the other commands print answers.
-    let level = if matches!(cli.command, Command::Up(_)) {
+    // The servers log what they do; the other commands print answers.
+    let level = if matches!(
+        cli.command,
+        Command::Up(_) | Command::Route { .. } | Command::DemoProvider { .. }
+    ) {
         "info"
     } else {
         "warn"
@@ -84,6 +118,48 @@ async fn main() -> anyhow::Result<()> {
         Command::Providers => cli::providers(&client()?).await,
         Command::Jobs(cmd) => cli::jobs(&client()?, cmd).await,
         Command::Events(cmd) => meridian::events::run(cmd).await,
+        Command::Route {
+            listen,
+            gateway,
+            inventory,
+            scheduler,
+        } => {
+            let upstreams = [
+                ("agent-gateway", gateway),
+                ("inventory", inventory),
+                ("scheduler", scheduler),
+            ]
+            .into_iter()
+            .map(|(name, url)| route::Upstream {
+                name: name.into(),
+                url,
+            })
+            .collect();
+            route::serve(&listen, upstreams, meridian_kit::shutdown::on_signal()).await
+        }
+        Command::DemoProvider { listen, key } => {
+            let provider =
+                meridian::demo_provider::DemoProvider::new(meridian::demo_provider::sample_apis(), &key);
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+            tracing::info!(addr = %listener.local_addr()?, "demo provider listening");
+            meridian_kit::http::serve(listener, provider.router(), meridian_kit::shutdown::on_signal())
+                .await?;
+            Ok(())
+        }
+        Command::Probe { url } => {
+            let answer = reqwest::Client::new()
+                .get(&url)
+                .timeout(std::time::Duration::from_secs(3))
+                .send()
+                .await;
+            match answer {
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) => anyhow::bail!("{url}: {}", r.status()),
+                Err(e) => anyhow::bail!("{url}: {e}"),
+            }
+        }
         Command::Rebuild {
             ref nats_url,
             ref data_dir,
