@@ -657,15 +657,16 @@ pub fn fast_heartbeats(c: &mut meridian_agent_gateway::Config) {
 /// The `meridian-agent` binary next to the test binary. `cargo test` does not
 /// build another package's binaries, so `scripts/test` builds it first.
 pub fn agent_binary() -> PathBuf {
+    workspace_binary("meridian-agent")
+}
+
+/// A workspace binary (`meridian`, `meridian-agent`) next to the test binary.
+pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .unwrap()
-        .join("meridian-agent");
+    let bin = exe.parent().and_then(|d| d.parent()).unwrap().join(name);
     assert!(
         bin.exists(),
-        "{} is missing: build it with `cargo build -p meridian-agent` (scripts/test does)",
+        "{} is missing: build it with `cargo build --bin {name}` (scripts/test does)",
         bin.display()
     );
     bin

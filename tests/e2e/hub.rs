@@ -131,9 +131,7 @@ async fn the_router_puts_separately_run_services_on_one_url() {
     let (code, agents) = api.get("/api/agents/").await;
     assert_eq!(code, 200);
     assert_eq!(agents[0]["id"], agent_id.as_str());
-    let (code, jobs) = api
-        .get(&format!("/api/agents/{agent_id}/sync-jobs"))
-        .await;
+    let (code, jobs) = api.get(&format!("/api/agents/{agent_id}/sync-jobs")).await;
     assert_eq!(code, 200, "{jobs}");
     assert_eq!(jobs, serde_json::json!([]));
     let (code, bad) = api

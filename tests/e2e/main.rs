@@ -3,6 +3,7 @@
 mod agent;
 mod aws;
 mod bad_input;
+mod deploy;
 mod election;
 mod events;
 mod hub;

@@ -97,10 +97,11 @@ impl DemoProvider {
         }
     }
 
-    /// The HTTP routes.
+    /// The HTTP routes (`/healthz` for container health checks).
     pub fn router(&self) -> Router {
         Router::new()
             .route("/api/apis", get(list))
+            .route("/healthz", get(|| async { "ok" }))
             .with_state(self.clone())
     }
 }

@@ -54,13 +54,25 @@ enum Command {
         #[arg(long, env = "MERIDIAN_ROUTE_LISTEN", default_value = "127.0.0.1:8000")]
         listen: String,
         /// agent-gateway's REST URL.
-        #[arg(long, env = "MERIDIAN_ROUTE_GATEWAY", default_value = "http://127.0.0.1:8081")]
+        #[arg(
+            long,
+            env = "MERIDIAN_ROUTE_GATEWAY",
+            default_value = "http://127.0.0.1:8081"
+        )]
         gateway: String,
         /// inventory's REST URL.
-        #[arg(long, env = "MERIDIAN_ROUTE_INVENTORY", default_value = "http://127.0.0.1:8082")]
+        #[arg(
+            long,
+            env = "MERIDIAN_ROUTE_INVENTORY",
+            default_value = "http://127.0.0.1:8082"
+        )]
         inventory: String,
         /// scheduler's REST URL.
-        #[arg(long, env = "MERIDIAN_ROUTE_SCHEDULER", default_value = "http://127.0.0.1:8083")]
+        #[arg(
+            long,
+            env = "MERIDIAN_ROUTE_SCHEDULER",
+            default_value = "http://127.0.0.1:8083"
+        )]
         scheduler: String,
     },
     /// Serve a demo Tyk-Dashboard-compatible provider with sample APIs.
@@ -138,14 +150,20 @@ async fn main() -> anyhow::Result<()> {
             route::serve(&listen, upstreams, meridian_kit::shutdown::on_signal()).await
         }
         Command::DemoProvider { listen, key } => {
-            let provider =
-                meridian::demo_provider::DemoProvider::new(meridian::demo_provider::sample_apis(), &key);
+            let provider = meridian::demo_provider::DemoProvider::new(
+                meridian::demo_provider::sample_apis(),
+                &key,
+            );
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
             tracing::info!(addr = %listener.local_addr()?, "demo provider listening");
-            meridian_kit::http::serve(listener, provider.router(), meridian_kit::shutdown::on_signal())
-                .await?;
+            meridian_kit::http::serve(
+                listener,
+                provider.router(),
+                meridian_kit::shutdown::on_signal(),
+            )
+            .await?;
             Ok(())
         }
         Command::Probe { url } => {

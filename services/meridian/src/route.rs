@@ -140,7 +140,7 @@ async fn fetch_doc(
     loop {
         let attempt = async {
             let response = http.get(&url).send().await?.error_for_status()?;
-            Ok::<_, reqwest::Error>(response.json::<OpenApi>().await?)
+            response.json::<OpenApi>().await
         }
         .await;
         match attempt {
@@ -257,9 +257,8 @@ async fn forward(State(routes): State<Routes>, request: Request) -> Response {
                 .into_response();
         }
     };
-    out.body(Body::from(bytes)).unwrap_or_else(|e| {
-        ApiError::internal("building the answer", e).into_response()
-    })
+    out.body(Body::from(bytes))
+        .unwrap_or_else(|e| ApiError::internal("building the answer", e).into_response())
 }
 
 /// Serves the router on `addr` until `stop`.
