@@ -7,6 +7,7 @@ mod deploy;
 mod election;
 mod events;
 mod hub;
+mod observe;
 mod restart;
 mod schedule;
 mod story;

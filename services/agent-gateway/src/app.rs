@@ -8,6 +8,7 @@ use meridian_kit::bus::{self, Publisher};
 use meridian_kit::config::{ConfigError, HumanDuration, Secret, admin_key};
 use meridian_kit::http::{self, ApiKey, ReadyCheck};
 use meridian_kit::projection::{self, ConsumerKind, Progress, ProjectionSpec, Runner};
+use meridian_schemas::agents::{AgentStatus, Heartbeat};
 use meridian_schemas::proto::agent_hub_server::AgentHubServer;
 use meridian_schemas::streams;
 use serde::Deserialize;
@@ -139,6 +140,40 @@ impl Config {
     }
 }
 
+/// `meridian_agents{status}`, from the registry and the latest heartbeats
+/// when scraped.
+fn count_agents_at_scrape(registry: Registry, client: async_nats::Client) {
+    let gauge = |status| {
+        meridian_kit::metrics::gauge(
+            "meridian_agents",
+            "Registered agents, by status (ACTIVE, INACTIVE).",
+            &[("status", status)],
+        )
+    };
+    let (active, inactive) = (gauge("ACTIVE"), gauge("INACTIVE"));
+    meridian_kit::metrics::on_scrape(Arc::new(move || {
+        let (registry, js) = (registry.clone(), async_nats::jetstream::new(client.clone()));
+        let (active, inactive) = (active.clone(), inactive.clone());
+        Box::pin(async move {
+            let now = meridian_kit::time::now_ms();
+            let (mut up, mut down) = (0, 0);
+            for agent in registry.list() {
+                let subject = streams::heartbeat_subject(agent.id);
+                let beat = http::read_last::<Heartbeat>(&js, &subject)
+                    .await
+                    .ok()
+                    .flatten();
+                match AgentStatus::at(beat.as_ref(), now) {
+                    AgentStatus::Active => up += 1,
+                    AgentStatus::Inactive => down += 1,
+                }
+            }
+            active.set(up);
+            inactive.set(down);
+        })
+    }));
+}
+
 /// A failure to start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -238,6 +273,7 @@ impl App {
             max_api_bytes: config.max_api_bytes,
             publish_window: 1024,
         };
+        count_agents_at_scrape(registry.clone(), client.clone());
         let hub = Hub::new(
             registry.clone(),
             tokens.clone(),

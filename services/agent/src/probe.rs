@@ -1,7 +1,10 @@
 //! The health probe on `healthProbe.server.port`: `/healthz` answers while
 //! the process lives; `/readyz` says whether the hub streams are up and
 //! whether this replica leads, stands by, or does not elect (200 when
-//! connected, 503 otherwise).
+//! connected, 503 otherwise); `/metrics` has the agent's Prometheus metrics
+//! (`meridian_agent_hub_connected`, `meridian_agent_leader`,
+//! `meridian_agent_sync_runs_total{provider,result}`,
+//! `meridian_agent_apis_discovered_total{provider}`).
 
 use axum::Router;
 use axum::extract::State;
@@ -23,6 +26,21 @@ pub struct ProbeState {
 
 /// The probe's routes.
 pub fn router(state: ProbeState) -> Router {
+    let gauge = |name, help| meridian_kit::metrics::gauge(name, help, &[]);
+    let connected = gauge(
+        "meridian_agent_hub_connected",
+        "1 while the agent's streams to the hub are up.",
+    );
+    let leader = gauge(
+        "meridian_agent_leader",
+        "1 while this replica leads (or does not elect), 0 on standby.",
+    );
+    let watched = state.clone();
+    meridian_kit::metrics::on_scrape(std::sync::Arc::new(move || {
+        connected.set(i64::from(*watched.link.borrow()));
+        leader.set(i64::from(watched.role.borrow().sync_token().is_some()));
+        Box::pin(async {})
+    }));
     Router::new()
         .route(
             "/healthz",
@@ -30,6 +48,7 @@ pub fn router(state: ProbeState) -> Router {
         )
         .route("/readyz", get(ready))
         .with_state(state)
+        .merge(meridian_kit::metrics::router())
 }
 
 async fn ready(State(s): State<ProbeState>) -> (StatusCode, axum::Json<Value>) {

@@ -386,9 +386,22 @@ async fn run_sync(
     let _ = tx
         .send(msg(sync_message::Kind::Started(SyncStarted {})))
         .await;
+    let runs = |result| {
+        meridian_kit::metrics::counter(
+            "meridian_agent_sync_runs_total",
+            "Sync runs this agent ran, by provider and result.",
+            &[("provider", req.provider.as_str()), ("result", result)],
+        )
+    };
     match provider.source.list().await {
         Ok(apis) => {
             let count = apis.len() as u64;
+            meridian_kit::metrics::counter(
+                "meridian_agent_apis_discovered_total",
+                "APIs discovered and sent to the hub, by provider.",
+                &[("provider", req.provider.as_str())],
+            )
+            .add(count);
             for api in apis {
                 if tx.send(msg(sync_message::Kind::Api(api))).await.is_err() {
                     return;
@@ -397,9 +410,11 @@ async fn run_sync(
             let _ = tx
                 .send(msg(sync_message::Kind::Completed(SyncCompleted { count })))
                 .await;
+            runs("completed").inc();
             tracing::info!(provider = %req.provider, count, "synced");
         }
         Err(reason) => {
+            runs("failed").inc();
             tracing::warn!(provider = %req.provider, %reason, "sync failed");
             let _ = tx
                 .send(msg(sync_message::Kind::Failed(SyncFailed { reason })))

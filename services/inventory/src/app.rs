@@ -100,6 +100,30 @@ const TREE: &str = "repository";
 /// Opens the repository. Another process (or a previous instance still
 /// shutting down) may hold sled's directory lock for a moment: wait up to
 /// ten seconds for it before giving up.
+/// `meridian_repository_apis{status}`, counted when scraped.
+fn count_at_scrape(queries: store::Queries) {
+    let active = meridian_kit::metrics::gauge(
+        "meridian_repository_apis",
+        "APIs in the repository, by status.",
+        &[("status", "active")],
+    );
+    let deleted = meridian_kit::metrics::gauge(
+        "meridian_repository_apis",
+        "APIs in the repository, by status.",
+        &[("status", "deleted")],
+    );
+    meridian_kit::metrics::on_scrape(Arc::new(move || {
+        let (queries, active, deleted) = (queries.clone(), active.clone(), deleted.clone());
+        Box::pin(async move {
+            let counted = tokio::task::spawn_blocking(move || queries.counts()).await;
+            if let Ok(Ok((a, d))) = counted {
+                active.set(i64::try_from(a).unwrap_or(i64::MAX));
+                deleted.set(i64::try_from(d).unwrap_or(i64::MAX));
+            }
+        })
+    }));
+}
+
 async fn open_tree(data_dir: &std::path::Path) -> Result<(sled::Db, sled::Tree), AppError> {
     let storage = |source| AppError::Storage {
         path: data_dir.display().to_string(),
@@ -180,6 +204,7 @@ impl App {
                 message: e.to_string(),
             })?;
         let (db, tree) = open_tree(&config.data_dir).await?;
+        count_at_scrape(store::Queries::new(tree.clone()));
         let (runner, progress) = Runner::new(
             js.clone(),
             tree.clone(),

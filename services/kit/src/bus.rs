@@ -57,17 +57,29 @@ pub async fn connect(
     patience: Duration,
 ) -> Result<async_nats::Client, BusError> {
     let deadline = tokio::time::Instant::now() + patience;
+    let reconnects = crate::metrics::nats_reconnects();
     loop {
+        let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reconnects = reconnects.clone();
         let attempt = async_nats::ConnectOptions::new()
             .name(name)
             .connection_timeout(Duration::from_secs(2))
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Disconnected => {
-                        tracing::warn!("NATS connection lost, reconnecting")
+            .event_callback(move |event| {
+                let (lost, reconnects) = (lost.clone(), reconnects.clone());
+                async move {
+                    match event {
+                        async_nats::Event::Disconnected => {
+                            lost.store(true, std::sync::atomic::Ordering::Relaxed);
+                            tracing::warn!("NATS connection lost, reconnecting")
+                        }
+                        async_nats::Event::Connected => {
+                            if lost.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                                reconnects.inc();
+                            }
+                            tracing::info!("NATS connected")
+                        }
+                        other => tracing::debug!(%other, "NATS event"),
                     }
-                    async_nats::Event::Connected => tracing::info!("NATS connected"),
-                    other => tracing::debug!(%other, "NATS event"),
                 }
             })
             .connect(url)
@@ -223,6 +235,7 @@ impl Publisher {
     }
 
     fn headers<E: Event>(event: &E) -> HeaderMap {
+        crate::metrics::published(E::STREAM).inc();
         let mut headers = HeaderMap::new();
         headers.insert(NATS_MESSAGE_ID, event.dedup_id().as_str());
         headers.insert(HEADER_EVENT_TYPE, event.event_type());

@@ -379,9 +379,23 @@ pub fn service_router(
     title: &str,
 ) -> Router {
     let (api, doc) = api.split_for_parts();
-    api.merge(health_router(checks))
-        .merge(docs_router(finish_openapi(doc, title)))
-        .fallback(not_found_fallback)
+    let service = title.strip_prefix("Meridian ").unwrap_or(title);
+    tracked(
+        api.merge(health_router(checks))
+            .merge(docs_router(finish_openapi(doc, title)))
+            .fallback(not_found_fallback),
+        service,
+    )
+}
+
+/// Adds `/metrics` and counts and times every request as `service`.
+pub fn tracked(router: Router, service: &str) -> Router {
+    router
+        .merge(crate::metrics::router())
+        .layer(axum::middleware::from_fn_with_state(
+            std::sync::Arc::<str>::from(service),
+            crate::metrics::track_requests,
+        ))
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@
 pub mod bus;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod nats_server;
 pub mod projection;
 pub mod shutdown;

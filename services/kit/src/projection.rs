@@ -482,6 +482,8 @@ impl<S: Sink> Runner<S> {
         };
         tracing::info!(projection = %self.spec.id, from = checkpoint + 1, stream_last = last, "projection following stream");
         let mut messages = messages;
+        let consumed = crate::metrics::consumed(self.spec.stream, &self.spec.id);
+        let lag = crate::metrics::consumer_lag(&self.spec.id);
         loop {
             let first = tokio::select! {
                 () = stop.cancelled() => return Ok(()),
@@ -500,7 +502,9 @@ impl<S: Sink> Runner<S> {
             let mut last_message = None;
             for item in chunk {
                 let message = item.map_err(|e| self.bus(e))?;
-                let seq = message.info().map_err(|e| self.bus(e))?.stream_sequence;
+                let info = message.info().map_err(|e| self.bus(e))?;
+                let seq = info.stream_sequence;
+                lag.set(i64::try_from(info.pending).unwrap_or(i64::MAX));
                 if seq > checkpoint {
                     let envelope = Envelope::from_bytes(&message.payload).map_err(|e| {
                         ProjectionError::Poison {
@@ -518,6 +522,7 @@ impl<S: Sink> Runner<S> {
                 last_message = Some(message);
             }
             if let Some(newest) = events.last().map(|e| e.seq) {
+                consumed.add(events.len() as u64);
                 let sink = self.sink.clone();
                 let id = self.spec.id.clone();
                 tokio::task::spawn_blocking(move || sink.apply(&id, &events))

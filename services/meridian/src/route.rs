@@ -127,7 +127,8 @@ pub async fn router(upstreams: Vec<Upstream>, patience: Duration) -> anyhow::Res
         .route("/readyz", get(ready))
         .fallback(forward)
         .with_state(routes);
-    Ok(kit_http::docs_router(kit_http::finish_openapi(merged, "Meridian hub")).merge(own))
+    let router = kit_http::docs_router(kit_http::finish_openapi(merged, "Meridian hub")).merge(own);
+    Ok(kit_http::tracked(router, "hub"))
 }
 
 async fn fetch_doc(

@@ -574,6 +574,12 @@ impl Hub {
         };
         if ends {
             runs.remove(&run_id);
+            let result = if matches!(kind, SyncEventKind::Completed { .. }) {
+                "completed"
+            } else {
+                "failed"
+            };
+            sync_runs(result).inc();
         }
         Ok((
             SyncEvent {
@@ -610,10 +616,22 @@ impl Hub {
                     },
                 )
             });
-        if let Err(e) = self.publisher.publish_all(events.collect::<Vec<_>>()).await {
+        let events: Vec<_> = events.collect();
+        sync_runs("failed").add(events.len() as u64);
+        if let Err(e) = self.publisher.publish_all(events).await {
             tracing::warn!(%agent, error = %e, "could not record unfinished runs as failed");
         }
     }
+}
+
+/// `meridian_sync_runs_total{result}`: runs that ended, as agents reported
+/// them (or as a broken stream left them).
+fn sync_runs(result: &str) -> meridian_kit::metrics::Counter {
+    meridian_kit::metrics::counter(
+        "meridian_sync_runs_total",
+        "Sync runs ended, by result (completed, failed).",
+        &[("result", result)],
+    )
 }
 
 fn unavailable(e: BusError) -> Status {

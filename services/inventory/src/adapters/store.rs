@@ -363,6 +363,21 @@ impl Queries {
         Self { tree }
     }
 
+    /// How many APIs are active and how many deleted.
+    pub fn counts(&self) -> Result<(usize, usize), String> {
+        let (mut active, mut deleted) = (0, 0);
+        for entry in self.tree.scan_prefix(b"a") {
+            let (_, v) = entry.map_err(|e| e.to_string())?;
+            let rec: ApiRecord = postcard::from_bytes(&v).map_err(|e| e.to_string())?;
+            if rec.deleted_at_ms.is_some() {
+                deleted += 1;
+            } else {
+                active += 1;
+            }
+        }
+        Ok((active, deleted))
+    }
+
     /// One page of matching APIs (ordered by id) and the total that match.
     pub fn list(&self, filter: &ApiFilter) -> Result<(Vec<ApiRecord>, usize), String> {
         let needle = filter.name_contains.as_ref().map(|q| q.to_lowercase());

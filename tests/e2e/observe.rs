@@ -1,0 +1,208 @@
+//! Observability: `/metrics` on every service with the metrics operators
+//! scrape: requests and latencies, events published and consumed per stream,
+//! consumer lag, sync runs by result, agents by status, repository size,
+//! NATS reconnects; and the agent's own on its probe port.
+//!
+//! The hub services of this test share one process (and so one registry);
+//! the agent is the real binary, a process of its own.
+
+use std::time::Duration;
+
+use meridian::demo_provider::{DemoProvider, sample_apis};
+use meridian_kit::nats_server::free_port;
+use meridian_tests::*;
+
+const T: Duration = Duration::from_secs(30);
+
+async fn scrape(base: &str) -> String {
+    let response = reqwest::get(format!("{base}/metrics")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let kind = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(kind.starts_with("text/plain"), "{kind}");
+    response.text().await.unwrap()
+}
+
+/// The value of the series `name` whose labels include every one of `labels`.
+fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_serves_its_metrics() {
+    let TestHub {
+        nats,
+        gw,
+        dir,
+        inv,
+        api,
+    } = TestHub::start(fast_heartbeats).await;
+    let scheduler = start_scheduler(&nats, |_| {}).await;
+    let (agent_id, token) = api.register_agent("observed").await;
+    let provider = DemoProvider::new(sample_apis(), "demo-key");
+    let provider_url = serve_demo_provider(&provider).await;
+    let probe = free_port();
+    let grpc = gw.grpc_url.trim_start_matches("http://");
+    let config = format!(
+        r#"
+governanceDashboard:
+  server:
+    url: "{grpc}"
+  auth:
+    token: "{token}"
+healthProbe:
+  server:
+    port: {probe}
+instances:
+  - name: "tyk"
+    type: "tyk"
+    config:
+      host: "{provider_url}"
+      auth: "demo-key"
+"#
+    );
+    let _agent = start_agent_binary(dir.path(), &config);
+    let n = sample_apis().len() as f64;
+    api.wait_for_total("active", n as u64, T).await;
+    let api = api.with_scheduler(&scheduler.url);
+    let (code, _) = api.get(&format!("/api/agents/{agent_id}/sync-jobs")).await;
+    assert_eq!(code, 200);
+
+    // agent-gateway: requests, publishing, runs, agents by status, NATS.
+    let agents_active = eventually(T, || async {
+        let text = scrape(&gw.rest.url).await;
+        (value(&text, "meridian_agents", &[("status", "ACTIVE")]) == Some(1.0)).then_some(text)
+    })
+    .await
+    .expect("one ACTIVE agent");
+    let text = agents_active;
+    assert!(
+        value(
+            &text,
+            "meridian_http_requests_total",
+            &[
+                ("service", "agent-gateway"),
+                ("route", "/api/agents/"),
+                ("status", "201")
+            ]
+        ) >= Some(1.0),
+        "{text}"
+    );
+    assert!(
+        value(
+            &text,
+            "meridian_http_request_duration_seconds_count",
+            &[("service", "agent-gateway")]
+        ) >= Some(1.0)
+    );
+    assert!(
+        value(
+            &text,
+            "meridian_events_published_total",
+            &[("stream", "SYNC")]
+        ) >= Some(n + 2.0)
+    );
+    assert!(
+        value(
+            &text,
+            "meridian_sync_runs_total",
+            &[("result", "completed")]
+        ) >= Some(1.0)
+    );
+    assert_eq!(
+        value(&text, "meridian_nats_reconnects_total", &[]),
+        Some(0.0)
+    );
+
+    // inventory: consumed, lag, repository size.
+    let text = scrape(&inv.url).await;
+    assert!(
+        value(
+            &text,
+            "meridian_events_consumed_total",
+            &[("stream", "SYNC")]
+        ) >= Some(n + 2.0),
+        "{text}"
+    );
+    assert!(
+        value(&text, "meridian_consumer_lag", &[]).is_some(),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "meridian_repository_apis", &[("status", "active")]),
+        Some(n)
+    );
+    assert_eq!(
+        value(&text, "meridian_repository_apis", &[("status", "deleted")]),
+        Some(0.0)
+    );
+    assert!(
+        value(
+            &text,
+            "meridian_http_requests_total",
+            &[("service", "inventory"), ("route", "/api/apis")]
+        ) >= Some(1.0)
+    );
+
+    // scheduler: its own requests and its folds.
+    let text = scrape(&scheduler.url).await;
+    assert!(
+        value(
+            &text,
+            "meridian_http_requests_total",
+            &[("service", "scheduler"), ("status", "200")]
+        ) >= Some(1.0),
+        "{text}"
+    );
+    assert!(
+        value(
+            &text,
+            "meridian_events_consumed_total",
+            &[("stream", "AGENTS")]
+        ) >= Some(1.0)
+    );
+
+    // The agent, a process of its own: its hub link and its runs.
+    let text = scrape(&format!("http://127.0.0.1:{probe}")).await;
+    assert_eq!(
+        value(&text, "meridian_agent_hub_connected", &[]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(value(&text, "meridian_agent_leader", &[]), Some(1.0));
+    assert!(
+        value(
+            &text,
+            "meridian_agent_sync_runs_total",
+            &[("provider", "tyk"), ("result", "completed")]
+        ) >= Some(1.0)
+    );
+    assert!(
+        value(
+            &text,
+            "meridian_agent_apis_discovered_total",
+            &[("provider", "tyk")]
+        ) >= Some(n)
+    );
+    assert!(
+        value(&text, "meridian_events_published_total", &[]).is_none(),
+        "the agent publishes nothing to NATS"
+    );
+
+    scheduler.stop().await;
+    gw.rest.stop().await;
+    inv.stop().await;
+}
