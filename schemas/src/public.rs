@@ -65,6 +65,10 @@ pub struct CloudEvent<D> {
     pub time: String,
     /// Always `application/json`.
     pub datacontenttype: String,
+    /// W3C trace context of the operation that caused the event (the
+    /// CloudEvents distributed-tracing extension), when it was traced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     /// The payload.
     pub data: D,
 }
@@ -218,6 +222,7 @@ pub fn api_event(e: &LifecycleEvent) -> CloudEvent<ApiEventData> {
         subject: e.api_id.to_string(),
         time: rfc3339(e.at_ms),
         datacontenttype: "application/json".into(),
+        traceparent: None,
         data: ApiEventData {
             api_id: e.api_id.to_string(),
             agent_id: e.agent_id.to_string(),
@@ -254,6 +259,7 @@ pub fn agent_status_event(
         subject: agent.to_string(),
         time: rfc3339(since_ms),
         datacontenttype: "application/json".into(),
+        traceparent: None,
         data: AgentStatusData {
             agent_id: agent.to_string(),
             status: status.into(),
@@ -299,6 +305,11 @@ pub fn json_schema(event_type: &str) -> Option<serde_json::Value> {
             "subject": {"type": "string", "format": "uuid"},
             "time": {"type": "string", "format": "date-time"},
             "datacontenttype": {"const": "application/json"},
+            "traceparent": {
+                "type": "string",
+                "description": "W3C trace context of the operation that caused the event (CloudEvents distributed-tracing extension); present when it was traced.",
+                "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
+            },
             "data": data,
         },
     }))

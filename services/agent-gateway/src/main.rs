@@ -28,5 +28,6 @@ async fn main() -> anyhow::Result<()> {
         Err(e) => return Err(e.into()),
     };
     app.serve(http, grpc, shutdown::on_signal()).await?;
+    meridian_kit::telemetry::shutdown();
     Ok(())
 }

@@ -79,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
     }
     probe_task.await??;
     tracing::info!("agent stopped");
+    meridian_kit::telemetry::shutdown();
     Ok(())
 }
 

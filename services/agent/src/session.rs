@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::http::Uri;
+use tracing::Instrument as _;
 
 use crate::election::Role;
 use crate::providers::ProviderConfig;
@@ -264,7 +265,9 @@ async fn session(
                 (Ok(Some(req)), Some(side)) => {
                     let provider = config.providers.iter().find(|p| p.name == req.provider).cloned();
                     while side.runs.try_join_next().is_some() {}
-                    side.runs.spawn(run_sync(provider, req, side.tx.clone(), side.fencing_token));
+                    let span = tracing::info_span!("sync.run", service = "agent", provider = %req.provider, run_id = %req.run_id);
+                    meridian_kit::telemetry::follow(&span, Some(req.traceparent.as_str()).filter(|t| !t.is_empty()));
+                    side.runs.spawn(run_sync(provider, req, side.tx.clone(), side.fencing_token).instrument(span));
                 }
                 (Ok(_), _) => return Err(Failure::Connected("hub closed the sync stream".into())),
                 (Err(s), _) => return Err(Failure::Connected(format!("sync stream: {}", s.message()))),

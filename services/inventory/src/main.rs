@@ -49,5 +49,6 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
+    meridian_kit::telemetry::shutdown();
     Ok(())
 }

@@ -173,6 +173,7 @@ impl Publisher {
     ) -> Result<PublishAck, BusError> {
         let subject = event.subject();
         let mut headers = Self::headers(event);
+        crate::telemetry::inject_nats(&mut headers, meta.traceparent.as_deref());
         headers.insert(
             NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
             expected_last.to_string().as_str(),
@@ -252,7 +253,8 @@ impl Publisher {
         meta: EventMeta,
     ) -> Result<PublishAckFuture, BusError> {
         let subject = event.subject();
-        let headers = Self::headers(event);
+        let mut headers = Self::headers(event);
+        crate::telemetry::inject_nats(&mut headers, meta.traceparent.as_deref());
         let envelope = Envelope::wrap(event, meta);
         self.js
             .publish_with_headers(subject.clone(), headers, envelope.to_bytes().into())
@@ -388,9 +390,18 @@ pub async fn request_sync(
     patience: Duration,
 ) -> Result<Vec<RunStarted>, SyncRequestError> {
     let request = commands::encode(&TriggerSync { provider });
+    let mut headers = async_nats::HeaderMap::new();
+    crate::telemetry::inject_nats(
+        &mut headers,
+        crate::telemetry::current_traceparent().as_deref(),
+    );
     let answer = tokio::time::timeout(
         patience,
-        client.request(streams::sync_request_subject(agent), request.into()),
+        client.request_with_headers(
+            streams::sync_request_subject(agent),
+            headers,
+            request.into(),
+        ),
     )
     .await
     .map_err(|_| SyncRequestError::TimedOut(patience))?;

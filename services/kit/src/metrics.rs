@@ -371,13 +371,22 @@ pub async fn track_requests(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    use tracing::Instrument as _;
     let started = std::time::Instant::now();
     let method = request.method().as_str().to_owned();
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
-    let response = next.run(request).await;
+    // One span per request, continuing the caller's trace (`traceparent`).
+    let span = tracing::info_span!(
+        "http.request",
+        service = %service,
+        http.method = %method,
+        http.route = %route,
+    );
+    crate::telemetry::follow_http(&span, request.headers());
+    let response = next.run(request).instrument(span).await;
     let service = &*service;
     let labels = [
         ("service", service),

@@ -123,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Ok(Client::new(&cli.hub, &cli.api_key))
     };
-    match cli.command {
+    let outcome = match cli.command {
         Command::Up(args) => up::up(args).await,
         Command::Agents(cmd) => cli::agents(&client()?, cmd).await,
         Command::Apis(cmd) => cli::apis(&client()?, cmd).await,
@@ -194,5 +194,7 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-    }
+    };
+    meridian_kit::telemetry::shutdown();
+    outcome
 }

@@ -27,5 +27,6 @@ async fn main() -> anyhow::Result<()> {
         Err(e) => return Err(e.into()),
     };
     app.serve(http, shutdown::on_signal()).await?;
+    meridian_kit::telemetry::shutdown();
     Ok(())
 }

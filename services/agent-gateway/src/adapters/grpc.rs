@@ -39,6 +39,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use super::registry::{ExecError, Registry};
@@ -347,6 +348,8 @@ struct RunTrack {
     provider: String,
     provider_type: String,
     started: bool,
+    /// Trace context of the request that started the run.
+    traceparent: Option<String>,
 }
 
 async fn respond(
@@ -357,9 +360,15 @@ async fn respond(
     tx: mpsc::Sender<Result<SyncRequest, Status>>,
 ) {
     while let Some(message) = subscription.next().await {
+        let span = tracing::info_span!("sync.request", service = "agent-gateway", %agent);
+        meridian_kit::telemetry::follow(
+            &span,
+            meridian_kit::telemetry::extract_nats(message.headers.as_ref()).as_deref(),
+        );
         let reply = match commands::decode::<TriggerSync>(&message.payload) {
             Ok(trigger) => {
                 hub.start_runs(agent, trigger.provider, &runs, &tx, Duration::ZERO)
+                    .instrument(span)
                     .await
             }
             Err(e) => TriggerSyncReply::UnknownProvider(format!("malformed request: {e}")),
@@ -404,6 +413,7 @@ impl Hub {
             None => known,
         };
         let mut started = Vec::new();
+        let traceparent = meridian_kit::telemetry::current_traceparent();
         for p in chosen {
             let run_id = RunId::new_random();
             runs.lock().expect("runs lock").insert(
@@ -412,11 +422,13 @@ impl Hub {
                     provider: p.name.clone(),
                     provider_type: p.provider_type.clone(),
                     started: false,
+                    traceparent: traceparent.clone(),
                 },
             );
             let request = SyncRequest {
                 run_id: run_id.to_string(),
                 provider: p.name.clone(),
+                traceparent: traceparent.clone().unwrap_or_default(),
             };
             if tx.send(Ok(request)).await.is_err() {
                 runs.lock().expect("runs lock").remove(&run_id);
@@ -454,10 +466,16 @@ impl Hub {
                 };
                 let (jti, stream_fence) = opened_with;
                 self.still_valid(agent, jti, message.fencing_token.or(stream_fence))?;
-                let (event, ends_run) = self.to_event(agent, message, runs)?;
+                let (event, ends_run, traceparent) = self.to_event(agent, message, runs)?;
+                if ends_run {
+                    let span = tracing::info_span!("sync.run_ended", service = "agent-gateway", %agent, run_id = %event.run_id);
+                    meridian_kit::telemetry::follow(&span, traceparent.as_deref());
+                    span.in_scope(|| tracing::debug!("run ended"));
+                }
                 let meta = EventMeta {
                     occurred_at_ms: now_ms(),
                     correlation_id: Some(event.run_id.0),
+                    traceparent,
                     ..Default::default()
                 };
                 let pending = self
@@ -484,13 +502,14 @@ impl Hub {
         }
     }
 
-    /// Validates one message against the stream's runs and maps it to an event.
+    /// Validates one message against the stream's runs and maps it to an
+    /// event; also says whether it ends the run, and the run's trace context.
     fn to_event(
         &self,
         agent: AgentId,
         message: SyncMessage,
         runs: &Runs,
-    ) -> Result<(SyncEvent, bool), Status> {
+    ) -> Result<(SyncEvent, bool, Option<String>), Status> {
         let run_id = RunId::parse(&message.run_id).map_err(|_| {
             Status::invalid_argument(format!("run_id: {:?} is not a UUID", message.run_id))
         })?;
@@ -507,6 +526,7 @@ impl Hub {
             )));
         }
         let provider = track.provider.clone();
+        let traceparent = track.traceparent.clone();
         let (kind, ends) = match message.kind {
             None => {
                 return Err(Status::invalid_argument(
@@ -589,6 +609,7 @@ impl Hub {
                 kind,
             },
             ends,
+            traceparent,
         ))
     }
 
@@ -612,6 +633,7 @@ impl Hub {
                     EventMeta {
                         occurred_at_ms: now_ms(),
                         correlation_id: Some(run_id.0),
+                        traceparent: t.traceparent,
                         ..Default::default()
                     },
                 )

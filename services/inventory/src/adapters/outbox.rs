@@ -118,11 +118,16 @@ async fn drain(
         let events: Vec<_> = fresh_events
             .into_iter()
             .map(|e| {
+                let traceparent = tree
+                    .get(super::store::trace_key(e.run_id))
+                    .ok()
+                    .flatten()
+                    .map(|v| String::from_utf8_lossy(&v).into_owned());
                 let meta = EventMeta {
                     occurred_at_ms: e.at_ms,
                     causation_id: None,
                     correlation_id: Some(e.run_id.0),
-                    traceparent: None,
+                    traceparent,
                 };
                 (e, meta)
             })

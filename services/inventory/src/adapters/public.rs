@@ -125,13 +125,18 @@ async fn relay(js: &jetstream::Context) -> Result<(), String> {
         }
         let mut window = AckWindow::new(meridian_kit::bus::PUBLISH_WINDOW);
         for message in &chunk {
-            let event: LifecycleEvent = Envelope::from_bytes(&message.payload)
-                .and_then(|e| e.open())
+            let envelope = Envelope::from_bytes(&message.payload)
                 .map_err(|e| format!("undecodable lifecycle event: {e}"))?;
-            let public = public::api_event(&event);
+            let event: LifecycleEvent = envelope
+                .open()
+                .map_err(|e| format!("undecodable lifecycle event: {e}"))?;
+            let mut public = public::api_event(&event);
+            public.traceparent = envelope.traceparent;
             let subject = public::api_subject(event.kind, event.agent_id, &event.provider);
+            let mut headers = headers(&public.id);
+            meridian_kit::telemetry::inject_nats(&mut headers, public.traceparent.as_deref());
             let ack = js
-                .publish_with_headers(subject.clone(), headers(&public.id), json(&public))
+                .publish_with_headers(subject.clone(), headers, json(&public))
                 .await
                 .map_err(|e| e.to_string())?;
             window

@@ -10,6 +10,8 @@
 //!   when the run ends
 //! - `\xff\xffoutbox/<seq><api>` lifecycle events not yet published (kept out of
 //!   the digest: publishing is not state)
+//! - `\xff\xfftrace/<run>` the run's W3C trace context, when it was traced, so
+//!   its lifecycle events join the same trace (also out of the digest)
 
 use meridian_kit::projection::{Ctx, Projection, Scanned, StoredEvent};
 use meridian_schemas::lifecycle::{LifecycleEvent, LifecycleKind};
@@ -24,6 +26,11 @@ use crate::domain::{
 
 /// Prefix of outbox keys.
 pub const OUTBOX_PREFIX: &[u8] = b"\xff\xffoutbox/";
+
+/// Where a traced run's `traceparent` is kept.
+pub fn trace_key(run: RunId) -> Vec<u8> {
+    [b"\xff\xfftrace/".as_slice(), run.0.as_bytes()].concat()
+}
 
 fn api_key(api: ApiId) -> Vec<u8> {
     [b"a".as_slice(), api.0.as_bytes()].concat()
@@ -117,8 +124,12 @@ impl Projection for Repository {
         let event: SyncEvent = stored.envelope.open().map_err(|e| e.to_string())?;
         let at = stored.envelope.occurred_at_ms;
         let seq = stored.seq;
+        let traceparent = stored.envelope.traceparent.as_deref();
         match &event.kind {
             SyncEventKind::Started { provider_type } => {
+                if let Some(tp) = traceparent {
+                    ctx.insert(trace_key(event.run_id), tp.as_bytes());
+                }
                 if ctx.get(&run_key(event.run_id))?.is_some() {
                     return Ok(()); // the run already began (implicitly or by a duplicate)
                 }
@@ -140,19 +151,37 @@ impl Projection for Repository {
                 content_hash,
             } => apply_api(ctx, &event, definition, content_hash, at, seq),
             SyncEventKind::Completed { count } => {
-                end_run(ctx, &event, RunEnd::Completed { count: *count }, at, seq)
+                let span = reconcile_span(&event, traceparent);
+                span.in_scope(|| end_run(ctx, &event, RunEnd::Completed { count: *count }, at, seq))
             }
-            SyncEventKind::Failed { reason } => end_run(
-                ctx,
-                &event,
-                RunEnd::Failed {
-                    reason: reason.clone(),
-                },
-                at,
-                seq,
-            ),
+            SyncEventKind::Failed { reason } => {
+                let span = reconcile_span(&event, traceparent);
+                span.in_scope(|| {
+                    end_run(
+                        ctx,
+                        &event,
+                        RunEnd::Failed {
+                            reason: reason.clone(),
+                        },
+                        at,
+                        seq,
+                    )
+                })
+            }
         }
     }
+}
+
+/// The span of a run's reconciliation, in the run's trace when it has one.
+fn reconcile_span(event: &SyncEvent, traceparent: Option<&str>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "inventory.reconcile",
+        service = "inventory",
+        run_id = %event.run_id,
+        provider = %event.provider,
+    );
+    meridian_kit::telemetry::follow(&span, traceparent);
+    span
 }
 
 fn load_provider(ctx: &Ctx<'_>, event: &SyncEvent) -> Result<ProviderRecord, String> {

@@ -1,0 +1,107 @@
+//! One manual sync is one trace: the REST call (with the caller's
+//! `traceparent`) through agent-gateway, over NATS and gRPC to the agent,
+//! back through the SYNC stream to inventory's reconciliation, and out to the
+//! public lifecycle event. Spans go to an in-memory exporter; every service
+//! runs in this process, each naming itself in its spans' `service`.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use meridian_tests::*;
+use opentelemetry::Value as OtelValue;
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+
+const T: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_sync_is_one_trace_across_gateway_agent_and_inventory() {
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    meridian_kit::telemetry::init_with("trace-test", "info", Some(provider.clone()));
+
+    let TestHub {
+        nats,
+        gw,
+        dir: _dir,
+        inv,
+        api,
+    } = TestHub::start(|_| {}).await;
+    let (agent_id, token) = api.register_agent("traced").await;
+    let source = MemorySource::new(vec![api_def("one", "One", "1")]);
+    let agent = Agent::start(&gw.grpc_url, &token, vec![("p", "tyk", source.clone())]);
+    api.wait_for_total("active", 1, T).await;
+
+    // A new API at the provider, and a manual sync from a traced caller.
+    source.set(Ok(vec![
+        api_def("one", "One", "1"),
+        api_def("two", "Two", "1"),
+    ]));
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/agents/{agent_id}/sync", gw.rest.url))
+        .header("X-API-Key", API_KEY)
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    api.wait_for_total("active", 2, T).await;
+
+    // The public event of the new API carries the trace.
+    let created = wait_for_public(&nats.js, "events.api.created.>", 2).await;
+    let two = created
+        .iter()
+        .find(|e| e["data"]["name"] == "Two")
+        .expect("created event for Two");
+    let traceparent = two["traceparent"]
+        .as_str()
+        .expect("traceparent on the event");
+    assert!(traceparent.contains(trace_id), "{traceparent}");
+
+    // Spans of every service on the way share the caller's trace id.
+    let services = eventually(T, || async {
+        let _ = provider.force_flush();
+        let spans = exporter.get_finished_spans().unwrap();
+        let services: BTreeSet<String> = spans
+            .iter()
+            .filter(|s| s.span_context.trace_id().to_string() == trace_id)
+            .filter_map(|s| {
+                s.attributes
+                    .iter()
+                    .find(|kv| kv.key.as_str() == "service")
+                    .map(|kv| match &kv.value {
+                        OtelValue::String(v) => v.to_string(),
+                        other => other.to_string(),
+                    })
+            })
+            .collect();
+        ["agent-gateway", "agent", "inventory"]
+            .iter()
+            .all(|s| services.contains(*s))
+            .then_some(services)
+    })
+    .await;
+    let names: BTreeSet<String> = exporter
+        .get_finished_spans()
+        .unwrap()
+        .iter()
+        .filter(|s| s.span_context.trace_id().to_string() == trace_id)
+        .map(|s| s.name.to_string())
+        .collect();
+    assert!(services.is_some(), "spans in the trace: {names:?}");
+    for name in [
+        "http.request",
+        "sync.request",
+        "sync.run",
+        "sync.run_ended",
+        "inventory.reconcile",
+    ] {
+        assert!(names.contains(name), "{name} missing from {names:?}");
+    }
+    agent.stop().await;
+    gw.rest.stop().await;
+    inv.stop().await;
+}
