@@ -142,7 +142,10 @@ impl Config {
 
 /// `meridian_agents{status}`, from the registry and the latest heartbeats
 /// when scraped.
-fn count_agents_at_scrape(registry: Registry, client: async_nats::Client) {
+fn count_agents_at_scrape(
+    registry: Registry,
+    client: async_nats::Client,
+) -> meridian_kit::metrics::ScrapeGuard {
     let gauge = |status| {
         meridian_kit::metrics::gauge(
             "meridian_agents",
@@ -171,7 +174,7 @@ fn count_agents_at_scrape(registry: Registry, client: async_nats::Client) {
             active.set(up);
             inactive.set(down);
         })
-    }));
+    }))
 }
 
 /// A failure to start or run.
@@ -212,6 +215,8 @@ pub struct App {
     max_api_bytes: usize,
     grpc_tls: Option<ServerTlsConfig>,
     api_key: ApiKey,
+    /// Counts agents for `/metrics` while the app lives.
+    _scrape: meridian_kit::metrics::ScrapeGuard,
     _db: sled::Db,
 }
 
@@ -273,7 +278,7 @@ impl App {
             max_api_bytes: config.max_api_bytes,
             publish_window: 1024,
         };
-        count_agents_at_scrape(registry.clone(), client.clone());
+        let scrape = count_agents_at_scrape(registry.clone(), client.clone());
         let hub = Hub::new(
             registry.clone(),
             tokens.clone(),
@@ -292,6 +297,7 @@ impl App {
             max_api_bytes: config.max_api_bytes,
             grpc_tls,
             api_key,
+            _scrape: scrape,
             _db: db,
         })
     }

@@ -36,11 +36,14 @@ pub fn router(state: ProbeState) -> Router {
         "1 while this replica leads (or does not elect), 0 on standby.",
     );
     let watched = state.clone();
-    meridian_kit::metrics::on_scrape(std::sync::Arc::new(move || {
-        connected.set(i64::from(*watched.link.borrow()));
-        leader.set(i64::from(watched.role.borrow().sync_token().is_some()));
-        Box::pin(async {})
-    }));
+    // Registered for the life of the process (one probe per agent process).
+    std::mem::forget(meridian_kit::metrics::on_scrape(std::sync::Arc::new(
+        move || {
+            connected.set(i64::from(*watched.link.borrow()));
+            leader.set(i64::from(watched.role.borrow().sync_token().is_some()));
+            Box::pin(async {})
+        },
+    )));
     Router::new()
         .route(
             "/healthz",

@@ -101,7 +101,7 @@ const TREE: &str = "repository";
 /// shutting down) may hold sled's directory lock for a moment: wait up to
 /// ten seconds for it before giving up.
 /// `meridian_repository_apis{status}`, counted when scraped.
-fn count_at_scrape(queries: store::Queries) {
+fn count_at_scrape(queries: store::Queries) -> meridian_kit::metrics::ScrapeGuard {
     let active = meridian_kit::metrics::gauge(
         "meridian_repository_apis",
         "APIs in the repository, by status.",
@@ -121,7 +121,7 @@ fn count_at_scrape(queries: store::Queries) {
                 deleted.set(i64::try_from(d).unwrap_or(i64::MAX));
             }
         })
-    }));
+    }))
 }
 
 async fn open_tree(data_dir: &std::path::Path) -> Result<(sled::Db, sled::Tree), AppError> {
@@ -164,6 +164,8 @@ pub struct App {
     client: async_nats::Client,
     publisher: Publisher,
     _db: sled::Db,
+    /// Counts the repository for `/metrics` while the app lives.
+    _scrape: meridian_kit::metrics::ScrapeGuard,
     tree: sled::Tree,
     runner: Runner<projection::Stored<store::Repository>>,
     progress: Progress,
@@ -204,7 +206,7 @@ impl App {
                 message: e.to_string(),
             })?;
         let (db, tree) = open_tree(&config.data_dir).await?;
-        count_at_scrape(store::Queries::new(tree.clone()));
+        let scrape = count_at_scrape(store::Queries::new(tree.clone()));
         let (runner, progress) = Runner::new(
             js.clone(),
             tree.clone(),
@@ -219,6 +221,7 @@ impl App {
             runner,
             progress,
             api_key,
+            _scrape: scrape,
         })
     }
 

@@ -48,7 +48,46 @@ pub type Refresher = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
 #[derive(Default)]
 pub struct Registry {
     families: RwLock<BTreeMap<&'static str, Family>>,
-    refreshers: Mutex<Vec<Refresher>>,
+    /// Series by a hash of name and labels, so a lookup allocates nothing
+    /// (hot paths such as publishing count every event).
+    index: RwLock<std::collections::HashMap<u64, Vec<(&'static str, Labels, Series)>>>,
+    refreshers: Mutex<Vec<(u64, Refresher)>>,
+    next_refresher: AtomicU64,
+}
+
+/// Keeps a refresher registered; dropping it unregisters it (and drops
+/// what it holds, such as a service's storage).
+#[must_use = "the refresher is unregistered when this is dropped"]
+pub struct ScrapeGuard {
+    registry: &'static Registry,
+    id: u64,
+}
+
+impl Drop for ScrapeGuard {
+    fn drop(&mut self) {
+        if let Ok(mut list) = self.registry.refreshers.lock() {
+            list.retain(|(id, _)| *id != self.id);
+        }
+    }
+}
+
+fn hash_of(name: &str, labels: &[(&str, &str)]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    for (k, v) in labels {
+        k.hash(&mut h);
+        v.hash(&mut h);
+    }
+    h.finish()
+}
+
+fn same(stored: &Labels, labels: &[(&str, &str)]) -> bool {
+    stored.len() == labels.len()
+        && stored
+            .iter()
+            .zip(labels)
+            .all(|((a, b), (c, d))| a == c && b == d)
 }
 
 static GLOBAL: LazyLock<Registry> = LazyLock::new(Registry::default);
@@ -74,15 +113,22 @@ impl Registry {
         labels: &[(&str, &str)],
         make: impl FnOnce() -> Series,
     ) -> Series {
-        let key = owned(labels);
-        if let Some(s) = self
-            .families
-            .read()
-            .expect("metrics lock")
-            .get(name)
-            .and_then(|f| f.series.get(&key))
-        {
-            return s.clone();
+        let hash = hash_of(name, labels);
+        let found =
+            |index: &std::collections::HashMap<u64, Vec<(&'static str, Labels, Series)>>| {
+                index.get(&hash).and_then(|bucket| {
+                    bucket
+                        .iter()
+                        .find(|(n, l, _)| *n == name && same(l, labels))
+                        .map(|(_, _, s)| s.clone())
+                })
+            };
+        if let Some(s) = found(&self.index.read().expect("metrics lock")) {
+            return s;
+        }
+        let mut index = self.index.write().expect("metrics lock");
+        if let Some(s) = found(&index) {
+            return s;
         }
         let mut families = self.families.write().expect("metrics lock");
         let family = families.entry(name).or_insert_with(|| Family {
@@ -91,7 +137,17 @@ impl Registry {
             series: BTreeMap::new(),
         });
         assert_eq!(family.kind, kind, "metric {name} registered as two kinds");
-        family.series.entry(key).or_insert_with(make).clone()
+        let key = owned(labels);
+        let series = family
+            .series
+            .entry(key.clone())
+            .or_insert_with(make)
+            .clone();
+        index
+            .entry(hash)
+            .or_default()
+            .push((name, key, series.clone()));
+        series
     }
 
     /// A counter with these labels.
@@ -138,14 +194,25 @@ impl Registry {
         }
     }
 
-    /// Registers a function run before every scrape.
-    pub fn on_scrape(&self, refresh: Refresher) {
-        self.refreshers.lock().expect("metrics lock").push(refresh);
+    /// Registers a function run before every scrape, until the guard drops.
+    pub fn on_scrape(&'static self, refresh: Refresher) -> ScrapeGuard {
+        let id = self.next_refresher.fetch_add(1, Ordering::Relaxed);
+        self.refreshers
+            .lock()
+            .expect("metrics lock")
+            .push((id, refresh));
+        ScrapeGuard { registry: self, id }
     }
 
     /// Runs the refreshers, then renders the Prometheus text format.
     pub async fn scrape(&self) -> String {
-        let refreshers = self.refreshers.lock().expect("metrics lock").clone();
+        let refreshers: Vec<Refresher> = self
+            .refreshers
+            .lock()
+            .expect("metrics lock")
+            .iter()
+            .map(|(_, r)| r.clone())
+            .collect();
         for refresh in refreshers {
             refresh().await;
         }
@@ -308,8 +375,8 @@ pub fn histogram(name: &'static str, help: &'static str, labels: &[(&str, &str)]
 }
 
 /// [`Registry::on_scrape`] on the global registry.
-pub fn on_scrape(refresh: Refresher) {
-    global().on_scrape(refresh);
+pub fn on_scrape(refresh: Refresher) -> ScrapeGuard {
+    global().on_scrape(refresh)
 }
 
 /// Events published to `stream`.

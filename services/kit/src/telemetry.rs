@@ -13,7 +13,7 @@
 
 use std::sync::OnceLock;
 
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -163,20 +163,6 @@ impl Extractor for HttpHeaders<'_> {
 
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(axum::http::HeaderName::as_str).collect()
-    }
-}
-
-/// Writes `traceparent` into gRPC metadata.
-pub struct GrpcMetadata<'a>(pub &'a mut tonic::metadata::MetadataMap);
-
-impl Injector for GrpcMetadata<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(k), Ok(v)) = (
-            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
-            value.parse(),
-        ) {
-            self.0.insert(k, v);
-        }
     }
 }
 
