@@ -705,6 +705,38 @@ pub async fn serve_demo_provider(provider: &meridian::demo_provider::DemoProvide
     url
 }
 
+/// An `agent-config.yaml` for the agent binary: the hub at `grpc_url`, the
+/// probe on `probe`, one Tyk provider named `tyk` (key `demo-key`) at
+/// `provider_url`, and `extra` YAML (top-level keys) appended.
+pub fn tyk_agent_yaml(
+    grpc_url: &str,
+    token: &str,
+    probe: u16,
+    provider_url: &str,
+    extra: &str,
+) -> String {
+    let hub = grpc_url.trim_start_matches("http://");
+    format!(
+        r#"
+governanceDashboard:
+  server:
+    url: "{hub}"
+  auth:
+    token: "{token}"
+healthProbe:
+  server:
+    port: {probe}
+instances:
+  - name: "tyk"
+    type: "tyk"
+    config:
+      host: "{provider_url}"
+      auth: "demo-key"
+{extra}
+"#
+    )
+}
+
 /// The agent's `/readyz` on `port` (`None` while it does not answer).
 pub async fn agent_readiness(port: u16) -> Option<Value> {
     let response = reqwest::Client::new()

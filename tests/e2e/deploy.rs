@@ -106,6 +106,28 @@ fn help(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The service's configuration from the launch's variables (unknown or
+/// mistyped ones fail, naming the variable); the admin key must be set.
+fn service_config<T: serde::de::DeserializeOwned>(launch: &Launch, prefix: &str) -> T {
+    assert!(
+        launch.env.contains_key("MERIDIAN_API_KEY")
+            || launch.env.contains_key(&format!("{prefix}API_KEY")),
+        "{}: no admin key",
+        launch.name
+    );
+    from_vars(prefix, launch.env.clone())
+        .unwrap_or_else(|e| panic!("{}: {}", launch.name, e.message))
+}
+
+/// A REST service on `http_addr` that uses NATS at `nats_url`.
+fn served(http_addr: &str, nats_url: &str) -> Serves {
+    Serves {
+        http_port: Some(port_of(http_addr)),
+        calls: vec![host_port(nats_url)],
+        ..Default::default()
+    }
+}
+
 /// Checks a launch against the binary it starts; what it serves and calls.
 fn check(launch: &Launch) -> Serves {
     let at = &launch.name;
@@ -115,11 +137,9 @@ fn check(launch: &Launch) -> Serves {
         "meridian-agent-gateway" => {
             assert!(args.is_empty(), "{at}: {args:?}");
             let c: meridian_agent_gateway::Config =
-                from_vars(meridian_agent_gateway::app::ENV_PREFIX, vars())
-                    .unwrap_or_else(|e| panic!("{at}: {}", e.message));
+                service_config(launch, meridian_agent_gateway::app::ENV_PREFIX);
             let secret = c.jwt_secret.as_ref().expect("JWT secret set");
             assert!(secret.expose().len() >= 32, "{at}: JWT secret too short");
-            assert!(launch.env.contains_key("MERIDIAN_API_KEY") || c.api_key.is_some());
             Serves {
                 http_port: Some(port_of(&c.http_addr)),
                 grpc_port: Some(port_of(&c.grpc_addr)),
@@ -130,27 +150,15 @@ fn check(launch: &Launch) -> Serves {
         "meridian-inventory" => {
             assert!(args.is_empty() || args == ["serve"], "{at}: {args:?}");
             let c: meridian_inventory::Config =
-                from_vars(meridian_inventory::app::ENV_PREFIX, vars())
-                    .unwrap_or_else(|e| panic!("{at}: {}", e.message));
+                service_config(launch, meridian_inventory::app::ENV_PREFIX);
             assert!(c.data_dir.is_absolute(), "{at}: data on a volume path");
-            assert!(launch.env.contains_key("MERIDIAN_API_KEY"));
-            Serves {
-                http_port: Some(port_of(&c.http_addr)),
-                calls: vec![host_port(&c.nats_url)],
-                ..Default::default()
-            }
+            served(&c.http_addr, &c.nats_url)
         }
         "meridian-scheduler" => {
             assert!(args.is_empty(), "{at}: {args:?}");
             let c: meridian_scheduler::Config =
-                from_vars(meridian_scheduler::app::ENV_PREFIX, vars())
-                    .unwrap_or_else(|e| panic!("{at}: {}", e.message));
-            assert!(launch.env.contains_key("MERIDIAN_API_KEY"));
-            Serves {
-                http_port: Some(port_of(&c.http_addr)),
-                calls: vec![host_port(&c.nats_url)],
-                ..Default::default()
-            }
+                service_config(launch, meridian_scheduler::app::ENV_PREFIX);
+            served(&c.http_addr, &c.nats_url)
         }
         "meridian-agent" => {
             assert_eq!(args.len(), 2, "{at}: {args:?}");

@@ -85,36 +85,14 @@ async fn three_replicas_elect_one_leader_and_another_takes_over_when_it_dies() {
     let (agent_id, token) = api.register_agent("replicated").await;
     let provider = DemoProvider::new(sample_apis(), "demo-key");
     let provider_url = serve_demo_provider(&provider).await;
-    let grpc = gw.grpc_url.trim_start_matches("http://");
 
     let mut replicas = Vec::new();
     for name in ["agent-a", "agent-b", "agent-c"] {
         let home = dir.path().join(name);
         std::fs::create_dir_all(&home).unwrap();
         let probe = free_port();
-        let yaml = format!(
-            r#"
-governanceDashboard:
-  server:
-    url: "{grpc}"
-  auth:
-    token: "{token}"
-healthProbe:
-  server:
-    port: {probe}
-leaderElection:
-  enabled: true
-  leaseDuration: 6s
-  renewDeadline: 4s
-  retryPeriod: 500ms
-instances:
-  - name: "tyk"
-    type: "tyk"
-    config:
-      host: "{provider_url}"
-      auth: "demo-key"
-"#
-        );
+        let election = "leaderElection:\n  enabled: true\n  leaseDuration: 6s\n  renewDeadline: 4s\n  retryPeriod: 500ms";
+        let yaml = tyk_agent_yaml(&gw.grpc_url, &token, probe, &provider_url, election);
         let env = [
             ("POD_NAME", name),
             ("POD_NAMESPACE", NS),

@@ -55,25 +55,7 @@ async fn every_service_serves_its_metrics() {
     let provider = DemoProvider::new(sample_apis(), "demo-key");
     let provider_url = serve_demo_provider(&provider).await;
     let probe = free_port();
-    let grpc = gw.grpc_url.trim_start_matches("http://");
-    let config = format!(
-        r#"
-governanceDashboard:
-  server:
-    url: "{grpc}"
-  auth:
-    token: "{token}"
-healthProbe:
-  server:
-    port: {probe}
-instances:
-  - name: "tyk"
-    type: "tyk"
-    config:
-      host: "{provider_url}"
-      auth: "demo-key"
-"#
-    );
+    let config = tyk_agent_yaml(&gw.grpc_url, &token, probe, &provider_url, "");
     let _agent = start_agent_binary(dir.path(), &config);
     let n = sample_apis().len() as f64;
     api.wait_for_total("active", n as u64, T).await;

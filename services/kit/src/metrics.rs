@@ -28,6 +28,9 @@ const BUCKETS: [f64; 12] = [
 
 type Labels = Vec<(String, String)>;
 
+/// Series by a hash of their name and labels (a bucket per hash).
+type Index = std::collections::HashMap<u64, Vec<(&'static str, Labels, Series)>>;
+
 #[derive(Clone)]
 enum Series {
     Counter(Arc<AtomicU64>),
@@ -50,7 +53,7 @@ pub struct Registry {
     families: RwLock<BTreeMap<&'static str, Family>>,
     /// Series by a hash of name and labels, so a lookup allocates nothing
     /// (hot paths such as publishing count every event).
-    index: RwLock<std::collections::HashMap<u64, Vec<(&'static str, Labels, Series)>>>,
+    index: RwLock<Index>,
     refreshers: Mutex<Vec<(u64, Refresher)>>,
     next_refresher: AtomicU64,
 }
