@@ -320,7 +320,13 @@ fn compose_runs_every_service_with_what_its_binary_accepts() {
     for server in SERVERS {
         assert!(started.contains(server), "compose does not run {server}");
     }
-    for needed in ["hub", "demo-provider", "agent-setup", "agent"] {
+    for needed in [
+        "hub",
+        "demo-provider",
+        "demo-provider-2",
+        "agent-setup",
+        "agent",
+    ] {
         assert!(services.contains_key(needed), "compose has no {needed}");
     }
 

@@ -509,6 +509,19 @@ fn validate(config: &AgentConfig, vars: &BTreeMap<String, String>) -> Result<(),
         return Err(error("governanceDashboard.auth.token", "is required"));
     }
     let tls = &config.governance_dashboard.server.tls;
+    if !tls.enabled
+        && config
+            .governance_dashboard
+            .server
+            .url
+            .trim()
+            .starts_with("https://")
+    {
+        return Err(error(
+            "governanceDashboard.server.tls.enabled",
+            "the hub URL is https:// but TLS is off; set tls.enabled: true",
+        ));
+    }
     if tls.client_cert_path.is_some() != tls.client_key_path.is_some() {
         return Err(error(
             "governanceDashboard.server.tls",
@@ -809,6 +822,14 @@ leaderElection:
                 "instances[1].name",
             ),
             (DOCUMENTED.to_owned(), vec![], "leaderElection.enabled"),
+            (
+                DOCUMENTED.replace(
+                    "url: \"your-governance-instance.tyk.io:50051\"",
+                    "url: \"https://hub.example.com\"",
+                ),
+                pod(),
+                "governanceDashboard.server.tls.enabled",
+            ),
             (
                 DOCUMENTED.replace("port: 5959", "port: 99999"),
                 pod(),
