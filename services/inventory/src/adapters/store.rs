@@ -151,22 +151,14 @@ impl Projection for Repository {
                 content_hash,
             } => apply_api(ctx, &event, definition, content_hash, at, seq),
             SyncEventKind::Completed { count } => {
-                let span = reconcile_span(&event, traceparent);
-                span.in_scope(|| end_run(ctx, &event, RunEnd::Completed { count: *count }, at, seq))
+                let end = RunEnd::Completed { count: *count };
+                reconcile_span(&event, traceparent).in_scope(|| end_run(ctx, &event, end, at, seq))
             }
             SyncEventKind::Failed { reason } => {
-                let span = reconcile_span(&event, traceparent);
-                span.in_scope(|| {
-                    end_run(
-                        ctx,
-                        &event,
-                        RunEnd::Failed {
-                            reason: reason.clone(),
-                        },
-                        at,
-                        seq,
-                    )
-                })
+                let end = RunEnd::Failed {
+                    reason: reason.clone(),
+                };
+                reconcile_span(&event, traceparent).in_scope(|| end_run(ctx, &event, end, at, seq))
             }
         }
     }
