@@ -192,14 +192,14 @@ async fn a_retried_publish_is_stored_once_and_a_redelivery_changes_nothing() {
     }
     let db = sled::Config::new().temporary(true).open().unwrap();
     let tree = db.open_tree("repo").unwrap();
-    apply_events(&tree, &Repository, PROJECTION_ID, &stored).unwrap();
+    apply_events(&tree, &Repository::default(), PROJECTION_ID, &stored).unwrap();
     let before = digest(&tree).unwrap();
     let outbox_before = tree
         .scan_prefix(meridian_inventory::adapters::store::OUTBOX_PREFIX)
         .count();
     assert_eq!(outbox_before, 1, "one created event");
-    apply_events(&tree, &Repository, PROJECTION_ID, &stored).unwrap();
-    apply_events(&tree, &Repository, PROJECTION_ID, &stored[1..2]).unwrap();
+    apply_events(&tree, &Repository::default(), PROJECTION_ID, &stored).unwrap();
+    apply_events(&tree, &Repository::default(), PROJECTION_ID, &stored[1..2]).unwrap();
     assert_eq!(
         digest(&tree).unwrap(),
         before,

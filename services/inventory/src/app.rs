@@ -205,12 +205,13 @@ impl App {
                 stream: meridian_schemas::public::EVENTS.into(),
                 message: e.to_string(),
             })?;
+        let published = published(&js).await?;
         let (db, tree) = open_tree(&config.data_dir).await?;
         let scrape = count_at_scrape(store::Queries::new(tree.clone()));
         let (runner, progress) = Runner::new(
             js.clone(),
             tree.clone(),
-            Arc::new(store::Repository),
+            Arc::new(store::Repository::after(published)),
             spec(&config, ConsumerKind::Durable),
         );
         Ok(Self {
@@ -281,6 +282,18 @@ impl App {
     }
 }
 
+/// The newest lifecycle event in the stream (see [`store::Repository`]).
+async fn published(
+    js: &async_nats::jetstream::Context,
+) -> Result<Option<store::OutboxMark>, AppError> {
+    outbox::high_water(js).await.map_err(|message| {
+        AppError::from(bus::BusError::Stream {
+            stream: streams::API_LIFECYCLE.into(),
+            message,
+        })
+    })
+}
+
 /// What `rebuild` did.
 #[derive(Debug, Clone)]
 pub struct RebuildReport {
@@ -294,8 +307,8 @@ pub struct RebuildReport {
 
 /// Wipes the repository in `config.data_dir` and replays `SYNC` from the
 /// start. The service must be stopped (sled locks the directory). Lifecycle
-/// events are not re-emitted: the outbox publisher drops those already in the
-/// stream when the service next starts.
+/// events are not re-emitted: those already in the stream are not written to
+/// the outbox again.
 pub async fn rebuild(config: Config) -> Result<RebuildReport, AppError> {
     let started = std::time::Instant::now();
     let client = bus::connect(
@@ -306,6 +319,7 @@ pub async fn rebuild(config: Config) -> Result<RebuildReport, AppError> {
     .await?;
     let js = async_nats::jetstream::new(client);
     bus::ensure_streams(&js, &[streams::SYNC, streams::API_LIFECYCLE]).await?;
+    let published = published(&js).await?;
     let (_db, tree) = open_tree(&config.data_dir).await?;
     let storage = |source| AppError::Storage {
         path: config.data_dir.display().to_string(),
@@ -315,7 +329,7 @@ pub async fn rebuild(config: Config) -> Result<RebuildReport, AppError> {
     let (runner, _) = Runner::new(
         js,
         tree.clone(),
-        Arc::new(store::Repository),
+        Arc::new(store::Repository::after(published)),
         spec(&config, ConsumerKind::Ordered),
     );
     let position = runner.run_until_caught_up().await?;

@@ -484,11 +484,29 @@ impl<S: Sink> Runner<S> {
         let mut messages = messages;
         let consumed = crate::metrics::consumed(self.spec.stream, &self.spec.id);
         let lag = crate::metrics::consumer_lag(&self.spec.id);
+        // One batch is applied (off the runtime) while the next one arrives
+        // and is decoded; batches still commit strictly in order.
+        let mut applying: Option<Applying> = None;
         loop {
-            let first = tokio::select! {
-                () = stop.cancelled() => return Ok(()),
-                next = messages.next() => next.ok_or_else(|| self.bus("message stream ended"))?,
+            let first = match applying.as_mut() {
+                Some(flight) => tokio::select! {
+                    () = stop.cancelled() => break,
+                    done = &mut flight.task => {
+                        let flight = applying.take().expect("a batch is in flight");
+                        checkpoint = self.finish(flight, done).await?;
+                        if until_caught_up && checkpoint >= last {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                    next = messages.next() => next,
+                },
+                None => tokio::select! {
+                    () = stop.cancelled() => return Ok(()),
+                    next = messages.next() => next,
+                },
             };
+            let first = first.ok_or_else(|| self.bus("message stream ended"))?;
             // Linger briefly so a busy stream is applied in full batches.
             let mut chunk = vec![first];
             let linger = tokio::time::Instant::now() + BATCH_LINGER;
@@ -521,24 +539,51 @@ impl<S: Sink> Runner<S> {
                 }
                 last_message = Some(message);
             }
-            if let Some(newest) = events.last().map(|e| e.seq) {
-                consumed.add(events.len() as u64);
-                let sink = self.sink.clone();
-                let id = self.spec.id.clone();
-                tokio::task::spawn_blocking(move || sink.apply(&id, &events))
-                    .await
-                    .map_err(|e| self.bus(format!("apply task failed: {e}")))??;
-                checkpoint = newest;
-                self.position.send_replace(checkpoint);
+            if let Some(mut flight) = applying.take() {
+                let done = (&mut flight.task).await;
+                checkpoint = self.finish(flight, done).await?;
             }
-            if durable && let Some(message) = last_message {
-                message.ack().await.map_err(|e| self.bus(e))?;
-            }
-            if until_caught_up && checkpoint >= last {
-                return Ok(());
-            }
+            consumed.add(events.len() as u64);
+            let newest = events.last().map(|e| e.seq);
+            let sink = self.sink.clone();
+            let id = self.spec.id.clone();
+            applying = Some(Applying {
+                task: tokio::task::spawn_blocking(move || sink.apply(&id, &events)),
+                newest,
+                ack: last_message.filter(|_| durable),
+            });
         }
+        if let Some(mut flight) = applying.take() {
+            let done = (&mut flight.task).await;
+            self.finish(flight, done).await?;
+        }
+        Ok(())
     }
+
+    /// Records a finished batch: moves the position and acks its messages.
+    async fn finish(
+        &self,
+        flight: Applying,
+        done: Result<Result<(), ProjectionError>, tokio::task::JoinError>,
+    ) -> Result<u64, ProjectionError> {
+        done.map_err(|e| self.bus(format!("apply task failed: {e}")))??;
+        if let Some(newest) = flight.newest {
+            self.position.send_replace(newest);
+        }
+        if let Some(message) = flight.ack {
+            message.ack().await.map_err(|e| self.bus(e))?;
+        }
+        Ok(*self.position.borrow())
+    }
+}
+
+/// A batch being applied.
+struct Applying {
+    task: tokio::task::JoinHandle<Result<(), ProjectionError>>,
+    /// Its newest sequence (`None`: everything in it was applied before).
+    newest: Option<u64>,
+    /// Its last message, acked (ack-all) once it is committed.
+    ack: Option<jetstream::Message>,
 }
 
 /// Applies events in order, one atomic batch per run of events between

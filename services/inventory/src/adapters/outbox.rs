@@ -23,18 +23,16 @@ use meridian_kit::projection::Progress;
 use meridian_schemas::lifecycle::LifecycleEvent;
 use meridian_schemas::{Envelope, EventMeta, streams};
 
-use super::store::OUTBOX_PREFIX;
+use super::store::{OUTBOX_PREFIX, OutboxMark as Mark};
 
 const CHUNK: usize = 2048;
-
-type Mark = (u64, [u8; 16]);
 
 fn mark_of(event: &LifecycleEvent) -> Mark {
     (event.source_seq, *event.api_id.0.as_bytes())
 }
 
 /// The newest published event's (source sequence, API id), if any.
-async fn high_water(js: &jetstream::Context) -> Result<Option<Mark>, String> {
+pub async fn high_water(js: &jetstream::Context) -> Result<Option<Mark>, String> {
     let stream = js
         .get_stream(streams::API_LIFECYCLE)
         .await

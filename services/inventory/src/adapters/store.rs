@@ -4,10 +4,12 @@
 //! Keys (one tree; ids are raw 16-byte UUIDs, sequences big-endian):
 //! - `a<api>` the [`ApiRecord`]; `d<api>` its current definition
 //! - `p<agent><provider>` the [`ProviderRecord`]
-//! - `i<agent><provider>\0<api>` index of a provider's APIs: last-seen order
-//!   (8 bytes) and a deleted flag (1 byte), scanned when a run completes
-//! - `r<run>` the [`RunRecord`]; `s<run><api>` "seen in this run", removed
-//!   when the run ends
+//! - `i<agent><provider>\0<api>` index of a provider's APIs: the order of the
+//!   newest run that saw it (8 bytes), a deleted flag (1 byte) and that run's
+//!   id (16 bytes); scanned when a run completes
+//! - `r<run>` the [`RunRecord`]; `s<run><api>` "seen in this run" for the
+//!   few APIs a newer run saw first (see [`first_seen_in_run`]), removed when
+//!   the run ends
 //! - `\xff\xffoutbox/<seq><api>` lifecycle events not yet published (kept out of
 //!   the digest: publishing is not state)
 //! - `\xff\xfftrace/<run>` the run's W3C trace context, when it was traced, so
@@ -65,17 +67,36 @@ fn seen_key(run: RunId, api: ApiId) -> Vec<u8> {
 fn outbox_key(seq: u64, api: ApiId) -> Vec<u8> {
     [OUTBOX_PREFIX, &seq.to_be_bytes(), api.0.as_bytes()].concat()
 }
-fn index_value(order: u64, deleted: bool) -> [u8; 9] {
-    let mut v = [0u8; 9];
+fn index_value(order: u64, deleted: bool, run: RunId) -> [u8; 25] {
+    let mut v = [0u8; 25];
     v[..8].copy_from_slice(&order.to_be_bytes());
     v[8] = u8::from(deleted);
+    v[9..].copy_from_slice(run.0.as_bytes());
     v
 }
-fn parse_index_value(v: &[u8]) -> Option<(u64, bool)> {
-    Some((
-        u64::from_be_bytes(v.get(..8)?.try_into().ok()?),
-        *v.get(8)? == 1,
-    ))
+
+/// An index entry: the newest run that saw the API (its order and id) and
+/// whether the API is deleted.
+struct Indexed {
+    order: u64,
+    deleted: bool,
+    run: RunId,
+}
+
+fn parse_index_value(v: &[u8]) -> Result<Indexed, String> {
+    let corrupt = || "corrupt index entry".to_owned();
+    Ok(Indexed {
+        order: u64::from_be_bytes(
+            v.get(..8)
+                .ok_or_else(corrupt)?
+                .try_into()
+                .map_err(|_| corrupt())?,
+        ),
+        deleted: *v.get(8).ok_or_else(corrupt)? == 1,
+        run: RunId(
+            uuid::Uuid::from_slice(v.get(9..25).ok_or_else(corrupt)?).map_err(|_| corrupt())?,
+        ),
+    })
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -95,8 +116,27 @@ fn put<T: Serialize>(ctx: &mut Ctx<'_>, key: &[u8], v: &T) {
     ctx.insert(key, encode(v));
 }
 
+/// Where an outbox entry sorts: (causing `SYNC` sequence, API id). The
+/// lifecycle stream holds events in this order.
+pub type OutboxMark = (u64, [u8; 16]);
+
 /// The projection of `SYNC` into the repository.
-pub struct Repository;
+#[derive(Debug, Default)]
+pub struct Repository {
+    /// The newest lifecycle event already in the stream when the projection
+    /// started: changes at or below it were published before (by this
+    /// process, before a crash, or before a rebuild), so they skip the
+    /// outbox. A `rebuild` thereby writes no outbox at all.
+    published: Option<OutboxMark>,
+}
+
+impl Repository {
+    /// A projection whose lifecycle events up to `published` are already in
+    /// the stream.
+    pub fn after(published: Option<OutboxMark>) -> Self {
+        Self { published }
+    }
+}
 
 /// The projection's stable id (also its durable consumer's name).
 pub const PROJECTION_ID: &str = "inventory-repository";
@@ -149,16 +189,18 @@ impl Projection for Repository {
             SyncEventKind::Api {
                 definition,
                 content_hash,
-            } => apply_api(ctx, &event, definition, content_hash, at, seq),
+            } => apply_api(ctx, self, &event, definition, content_hash, at, seq),
             SyncEventKind::Completed { count } => {
                 let end = RunEnd::Completed { count: *count };
-                reconcile_span(&event, traceparent).in_scope(|| end_run(ctx, &event, end, at, seq))
+                reconcile_span(&event, traceparent)
+                    .in_scope(|| end_run(ctx, self, &event, end, at, seq))
             }
             SyncEventKind::Failed { reason } => {
                 let end = RunEnd::Failed {
                     reason: reason.clone(),
                 };
-                reconcile_span(&event, traceparent).in_scope(|| end_run(ctx, &event, end, at, seq))
+                reconcile_span(&event, traceparent)
+                    .in_scope(|| end_run(ctx, self, &event, end, at, seq))
             }
         }
     }
@@ -196,6 +238,7 @@ fn load_run(ctx: &Ctx<'_>, event: &SyncEvent, seq: u64, at: i64) -> Result<RunRe
 
 fn apply_api(
     ctx: &mut Ctx<'_>,
+    repo: &Repository,
     event: &SyncEvent,
     definition: &ApiDefinition,
     content_hash: &str,
@@ -211,9 +254,8 @@ fn apply_api(
         return Ok(());
     }
     let api_id = ApiId::derive(event.agent_id, &event.provider, &definition.provider_api_id);
-    let seen = seen_key(run.run_id, api_id);
-    if ctx.get(&seen)?.is_none() {
-        ctx.insert(seen, &[][..]);
+    let index_at = index_key(event.agent_id, &event.provider, api_id);
+    if first_seen_in_run(ctx, &run, &index_at, api_id)? {
         run.seen += 1;
         put(ctx, &run_key(run.run_id), &run);
     }
@@ -235,11 +277,12 @@ fn apply_api(
     if observed.definition_changed {
         put(ctx, &def_key(api_id), definition);
     }
-    let index = index_value(observed.record.last_seen_order, false);
-    ctx.insert(
-        index_key(event.agent_id, &event.provider, api_id),
-        &index[..],
+    let index = index_value(
+        observed.record.last_seen_order,
+        false,
+        observed.record.last_run,
     );
+    ctx.insert(index_at, &index[..]);
     if let Some(change) = observed.change {
         match change.kind {
             LifecycleKind::Created => provider.active += 1,
@@ -256,13 +299,51 @@ fn apply_api(
                 &provider,
             );
         }
-        emit(ctx, &observed.record, &change, &provider.provider_type);
+        repo.emit(ctx, &observed.record, &change, &provider.provider_type);
     }
     Ok(())
 }
 
+/// Whether this is the first message of `run` about the API, counting
+/// distinct APIs per run without a marker per API. The index entry names the
+/// newest run that saw the API, and its order only grows, so it answers for
+/// that run. Only runs that are not the newest need a `s<run><api>` marker
+/// (interleaved runs of one provider): one is written when an older run sees
+/// an API a newer run already saw, and for the run a newer one displaces
+/// from the entry while it is still receiving. Markers go when their run ends.
+fn first_seen_in_run(
+    ctx: &mut Ctx<'_>,
+    run: &RunRecord,
+    index_at: &[u8],
+    api_id: ApiId,
+) -> Result<bool, String> {
+    let Some(indexed) = ctx.get(index_at)? else {
+        return Ok(true);
+    };
+    let indexed = parse_index_value(&indexed)?;
+    if indexed.order == run.order {
+        return Ok(false);
+    }
+    if indexed.order < run.order {
+        // This run becomes the entry's run; remember that the displaced one
+        // saw the API, if it is still counting.
+        let displaced: Option<RunRecord> = get(ctx, &run_key(indexed.run))?;
+        if displaced.is_some_and(|r| r.is_running()) {
+            ctx.insert(seen_key(indexed.run, api_id), &[][..]);
+        }
+        return Ok(true);
+    }
+    let seen = seen_key(run.run_id, api_id);
+    if ctx.get(&seen)?.is_some() {
+        return Ok(false);
+    }
+    ctx.insert(seen, &[][..]);
+    Ok(true)
+}
+
 fn end_run(
     ctx: &mut Ctx<'_>,
+    repo: &Repository,
     event: &SyncEvent,
     end: RunEnd,
     at: i64,
@@ -286,8 +367,8 @@ fn end_run(
         provider.newest_completed_order = delete_below;
         let mut deleted = 0u64;
         for (key, value) in index {
-            let (order, is_deleted) = parse_index_value(value).ok_or("corrupt index entry")?;
-            if !domain::should_delete(order, is_deleted, delete_below) {
+            let indexed = parse_index_value(value)?;
+            if !domain::should_delete(indexed.order, indexed.deleted, delete_below) {
                 continue;
             }
             let api_id =
@@ -296,8 +377,9 @@ fn end_run(
                 get(ctx, &api_key(api_id))?.ok_or("index names a missing API")?;
             let change = domain::delete(&mut record, &run, at, seq);
             put(ctx, &api_key(api_id), &record);
-            ctx.insert(key.to_vec(), &index_value(order, true)[..]);
-            emit(ctx, &record, &change, &provider.provider_type);
+            let entry = index_value(indexed.order, true, indexed.run);
+            ctx.insert(key.to_vec(), &entry[..]);
+            repo.emit(ctx, &record, &change, &provider.provider_type);
             deleted += 1;
         }
         provider.active = provider.active.saturating_sub(deleted);
@@ -316,9 +398,21 @@ fn end_run(
     Ok(())
 }
 
-fn emit(ctx: &mut Ctx<'_>, record: &ApiRecord, change: &HistoryEntry, provider_type: &str) {
-    let event = lifecycle_event(record, change, provider_type);
-    put(ctx, &outbox_key(change.source_seq, record.api_id), &event);
+impl Repository {
+    fn emit(
+        &self,
+        ctx: &mut Ctx<'_>,
+        record: &ApiRecord,
+        change: &HistoryEntry,
+        provider_type: &str,
+    ) {
+        let mark = (change.source_seq, *record.api_id.0.as_bytes());
+        if self.published.is_some_and(|published| mark <= published) {
+            return;
+        }
+        let event = lifecycle_event(record, change, provider_type);
+        put(ctx, &outbox_key(change.source_seq, record.api_id), &event);
+    }
 }
 
 /// The lifecycle event of one history entry of an API: what the outbox
