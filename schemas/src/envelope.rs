@@ -33,7 +33,51 @@ pub struct Envelope {
     /// W3C `traceparent` of the span that produced the event.
     pub traceparent: Option<String>,
     /// The postcard-encoded event.
+    #[serde(with = "as_bytes")]
     pub payload: Vec<u8>,
+}
+
+/// Serializes a byte vector as one byte string instead of a sequence of
+/// `u8`. In postcard both are a length and the raw bytes, so logs written
+/// either way decode either way; this way costs one copy instead of a call
+/// per byte.
+mod as_bytes {
+    use serde::de::{self, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_byte_buf(BytesVisitor)
+    }
+
+    struct BytesVisitor;
+
+    impl<'de> Visitor<'de> for BytesVisitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("bytes")
+        }
+
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+            while let Some(b) = seq.next_element()? {
+                out.push(b);
+            }
+            Ok(out)
+        }
+    }
 }
 
 /// Metadata the producer supplies when wrapping an event.
@@ -130,5 +174,53 @@ impl Envelope {
             event_type: self.event_type.clone(),
             source,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The envelope as it was written before the payload was a byte string.
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct PayloadAsSequence {
+        event_id: Uuid,
+        event_type: String,
+        schema_version: u16,
+        occurred_at_ms: i64,
+        causation_id: Option<Uuid>,
+        correlation_id: Option<Uuid>,
+        traceparent: Option<String>,
+        payload: Vec<u8>,
+    }
+
+    #[test]
+    fn payload_bytes_are_wire_compatible_with_a_byte_sequence() {
+        let payload: Vec<u8> = (0..=255u8).cycle().take(700).collect();
+        let old = PayloadAsSequence {
+            event_id: Uuid::from_u128(7),
+            event_type: "sync.api".into(),
+            schema_version: 1,
+            occurred_at_ms: 1_700_000_000_000,
+            causation_id: None,
+            correlation_id: Some(Uuid::from_u128(9)),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            payload: payload.clone(),
+        };
+        let new = Envelope {
+            event_id: old.event_id,
+            event_type: old.event_type.clone(),
+            schema_version: 1,
+            occurred_at_ms: old.occurred_at_ms,
+            causation_id: None,
+            correlation_id: old.correlation_id,
+            traceparent: old.traceparent.clone(),
+            payload,
+        };
+        let old_bytes = postcard::to_allocvec(&old).unwrap();
+        assert_eq!(new.to_bytes(), old_bytes);
+        assert_eq!(Envelope::from_bytes(&old_bytes).unwrap(), new);
+        let back: PayloadAsSequence = postcard::from_bytes(&new.to_bytes()).unwrap();
+        assert_eq!(back, old);
     }
 }

@@ -76,7 +76,8 @@ async fn sync_create_delete_fail_restore_update() {
     assert_eq!(api.apis("active").await.len(), 2);
 
     // The third comes back (restored) and the second changes (updated).
-    let b2 = api_def("b", "Beta", "v2");
+    let mut b2 = api_def("b", "Beta", "v2");
+    b2.upstream_url = "http://b2.internal".into();
     source.set(Ok(vec![a.clone(), b2, c.clone()]));
     let run = trigger(&api, &agent_id).await;
     wait_for_run(&api, "tyk-main", &run).await;
@@ -95,6 +96,17 @@ async fn sync_create_delete_fail_restore_update() {
     assert_eq!(kinds, ["created", "deleted", "restored"]);
     assert_eq!(detail["definition"]["base_path"], "/c/");
     assert_eq!(detail["deleted_at"], serde_json::Value::Null);
+    // The updated API shows the definition of its newest sync.
+    let b_id = meridian_schemas::ApiId::derive(
+        meridian_schemas::AgentId::parse(&agent_id).unwrap(),
+        "tyk-main",
+        "b",
+    );
+    let (code, detail) = api.get(&format!("/api/apis/{b_id}")).await;
+    assert_eq!(code, 200);
+    assert_eq!(detail["version"], "v2");
+    assert_eq!(detail["definition"]["upstream_url"], "http://b2.internal");
+    assert_eq!(detail["definition"]["base_path"], "/b/");
 
     // Exactly one lifecycle event per change, in order.
     let expected = [
@@ -142,7 +154,7 @@ async fn sync_create_delete_fail_restore_update() {
             ("Gamma".into(), LifecycleKind::Restored)
         ]
     );
-    assert_eq!(events[4].changed, vec!["version".to_string()]);
+    assert_eq!(events[4].changed, ["version", "upstream"]);
 
     agent.stop().await;
     gw.rest.stop().await;

@@ -20,6 +20,9 @@ use crate::adapters::registry::{Registry, RegistryProjection};
 use crate::adapters::tokens::{MIN_SECRET_BYTES, Tokens};
 use crate::api;
 
+/// HTTP/2 flow-control window per gRPC stream (the connection gets four).
+const GRPC_STREAM_WINDOW: u32 = 1 << 20;
+
 /// Environment prefix of the configuration.
 pub const ENV_PREFIX: &str = "MERIDIAN_AGENT_GATEWAY__";
 
@@ -353,6 +356,11 @@ impl App {
             server = server.tls_config(tls)?;
         }
         let served = server
+            // Agents stream thousands of ~2 KB messages per sync; the
+            // HTTP/2 default of 64 KiB per stream would make the agent wait
+            // for a window update every few dozen.
+            .initial_stream_window_size(Some(GRPC_STREAM_WINDOW))
+            .initial_connection_window_size(Some(GRPC_STREAM_WINDOW * 4))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .add_service(service)

@@ -11,6 +11,9 @@ use meridian_kit::{config, shutdown, telemetry};
 #[command(version, about)]
 struct Cli {}
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     Cli::parse();

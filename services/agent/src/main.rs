@@ -29,6 +29,9 @@ fn refuse(message: String) -> ! {
     std::process::exit(EXIT_BAD_CONFIG);
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

@@ -345,11 +345,14 @@ async fn get_api(
     Path(id): Path<String>,
 ) -> Result<Json<ApiDetail>, ApiError> {
     let api_id = parse_api_id(&id)?;
-    let (record, def) = s
+    let record = s
         .queries
         .get(api_id)
         .map_err(|e| ApiError::internal("reading the API failed", e))?
         .ok_or_else(|| ApiError::not_found(format!("no API with id {api_id}")))?;
+    let def = store::definition(&s.js, &record)
+        .await
+        .map_err(|e| ApiError::internal("reading the API's definition from the log failed", e))?;
     let json_or_string = |s: &str| {
         serde_json::from_str(s).unwrap_or_else(|_| serde_json::Value::String(s.to_owned()))
     };
@@ -434,7 +437,7 @@ async fn api_history(
     Path(id): Path<String>,
 ) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
     let api_id = parse_api_id(&id)?;
-    let (record, _) = s
+    let record = s
         .queries
         .get(api_id)
         .map_err(|e| ApiError::internal("reading the API failed", e))?

@@ -146,6 +146,13 @@ async fn open_tree(data_dir: &std::path::Path) -> Result<(sled::Db, sled::Tree),
         }
     };
     let tree = db.open_tree(TREE).map_err(storage)?;
+    if let Some(found) = projection::ensure_format(&tree, store::FORMAT).map_err(storage)? {
+        tracing::warn!(
+            found,
+            current = store::FORMAT,
+            "the repository was written in another layout; replaying the SYNC log to rebuild it"
+        );
+    }
     Ok((db, tree))
 }
 
@@ -326,6 +333,7 @@ pub async fn rebuild(config: Config) -> Result<RebuildReport, AppError> {
         source,
     };
     tree.clear().map_err(storage)?;
+    projection::ensure_format(&tree, store::FORMAT).map_err(storage)?;
     let (runner, _) = Runner::new(
         js,
         tree.clone(),

@@ -20,7 +20,9 @@ use meridian_schemas::sync::ApiDefinition;
 use meridian_schemas::{AgentId, ApiId, RunId};
 use serde::{Deserialize, Serialize};
 
-/// One API in the repository (its definition is stored beside it).
+/// One API in the repository. Its definition stays in the `SYNC` log (which
+/// keeps every message, so rebuilds are possible); the record points at the
+/// message that carried it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiRecord {
     /// Repository id.
@@ -37,6 +39,9 @@ pub struct ApiRecord {
     pub version: String,
     /// Hash of the current definition.
     pub content_hash: String,
+    /// Where the current definition is, and what it looked like field by
+    /// field.
+    pub definition: DefinitionRef,
     /// When first seen (ms since epoch).
     pub first_seen_ms: i64,
     /// When last seen.
@@ -49,6 +54,54 @@ pub struct ApiRecord {
     pub deleted_at_ms: Option<i64>,
     /// Every lifecycle change, oldest first.
     pub history: Vec<HistoryEntry>,
+}
+
+/// The `SYNC` message that carried an API's current definition, with a
+/// fingerprint of each field so that a later update can name the fields it
+/// changed without the old definition at hand.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DefinitionRef {
+    /// Stream sequence of the `sync.api` message.
+    pub seq: u64,
+    /// [`fingerprint`] of the definition.
+    pub fields: [u64; 9],
+}
+
+/// The definition's parts as lifecycle events name them.
+pub const FIELDS: [&str; 9] = [
+    "name", "version", "paths", "upstream", "auth", "tags", "stages", "spec", "raw",
+];
+
+/// One 64-bit FNV-1a hash per part of the definition, in [`FIELDS`] order.
+/// Stable across builds and platforms (it is stored).
+pub fn fingerprint(def: &ApiDefinition) -> [u64; FIELDS.len()] {
+    fn fnv(parts: &[&str]) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for part in parts {
+            // Length first, so ["ab", "c"] and ["a", "bc"] differ.
+            for b in (part.len() as u64)
+                .to_le_bytes()
+                .iter()
+                .chain(part.as_bytes())
+            {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        h
+    }
+    let list = |v: &[String]| fnv(&v.iter().map(String::as_str).collect::<Vec<_>>());
+    [
+        fnv(&[&def.name]),
+        fnv(&[&def.version]),
+        fnv(&[&def.base_path]),
+        fnv(&[&def.upstream_url]),
+        list(&def.auth_methods),
+        list(&def.tags),
+        list(&def.stages),
+        fnv(&[&def.openapi]),
+        fnv(&[&def.raw]),
+    ]
 }
 
 /// One lifecycle change of an API.
@@ -195,13 +248,12 @@ pub struct Observed {
 }
 
 /// Applies an observation to the API's current record (`None`: new API).
-/// `old_definition` is needed only when the hash differs.
-pub fn observe(
-    existing: Option<&ApiRecord>,
-    old_definition: Option<&ApiDefinition>,
-    obs: &Observation<'_>,
-) -> Observed {
+pub fn observe(existing: Option<&ApiRecord>, obs: &Observation<'_>) -> Observed {
     let def = obs.definition;
+    let definition = || DefinitionRef {
+        seq: obs.seq,
+        fields: fingerprint(def),
+    };
     let entry = |kind, changed: Vec<String>| HistoryEntry {
         kind,
         at_ms: obs.at_ms,
@@ -222,6 +274,7 @@ pub fn observe(
             name: def.name.clone(),
             version: def.version.clone(),
             content_hash: obs.content_hash.to_owned(),
+            definition: definition(),
             first_seen_ms: obs.at_ms,
             last_seen_ms: obs.at_ms,
             last_seen_order: obs.run.order,
@@ -253,14 +306,13 @@ pub fn observe(
         record.name = def.name.clone();
         record.version = def.version.clone();
         record.content_hash = obs.content_hash.to_owned();
+        record.definition = definition();
     }
     let change = if existing.deleted_at_ms.is_some() {
         record.deleted_at_ms = None;
         Some(entry(LifecycleKind::Restored, Vec::new()))
     } else if hash_changed {
-        let changed = old_definition
-            .map(|old| changed_fields(old, def))
-            .unwrap_or_default();
+        let changed = changed_fields(&existing.definition, &record.definition);
         Some(entry(LifecycleKind::Updated, changed))
     } else {
         None
@@ -276,23 +328,13 @@ pub fn observe(
 }
 
 /// Which parts of a definition differ, named as in lifecycle events.
-pub fn changed_fields(old: &ApiDefinition, new: &ApiDefinition) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut check = |name: &str, differs: bool| {
-        if differs {
-            out.push(name.to_owned());
-        }
-    };
-    check("name", old.name != new.name);
-    check("version", old.version != new.version);
-    check("paths", old.base_path != new.base_path);
-    check("upstream", old.upstream_url != new.upstream_url);
-    check("auth", old.auth_methods != new.auth_methods);
-    check("tags", old.tags != new.tags);
-    check("stages", old.stages != new.stages);
-    check("spec", old.openapi != new.openapi);
-    check("raw", old.raw != new.raw);
-    out
+pub fn changed_fields(old: &DefinitionRef, new: &DefinitionRef) -> Vec<String> {
+    FIELDS
+        .iter()
+        .zip(old.fields.iter().zip(&new.fields))
+        .filter(|(_, (a, b))| a != b)
+        .map(|(name, _)| (*name).to_owned())
+        .collect()
 }
 
 /// How a run ends.
@@ -393,16 +435,10 @@ mod tests {
         }
     }
 
-    fn see(
-        existing: Option<&ApiRecord>,
-        old: Option<&ApiDefinition>,
-        r: &RunRecord,
-        d: &ApiDefinition,
-    ) -> Observed {
+    fn see(existing: Option<&ApiRecord>, r: &RunRecord, d: &ApiDefinition) -> Observed {
         let hash = d.content_hash();
         observe(
             existing,
-            old,
             &Observation {
                 api_id: ApiId(Uuid::nil()),
                 run: r,
@@ -417,22 +453,77 @@ mod tests {
     #[test]
     fn created_then_unchanged_then_updated_with_fields() {
         let (r1, r2) = (run(1), run(5));
-        let a = see(None, None, &r1, &def("a"));
+        let a = see(None, &r1, &def("a"));
         assert_eq!(a.change.as_ref().unwrap().kind, LifecycleKind::Created);
-        let same = see(Some(&a.record), None, &r2, &def("a"));
+        let same = see(Some(&a.record), &r2, &def("a"));
         assert!(same.change.is_none());
         assert_eq!(same.record.last_seen_order, 5);
-        let b = see(Some(&same.record), Some(&def("a")), &run(9), &def("b"));
+        let b = see(Some(&same.record), &run(9), &def("b"));
         let change = b.change.unwrap();
         assert_eq!(change.kind, LifecycleKind::Updated);
         assert_eq!(change.changed, vec!["name".to_string()]);
         assert_eq!(b.record.history.len(), 2);
+        assert_eq!(
+            b.record.definition.seq, 10,
+            "points at the message with the new definition"
+        );
+        assert_eq!(
+            same.record.definition.seq, 2,
+            "an unchanged definition keeps its message"
+        );
+    }
+
+    #[test]
+    fn every_part_of_a_definition_is_named_when_it_changes() {
+        let base = ApiDefinition {
+            provider_api_id: "x".into(),
+            name: "n".into(),
+            version: "v1".into(),
+            base_path: "/a/".into(),
+            upstream_url: "http://a".into(),
+            auth_methods: vec!["jwt".into()],
+            tags: vec!["t".into()],
+            stages: vec!["prod".into()],
+            openapi: "{}".into(),
+            raw: "{\"a\":1}".into(),
+        };
+        type Edit = fn(&mut ApiDefinition);
+        let edits: [(&str, Edit); 9] = [
+            ("name", |d| d.name.push('!')),
+            ("version", |d| d.version = "v2".into()),
+            ("paths", |d| d.base_path = "/b/".into()),
+            ("upstream", |d| d.upstream_url = "http://b".into()),
+            ("auth", |d| d.auth_methods.push("key".into())),
+            ("tags", |d| d.tags = vec!["t".into(), String::new()]),
+            ("stages", |d| d.stages.clear()),
+            ("spec", |d| d.openapi = "{\"openapi\":\"3.0.0\"}".into()),
+            ("raw", |d| d.raw = "{\"a\":2}".into()),
+        ];
+        let of = |d: &ApiDefinition| DefinitionRef {
+            seq: 1,
+            fields: fingerprint(d),
+        };
+        for (name, edit) in edits {
+            let mut changed = base.clone();
+            edit(&mut changed);
+            assert_eq!(
+                changed_fields(&of(&base), &of(&changed)),
+                vec![name.to_owned()]
+            );
+        }
+        // Moving a character between list items is a change too.
+        let mut a = base.clone();
+        a.tags = vec!["ab".into(), "c".into()];
+        let mut b = base.clone();
+        b.tags = vec!["a".into(), "bc".into()];
+        assert_eq!(changed_fields(&of(&a), &of(&b)), vec!["tags".to_owned()]);
+        assert!(changed_fields(&of(&base), &of(&base.clone())).is_empty());
     }
 
     #[test]
     fn an_older_run_never_rolls_a_definition_back() {
-        let newer = see(None, None, &run(9), &def("new"));
-        let older = see(Some(&newer.record), Some(&def("new")), &run(3), &def("old"));
+        let newer = see(None, &run(9), &def("new"));
+        let older = see(Some(&newer.record), &run(3), &def("old"));
         assert!(older.change.is_none());
         assert_eq!(older.record.name, "new");
     }
@@ -440,9 +531,9 @@ mod tests {
     #[test]
     fn deleted_api_seen_again_is_restored() {
         let r1 = run(1);
-        let mut rec = see(None, None, &r1, &def("a")).record;
+        let mut rec = see(None, &r1, &def("a")).record;
         delete(&mut rec, &r1, 7, 3);
-        let back = see(Some(&rec), None, &run(10), &def("a"));
+        let back = see(Some(&rec), &run(10), &def("a"));
         assert_eq!(back.change.unwrap().kind, LifecycleKind::Restored);
         assert_eq!(back.record.deleted_at_ms, None);
     }

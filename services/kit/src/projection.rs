@@ -656,6 +656,31 @@ fn apply_batch<P: Projection>(
         })
 }
 
+/// Key of the layout version of a projection's tree (bookkeeping).
+pub const FORMAT_KEY: &[u8] = b"\xff\xffformat";
+
+/// Makes sure `tree` holds state in layout `version`. A tree written in
+/// another layout (or before layouts were versioned) is a cache the log can
+/// rebuild, so it is cleared and its projection replays from sequence 1.
+/// Returns the layout found when it cleared the tree (0: unversioned).
+pub fn ensure_format(tree: &sled::Tree, version: u32) -> Result<Option<u32>, sled::Error> {
+    let found = tree
+        .get(FORMAT_KEY)?
+        .and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok())
+        .map(u32::from_be_bytes);
+    if found == Some(version) {
+        return Ok(None);
+    }
+    let replaced = if tree.is_empty() {
+        None
+    } else {
+        tree.clear()?;
+        Some(found.unwrap_or(0))
+    };
+    tree.insert(FORMAT_KEY, &version.to_be_bytes())?;
+    Ok(replaced)
+}
+
 /// The checkpoint stored in `tree` (0 when none).
 pub fn read_checkpoint(tree: &sled::Tree) -> Result<u64, sled::Error> {
     Ok(tree
@@ -704,4 +729,30 @@ pub fn temporary_db() -> Result<sled::Db, sled::Error> {
         .temporary(true)
         .cache_capacity(16 << 20)
         .open()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tree_in_another_layout_is_cleared_for_a_replay() {
+        let db = temporary_db().unwrap();
+        let tree = db.open_tree("t").unwrap();
+        assert_eq!(ensure_format(&tree, 2).unwrap(), None, "empty: just marked");
+        tree.insert(b"a1", b"x").unwrap();
+        tree.insert(CHECKPOINT_KEY, &7u64.to_be_bytes()).unwrap();
+        assert_eq!(ensure_format(&tree, 2).unwrap(), None, "same layout: kept");
+        assert_eq!(read_checkpoint(&tree).unwrap(), 7);
+
+        assert_eq!(ensure_format(&tree, 3).unwrap(), Some(2));
+        assert_eq!(read_checkpoint(&tree).unwrap(), 0, "replays from the start");
+        assert!(tree.get(b"a1").unwrap().is_none());
+        assert_eq!(ensure_format(&tree, 3).unwrap(), None);
+
+        tree.remove(FORMAT_KEY).unwrap();
+        tree.insert(b"a1", b"x").unwrap();
+        assert_eq!(ensure_format(&tree, 3).unwrap(), Some(0), "unversioned");
+        assert_eq!(tree.len(), 1, "only the layout mark is left");
+    }
 }

@@ -11,6 +11,9 @@ use meridian_scheduler::{App, Config, app::ENV_PREFIX};
 #[command(version, about)]
 struct Cli {}
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     Cli::parse();

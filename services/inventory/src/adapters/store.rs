@@ -2,7 +2,8 @@
 //! and the read queries.
 //!
 //! Keys (one tree; ids are raw 16-byte UUIDs, sequences big-endian):
-//! - `a<api>` the [`ApiRecord`]; `d<api>` its current definition
+//! - `a<api>` the [`ApiRecord`]; its definition stays in the `SYNC` log, the
+//!   record names the message ([`definition`] reads it)
 //! - `p<agent><provider>` the [`ProviderRecord`]
 //! - `i<agent><provider>\0<api>` index of a provider's APIs: the order of the
 //!   newest run that saw it (8 bytes), a deleted flag (1 byte) and that run's
@@ -26,6 +27,12 @@ use crate::domain::{
     self, ApiRecord, HistoryEntry, Observation, ProviderRecord, RunEnd, RunRecord, RunResult,
 };
 
+/// Layout version of the repository tree; bump it when a key or record
+/// changes shape, and a repository in the old layout is replayed from the log
+/// at start (see [`meridian_kit::projection::ensure_format`]). 2: definitions
+/// stay in the log.
+pub const FORMAT: u32 = 2;
+
 /// Prefix of outbox keys.
 pub const OUTBOX_PREFIX: &[u8] = b"\xff\xffoutbox/";
 
@@ -36,9 +43,6 @@ pub fn trace_key(run: RunId) -> Vec<u8> {
 
 fn api_key(api: ApiId) -> Vec<u8> {
     [b"a".as_slice(), api.0.as_bytes()].concat()
-}
-fn def_key(api: ApiId) -> Vec<u8> {
-    [b"d".as_slice(), api.0.as_bytes()].concat()
 }
 fn provider_key(agent: AgentId, provider: &str) -> Vec<u8> {
     [b"p".as_slice(), agent.0.as_bytes(), provider.as_bytes()].concat()
@@ -260,10 +264,6 @@ fn apply_api(
         put(ctx, &run_key(run.run_id), &run);
     }
     let existing: Option<ApiRecord> = get(ctx, &api_key(api_id))?;
-    let old_definition: Option<ApiDefinition> = match &existing {
-        Some(e) if e.content_hash != content_hash => get(ctx, &def_key(api_id))?,
-        _ => None,
-    };
     let obs = Observation {
         api_id,
         run: &run,
@@ -272,11 +272,8 @@ fn apply_api(
         at_ms: at,
         seq,
     };
-    let observed = domain::observe(existing.as_ref(), old_definition.as_ref(), &obs);
+    let observed = domain::observe(existing.as_ref(), &obs);
     put(ctx, &api_key(api_id), &observed.record);
-    if observed.definition_changed {
-        put(ctx, &def_key(api_id), definition);
-    }
     let index = index_value(
         observed.record.last_seen_order,
         false,
@@ -438,6 +435,36 @@ pub fn lifecycle_event(
     }
 }
 
+/// Reads an API's current definition from the `SYNC` message the record
+/// names (one request to the stream).
+pub async fn definition(
+    js: &async_nats::jetstream::Context,
+    record: &ApiRecord,
+) -> Result<ApiDefinition, String> {
+    let seq = record.definition.seq;
+    let message = js
+        .get_stream_no_info(meridian_schemas::streams::SYNC)
+        .await
+        .map_err(|e| e.to_string())?
+        .get_raw_message(seq)
+        .await
+        .map_err(|e| format!("SYNC message {seq}: {e}"))?;
+    let event: SyncEvent = meridian_schemas::Envelope::from_bytes(&message.payload)
+        .and_then(|e| e.open())
+        .map_err(|e| format!("SYNC message {seq}: {e}"))?;
+    match event.kind {
+        SyncEventKind::Api { definition, .. }
+            if definition.provider_api_id == record.provider_api_id =>
+        {
+            Ok(definition)
+        }
+        _ => Err(format!(
+            "SYNC message {seq} does not carry API {:?}; rebuild the repository",
+            record.provider_api_id
+        )),
+    }
+}
+
 /// Read access to the repository.
 #[derive(Clone)]
 pub struct Queries {
@@ -524,15 +551,14 @@ impl Queries {
         Ok((page, total))
     }
 
-    /// One API and its current definition.
-    pub fn get(&self, api: ApiId) -> Result<Option<(ApiRecord, ApiDefinition)>, String> {
-        let read = |k: Vec<u8>| self.tree.get(k).map_err(|e| e.to_string());
-        let (Some(rec), Some(def)) = (read(api_key(api))?, read(def_key(api))?) else {
-            return Ok(None);
-        };
-        let rec = postcard::from_bytes(&rec).map_err(|e| e.to_string())?;
-        let def = postcard::from_bytes(&def).map_err(|e| e.to_string())?;
-        Ok(Some((rec, def)))
+    /// One API's record.
+    pub fn get(&self, api: ApiId) -> Result<Option<ApiRecord>, String> {
+        match self.tree.get(api_key(api)).map_err(|e| e.to_string())? {
+            None => Ok(None),
+            Some(rec) => postcard::from_bytes(&rec)
+                .map(Some)
+                .map_err(|e| e.to_string()),
+        }
     }
 
     /// The kind of a provider (empty when unknown).
