@@ -259,11 +259,20 @@ fn apply_api(
     }
     let api_id = ApiId::derive(event.agent_id, &event.provider, &definition.provider_api_id);
     let index_at = index_key(event.agent_id, &event.provider, api_id);
-    if first_seen_in_run(ctx, &run, &index_at, api_id)? {
+    let indexed = match ctx.get(&index_at)? {
+        Some(v) => Some(parse_index_value(&v)?),
+        None => None,
+    };
+    if first_seen_in_run(ctx, &run, indexed.as_ref(), api_id)? {
         run.seen += 1;
         put(ctx, &run_key(run.run_id), &run);
     }
-    let existing: Option<ApiRecord> = get(ctx, &api_key(api_id))?;
+    // Record and index entry are written together, so a new API (most of a
+    // first sync) costs no second lookup.
+    let existing: Option<ApiRecord> = match indexed {
+        Some(_) => get(ctx, &api_key(api_id))?,
+        None => None,
+    };
     let obs = Observation {
         api_id,
         run: &run,
@@ -311,13 +320,12 @@ fn apply_api(
 fn first_seen_in_run(
     ctx: &mut Ctx<'_>,
     run: &RunRecord,
-    index_at: &[u8],
+    indexed: Option<&Indexed>,
     api_id: ApiId,
 ) -> Result<bool, String> {
-    let Some(indexed) = ctx.get(index_at)? else {
+    let Some(indexed) = indexed else {
         return Ok(true);
     };
-    let indexed = parse_index_value(&indexed)?;
     if indexed.order == run.order {
         return Ok(false);
     }
