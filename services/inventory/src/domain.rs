@@ -528,7 +528,11 @@ mod tests {
         assert_eq!(changed_fields(&of(&a), &of(&b)), vec!["tags".to_owned()]);
         assert!(changed_fields(&of(&base), &of(&base.clone())).is_empty());
         // Fingerprints are stored: changing the function needs a new layout.
-        assert_eq!(fingerprint(&base)[0], PINNED, "fingerprint of the name changed");
+        assert_eq!(
+            fingerprint(&base)[0],
+            PINNED,
+            "fingerprint of the name changed"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use meridian_inventory::adapters::store::{
-    ApiFilter, OUTBOX_PREFIX, PROJECTION_ID, Queries, Repository, StatusFilter,
+    ApiFilter, PROJECTION_ID, Queries, Repository, StatusFilter, pending_events,
 };
 use meridian_kit::projection::{StoredEvent, apply_events, digest};
 use meridian_schemas::lifecycle::{LifecycleEvent, LifecycleKind};
@@ -236,11 +236,10 @@ fn repository_state(tree: &sled::Tree) -> BTreeMap<ApiId, (bool, String)> {
 }
 
 fn outbox(tree: &sled::Tree) -> Vec<(u64, ApiId, LifecycleKind)> {
-    tree.scan_prefix(OUTBOX_PREFIX)
-        .map(|e| {
-            let ev: LifecycleEvent = postcard::from_bytes(&e.unwrap().1).unwrap();
-            (ev.source_seq, ev.api_id, ev.kind)
-        })
+    pending_events(tree)
+        .unwrap()
+        .into_iter()
+        .map(|ev| (ev.source_seq, ev.api_id, ev.kind))
         .collect()
 }
 

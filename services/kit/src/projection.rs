@@ -61,18 +61,53 @@ pub type Scanned = Vec<(sled::IVec, sled::IVec)>;
 pub struct Ctx<'a> {
     tree: &'a sled::Tree,
     writes: HashMap<Vec<u8>, Option<sled::IVec>>,
+    /// Values grown by [`Ctx::append`], written after `writes`.
+    appends: HashMap<Vec<u8>, Vec<u8>>,
+    batch_start: u64,
     /// For a barrier event: what [`Projection::scan`] returned. Empty for
     /// other events.
     pub scanned: &'a Scanned,
 }
 
 impl<'a> Ctx<'a> {
-    fn new(tree: &'a sled::Tree, scanned: &'a Scanned) -> Self {
+    fn new(tree: &'a sled::Tree, scanned: &'a Scanned, batch_start: u64) -> Self {
         Self {
             tree,
             writes: HashMap::new(),
+            appends: HashMap::new(),
+            batch_start,
             scanned,
         }
+    }
+
+    /// Stream sequence of the first event of this atomic batch: unique per
+    /// batch, and batches commit in its order (a key for per-batch values).
+    pub fn batch_start(&self) -> u64 {
+        self.batch_start
+    }
+
+    /// Adds `item` to the value at `key`, a list of length-prefixed items
+    /// ([`items`] reads it). Many items under one key cost one write per
+    /// batch instead of one per item.
+    pub fn append(&mut self, key: impl Into<Vec<u8>>, item: &[u8]) -> Result<(), String> {
+        let key = key.into();
+        let value = match self.appends.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let existing = match self.writes.get(e.key()) {
+                    Some(pending) => pending.clone(),
+                    None => self
+                        .tree
+                        .get(e.key())
+                        .map_err(|e| format!("storage: {e}"))?,
+                };
+                e.insert(existing.map(|v| v.to_vec()).unwrap_or_default())
+            }
+        };
+        let len = u32::try_from(item.len()).map_err(|_| "item over 4 GiB".to_owned())?;
+        value.extend_from_slice(&len.to_be_bytes());
+        value.extend_from_slice(item);
+        Ok(())
     }
 
     /// The value of `key` as this batch sees it.
@@ -632,7 +667,7 @@ fn apply_batch<P: Projection>(
         _ => Scanned::new(),
     };
     let no_scan = Scanned::new();
-    let mut ctx = Ctx::new(tree, &scanned);
+    let mut ctx = Ctx::new(tree, &scanned, events.first().map_or(0, |e| e.seq));
     for (i, event) in events.iter().enumerate() {
         if i == 1 {
             ctx.scanned = &no_scan;
@@ -648,12 +683,40 @@ fn apply_batch<P: Projection>(
             None => batch.remove(key),
         }
     }
+    for (key, value) in ctx.appends {
+        batch.insert(key, value);
+    }
     batch.insert(CHECKPOINT_KEY, &newest.to_be_bytes());
     tree.apply_batch(batch)
         .map_err(|source| ProjectionError::Storage {
             id: id.to_owned(),
             source,
         })
+}
+
+/// The items of a value built by [`Ctx::append`], in the order appended.
+pub fn items(value: &[u8]) -> impl Iterator<Item = Result<&[u8], String>> {
+    let mut rest = value;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let item = rest
+            .split_first_chunk::<4>()
+            .map(|(len, tail)| (u32::from_be_bytes(*len) as usize, tail))
+            .filter(|(len, tail)| *len <= tail.len())
+            .map(|(len, tail)| tail.split_at(len));
+        match item {
+            Some((item, tail)) => {
+                rest = tail;
+                Some(Ok(item))
+            }
+            None => {
+                rest = &[];
+                Some(Err("truncated item list".to_owned()))
+            }
+        }
+    })
 }
 
 /// Key of the layout version of a projection's tree (bookkeeping).
@@ -734,6 +797,68 @@ pub fn temporary_db() -> Result<sled::Db, sled::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Appends each event's subject to one key, and its sequence to a key
+    /// per batch.
+    struct Appender;
+
+    impl Projection for Appender {
+        fn apply(&self, ctx: &mut Ctx<'_>, event: &StoredEvent) -> Result<(), String> {
+            let per_batch = [b"batch/".as_slice(), &ctx.batch_start().to_be_bytes()].concat();
+            ctx.append(per_batch, &event.seq.to_be_bytes())?;
+            ctx.append(b"all".to_vec(), event.subject.as_bytes())
+        }
+    }
+
+    fn event(seq: u64) -> StoredEvent {
+        StoredEvent {
+            seq,
+            subject: format!("s{seq}"),
+            envelope: Envelope {
+                event_id: uuid::Uuid::nil(),
+                event_type: "test".into(),
+                schema_version: 1,
+                occurred_at_ms: 0,
+                causation_id: None,
+                correlation_id: None,
+                traceparent: None,
+                payload: Vec::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn appended_items_accumulate_per_key_across_batches_once_each() {
+        let db = temporary_db().unwrap();
+        let tree = db.open_tree("t").unwrap();
+        let events: Vec<StoredEvent> = (1..=5).map(event).collect();
+        apply_events(&tree, &Appender, "t", &events[..3]).unwrap();
+        apply_events(&tree, &Appender, "t", &events[1..]).unwrap(); // 2 and 3 again
+        let all = tree.get(b"all").unwrap().unwrap();
+        let subjects: Vec<&[u8]> = items(&all).collect::<Result<_, _>>().unwrap();
+        assert_eq!(subjects, [&b"s1"[..], b"s2", b"s3", b"s4", b"s5"]);
+        let batches: Vec<(Vec<u8>, Vec<u64>)> = tree
+            .scan_prefix(b"batch/")
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                let seqs = items(&v)
+                    .map(|i| u64::from_be_bytes(i.unwrap().try_into().unwrap()))
+                    .collect();
+                (k[6..].to_vec(), seqs)
+            })
+            .collect();
+        assert_eq!(
+            batches,
+            [
+                (1u64.to_be_bytes().to_vec(), vec![1, 2, 3]),
+                (4u64.to_be_bytes().to_vec(), vec![4, 5]),
+            ]
+        );
+        assert!(
+            items(&[0, 0, 0, 9, 1]).next().unwrap().is_err(),
+            "truncated"
+        );
+    }
 
     #[test]
     fn a_tree_in_another_layout_is_cleared_for_a_replay() {

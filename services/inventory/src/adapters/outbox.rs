@@ -23,7 +23,7 @@ use meridian_kit::projection::Progress;
 use meridian_schemas::lifecycle::LifecycleEvent;
 use meridian_schemas::{Envelope, EventMeta, streams};
 
-use super::store::{OUTBOX_PREFIX, OutboxMark as Mark};
+use super::store::{OUTBOX_PREFIX, OutboxMark as Mark, outbox_entry};
 
 const CHUNK: usize = 2048;
 
@@ -97,30 +97,39 @@ async fn drain(
             Some(m) => *m,
             None => *mark.insert(high_water(publisher.context()).await?),
         };
-        let mut already = Vec::new();
-        let mut fresh = Vec::new();
-        for entry in tree.scan_prefix(OUTBOX_PREFIX).take(CHUNK) {
+        // Whole entries (one per projection batch) until about CHUNK events.
+        let mut keys = Vec::new();
+        let mut fresh_events: Vec<LifecycleEvent> = Vec::new();
+        for entry in tree.scan_prefix(OUTBOX_PREFIX) {
             let (key, value) = entry.map_err(|e| e.to_string())?;
-            let event: LifecycleEvent = postcard::from_bytes(&value).map_err(|e| e.to_string())?;
-            if hw.is_some_and(|hw| mark_of(&event) <= hw) {
-                already.push(key);
-            } else {
-                fresh.push((key, event));
+            keys.push(key);
+            fresh_events.extend(
+                outbox_entry(&value)?
+                    .into_iter()
+                    .filter(|event| hw.is_none_or(|hw| mark_of(event) > hw)),
+            );
+            if fresh_events.len() >= CHUNK {
+                break;
             }
         }
-        if already.is_empty() && fresh.is_empty() {
+        if keys.is_empty() {
             return Ok(());
         }
-        let newest = fresh.last().map(|(_, e)| mark_of(e));
-        let (fresh_keys, fresh_events): (Vec<_>, Vec<_>) = fresh.into_iter().unzip();
+        let newest = fresh_events.last().map(mark_of);
+        // Most of a chunk comes from one run: read its trace context once.
+        let mut traces = std::collections::HashMap::new();
         let events: Vec<_> = fresh_events
             .into_iter()
             .map(|e| {
-                let traceparent = tree
-                    .get(super::store::trace_key(e.run_id))
-                    .ok()
-                    .flatten()
-                    .map(|v| String::from_utf8_lossy(&v).into_owned());
+                let traceparent = traces
+                    .entry(e.run_id)
+                    .or_insert_with(|| {
+                        tree.get(super::store::trace_key(e.run_id))
+                            .ok()
+                            .flatten()
+                            .map(|v| String::from_utf8_lossy(&v).into_owned())
+                    })
+                    .clone();
                 let meta = EventMeta {
                     occurred_at_ms: e.at_ms,
                     causation_id: None,
@@ -138,7 +147,7 @@ async fn drain(
             *mark = Some(Some(newest));
         }
         let mut batch = sled::Batch::default();
-        for key in already.into_iter().chain(fresh_keys) {
+        for key in keys {
             batch.remove(key);
         }
         tree.apply_batch(batch).map_err(|e| e.to_string())?;

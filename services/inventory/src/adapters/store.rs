@@ -11,8 +11,9 @@
 //! - `r<run>` the [`RunRecord`]; `s<run><api>` "seen in this run" for the
 //!   few APIs a newer run saw first (see [`first_seen_in_run`]), removed when
 //!   the run ends
-//! - `\xff\xffoutbox/<seq><api>` lifecycle events not yet published (kept out of
-//!   the digest: publishing is not state)
+//! - `\xff\xffoutbox/<seq>` lifecycle events not yet published, one entry per
+//!   atomic batch (keyed by its first `SYNC` sequence) holding its events in
+//!   order; kept out of the digest: publishing is not state
 //! - `\xff\xfftrace/<run>` the run's W3C trace context, when it was traced, so
 //!   its lifecycle events join the same trace (also out of the digest)
 
@@ -30,8 +31,8 @@ use crate::domain::{
 /// Layout version of the repository tree; bump it when a key or record
 /// changes shape, and a repository in the old layout is replayed from the log
 /// at start (see [`meridian_kit::projection::ensure_format`]). 2: definitions
-/// stay in the log.
-pub const FORMAT: u32 = 2;
+/// stay in the log; 3: one outbox entry per batch.
+pub const FORMAT: u32 = 3;
 
 /// Prefix of outbox keys.
 pub const OUTBOX_PREFIX: &[u8] = b"\xff\xffoutbox/";
@@ -68,8 +69,8 @@ fn seen_prefix(run: RunId) -> Vec<u8> {
 fn seen_key(run: RunId, api: ApiId) -> Vec<u8> {
     [seen_prefix(run).as_slice(), api.0.as_bytes()].concat()
 }
-fn outbox_key(seq: u64, api: ApiId) -> Vec<u8> {
-    [OUTBOX_PREFIX, &seq.to_be_bytes(), api.0.as_bytes()].concat()
+fn outbox_key(batch_start: u64) -> Vec<u8> {
+    [OUTBOX_PREFIX, &batch_start.to_be_bytes()].concat()
 }
 fn index_value(order: u64, deleted: bool, run: RunId) -> [u8; 25] {
     let mut v = [0u8; 25];
@@ -305,7 +306,7 @@ fn apply_api(
                 &provider,
             );
         }
-        repo.emit(ctx, &observed.record, &change, &provider.provider_type);
+        repo.emit(ctx, &observed.record, &change, &provider.provider_type)?;
     }
     Ok(())
 }
@@ -384,7 +385,7 @@ fn end_run(
             put(ctx, &api_key(api_id), &record);
             let entry = index_value(indexed.order, true, indexed.run);
             ctx.insert(key.to_vec(), &entry[..]);
-            repo.emit(ctx, &record, &change, &provider.provider_type);
+            repo.emit(ctx, &record, &change, &provider.provider_type)?;
             deleted += 1;
         }
         provider.active = provider.active.saturating_sub(deleted);
@@ -410,13 +411,13 @@ impl Repository {
         record: &ApiRecord,
         change: &HistoryEntry,
         provider_type: &str,
-    ) {
+    ) -> Result<(), String> {
         let mark = (change.source_seq, *record.api_id.0.as_bytes());
         if self.published.is_some_and(|published| mark <= published) {
-            return;
+            return Ok(());
         }
         let event = lifecycle_event(record, change, provider_type);
-        put(ctx, &outbox_key(change.source_seq, record.api_id), &event);
+        ctx.append(outbox_key(ctx.batch_start()), &encode(&event))
     }
 }
 
@@ -441,6 +442,23 @@ pub fn lifecycle_event(
         source_seq: change.source_seq,
         at_ms: change.at_ms,
     }
+}
+
+/// The lifecycle events of one outbox entry, in order.
+pub fn outbox_entry(value: &[u8]) -> Result<Vec<LifecycleEvent>, String> {
+    meridian_kit::projection::items(value)
+        .map(|item| postcard::from_bytes(item?).map_err(|e| format!("corrupt outbox entry: {e}")))
+        .collect()
+}
+
+/// Every lifecycle event waiting in the outbox, in publishing order.
+pub fn pending_events(tree: &sled::Tree) -> Result<Vec<LifecycleEvent>, String> {
+    let mut out = Vec::new();
+    for entry in tree.scan_prefix(OUTBOX_PREFIX) {
+        let (_, value) = entry.map_err(|e| e.to_string())?;
+        out.extend(outbox_entry(&value)?);
+    }
+    Ok(out)
 }
 
 /// Reads an API's current definition from the `SYNC` message the record
