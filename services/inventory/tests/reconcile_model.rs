@@ -9,7 +9,7 @@ use meridian_inventory::adapters::store::{
     ApiFilter, PROJECTION_ID, Queries, Repository, StatusFilter, pending_events,
 };
 use meridian_kit::projection::{StoredEvent, apply_events, digest};
-use meridian_schemas::lifecycle::{LifecycleEvent, LifecycleKind};
+use meridian_schemas::lifecycle::LifecycleKind;
 use meridian_schemas::sync::{ApiDefinition, SyncEvent, SyncEventKind};
 use meridian_schemas::{AgentId, ApiId, Envelope, EventMeta, RunId};
 use proptest::prelude::*;
