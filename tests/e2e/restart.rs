@@ -122,9 +122,46 @@ async fn inventory_killed_mid_sync_loses_and_duplicates_nothing_and_rebuild_matc
     );
     assert_eq!(live_digest(&api).await.0, live);
 
+    // A repository written in an older layout (an upgrade) is replayed at
+    // start: same repository, nothing published twice.
+    inv.stop().await;
+    {
+        let db = meridian_kit::projection::open_db(&data).unwrap();
+        let tree = db.open_tree("repository").unwrap();
+        tree.insert(meridian_kit::projection::FORMAT_KEY, &1u32.to_be_bytes())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let inv = start_inventory(&nats, data.clone()).await;
+    let api = Api::new(&gw.rest.url, &inv.url);
+    assert_eq!(
+        eventually(Duration::from_secs(60), || async {
+            let (digest, at) = live_digest(&api).await;
+            (at >= position).then_some(digest)
+        })
+        .await,
+        Some(live.clone()),
+        "the replayed repository equals the live one"
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        stream_count(&nats.js, streams::API_LIFECYCLE).await,
+        N as u64,
+        "a replay after an upgrade must not re-emit"
+    );
+    inv.stop().await;
+    let db = meridian_kit::projection::open_db(&data).unwrap();
+    let tree = db.open_tree("repository").unwrap();
+    assert_eq!(
+        tree.get(meridian_kit::projection::FORMAT_KEY)
+            .unwrap()
+            .as_deref(),
+        Some(&meridian_inventory::adapters::store::FORMAT.to_be_bytes()[..]),
+        "the old layout was replaced"
+    );
+
     agent.stop().await;
     gw.rest.stop().await;
-    inv.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
