@@ -36,9 +36,32 @@ pub struct ApiDefinition {
 impl ApiDefinition {
     /// SHA-256 of the definition's canonical (postcard) encoding, hex.
     pub fn content_hash(&self) -> String {
-        let bytes = postcard::to_allocvec(self).expect("postcard encoding into a Vec cannot fail");
-        let digest = Sha256::digest(&bytes);
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        /// Feeds the encoding straight into the hash (no 2 KB buffer).
+        struct Hashing(Sha256);
+        impl postcard::ser_flavors::Flavor for Hashing {
+            type Output = Sha256;
+            fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+                self.0.update([data]);
+                Ok(())
+            }
+            fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+                self.0.update(data);
+                Ok(())
+            }
+            fn finalize(self) -> postcard::Result<Sha256> {
+                Ok(self.0)
+            }
+        }
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let digest = postcard::serialize_with_flavor(self, Hashing(Sha256::new()))
+            .expect("hashing cannot fail")
+            .finalize();
+        let mut hex = String::with_capacity(2 * digest.len());
+        for b in digest {
+            hex.push(char::from(HEX[usize::from(b >> 4)]));
+            hex.push(char::from(HEX[usize::from(b & 0x0f)]));
+        }
+        hex
     }
 }
 
@@ -154,5 +177,29 @@ impl Event for SyncEvent {
                 format!("sync:{run}:end")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_hash_is_sha256_of_the_postcard_encoding_in_lowercase_hex() {
+        let def = ApiDefinition {
+            provider_api_id: "a1".into(),
+            name: "Pets".into(),
+            version: "v1".into(),
+            auth_methods: vec!["jwt".into()],
+            raw: "x".repeat(3000),
+            ..Default::default()
+        };
+        let bytes = postcard::to_allocvec(&def).unwrap();
+        let expected: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(def.content_hash(), expected);
+        assert_eq!(expected.len(), 64);
     }
 }
