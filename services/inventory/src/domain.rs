@@ -248,8 +248,6 @@ pub struct Observation<'a> {
 pub struct Observed {
     /// The record after the observation.
     pub record: ApiRecord,
-    /// Whether the stored definition must be replaced.
-    pub definition_changed: bool,
     /// The lifecycle change, if any (also appended to the record's history).
     pub change: Option<HistoryEntry>,
 }
@@ -291,7 +289,6 @@ pub fn observe(existing: Option<&ApiRecord>, obs: &Observation<'_>) -> Observed 
         };
         return Observed {
             record,
-            definition_changed: true,
             change: Some(change),
         };
     };
@@ -301,7 +298,6 @@ pub fn observe(existing: Option<&ApiRecord>, obs: &Observation<'_>) -> Observed 
         // seen by that run, but does not roll the definition back.
         return Observed {
             record,
-            definition_changed: false,
             change: None,
         };
     }
@@ -327,11 +323,7 @@ pub fn observe(existing: Option<&ApiRecord>, obs: &Observation<'_>) -> Observed 
     if let Some(c) = &change {
         record.history.push(c.clone());
     }
-    Observed {
-        record,
-        definition_changed: hash_changed,
-        change,
-    }
+    Observed { record, change }
 }
 
 /// Which parts of a definition differ, named as in lifecycle events.

@@ -574,9 +574,8 @@ impl<S: Sink> Runner<S> {
                 }
                 last_message = Some(message);
             }
-            if let Some(mut flight) = applying.take() {
-                let done = (&mut flight.task).await;
-                checkpoint = self.finish(flight, done).await?;
+            if let Some(flight) = applying.take() {
+                checkpoint = self.settle(flight).await?;
             }
             consumed.add(events.len() as u64);
             let newest = events.last().map(|e| e.seq);
@@ -588,11 +587,16 @@ impl<S: Sink> Runner<S> {
                 ack: last_message.filter(|_| durable),
             });
         }
-        if let Some(mut flight) = applying.take() {
-            let done = (&mut flight.task).await;
-            self.finish(flight, done).await?;
+        if let Some(flight) = applying.take() {
+            self.settle(flight).await?;
         }
         Ok(())
+    }
+
+    /// Waits for a batch to commit, then [`Runner::finish`]es it.
+    async fn settle(&self, mut flight: Applying) -> Result<u64, ProjectionError> {
+        let done = (&mut flight.task).await;
+        self.finish(flight, done).await
     }
 
     /// Records a finished batch: moves the position and acks its messages.

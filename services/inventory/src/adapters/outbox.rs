@@ -2,8 +2,8 @@
 //!
 //! Exactly once per change, across restarts and rebuilds:
 //! - the projection writes each event into the outbox in the same transaction
-//!   as the change, keyed by (causing `SYNC` sequence, API id), an order that
-//!   replay reproduces exactly;
+//!   as the change: one entry per batch, events in (causing `SYNC` sequence,
+//!   API id) order, an order that replay reproduces exactly;
 //! - this publisher sends them in key order from one task, so the
 //!   `API_LIFECYCLE` stream holds them in that order, and removes them once
 //!   acknowledged;
