@@ -76,7 +76,7 @@ pub const FIELDS: [&str; 9] = [
 /// across builds and platforms (it is stored); it names changed parts, the
 /// content hash decides whether anything changed.
 pub fn fingerprint(def: &ApiDefinition) -> [u64; FIELDS.len()] {
-    fn hash(parts: &[&str]) -> u64 {
+    fn hash<'a>(parts: impl IntoIterator<Item = &'a str>) -> u64 {
         // Eight bytes per step, multiply-xorshift mixing; each part's length
         // first, so ["ab", "c"] and ["a", "bc"] differ.
         const K: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -97,17 +97,18 @@ pub fn fingerprint(def: &ApiDefinition) -> [u64; FIELDS.len()] {
         }
         h
     }
-    let list = |v: &[String]| hash(&v.iter().map(String::as_str).collect::<Vec<_>>());
+    let one = |s: &String| hash([s.as_str()]);
+    let list = |v: &[String]| hash(v.iter().map(String::as_str));
     [
-        hash(&[&def.name]),
-        hash(&[&def.version]),
-        hash(&[&def.base_path]),
-        hash(&[&def.upstream_url]),
+        one(&def.name),
+        one(&def.version),
+        one(&def.base_path),
+        one(&def.upstream_url),
         list(&def.auth_methods),
         list(&def.tags),
         list(&def.stages),
-        hash(&[&def.openapi]),
-        hash(&[&def.raw]),
+        one(&def.openapi),
+        one(&def.raw),
     ]
 }
 

@@ -44,7 +44,7 @@ use uuid::Uuid;
 
 use super::registry::{ExecError, Registry};
 use super::tokens::{TokenError, Tokens};
-use crate::domain::{self, Command, Rejection};
+use crate::domain::{self, AgentRecord, Command, Rejection};
 
 /// Protocol settings.
 #[derive(Clone, Debug)]
@@ -104,28 +104,29 @@ impl Hub {
             TokenError::Expired => Status::unauthenticated("token expired"),
             TokenError::Invalid(_) => Status::unauthenticated("token is not valid"),
         })?;
-        self.still_valid(agent, jti, None)?;
+        self.still_valid(self.registry.get(agent).as_ref(), jti, None)?;
         Ok((agent, jti))
     }
 
-    /// The token is still the agent's current one and, for a leading
-    /// replica, its fencing token is not older than the newest seen.
+    /// The token is still the agent's current one (`record` is the agent's
+    /// registry record) and, for a leading replica, its fencing token is not
+    /// older than the newest seen.
     fn still_valid(
         &self,
-        agent: AgentId,
+        record: Option<&AgentRecord>,
         jti: Uuid,
         fencing_token: Option<u64>,
     ) -> Result<(), Status> {
-        let Some(record) = self.registry.get(agent) else {
+        let Some(record) = record else {
             return Err(Status::unauthenticated("unknown agent (deleted?)"));
         };
-        if !domain::token_valid(Some(&record), jti, now_ms()) {
+        if !domain::token_valid(Some(record), jti, now_ms()) {
             return Err(Status::unauthenticated(
                 "token revoked, replaced or expired",
             ));
         }
         if let Some(token) = fencing_token {
-            domain::check_fence(&record, token)
+            domain::check_fence(record, token)
                 .map_err(|e| Status::failed_precondition(e.to_string()))?;
         }
         Ok(())
@@ -258,7 +259,7 @@ impl AgentHub for Hub {
                 let result = match message {
                     Ok(Some(HealthMessage {
                         kind: Some(health_message::Kind::Heartbeat(_)),
-                    })) => match hub.still_valid(agent, jti, None) {
+                    })) => match hub.still_valid(hub.registry.get(agent).as_ref(), jti, None) {
                         Err(status) => Err(status),
                         Ok(()) => hub
                             .beat(agent)
@@ -453,6 +454,9 @@ impl Hub {
         tx: &mpsc::Sender<Result<SyncRequest, Status>>,
     ) -> String {
         let mut window = AckWindow::new(self.settings.publish_window);
+        // The agent's record, checked per message, re-read only when the
+        // registry has applied an event since (a heartbeat, a revocation).
+        let mut record = None;
         let result: Result<String, Status> = async {
             loop {
                 let message = tokio::select! {
@@ -465,7 +469,11 @@ impl Hub {
                     Err(status) => return Ok(format!("stream error: {}", status.message())),
                 };
                 let (jti, stream_fence) = opened_with;
-                self.still_valid(agent, jti, message.fencing_token.or(stream_fence))?;
+                self.still_valid(
+                    self.registry.get_cached(agent, &mut record),
+                    jti,
+                    message.fencing_token.or(stream_fence),
+                )?;
                 let (event, ends_run, traceparent) = self.to_event(agent, message, runs)?;
                 if ends_run {
                     let span = tracing::info_span!("sync.run_ended", service = "agent-gateway", %agent, run_id = %event.run_id);

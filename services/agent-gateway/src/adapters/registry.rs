@@ -77,6 +77,22 @@ impl Registry {
         postcard::from_bytes(&v).ok()
     }
 
+    /// `get`, served from `cache` while the projection has applied nothing
+    /// since the cache was filled (a hot path checks one agent per message).
+    pub fn get_cached<'c>(
+        &self,
+        id: AgentId,
+        cache: &'c mut Option<(u64, Option<AgentRecord>)>,
+    ) -> Option<&'c AgentRecord> {
+        // The position is read before the record, so the cached record is
+        // at least as new as the position it is filed under.
+        let at = self.progress.position();
+        if !matches!(cache, Some((seen, _)) if *seen == at) {
+            *cache = Some((at, self.get(id)));
+        }
+        cache.as_ref().and_then(|(_, r)| r.as_ref())
+    }
+
     /// Every agent, ordered by creation time.
     pub fn list(&self) -> Vec<AgentRecord> {
         let mut all: Vec<AgentRecord> = self
