@@ -526,6 +526,15 @@ mod tests {
             PINNED,
             "fingerprint of the name changed"
         );
+        assert_eq!(
+            fingerprint(&base)[4..7],
+            [
+                1_382_591_705_662_020_034,
+                15_249_491_485_987_821_859,
+                3_601_839_578_834_115_501
+            ],
+            "fingerprint of a list (auth, tags, stages) changed"
+        );
     }
 
     #[test]
