@@ -149,6 +149,14 @@ pub trait Projection: Send + Sync + 'static {
     fn scan(&self, _committed: &sled::Tree, _event: &StoredEvent) -> Result<Scanned, String> {
         Ok(Vec::new())
     }
+
+    /// Called with the committed tree before every batch: the place to load
+    /// an in-memory view of committed state once (see the inventory's known
+    /// APIs). Such a view must stay a superset-safe hint: a batch that fails
+    /// is discarded, and whatever `apply` remembered from it stays.
+    fn prepare(&self, _committed: &sled::Tree) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// A fold of a stream into plain in-memory state, rebuilt at every start.
@@ -664,6 +672,9 @@ fn apply_batch<P: Projection>(
         seq,
         message,
     };
+    if let Some(first) = events.first() {
+        projection.prepare(tree).map_err(|m| poison(first.seq, m))?;
+    }
     let scanned = match events.first() {
         Some(first) if projection.is_barrier(first) => projection
             .scan(tree, first)

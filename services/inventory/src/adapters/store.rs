@@ -17,6 +17,9 @@
 //! - `\xff\xfftrace/<run>` the run's W3C trace context, when it was traced, so
 //!   its lifecycle events join the same trace (also out of the digest)
 
+use std::collections::HashSet;
+use std::sync::{Mutex, PoisonError};
+
 use meridian_kit::projection::{Ctx, Projection, Scanned, StoredEvent};
 use meridian_schemas::lifecycle::{LifecycleEvent, LifecycleKind};
 use meridian_schemas::sync::{ApiDefinition, SyncEvent, SyncEventKind};
@@ -125,7 +128,7 @@ fn put<T: Serialize>(ctx: &mut Ctx<'_>, key: &[u8], v: &T) {
 /// lifecycle stream holds events in this order.
 pub type OutboxMark = (u64, [u8; 16]);
 
-/// The projection of `SYNC` into the repository.
+/// The projection of `SYNC` into the repository. One value serves one tree.
 #[derive(Debug, Default)]
 pub struct Repository {
     /// The newest lifecycle event already in the stream when the projection
@@ -133,13 +136,42 @@ pub struct Repository {
     /// process, before a crash, or before a rebuild), so they skip the
     /// outbox. A `rebuild` thereby writes no outbox at all.
     published: Option<OutboxMark>,
+    /// Every API that has a record, loaded from the tree before the first
+    /// batch and grown as records are written (before their batch commits,
+    /// so after a failed batch it may hold a few more: those cost a lookup,
+    /// nothing else). An API not in it is new and needs no index lookup,
+    /// which is most of a first sync and of a `rebuild`. 16 bytes and a
+    /// hash-table slot per API.
+    known: Mutex<Option<HashSet<ApiId>>>,
 }
 
 impl Repository {
     /// A projection whose lifecycle events up to `published` are already in
     /// the stream.
     pub fn after(published: Option<OutboxMark>) -> Self {
-        Self { published }
+        Self {
+            published,
+            known: Mutex::default(),
+        }
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, Option<HashSet<ApiId>>> {
+        // Poisoned only by a panic in the two lines below; the set is still
+        // a superset then.
+        self.known.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether the API may have a record (false: it certainly has none).
+    fn may_exist(&self, api: ApiId) -> bool {
+        self.known()
+            .as_ref()
+            .is_none_or(|known| known.contains(&api))
+    }
+
+    fn remember(&self, api: ApiId) {
+        if let Some(known) = self.known().as_mut() {
+            known.insert(api);
+        }
     }
 }
 
@@ -147,6 +179,21 @@ impl Repository {
 pub const PROJECTION_ID: &str = "inventory-repository";
 
 impl Projection for Repository {
+    fn prepare(&self, committed: &sled::Tree) -> Result<(), String> {
+        let mut known = self.known();
+        if known.is_none() {
+            let mut ids = HashSet::new();
+            for key in committed.scan_prefix(b"a").keys() {
+                let key = key.map_err(|e| e.to_string())?;
+                let id = uuid::Uuid::from_slice(&key[1..])
+                    .map_err(|_| "corrupt record key".to_owned())?;
+                ids.insert(ApiId(id));
+            }
+            *known = Some(ids);
+        }
+        Ok(())
+    }
+
     fn is_barrier(&self, event: &StoredEvent) -> bool {
         matches!(
             event.envelope.event_type.as_str(),
@@ -260,9 +307,12 @@ fn apply_api(
     }
     let api_id = ApiId::derive(event.agent_id, &event.provider, &definition.provider_api_id);
     let index_at = index_key(event.agent_id, &event.provider, api_id);
-    let indexed = match ctx.get(&index_at)? {
-        Some(v) => Some(parse_index_value(&v)?),
-        None => None,
+    let indexed = match repo.may_exist(api_id) {
+        true => ctx
+            .get(&index_at)?
+            .map(|v| parse_index_value(&v))
+            .transpose()?,
+        false => None,
     };
     if first_seen_in_run(ctx, &run, indexed.as_ref(), api_id)? {
         run.seen += 1;
@@ -290,6 +340,7 @@ fn apply_api(
         observed.record.last_run,
     );
     ctx.insert(index_at, &index[..]);
+    repo.remember(api_id);
     if let Some(change) = observed.change {
         match change.kind {
             LifecycleKind::Created => provider.active += 1,
