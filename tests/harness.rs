@@ -442,9 +442,14 @@ impl Agent {
     }
 }
 
-/// Every event on the `API_LIFECYCLE` stream, in order.
+/// Every change on the `API_LIFECYCLE` stream, in order (a message carries
+/// a batch of them).
 pub async fn lifecycle_events(js: &async_nats::jetstream::Context) -> Vec<LifecycleEvent> {
-    stream_events(js, streams::API_LIFECYCLE).await
+    stream_envelopes(js, streams::API_LIFECYCLE)
+        .await
+        .iter()
+        .flat_map(|e| meridian_schemas::lifecycle::changes(e).unwrap())
+        .collect()
 }
 
 /// Every event on a stream, in order.
@@ -452,6 +457,15 @@ pub async fn stream_events<E: meridian_schemas::Event>(
     js: &async_nats::jetstream::Context,
     stream: &str,
 ) -> Vec<E> {
+    stream_envelopes(js, stream)
+        .await
+        .iter()
+        .map(|e| e.open().unwrap())
+        .collect()
+}
+
+/// Every message on a stream, in order.
+pub async fn stream_envelopes(js: &async_nats::jetstream::Context, stream: &str) -> Vec<Envelope> {
     use futures_util::StreamExt;
     let Ok(stream) = js.get_stream(stream).await else {
         return Vec::new();
@@ -468,7 +482,7 @@ pub async fn stream_events<E: meridian_schemas::Event>(
     let mut messages = consumer.messages().await.unwrap();
     while let Some(m) = messages.next().await {
         let m = m.unwrap();
-        out.push(Envelope::from_bytes(&m.payload).unwrap().open().unwrap());
+        out.push(Envelope::from_bytes(&m.payload).unwrap());
         if m.info().unwrap().stream_sequence >= last {
             break;
         }

@@ -83,7 +83,7 @@ pub fn job_outcome_subject(job: JobId) -> String {
     format!("schedule.outcomes.{job}")
 }
 
-/// Lifecycle events of one kind (`created`, `updated`, ...).
+/// Lifecycle messages of one type (`changes`).
 pub fn lifecycle_subject(kind: &str) -> String {
     format!("lifecycle.api.{kind}")
 }

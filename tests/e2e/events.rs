@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{self, pull};
 use futures_util::StreamExt;
 use meridian_kit::bus::Publisher;
-use meridian_schemas::lifecycle::{LifecycleEvent, LifecycleKind};
+use meridian_schemas::lifecycle::{LifecycleBatch, LifecycleEvent, LifecycleKind};
 use meridian_schemas::public;
 use meridian_schemas::{AgentId, ApiId, EventMeta, RunId};
 use meridian_tests::*;
@@ -256,11 +256,12 @@ async fn provider_names_with_dots_and_spaces_route_by_their_escaped_token() {
     };
     let publisher = Publisher::new(nats.js.clone());
     publisher
-        .publish(&event(odd, 1), EventMeta::default())
-        .await
-        .unwrap();
-    publisher
-        .publish(&event("team", 2), EventMeta::default())
+        .publish(
+            &LifecycleBatch {
+                events: vec![event(odd, 1), event("team", 2)],
+            },
+            EventMeta::default(),
+        )
         .await
         .unwrap();
 

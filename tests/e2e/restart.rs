@@ -58,12 +58,12 @@ async fn inventory_killed_mid_sync_loses_and_duplicates_nothing_and_rebuild_matc
         .await;
     let expect_all = || async {
         eventually(Duration::from_secs(60), || async {
-            let n = stream_count(&nats.js, streams::API_LIFECYCLE).await;
-            (n >= N as u64).then_some(n)
+            let n = lifecycle_events(&nats.js).await.len();
+            (n >= N).then_some(n)
         })
         .await
     };
-    assert_eq!(expect_all().await, Some(N as u64));
+    assert_eq!(expect_all().await, Some(N));
     let events = lifecycle_events(&nats.js).await;
     let ids: HashSet<_> = events.iter().map(|e| e.api_id).collect();
     assert_eq!(ids.len(), N, "one created event per API, none twice");
@@ -83,10 +83,7 @@ async fn inventory_killed_mid_sync_loses_and_duplicates_nothing_and_rebuild_matc
     let api = Api::new(&gw.rest.url, &inv.url);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(live_digest(&api).await, (live.clone(), position));
-    assert_eq!(
-        stream_count(&nats.js, streams::API_LIFECYCLE).await,
-        N as u64
-    );
+    assert_eq!(lifecycle_events(&nats.js).await.len(), N);
 
     // Rebuilding into a fresh directory reproduces the live repository.
     let fresh = dir.path().join("rebuilt");
@@ -111,8 +108,8 @@ async fn inventory_killed_mid_sync_loses_and_duplicates_nothing_and_rebuild_matc
     let api = Api::new(&gw.rest.url, &inv.url);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(
-        stream_count(&nats.js, streams::API_LIFECYCLE).await,
-        N as u64,
+        lifecycle_events(&nats.js).await.len(),
+        N,
         "rebuild must not re-emit"
     );
     assert_eq!(
@@ -145,8 +142,8 @@ async fn inventory_killed_mid_sync_loses_and_duplicates_nothing_and_rebuild_matc
     );
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(
-        stream_count(&nats.js, streams::API_LIFECYCLE).await,
-        N as u64,
+        lifecycle_events(&nats.js).await.len(),
+        N,
         "a replay after an upgrade must not re-emit"
     );
     inv.stop().await;

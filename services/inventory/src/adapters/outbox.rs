@@ -5,7 +5,8 @@
 //!   as the change: one entry per batch, events in (causing `SYNC` sequence,
 //!   API id) order, an order that replay reproduces exactly;
 //! - this publisher sends them in key order from one task, so the
-//!   `API_LIFECYCLE` stream holds them in that order, and removes them once
+//!   `API_LIFECYCLE` stream holds them in that order (one message per run's
+//!   consecutive changes, see [`LifecycleBatch`]), and removes them once
 //!   acknowledged;
 //! - at start, and after any failure, it reads the newest event in the stream:
 //!   every outbox entry at or below that key was published before (by this
@@ -20,16 +21,12 @@ use async_nats::jetstream;
 use meridian_kit::CancellationToken;
 use meridian_kit::bus::Publisher;
 use meridian_kit::projection::Progress;
-use meridian_schemas::lifecycle::LifecycleEvent;
+use meridian_schemas::lifecycle::{self, LifecycleBatch, LifecycleEvent};
 use meridian_schemas::{Envelope, EventMeta, streams};
 
 use super::store::{OUTBOX_PREFIX, OutboxMark as Mark, outbox_entry};
 
 const CHUNK: usize = 2048;
-
-fn mark_of(event: &LifecycleEvent) -> Mark {
-    (event.source_seq, *event.api_id.0.as_bytes())
-}
 
 /// The newest published event's (source sequence, API id), if any.
 pub async fn high_water(js: &jetstream::Context) -> Result<Option<Mark>, String> {
@@ -50,10 +47,10 @@ pub async fn high_water(js: &jetstream::Context) -> Result<Option<Mark>, String>
         .get_raw_message(last)
         .await
         .map_err(|e| e.to_string())?;
-    let event: LifecycleEvent = Envelope::from_bytes(&message.payload)
-        .and_then(|e| e.open())
+    let changes = Envelope::from_bytes(&message.payload)
+        .and_then(|e| lifecycle::changes(&e))
         .map_err(|e| e.to_string())?;
-    Ok(Some(mark_of(&event)))
+    Ok(changes.last().map(LifecycleEvent::mark))
 }
 
 /// Drains the outbox whenever the projection moves, until `stop`; then one
@@ -106,7 +103,7 @@ async fn drain(
             fresh_events.extend(
                 outbox_entry(&value)?
                     .into_iter()
-                    .filter(|event| hw.is_none_or(|hw| mark_of(event) > hw)),
+                    .filter(|event| hw.is_none_or(|hw| event.mark() > hw)),
             );
             if fresh_events.len() >= CHUNK {
                 break;
@@ -115,32 +112,41 @@ async fn drain(
         if keys.is_empty() {
             return Ok(());
         }
-        let newest = fresh_events.last().map(mark_of);
-        // Most of a chunk comes from one run: read its trace context once.
-        let mut traces = std::collections::HashMap::new();
-        let events: Vec<_> = fresh_events
-            .into_iter()
-            .map(|e| {
-                let traceparent = traces
-                    .entry(e.run_id)
-                    .or_insert_with(|| {
-                        tree.get(super::store::trace_key(e.run_id))
-                            .ok()
-                            .flatten()
-                            .map(|v| String::from_utf8_lossy(&v).into_owned())
-                    })
-                    .clone();
-                let meta = EventMeta {
-                    occurred_at_ms: e.at_ms,
-                    causation_id: None,
-                    correlation_id: Some(e.run_id.0),
-                    traceparent,
-                };
-                (e, meta)
-            })
-            .collect();
+        let newest = fresh_events.last().map(LifecycleEvent::mark);
+        // One message per run's consecutive changes (its trace context and
+        // correlation id on the envelope), at most LifecycleBatch::MAX each.
+        let mut batches: Vec<(LifecycleBatch, EventMeta)> = Vec::new();
+        for event in fresh_events {
+            match batches.last_mut() {
+                Some((batch, _))
+                    if batch.events[0].run_id == event.run_id
+                        && batch.events.len() < LifecycleBatch::MAX =>
+                {
+                    batch.events.push(event);
+                }
+                _ => {
+                    let traceparent = tree
+                        .get(super::store::trace_key(event.run_id))
+                        .ok()
+                        .flatten()
+                        .map(|v| String::from_utf8_lossy(&v).into_owned());
+                    let meta = EventMeta {
+                        occurred_at_ms: event.at_ms,
+                        causation_id: None,
+                        correlation_id: Some(event.run_id.0),
+                        traceparent,
+                    };
+                    batches.push((
+                        LifecycleBatch {
+                            events: vec![event],
+                        },
+                        meta,
+                    ));
+                }
+            }
+        }
         publisher
-            .publish_all(events)
+            .publish_all(batches)
             .await
             .map_err(|e| e.to_string())?;
         if let Some(newest) = newest {

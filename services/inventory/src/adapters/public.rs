@@ -1,7 +1,8 @@
 //! The public stream `MERIDIAN_EVENTS`: CloudEvents JSON for outside consumers.
 //!
-//! - The **relay** republishes every `API_LIFECYCLE` event (which the outbox
-//!   writes exactly once per change) as a CloudEvent. It reads through a
+//! - The **relay** republishes every change on `API_LIFECYCLE` (which the
+//!   outbox writes exactly once per change, a batch per message) as one
+//!   CloudEvent per change. It reads through a
 //!   durable consumer whose position (ack floor) lives on the server, so
 //!   neither a restart nor a `rebuild` of the local repository moves it back.
 //!   After a crash it resumes at the ack floor and republishes what was not
@@ -27,14 +28,15 @@ use meridian_kit::CancellationToken;
 use meridian_kit::bus::{AckWindow, BusError};
 use meridian_kit::time::now_ms;
 use meridian_schemas::agents::Heartbeat;
-use meridian_schemas::lifecycle::LifecycleEvent;
+use meridian_schemas::lifecycle;
 use meridian_schemas::public::{self, AgentStatusData, CloudEvent};
 use meridian_schemas::{AgentId, Envelope, streams};
 use serde::Serialize;
 
 /// The relay's durable consumer on `API_LIFECYCLE`.
 pub const RELAY_CONSUMER: &str = "inventory-public-relay";
-const RELAY_BATCH: usize = 256;
+// Messages per fetch; each carries up to `LifecycleBatch::MAX` changes.
+const RELAY_BATCH: usize = 32;
 /// How long the public stream remembers message ids: covers a relay crash and
 /// restart (the relay's unacked messages come back after its ack wait).
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
@@ -126,23 +128,24 @@ async fn relay(js: &jetstream::Context) -> Result<(), String> {
         let mut window = AckWindow::new(meridian_kit::bus::PUBLISH_WINDOW);
         for message in &chunk {
             let envelope = Envelope::from_bytes(&message.payload)
-                .map_err(|e| format!("undecodable lifecycle event: {e}"))?;
-            let event: LifecycleEvent = envelope
-                .open()
-                .map_err(|e| format!("undecodable lifecycle event: {e}"))?;
-            let mut public = public::api_event(&event);
-            public.traceparent = envelope.traceparent;
-            let subject = public::api_subject(event.kind, event.agent_id, &event.provider);
-            let mut headers = headers(&public.id);
-            meridian_kit::telemetry::inject_nats(&mut headers, public.traceparent.as_deref());
-            let ack = js
-                .publish_with_headers(subject.clone(), headers, json(&public))
-                .await
-                .map_err(|e| e.to_string())?;
-            window
-                .push_future(&subject, ack)
-                .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| format!("undecodable lifecycle message: {e}"))?;
+            let changes = lifecycle::changes(&envelope)
+                .map_err(|e| format!("undecodable lifecycle message: {e}"))?;
+            for event in &changes {
+                let mut public = public::api_event(event);
+                public.traceparent.clone_from(&envelope.traceparent);
+                let subject = public::api_subject(event.kind, event.agent_id, &event.provider);
+                let mut headers = headers(&public.id);
+                meridian_kit::telemetry::inject_nats(&mut headers, public.traceparent.as_deref());
+                let ack = js
+                    .publish_with_headers(subject.clone(), headers, json(&public))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                window
+                    .push_future(&subject, ack)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
         }
         window.flush().await.map_err(|e| e.to_string())?;
         chunk
