@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use meridian_agent::session::connect;
 use meridian_schemas::proto::{
-    HealthMessage, Hello, Provider, SyncMessage, SyncStarted, health_message, sync_message,
+    HealthMessage, HealthReply, Hello, Provider, SyncMessage, SyncRequest, SyncStarted,
+    health_message, sync_message,
 };
 use meridian_tests::*;
 use serde_json::json;
@@ -224,6 +225,136 @@ async fn bad_revoked_replaced_and_expired_tokens_are_unauthenticated() {
     inv.stop().await;
 }
 
+/// An agent's sync stream driven by hand: a hello for one provider on the
+/// health stream (kept open), the sync stream, and the hub's first request.
+struct RawSync {
+    stx: tokio::sync::mpsc::Sender<SyncMessage>,
+    requests: tonic::Streaming<SyncRequest>,
+    /// A message of the requested run.
+    msg: Box<dyn Fn(sync_message::Kind) -> SyncMessage + Send>,
+    _health: (
+        tokio::sync::mpsc::Sender<HealthMessage>,
+        tonic::Streaming<HealthReply>,
+    ),
+}
+
+impl RawSync {
+    async fn open(grpc: &str, token: &str, provider: &str) -> Self {
+        let mut client = connect(grpc, token).await.unwrap();
+        let (htx, hrx) = tokio::sync::mpsc::channel(4);
+        let hello_msg = Hello {
+            providers: vec![Provider {
+                name: provider.into(),
+                r#type: "tyk".into(),
+            }],
+            agent_version: String::new(),
+        };
+        htx.send(HealthMessage {
+            kind: Some(health_message::Kind::Hello(hello_msg)),
+        })
+        .await
+        .unwrap();
+        let mut replies = client
+            .health(ReceiverStream::new(hrx))
+            .await
+            .unwrap()
+            .into_inner();
+        replies.message().await.unwrap();
+        let (stx, srx) = tokio::sync::mpsc::channel(4);
+        let mut requests = client
+            .sync(ReceiverStream::new(srx))
+            .await
+            .unwrap()
+            .into_inner();
+        let request = requests
+            .message()
+            .await
+            .unwrap()
+            .expect("initial sync request");
+        let provider = provider.to_owned();
+        let msg = Box::new(move |kind| SyncMessage {
+            run_id: request.run_id.clone(),
+            provider: provider.clone(),
+            kind: Some(kind),
+            fencing_token: None,
+        });
+        Self {
+            stx,
+            requests,
+            msg,
+            _health: (htx, replies),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_during_a_sync_stops_the_stream_at_the_next_message() {
+    let nats = Nats::start().await;
+    let gw = start_gateway(&nats, |_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let inv = start_inventory(&nats, dir.path().join("inventory")).await;
+    let api = Api::new(&gw.rest.url, &inv.url);
+    let (agent_id, token) = api.register_agent("revoked-mid-sync").await;
+    let sync_before = stream_count(&nats.js, meridian_schemas::streams::SYNC).await;
+    let RawSync {
+        stx,
+        mut requests,
+        msg,
+        _health,
+    } = RawSync::open(&gw.grpc_url, &token, "p").await;
+    stx.send(msg(sync_message::Kind::Started(SyncStarted {})))
+        .await
+        .unwrap();
+    stx.send(msg(sync_message::Kind::Api(api_def("one", "One", ""))))
+        .await
+        .unwrap();
+    // Both are stored: the stream works (and the gateway has read the
+    // agent's record for them).
+    let stored = eventually(Duration::from_secs(10), || async {
+        let n = stream_count(&nats.js, meridian_schemas::streams::SYNC).await;
+        (n == sync_before + 2).then_some(n)
+    })
+    .await;
+    assert_eq!(stored, Some(sync_before + 2));
+
+    assert_eq!(
+        api.call(
+            reqwest::Method::DELETE,
+            &format!("/api/auth/token/{agent_id}"),
+            None
+        )
+        .await
+        .0,
+        204
+    );
+    stx.send(msg(sync_message::Kind::Api(api_def("two", "Two", ""))))
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), requests.message())
+        .await
+        .expect("the hub kept the stream open after the token was revoked")
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(
+        status.message().contains("revoked, replaced or expired"),
+        "{}",
+        status.message()
+    );
+    // The message after the revocation went nowhere (the run then ends as
+    // failed: the stream is gone).
+    let last = eventually(Duration::from_secs(10), || async {
+        let last = api.last_sync("p").await;
+        (last["result"] == "failed").then_some(last)
+    })
+    .await
+    .expect("the run ends as failed");
+    assert!(last["reason"].is_string(), "{last}");
+    let apis = api.apis("all").await;
+    assert!(apis.iter().all(|a| a["name"] != "Two"), "{apis:?}");
+    gw.rest.stop().await;
+    inv.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_provider_names_and_oversized_messages_are_refused_and_store_nothing() {
     let nats = Nats::start().await;
@@ -251,43 +382,12 @@ async fn bad_provider_names_and_oversized_messages_are_refused_and_store_nothing
     );
 
     // A good hello, then an API larger than the limit on the sync stream.
-    let mut client = connect(&gw.grpc_url, &token).await.unwrap();
-    let (htx, hrx) = tokio::sync::mpsc::channel(4);
-    let hello_msg = Hello {
-        providers: vec![Provider {
-            name: "p".into(),
-            r#type: "tyk".into(),
-        }],
-        agent_version: String::new(),
-    };
-    htx.send(HealthMessage {
-        kind: Some(health_message::Kind::Hello(hello_msg)),
-    })
-    .await
-    .unwrap();
-    let mut replies = client
-        .health(ReceiverStream::new(hrx))
-        .await
-        .unwrap()
-        .into_inner();
-    replies.message().await.unwrap();
-    let (stx, srx) = tokio::sync::mpsc::channel(4);
-    let mut requests = client
-        .sync(ReceiverStream::new(srx))
-        .await
-        .unwrap()
-        .into_inner();
-    let request = requests
-        .message()
-        .await
-        .unwrap()
-        .expect("initial sync request");
-    let msg = |kind| SyncMessage {
-        run_id: request.run_id.clone(),
-        provider: "p".into(),
-        kind: Some(kind),
-        fencing_token: None,
-    };
+    let RawSync {
+        stx,
+        mut requests,
+        msg,
+        _health,
+    } = RawSync::open(&gw.grpc_url, &token, "p").await;
     stx.send(msg(sync_message::Kind::Started(SyncStarted {})))
         .await
         .unwrap();
