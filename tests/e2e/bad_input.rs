@@ -177,16 +177,7 @@ async fn bad_revoked_replaced_and_expired_tokens_are_unauthenticated() {
     );
 
     // Revoked.
-    assert_eq!(
-        api.call(
-            reqwest::Method::DELETE,
-            &format!("/api/auth/token/{agent_id}"),
-            None
-        )
-        .await
-        .0,
-        204
-    );
+    assert_eq!(revoke(&api, &agent_id).await, 204);
     assert_eq!(
         code(hello(&gw.grpc_url, &second, &p).await),
         Some(Code::Unauthenticated)
@@ -223,6 +214,22 @@ async fn bad_revoked_replaced_and_expired_tokens_are_unauthenticated() {
     assert_eq!(api.get(&format!("/api/agents/{agent_id}")).await.0, 404);
     gw.rest.stop().await;
     inv.stop().await;
+}
+
+/// Revokes the agent's token; the HTTP status.
+async fn revoke(api: &Api, agent_id: &str) -> u16 {
+    let path = format!("/api/auth/token/{agent_id}");
+    api.call(reqwest::Method::DELETE, &path, None).await.0
+}
+
+/// Waits for the provider's last run to end as failed; its summary.
+async fn run_failed(api: &Api, provider: &str) -> serde_json::Value {
+    eventually(Duration::from_secs(10), || async {
+        let last = api.last_sync(provider).await;
+        (last["result"] == "failed").then_some(last)
+    })
+    .await
+    .expect("the broken run ends as failed")
 }
 
 /// An agent's sync stream driven by hand: a hello for one provider on the
@@ -289,11 +296,13 @@ impl RawSync {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_revoked_during_a_sync_stops_the_stream_at_the_next_message() {
-    let nats = Nats::start().await;
-    let gw = start_gateway(&nats, |_| {}).await;
-    let dir = tempfile::tempdir().unwrap();
-    let inv = start_inventory(&nats, dir.path().join("inventory")).await;
-    let api = Api::new(&gw.rest.url, &inv.url);
+    let TestHub {
+        nats,
+        gw,
+        dir: _dir,
+        inv,
+        api,
+    } = TestHub::start(|_| {}).await;
     let (agent_id, token) = api.register_agent("revoked-mid-sync").await;
     let sync_before = stream_count(&nats.js, meridian_schemas::streams::SYNC).await;
     let RawSync {
@@ -317,16 +326,7 @@ async fn a_token_revoked_during_a_sync_stops_the_stream_at_the_next_message() {
     .await;
     assert_eq!(stored, Some(sync_before + 2));
 
-    assert_eq!(
-        api.call(
-            reqwest::Method::DELETE,
-            &format!("/api/auth/token/{agent_id}"),
-            None
-        )
-        .await
-        .0,
-        204
-    );
+    assert_eq!(revoke(&api, &agent_id).await, 204);
     stx.send(msg(sync_message::Kind::Api(api_def("two", "Two", ""))))
         .await
         .unwrap();
@@ -342,12 +342,7 @@ async fn a_token_revoked_during_a_sync_stops_the_stream_at_the_next_message() {
     );
     // The message after the revocation went nowhere (the run then ends as
     // failed: the stream is gone).
-    let last = eventually(Duration::from_secs(10), || async {
-        let last = api.last_sync("p").await;
-        (last["result"] == "failed").then_some(last)
-    })
-    .await
-    .expect("the run ends as failed");
+    let last = run_failed(&api, "p").await;
     assert!(last["reason"].is_string(), "{last}");
     let apis = api.apis("all").await;
     assert!(apis.iter().all(|a| a["name"] != "Two"), "{apis:?}");
@@ -399,12 +394,7 @@ async fn bad_provider_names_and_oversized_messages_are_refused_and_store_nothing
     assert!(status.message().contains("limit"), "{}", status.message());
 
     // The run is recorded as failed; no API was stored.
-    let last = eventually(Duration::from_secs(10), || async {
-        let last = api.last_sync("p").await;
-        (last["result"] == "failed").then_some(last)
-    })
-    .await
-    .expect("the broken run ends as failed");
+    let last = run_failed(&api, "p").await;
     assert!(last["reason"].as_str().unwrap().contains("limit"));
     assert_eq!(api.apis("all").await.len(), 0);
     assert_eq!(
