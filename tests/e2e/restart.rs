@@ -123,9 +123,9 @@ async fn inventory_killed_mid_sync_loses_and_duplicates_nothing_and_rebuild_matc
     // start: same repository, nothing published twice.
     inv.stop().await;
     {
-        let db = meridian_kit::projection::open_db(&data).unwrap();
+        let db = meridian_kit::store::Db::open(&data).unwrap();
         let tree = db.open_tree("repository").unwrap();
-        tree.insert(meridian_kit::projection::FORMAT_KEY, &1u32.to_be_bytes())
+        tree.insert(meridian_kit::projection::FORMAT_KEY, 1u32.to_be_bytes())
             .unwrap();
         db.flush().unwrap();
     }
@@ -147,7 +147,7 @@ async fn inventory_killed_mid_sync_loses_and_duplicates_nothing_and_rebuild_matc
         "a replay after an upgrade must not re-emit"
     );
     inv.stop().await;
-    let db = meridian_kit::projection::open_db(&data).unwrap();
+    let db = meridian_kit::store::Db::open(&data).unwrap();
     let tree = db.open_tree("repository").unwrap();
     assert_eq!(
         tree.get(meridian_kit::projection::FORMAT_KEY)
@@ -224,7 +224,7 @@ async fn a_retried_publish_is_stored_once_and_a_redelivery_changes_nothing() {
             envelope: Envelope::from_bytes(&m.payload).unwrap(),
         });
     }
-    let db = sled::Config::new().temporary(true).open().unwrap();
+    let db = meridian_kit::store::Db::temporary().unwrap();
     let tree = db.open_tree("repo").unwrap();
     apply_events(&tree, &Repository::default(), PROJECTION_ID, &stored).unwrap();
     let before = digest(&tree).unwrap();

@@ -8,6 +8,7 @@ use meridian_kit::bus::{self, Publisher};
 use meridian_kit::config::{ConfigError, HumanDuration, Secret, admin_key};
 use meridian_kit::http::{self, ApiKey, ReadyCheck};
 use meridian_kit::projection::{self, ConsumerKind, Progress, ProjectionSpec, Runner};
+use meridian_kit::store::{Db, StoreError};
 use meridian_schemas::agents::{AgentStatus, Heartbeat};
 use meridian_schemas::proto::agent_hub_server::AgentHubServer;
 use meridian_schemas::streams;
@@ -189,9 +190,9 @@ pub enum AppError {
     /// NATS.
     #[error(transparent)]
     Bus(#[from] bus::BusError),
-    /// sled.
+    /// The registry's local store.
     #[error("registry storage: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(#[from] StoreError),
     /// The registry projection stopped.
     #[error(transparent)]
     Projection(#[from] projection::ProjectionError),
@@ -220,7 +221,7 @@ pub struct App {
     api_key: ApiKey,
     /// Counts agents for `/metrics` while the app lives.
     _scrape: meridian_kit::metrics::ScrapeGuard,
-    _db: sled::Db,
+    _db: Db,
 }
 
 impl App {
@@ -262,7 +263,7 @@ impl App {
         .await?;
         // The registry is small and every replica needs all of it: rebuild it
         // in memory from the log at every start.
-        let db = projection::temporary_db()?;
+        let db = Db::temporary()?;
         let tree = db.open_tree("registry")?;
         let spec = ProjectionSpec {
             id: "agent-gateway-registry".into(),

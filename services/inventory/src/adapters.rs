@@ -1,4 +1,4 @@
-//! Adapters: sled storage of the repository, the lifecycle outbox publisher,
+//! Adapters: storage of the repository, the lifecycle outbox publisher,
 //! and the public stream (relay, agent status watcher, reads).
 
 pub mod outbox;

@@ -1,4 +1,4 @@
-//! Wiring: configuration, NATS, sled, the projection, the outbox, HTTP.
+//! Wiring: configuration, NATS, the local store, the projection, the outbox, HTTP.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use meridian_kit::bus::{self, Publisher};
 use meridian_kit::config::{HumanDuration, Secret, admin_key};
 use meridian_kit::http::{self, ApiKey, ReadyCheck};
 use meridian_kit::projection::{self, ConsumerKind, Progress, ProjectionSpec, Runner};
+use meridian_kit::store::{Db, StoreError, Tree};
 use meridian_schemas::streams;
 use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
@@ -28,7 +29,7 @@ pub struct Config {
     /// Address the standalone HTTP server binds.
     #[serde(default = "default_http_addr")]
     pub http_addr: String,
-    /// Where the sled repository lives.
+    /// Where the repository (the local store) lives.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     /// Admin key; defaults to `MERIDIAN_API_KEY`.
@@ -78,14 +79,14 @@ pub enum AppError {
     /// NATS.
     #[error(transparent)]
     Bus(#[from] bus::BusError),
-    /// sled.
+    /// The local store.
     #[error("repository at {path}: {source}")]
     Storage {
         /// The directory.
         path: String,
         /// Why.
         #[source]
-        source: sled::Error,
+        source: StoreError,
     },
     /// The projection stopped.
     #[error(transparent)]
@@ -98,7 +99,7 @@ pub enum AppError {
 const TREE: &str = "repository";
 
 /// Opens the repository. Another process (or a previous instance still
-/// shutting down) may hold sled's directory lock for a moment: wait up to
+/// shutting down) may hold the directory lock for a moment: wait up to
 /// ten seconds for it before giving up.
 /// `meridian_repository_apis{status}`, counted when scraped.
 fn count_at_scrape(queries: store::Queries) -> meridian_kit::metrics::ScrapeGuard {
@@ -124,21 +125,20 @@ fn count_at_scrape(queries: store::Queries) -> meridian_kit::metrics::ScrapeGuar
     }))
 }
 
-async fn open_tree(data_dir: &std::path::Path) -> Result<(sled::Db, sled::Tree), AppError> {
+async fn open_tree(data_dir: &std::path::Path) -> Result<(Db, Tree), AppError> {
     let storage = |source| AppError::Storage {
         path: data_dir.display().to_string(),
         source,
     };
-    std::fs::create_dir_all(data_dir).map_err(|e| storage(sled::Error::Io(e)))?;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     let db = loop {
-        match projection::open_db(data_dir) {
+        match Db::open(data_dir) {
             Ok(db) => break db,
-            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+            Err(StoreError::Locked) => {
                 if tokio::time::Instant::now() > deadline {
-                    return Err(storage(sled::Error::Io(std::io::Error::other(format!(
-                        "{e}; is another inventory (or a rebuild) using this directory?"
-                    )))));
+                    return Err(storage(StoreError::Io(std::io::Error::other(
+                        "the directory stayed locked for 10 s; is another inventory (or a rebuild) using it?",
+                    ))));
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
@@ -170,10 +170,10 @@ fn spec(config: &Config, consumer: ConsumerKind) -> ProjectionSpec {
 pub struct App {
     client: async_nats::Client,
     publisher: Publisher,
-    _db: sled::Db,
+    _db: Db,
     /// Counts the repository for `/metrics` while the app lives.
     _scrape: meridian_kit::metrics::ScrapeGuard,
-    tree: sled::Tree,
+    tree: Tree,
     runner: Runner<projection::Stored<store::Repository>>,
     progress: Progress,
     api_key: ApiKey,
@@ -266,9 +266,10 @@ impl App {
         let result = self.runner.run_until_stopped(stop.clone()).await;
         stop.cancel();
         let _ = tokio::join!(outbox, relay, status);
-        self.tree
-            .flush_async()
+        let tree = self.tree.clone();
+        tokio::task::spawn_blocking(move || tree.flush())
             .await
+            .unwrap_or_else(|e| Err(StoreError::Io(std::io::Error::other(e))))
             .map_err(|source| AppError::Storage {
                 path: TREE.into(),
                 source,
@@ -313,7 +314,7 @@ pub struct RebuildReport {
 }
 
 /// Wipes the repository in `config.data_dir` and replays `SYNC` from the
-/// start. The service must be stopped (sled locks the directory). Lifecycle
+/// start. The service must be stopped (the store locks the directory). Lifecycle
 /// events are not re-emitted: those already in the stream are not written to
 /// the outbox again.
 pub async fn rebuild(config: Config) -> Result<RebuildReport, AppError> {

@@ -1,7 +1,7 @@
 //! # meridian-inventory
 //!
 //! The API Repository. It folds the `SYNC` stream (what agents sent during
-//! sync runs) into a sled repository, reconciles deletions (see [`domain`] for
+//! sync runs) into a repository in the local store, reconciles deletions (see [`domain`] for
 //! the rules), and emits API lifecycle events (`created`, `updated`,
 //! `deleted`, `restored`) on `API_LIFECYCLE` exactly once per change.
 //!
@@ -16,7 +16,7 @@
 //!
 //! Modules:
 //! - [`domain`]: records and reconciliation rules (pure).
-//! - [`adapters`]: the sled projection and queries, the outbox publisher.
+//! - [`adapters`]: the stored projection and queries, the outbox publisher.
 //! - [`api`]: REST handlers.
 //! - [`app`]: configuration and wiring, `rebuild`.
 

@@ -1,5 +1,5 @@
 //! Property test: for any sequence of sync runs (completed, failed, short,
-//! interleaved, duplicated messages), the sled repository equals a simple
+//! interleaved, duplicated messages), the stored repository equals a simple
 //! reference model of the reconciliation rules, however the events are split
 //! into transactions, and re-applying them changes nothing.
 
@@ -9,6 +9,7 @@ use meridian_inventory::adapters::store::{
     ApiFilter, PROJECTION_ID, Queries, Repository, StatusFilter, pending_events,
 };
 use meridian_kit::projection::{StoredEvent, apply_events, digest};
+use meridian_kit::store::{Db, Tree};
 use meridian_schemas::lifecycle::LifecycleKind;
 use meridian_schemas::sync::{ApiDefinition, SyncEvent, SyncEventKind};
 use meridian_schemas::{AgentId, ApiId, Envelope, EventMeta, RunId};
@@ -219,7 +220,7 @@ impl Model {
     }
 }
 
-fn repository_state(tree: &sled::Tree) -> BTreeMap<ApiId, (bool, String)> {
+fn repository_state(tree: &Tree) -> BTreeMap<ApiId, (bool, String)> {
     let filter = ApiFilter {
         provider: None,
         agent_id: None,
@@ -235,7 +236,7 @@ fn repository_state(tree: &sled::Tree) -> BTreeMap<ApiId, (bool, String)> {
         .collect()
 }
 
-fn outbox(tree: &sled::Tree) -> Vec<(u64, ApiId, LifecycleKind)> {
+fn outbox(tree: &Tree) -> Vec<(u64, ApiId, LifecycleKind)> {
     pending_events(tree)
         .unwrap()
         .into_iter()
@@ -244,16 +245,16 @@ fn outbox(tree: &sled::Tree) -> Vec<(u64, ApiId, LifecycleKind)> {
 }
 
 /// One database for the whole test binary; each case gets fresh trees
-/// (creating a sled database per case is slow).
-fn fresh_tree() -> sled::Tree {
-    static DB: std::sync::OnceLock<sled::Db> = std::sync::OnceLock::new();
+/// (creating a database per case is slow).
+fn fresh_tree() -> Tree {
+    static DB: std::sync::OnceLock<Db> = std::sync::OnceLock::new();
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let db = DB.get_or_init(|| sled::Config::new().temporary(true).open().unwrap());
+    let db = DB.get_or_init(|| Db::temporary().unwrap());
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    db.open_tree(format!("case-{n}")).unwrap()
+    db.open_tree(&format!("case-{n}")).unwrap()
 }
 
-fn apply_in_chunks(events: &[StoredEvent], chunk: usize) -> sled::Tree {
+fn apply_in_chunks(events: &[StoredEvent], chunk: usize) -> Tree {
     let tree = fresh_tree();
     for part in events.chunks(chunk.max(1)) {
         apply_events(&tree, &Repository::default(), PROJECTION_ID, part).unwrap();

@@ -4,8 +4,9 @@
 //!
 //! - [`bus`]: connect to NATS, create or update streams, publish events with
 //!   `Nats-Msg-Id` and awaited acks (many in flight).
-//! - [`projection`]: the consumer loop that folds a stream into sled, with the
-//!   checkpoint committed in the same transaction as the state.
+//! - [`projection`]: the consumer loop that folds a stream into local state,
+//!   with the checkpoint committed in the same batch as the state.
+//! - [`store`]: local state on disk (one small façade over the engine).
 //! - [`http`]: the shared JSON error shape, extractors that reject with it,
 //!   the admin-key check, `/healthz` and `/readyz`, serving with shutdown.
 //! - [`config`]: typed configuration from `MERIDIAN_<SERVICE>__*` variables.
@@ -19,6 +20,7 @@ pub mod metrics;
 pub mod nats_server;
 pub mod projection;
 pub mod shutdown;
+pub mod store;
 pub mod telemetry;
 pub mod time;
 

@@ -1,11 +1,11 @@
-//! Projections: a stream folded into a sled tree.
+//! Projections: a stream folded into a [`Tree`].
 //!
 //! A projection applies a batch of messages and records the last stream
-//! sequence it reached (the checkpoint) in the same atomic sled batch
-//! (`Tree::apply_batch`), so its state and its position can never disagree.
+//! sequence it reached (the checkpoint) in the same atomic batch
+//! ([`Tree::apply`]), so its state and its position can never disagree.
 //! The runner is the projection's only writer, so a batch reads committed
 //! state directly and keeps its own writes in an overlay ([`Ctx`]) until the
-//! commit; this costs a fraction of a sled transaction. Messages at or below the
+//! commit; this costs a fraction of a transaction. Messages at or below the
 //! checkpoint are skipped, which makes a redelivery change nothing. On start it
 //! resumes from the checkpoint; a wiped tree replays from sequence 1.
 //!
@@ -13,12 +13,12 @@
 //! - [`ConsumerKind::Durable`]: a durable pull consumer named after the
 //!   projection, acked (ack-all) after each committed batch. It is recreated at
 //!   start from the local checkpoint: the local state, not the server's ack
-//!   floor, decides where to resume, so a wiped or restored sled directory
+//!   floor, decides where to resume, so a wiped or restored data directory
 //!   replays exactly what it lacks instead of waiting out ack timeouts.
 //! - [`ConsumerKind::Ordered`]: an ordered consumer, for in-memory state that
 //!   every replica rebuilds at start, and for `rebuild`.
 //!
-//! Two places to apply it: a sled tree through a [`Projection`]
+//! Two places to apply it: a [`Tree`] through a [`Projection`]
 //! ([`Runner::new`]), or plain in-memory state through a [`Fold`]
 //! ([`Runner::in_memory`]) for small state every replica rebuilds at start.
 
@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::store::{StoreError, Tree, Value};
 use async_nats::jetstream::{self, consumer, consumer::pull};
 use futures_util::{StreamExt, stream::BoxStream};
 use meridian_schemas::Envelope;
@@ -53,14 +54,14 @@ pub struct StoredEvent {
 }
 
 /// Rows a barrier's [`Projection::scan`] read before its batch.
-pub type Scanned = Vec<(sled::IVec, sled::IVec)>;
+pub type Scanned = Vec<(Value, Value)>;
 
 /// What a projection may touch while applying an event: reads see the
 /// committed tree with this batch's earlier writes on top; writes are held
 /// until the batch commits atomically with its checkpoint.
 pub struct Ctx<'a> {
-    tree: &'a sled::Tree,
-    writes: HashMap<Vec<u8>, Option<sled::IVec>>,
+    tree: &'a Tree,
+    writes: HashMap<Vec<u8>, Option<Value>>,
     /// Values grown by [`Ctx::append`], written after `writes`.
     appends: HashMap<Vec<u8>, Vec<u8>>,
     batch_start: u64,
@@ -70,7 +71,7 @@ pub struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    fn new(tree: &'a sled::Tree, scanned: &'a Scanned, batch_start: u64) -> Self {
+    fn new(tree: &'a Tree, scanned: &'a Scanned, batch_start: u64) -> Self {
         Self {
             tree,
             writes: HashMap::new(),
@@ -111,7 +112,7 @@ impl<'a> Ctx<'a> {
     }
 
     /// The value of `key` as this batch sees it.
-    pub fn get(&self, key: &[u8]) -> Result<Option<sled::IVec>, String> {
+    pub fn get(&self, key: &[u8]) -> Result<Option<Value>, String> {
         match self.writes.get(key) {
             Some(pending) => Ok(pending.clone()),
             None => self.tree.get(key).map_err(|e| format!("storage: {e}")),
@@ -119,7 +120,7 @@ impl<'a> Ctx<'a> {
     }
 
     /// Sets `key` when the batch commits.
-    pub fn insert(&mut self, key: impl Into<Vec<u8>>, value: impl Into<sled::IVec>) {
+    pub fn insert(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Value>) {
         self.writes.insert(key.into(), Some(value.into()));
     }
 
@@ -129,7 +130,7 @@ impl<'a> Ctx<'a> {
     }
 }
 
-/// A fold of a stream into a sled tree.
+/// A fold of a stream into a [`Tree`].
 pub trait Projection: Send + Sync + 'static {
     /// Applies one event. It must depend only on the state it reads through
     /// `ctx` and the event. An error discards the whole batch and halts the
@@ -146,7 +147,7 @@ pub trait Projection: Send + Sync + 'static {
     /// its batch starts. Everything before a barrier is committed and the
     /// runner is the only writer, so this is exactly the state the barrier
     /// applies to.
-    fn scan(&self, _committed: &sled::Tree, _event: &StoredEvent) -> Result<Scanned, String> {
+    fn scan(&self, _committed: &Tree, _event: &StoredEvent) -> Result<Scanned, String> {
         Ok(Vec::new())
     }
 
@@ -154,7 +155,7 @@ pub trait Projection: Send + Sync + 'static {
     /// an in-memory view of committed state once (see the inventory's known
     /// APIs). Such a view must stay a superset-safe hint: a batch that fails
     /// is discarded, and whatever `apply` remembered from it stays.
-    fn prepare(&self, _committed: &sled::Tree) -> Result<(), String> {
+    fn prepare(&self, _committed: &Tree) -> Result<(), String> {
         Ok(())
     }
 }
@@ -168,22 +169,22 @@ pub trait Fold: Send + Sync + 'static {
 /// Where a [`Runner`] applies what it reads.
 pub trait Sink: Send + Sync + 'static {
     /// The last stream sequence applied.
-    fn checkpoint(&self) -> Result<u64, sled::Error>;
+    fn checkpoint(&self) -> Result<u64, StoreError>;
     /// Applies events in order, skipping those at or below the checkpoint.
     /// Blocking: the runner calls it off the async runtime.
     fn apply(&self, id: &str, events: &[StoredEvent]) -> Result<(), ProjectionError>;
     /// Makes what was applied durable.
-    fn flush(&self) -> Result<(), sled::Error>;
+    fn flush(&self) -> Result<(), StoreError>;
 }
 
-/// A [`Projection`] over a sled tree.
+/// A [`Projection`] over a [`Tree`].
 pub struct Stored<P> {
-    tree: sled::Tree,
+    tree: Tree,
     projection: Arc<P>,
 }
 
 impl<P: Projection> Sink for Stored<P> {
-    fn checkpoint(&self) -> Result<u64, sled::Error> {
+    fn checkpoint(&self) -> Result<u64, StoreError> {
         read_checkpoint(&self.tree)
     }
 
@@ -191,8 +192,8 @@ impl<P: Projection> Sink for Stored<P> {
         apply_events(&self.tree, &*self.projection, id, events)
     }
 
-    fn flush(&self) -> Result<(), sled::Error> {
-        self.tree.flush().map(|_| ())
+    fn flush(&self) -> Result<(), StoreError> {
+        self.tree.flush()
     }
 }
 
@@ -203,7 +204,7 @@ pub struct InMemory<F> {
 }
 
 impl<F: Fold> Sink for InMemory<F> {
-    fn checkpoint(&self) -> Result<u64, sled::Error> {
+    fn checkpoint(&self) -> Result<u64, StoreError> {
         Ok(self.checkpoint.load(Ordering::Acquire))
     }
 
@@ -225,7 +226,7 @@ impl<F: Fold> Sink for InMemory<F> {
         Ok(())
     }
 
-    fn flush(&self) -> Result<(), sled::Error> {
+    fn flush(&self) -> Result<(), StoreError> {
         Ok(())
     }
 }
@@ -268,14 +269,14 @@ pub enum ProjectionError {
         /// Why.
         message: String,
     },
-    /// sled failed.
+    /// The store failed.
     #[error("projection {id}: storage error: {source}")]
     Storage {
         /// The projection.
         id: String,
         /// Why.
         #[source]
-        source: sled::Error,
+        source: StoreError,
     },
     /// NATS failed; retried by [`Runner::run_until_stopped`].
     #[error("projection {id}: {message}")]
@@ -338,10 +339,10 @@ pub struct Runner<S> {
 }
 
 impl<P: Projection> Runner<Stored<P>> {
-    /// Prepares a runner of a sled projection; nothing is read until it runs.
+    /// Prepares a runner of a stored projection; nothing is read until it runs.
     pub fn new(
         js: jetstream::Context,
-        tree: sled::Tree,
+        tree: Tree,
         projection: Arc<P>,
         spec: ProjectionSpec,
     ) -> (Self, Progress) {
@@ -427,7 +428,7 @@ impl<S: Sink> Runner<S> {
             .map_err(|source| self.storage(source))
     }
 
-    fn storage(&self, source: sled::Error) -> ProjectionError {
+    fn storage(&self, source: StoreError) -> ProjectionError {
         ProjectionError::Storage {
             id: self.spec.id.clone(),
             source,
@@ -638,7 +639,7 @@ struct Applying {
 /// below the stored checkpoint are skipped. Synchronous: call it off the async
 /// runtime. The runner uses it; so do tests that drive a projection directly.
 pub fn apply_events<P: Projection>(
-    tree: &sled::Tree,
+    tree: &Tree,
     projection: &P,
     id: &str,
     events: &[StoredEvent],
@@ -661,7 +662,7 @@ pub fn apply_events<P: Projection>(
 }
 
 fn apply_batch<P: Projection>(
-    tree: &sled::Tree,
+    tree: &Tree,
     projection: &P,
     id: &str,
     events: &[&StoredEvent],
@@ -691,7 +692,7 @@ fn apply_batch<P: Projection>(
             .apply(&mut ctx, event)
             .map_err(|m| poison(event.seq, m))?;
     }
-    let mut batch = sled::Batch::default();
+    let mut batch = tree.batch();
     for (key, value) in ctx.writes {
         match value {
             Some(v) => batch.insert(key, v),
@@ -701,8 +702,8 @@ fn apply_batch<P: Projection>(
     for (key, value) in ctx.appends {
         batch.insert(key, value);
     }
-    batch.insert(CHECKPOINT_KEY, &newest.to_be_bytes());
-    tree.apply_batch(batch)
+    batch.insert(CHECKPOINT_KEY, newest.to_be_bytes());
+    tree.apply(batch)
         .map_err(|source| ProjectionError::Storage {
             id: id.to_owned(),
             source,
@@ -741,7 +742,7 @@ pub const FORMAT_KEY: &[u8] = b"\xff\xffformat";
 /// another layout (or before layouts were versioned) is a cache the log can
 /// rebuild, so it is cleared and its projection replays from sequence 1.
 /// Returns the layout found when it cleared the tree (0: unversioned).
-pub fn ensure_format(tree: &sled::Tree, version: u32) -> Result<Option<u32>, sled::Error> {
+pub fn ensure_format(tree: &Tree, version: u32) -> Result<Option<u32>, StoreError> {
     let found = tree
         .get(FORMAT_KEY)?
         .and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok())
@@ -749,18 +750,18 @@ pub fn ensure_format(tree: &sled::Tree, version: u32) -> Result<Option<u32>, sle
     if found == Some(version) {
         return Ok(None);
     }
-    let replaced = if tree.is_empty() {
+    let replaced = if tree.is_empty()? {
         None
     } else {
         tree.clear()?;
         Some(found.unwrap_or(0))
     };
-    tree.insert(FORMAT_KEY, &version.to_be_bytes())?;
+    tree.insert(FORMAT_KEY, version.to_be_bytes())?;
     Ok(replaced)
 }
 
 /// The checkpoint stored in `tree` (0 when none).
-pub fn read_checkpoint(tree: &sled::Tree) -> Result<u64, sled::Error> {
+pub fn read_checkpoint(tree: &Tree) -> Result<u64, StoreError> {
     Ok(tree
         .get(CHECKPOINT_KEY)?
         .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
@@ -770,7 +771,7 @@ pub fn read_checkpoint(tree: &sled::Tree) -> Result<u64, sled::Error> {
 
 /// SHA-256 over every key and value of the tree except bookkeeping, hex. Two
 /// trees with the same digest hold the same projection.
-pub fn digest(tree: &sled::Tree) -> Result<String, sled::Error> {
+pub fn digest(tree: &Tree) -> Result<String, StoreError> {
     let mut hasher = Sha256::new();
     for entry in tree.iter() {
         let (k, v) = entry?;
@@ -787,26 +788,6 @@ pub fn digest(tree: &sled::Tree) -> Result<String, sled::Error> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect())
-}
-
-/// Opens (or creates) a sled database. The page cache is sized for a
-/// repository of a few hundred thousand APIs: with a smaller cache, lookups of
-/// keys that are not there yet (every new API) page in from disk, which
-/// measured about 20% slower on the spine benchmark at 64 MiB.
-pub fn open_db(path: &std::path::Path) -> Result<sled::Db, sled::Error> {
-    sled::Config::new()
-        .path(path)
-        .cache_capacity(512 << 20)
-        .flush_every_ms(Some(500))
-        .open()
-}
-
-/// A throw-away in-memory database, for state rebuilt at every start.
-pub fn temporary_db() -> Result<sled::Db, sled::Error> {
-    sled::Config::new()
-        .temporary(true)
-        .cache_capacity(16 << 20)
-        .open()
 }
 
 #[cfg(test)]
@@ -844,7 +825,7 @@ mod tests {
 
     #[test]
     fn appended_items_accumulate_per_key_across_batches_once_each() {
-        let db = temporary_db().unwrap();
+        let db = crate::store::Db::temporary().unwrap();
         let tree = db.open_tree("t").unwrap();
         let events: Vec<StoredEvent> = (1..=5).map(event).collect();
         apply_events(&tree, &Appender, "t", &events[..3]).unwrap();
@@ -877,11 +858,11 @@ mod tests {
 
     #[test]
     fn a_tree_in_another_layout_is_cleared_for_a_replay() {
-        let db = temporary_db().unwrap();
+        let db = crate::store::Db::temporary().unwrap();
         let tree = db.open_tree("t").unwrap();
         assert_eq!(ensure_format(&tree, 2).unwrap(), None, "empty: just marked");
         tree.insert(b"a1", b"x").unwrap();
-        tree.insert(CHECKPOINT_KEY, &7u64.to_be_bytes()).unwrap();
+        tree.insert(CHECKPOINT_KEY, 7u64.to_be_bytes()).unwrap();
         assert_eq!(ensure_format(&tree, 2).unwrap(), None, "same layout: kept");
         assert_eq!(read_checkpoint(&tree).unwrap(), 7);
 
@@ -893,6 +874,6 @@ mod tests {
         tree.remove(FORMAT_KEY).unwrap();
         tree.insert(b"a1", b"x").unwrap();
         assert_eq!(ensure_format(&tree, 3).unwrap(), Some(0), "unversioned");
-        assert_eq!(tree.len(), 1, "only the layout mark is left");
+        assert_eq!(tree.len().unwrap(), 1, "only the layout mark is left");
     }
 }

@@ -47,7 +47,9 @@ pub fn init_with(service: &str, level: &str, provider: Option<SdkTracerProvider>
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| {
-            format!("{level},sled=warn,async_nats=warn,h2=warn,tower=warn,hyper=warn")
+            format!(
+                "{level},fjall=warn,lsm_tree=warn,async_nats=warn,h2=warn,tower=warn,hyper=warn"
+            )
         });
     let fmt = tracing_subscriber::fmt::layer()
         .with_target(false)

@@ -1,7 +1,8 @@
-//! The registry projection (`AGENTS` folded into sled) and command execution.
+//! The registry projection (`AGENTS` folded into a local tree) and command
+//! execution.
 //!
-//! Every replica folds the whole stream into a temporary in-memory sled tree
-//! at start (the registry is small) and follows it, so any replica can answer
+//! Every replica folds the whole stream into a temporary local tree (deleted
+//! when the process ends) at start (the registry is small) and follows it, so any replica can answer
 //! and authenticate any agent. A command is decided against the local record,
 //! published, and answered once the local projection has applied it, so a
 //! caller reads its own write.
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use meridian_kit::bus::{BusError, Publisher};
 use meridian_kit::projection::{Ctx, Progress, Projection, StoredEvent};
+use meridian_kit::store::Tree;
 use meridian_kit::time::now_ms;
 use meridian_schemas::agents::AgentEvent;
 use meridian_schemas::{AgentId, EventMeta};
@@ -56,14 +58,14 @@ pub enum ExecError {
 /// The registry: reads, and commands that go through the log.
 #[derive(Clone)]
 pub struct Registry {
-    tree: sled::Tree,
+    tree: Tree,
     publisher: Publisher,
     progress: Progress,
 }
 
 impl Registry {
     /// Wraps the projection's tree and progress.
-    pub fn new(tree: sled::Tree, publisher: Publisher, progress: Progress) -> Self {
+    pub fn new(tree: Tree, publisher: Publisher, progress: Progress) -> Self {
         Self {
             tree,
             publisher,
@@ -98,8 +100,7 @@ impl Registry {
         let mut all: Vec<AgentRecord> = self
             .tree
             .scan_prefix(b"g")
-            .values()
-            .filter_map(|v| postcard::from_bytes(&v.ok()?).ok())
+            .filter_map(|e| postcard::from_bytes(&e.ok()?.1).ok())
             .collect();
         all.sort_by_key(|r| (r.created_at_ms, r.id));
         all

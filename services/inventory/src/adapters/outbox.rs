@@ -21,6 +21,7 @@ use async_nats::jetstream;
 use meridian_kit::CancellationToken;
 use meridian_kit::bus::Publisher;
 use meridian_kit::projection::Progress;
+use meridian_kit::store::Tree;
 use meridian_schemas::lifecycle::{self, LifecycleBatch, LifecycleEvent};
 use meridian_schemas::{Envelope, EventMeta, streams};
 
@@ -56,7 +57,7 @@ pub async fn high_water(js: &jetstream::Context) -> Result<Option<Mark>, String>
 /// Drains the outbox whenever the projection moves, until `stop`; then one
 /// last drain.
 pub async fn run_until_stopped(
-    tree: sled::Tree,
+    tree: Tree,
     publisher: Publisher,
     progress: Progress,
     stop: CancellationToken,
@@ -85,7 +86,7 @@ pub async fn run_until_stopped(
 }
 
 async fn drain(
-    tree: &sled::Tree,
+    tree: &Tree,
     publisher: &Publisher,
     mark: &mut Option<Option<Mark>>,
 ) -> Result<(), String> {
@@ -152,10 +153,10 @@ async fn drain(
         if let Some(newest) = newest {
             *mark = Some(Some(newest));
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = tree.batch();
         for key in keys {
             batch.remove(key);
         }
-        tree.apply_batch(batch).map_err(|e| e.to_string())?;
+        tree.apply(batch).map_err(|e| e.to_string())?;
     }
 }

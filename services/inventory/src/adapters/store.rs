@@ -1,4 +1,4 @@
-//! The repository in sled: key layout, the projection of the `SYNC` stream,
+//! The repository in the local store: key layout, the projection of the `SYNC` stream,
 //! and the read queries.
 //!
 //! Keys (one tree; ids are raw 16-byte UUIDs, sequences big-endian):
@@ -21,6 +21,7 @@ use std::collections::HashSet;
 use std::sync::{Mutex, PoisonError};
 
 use meridian_kit::projection::{Ctx, Projection, Scanned, StoredEvent};
+use meridian_kit::store::Tree;
 use meridian_schemas::lifecycle::{LifecycleEvent, LifecycleKind};
 use meridian_schemas::sync::{ApiDefinition, SyncEvent, SyncEventKind};
 use meridian_schemas::{AgentId, ApiId, RunId};
@@ -179,11 +180,11 @@ impl Repository {
 pub const PROJECTION_ID: &str = "inventory-repository";
 
 impl Projection for Repository {
-    fn prepare(&self, committed: &sled::Tree) -> Result<(), String> {
+    fn prepare(&self, committed: &Tree) -> Result<(), String> {
         let mut known = self.known();
         if known.is_none() {
             let mut ids = HashSet::new();
-            for key in committed.scan_prefix(b"a").keys() {
+            for key in committed.keys_with_prefix(b"a") {
                 let key = key.map_err(|e| e.to_string())?;
                 let id = uuid::Uuid::from_slice(&key[1..])
                     .map_err(|_| "corrupt record key".to_owned())?;
@@ -203,11 +204,11 @@ impl Projection for Repository {
 
     /// A run's end needs the run's seen-markers (to remove them) and the
     /// provider's index (to find what to delete).
-    fn scan(&self, committed: &sled::Tree, stored: &StoredEvent) -> Result<Scanned, String> {
+    fn scan(&self, committed: &Tree, stored: &StoredEvent) -> Result<Scanned, String> {
         let event: SyncEvent = stored.envelope.open().map_err(|e| e.to_string())?;
         committed
-            .scan_prefix(seen_prefix(event.run_id))
-            .chain(committed.scan_prefix(index_prefix(event.agent_id, &event.provider)))
+            .scan_prefix(&seen_prefix(event.run_id))
+            .chain(committed.scan_prefix(&index_prefix(event.agent_id, &event.provider)))
             .map(|r| r.map_err(|e| e.to_string()))
             .collect()
     }
@@ -503,7 +504,7 @@ pub fn outbox_entry(value: &[u8]) -> Result<Vec<LifecycleEvent>, String> {
 }
 
 /// Every lifecycle event waiting in the outbox, in publishing order.
-pub fn pending_events(tree: &sled::Tree) -> Result<Vec<LifecycleEvent>, String> {
+pub fn pending_events(tree: &Tree) -> Result<Vec<LifecycleEvent>, String> {
     let mut out = Vec::new();
     for entry in tree.scan_prefix(OUTBOX_PREFIX) {
         let (_, value) = entry.map_err(|e| e.to_string())?;
@@ -545,7 +546,7 @@ pub async fn definition(
 /// Read access to the repository.
 #[derive(Clone)]
 pub struct Queries {
-    tree: sled::Tree,
+    tree: Tree,
 }
 
 /// Which APIs a listing wants.
@@ -578,7 +579,7 @@ pub struct ApiFilter {
 
 impl Queries {
     /// Reads `tree`.
-    pub fn new(tree: sled::Tree) -> Self {
+    pub fn new(tree: Tree) -> Self {
         Self { tree }
     }
 
