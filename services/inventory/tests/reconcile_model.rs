@@ -244,14 +244,9 @@ fn outbox(tree: &Tree) -> Vec<(u64, ApiId, LifecycleKind)> {
         .collect()
 }
 
-/// One database for the whole test binary; each case gets fresh trees
-/// (creating a database per case is slow).
+/// A tree in a fresh temporary database, deleted when the tree is dropped.
 fn fresh_tree() -> Tree {
-    static DB: std::sync::OnceLock<Db> = std::sync::OnceLock::new();
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let db = DB.get_or_init(|| Db::temporary().unwrap());
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    db.open_tree(&format!("case-{n}")).unwrap()
+    Db::temporary().unwrap().open_tree("repository").unwrap()
 }
 
 fn apply_in_chunks(events: &[StoredEvent], chunk: usize) -> Tree {
