@@ -46,10 +46,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Rebuild => {
             let report = meridian_inventory::rebuild(config).await?;
-            println!(
-                "rebuilt repository to SYNC sequence {} in {:.2}s\ndigest {}",
-                report.position, report.seconds, report.digest
-            );
+            println!("{report}");
         }
     }
     meridian_kit::telemetry::shutdown();

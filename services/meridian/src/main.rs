@@ -191,10 +191,7 @@ async fn main() -> anyhow::Result<()> {
                 "unused-for-rebuild",
             );
             let report = meridian_inventory::rebuild(config).await?;
-            println!(
-                "rebuilt repository to SYNC sequence {} in {:.2}s\ndigest {}",
-                report.position, report.seconds, report.digest
-            );
+            println!("{report}");
             Ok(())
         }
     };
