@@ -98,9 +98,6 @@ pub enum AppError {
 
 const TREE: &str = "repository";
 
-/// Opens the repository. Another process (or a previous instance still
-/// shutting down) may hold the directory lock for a moment: wait up to
-/// ten seconds for it before giving up.
 /// `meridian_repository_apis{status}`, counted when scraped.
 fn count_at_scrape(queries: store::Queries) -> meridian_kit::metrics::ScrapeGuard {
     let active = meridian_kit::metrics::gauge(
@@ -125,6 +122,9 @@ fn count_at_scrape(queries: store::Queries) -> meridian_kit::metrics::ScrapeGuar
     }))
 }
 
+/// Opens the repository. Another process (or a previous instance still
+/// shutting down) may hold the directory lock for a moment: wait up to
+/// ten seconds for it before giving up.
 async fn open_tree(data_dir: &std::path::Path) -> Result<(Db, Tree), AppError> {
     let storage = |source| AppError::Storage {
         path: data_dir.display().to_string(),
