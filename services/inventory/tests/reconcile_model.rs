@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use meridian_inventory::adapters::store::{
-    ApiFilter, PROJECTION_ID, Queries, Repository, StatusFilter, pending_events,
+    ApiFilter, PROJECTION_ID, Queries, Repository, StatusFilter, pending_events, provider_tag,
 };
 use meridian_kit::projection::{StoredEvent, apply_events, digest};
 use meridian_kit::store::{Db, Tree};
@@ -16,7 +16,9 @@ use meridian_schemas::{AgentId, ApiId, Envelope, EventMeta, RunId};
 use proptest::prelude::*;
 use uuid::Uuid;
 
-const PROVIDERS: [&str; 2] = ["tyk-a", "aws-b"];
+/// Two providers whose index tags collide (found by search), so every case
+/// also checks that a run's end only touches its own provider's entries.
+const PROVIDERS: [&str; 2] = ["tyk-16220", "aws-10859"];
 const AGENT: AgentId = AgentId(Uuid::from_u128(42));
 
 #[derive(Clone, Debug)]
@@ -255,6 +257,15 @@ fn apply_in_chunks(events: &[StoredEvent], chunk: usize) -> Tree {
         apply_events(&tree, &Repository::default(), PROJECTION_ID, part).unwrap();
     }
     tree
+}
+
+#[test]
+fn the_two_providers_share_an_index_tag() {
+    assert_eq!(
+        provider_tag(AGENT, PROVIDERS[0]),
+        provider_tag(AGENT, PROVIDERS[1]),
+        "pick two provider names whose tags collide again"
+    );
 }
 
 proptest! {
