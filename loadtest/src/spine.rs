@@ -13,25 +13,16 @@ use async_nats::header::{HeaderMap, NATS_MESSAGE_ID};
 use async_nats::jetstream::{self, consumer::pull::OrderedConfig};
 use futures_util::StreamExt;
 use meridian_kit::bus::{AckWindow, stream_config};
+use meridian_loadtest::definition;
 use meridian_schemas::Envelope;
 use meridian_schemas::sync::{ApiDefinition, SyncEvent, SyncEventKind};
 use meridian_schemas::{AgentId, EventMeta, RunId, streams};
-use meridian_tests::{
-    Agent, Api, MemorySource, Nats, api_def, eventually, start_gateway, start_inventory,
-};
+use meridian_tests::{Agent, Api, MemorySource, Nats, eventually, start_gateway, start_inventory};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const BENCH_STREAM: &str = "BENCH";
-
-/// A definition whose encoded SYNC message is about 2 KB.
-fn definition(i: usize) -> meridian_schemas::proto::ApiDefinition {
-    let mut d = api_def(&format!("api-{i:06}"), &format!("Benchmark API {i}"), "v1");
-    d.raw = serde_json::json!({"api_id": d.provider_api_id, "description": "x".repeat(1_750)})
-        .to_string();
-    d
-}
 
 /// The size of one SYNC message as the gateway stores it.
 fn sync_message_size() -> usize {

@@ -24,7 +24,7 @@
 //! - `\xff\xfftrace/<run>` the run's W3C trace context, when it was traced, so
 //!   its lifecycle events join the same trace (also out of the digest)
 
-use std::collections::HashSet;
+use foldhash::{HashSet, HashSetExt};
 use std::sync::{Mutex, PoisonError};
 
 use meridian_kit::projection::{Ctx, Projection, Scanned, StoredEvent};
@@ -228,15 +228,18 @@ impl Projection for Repository {
         )
     }
 
-    /// A run's end needs the run's seen-markers (to remove them) and the
-    /// provider's index (to find what to delete).
+    /// A run's end needs the run's seen-markers (to remove them) and, when
+    /// it may delete, the provider's index (to find what to delete).
     fn scan(&self, committed: &Tree, stored: &StoredEvent) -> Result<Scanned, String> {
         let event: SyncEvent = stored.envelope.open().map_err(|e| e.to_string())?;
-        committed
-            .scan_prefix(&seen_prefix(event.run_id))
-            .chain(committed.scan_prefix(&index_prefix(event.agent_id, &event.provider)))
-            .map(|r| r.map_err(|e| e.to_string()))
-            .collect()
+        let seen = committed.scan_prefix(&seen_prefix(event.run_id));
+        let rows: Result<Scanned, _> = if may_delete(committed, &event)? {
+            seen.chain(committed.scan_prefix(&index_prefix(event.agent_id, &event.provider)))
+                .collect()
+        } else {
+            seen.collect()
+        };
+        rows.map_err(|e| e.to_string())
     }
 
     fn apply(&self, ctx: &mut Ctx<'_>, stored: &StoredEvent) -> Result<(), String> {
@@ -283,6 +286,31 @@ impl Projection for Repository {
             }
         }
     }
+}
+
+/// Whether ending the run may delete an API, read from the committed state
+/// before its end. Only a completion deletes, and only the provider's active
+/// APIs that the run did not see. Every API a current run saw is active (only
+/// a newer completion could have deleted it, and that makes this run stale),
+/// so a run that saw as many APIs as the provider has active leaves none
+/// unseen, and its end need not read the provider's index: the common case of
+/// a sync where nothing went away, which would otherwise read one index entry
+/// per API. When a record is missing it says yes, and the end decides.
+fn may_delete(committed: &Tree, event: &SyncEvent) -> Result<bool, String> {
+    if !matches!(event.kind, SyncEventKind::Completed { .. }) {
+        return Ok(false);
+    }
+    let read = |key: &[u8]| committed.get(key).map_err(|e| e.to_string());
+    let (Some(run), Some(provider)) = (
+        read(&run_key(event.run_id))?,
+        read(&provider_key(event.agent_id, &event.provider))?,
+    ) else {
+        return Ok(true);
+    };
+    let corrupt = |e: postcard::Error| format!("corrupt record: {e}");
+    let run: RunRecord = postcard::from_bytes(&run).map_err(corrupt)?;
+    let provider: ProviderRecord = postcard::from_bytes(&provider).map_err(corrupt)?;
+    Ok(provider.active > run.seen)
 }
 
 /// The span of a run's reconciliation, in the run's trace when it has one.
