@@ -42,8 +42,9 @@ use crate::domain::{
 /// Layout version of the repository tree; bump it when a key or record
 /// changes shape, and a repository in the old layout is replayed from the log
 /// at start (see [`meridian_kit::projection::ensure_format`]). 2: definitions
-/// stay in the log; 3: one outbox entry per batch; 4: 20-byte index keys.
-pub const FORMAT: u32 = 4;
+/// stay in the log; 3: one outbox entry per batch; 4: 20-byte index keys;
+/// 5: field fingerprints hash long parts in four lanes.
+pub const FORMAT: u32 = 5;
 
 /// Prefix of outbox keys.
 pub const OUTBOX_PREFIX: &[u8] = b"\xff\xffoutbox/";
@@ -148,7 +149,18 @@ fn get<T: DeserializeOwned>(ctx: &Ctx<'_>, key: &[u8]) -> Result<Option<T>, Stri
 }
 
 fn put<T: Serialize>(ctx: &mut Ctx<'_>, key: &[u8], v: &T) {
-    ctx.insert(key, encode(v));
+    // Encoded into one reused buffer and copied once into the stored value:
+    // encoding into a fresh Vec grew it several times per record.
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with_borrow_mut(|scratch| {
+        scratch.clear();
+        let encoded = postcard::to_extend(v, std::mem::take(scratch))
+            .expect("postcard encoding into a Vec cannot fail");
+        ctx.insert(key, &encoded[..]);
+        *scratch = encoded;
+    });
 }
 
 /// Where an outbox entry sorts: (causing `SYNC` sequence, API id). The
