@@ -159,6 +159,12 @@ pub trait Projection: Send + Sync + 'static {
     fn prepare(&self, _committed: &Tree) -> Result<(), String> {
         Ok(())
     }
+
+    /// Called after a batch's last event, before it commits: the place to
+    /// write what the projection kept in memory while applying the batch.
+    fn finish(&self, _ctx: &mut Ctx<'_>) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// A fold of a stream into plain in-memory state, rebuilt at every start.
@@ -693,6 +699,7 @@ fn apply_batch<P: Projection>(
             .apply(&mut ctx, event)
             .map_err(|m| poison(event.seq, m))?;
     }
+    projection.finish(&mut ctx).map_err(|m| poison(newest, m))?;
     let mut batch = tree.batch();
     for (key, value) in ctx.writes {
         match value {

@@ -24,7 +24,7 @@
 //! - `\xff\xfftrace/<run>` the run's W3C trace context, when it was traced, so
 //!   its lifecycle events join the same trace (also out of the digest)
 
-use foldhash::{HashSet, HashSetExt};
+use foldhash::{HashMap, HashSet, HashSetExt};
 use std::sync::{Mutex, PoisonError};
 
 use meridian_kit::projection::{Ctx, Projection, Scanned, StoredEvent};
@@ -182,6 +182,18 @@ pub struct Repository {
     /// which is most of a first sync and of a `rebuild`. 16 bytes and a
     /// hash-table slot per API.
     known: Mutex<Option<HashSet<ApiId>>>,
+    /// Run and provider records as the current batch left them: most events
+    /// of a sync change both, so each is decoded once per batch and written
+    /// once, when the batch ends ([`Projection::finish`]). Emptied before
+    /// every batch, so a failed batch leaves nothing behind.
+    working: Mutex<Working>,
+}
+
+/// Records read or changed in the current batch; `true` when changed.
+#[derive(Debug, Default)]
+struct Working {
+    runs: HashMap<RunId, (RunRecord, bool)>,
+    providers: HashMap<Vec<u8>, (ProviderRecord, bool)>,
 }
 
 impl Repository {
@@ -191,7 +203,71 @@ impl Repository {
         Self {
             published,
             known: Mutex::default(),
+            working: Mutex::default(),
         }
+    }
+
+    fn working(&self) -> std::sync::MutexGuard<'_, Working> {
+        // A panic mid-batch fails the batch, and the next one empties it.
+        self.working.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The run's record as this batch sees it.
+    fn run_record(&self, ctx: &Ctx<'_>, run_id: RunId) -> Result<Option<RunRecord>, String> {
+        let mut working = self.working();
+        if let Some((run, _)) = working.runs.get(&run_id) {
+            return Ok(Some(run.clone()));
+        }
+        let run: Option<RunRecord> = get(ctx, &run_key(run_id))?;
+        if let Some(run) = &run {
+            working.runs.insert(run_id, (run.clone(), false));
+        }
+        Ok(run)
+    }
+
+    /// The run's record, or a new one beginning at this event.
+    fn load_run(
+        &self,
+        ctx: &Ctx<'_>,
+        event: &SyncEvent,
+        seq: u64,
+        at: i64,
+    ) -> Result<RunRecord, String> {
+        Ok(self.run_record(ctx, event.run_id)?.unwrap_or_else(|| {
+            RunRecord::begin(event.run_id, event.agent_id, &event.provider, seq, at)
+        }))
+    }
+
+    /// Stores the run's record when the batch ends.
+    fn put_run(&self, run: RunRecord) {
+        self.working().runs.insert(run.run_id, (run, true));
+    }
+
+    /// The provider's record, or a new one.
+    fn load_provider(&self, ctx: &Ctx<'_>, event: &SyncEvent) -> Result<ProviderRecord, String> {
+        let key = provider_key(event.agent_id, &event.provider);
+        let mut working = self.working();
+        if let Some((provider, _)) = working.providers.get(&key) {
+            return Ok(provider.clone());
+        }
+        let provider = match get::<ProviderRecord>(ctx, &key)? {
+            Some(stored) => {
+                working.providers.insert(key, (stored.clone(), false));
+                stored
+            }
+            None => ProviderRecord {
+                agent_id: Some(event.agent_id),
+                provider: event.provider.clone(),
+                ..Default::default()
+            },
+        };
+        Ok(provider)
+    }
+
+    /// Stores the provider's record when the batch ends.
+    fn put_provider(&self, event: &SyncEvent, provider: ProviderRecord) {
+        let key = provider_key(event.agent_id, &event.provider);
+        self.working().providers.insert(key, (provider, true));
     }
 
     fn known(&self) -> std::sync::MutexGuard<'_, Option<HashSet<ApiId>>> {
@@ -219,6 +295,7 @@ pub const PROJECTION_ID: &str = "inventory-repository";
 
 impl Projection for Repository {
     fn prepare(&self, committed: &Tree) -> Result<(), String> {
+        *self.working() = Working::default();
         let mut known = self.known();
         if known.is_none() {
             let mut ids = HashSet::new();
@@ -229,6 +306,21 @@ impl Projection for Repository {
                 ids.insert(ApiId(id));
             }
             *known = Some(ids);
+        }
+        Ok(())
+    }
+
+    fn finish(&self, ctx: &mut Ctx<'_>) -> Result<(), String> {
+        let working = std::mem::take(&mut *self.working());
+        for (run_id, (run, changed)) in working.runs {
+            if changed {
+                put(ctx, &run_key(run_id), &run);
+            }
+        }
+        for (key, (provider, changed)) in working.providers {
+            if changed {
+                put(ctx, &key, &provider);
+            }
         }
         Ok(())
     }
@@ -264,19 +356,15 @@ impl Projection for Repository {
                 if let Some(tp) = traceparent {
                     ctx.insert(trace_key(event.run_id), tp.as_bytes());
                 }
-                if ctx.get(&run_key(event.run_id))?.is_some() {
+                if self.run_record(ctx, event.run_id)?.is_some() {
                     return Ok(()); // the run already began (implicitly or by a duplicate)
                 }
                 let run = RunRecord::begin(event.run_id, event.agent_id, &event.provider, seq, at);
-                put(ctx, &run_key(event.run_id), &run);
-                let mut provider = load_provider(ctx, &event)?;
+                self.put_run(run);
+                let mut provider = self.load_provider(ctx, &event)?;
                 if provider.provider_type != *provider_type {
                     provider.provider_type.clone_from(provider_type);
-                    put(
-                        ctx,
-                        &provider_key(event.agent_id, &event.provider),
-                        &provider,
-                    );
+                    self.put_provider(&event, provider);
                 }
                 Ok(())
             }
@@ -337,24 +425,6 @@ fn reconcile_span(event: &SyncEvent, traceparent: Option<&str>) -> tracing::Span
     span
 }
 
-fn load_provider(ctx: &Ctx<'_>, event: &SyncEvent) -> Result<ProviderRecord, String> {
-    Ok(
-        get(ctx, &provider_key(event.agent_id, &event.provider))?.unwrap_or_else(|| {
-            ProviderRecord {
-                agent_id: Some(event.agent_id),
-                provider: event.provider.clone(),
-                ..Default::default()
-            }
-        }),
-    )
-}
-
-fn load_run(ctx: &Ctx<'_>, event: &SyncEvent, seq: u64, at: i64) -> Result<RunRecord, String> {
-    Ok(get(ctx, &run_key(event.run_id))?.unwrap_or_else(|| {
-        RunRecord::begin(event.run_id, event.agent_id, &event.provider, seq, at)
-    }))
-}
-
 fn apply_api(
     ctx: &mut Ctx<'_>,
     repo: &Repository,
@@ -364,11 +434,11 @@ fn apply_api(
     at: i64,
     seq: u64,
 ) -> Result<(), String> {
-    let mut run = load_run(ctx, event, seq, at)?;
+    let mut run = repo.load_run(ctx, event, seq, at)?;
     if !run.is_running() {
         return Ok(()); // a late message of an ended run
     }
-    let mut provider = load_provider(ctx, event)?;
+    let mut provider = repo.load_provider(ctx, event)?;
     if domain::is_stale(&run, &provider) {
         return Ok(());
     }
@@ -381,9 +451,9 @@ fn apply_api(
             .transpose()?,
         false => None,
     };
-    if first_seen_in_run(ctx, &run, indexed.as_ref(), api_id)? {
+    if first_seen_in_run(ctx, repo, &run, indexed.as_ref(), api_id)? {
         run.seen += 1;
-        put(ctx, &run_key(run.run_id), &run);
+        repo.put_run(run.clone());
     }
     // Record and index entry are written together, so a new API (most of a
     // first sync) costs no second lookup.
@@ -418,14 +488,10 @@ fn apply_api(
             }
             LifecycleKind::Updated | LifecycleKind::Deleted => {}
         }
-        if change.kind != LifecycleKind::Updated {
-            put(
-                ctx,
-                &provider_key(event.agent_id, &event.provider),
-                &provider,
-            );
-        }
         repo.emit(ctx, &observed.record, &change, &provider.provider_type)?;
+        if change.kind != LifecycleKind::Updated {
+            repo.put_provider(event, provider);
+        }
     }
     Ok(())
 }
@@ -439,6 +505,7 @@ fn apply_api(
 /// from the entry while it is still receiving. Markers go when their run ends.
 fn first_seen_in_run(
     ctx: &mut Ctx<'_>,
+    repo: &Repository,
     run: &RunRecord,
     indexed: Option<&Indexed>,
     api_id: ApiId,
@@ -452,7 +519,7 @@ fn first_seen_in_run(
     if indexed.order < run.order {
         // This run becomes the entry's run; remember that the displaced one
         // saw the API, if it is still counting.
-        let displaced: Option<RunRecord> = get(ctx, &run_key(indexed.run))?;
+        let displaced = repo.run_record(ctx, indexed.run)?;
         if displaced.is_some_and(|r| r.is_running()) {
             ctx.insert(seen_key(indexed.run, api_id), &[][..]);
         }
@@ -474,11 +541,11 @@ fn end_run(
     at: i64,
     seq: u64,
 ) -> Result<(), String> {
-    let mut run = load_run(ctx, event, seq, at)?;
+    let mut run = repo.load_run(ctx, event, seq, at)?;
     if !run.is_running() {
         return Ok(());
     }
-    let mut provider = load_provider(ctx, event)?;
+    let mut provider = repo.load_provider(ctx, event)?;
     let finish = domain::finish(&run, &provider, end);
     run.result = finish.result;
     run.ended_at_ms = Some(at);
@@ -517,12 +584,8 @@ fn end_run(
         }
     }
     provider.last_run = Some(run.clone());
-    put(ctx, &run_key(run.run_id), &run);
-    put(
-        ctx,
-        &provider_key(event.agent_id, &event.provider),
-        &provider,
-    );
+    repo.put_run(run);
+    repo.put_provider(event, provider);
     Ok(())
 }
 
