@@ -122,7 +122,8 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a server on `port` (a free one when `None`) storing under
     /// `store_dir` (a temporary directory when `None`), and waits until it
-    /// accepts connections.
+    /// logs that it is ready (a free port drawn by another process first is
+    /// retried, up to five times).
     pub fn start(port: Option<u16>, store_dir: Option<PathBuf>) -> Result<Self, NatsServerError> {
         let bin = locate()?;
         let (store_dir, temp) = match store_dir {
