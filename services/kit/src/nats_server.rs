@@ -217,7 +217,9 @@ fn forward_log(child: &mut Child) -> mpsc::Receiver<Result<(), String>> {
                 continue;
             }
             if line.contains("Server is ready") {
-                ready.take().map(|tx| tx.send(Ok(())));
+                if let Some(tx) = ready.take() {
+                    let _ = tx.send(Ok(()));
+                }
             } else {
                 if tail.len() == 5 {
                     tail.pop_front();

@@ -28,11 +28,10 @@ use std::time::Duration;
 
 use crate::store::{StoreError, Tree, Value};
 use async_nats::jetstream::{self, consumer, consumer::pull};
-use foldhash::HashMap;
-use foldhash::HashMapExt;
 use futures_util::{StreamExt, stream::BoxStream};
 use meridian_schemas::Envelope;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 

@@ -24,7 +24,7 @@
 //! - `\xff\xfftrace/<run>` the run's W3C trace context, when it was traced, so
 //!   its lifecycle events join the same trace (also out of the digest)
 
-use foldhash::{HashMap, HashSet, HashSetExt};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, PoisonError};
 
 use meridian_kit::projection::{Ctx, Projection, Scanned, StoredEvent};
