@@ -15,48 +15,13 @@ use std::time::Instant;
 use meridian_inventory::adapters::store::{PROJECTION_ID, Repository};
 use meridian_kit::projection::{StoredEvent, apply_events};
 use meridian_kit::store::Db;
-use meridian_schemas::sync::{ApiDefinition, SyncEvent, SyncEventKind};
-use meridian_schemas::{AgentId, Envelope, Event, EventMeta, RunId};
+use meridian_loadtest::encoded_run;
+use meridian_schemas::Envelope;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const BATCH: usize = 1024;
-
-/// The run as the `SYNC` stream holds it: encoded envelopes with their
-/// sequences and subjects.
-fn encoded_run(n: usize) -> Vec<(u64, String, Vec<u8>)> {
-    let run_id = RunId::new_random();
-    let agent_id = AgentId::new_random();
-    let event = |kind| SyncEvent {
-        run_id,
-        agent_id,
-        provider: "bench".into(),
-        kind,
-    };
-    let mut events = vec![event(SyncEventKind::Started {
-        provider_type: "tyk".into(),
-    })];
-    events.extend((0..n).map(|i| {
-        let definition = ApiDefinition::from(meridian_loadtest::definition(i));
-        event(SyncEventKind::Api {
-            content_hash: definition.content_hash(),
-            definition,
-        })
-    }));
-    events.push(event(SyncEventKind::Completed { count: n as u64 }));
-    events
-        .iter()
-        .zip(1..)
-        .map(|(e, seq)| {
-            let meta = EventMeta {
-                occurred_at_ms: 1_700_000_000_000 + seq as i64,
-                ..EventMeta::default()
-            };
-            (seq, e.subject(), Envelope::wrap(e, meta).to_bytes())
-        })
-        .collect()
-}
 
 fn thread_cpu_seconds() -> f64 {
     // /proc/thread-self/stat fields 14 and 15: user and system ticks.

@@ -233,6 +233,8 @@ pub struct ProviderRecord {
     pub active: u64,
     /// Deleted APIs.
     pub deleted: u64,
+    /// APIs it ever created (the length of its member lists).
+    pub members: u64,
     /// The last run that ended.
     pub last_run: Option<RunRecord>,
 }

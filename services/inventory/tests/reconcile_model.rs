@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use meridian_inventory::adapters::store::{
-    ApiFilter, PROJECTION_ID, Queries, Repository, StatusFilter, pending_events, provider_tag,
+    ApiFilter, PROJECTION_ID, Queries, Repository, StatusFilter, pending_events,
 };
 use meridian_kit::projection::{StoredEvent, apply_events, digest};
 use meridian_kit::store::{Db, Tree};
@@ -16,9 +16,9 @@ use meridian_schemas::{AgentId, ApiId, Envelope, EventMeta, RunId};
 use proptest::prelude::*;
 use uuid::Uuid;
 
-/// Two providers whose index tags collide (found by search), so every case
-/// also checks that a run's end only touches its own provider's entries.
-const PROVIDERS: [&str; 2] = ["tyk-16220", "aws-10859"];
+/// Two providers of one agent, one name a prefix of the other, so every case
+/// also checks that a run's end only touches its own provider's APIs.
+const PROVIDERS: [&str; 2] = ["tyk", "tyk-2"];
 const AGENT: AgentId = AgentId(Uuid::from_u128(42));
 
 #[derive(Clone, Debug)]
@@ -259,13 +259,51 @@ fn apply_in_chunks(events: &[StoredEvent], chunk: usize) -> Tree {
     tree
 }
 
+/// A provider's member lists hold 1024 APIs each: a completion deletes the
+/// APIs it did not see from every list, and only those, whatever the
+/// batching; the other provider (whose name the first one's begins with)
+/// keeps its own.
 #[test]
-fn the_two_providers_share_an_index_tag() {
-    assert_eq!(
-        provider_tag(AGENT, PROVIDERS[0]),
-        provider_tag(AGENT, PROVIDERS[1]),
-        "pick two provider names whose tags collide again"
-    );
+fn a_completion_deletes_from_every_member_list() {
+    let n = 2 * 1024 + 5;
+    let gone = [3, 1024, 1500, n - 1];
+    let sync = |run: usize, skip: &[usize]| {
+        let mut ops = vec![Op::Start(run)];
+        ops.extend((0..n).filter(|api| !skip.contains(api)).map(|api| Op::Api {
+            run,
+            api,
+            variant: 0,
+        }));
+        ops.push(Op::Complete { run, short: false });
+        ops
+    };
+    // Runs 0 and 2 are the first provider's, run 1 the other's.
+    let ops = [sync(0, &[]), sync(1, &[]), sync(2, &gone)].concat();
+    let events = events(&ops);
+    let model = Model::run(&ops);
+    let deleted: Vec<ApiId> = model
+        .emitted
+        .iter()
+        .filter(|e| e.2 == LifecycleKind::Deleted)
+        .map(|e| e.1)
+        .collect();
+    let mut expected: Vec<ApiId> = gone.iter().map(|&api| api_id(PROVIDERS[0], api)).collect();
+    expected.sort();
+    assert_eq!(deleted, expected, "the model deletes what run 2 missed");
+    for chunk in [1000, 333] {
+        let tree = apply_in_chunks(&events, chunk);
+        let state = repository_state(&tree);
+        assert_eq!(state.len(), 2 * n);
+        for api in 0..n {
+            let missing = gone.contains(&api);
+            assert_eq!(state[&api_id(PROVIDERS[0], api)].0, missing, "api-{api}");
+            assert!(
+                !state[&api_id(PROVIDERS[1], api)].0,
+                "the other provider's api-{api}"
+            );
+        }
+        assert_eq!(outbox(&tree), model.emitted, "batches of {chunk}");
+    }
 }
 
 proptest! {

@@ -5,16 +5,16 @@
 //! - `a<api>` the [`ApiRecord`]; its definition stays in the `SYNC` log, the
 //!   record names the message ([`definition`] reads it)
 //! - `p<agent><provider>` the [`ProviderRecord`]
-//! - `i<tag><api>` index of a provider's APIs, scanned when a run completes:
-//!   the order of the newest run that saw it (8 bytes), a deleted flag (1
-//!   byte), that run's id (16 bytes), then the provider it belongs to (agent
-//!   id, provider name). The tag is 3 bytes of a hash of the provider, so a
-//!   key is 20 bytes, which the store keeps inline: the memtable compares
-//!   such keys without chasing a pointer (with the agent and provider
-//!   spelled out, every index key of a provider shared its first 26 bytes
-//!   and memtable comparisons were about a third of the projection's
-//!   thread). Two providers may share a tag; the value says whose entry it
-//!   is, and a scan skips the other's.
+//! - `m<agent><provider>\0<chunk>` a provider's members: the ids of the APIs
+//!   it created, in the order it created them, 1024 to a chunk (4 bytes,
+//!   [`ProviderRecord::members`] says how many there are), each a list
+//!   ([`meridian_kit::projection::items`]). A completion that may delete
+//!   reads them and then each member's record. Where an API goes depends only
+//!   on the events before it, so any batching builds the same lists. A write
+//!   per batch instead of an index entry per API: that second random key per
+//!   API was about a quarter of the projection's thread (memtable inserts),
+//!   and the record already says what the entry did (the newest run that
+//!   saw the API, and whether it is deleted).
 //! - `r<run>` the [`RunRecord`]; `s<run><api>` "seen in this run" for the
 //!   few APIs a newer run saw first (see [`first_seen_in_run`]), removed when
 //!   the run ends
@@ -43,8 +43,9 @@ use crate::domain::{
 /// changes shape, and a repository in the old layout is replayed from the log
 /// at start (see [`meridian_kit::projection::ensure_format`]). 2: definitions
 /// stay in the log; 3: one outbox entry per batch; 4: 20-byte index keys;
-/// 5: field fingerprints hash long parts in four lanes.
-pub const FORMAT: u32 = 5;
+/// 5: field fingerprints hash long parts in four lanes; 6: member lists
+/// instead of an index entry per API.
+pub const FORMAT: u32 = 6;
 
 /// Prefix of outbox keys.
 pub const OUTBOX_PREFIX: &[u8] = b"\xff\xffoutbox/";
@@ -60,22 +61,28 @@ fn api_key(api: ApiId) -> Vec<u8> {
 fn provider_key(agent: AgentId, provider: &str) -> Vec<u8> {
     [b"p".as_slice(), agent.0.as_bytes(), provider.as_bytes()].concat()
 }
-/// A provider's tag in index keys: 3 bytes of FNV-1a over the agent id and
-/// the provider name (stable: it is stored). Not unique; see the key layout.
-pub fn provider_tag(agent: AgentId, provider: &str) -> [u8; 3] {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in agent.0.as_bytes().iter().chain(provider.as_bytes()) {
-        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    let [t0, t1, t2, ..] = h.to_be_bytes();
-    [t0, t1, t2]
+/// APIs per member list.
+const MEMBERS_PER_CHUNK: u64 = 1024;
+
+/// Provider names hold no control characters, so NUL ends one: no prefix of
+/// a provider's keys is another provider's.
+fn members_prefix(agent: AgentId, provider: &str) -> Vec<u8> {
+    [
+        b"m".as_slice(),
+        agent.0.as_bytes(),
+        provider.as_bytes(),
+        b"\0",
+    ]
+    .concat()
 }
-fn index_prefix(agent: AgentId, provider: &str) -> [u8; 4] {
-    let [t0, t1, t2] = provider_tag(agent, provider);
-    [b'i', t0, t1, t2]
-}
-fn index_key(agent: AgentId, provider: &str, api: ApiId) -> Vec<u8> {
-    [index_prefix(agent, provider).as_slice(), api.0.as_bytes()].concat()
+/// Where a provider's `n`th member (from 0) is listed.
+fn members_key(agent: AgentId, provider: &str, n: u64) -> Vec<u8> {
+    let chunk = u32::try_from(n / MEMBERS_PER_CHUNK).unwrap_or(u32::MAX);
+    [
+        members_prefix(agent, provider),
+        chunk.to_be_bytes().to_vec(),
+    ]
+    .concat()
 }
 fn run_key(run: RunId) -> Vec<u8> {
     [b"r".as_slice(), run.0.as_bytes()].concat()
@@ -89,50 +96,10 @@ fn seen_key(run: RunId, api: ApiId) -> Vec<u8> {
 fn outbox_key(batch_start: u64) -> Vec<u8> {
     [OUTBOX_PREFIX, &batch_start.to_be_bytes()].concat()
 }
-fn index_value(order: u64, deleted: bool, run: RunId, event: &SyncEvent) -> Vec<u8> {
-    [
-        order.to_be_bytes().as_slice(),
-        &[u8::from(deleted)],
-        run.0.as_bytes(),
-        event.agent_id.0.as_bytes(),
-        event.provider.as_bytes(),
-    ]
-    .concat()
-}
-
-/// An index entry: the newest run that saw the API (its order and id) and
-/// whether the API is deleted.
-struct Indexed {
-    order: u64,
-    deleted: bool,
-    run: RunId,
-}
-
-/// Whether an index entry's value names the event's provider (and not
-/// another provider with the same tag).
-fn indexes_provider_of(value: &[u8], event: &SyncEvent) -> bool {
-    value
-        .get(25..)
-        .and_then(|owner| owner.split_at_checked(16))
-        .is_some_and(|(agent, provider)| {
-            agent == event.agent_id.0.as_bytes() && provider == event.provider.as_bytes()
-        })
-}
-
-fn parse_index_value(v: &[u8]) -> Result<Indexed, String> {
-    let corrupt = || "corrupt index entry".to_owned();
-    Ok(Indexed {
-        order: u64::from_be_bytes(
-            v.get(..8)
-                .ok_or_else(corrupt)?
-                .try_into()
-                .map_err(|_| corrupt())?,
-        ),
-        deleted: *v.get(8).ok_or_else(corrupt)? == 1,
-        run: RunId(
-            uuid::Uuid::from_slice(v.get(9..25).ok_or_else(corrupt)?).map_err(|_| corrupt())?,
-        ),
-    })
+/// Whether `record` is an API of the event's provider (a member list names
+/// only its own; checked all the same before deleting).
+fn belongs_to(record: &ApiRecord, event: &SyncEvent) -> bool {
+    record.agent_id == event.agent_id && record.provider == event.provider
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -333,12 +300,12 @@ impl Projection for Repository {
     }
 
     /// A run's end needs the run's seen-markers (to remove them) and, when
-    /// it may delete, the provider's index (to find what to delete).
+    /// it may delete, the provider's members (to find what to delete).
     fn scan(&self, committed: &Tree, stored: &StoredEvent) -> Result<Scanned, String> {
         let event: SyncEvent = stored.envelope.open().map_err(|e| e.to_string())?;
         let seen = committed.scan_prefix(&seen_prefix(event.run_id));
         let rows: Result<Scanned, _> = if may_delete(committed, &event)? {
-            seen.chain(committed.scan_prefix(&index_prefix(event.agent_id, &event.provider)))
+            seen.chain(committed.scan_prefix(&members_prefix(event.agent_id, &event.provider)))
                 .collect()
         } else {
             seen.collect()
@@ -443,24 +410,14 @@ fn apply_api(
         return Ok(());
     }
     let api_id = ApiId::derive(event.agent_id, &event.provider, &definition.provider_api_id);
-    let index_at = index_key(event.agent_id, &event.provider, api_id);
-    let indexed = match repo.may_exist(api_id) {
-        true => ctx
-            .get(&index_at)?
-            .map(|v| parse_index_value(&v))
-            .transpose()?,
+    let existing: Option<ApiRecord> = match repo.may_exist(api_id) {
+        true => get(ctx, &api_key(api_id))?,
         false => None,
     };
-    if first_seen_in_run(ctx, repo, &run, indexed.as_ref(), api_id)? {
+    if first_seen_in_run(ctx, repo, &run, existing.as_ref(), api_id)? {
         run.seen += 1;
         repo.put_run(run.clone());
     }
-    // Record and index entry are written together, so a new API (most of a
-    // first sync) costs no second lookup.
-    let existing: Option<ApiRecord> = match indexed {
-        Some(_) => get(ctx, &api_key(api_id))?,
-        None => None,
-    };
     let obs = Observation {
         api_id,
         run: &run,
@@ -471,14 +428,14 @@ fn apply_api(
     };
     let observed = domain::observe(existing.as_ref(), &obs);
     put(ctx, &api_key(api_id), &observed.record);
-    let index = index_value(
-        observed.record.last_seen_order,
-        false,
-        observed.record.last_run,
-        event,
-    );
-    ctx.insert(index_at, index);
     repo.remember(api_id);
+    let mut provider_changed = false;
+    if existing.is_none() {
+        let members = members_key(event.agent_id, &event.provider, provider.members);
+        ctx.append(members, api_id.0.as_bytes())?;
+        provider.members += 1;
+        provider_changed = true;
+    }
     if let Some(change) = observed.change {
         match change.kind {
             LifecycleKind::Created => provider.active += 1,
@@ -488,40 +445,41 @@ fn apply_api(
             }
             LifecycleKind::Updated | LifecycleKind::Deleted => {}
         }
+        provider_changed |= change.kind != LifecycleKind::Updated;
         repo.emit(ctx, &observed.record, &change, &provider.provider_type)?;
-        if change.kind != LifecycleKind::Updated {
-            repo.put_provider(event, provider);
-        }
+    }
+    if provider_changed {
+        repo.put_provider(event, provider);
     }
     Ok(())
 }
 
 /// Whether this is the first message of `run` about the API, counting
-/// distinct APIs per run without a marker per API. The index entry names the
-/// newest run that saw the API, and its order only grows, so it answers for
-/// that run. Only runs that are not the newest need a `s<run><api>` marker
+/// distinct APIs per run without a marker per API. The API's record names the
+/// newest run that saw it, and its order only grows, so it answers for that
+/// run. Only runs that are not the newest need a `s<run><api>` marker
 /// (interleaved runs of one provider): one is written when an older run sees
 /// an API a newer run already saw, and for the run a newer one displaces
-/// from the entry while it is still receiving. Markers go when their run ends.
+/// from the record while it is still receiving. Markers go when their run ends.
 fn first_seen_in_run(
     ctx: &mut Ctx<'_>,
     repo: &Repository,
     run: &RunRecord,
-    indexed: Option<&Indexed>,
+    existing: Option<&ApiRecord>,
     api_id: ApiId,
 ) -> Result<bool, String> {
-    let Some(indexed) = indexed else {
+    let Some(existing) = existing else {
         return Ok(true);
     };
-    if indexed.order == run.order {
+    if existing.last_seen_order == run.order {
         return Ok(false);
     }
-    if indexed.order < run.order {
-        // This run becomes the entry's run; remember that the displaced one
+    if existing.last_seen_order < run.order {
+        // This run becomes the record's run; remember that the displaced one
         // saw the API, if it is still counting.
-        let displaced = repo.run_record(ctx, indexed.run)?;
+        let displaced = repo.run_record(ctx, existing.last_run)?;
         if displaced.is_some_and(|r| r.is_running()) {
-            ctx.insert(seen_key(indexed.run, api_id), &[][..]);
+            ctx.insert(seen_key(existing.last_run, api_id), &[][..]);
         }
         return Ok(true);
     }
@@ -549,31 +507,37 @@ fn end_run(
     let finish = domain::finish(&run, &provider, end);
     run.result = finish.result;
     run.ended_at_ms = Some(at);
-    // `scanned` holds this run's seen-markers, then the provider's index.
+    // `scanned` holds this run's seen-markers, then the provider's members.
     let scanned = ctx.scanned;
-    let (seen, index): (Vec<_>, Vec<_>) = scanned.iter().partition(|(k, _)| k.starts_with(b"s"));
+    let (seen, members): (Vec<_>, Vec<_>) = scanned.iter().partition(|(k, _)| k.starts_with(b"s"));
     for (key, _) in seen {
         ctx.remove(key.to_vec());
     }
     if let Some(delete_below) = finish.delete_below {
         provider.newest_completed_order = delete_below;
+        // In id order: lifecycle events of one message go out sorted by API
+        // id (see `OutboxMark`).
+        let mut ids = Vec::new();
+        for (_, list) in members {
+            for item in meridian_kit::projection::items(list) {
+                let id = uuid::Uuid::from_slice(item?).map_err(|_| "corrupt member list")?;
+                ids.push(ApiId(id));
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
         let mut deleted = 0u64;
-        for (key, value) in index {
-            if !indexes_provider_of(value, event) {
-                continue;
-            }
-            let indexed = parse_index_value(value)?;
-            if !domain::should_delete(indexed.order, indexed.deleted, delete_below) {
-                continue;
-            }
-            let api_id =
-                ApiId(uuid::Uuid::from_slice(&key[key.len() - 16..]).map_err(|e| e.to_string())?);
+        for api_id in ids {
             let mut record: ApiRecord =
-                get(ctx, &api_key(api_id))?.ok_or("index names a missing API")?;
+                get(ctx, &api_key(api_id))?.ok_or("a member list names a missing API")?;
+            let deleted_already = record.deleted_at_ms.is_some();
+            if !belongs_to(&record, event)
+                || !domain::should_delete(record.last_seen_order, deleted_already, delete_below)
+            {
+                continue;
+            }
             let change = domain::delete(&mut record, &run, at, seq);
             put(ctx, &api_key(api_id), &record);
-            let entry = index_value(indexed.order, true, indexed.run, event);
-            ctx.insert(key.to_vec(), entry);
             repo.emit(ctx, &record, &change, &provider.provider_type)?;
             deleted += 1;
         }

@@ -1,0 +1,108 @@
+//! `rebuild` alone, several rounds against one log: one sync run of N API
+//! definitions of about 2 KB (the spine benchmark's messages) is published
+//! to `SYNC` as the gateway stores it, the inventory service projects it once
+//! (so its lifecycle events are in their stream, as after a live sync), and
+//! then each round drains the very same stream with a raw ordered consumer
+//! (the same-run reference) and rebuilds a fresh repository from it. The
+//! spine benchmark's `rebuild` row without the end-to-end part, repeated, for
+//! measuring changes to the runner, the projection or the store.
+//!
+//! `cargo run --release -p meridian-loadtest --bin rebuild-bench [-- N]`
+
+use std::time::{Duration, Instant};
+
+use async_nats::header::{HeaderMap, NATS_MESSAGE_ID};
+use async_nats::jetstream::{self, consumer::pull::OrderedConfig};
+use futures_util::StreamExt;
+use meridian_kit::bus::{AckWindow, PUBLISH_WINDOW, ensure_streams};
+use meridian_loadtest::encoded_run;
+use meridian_schemas::streams;
+use meridian_tests::{API_KEY, Api, Nats, eventually, start_inventory};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const ROUNDS: usize = 3;
+
+async fn publish(js: &jetstream::Context, run: Vec<(u64, String, Vec<u8>)>) -> anyhow::Result<()> {
+    ensure_streams(js, &[streams::SYNC]).await?;
+    let mut window = AckWindow::new(PUBLISH_WINDOW);
+    for (seq, subject, bytes) in run {
+        let mut headers = HeaderMap::new();
+        headers.insert(NATS_MESSAGE_ID, format!("rebuild-bench-{seq}").as_str());
+        let ack = js
+            .publish_with_headers(subject.clone(), headers, bytes.into())
+            .await?;
+        window.push_future(&subject, ack).await?;
+    }
+    window.flush().await?;
+    Ok(())
+}
+
+/// Messages/s of reading the whole `SYNC` stream with an ordered consumer.
+async fn drain(js: &jetstream::Context, count: u64) -> anyhow::Result<f64> {
+    let stream = js.get_stream(streams::SYNC).await?;
+    let started = Instant::now();
+    let mut messages = stream
+        .create_consumer(OrderedConfig::default())
+        .await?
+        .messages()
+        .await?;
+    let mut seen = 0;
+    while seen < count {
+        messages
+            .next()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("the stream ended after {seen} messages"))??;
+        seen += 1;
+    }
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let n = meridian_tests::size_arg(100_000)?;
+    let run = encoded_run(n);
+    let count = run.len() as u64;
+    println!(
+        "rebuild benchmark: 1 run of {n} APIs, {} bytes per message, {ROUNDS} rounds",
+        run[1].2.len()
+    );
+    let nats = Nats::start().await;
+    publish(&nats.js, run).await?;
+
+    let dir = tempfile::tempdir()?;
+    let inventory = start_inventory(&nats, dir.path().join("live")).await;
+    let api = Api::new("", &inventory.url);
+    let projected = eventually(Duration::from_secs(300), || async {
+        let (_, providers) = api.get("/api/providers").await;
+        (providers[0]["api_count"].as_u64() == Some(n as u64)).then_some(())
+    })
+    .await;
+    anyhow::ensure!(projected.is_some(), "inventory never projected {n} APIs");
+    inventory.stop().await;
+
+    println!();
+    println!(
+        "| round | rebuild events/s | of which replay events/s | raw ordered drain msg/s | ratio (rebuild) | ratio (replay) |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
+    for round in 1..=ROUNDS {
+        let drain_rate = drain(&nats.js, count).await?;
+        let report = meridian_inventory::rebuild(meridian_inventory::Config::new(
+            &nats.url(),
+            dir.path().join(format!("rebuilt-{round}")),
+            API_KEY,
+        ))
+        .await?;
+        anyhow::ensure!(report.position == count, "rebuild stopped at {report}");
+        let rebuild_rate = count as f64 / report.seconds;
+        let replay_rate = count as f64 / report.replay_seconds;
+        println!(
+            "| {round} | {rebuild_rate:.0} | {replay_rate:.0} | {drain_rate:.0} | {:.2}x | {:.2}x |",
+            rebuild_rate / drain_rate,
+            replay_rate / drain_rate
+        );
+    }
+    Ok(())
+}
