@@ -1,5 +1,9 @@
 //! What the benchmarks share.
 
+use std::time::Instant;
+
+use async_nats::jetstream::{self, consumer::pull::OrderedConfig};
+use futures_util::StreamExt;
 use meridian_schemas::sync::{ApiDefinition, SyncEvent, SyncEventKind};
 use meridian_schemas::{AgentId, Envelope, Event, EventMeta, RunId};
 use meridian_tests::api_def;
@@ -47,4 +51,29 @@ pub fn encoded_run(n: usize) -> Vec<(u64, String, Vec<u8>)> {
             (seq, e.subject(), Envelope::wrap(e, meta).to_bytes())
         })
         .collect()
+}
+
+/// Messages/s of reading the first `count` messages of `stream` with a raw
+/// ordered consumer: the same-run reference for replaying it.
+pub async fn ordered_drain(
+    js: &jetstream::Context,
+    stream: &str,
+    count: u64,
+) -> anyhow::Result<f64> {
+    let stream = js.get_stream(stream).await?;
+    let started = Instant::now();
+    let mut messages = stream
+        .create_consumer(OrderedConfig::default())
+        .await?
+        .messages()
+        .await?;
+    let mut seen = 0;
+    while seen < count {
+        messages
+            .next()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("the stream ended after {seen} messages"))??;
+        seen += 1;
+    }
+    Ok(count as f64 / started.elapsed().as_secs_f64())
 }

@@ -9,13 +9,12 @@
 //!
 //! `cargo run --release -p meridian-loadtest --bin rebuild-bench [-- N]`
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::header::{HeaderMap, NATS_MESSAGE_ID};
-use async_nats::jetstream::{self, consumer::pull::OrderedConfig};
-use futures_util::StreamExt;
+use async_nats::jetstream;
 use meridian_kit::bus::{AckWindow, PUBLISH_WINDOW, ensure_streams};
-use meridian_loadtest::encoded_run;
+use meridian_loadtest::{encoded_run, ordered_drain};
 use meridian_schemas::streams;
 use meridian_tests::{API_KEY, Api, Nats, eventually, start_inventory};
 
@@ -37,26 +36,6 @@ async fn publish(js: &jetstream::Context, run: Vec<(u64, String, Vec<u8>)>) -> a
     }
     window.flush().await?;
     Ok(())
-}
-
-/// Messages/s of reading the whole `SYNC` stream with an ordered consumer.
-async fn drain(js: &jetstream::Context, count: u64) -> anyhow::Result<f64> {
-    let stream = js.get_stream(streams::SYNC).await?;
-    let started = Instant::now();
-    let mut messages = stream
-        .create_consumer(OrderedConfig::default())
-        .await?
-        .messages()
-        .await?;
-    let mut seen = 0;
-    while seen < count {
-        messages
-            .next()
-            .await
-            .ok_or_else(|| anyhow::anyhow!("the stream ended after {seen} messages"))??;
-        seen += 1;
-    }
-    Ok(count as f64 / started.elapsed().as_secs_f64())
 }
 
 #[tokio::main]
@@ -88,7 +67,7 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
     for round in 1..=ROUNDS {
-        let drain_rate = drain(&nats.js, count).await?;
+        let drain_rate = ordered_drain(&nats.js, streams::SYNC, count).await?;
         let report = meridian_inventory::rebuild(meridian_inventory::Config::new(
             &nats.url(),
             dir.path().join(format!("rebuilt-{round}")),

@@ -10,10 +10,9 @@
 use std::time::{Duration, Instant};
 
 use async_nats::header::{HeaderMap, NATS_MESSAGE_ID};
-use async_nats::jetstream::{self, consumer::pull::OrderedConfig};
-use futures_util::StreamExt;
+use async_nats::jetstream;
 use meridian_kit::bus::{AckWindow, stream_config};
-use meridian_loadtest::definition;
+use meridian_loadtest::{definition, ordered_drain};
 use meridian_schemas::Envelope;
 use meridian_schemas::sync::{ApiDefinition, SyncEvent, SyncEventKind};
 use meridian_schemas::{AgentId, EventMeta, RunId, streams};
@@ -61,25 +60,6 @@ async fn raw_publish(js: &jetstream::Context, n: usize, size: usize) -> anyhow::
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
-async fn raw_drain(js: &jetstream::Context, n: usize) -> anyhow::Result<f64> {
-    let stream = js.get_stream(BENCH_STREAM).await?;
-    let started = Instant::now();
-    let mut messages = stream
-        .create_consumer(OrderedConfig::default())
-        .await?
-        .messages()
-        .await?;
-    let mut seen = 0;
-    while let Some(m) = messages.next().await {
-        m?;
-        seen += 1;
-        if seen == n {
-            break;
-        }
-    }
-    Ok(n as f64 / started.elapsed().as_secs_f64())
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let n = meridian_tests::size_arg(100_000)?;
@@ -91,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
 
     let nats = Nats::start().await;
     let publish_rate = raw_publish(&nats.js, n, size).await?;
-    let drain_rate = raw_drain(&nats.js, n).await?;
+    let drain_rate = ordered_drain(&nats.js, BENCH_STREAM, n as u64).await?;
     nats.js.delete_stream(BENCH_STREAM).await?;
 
     let gw = start_gateway(&nats, |_| {}).await;
