@@ -6,7 +6,7 @@
 //!   record names the message ([`definition`] reads it)
 //! - `p<agent><provider>` the [`ProviderRecord`]
 //! - `m<agent><provider>\0<chunk>` a provider's members: the ids of the APIs
-//!   it created, in the order it created them, 1024 to a chunk (4 bytes,
+//!   it created, in the order it created them, 1024 to a chunk (8 bytes,
 //!   [`ProviderRecord::members`] says how many there are), each a list
 //!   ([`meridian_kit::projection::items`]). A completion that may delete
 //!   reads them and then each member's record. Where an API goes depends only
@@ -77,7 +77,7 @@ fn members_prefix(agent: AgentId, provider: &str) -> Vec<u8> {
 }
 /// Where a provider's `n`th member (from 0) is listed.
 fn members_key(agent: AgentId, provider: &str, n: u64) -> Vec<u8> {
-    let chunk = u32::try_from(n / MEMBERS_PER_CHUNK).unwrap_or(u32::MAX);
+    let chunk = n / MEMBERS_PER_CHUNK;
     [
         members_prefix(agent, provider),
         chunk.to_be_bytes().to_vec(),
@@ -95,11 +95,6 @@ fn seen_key(run: RunId, api: ApiId) -> Vec<u8> {
 }
 fn outbox_key(batch_start: u64) -> Vec<u8> {
     [OUTBOX_PREFIX, &batch_start.to_be_bytes()].concat()
-}
-/// Whether `record` is an API of the event's provider (a member list names
-/// only its own; checked all the same before deleting).
-fn belongs_to(record: &ApiRecord, event: &SyncEvent) -> bool {
-    record.agent_id == event.agent_id && record.provider == event.provider
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -360,9 +355,9 @@ impl Projection for Repository {
 /// APIs that the run did not see. Every API a current run saw is active (only
 /// a newer completion could have deleted it, and that makes this run stale),
 /// so a run that saw as many APIs as the provider has active leaves none
-/// unseen, and its end need not read the provider's index: the common case of
-/// a sync where nothing went away, which would otherwise read one index entry
-/// per API. When a record is missing it says yes, and the end decides.
+/// unseen, and its end need not read the provider's members: the common case
+/// of a sync where nothing went away, which would otherwise read every
+/// member's record. When a record is missing it says yes, and the end decides.
 fn may_delete(committed: &Tree, event: &SyncEvent) -> Result<bool, String> {
     if !matches!(event.kind, SyncEventKind::Completed { .. }) {
         return Ok(false);
@@ -531,9 +526,7 @@ fn end_run(
             let mut record: ApiRecord =
                 get(ctx, &api_key(api_id))?.ok_or("a member list names a missing API")?;
             let deleted_already = record.deleted_at_ms.is_some();
-            if !belongs_to(&record, event)
-                || !domain::should_delete(record.last_seen_order, deleted_already, delete_below)
-            {
+            if !domain::should_delete(record.last_seen_order, deleted_already, delete_below) {
                 continue;
             }
             let change = domain::delete(&mut record, &run, at, seq);
