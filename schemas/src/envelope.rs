@@ -95,8 +95,12 @@ pub struct EventMeta {
 
 /// An event type of one stream.
 pub trait Event: Serialize + DeserializeOwned {
-    /// The schema version of this Rust type; decoding any other version fails.
+    /// The schema version this Rust type writes.
     const SCHEMA_VERSION: u16;
+    /// The oldest version this type still reads: versions from it up to
+    /// [`Event::SCHEMA_VERSION`] decode as this type (each only added to the
+    /// one before), any other fails. By default only the current one.
+    const OLDEST_READABLE: u16 = Self::SCHEMA_VERSION;
     /// The stream the event belongs on.
     const STREAM: &'static str;
     /// Dotted event type, for example `sync.api`.
@@ -115,13 +119,17 @@ pub enum DecodeError {
     #[error("malformed envelope: {0}")]
     Envelope(#[source] postcard::Error),
     /// A version this build does not know; upgrade the consumer.
-    #[error("event {event_type} has schema version {found}, this build reads version {expected}")]
+    #[error(
+        "event {event_type} has schema version {found}, this build reads versions {oldest} to {expected}"
+    )]
     UnknownVersion {
         /// The type named in the envelope.
         event_type: String,
         /// The version found.
         found: u16,
-        /// The version this build reads.
+        /// The oldest version this build reads.
+        oldest: u16,
+        /// The version this build writes (the newest it reads).
         expected: u16,
     },
     /// The payload does not decode as the expected type.
@@ -163,10 +171,11 @@ impl Envelope {
 
     /// Decodes the payload, refusing versions this build does not read.
     pub fn open<E: Event>(&self) -> Result<E, DecodeError> {
-        if self.schema_version != E::SCHEMA_VERSION {
+        if !(E::OLDEST_READABLE..=E::SCHEMA_VERSION).contains(&self.schema_version) {
             return Err(DecodeError::UnknownVersion {
                 event_type: self.event_type.clone(),
                 found: self.schema_version,
+                oldest: E::OLDEST_READABLE,
                 expected: E::SCHEMA_VERSION,
             });
         }

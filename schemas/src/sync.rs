@@ -1,5 +1,12 @@
 //! Events of the `SYNC` stream: what agents sent during sync runs, as
 //! agent-gateway appended it.
+//!
+//! The APIs of a run travel in chunks ([`SyncEventKind::Apis`]): the gateway
+//! gathers the API messages an agent sends in a row into one `SYNC` message
+//! of up to [`CHUNK_MAX_APIS`] APIs and [`CHUNK_MAX_BYTES`], so storing,
+//! delivering and replaying a large sync costs the bus a message per chunk
+//! instead of one per API. Version 1 wrote one message per API
+//! ([`SyncEventKind::Api`]); logs holding those still read.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -99,6 +106,31 @@ impl From<ApiDefinition> for crate::proto::ApiDefinition {
     }
 }
 
+/// Most APIs in one [`SyncEventKind::Apis`] chunk.
+pub const CHUNK_MAX_APIS: usize = 64;
+/// Most bytes of definitions in one chunk (about; an API larger than this
+/// travels alone). Far below NATS's 1 MiB default payload limit.
+pub const CHUNK_MAX_BYTES: usize = 256 << 10;
+
+/// One discovered API in a chunk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiscoveredApi {
+    /// The normalized definition.
+    pub definition: ApiDefinition,
+    /// [`ApiDefinition::content_hash`] of `definition`.
+    pub content_hash: String,
+}
+
+impl DiscoveredApi {
+    /// The API with its content hash.
+    pub fn new(definition: ApiDefinition) -> Self {
+        Self {
+            content_hash: definition.content_hash(),
+            definition,
+        }
+    }
+}
+
 /// What happened in a run.
 // The `Api` variant is much larger than the others. Each value is built once
 // and moved once per message; boxing it would add an allocation per API on
@@ -111,12 +143,21 @@ pub enum SyncEventKind {
         /// Provider kind as reported in the agent's hello.
         provider_type: String,
     },
-    /// One discovered API.
+    /// One discovered API, as version 1 wrote them (one per message); still
+    /// read, no longer written.
     Api {
         /// The normalized definition.
         definition: ApiDefinition,
         /// [`ApiDefinition::content_hash`] of `definition`.
         content_hash: String,
+    },
+    /// APIs the agent sent in a row, in the order it sent them: a chunk.
+    Apis {
+        /// How many API messages of the run came before the chunk: names the
+        /// chunk within its run.
+        first: u64,
+        /// The APIs; never empty.
+        apis: Vec<DiscoveredApi>,
     },
     /// The agent finished and sent `count` APIs.
     Completed {
@@ -144,13 +185,16 @@ pub struct SyncEvent {
 }
 
 impl Event for SyncEvent {
-    const SCHEMA_VERSION: u16 = 1;
+    // 2: APIs in chunks (`Apis`); version 1 messages decode unchanged.
+    const SCHEMA_VERSION: u16 = 2;
+    const OLDEST_READABLE: u16 = 1;
     const STREAM: &'static str = streams::SYNC;
 
     fn event_type(&self) -> &'static str {
         match self.kind {
             SyncEventKind::Started { .. } => "sync.started",
             SyncEventKind::Api { .. } => "sync.api",
+            SyncEventKind::Apis { .. } => "sync.apis",
             SyncEventKind::Completed { .. } => "sync.completed",
             SyncEventKind::Failed { .. } => "sync.failed",
         }
@@ -158,7 +202,7 @@ impl Event for SyncEvent {
 
     fn subject(&self) -> String {
         let part = match self.kind {
-            SyncEventKind::Api { .. } => streams::SyncPart::Api,
+            SyncEventKind::Api { .. } | SyncEventKind::Apis { .. } => streams::SyncPart::Api,
             _ => streams::SyncPart::Run,
         };
         streams::sync_subject(self.agent_id, &self.provider, part)
@@ -172,6 +216,8 @@ impl Event for SyncEvent {
             SyncEventKind::Api { definition, .. } => {
                 format!("sync:{run}:api:{}", definition.provider_api_id)
             }
+            // A chunk's place in the run names it: a retried publish repeats it.
+            SyncEventKind::Apis { first, .. } => format!("sync:{run}:apis:{first}"),
             // A run ends once: completed and failed share one id.
             SyncEventKind::Completed { .. } | SyncEventKind::Failed { .. } => {
                 format!("sync:{run}:end")
@@ -183,6 +229,108 @@ impl Event for SyncEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::envelope::{Envelope, EventMeta};
+
+    /// The `SyncEvent` of version 1, before chunks.
+    #[derive(Serialize)]
+    enum KindV1 {
+        Started {
+            provider_type: String,
+        },
+        Api {
+            definition: ApiDefinition,
+            content_hash: String,
+        },
+        Completed {
+            count: u64,
+        },
+    }
+    #[derive(Serialize)]
+    struct EventV1 {
+        run_id: RunId,
+        agent_id: AgentId,
+        provider: String,
+        kind: KindV1,
+    }
+
+    #[test]
+    fn version_1_messages_still_decode_and_chunks_have_their_own_ids() {
+        let (run_id, agent_id) = (
+            RunId(uuid::Uuid::from_u128(1)),
+            AgentId(uuid::Uuid::from_u128(2)),
+        );
+        let def = ApiDefinition {
+            provider_api_id: "a1".into(),
+            ..Default::default()
+        };
+        let v1 = |kind| EventV1 {
+            run_id,
+            agent_id,
+            provider: "tyk".into(),
+            kind,
+        };
+        let current = Envelope::wrap(
+            &SyncEvent {
+                run_id,
+                agent_id,
+                provider: "tyk".into(),
+                kind: SyncEventKind::Completed { count: 1 },
+            },
+            EventMeta::default(),
+        );
+        for (old, expected) in [
+            (
+                v1(KindV1::Api {
+                    content_hash: def.content_hash(),
+                    definition: def.clone(),
+                }),
+                SyncEventKind::Api {
+                    content_hash: def.content_hash(),
+                    definition: def.clone(),
+                },
+            ),
+            (
+                v1(KindV1::Completed { count: 3 }),
+                SyncEventKind::Completed { count: 3 },
+            ),
+            (
+                v1(KindV1::Started {
+                    provider_type: "tyk".into(),
+                }),
+                SyncEventKind::Started {
+                    provider_type: "tyk".into(),
+                },
+            ),
+        ] {
+            let envelope = Envelope {
+                schema_version: 1,
+                payload: postcard::to_allocvec(&old).unwrap(),
+                ..current.clone()
+            };
+            assert_eq!(envelope.open::<SyncEvent>().unwrap().kind, expected);
+        }
+        let newer = Envelope {
+            schema_version: 3,
+            ..current
+        };
+        assert!(
+            newer.open::<SyncEvent>().is_err(),
+            "a newer version is refused"
+        );
+
+        let chunk = |first| SyncEvent {
+            run_id,
+            agent_id,
+            provider: "tyk".into(),
+            kind: SyncEventKind::Apis {
+                first,
+                apis: vec![DiscoveredApi::new(def.clone())],
+            },
+        };
+        assert_eq!(chunk(0).dedup_id(), chunk(0).dedup_id());
+        assert_ne!(chunk(0).dedup_id(), chunk(64).dedup_id());
+        assert_eq!(chunk(0).event_type(), "sync.apis");
+    }
 
     #[test]
     fn content_hash_is_sha256_of_the_postcard_encoding_in_lowercase_hex() {

@@ -405,3 +405,93 @@ async fn bad_provider_names_and_oversized_messages_are_refused_and_store_nothing
     gw.rest.stop().await;
     inv.stop().await;
 }
+
+/// An agent that sends an API twice in one run: the repeat is dropped (the
+/// first definition stands) and the run still completes with its count of
+/// distinct APIs. The run's APIs are stored in chunks that name their place
+/// in the run, and every API's definition is read back from its chunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_sent_twice_in_a_run_is_stored_once_and_apis_travel_in_chunks() {
+    use meridian_schemas::sync::{CHUNK_MAX_APIS, SyncEvent, SyncEventKind};
+
+    let TestHub {
+        nats,
+        gw,
+        dir: _dir,
+        inv,
+        api,
+    } = TestHub::start(|_| {}).await;
+    let (_, token) = api.register_agent("chunky").await;
+    let RawSync {
+        stx,
+        requests: _requests,
+        msg,
+        _health,
+    } = RawSync::open(&gw.grpc_url, &token, "p").await;
+    let n = 2 * CHUNK_MAX_APIS + 22;
+    let id = |i: usize| format!("api-{i:03}");
+    stx.send(msg(sync_message::Kind::Started(SyncStarted {})))
+        .await
+        .unwrap();
+    for i in 0..n {
+        let def = api_def(&id(i), &format!("API {i}"), "v1");
+        stx.send(msg(sync_message::Kind::Api(def))).await.unwrap();
+        if i == 70 {
+            // The first API again, changed: a repeat within the run.
+            let again = api_def(&id(0), "Changed", "v2");
+            stx.send(msg(sync_message::Kind::Api(again))).await.unwrap();
+        }
+    }
+    stx.send(msg(sync_message::Kind::Completed(
+        meridian_schemas::proto::SyncCompleted { count: n as u64 },
+    )))
+    .await
+    .unwrap();
+
+    let last = eventually(Duration::from_secs(10), || async {
+        let last = api.last_sync("p").await;
+        (last["result"] == "completed").then_some(last)
+    })
+    .await
+    .expect("the run completes: its count is the distinct APIs");
+    assert_eq!(last["count"], n, "{last}");
+    let apis = api.apis("all").await;
+    assert_eq!(apis.len(), n);
+    let first = apis.iter().find(|a| a["provider_api_id"] == id(0)).unwrap();
+    assert_eq!(first["name"], "API 0", "the first definition stands");
+
+    // In the log: chunks of at most CHUNK_MAX_APIS, each naming how many of
+    // the run's APIs came before it, together every API once, in order.
+    let mut sent = Vec::new();
+    let mut chunks = 0;
+    for event in stream_events::<SyncEvent>(&nats.js, meridian_schemas::streams::SYNC).await {
+        if let SyncEventKind::Apis { first, apis } = event.kind {
+            assert!(
+                !apis.is_empty() && apis.len() <= CHUNK_MAX_APIS,
+                "{}",
+                apis.len()
+            );
+            assert_eq!(first, sent.len() as u64, "a chunk names its place");
+            sent.extend(apis.into_iter().map(|a| a.definition.provider_api_id));
+            chunks += 1;
+        }
+    }
+    assert_eq!(sent, (0..n).map(id).collect::<Vec<_>>());
+    assert!((3..n).contains(&chunks), "{chunks} chunks for {n} APIs");
+
+    // Each API's definition comes from its place in its chunk.
+    for i in [0, 1, CHUNK_MAX_APIS - 1, CHUNK_MAX_APIS, n - 1] {
+        let summary = apis.iter().find(|a| a["provider_api_id"] == id(i)).unwrap();
+        let (code, detail) = api
+            .get(&format!("/api/apis/{}", summary["id"].as_str().unwrap()))
+            .await;
+        assert_eq!(code, 200, "{detail}");
+        assert_eq!(
+            detail["definition"]["upstream_url"],
+            format!("http://{}.internal", id(i)),
+            "{detail}"
+        );
+    }
+    gw.rest.stop().await;
+    inv.stop().await;
+}

@@ -175,9 +175,9 @@ async fn a_retried_publish_is_stored_once_and_a_redelivery_changes_nothing() {
         kind,
     };
     let def = meridian_schemas::sync::ApiDefinition::from(api_def("a", "A", "v1"));
-    let api_event = event(SyncEventKind::Api {
-        content_hash: def.content_hash(),
-        definition: def,
+    let api_event = event(SyncEventKind::Apis {
+        first: 0,
+        apis: vec![meridian_schemas::sync::DiscoveredApi::new(def)],
     });
     let first = publisher
         .publish(

@@ -270,6 +270,7 @@ impl App {
             stream: streams::AGENTS,
             consumer: ConsumerKind::Ordered,
             batch: 256,
+            batch_bytes: usize::MAX,
             filter_subject: None,
         };
         let (runner, progress) =
@@ -280,7 +281,9 @@ impl App {
             heartbeat_interval: config.heartbeat_interval.0,
             missed_heartbeats: config.missed_heartbeats,
             max_api_bytes: config.max_api_bytes,
-            publish_window: 1024,
+            // Chunks of up to 64 APIs: some 2-8 MB in flight.
+            publish_window: 16,
+            chunk_linger: Duration::from_millis(5),
         };
         let scrape = count_agents_at_scrape(registry.clone(), client.clone());
         let hub = Hub::new(

@@ -162,6 +162,8 @@ fn spec(config: &Config, consumer: ConsumerKind) -> ProjectionSpec {
         stream: streams::SYNC,
         consumer,
         batch: config.batch.max(1),
+        // About 2,000 APIs of 2 KB: 32 chunks, or 1,024 version 1 messages.
+        batch_bytes: 4 << 20,
         filter_subject: None,
     }
 }

@@ -61,8 +61,11 @@ pub struct ApiRecord {
 /// changed without the old definition at hand.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DefinitionRef {
-    /// Stream sequence of the `sync.api` message.
+    /// Stream sequence of the `SYNC` message (a chunk, or a version 1
+    /// `sync.api` message).
     pub seq: u64,
+    /// The API's place in that chunk (0 in a version 1 message).
+    pub index: u32,
     /// [`fingerprint`] of the definition.
     pub fields: [u64; 9],
 }
@@ -259,6 +262,8 @@ pub struct Observation<'a> {
     pub at_ms: i64,
     /// The message's stream sequence.
     pub seq: u64,
+    /// The API's place in the message.
+    pub index: u32,
 }
 
 /// What an observation changed.
@@ -275,6 +280,7 @@ pub fn observe(existing: Option<&ApiRecord>, obs: &Observation<'_>) -> Observed 
     let def = obs.definition;
     let definition = || DefinitionRef {
         seq: obs.seq,
+        index: obs.index,
         fields: fingerprint(def),
     };
     let entry = |kind, changed: Vec<String>| HistoryEntry {
@@ -463,6 +469,7 @@ mod tests {
                 content_hash: &hash,
                 at_ms: 5,
                 seq: r.order + 1,
+                index: 0,
             },
         )
     }
@@ -520,6 +527,7 @@ mod tests {
         ];
         let of = |d: &ApiDefinition| DefinitionRef {
             seq: 1,
+            index: 0,
             fields: fingerprint(d),
         };
         for (name, edit) in edits {

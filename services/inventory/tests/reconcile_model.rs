@@ -1,7 +1,8 @@
 //! Property test: for any sequence of sync runs (completed, failed, short,
-//! interleaved, duplicated messages), the stored repository equals a simple
-//! reference model of the reconciliation rules, however the events are split
-//! into transactions, and re-applying them changes nothing.
+//! interleaved, duplicated messages, APIs one per message as version 1 wrote
+//! them or in chunks), the stored repository equals a simple reference model
+//! of the reconciliation rules, however the events are split into
+//! transactions, and re-applying them changes nothing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -11,7 +12,7 @@ use meridian_inventory::adapters::store::{
 use meridian_kit::projection::{StoredEvent, apply_events, digest};
 use meridian_kit::store::{Db, Tree};
 use meridian_schemas::lifecycle::LifecycleKind;
-use meridian_schemas::sync::{ApiDefinition, SyncEvent, SyncEventKind};
+use meridian_schemas::sync::{ApiDefinition, DiscoveredApi, SyncEvent, SyncEventKind};
 use meridian_schemas::{AgentId, ApiId, Envelope, EventMeta, RunId};
 use proptest::prelude::*;
 use uuid::Uuid;
@@ -24,15 +25,28 @@ const AGENT: AgentId = AgentId(Uuid::from_u128(42));
 #[derive(Clone, Debug)]
 enum Op {
     Start(usize),
-    Api { run: usize, api: usize, variant: u8 },
-    Complete { run: usize, short: bool },
+    Api {
+        run: usize,
+        api: usize,
+        variant: u8,
+    },
+    /// A chunk of APIs (possibly naming one twice, which counts once).
+    Apis {
+        run: usize,
+        apis: Vec<(usize, u8)>,
+    },
+    Complete {
+        run: usize,
+        short: bool,
+    },
     Fail(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         1 => (0..6usize).prop_map(Op::Start),
-        6 => (0..6usize, 0..5usize, 0..2u8).prop_map(|(run, api, variant)| Op::Api { run, api, variant }),
+        4 => (0..6usize, 0..5usize, 0..2u8).prop_map(|(run, api, variant)| Op::Api { run, api, variant }),
+        2 => (0..6usize, prop::collection::vec((0..5usize, 0..2u8), 1..5)).prop_map(|(run, apis)| Op::Apis { run, apis }),
         2 => (0..6usize, prop::bool::weighted(0.2)).prop_map(|(run, short)| Op::Complete { run, short }),
         1 => (0..6usize).prop_map(Op::Fail),
     ]
@@ -62,6 +76,17 @@ fn events(ops: &[Op]) -> Vec<StoredEvent> {
     let mut out = Vec::new();
     for op in ops {
         let (run, kind) = match *op {
+            Op::Apis { run, ref apis } => {
+                let first = sent.get(&run).map_or(0, |s| s.len() as u64);
+                sent.entry(run)
+                    .or_default()
+                    .extend(apis.iter().map(|a| a.0));
+                let apis = apis
+                    .iter()
+                    .map(|&(api, variant)| DiscoveredApi::new(definition(api, variant)))
+                    .collect();
+                (run, SyncEventKind::Apis { first, apis })
+            }
             Op::Start(run) => (
                 run,
                 SyncEventKind::Started {
@@ -136,6 +161,55 @@ fn api_id(provider: &str, api: usize) -> ApiId {
 }
 
 impl Model {
+    /// Run `r` reports `items` in the message at `seq`; `ignored`: the run
+    /// ended or is stale.
+    fn see(
+        &mut self,
+        r: usize,
+        seq: u64,
+        items: &[(usize, u8)],
+        sent: &mut HashMap<usize, BTreeSet<usize>>,
+        ignored: bool,
+    ) {
+        let provider = provider_of(r);
+        let p = r % 2;
+        let order = self.runs[&r].0;
+        for &(api, variant) in items {
+            sent.entry(r).or_default().insert(api);
+            if ignored {
+                continue;
+            }
+            self.runs.get_mut(&r).unwrap().2.insert(api);
+            let id = api_id(provider, api);
+            match self.apis.get_mut(&(p, api)) {
+                None => {
+                    let mut a = ModelApi {
+                        variant,
+                        ..Default::default()
+                    };
+                    a.seen_by.insert(order);
+                    self.apis.insert((p, api), a);
+                    self.emitted.push((seq, id, LifecycleKind::Created));
+                }
+                Some(a) => {
+                    let newest_seen = a.seen_by.iter().next_back().copied().unwrap_or(0);
+                    a.seen_by.insert(order);
+                    if order < newest_seen {
+                        continue;
+                    }
+                    if a.deleted {
+                        a.deleted = false;
+                        a.variant = variant;
+                        self.emitted.push((seq, id, LifecycleKind::Restored));
+                    } else if a.variant != variant {
+                        a.variant = variant;
+                        self.emitted.push((seq, id, LifecycleKind::Updated));
+                    }
+                }
+            }
+        }
+    }
+
     fn run(ops: &[Op]) -> Self {
         let mut m = Model::default();
         let mut sent: HashMap<usize, BTreeSet<usize>> = HashMap::new();
@@ -144,6 +218,7 @@ impl Model {
             let r = match *op {
                 Op::Start(r)
                 | Op::Api { run: r, .. }
+                | Op::Apis { run: r, .. }
                 | Op::Complete { run: r, .. }
                 | Op::Fail(r) => r,
             };
@@ -154,38 +229,18 @@ impl Model {
             match *op {
                 Op::Start(_) => {}
                 Op::Api { api, variant, .. } => {
-                    sent.entry(r).or_default().insert(api);
-                    if ended || stale {
-                        continue;
-                    }
-                    m.runs.get_mut(&r).unwrap().2.insert(api);
-                    let id = api_id(provider, api);
-                    match m.apis.get_mut(&(p, api)) {
-                        None => {
-                            let mut a = ModelApi {
-                                variant,
-                                ..Default::default()
-                            };
-                            a.seen_by.insert(order);
-                            m.apis.insert((p, api), a);
-                            m.emitted.push((seq, id, LifecycleKind::Created));
-                        }
-                        Some(a) => {
-                            let newest_seen = a.seen_by.iter().next_back().copied().unwrap_or(0);
-                            a.seen_by.insert(order);
-                            if order < newest_seen {
-                                continue;
-                            }
-                            if a.deleted {
-                                a.deleted = false;
-                                a.variant = variant;
-                                m.emitted.push((seq, id, LifecycleKind::Restored));
-                            } else if a.variant != variant {
-                                a.variant = variant;
-                                m.emitted.push((seq, id, LifecycleKind::Updated));
-                            }
+                    m.see(r, seq, &[(api, variant)], &mut sent, ended || stale)
+                }
+                Op::Apis { ref apis, .. } => {
+                    // In id order; an API twice in one chunk counts once (the first).
+                    let mut items: Vec<(usize, u8)> = Vec::new();
+                    for &(api, variant) in apis {
+                        if !items.iter().any(|i| i.0 == api) {
+                            items.push((api, variant));
                         }
                     }
+                    items.sort_by_key(|&(api, _)| *api_id(provider, api).0.as_bytes());
+                    m.see(r, seq, &items, &mut sent, ended || stale);
                 }
                 Op::Complete { .. } | Op::Fail(_) => {
                     if ended {
@@ -267,18 +322,32 @@ fn apply_in_chunks(events: &[StoredEvent], chunk: usize) -> Tree {
 fn a_completion_deletes_from_every_member_list() {
     let n = 2 * 1024 + 5;
     let gone = [3, 1024, 1500, n - 1];
-    let sync = |run: usize, skip: &[usize]| {
+    // In chunks of 64 as the gateway writes them, or one per message.
+    let sync = |run: usize, skip: &[usize], chunked: bool| {
+        let apis: Vec<usize> = (0..n).filter(|api| !skip.contains(api)).collect();
         let mut ops = vec![Op::Start(run)];
-        ops.extend((0..n).filter(|api| !skip.contains(api)).map(|api| Op::Api {
-            run,
-            api,
-            variant: 0,
-        }));
+        if chunked {
+            ops.extend(apis.chunks(64).map(|c| Op::Apis {
+                run,
+                apis: c.iter().map(|&api| (api, 0)).collect(),
+            }));
+        } else {
+            ops.extend(apis.iter().map(|&api| Op::Api {
+                run,
+                api,
+                variant: 0,
+            }));
+        }
         ops.push(Op::Complete { run, short: false });
         ops
     };
     // Runs 0 and 2 are the first provider's, run 1 the other's.
-    let ops = [sync(0, &[]), sync(1, &[]), sync(2, &gone)].concat();
+    let ops = [
+        sync(0, &[], true),
+        sync(1, &[], false),
+        sync(2, &gone, true),
+    ]
+    .concat();
     let events = events(&ops);
     let model = Model::run(&ops);
     let deleted: Vec<ApiId> = model

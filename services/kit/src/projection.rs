@@ -257,6 +257,9 @@ pub struct ProjectionSpec {
     pub consumer: ConsumerKind,
     /// Most messages applied in one atomic batch.
     pub batch: usize,
+    /// Most payload bytes applied in one atomic batch (a batch holds at
+    /// least one message), for streams whose messages carry many items each.
+    pub batch_bytes: usize,
     /// Only the stream's messages on these subjects (a NATS wildcard); all
     /// of them when `None`.
     pub filter_subject: Option<&'static str>,
@@ -510,6 +513,7 @@ impl<S: Sink> Runner<S> {
             consumer
                 .stream()
                 .max_messages_per_batch(self.spec.batch * 2)
+                .max_bytes_per_batch(self.spec.batch_bytes.saturating_mul(2).min(64 << 20))
                 .messages()
                 .await
                 .map_err(|e| self.bus(e))?
@@ -558,11 +562,17 @@ impl<S: Sink> Runner<S> {
             };
             let first = first.ok_or_else(|| self.bus("message stream ended"))?;
             // Linger briefly so a busy stream is applied in full batches.
+            let size =
+                |m: &Result<jetstream::Message, String>| m.as_ref().map_or(0, |m| m.payload.len());
+            let mut bytes = size(&first);
             let mut chunk = vec![first];
             let linger = tokio::time::Instant::now() + BATCH_LINGER;
-            while chunk.len() < self.spec.batch {
+            while chunk.len() < self.spec.batch && bytes < self.spec.batch_bytes {
                 match tokio::time::timeout_at(linger, messages.next()).await {
-                    Ok(Some(m)) => chunk.push(m),
+                    Ok(Some(m)) => {
+                        bytes += size(&m);
+                        chunk.push(m);
+                    }
                     Ok(None) | Err(_) => break,
                 }
             }

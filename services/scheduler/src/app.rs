@@ -115,6 +115,7 @@ fn spec(id: &str, stream: &'static str, filter_subject: Option<&'static str>) ->
         stream,
         consumer: ConsumerKind::Ordered,
         batch: 512,
+        batch_bytes: usize::MAX,
         filter_subject,
     }
 }

@@ -330,7 +330,7 @@ impl Runs {
             SyncEventKind::Failed { reason } => RunState::Failed {
                 reason: reason.clone(),
             },
-            SyncEventKind::Api { .. } => return,
+            SyncEventKind::Api { .. } | SyncEventKind::Apis { .. } => return,
         };
         let entry = self.runs.entry(event.run_id).or_insert(RunState::Running);
         if *entry == RunState::Running {

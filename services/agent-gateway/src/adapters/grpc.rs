@@ -17,8 +17,13 @@
 //! requested on; messages for other runs, out of order, oversized or malformed
 //! end the stream with `InvalidArgument`. When a stream ends, its unfinished
 //! runs are appended as `failed` with the reason, so nothing waits forever.
+//!
+//! A run's API messages are appended in chunks (see
+//! [`meridian_schemas::sync`]): one `SYNC` message per up to 64 APIs the
+//! agent sent in a row, so a large sync costs the bus a publish per chunk,
+//! not per API. An API sent twice in one run is stored once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,7 +37,9 @@ use meridian_schemas::proto::agent_hub_server::AgentHub;
 use meridian_schemas::proto::{
     HealthMessage, HealthReply, SyncMessage, SyncRequest, health_message, sync_message,
 };
-use meridian_schemas::sync::{ApiDefinition, SyncEvent, SyncEventKind};
+use meridian_schemas::sync::{
+    ApiDefinition, CHUNK_MAX_APIS, CHUNK_MAX_BYTES, DiscoveredApi, SyncEvent, SyncEventKind,
+};
 use meridian_schemas::{AgentId, EventMeta, FENCING_TOKEN_METADATA, RunId, streams};
 use prost::Message as _;
 use tokio::sync::mpsc;
@@ -55,8 +62,10 @@ pub struct Settings {
     pub missed_heartbeats: u32,
     /// Largest encoded `ApiDefinition` accepted.
     pub max_api_bytes: usize,
-    /// Publishes kept in flight per sync stream.
+    /// Publishes (mostly chunks of APIs) kept in flight per sync stream.
     pub publish_window: usize,
+    /// Longest an API waits in a chunk that is not full.
+    pub chunk_linger: Duration,
 }
 
 /// The service.
@@ -351,6 +360,61 @@ struct RunTrack {
     started: bool,
     /// Trace context of the request that started the run.
     traceparent: Option<String>,
+    /// API messages accepted so far.
+    apis: u64,
+    /// The provider ids of those APIs (a repeat is dropped).
+    sent: HashSet<String>,
+}
+
+/// A sync message, checked.
+enum Inbound {
+    /// An API, for its run's chunk.
+    Api(AcceptedApi),
+    /// An API the run already sent: dropped.
+    Duplicate,
+    /// Anything else: the event, whether it ends its run, the run's trace
+    /// context.
+    Event(SyncEvent, bool, Option<String>),
+}
+
+/// An API message accepted into its run.
+struct AcceptedApi {
+    run_id: RunId,
+    provider: String,
+    traceparent: Option<String>,
+    /// API messages of the run before it.
+    number: u64,
+    /// Its encoded size.
+    bytes: usize,
+    api: DiscoveredApi,
+}
+
+/// APIs of one run waiting to be published together.
+struct Chunk {
+    run_id: RunId,
+    provider: String,
+    traceparent: Option<String>,
+    /// API messages of the run before the chunk's first.
+    first: u64,
+    apis: Vec<DiscoveredApi>,
+    bytes: usize,
+    /// When it is published even if not full.
+    due: tokio::time::Instant,
+}
+
+/// Removes and returns the chunks that match, keeping the others in order.
+fn drain_where(chunks: &mut Vec<Chunk>, matches: impl Fn(&Chunk) -> bool) -> Vec<Chunk> {
+    let (taken, kept) = std::mem::take(chunks).into_iter().partition(matches);
+    *chunks = kept;
+    taken
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn respond(
@@ -424,6 +488,8 @@ impl Hub {
                     provider_type: p.provider_type.clone(),
                     started: false,
                     traceparent: traceparent.clone(),
+                    apis: 0,
+                    sent: HashSet::new(),
                 },
             );
             let request = SyncRequest {
@@ -445,6 +511,11 @@ impl Hub {
 
     /// Appends what the agent sends until the stream ends; returns why it
     /// ended. `opened_with` is the stream's token id and fencing token.
+    ///
+    /// API messages are gathered per run into chunks ([`SyncEventKind::Apis`]),
+    /// published when a chunk is full, when its run sends anything else, when
+    /// it has waited [`Settings::chunk_linger`], and when the stream ends; the
+    /// other messages are published as they come, after their run's chunk.
     async fn receive(
         &self,
         agent: AgentId,
@@ -454,14 +525,24 @@ impl Hub {
         tx: &mpsc::Sender<Result<SyncRequest, Status>>,
     ) -> String {
         let mut window = AckWindow::new(self.settings.publish_window);
+        let mut chunks: Vec<Chunk> = Vec::new();
         // The agent's record, checked per message, re-read only when the
         // registry has applied an event since (a heartbeat, a revocation).
         let mut record = None;
         let result: Result<String, Status> = async {
             loop {
+                let linger = chunks.iter().map(|c| c.due).min();
                 let message = tokio::select! {
                     m = inbound.message() => m,
                     () = tx.closed() => return Ok("hub side closed".to_owned()),
+                    () = sleep_until(linger) => {
+                        let now = tokio::time::Instant::now();
+                        let due: Vec<Chunk> = drain_where(&mut chunks, |c| c.due <= now);
+                        for chunk in due {
+                            self.publish_chunk(agent, chunk, &mut window).await?;
+                        }
+                        continue;
+                    }
                 };
                 let message = match message {
                     Ok(Some(m)) => m,
@@ -474,33 +555,50 @@ impl Hub {
                     jti,
                     message.fencing_token.or(stream_fence),
                 )?;
-                let (event, ends_run, traceparent) = self.to_event(agent, message, runs)?;
+                let (event, ends_run, traceparent) = match self.to_event(agent, message, runs)? {
+                    Inbound::Duplicate => continue,
+                    Inbound::Api(api) => {
+                        let full = self.add_to_chunk(&mut chunks, api);
+                        if let Some(chunk) = full {
+                            self.publish_chunk(agent, chunk, &mut window).await?;
+                        }
+                        continue;
+                    }
+                    Inbound::Event(event, ends_run, traceparent) => (event, ends_run, traceparent),
+                };
+                // What the run sent before this goes first.
+                let before = drain_where(&mut chunks, |c| c.run_id == event.run_id);
+                for chunk in before {
+                    self.publish_chunk(agent, chunk, &mut window).await?;
+                }
                 if ends_run {
                     let span = tracing::info_span!("sync.run_ended", service = "agent-gateway", %agent, run_id = %event.run_id);
                     meridian_kit::telemetry::follow(&span, traceparent.as_deref());
                     span.in_scope(|| tracing::debug!("run ended"));
                 }
-                let meta = EventMeta {
-                    occurred_at_ms: now_ms(),
-                    correlation_id: Some(event.run_id.0),
-                    traceparent,
-                    ..Default::default()
-                };
-                let pending = self
-                    .publisher
-                    .start(&event, meta)
-                    .await
-                    .map_err(unavailable)?;
-                window.push(pending).await.map_err(unavailable)?;
+                self.publish_event(&event, traceparent, &mut window).await?;
                 if ends_run {
                     window.flush().await.map_err(unavailable)?;
                 }
             }
         }
         .await;
-        let flushed = window.flush().await;
+        // What was accepted is stored, however the stream ended.
+        let mut leftover = Ok(());
+        for chunk in chunks {
+            if leftover.is_ok() {
+                leftover = self.publish_chunk(agent, chunk, &mut window).await;
+            }
+        }
+        let flushed = match leftover {
+            Ok(()) => window.flush().await.map(|_| ()),
+            Err(status) => Err(BusError::Publish {
+                subject: streams::SYNC.to_owned(),
+                message: status.message().to_owned(),
+            }),
+        };
         match (result, flushed) {
-            (Ok(reason), Ok(_)) => reason,
+            (Ok(reason), Ok(())) => reason,
             (Ok(_), Err(e)) => format!("publishing failed: {e}"),
             (Err(status), _) => {
                 let reason = status.message().to_owned();
@@ -510,14 +608,88 @@ impl Hub {
         }
     }
 
+    /// Adds an API to its run's chunk, opening one when there is none;
+    /// returns a chunk that is ready to publish: the run's, once full, or the
+    /// one the API would have overfilled (the API then opens the next).
+    fn add_to_chunk(&self, chunks: &mut Vec<Chunk>, api: AcceptedApi) -> Option<Chunk> {
+        let position = chunks.iter().position(|c| c.run_id == api.run_id);
+        let mut ready = None;
+        if let Some(i) = position
+            && chunks[i].bytes + api.bytes > CHUNK_MAX_BYTES
+        {
+            ready = Some(chunks.swap_remove(i));
+        }
+        let i = match chunks.iter().position(|c| c.run_id == api.run_id) {
+            Some(i) => i,
+            None => {
+                chunks.push(Chunk {
+                    run_id: api.run_id,
+                    provider: api.provider,
+                    traceparent: api.traceparent,
+                    first: api.number,
+                    apis: Vec::with_capacity(CHUNK_MAX_APIS),
+                    bytes: 0,
+                    due: tokio::time::Instant::now() + self.settings.chunk_linger,
+                });
+                chunks.len() - 1
+            }
+        };
+        let chunk = &mut chunks[i];
+        chunk.apis.push(api.api);
+        chunk.bytes += api.bytes;
+        if ready.is_none() && chunk.apis.len() >= CHUNK_MAX_APIS {
+            ready = Some(chunks.swap_remove(i));
+        }
+        ready
+    }
+
+    async fn publish_chunk(
+        &self,
+        agent: AgentId,
+        chunk: Chunk,
+        window: &mut AckWindow,
+    ) -> Result<(), Status> {
+        let event = SyncEvent {
+            run_id: chunk.run_id,
+            agent_id: agent,
+            provider: chunk.provider,
+            kind: SyncEventKind::Apis {
+                first: chunk.first,
+                apis: chunk.apis,
+            },
+        };
+        self.publish_event(&event, chunk.traceparent, window).await
+    }
+
+    async fn publish_event(
+        &self,
+        event: &SyncEvent,
+        traceparent: Option<String>,
+        window: &mut AckWindow,
+    ) -> Result<(), Status> {
+        let meta = EventMeta {
+            occurred_at_ms: now_ms(),
+            correlation_id: Some(event.run_id.0),
+            traceparent,
+            ..Default::default()
+        };
+        let pending = self
+            .publisher
+            .start(event, meta)
+            .await
+            .map_err(unavailable)?;
+        window.push(pending).await.map_err(unavailable)
+    }
+
     /// Validates one message against the stream's runs and maps it to an
-    /// event; also says whether it ends the run, and the run's trace context.
+    /// API for its run's chunk, or to an event (with whether it ends the run,
+    /// and the run's trace context).
     fn to_event(
         &self,
         agent: AgentId,
         message: SyncMessage,
         runs: &Runs,
-    ) -> Result<(SyncEvent, bool, Option<String>), Status> {
+    ) -> Result<Inbound, Status> {
         let run_id = RunId::parse(&message.run_id).map_err(|_| {
             Status::invalid_argument(format!("run_id: {:?} is not a UUID", message.run_id))
         })?;
@@ -573,15 +745,21 @@ impl Hub {
                         "api.provider_api_id: must not be empty",
                     ));
                 }
-                let definition = ApiDefinition::from(api);
-                let content_hash = definition.content_hash();
-                (
-                    SyncEventKind::Api {
-                        definition,
-                        content_hash,
-                    },
-                    false,
-                )
+                // An API sent twice in one run is stored once (the first).
+                if !track.sent.insert(api.provider_api_id.clone()) {
+                    tracing::debug!(%agent, %run_id, api = %api.provider_api_id, "api sent twice in one run; the repeat is dropped");
+                    return Ok(Inbound::Duplicate);
+                }
+                let number = track.apis;
+                track.apis += 1;
+                return Ok(Inbound::Api(AcceptedApi {
+                    run_id,
+                    provider,
+                    traceparent,
+                    number,
+                    bytes: size,
+                    api: DiscoveredApi::new(ApiDefinition::from(api)),
+                }));
             }
             Some(sync_message::Kind::Completed(_)) if !track.started => {
                 return Err(Status::invalid_argument(format!(
@@ -609,7 +787,7 @@ impl Hub {
             };
             sync_runs(result).inc();
         }
-        Ok((
+        Ok(Inbound::Event(
             SyncEvent {
                 run_id,
                 agent_id: agent,

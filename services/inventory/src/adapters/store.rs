@@ -44,8 +44,9 @@ use crate::domain::{
 /// at start (see [`meridian_kit::projection::ensure_format`]). 2: definitions
 /// stay in the log; 3: one outbox entry per batch; 4: 20-byte index keys;
 /// 5: field fingerprints hash long parts in four lanes; 6: member lists
-/// instead of an index entry per API.
-pub const FORMAT: u32 = 6;
+/// instead of an index entry per API; 7: records name their API's place in
+/// a chunk of APIs.
+pub const FORMAT: u32 = 7;
 
 /// Prefix of outbox keys.
 pub const OUTBOX_PREFIX: &[u8] = b"\xff\xffoutbox/";
@@ -333,7 +334,41 @@ impl Projection for Repository {
             SyncEventKind::Api {
                 definition,
                 content_hash,
-            } => apply_api(ctx, self, &event, definition, content_hash, at, seq),
+            } => {
+                let api_id =
+                    ApiId::derive(event.agent_id, &event.provider, &definition.provider_api_id);
+                let place = Place { seq, index: 0, at };
+                apply_api(ctx, self, &event, api_id, definition, content_hash, place)
+            }
+            SyncEventKind::Apis { apis, .. } => {
+                // In id order, like every message's lifecycle events (see
+                // `OutboxMark`); an API twice in one chunk counts once (the
+                // gateway never writes that, the log could still hold it).
+                let mut order: Vec<(ApiId, u32)> = apis
+                    .iter()
+                    .zip(0u32..)
+                    .map(|(api, index)| {
+                        let pid = &api.definition.provider_api_id;
+                        (ApiId::derive(event.agent_id, &event.provider, pid), index)
+                    })
+                    .collect();
+                order.sort_unstable_by_key(|(id, index)| (*id.0.as_bytes(), *index));
+                order.dedup_by_key(|(id, _)| *id);
+                for (api_id, index) in order {
+                    let api = &apis[index as usize];
+                    let place = Place { seq, index, at };
+                    apply_api(
+                        ctx,
+                        self,
+                        &event,
+                        api_id,
+                        &api.definition,
+                        &api.content_hash,
+                        place,
+                    )?;
+                }
+                Ok(())
+            }
             SyncEventKind::Completed { count } => {
                 let end = RunEnd::Completed { count: *count };
                 reconcile_span(&event, traceparent)
@@ -387,14 +422,22 @@ fn reconcile_span(event: &SyncEvent, traceparent: Option<&str>) -> tracing::Span
     span
 }
 
+/// Where an API's definition is in the log, and when it was sent.
+#[derive(Clone, Copy)]
+struct Place {
+    seq: u64,
+    index: u32,
+    at: i64,
+}
+
 fn apply_api(
     ctx: &mut Ctx<'_>,
     repo: &Repository,
     event: &SyncEvent,
+    api_id: ApiId,
     definition: &ApiDefinition,
     content_hash: &str,
-    at: i64,
-    seq: u64,
+    Place { seq, index, at }: Place,
 ) -> Result<(), String> {
     let mut run = repo.load_run(ctx, event, seq, at)?;
     if !run.is_running() {
@@ -404,7 +447,6 @@ fn apply_api(
     if domain::is_stale(&run, &provider) {
         return Ok(());
     }
-    let api_id = ApiId::derive(event.agent_id, &event.provider, &definition.provider_api_id);
     let existing: Option<ApiRecord> = match repo.may_exist(api_id) {
         true => get(ctx, &api_key(api_id))?,
         false => None,
@@ -420,6 +462,7 @@ fn apply_api(
         content_hash,
         at_ms: at,
         seq,
+        index,
     };
     let observed = domain::observe(existing.as_ref(), &obs);
     put(ctx, &api_key(api_id), &observed.record);
@@ -604,7 +647,8 @@ pub fn pending_events(tree: &Tree) -> Result<Vec<LifecycleEvent>, String> {
 }
 
 /// Reads an API's current definition from the `SYNC` message the record
-/// names (one request to the stream).
+/// names (one request to the stream): the chunk's API at the record's index,
+/// or a version 1 message's one API.
 pub async fn definition(
     js: &async_nats::jetstream::Context,
     record: &ApiRecord,
@@ -620,12 +664,16 @@ pub async fn definition(
     let event: SyncEvent = meridian_schemas::Envelope::from_bytes(&message.payload)
         .and_then(|e| e.open())
         .map_err(|e| format!("SYNC message {seq}: {e}"))?;
-    match event.kind {
-        SyncEventKind::Api { definition, .. }
-            if definition.provider_api_id == record.provider_api_id =>
-        {
-            Ok(definition)
+    let index = record.definition.index as usize;
+    let found = match event.kind {
+        SyncEventKind::Api { definition, .. } if index == 0 => Some(definition),
+        SyncEventKind::Apis { mut apis, .. } if index < apis.len() => {
+            Some(apis.swap_remove(index).definition)
         }
+        _ => None,
+    };
+    match found {
+        Some(definition) if definition.provider_api_id == record.provider_api_id => Ok(definition),
         _ => Err(format!(
             "SYNC message {seq} does not carry API {:?}; rebuild the repository",
             record.provider_api_id
