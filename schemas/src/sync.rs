@@ -151,14 +151,6 @@ pub enum SyncEventKind {
         /// [`ApiDefinition::content_hash`] of `definition`.
         content_hash: String,
     },
-    /// APIs the agent sent in a row, in the order it sent them: a chunk.
-    Apis {
-        /// How many API messages of the run came before the chunk: names the
-        /// chunk within its run.
-        first: u64,
-        /// The APIs; never empty.
-        apis: Vec<DiscoveredApi>,
-    },
     /// The agent finished and sent `count` APIs.
     Completed {
         /// Number of api messages the agent says it sent.
@@ -168,6 +160,15 @@ pub enum SyncEventKind {
     Failed {
         /// Why, in words.
         reason: String,
+    },
+    /// APIs the agent sent in a row, in the order it sent them: a chunk.
+    /// Last, so that version 1's variants keep their encoding.
+    Apis {
+        /// How many API messages of the run came before the chunk: names the
+        /// chunk within its run.
+        first: u64,
+        /// The APIs; never empty.
+        apis: Vec<DiscoveredApi>,
     },
 }
 
@@ -233,6 +234,7 @@ mod tests {
 
     /// The `SyncEvent` of version 1, before chunks.
     #[derive(Serialize)]
+    #[allow(clippy::large_enum_variant)]
     enum KindV1 {
         Started {
             provider_type: String,
