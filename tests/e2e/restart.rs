@@ -39,17 +39,19 @@ async fn inventory_killed_mid_sync_loses_and_duplicates_nothing_and_rebuild_matc
         vec![("bulk", "tyk", MemorySource::new(apis))],
     );
 
-    // Crash inventory once it is part-way through the run.
+    // Crash inventory once it is part-way through the run: the gateway
+    // stores the run's APIs in chunks of up to CHUNK_MAX_APIS.
+    let chunks = (N / meridian_schemas::sync::CHUNK_MAX_APIS) as u64;
     let at = eventually(Duration::from_secs(60), || async {
         let (_, position) = live_digest(&api).await;
-        (position >= 2_000).then_some(position)
+        (position >= chunks / 10).then_some(position)
     })
     .await
     .expect("inventory started applying the run");
     inv.kill().await;
     assert!(
-        at < N as u64,
-        "inventory should be killed mid-run (was at {at})"
+        at < chunks,
+        "inventory should be killed mid-run (was at {at} of more than {chunks} messages)"
     );
 
     let inv = start_inventory(&nats, data.clone()).await;
