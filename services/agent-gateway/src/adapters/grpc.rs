@@ -360,9 +360,7 @@ struct RunTrack {
     started: bool,
     /// Trace context of the request that started the run.
     traceparent: Option<String>,
-    /// API messages accepted so far.
-    apis: u64,
-    /// The provider ids of those APIs (a repeat is dropped).
+    /// The provider ids of the APIs accepted so far (a repeat is dropped).
     sent: HashSet<String>,
 }
 
@@ -523,7 +521,6 @@ impl Hub {
                     provider_type: p.provider_type.clone(),
                     started: false,
                     traceparent: traceparent.clone(),
-                    apis: 0,
                     sent: HashSet::new(),
                 },
             );
@@ -750,8 +747,7 @@ impl Hub {
                     tracing::debug!(%agent, %run_id, api = %api.provider_api_id, "api sent twice in one run; the repeat is dropped");
                     return Ok(Inbound::Duplicate);
                 }
-                let number = track.apis;
-                track.apis += 1;
+                let number = track.sent.len() as u64 - 1;
                 return Ok(Inbound::Api(AcceptedApi {
                     run_id,
                     provider,
