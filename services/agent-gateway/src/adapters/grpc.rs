@@ -571,7 +571,9 @@ impl Hub {
                         let now = tokio::time::Instant::now();
                         let due: Vec<Chunk> = drain_where(&mut chunks, |c| c.due <= now);
                         for chunk in due {
-                            self.publish_chunk(agent, chunk, &mut window).await?;
+                            self.publish_chunk(agent, chunk, &mut window)
+                                .await
+                                .map_err(unavailable)?;
                         }
                         continue;
                     }
@@ -592,7 +594,9 @@ impl Hub {
                     Inbound::Api(api) => {
                         let full = add_to_chunk(&mut chunks, api, self.settings.chunk_linger);
                         if let Some(chunk) = full {
-                            self.publish_chunk(agent, chunk, &mut window).await?;
+                            self.publish_chunk(agent, chunk, &mut window)
+                                .await
+                                .map_err(unavailable)?;
                         }
                         continue;
                     }
@@ -601,14 +605,18 @@ impl Hub {
                 // What the run sent before this goes first.
                 let before = drain_where(&mut chunks, |c| c.run_id == event.run_id);
                 for chunk in before {
-                    self.publish_chunk(agent, chunk, &mut window).await?;
+                    self.publish_chunk(agent, chunk, &mut window)
+                        .await
+                        .map_err(unavailable)?;
                 }
                 if ends_run {
                     let span = tracing::info_span!("sync.run_ended", service = "agent-gateway", %agent, run_id = %event.run_id);
                     meridian_kit::telemetry::follow(&span, traceparent.as_deref());
                     span.in_scope(|| tracing::debug!("run ended"));
                 }
-                self.publish_event(&event, traceparent, &mut window).await?;
+                self.publish_event(&event, traceparent, &mut window)
+                    .await
+                    .map_err(unavailable)?;
                 if ends_run {
                     window.flush().await.map_err(unavailable)?;
                 }
@@ -616,19 +624,15 @@ impl Hub {
         }
         .await;
         // What was accepted is stored, however the stream ended.
-        let mut leftover = Ok(());
+        let mut flushed = Ok(());
         for chunk in chunks {
-            if leftover.is_ok() {
-                leftover = self.publish_chunk(agent, chunk, &mut window).await;
+            if flushed.is_ok() {
+                flushed = self.publish_chunk(agent, chunk, &mut window).await;
             }
         }
-        let flushed = match leftover {
-            Ok(()) => window.flush().await.map(|_| ()),
-            Err(status) => Err(BusError::Publish {
-                subject: streams::SYNC.to_owned(),
-                message: status.message().to_owned(),
-            }),
-        };
+        if flushed.is_ok() {
+            flushed = window.flush().await.map(|_| ());
+        }
         match (result, flushed) {
             (Ok(reason), Ok(())) => reason,
             (Ok(_), Err(e)) => format!("publishing failed: {e}"),
@@ -645,7 +649,7 @@ impl Hub {
         agent: AgentId,
         chunk: Chunk,
         window: &mut AckWindow,
-    ) -> Result<(), Status> {
+    ) -> Result<(), BusError> {
         let event = SyncEvent {
             run_id: chunk.run_id,
             agent_id: agent,
@@ -663,19 +667,15 @@ impl Hub {
         event: &SyncEvent,
         traceparent: Option<String>,
         window: &mut AckWindow,
-    ) -> Result<(), Status> {
+    ) -> Result<(), BusError> {
         let meta = EventMeta {
             occurred_at_ms: now_ms(),
             correlation_id: Some(event.run_id.0),
             traceparent,
             ..Default::default()
         };
-        let pending = self
-            .publisher
-            .start(event, meta)
-            .await
-            .map_err(unavailable)?;
-        window.push(pending).await.map_err(unavailable)
+        let pending = self.publisher.start(event, meta).await?;
+        window.push(pending).await
     }
 
     /// Validates one message against the stream's runs and maps it to an
