@@ -508,7 +508,7 @@ pub async fn stream_count(js: &async_nats::jetstream::Context, stream: &str) -> 
 /// `_subject`.
 pub async fn public_events(js: &async_nats::jetstream::Context, filter: &str) -> Vec<Value> {
     use futures_util::StreamExt;
-    let Ok(stream) = js.get_stream(meridian_schemas::public::EVENTS).await else {
+    let Ok(stream) = js.get_stream(meridian_schemas::streams::EVENTS).await else {
         return Vec::new();
     };
     let consumer = stream

@@ -32,6 +32,28 @@ pub enum TriggerSyncReply {
     SyncStreamDown,
 }
 
+/// Why a [`TriggerSync`] started no run, as the gateway replica answered.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SyncRefused {
+    /// The agent did not report the provider.
+    #[error("the agent has not reported a provider named {0:?}")]
+    UnknownProvider(String),
+    /// The agent's sync stream closed while the request was on its way.
+    #[error("the agent is not connected (its sync stream just closed)")]
+    SyncStreamDown,
+}
+
+impl TriggerSyncReply {
+    /// The runs started, or why none was.
+    pub fn into_runs(self) -> Result<Vec<RunStarted>, SyncRefused> {
+        match self {
+            Self::Started(runs) => Ok(runs),
+            Self::UnknownProvider(p) => Err(SyncRefused::UnknownProvider(p)),
+            Self::SyncStreamDown => Err(SyncRefused::SyncStreamDown),
+        }
+    }
+}
+
 /// Encodes a command or reply (postcard).
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_allocvec(value).expect("postcard encoding into a Vec cannot fail")

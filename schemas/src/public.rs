@@ -11,10 +11,11 @@
 //!   `updated`, `deleted` or `restored`;
 //! - `events.agent.status_changed.<agent id>`.
 //!
-//! `<provider>` is the provider name escaped by [`escape_token`]: every byte
-//! other than `A-Z a-z 0-9 - _` is written `%XX` (upper-case hex of the UTF-8
-//! byte), so `team.a payments` becomes `team%2Ea%20payments`. A dot, space,
-//! `*` or `>` in a name can never change routing.
+//! `<provider>` is the provider name escaped by [`streams::escape_token`]:
+//! every byte other than `A-Z a-z 0-9 - _` is written `%XX` (upper-case hex
+//! of the UTF-8 byte), so `team.a payments` becomes `team%2Ea%20payments`. A
+//! dot, space, `*` or `>` in a name can never change routing. The stream and
+//! its subjects are named in [`streams`], like every other.
 //!
 //! Event ids are deterministic (UUID v5 of the change's identity), and every
 //! publish carries `Nats-Msg-Id` = the event id: consumers may dedupe on `id`.
@@ -25,9 +26,8 @@ use uuid::Uuid;
 
 use crate::ids::{AgentId, MERIDIAN_NAMESPACE};
 use crate::lifecycle::{LifecycleEvent, LifecycleKind};
+use crate::streams;
 
-/// The public stream.
-pub const EVENTS: &str = "MERIDIAN_EVENTS";
 /// `source` of API lifecycle events.
 pub const API_SOURCE: &str = "urn:meridian:inventory";
 /// `source` of agent status events.
@@ -118,46 +118,6 @@ pub struct AgentStatusData {
     pub last_heartbeat: String,
 }
 
-/// Escapes a subject token: bytes outside `A-Z a-z 0-9 - _` become `%XX`.
-pub fn escape_token(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    for b in raw.bytes() {
-        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// The subject of an API lifecycle event.
-pub fn api_subject(kind: LifecycleKind, agent: AgentId, provider: &str) -> String {
-    format!(
-        "events.api.{}.{agent}.{}",
-        kind.as_str(),
-        escape_token(provider)
-    )
-}
-
-/// The subject of an agent's status changes.
-pub fn agent_status_subject(agent: AgentId) -> String {
-    format!("events.agent.status_changed.{agent}")
-}
-
-/// A subject filter for API events of one kind and/or one provider (every
-/// kind / provider when `None`).
-pub fn api_filter(kind: Option<LifecycleKind>, provider: Option<&str>) -> String {
-    format!(
-        "events.api.{}.*.{}",
-        kind.map_or("*", LifecycleKind::as_str),
-        provider.map_or_else(|| "*".to_owned(), escape_token)
-    )
-}
-
-/// Every subject of the public stream.
-pub const ALL_EVENTS: &str = "events.>";
-
 /// The subject filter for a consumer that wants one event type (`created`,
 /// `updated`, `deleted`, `restored`, `status_changed`, or the full
 /// `io.meridian....` name) and/or one provider's events. The error says which
@@ -177,7 +137,7 @@ pub fn filter_for(event_type: Option<&str>, provider: Option<&str>) -> Result<St
         Some("status_changed") => {
             return match provider {
                 Some(_) => Err("provider: agent status events have no provider".into()),
-                None => Ok("events.agent.status_changed.*".into()),
+                None => Ok(streams::AGENT_STATUS_EVENTS.into()),
             };
         }
         Some(other) => {
@@ -192,8 +152,8 @@ pub fn filter_for(event_type: Option<&str>, provider: Option<&str>) -> Result<St
         return Err("provider: must not be empty".into());
     }
     Ok(match (kind, provider) {
-        (None, None) => ALL_EVENTS.into(),
-        (kind, provider) => api_filter(kind, provider),
+        (None, None) => streams::ALL_EVENTS.into(),
+        (kind, provider) => streams::api_event_filter(kind.map(LifecycleKind::as_str), provider),
     })
 }
 
@@ -318,21 +278,6 @@ pub fn json_schema(event_type: &str) -> Option<serde_json::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn escaping_keeps_routing_characters_out_of_tokens() {
-        assert_eq!(escape_token("tyk-provider_1"), "tyk-provider_1");
-        assert_eq!(escape_token("team.a payments"), "team%2Ea%20payments");
-        assert_eq!(escape_token("a*b>c%"), "a%2Ab%3Ec%25");
-        assert_eq!(escape_token("ü"), "%C3%BC");
-        for name in ["team.a payments", "*", ">", "a.b.c", "x y\tz"] {
-            let token = escape_token(name);
-            assert!(
-                !token.contains(['.', '*', '>', ' ', '\t']),
-                "{name:?} -> {token:?}"
-            );
-        }
-    }
 
     #[test]
     fn filters_select_by_type_and_provider() {

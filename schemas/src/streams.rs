@@ -1,9 +1,11 @@
-//! JetStream stream names and subjects. Nothing outside this module spells
-//! them.
+//! JetStream stream names and subjects, internal and public. Nothing outside
+//! this module spells them.
 //!
-//! Subject tokens built from user input are validated first: agent ids are
-//! UUIDs, and provider names pass [`validate_provider_name`], so a `.`, `*`,
-//! `>` or space in a name can never change routing.
+//! Subject tokens built from user input are made safe first: agent and job
+//! ids are UUIDs, and provider names (any UTF-8 of 1-128 bytes without control
+//! characters, see [`validate_provider_name`]) are escaped by
+//! [`escape_token`], so a `.`, `*`, `>` or space in a name can never change
+//! routing.
 
 use crate::ids::{AgentId, JobId};
 
@@ -17,6 +19,8 @@ pub const SYNC: &str = "SYNC";
 pub const API_LIFECYCLE: &str = "API_LIFECYCLE";
 /// Sync jobs and their firings, written by the scheduler.
 pub const SCHEDULE: &str = "SCHEDULE";
+/// The public events (CloudEvents JSON) outside consumers subscribe to.
+pub const EVENTS: &str = "MERIDIAN_EVENTS";
 
 /// Subject filter that captures a whole stream.
 pub fn stream_subjects(stream: &str) -> &'static str {
@@ -26,7 +30,7 @@ pub fn stream_subjects(stream: &str) -> &'static str {
         SYNC => "sync.>",
         API_LIFECYCLE => "lifecycle.>",
         SCHEDULE => "schedule.>",
-        crate::public::EVENTS => crate::public::ALL_EVENTS,
+        EVENTS => ALL_EVENTS,
         other => panic!("unknown stream {other}"),
     }
 }
@@ -52,15 +56,14 @@ pub enum SyncPart {
     Api,
 }
 
-/// Sync events of one provider of one agent. `provider` must have passed
-/// [`validate_provider_name`].
+/// Sync events of one provider of one agent (the name escaped by
+/// [`escape_token`]).
 pub fn sync_subject(agent: AgentId, provider: &str, part: SyncPart) -> String {
-    debug_assert!(validate_provider_name(provider).is_ok());
     let part = match part {
         SyncPart::Run => "run",
         SyncPart::Api => "api",
     };
-    format!("sync.{agent}.{provider}.{part}")
+    format!("sync.{agent}.{}.{part}", escape_token(provider))
 }
 
 /// Filter of every run start and end in `SYNC`, without the APIs.
@@ -94,11 +97,54 @@ pub fn sync_request_subject(agent: AgentId) -> String {
     format!("meridian.agent.{agent}.sync")
 }
 
+/// Every subject of the public stream.
+pub const ALL_EVENTS: &str = "events.>";
+
+/// Every agent status event of the public stream.
+pub const AGENT_STATUS_EVENTS: &str = "events.agent.status_changed.*";
+
+/// The public subject of an API lifecycle event: `kind` is `created`,
+/// `updated`, `deleted` or `restored`.
+pub fn api_event_subject(kind: &str, agent: AgentId, provider: &str) -> String {
+    format!("events.api.{kind}.{agent}.{}", escape_token(provider))
+}
+
+/// A filter of the public API events of one kind and/or one provider (every
+/// kind / provider when `None`).
+pub fn api_event_filter(kind: Option<&str>, provider: Option<&str>) -> String {
+    format!(
+        "events.api.{}.*.{}",
+        kind.unwrap_or("*"),
+        provider.map_or_else(|| "*".to_owned(), escape_token)
+    )
+}
+
+/// The public subject of an agent's status changes.
+pub fn agent_status_subject(agent: AgentId) -> String {
+    format!("events.agent.status_changed.{agent}")
+}
+
+/// Escapes a subject token: bytes outside `A-Z a-z 0-9 - _` become `%XX`
+/// (upper-case hex of the UTF-8 byte), so `team.a payments` becomes
+/// `team%2Ea%20payments`. Different names give different tokens.
+pub fn escape_token(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for b in raw.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Longest provider name accepted, in bytes.
 pub const MAX_PROVIDER_NAME_BYTES: usize = 128;
 
-/// Checks a provider name: 1 to 128 bytes, no `.`, `*`, `>`, whitespace or
-/// control characters. The error says why, for use in an error message.
+/// Checks a provider name: any UTF-8 of 1 to 128 bytes without control
+/// characters (`tyk.eu prod` and `Production APIs` are fine: subjects carry
+/// the name escaped). The error says why, for use in an error message.
 pub fn validate_provider_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("must not be empty".into());
@@ -106,13 +152,8 @@ pub fn validate_provider_name(name: &str) -> Result<(), String> {
     if name.len() > MAX_PROVIDER_NAME_BYTES {
         return Err(format!("must be at most {MAX_PROVIDER_NAME_BYTES} bytes"));
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| matches!(c, '.' | '*' | '>') || c.is_whitespace() || c.is_control())
-    {
-        return Err(format!(
-            "must not contain {c:?} ('.', '*', '>', whitespace and control characters are not allowed)"
-        ));
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Err(format!("must not contain control characters (found {c:?})"));
     }
     Ok(())
 }
@@ -122,13 +163,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn provider_names_that_would_change_routing_are_refused() {
-        for bad in ["", "a.b", "a*", "a>", "a b", "a\tb", "a\u{0}b"] {
+    fn provider_names_as_users_write_them_are_accepted_and_escaped() {
+        for bad in ["", "a\tb", "a\u{0}b", "line\nbreak"] {
             assert!(validate_provider_name(bad).is_err(), "{bad:?} accepted");
         }
-        for good in ["tyk-provider", "aws_us-east-1", "Prod/EU", "ünïcode"] {
+        for good in [
+            "tyk-provider",
+            "aws_us-east-1",
+            "Prod/EU",
+            "ünïcode",
+            "tyk.eu prod",
+            "Production APIs",
+            "a*b>c",
+        ] {
             assert!(validate_provider_name(good).is_ok(), "{good:?} refused");
+            let agent = AgentId(uuid::Uuid::nil());
+            let subject = sync_subject(agent, good, SyncPart::Run);
+            assert_eq!(
+                subject.split('.').count(),
+                4,
+                "{good:?} changed the routing of {subject}"
+            );
+            assert!(!subject.contains(['*', '>', ' ']), "{subject}");
         }
+        assert!(validate_provider_name(&"x".repeat(128)).is_ok());
         assert!(validate_provider_name(&"x".repeat(129)).is_err());
+        // Names that differ keep different subjects.
+        assert_ne!(escape_token("a.b"), escape_token("a%2Eb"));
+    }
+
+    #[test]
+    fn escaping_keeps_routing_characters_out_of_tokens() {
+        assert_eq!(escape_token("tyk-provider_1"), "tyk-provider_1");
+        assert_eq!(escape_token("team.a payments"), "team%2Ea%20payments");
+        assert_eq!(escape_token("a*b>c%"), "a%2Ab%3Ec%25");
+        assert_eq!(escape_token("ü"), "%C3%BC");
+        for name in ["team.a payments", "*", ">", "a.b.c", "x y\tz"] {
+            let token = escape_token(name);
+            assert!(
+                !token.contains(['.', '*', '>', ' ', '\t']),
+                "{name:?} -> {token:?}"
+            );
+        }
     }
 }

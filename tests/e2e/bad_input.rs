@@ -360,7 +360,8 @@ async fn bad_provider_names_and_oversized_messages_are_refused_and_store_nothing
     let (agent_id, token) = api.register_agent("strict").await;
     let sync_before = stream_count(&nats.js, meridian_schemas::streams::SYNC).await;
 
-    for bad in ["a.b", "all*", "x>", "with space", ""] {
+    let too_long = "x".repeat(129);
+    for bad in ["", "line\nbreak", "bell\u{7}", too_long.as_str()] {
         let status = hello(&gw.grpc_url, &token, &[(bad, "tyk")])
             .await
             .unwrap_err();
@@ -492,6 +493,56 @@ async fn an_api_sent_twice_in_a_run_is_stored_once_and_apis_travel_in_chunks() {
             "{detail}"
         );
     }
+    gw.rest.stop().await;
+    inv.stop().await;
+}
+
+/// Provider names as users write them (dots, spaces, any UTF-8) sync end to
+/// end: the gateway accepts the hello, `SYNC` subjects carry the name
+/// escaped (one token, so routing is unchanged), and the repository and the
+/// public events name the provider as written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_names_with_dots_and_spaces_sync_end_to_end() {
+    let TestHub {
+        nats,
+        gw,
+        dir: _dir,
+        inv,
+        api,
+    } = TestHub::start(|_| {}).await;
+    let (agent_id, token) = api.register_agent("named").await;
+    let dotted = MemorySource::new(vec![api_def("a", "A", "v1"), api_def("b", "B", "v1")]);
+    let spaced = MemorySource::new(vec![api_def("c", "C", "v1")]);
+    let agent = Agent::start(
+        &gw.grpc_url,
+        &token,
+        vec![
+            ("tyk.eu prod", "tyk", dotted),
+            ("Production APIs", "aws", spaced),
+        ],
+    );
+    api.wait_for_total("active", 3, Duration::from_secs(30))
+        .await;
+    let (status, page) = api.get("/api/apis?provider=tyk.eu%20prod&status=all").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["total"], 2, "{page}");
+
+    let stream = nats
+        .js
+        .get_stream(meridian_schemas::streams::SYNC)
+        .await
+        .unwrap();
+    let escaped = format!("sync.{agent_id}.tyk%2Eeu%20prod.run");
+    let last = stream.get_last_raw_message_by_subject(&escaped).await;
+    assert!(last.is_ok(), "no run events on {escaped}: {last:?}");
+    let events = wait_for_public(
+        &nats.js,
+        &meridian_schemas::public::filter_for(Some("created"), Some("Production APIs")).unwrap(),
+        1,
+    )
+    .await;
+    assert_eq!(events[0]["data"]["provider"], "Production APIs");
+    agent.stop().await;
     gw.rest.stop().await;
     inv.stop().await;
 }

@@ -63,7 +63,11 @@ async fn each_change_is_one_valid_cloudevent_in_order_with_history_and_polling()
     api.wait_for_total("active", 3, T).await;
 
     // A durable consumer reads the creations, then goes offline.
-    let stream = nats.js.get_stream(public::EVENTS).await.unwrap();
+    let stream = nats
+        .js
+        .get_stream(meridian_schemas::streams::EVENTS)
+        .await
+        .unwrap();
     let durable = stream
         .create_consumer(pull::Config {
             durable_name: Some("catalog".into()),

@@ -5,10 +5,11 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use meridian_kit::bus::{self, SyncRequestError};
+use meridian_kit::bus::{self, RequestError};
 use meridian_kit::http::{ApiError, ErrorBody, Json, read_last};
 use meridian_kit::time::{NEVER, now_ms, rfc3339};
 use meridian_schemas::agents::{AgentStatus, Heartbeat};
+use meridian_schemas::commands::{SyncRefused, TriggerSync, TriggerSyncReply};
 use meridian_schemas::{AgentId, streams};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -340,8 +341,14 @@ async fn trigger_sync(
         ));
     }
     let patience = Duration::from_secs(10);
-    match bus::request_sync(&s.client, id, body.provider, patience).await {
-        Ok(runs) => Ok((
+    let trigger = TriggerSync {
+        provider: body.provider,
+    };
+    let subject = streams::sync_request_subject(id);
+    let answer = bus::request::<_, TriggerSyncReply>(&s.client, subject, &trigger, patience).await;
+    let not_connected = || ApiError::conflict(format!("agent {id} is not connected"));
+    match answer.map(TriggerSyncReply::into_runs) {
+        Ok(Ok(runs)) => Ok((
             StatusCode::ACCEPTED,
             Json(SyncAccepted {
                 runs: runs
@@ -353,14 +360,13 @@ async fn trigger_sync(
                     .collect(),
             }),
         )),
-        Err(e @ SyncRequestError::UnknownProvider { .. }) => {
-            Err(ApiError::invalid_field("provider", e))
-        }
-        Err(e @ (SyncRequestError::NotConnected(_) | SyncRequestError::StreamClosed(_))) => {
-            Err(ApiError::conflict(e.to_string()))
-        }
-        Err(e @ (SyncRequestError::TimedOut(_) | SyncRequestError::Failed(_))) => {
-            Err(ApiError::unavailable(e.to_string()))
-        }
+        Ok(Err(e @ SyncRefused::UnknownProvider(_))) => Err(ApiError::invalid_field("provider", e)),
+        Ok(Err(SyncRefused::SyncStreamDown)) => Err(ApiError::conflict(format!(
+            "agent {id} is not connected (its sync stream just closed)"
+        ))),
+        Err(RequestError::NoResponders(_)) => Err(not_connected()),
+        Err(e) => Err(ApiError::unavailable(format!(
+            "the agent's gateway replica did not answer: {e}"
+        ))),
     }
 }

@@ -532,10 +532,11 @@ mod tests {
             provider_type: t.into(),
         };
         for (bad, field) in [
-            (vec![p("a.b", "tyk")], "providers[0].name"),
+            (vec![p("", "tyk")], "providers[0].name"),
             (vec![p("ok", "")], "providers[0].type"),
             (vec![p("x", "tyk"), p("x", "aws")], "providers[1].name"),
-            (vec![p("x y", "tyk")], "providers[0].name"),
+            (vec![p("line\nbreak", "tyk")], "providers[0].name"),
+            (vec![p(&"x".repeat(129), "tyk")], "providers[0].name"),
         ] {
             let cmd = Command::Connect {
                 connection_id: Uuid::nil(),
@@ -547,5 +548,12 @@ mod tests {
                 other => panic!("expected invalid {field}, got {other:?}"),
             }
         }
+        // Names as users write them: dots, spaces, any UTF-8.
+        let cmd = Command::Connect {
+            connection_id: Uuid::nil(),
+            providers: vec![p("tyk.eu prod", "tyk"), p("Production APIs", "aws")],
+            agent_version: String::new(),
+        };
+        assert!(decide(s.as_ref(), A, cmd).is_ok());
     }
 }

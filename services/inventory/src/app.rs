@@ -211,7 +211,7 @@ impl App {
         js.create_or_update_stream(public::stream_config(config.events_retention.0))
             .await
             .map_err(|e| bus::BusError::Stream {
-                stream: meridian_schemas::public::EVENTS.into(),
+                stream: meridian_schemas::streams::EVENTS.into(),
                 message: e.to_string(),
             })?;
         let published = published(&js).await?;

@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use async_nats::header::{HeaderMap, NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, NATS_MESSAGE_ID};
 use async_nats::jetstream::{self, context::PublishAckFuture, publish::PublishAck, stream};
-use meridian_schemas::commands::{self, RunStarted, TriggerSync, TriggerSyncReply};
+use meridian_schemas::commands;
 use meridian_schemas::envelope::{HEADER_EVENT_TYPE, HEADER_SCHEMA_VERSION};
-use meridian_schemas::{AgentId, Envelope, Event, EventMeta, streams};
+use meridian_schemas::{Envelope, Event, EventMeta, streams};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 /// How many publish acks may be outstanding at once in [`Publisher::publish_all`].
 pub const PUBLISH_WINDOW: usize = 512;
@@ -355,71 +357,70 @@ pub async fn last_event<E: Event>(
     }
 }
 
-/// Why a sync request did not start any run.
+/// Why a core-NATS request got no usable answer.
 #[derive(Debug, thiserror::Error)]
-pub enum SyncRequestError {
-    /// No agent-gateway replica holds the agent's sync stream.
-    #[error("agent {0} is not connected (no open sync stream)")]
-    NotConnected(AgentId),
-    /// The agent's sync stream closed while the request was on its way.
-    #[error("agent {0} is not connected (its sync stream just closed)")]
-    StreamClosed(AgentId),
-    /// The agent did not report the provider.
-    #[error("agent {agent} has not reported a provider named {provider:?}")]
-    UnknownProvider {
-        /// The agent.
-        agent: AgentId,
-        /// The provider asked for.
-        provider: String,
+pub enum RequestError {
+    /// Nobody serves the subject.
+    #[error("no responder on {0}")]
+    NoResponders(String),
+    /// The responder did not answer in time.
+    #[error("no answer on {subject} within {patience:?}")]
+    TimedOut {
+        /// The subject.
+        subject: String,
+        /// How long the caller waited.
+        patience: Duration,
     },
-    /// The replica holding the stream did not answer in time.
-    #[error("the agent's gateway replica did not answer within {0:?}")]
-    TimedOut(Duration),
-    /// NATS failed, or the answer made no sense.
-    #[error("sync request failed: {0}")]
-    Failed(String),
+    /// NATS failed.
+    #[error("request on {subject} failed: {source}")]
+    Failed {
+        /// The subject.
+        subject: String,
+        /// Why.
+        #[source]
+        source: async_nats::RequestError,
+    },
+    /// The answer could not be decoded.
+    #[error("malformed answer on {subject}: {source}")]
+    Malformed {
+        /// The subject.
+        subject: String,
+        /// Why.
+        #[source]
+        source: postcard::Error,
+    },
 }
 
-/// Asks the agent-gateway replica that holds `agent`'s sync stream to start
-/// runs of `provider` (every reported provider when `None`), and returns the
-/// runs it started.
-pub async fn request_sync(
+/// Sends a command over core-NATS request/reply (postcard, the current
+/// trace context in the headers) and decodes the answer, waiting at most
+/// `patience`.
+pub async fn request<Q: Serialize, A: DeserializeOwned>(
     client: &async_nats::Client,
-    agent: AgentId,
-    provider: Option<String>,
+    subject: String,
+    command: &Q,
     patience: Duration,
-) -> Result<Vec<RunStarted>, SyncRequestError> {
-    let request = commands::encode(&TriggerSync { provider });
+) -> Result<A, RequestError> {
     let mut headers = async_nats::HeaderMap::new();
     crate::telemetry::inject_nats(
         &mut headers,
         crate::telemetry::current_traceparent().as_deref(),
     );
+    let payload = commands::encode(command);
     let answer = tokio::time::timeout(
         patience,
-        client.request_with_headers(
-            streams::sync_request_subject(agent),
-            headers,
-            request.into(),
-        ),
+        client.request_with_headers(subject.clone(), headers, payload.into()),
     )
     .await
-    .map_err(|_| SyncRequestError::TimedOut(patience))?;
+    .map_err(|_| RequestError::TimedOut {
+        subject: subject.clone(),
+        patience,
+    })?;
     let message = match answer {
         Ok(m) => m,
         Err(e) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
-            return Err(SyncRequestError::NotConnected(agent));
+            return Err(RequestError::NoResponders(subject));
         }
-        Err(e) => return Err(SyncRequestError::Failed(e.to_string())),
+        Err(source) => return Err(RequestError::Failed { subject, source }),
     };
-    match commands::decode::<TriggerSyncReply>(&message.payload) {
-        Ok(TriggerSyncReply::Started(runs)) => Ok(runs),
-        Ok(TriggerSyncReply::UnknownProvider(provider)) => {
-            Err(SyncRequestError::UnknownProvider { agent, provider })
-        }
-        Ok(TriggerSyncReply::SyncStreamDown) => Err(SyncRequestError::StreamClosed(agent)),
-        Err(e) => Err(SyncRequestError::Failed(format!(
-            "malformed reply from the gateway replica: {e}"
-        ))),
-    }
+    commands::decode(&message.payload).map_err(|source| RequestError::Malformed { subject, source })
 }

@@ -10,13 +10,15 @@
 //! - [`http`]: the shared JSON error shape, extractors that reject with it,
 //!   the admin-key check, `/healthz` and `/readyz`, serving with shutdown.
 //! - [`config`]: typed configuration from `MERIDIAN_<SERVICE>__*` variables.
-//! - [`nats_server`]: find, check and start a local `nats-server -js`.
+//! - `nats_server` (feature `nats-server`): find, check and start a local
+//!   `nats-server -js`, for the launcher and the tests.
 //! - [`telemetry`], [`shutdown`], [`time`].
 
 pub mod bus;
 pub mod config;
 pub mod http;
 pub mod metrics;
+#[cfg(feature = "nats-server")]
 pub mod nats_server;
 pub mod projection;
 pub mod shutdown;

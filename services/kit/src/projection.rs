@@ -152,8 +152,8 @@ pub trait Projection: Send + Sync + 'static {
     }
 
     /// Called with the committed tree before every batch: the place to load
-    /// an in-memory view of committed state once (see the inventory's known
-    /// APIs). Such a view must stay a superset-safe hint: a batch that fails
+    /// an in-memory view of committed state once (an index of what exists,
+    /// say). Such a view must stay a superset-safe hint: a batch that fails
     /// is discarded, and whatever `apply` remembered from it stays.
     fn prepare(&self, _committed: &Tree) -> Result<(), String> {
         Ok(())

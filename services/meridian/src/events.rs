@@ -76,13 +76,16 @@ pub async fn tail(args: &TailArgs, out: &mut (impl Write + Send)) -> anyhow::Res
     )
     .await?;
     let js = async_nats::jetstream::new(client);
-    let stream = js.get_stream(public::EVENTS).await.with_context(|| {
-        format!(
-            "no {} stream at {} (is the hub running?)",
-            public::EVENTS,
-            args.nats_url
-        )
-    })?;
+    let stream = js
+        .get_stream(meridian_schemas::streams::EVENTS)
+        .await
+        .with_context(|| {
+            format!(
+                "no {} stream at {} (is the hub running?)",
+                meridian_schemas::streams::EVENTS,
+                args.nats_url
+            )
+        })?;
     let mut messages = stream
         .create_consumer(OrderedConfig {
             filter_subject: filter,

@@ -44,7 +44,7 @@ const DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
 /// The public stream's configuration: file storage, events kept for
 /// `retention` (30 days by default).
 pub fn stream_config(retention: Duration) -> stream::Config {
-    let mut config = meridian_kit::bus::stream_config(public::EVENTS);
+    let mut config = meridian_kit::bus::stream_config(streams::EVENTS);
     config.max_age = retention;
     config.duplicate_window = DUPLICATE_WINDOW.min(retention);
     config
@@ -134,7 +134,11 @@ async fn relay(js: &jetstream::Context) -> Result<(), String> {
             for event in &changes {
                 let mut public = public::api_event(event);
                 public.traceparent.clone_from(&envelope.traceparent);
-                let subject = public::api_subject(event.kind, event.agent_id, &event.provider);
+                let subject = streams::api_event_subject(
+                    event.kind.as_str(),
+                    event.agent_id,
+                    &event.provider,
+                );
                 let mut headers = headers(&public.id);
                 meridian_kit::telemetry::inject_nats(&mut headers, public.traceparent.as_deref());
                 let ack = js
@@ -210,7 +214,7 @@ async fn replay(
 
 async fn watch_status(js: &jetstream::Context) -> Result<(), String> {
     let mut published: Published = HashMap::new();
-    for (seq, payload) in replay(js, public::EVENTS, "events.agent.status_changed.*").await? {
+    for (seq, payload) in replay(js, streams::EVENTS, streams::AGENT_STATUS_EVENTS).await? {
         let event: CloudEvent<AgentStatusData> =
             serde_json::from_slice(&payload).map_err(|e| e.to_string())?;
         if let Ok(agent) = AgentId::parse(&event.data.agent_id) {
@@ -276,7 +280,7 @@ async fn settle(
         beat.active_until_ms
     };
     let event = public::agent_status_event(agent, active, since, Some(beat.at_ms));
-    let subject = public::agent_status_subject(agent);
+    let subject = streams::agent_status_subject(agent);
     let mut headers = headers(&event.id);
     headers.insert(
         NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
@@ -299,7 +303,7 @@ async fn settle(
             // Someone else published on this subject: learn what, and let the
             // next round decide again.
             let stream = js
-                .get_stream_no_info(public::EVENTS)
+                .get_stream_no_info(streams::EVENTS)
                 .await
                 .map_err(|e| e.to_string())?;
             let last = stream
@@ -363,7 +367,7 @@ pub async fn read_events(
         },
     };
     let stream = js
-        .get_stream(public::EVENTS)
+        .get_stream(streams::EVENTS)
         .await
         .map_err(|e| e.to_string())?;
     let consumer = stream

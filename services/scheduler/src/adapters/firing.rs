@@ -20,11 +20,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_kit::CancellationToken;
-use meridian_kit::bus::{self, BusError, Publisher, SyncRequestError};
+use meridian_kit::bus::{self, BusError, Publisher, RequestError};
 use meridian_kit::projection::Progress;
 use meridian_kit::time::now_ms;
+use meridian_schemas::commands::{SyncRefused, TriggerSync, TriggerSyncReply};
 use meridian_schemas::schedule::{Outcome, ScheduleEvent};
-use meridian_schemas::{AgentId, EventMeta, JobId};
+use meridian_schemas::{AgentId, EventMeta, JobId, streams};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -160,23 +161,33 @@ impl Firer {
                 return;
             }
         }
-        let outcome = match bus::request_sync(
+        let trigger = TriggerSync {
+            provider: Some(claim.provider.clone()),
+        };
+        let subject = streams::sync_request_subject(claim.agent_id);
+        let answer = bus::request::<_, TriggerSyncReply>(
             &self.client,
-            claim.agent_id,
-            Some(claim.provider.clone()),
+            subject,
+            &trigger,
             self.request_patience,
         )
-        .await
-        {
-            Ok(runs) => Outcome::Delivered { runs },
-            Err(
-                e @ (SyncRequestError::NotConnected(_)
-                | SyncRequestError::StreamClosed(_)
-                | SyncRequestError::TimedOut(_)),
-            ) => Outcome::AgentOffline {
+        .await;
+        let agent = claim.agent_id;
+        let outcome = match answer.map(TriggerSyncReply::into_runs) {
+            Ok(Ok(runs)) => Outcome::Delivered { runs },
+            Ok(Err(e @ SyncRefused::UnknownProvider(_))) => Outcome::Refused {
                 reason: e.to_string(),
             },
-            Err(e @ (SyncRequestError::UnknownProvider { .. } | SyncRequestError::Failed(_))) => {
+            Ok(Err(SyncRefused::SyncStreamDown)) => Outcome::AgentOffline {
+                reason: format!("agent {agent} is not connected (its sync stream just closed)"),
+            },
+            Err(RequestError::NoResponders(_)) => Outcome::AgentOffline {
+                reason: format!("agent {agent} is not connected (no open sync stream)"),
+            },
+            Err(e @ RequestError::TimedOut { .. }) => Outcome::AgentOffline {
+                reason: format!("the agent's gateway replica did not answer: {e}"),
+            },
+            Err(e @ (RequestError::Failed { .. } | RequestError::Malformed { .. })) => {
                 Outcome::Refused {
                     reason: e.to_string(),
                 }
