@@ -13,6 +13,7 @@ use futures_util::future::BoxFuture;
 use meridian_agent::providers::{ProviderConfig, Source};
 use meridian_agent::session::{self, SessionConfig};
 use meridian_kit::CancellationToken;
+pub use meridian_kit::metrics::Metrics;
 use meridian_kit::nats_server::NatsServer;
 use meridian_schemas::lifecycle::LifecycleEvent;
 use meridian_schemas::proto::ApiDefinition;
@@ -94,7 +95,7 @@ pub async fn start_gateway(
 ) -> Gateway {
     let mut config = meridian_agent_gateway::Config::new(&nats.url(), API_KEY, JWT_SECRET);
     tweak(&mut config);
-    let app = meridian_agent_gateway::App::build(config)
+    let app = meridian_agent_gateway::App::build(config, &Metrics::new())
         .await
         .expect("build agent-gateway");
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -117,11 +118,10 @@ pub async fn start_gateway(
 
 /// Starts inventory on `data_dir`.
 pub async fn start_inventory(nats: &Nats, data_dir: PathBuf) -> Running {
-    let app = meridian_inventory::App::build(meridian_inventory::Config::new(
-        &nats.url(),
-        data_dir,
-        API_KEY,
-    ))
+    let app = meridian_inventory::App::build(
+        meridian_inventory::Config::new(&nats.url(), data_dir, API_KEY),
+        &Metrics::new(),
+    )
     .await
     .expect("build inventory");
     serve_on_free_port("inventory", |http, stop| app.serve(http, stop)).await
@@ -169,7 +169,7 @@ pub async fn start_scheduler(
     let mut config = meridian_scheduler::Config::new(&nats.url(), API_KEY);
     config.min_interval = meridian_kit::config::HumanDuration(Duration::from_secs(1));
     tweak(&mut config);
-    let app = meridian_scheduler::App::build(config)
+    let app = meridian_scheduler::App::build(config, &Metrics::new())
         .await
         .expect("build scheduler");
     serve_on_free_port("scheduler", |http, stop| app.serve(http, stop)).await

@@ -261,7 +261,7 @@ async fn provider_names_with_dots_and_spaces_route_by_their_escaped_token() {
         source_seq: seq,
         at_ms: 1_700_000_000_000,
     };
-    let publisher = Publisher::new(nats.js.clone());
+    let publisher = Publisher::new(nats.js.clone(), &Metrics::new());
     publisher
         .publish(
             &LifecycleBatch {

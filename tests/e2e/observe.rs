@@ -3,13 +3,14 @@
 //! consumer lag, sync runs by result, agents by status, repository size,
 //! NATS reconnects; and the agent's own on its probe port.
 //!
-//! The hub services of this test share one process (and so one registry);
-//! the agent is the real binary, a process of its own.
+//! Every service instance has its own registry, so the values here are
+//! exactly this test's traffic, whatever other tests run in the process.
 
 use std::time::Duration;
 
 use meridian::demo_provider::{DemoProvider, sample_apis};
 use meridian_kit::nats_server::free_port;
+use meridian_schemas::streams;
 use meridian_tests::*;
 
 const T: Duration = Duration::from_secs(30);
@@ -21,7 +22,7 @@ async fn scrape(base: &str) -> String {
         .to_str()
         .unwrap()
         .to_owned();
-    assert!(kind.starts_with("text/plain"), "{kind}");
+    assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
     response.text().await.unwrap()
 }
 
@@ -62,127 +63,160 @@ async fn every_service_serves_its_metrics() {
     let api = api.with_scheduler(&scheduler.url);
     let (code, _) = api.get(&format!("/api/agents/{agent_id}/sync-jobs")).await;
     assert_eq!(code, 200);
+    let (code, _) = api.get("/api/repository/digest").await;
+    assert_eq!(code, 200);
+    // The run has ended and inventory has applied it: nothing moves now.
+    let completed = eventually(T, || async {
+        let last = api.last_sync("tyk").await;
+        (last["result"] == "completed").then_some(())
+    })
+    .await;
+    assert!(completed.is_some(), "the run did not complete");
+    let sync = stream_count(&nats.js, streams::SYNC).await as f64;
+    let agents = stream_count(&nats.js, streams::AGENTS).await as f64;
+    assert!(sync >= 3.0, "started, at least one chunk, completed");
 
     // agent-gateway: requests, publishing, runs, agents by status, NATS.
-    let agents_active = eventually(T, || async {
+    let text = eventually(T, || async {
         let text = scrape(&gw.rest.url).await;
         (value(&text, "meridian_agents", &[("status", "ACTIVE")]) == Some(1.0)).then_some(text)
     })
     .await
     .expect("one ACTIVE agent");
-    let text = agents_active;
-    assert!(
-        value(
-            &text,
-            "meridian_http_requests_total",
-            &[
-                ("service", "agent-gateway"),
-                ("route", "/api/agents/"),
-                ("status", "201")
-            ]
-        ) >= Some(1.0),
-        "{text}"
-    );
-    assert!(
-        value(
-            &text,
-            "meridian_http_request_duration_seconds_count",
-            &[("service", "agent-gateway")]
-        ) >= Some(1.0)
-    );
-    assert!(
-        value(
-            &text,
-            "meridian_events_published_total",
-            &[("stream", "SYNC")]
-        ) >= Some(n + 2.0)
-    );
-    assert!(
-        value(
-            &text,
-            "meridian_sync_runs_total",
-            &[("result", "completed")]
-        ) >= Some(1.0)
-    );
+    let exact = |name: &str, labels: &[(&str, &str)]| value(&text, name, labels);
     assert_eq!(
-        value(&text, "meridian_nats_reconnects_total", &[]),
+        exact("meridian_agents", &[("status", "INACTIVE")]),
         Some(0.0)
     );
+    let requests = "meridian_http_requests_total";
+    let gateway = ("service", "agent-gateway");
+    assert_eq!(
+        exact(
+            requests,
+            &[gateway, ("route", "/api/agents/"), ("status", "201")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        exact(
+            requests,
+            &[gateway, ("route", "/api/auth/token/"), ("status", "200")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        exact(
+            "meridian_http_request_duration_seconds_count",
+            &[gateway, ("method", "POST"), ("route", "/api/agents/")]
+        ),
+        Some(1.0)
+    );
+    let published = "meridian_events_published_total";
+    assert_eq!(
+        exact(published, &[("stream", "SYNC")]),
+        Some(sync),
+        "{text}"
+    );
+    assert_eq!(exact(published, &[("stream", "AGENTS")]), Some(agents));
+    assert_eq!(
+        exact("meridian_sync_runs_total", &[("result", "completed")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        exact("meridian_sync_runs_total", &[("result", "failed")]),
+        None
+    );
+    assert_eq!(exact("meridian_nats_reconnects_total", &[]), Some(0.0));
 
     // inventory: consumed, lag, repository size.
     let text = scrape(&inv.url).await;
-    assert!(
-        value(
-            &text,
-            "meridian_events_consumed_total",
-            &[("stream", "SYNC")]
-        ) >= Some(n + 2.0),
-        "{text}"
-    );
-    assert!(
-        value(&text, "meridian_consumer_lag", &[]).is_some(),
-        "{text}"
-    );
+    let exact = |name: &str, labels: &[(&str, &str)]| value(&text, name, labels);
+    let repository = ("consumer", "inventory-repository");
     assert_eq!(
-        value(&text, "meridian_repository_apis", &[("status", "active")]),
+        exact(
+            "meridian_events_consumed_total",
+            &[("stream", "SYNC"), repository]
+        ),
+        Some(sync),
+        "{text}"
+    );
+    assert_eq!(exact("meridian_consumer_lag", &[repository]), Some(0.0));
+    assert_eq!(
+        exact("meridian_repository_apis", &[("status", "active")]),
         Some(n)
     );
     assert_eq!(
-        value(&text, "meridian_repository_apis", &[("status", "deleted")]),
+        exact("meridian_repository_apis", &[("status", "deleted")]),
         Some(0.0)
     );
-    assert!(
-        value(
-            &text,
-            "meridian_http_requests_total",
-            &[("service", "inventory"), ("route", "/api/apis")]
-        ) >= Some(1.0)
+    assert_eq!(
+        exact(
+            requests,
+            &[
+                ("service", "inventory"),
+                ("route", "/api/repository/digest")
+            ]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        exact("meridian_sync_runs_total", &[]),
+        None,
+        "the gateway's own"
     );
 
     // scheduler: its own requests and its folds.
     let text = scrape(&scheduler.url).await;
-    assert!(
-        value(
-            &text,
-            "meridian_http_requests_total",
-            &[("service", "scheduler"), ("status", "200")]
-        ) >= Some(1.0),
+    let exact = |name: &str, labels: &[(&str, &str)]| value(&text, name, labels);
+    assert_eq!(
+        exact(
+            requests,
+            &[
+                ("service", "scheduler"),
+                ("route", "/api/agents/{id}/sync-jobs"),
+                ("status", "200")
+            ]
+        ),
+        Some(1.0),
         "{text}"
     );
-    assert!(
-        value(
-            &text,
+    assert_eq!(
+        exact(
             "meridian_events_consumed_total",
-            &[("stream", "AGENTS")]
-        ) >= Some(1.0)
+            &[("stream", "AGENTS"), ("consumer", "scheduler-agents")]
+        ),
+        Some(agents)
     );
 
     // The agent, a process of its own: its hub link and its runs.
     let text = scrape(&format!("http://127.0.0.1:{probe}")).await;
+    let exact = |name: &str, labels: &[(&str, &str)]| value(&text, name, labels);
     assert_eq!(
-        value(&text, "meridian_agent_hub_connected", &[]),
+        exact("meridian_agent_hub_connected", &[]),
         Some(1.0),
         "{text}"
     );
-    assert_eq!(value(&text, "meridian_agent_leader", &[]), Some(1.0));
-    assert!(
-        value(
-            &text,
+    assert_eq!(exact("meridian_agent_leader", &[]), Some(1.0));
+    assert_eq!(
+        exact(
             "meridian_agent_sync_runs_total",
             &[("provider", "tyk"), ("result", "completed")]
-        ) >= Some(1.0)
+        ),
+        Some(1.0)
     );
-    assert!(
-        value(
-            &text,
+    assert_eq!(
+        exact(
             "meridian_agent_apis_discovered_total",
             &[("provider", "tyk")]
-        ) >= Some(n)
+        ),
+        Some(n)
     );
     assert!(
-        value(&text, "meridian_events_published_total", &[]).is_none(),
+        exact("meridian_events_published_total", &[]).is_none(),
         "the agent publishes nothing to NATS"
     );
+    assert!(exact("meridian_nats_reconnects_total", &[]).is_none());
 
     scheduler.stop().await;
     gw.rest.stop().await;

@@ -167,7 +167,7 @@ async fn inventory_killed_mid_sync_loses_and_duplicates_nothing_and_rebuild_matc
 async fn a_retried_publish_is_stored_once_and_a_redelivery_changes_nothing() {
     let nats = Nats::start().await;
     ensure_streams(&nats.js, &[streams::SYNC]).await.unwrap();
-    let publisher = Publisher::new(nats.js.clone());
+    let publisher = Publisher::new(nats.js.clone(), &Metrics::new());
     let run_id = RunId::new_random();
     let agent_id = AgentId::new_random();
     let event = |kind| SyncEvent {

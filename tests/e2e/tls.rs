@@ -179,7 +179,7 @@ async fn a_gateway_with_unusable_tls_files_refuses_to_start_naming_the_variable(
         config.tls_cert = cert.map(path);
         config.tls_key = key.map(path);
         config.tls_client_ca = ca.map(path);
-        let err = match meridian_agent_gateway::App::build(config).await {
+        let err = match meridian_agent_gateway::App::build(config, &Metrics::new()).await {
             Ok(_) => panic!("started with {var} wrong"),
             Err(e) => e.to_string(),
         };

@@ -7,6 +7,7 @@ use meridian_kit::CancellationToken;
 use meridian_kit::bus::{self, Publisher};
 use meridian_kit::config::{ConfigError, HumanDuration, Secret, admin_key};
 use meridian_kit::http::{self, ApiKey, ReadyCheck};
+use meridian_kit::metrics::Metrics;
 use meridian_kit::projection::{self, ConsumerKind, Progress, ProjectionSpec, Runner};
 use meridian_kit::store::{Db, StoreError};
 use meridian_schemas::agents::{AgentStatus, Heartbeat};
@@ -146,19 +147,14 @@ impl Config {
 
 /// `meridian_agents{status}`, from the registry and the latest heartbeats
 /// when scraped.
-fn count_agents_at_scrape(
-    registry: Registry,
-    client: async_nats::Client,
-) -> meridian_kit::metrics::ScrapeGuard {
-    let gauge = |status| {
-        meridian_kit::metrics::gauge(
-            "meridian_agents",
-            "Registered agents, by status (ACTIVE, INACTIVE).",
-            &[("status", status)],
-        )
-    };
+fn count_agents_at_scrape(metrics: &Metrics, registry: Registry, client: async_nats::Client) {
+    let agents = metrics.gauges(
+        "meridian_agents",
+        "Registered agents, by status (ACTIVE, INACTIVE)",
+    );
+    let gauge = |status: &str| agents.get_or_create_owned(&vec![("status", status.to_owned())]);
     let (active, inactive) = (gauge("ACTIVE"), gauge("INACTIVE"));
-    meridian_kit::metrics::on_scrape(Arc::new(move || {
+    metrics.on_scrape(Arc::new(move || {
         let (registry, js) = (registry.clone(), async_nats::jetstream::new(client.clone()));
         let (active, inactive) = (active.clone(), inactive.clone());
         Box::pin(async move {
@@ -219,14 +215,14 @@ pub struct App {
     max_api_bytes: usize,
     grpc_tls: Option<ServerTlsConfig>,
     api_key: ApiKey,
-    /// Counts agents for `/metrics` while the app lives.
-    _scrape: meridian_kit::metrics::ScrapeGuard,
+    metrics: Metrics,
     _db: Db,
 }
 
 impl App {
-    /// Checks configuration, connects, creates streams.
-    pub async fn build(config: Config) -> Result<Self, AppError> {
+    /// Checks configuration, connects, creates streams. Its series go to
+    /// `metrics` (one per service instance; the hub shares one).
+    pub async fn build(config: Config, metrics: &Metrics) -> Result<Self, AppError> {
         let api_key = ApiKey::new(
             admin_key(config.api_key.clone(), "MERIDIAN_AGENT_GATEWAY__API_KEY")?.expose(),
         );
@@ -253,6 +249,7 @@ impl App {
             &config.nats_url,
             "meridian-agent-gateway",
             Duration::from_secs(30),
+            metrics,
         )
         .await?;
         let js = async_nats::jetstream::new(client.clone());
@@ -273,9 +270,14 @@ impl App {
             batch_bytes: usize::MAX,
             filter_subject: None,
         };
-        let (runner, progress) =
-            Runner::new(js.clone(), tree.clone(), Arc::new(RegistryProjection), spec);
-        let publisher = Publisher::new(js);
+        let (runner, progress) = Runner::new(
+            js.clone(),
+            tree.clone(),
+            Arc::new(RegistryProjection),
+            spec,
+            metrics,
+        );
+        let publisher = Publisher::new(js, metrics);
         let registry = Registry::new(tree, publisher.clone(), progress.clone());
         let settings = Settings {
             heartbeat_interval: config.heartbeat_interval.0,
@@ -285,13 +287,14 @@ impl App {
             publish_window: 16,
             chunk_linger: Duration::from_millis(5),
         };
-        let scrape = count_agents_at_scrape(registry.clone(), client.clone());
+        count_agents_at_scrape(metrics, registry.clone(), client.clone());
         let hub = Hub::new(
             registry.clone(),
             tokens.clone(),
             publisher,
             client.clone(),
             settings,
+            metrics,
         );
         Ok(Self {
             client,
@@ -304,7 +307,7 @@ impl App {
             max_api_bytes: config.max_api_bytes,
             grpc_tls,
             api_key,
-            _scrape: scrape,
+            metrics: metrics.clone(),
             _db: db,
         })
     }
@@ -385,8 +388,12 @@ impl App {
         grpc: tokio::net::TcpListener,
         stop: CancellationToken,
     ) -> Result<(), AppError> {
-        let router =
-            http::service_router(self.api(), self.ready_checks(), "Meridian agent-gateway");
+        let router = http::service_router(
+            self.api(),
+            self.ready_checks(),
+            "Meridian agent-gateway",
+            &self.metrics,
+        );
         let work = self.run_until_stopped(grpc, stop.clone());
         http::serve_while(http_listener, router, stop, work).await
     }

@@ -22,7 +22,7 @@ async fn main() -> anyhow::Result<()> {
     let http = tokio::net::TcpListener::bind(&config.http_addr).await?;
     let grpc = tokio::net::TcpListener::bind(&config.grpc_addr).await?;
     tracing::info!(http = %http.local_addr()?, grpc = %grpc.local_addr()?, "agent-gateway listening");
-    let app = match App::build(config).await {
+    let app = match App::build(config, &meridian_kit::metrics::Metrics::new()).await {
         Ok(app) => app,
         Err(meridian_agent_gateway::app::AppError::Config(e)) => {
             eprintln!("{e}");

@@ -51,10 +51,14 @@ async fn main() -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("healthProbe.server.port {port}: {e}"))?;
     let stop = shutdown::on_signal();
-    let probe = probe::router(probe::ProbeState {
-        link: link_rx,
-        role: role_rx.clone(),
-    });
+    let metrics = meridian_kit::metrics::Metrics::new();
+    let probe = probe::router(
+        probe::ProbeState {
+            link: link_rx,
+            role: role_rx.clone(),
+        },
+        &metrics,
+    );
     let probe_stop = stop.clone();
     let probe_task = tokio::spawn(async move {
         axum::serve(listener, probe)
@@ -75,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
         permit_without_stream: k.permit_without_stream,
     });
     session.tls = tls;
+    session.counters = session::RunCounters::new(&metrics);
     session::run_reporting(session, stop.clone(), link_tx, role_rx).await;
     stop.cancel();
     if let Some(election) = election {

@@ -10,6 +10,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
+use meridian_kit::metrics::Metrics;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -24,26 +25,23 @@ pub struct ProbeState {
     pub role: watch::Receiver<Role>,
 }
 
-/// The probe's routes.
-pub fn router(state: ProbeState) -> Router {
-    let gauge = |name, help| meridian_kit::metrics::gauge(name, help, &[]);
-    let connected = gauge(
+/// The probe's routes; `/metrics` serves `metrics` (the session's counters
+/// and the two gauges registered here).
+pub fn router(state: ProbeState, metrics: &Metrics) -> Router {
+    let connected = metrics.gauge(
         "meridian_agent_hub_connected",
-        "1 while the agent's streams to the hub are up.",
+        "1 while the agent's streams to the hub are up",
     );
-    let leader = gauge(
+    let leader = metrics.gauge(
         "meridian_agent_leader",
-        "1 while this replica leads (or does not elect), 0 on standby.",
+        "1 while this replica leads (or does not elect), 0 on standby",
     );
     let watched = state.clone();
-    // Registered for the life of the process (one probe per agent process).
-    std::mem::forget(meridian_kit::metrics::on_scrape(std::sync::Arc::new(
-        move || {
-            connected.set(i64::from(*watched.link.borrow()));
-            leader.set(i64::from(watched.role.borrow().sync_token().is_some()));
-            Box::pin(async {})
-        },
-    )));
+    metrics.on_scrape(std::sync::Arc::new(move || {
+        connected.set(i64::from(*watched.link.borrow()));
+        leader.set(i64::from(watched.role.borrow().sync_token().is_some()));
+        Box::pin(async {})
+    }));
     Router::new()
         .route(
             "/healthz",
@@ -51,7 +49,7 @@ pub fn router(state: ProbeState) -> Router {
         )
         .route("/readyz", get(ready))
         .with_state(state)
-        .merge(meridian_kit::metrics::router())
+        .merge(metrics.router())
 }
 
 async fn ready(State(s): State<ProbeState>) -> (StatusCode, axum::Json<Value>) {

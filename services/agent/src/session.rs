@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::codegen::http::Uri;
 use tracing::Instrument as _;
 
+use meridian_kit::metrics::{Counter, Family, Labels, Metrics};
+
 use crate::election::Role;
 use crate::providers::ProviderConfig;
 
@@ -54,6 +56,45 @@ pub struct SessionConfig {
     pub agent_version: String,
     /// TLS towards the hub (plain gRPC when `None`).
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Where runs and discovered APIs are counted.
+    pub counters: RunCounters,
+}
+
+/// The agent's counters of runs and discovered APIs, by provider.
+#[derive(Clone)]
+pub struct RunCounters {
+    runs: Family<Labels, Counter>,
+    discovered: Family<Labels, Counter>,
+}
+
+impl RunCounters {
+    /// Registers `meridian_agent_sync_runs_total{provider,result}` and
+    /// `meridian_agent_apis_discovered_total{provider}` in `metrics`.
+    pub fn new(metrics: &Metrics) -> Self {
+        Self {
+            runs: metrics.counters(
+                "meridian_agent_sync_runs",
+                "Sync runs this agent ran, by provider and result",
+            ),
+            discovered: metrics.counters(
+                "meridian_agent_apis_discovered",
+                "APIs discovered and sent to the hub, by provider",
+            ),
+        }
+    }
+
+    fn ran(&self, provider: &str, result: &str) {
+        let labels = vec![
+            ("provider", provider.to_owned()),
+            ("result", result.to_owned()),
+        ];
+        self.runs.get_or_create(&labels).inc();
+    }
+
+    fn discovered(&self, provider: &str, count: u64) {
+        let labels = vec![("provider", provider.to_owned())];
+        self.discovered.get_or_create(&labels).inc_by(count);
+    }
 }
 
 impl SessionConfig {
@@ -70,6 +111,7 @@ impl SessionConfig {
             }),
             agent_version: format!("meridian-agent/{}", env!("CARGO_PKG_VERSION")),
             tls: None,
+            counters: RunCounters::new(&Metrics::new()),
         }
     }
 }
@@ -267,7 +309,8 @@ async fn session(
                     while side.runs.try_join_next().is_some() {}
                     let span = tracing::info_span!("sync.run", service = "agent", provider = %req.provider, run_id = %req.run_id);
                     meridian_kit::telemetry::follow(&span, Some(req.traceparent.as_str()).filter(|t| !t.is_empty()));
-                    side.runs.spawn(run_sync(provider, req, side.tx.clone(), side.fencing_token).instrument(span));
+                    let counters = config.counters.clone();
+                    side.runs.spawn(run_sync(provider, req, side.tx.clone(), side.fencing_token, counters).instrument(span));
                 }
                 (Ok(_), _) => return Err(Failure::Connected("hub closed the sync stream".into())),
                 (Err(s), _) => return Err(Failure::Connected(format!("sync stream: {}", s.message()))),
@@ -372,6 +415,7 @@ async fn run_sync(
     req: SyncRequest,
     tx: mpsc::Sender<SyncMessage>,
     fencing_token: Option<u64>,
+    counters: RunCounters,
 ) {
     let msg = |kind| SyncMessage {
         run_id: req.run_id.clone(),
@@ -389,22 +433,10 @@ async fn run_sync(
     let _ = tx
         .send(msg(sync_message::Kind::Started(SyncStarted {})))
         .await;
-    let runs = |result| {
-        meridian_kit::metrics::counter(
-            "meridian_agent_sync_runs_total",
-            "Sync runs this agent ran, by provider and result.",
-            &[("provider", req.provider.as_str()), ("result", result)],
-        )
-    };
     match provider.source.list().await {
         Ok(apis) => {
             let count = apis.len() as u64;
-            meridian_kit::metrics::counter(
-                "meridian_agent_apis_discovered_total",
-                "APIs discovered and sent to the hub, by provider.",
-                &[("provider", req.provider.as_str())],
-            )
-            .add(count);
+            counters.discovered(&req.provider, count);
             for api in apis {
                 if tx.send(msg(sync_message::Kind::Api(api))).await.is_err() {
                     return;
@@ -413,11 +445,11 @@ async fn run_sync(
             let _ = tx
                 .send(msg(sync_message::Kind::Completed(SyncCompleted { count })))
                 .await;
-            runs("completed").inc();
+            counters.ran(&req.provider, "completed");
             tracing::info!(provider = %req.provider, count, "synced");
         }
         Err(reason) => {
-            runs("failed").inc();
+            counters.ran(&req.provider, "failed");
             tracing::warn!(provider = %req.provider, %reason, "sync failed");
             let _ = tx
                 .send(msg(sync_message::Kind::Failed(SyncFailed { reason })))

@@ -7,6 +7,7 @@ use meridian_kit::CancellationToken;
 use meridian_kit::bus::{self, Publisher};
 use meridian_kit::config::{HumanDuration, Secret, admin_key};
 use meridian_kit::http::{self, ApiKey, ReadyCheck};
+use meridian_kit::metrics::Metrics;
 use meridian_kit::projection::{self, ConsumerKind, Progress, ProjectionSpec, Runner};
 use meridian_kit::store::{Db, StoreError, Tree};
 use meridian_schemas::streams;
@@ -99,18 +100,14 @@ pub enum AppError {
 const TREE: &str = "repository";
 
 /// `meridian_repository_apis{status}`, counted when scraped.
-fn count_at_scrape(queries: store::Queries) -> meridian_kit::metrics::ScrapeGuard {
-    let active = meridian_kit::metrics::gauge(
+fn count_at_scrape(metrics: &Metrics, queries: store::Queries) {
+    let apis = metrics.gauges(
         "meridian_repository_apis",
-        "APIs in the repository, by status.",
-        &[("status", "active")],
+        "APIs in the repository, by status",
     );
-    let deleted = meridian_kit::metrics::gauge(
-        "meridian_repository_apis",
-        "APIs in the repository, by status.",
-        &[("status", "deleted")],
-    );
-    meridian_kit::metrics::on_scrape(Arc::new(move || {
+    let gauge = |status: &str| apis.get_or_create_owned(&vec![("status", status.to_owned())]);
+    let (active, deleted) = (gauge("active"), gauge("deleted"));
+    metrics.on_scrape(Arc::new(move || {
         let (queries, active, deleted) = (queries.clone(), active.clone(), deleted.clone());
         Box::pin(async move {
             let counted = tokio::task::spawn_blocking(move || queries.counts()).await;
@@ -173,8 +170,7 @@ pub struct App {
     client: async_nats::Client,
     publisher: Publisher,
     _db: Db,
-    /// Counts the repository for `/metrics` while the app lives.
-    _scrape: meridian_kit::metrics::ScrapeGuard,
+    metrics: Metrics,
     tree: Tree,
     runner: Runner<projection::Stored<store::Repository>>,
     progress: Progress,
@@ -182,14 +178,16 @@ pub struct App {
 }
 
 impl App {
-    /// Connects, creates streams, opens the repository.
-    pub async fn build(config: Config) -> Result<Self, AppError> {
+    /// Connects, creates streams, opens the repository. Its series go to
+    /// `metrics` (one per service instance; the hub shares one).
+    pub async fn build(config: Config, metrics: &Metrics) -> Result<Self, AppError> {
         let api_key =
             ApiKey::new(admin_key(config.api_key.clone(), "MERIDIAN_INVENTORY__API_KEY")?.expose());
         let client = bus::connect(
             &config.nats_url,
             "meridian-inventory",
             std::time::Duration::from_secs(30),
+            metrics,
         )
         .await?;
         let js = async_nats::jetstream::new(client.clone());
@@ -216,22 +214,23 @@ impl App {
             })?;
         let published = published(&js).await?;
         let (db, tree) = open_tree(&config.data_dir).await?;
-        let scrape = count_at_scrape(store::Queries::new(tree.clone()));
+        count_at_scrape(metrics, store::Queries::new(tree.clone()));
         let (runner, progress) = Runner::new(
             js.clone(),
             tree.clone(),
             Arc::new(store::Repository::after(published)),
             spec(&config, ConsumerKind::Durable),
+            metrics,
         );
         Ok(Self {
             client,
-            publisher: Publisher::new(js),
+            publisher: Publisher::new(js, metrics),
             _db: db,
+            metrics: metrics.clone(),
             tree,
             runner,
             progress,
             api_key,
-            _scrape: scrape,
         })
     }
 
@@ -286,7 +285,12 @@ impl App {
         listener: tokio::net::TcpListener,
         stop: CancellationToken,
     ) -> Result<(), AppError> {
-        let router = http::service_router(self.api(), self.ready_checks(), "Meridian inventory");
+        let router = http::service_router(
+            self.api(),
+            self.ready_checks(),
+            "Meridian inventory",
+            &self.metrics,
+        );
         let work = self.run_until_stopped(stop.clone());
         http::serve_while(listener, router, stop, work).await
     }
@@ -334,10 +338,12 @@ impl std::fmt::Display for RebuildReport {
 /// the outbox again.
 pub async fn rebuild(config: Config) -> Result<RebuildReport, AppError> {
     let started = std::time::Instant::now();
+    let metrics = Metrics::new();
     let client = bus::connect(
         &config.nats_url,
         "meridian-inventory-rebuild",
         std::time::Duration::from_secs(10),
+        &metrics,
     )
     .await?;
     let js = async_nats::jetstream::new(client);
@@ -355,6 +361,7 @@ pub async fn rebuild(config: Config) -> Result<RebuildReport, AppError> {
         tree.clone(),
         Arc::new(store::Repository::after(published)),
         spec(&config, ConsumerKind::Ordered),
+        &metrics,
     );
     let replay = std::time::Instant::now();
     let position = runner.run_until_caught_up().await?;

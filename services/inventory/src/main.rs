@@ -34,7 +34,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve => {
             let listener = tokio::net::TcpListener::bind(&config.http_addr).await?;
             tracing::info!(addr = %listener.local_addr()?, "inventory listening");
-            let app = match App::build(config).await {
+            let app = match App::build(config, &meridian_kit::metrics::Metrics::new()).await {
                 Ok(app) => app,
                 Err(meridian_inventory::app::AppError::Config(e)) => {
                     eprintln!("{e}");

@@ -11,6 +11,8 @@ use meridian_schemas::{Envelope, Event, EventMeta, streams};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::metrics::Metrics;
+
 /// How many publish acks may be outstanding at once in [`Publisher::publish_all`].
 pub const PUBLISH_WINDOW: usize = 512;
 
@@ -57,9 +59,10 @@ pub async fn connect(
     url: &str,
     name: &str,
     patience: Duration,
+    metrics: &Metrics,
 ) -> Result<async_nats::Client, BusError> {
     let deadline = tokio::time::Instant::now() + patience;
-    let reconnects = crate::metrics::nats_reconnects();
+    let reconnects = metrics.nats_reconnects();
     loop {
         let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reconnects = reconnects.clone();
@@ -133,12 +136,16 @@ pub async fn ensure_streams(js: &jetstream::Context, names: &[&str]) -> Result<(
 #[derive(Clone)]
 pub struct Publisher {
     js: jetstream::Context,
+    metrics: Metrics,
 }
 
 impl Publisher {
-    /// Wraps a JetStream context.
-    pub fn new(js: jetstream::Context) -> Self {
-        Self { js }
+    /// Wraps a JetStream context; publishes are counted in `metrics`.
+    pub fn new(js: jetstream::Context, metrics: &Metrics) -> Self {
+        Self {
+            js,
+            metrics: metrics.clone(),
+        }
     }
 
     /// The JetStream context.
@@ -174,7 +181,7 @@ impl Publisher {
         expected_last: u64,
     ) -> Result<PublishAck, BusError> {
         let subject = event.subject();
-        let mut headers = Self::headers(event);
+        let mut headers = self.headers(event);
         crate::telemetry::inject_nats(&mut headers, meta.traceparent.as_deref());
         headers.insert(
             NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
@@ -237,8 +244,8 @@ impl Publisher {
         })
     }
 
-    fn headers<E: Event>(event: &E) -> HeaderMap {
-        crate::metrics::published(E::STREAM).inc();
+    fn headers<E: Event>(&self, event: &E) -> HeaderMap {
+        self.metrics.published(E::STREAM).inc();
         let mut headers = HeaderMap::new();
         headers.insert(NATS_MESSAGE_ID, event.dedup_id().as_str());
         headers.insert(HEADER_EVENT_TYPE, event.event_type());
@@ -255,7 +262,7 @@ impl Publisher {
         meta: EventMeta,
     ) -> Result<PublishAckFuture, BusError> {
         let subject = event.subject();
-        let mut headers = Self::headers(event);
+        let mut headers = self.headers(event);
         crate::telemetry::inject_nats(&mut headers, meta.traceparent.as_deref());
         let envelope = Envelope::wrap(event, meta);
         self.js

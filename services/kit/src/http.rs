@@ -17,6 +17,8 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
+
 /// The kinds of failure a request can meet, shared by HTTP and gRPC.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorCode {
@@ -377,6 +379,7 @@ pub fn service_router(
     api: utoipa_axum::router::OpenApiRouter,
     checks: Vec<ReadyCheck>,
     title: &str,
+    metrics: &Metrics,
 ) -> Router {
     let (api, doc) = api.split_for_parts();
     let service = title.strip_prefix("Meridian ").unwrap_or(title);
@@ -385,15 +388,17 @@ pub fn service_router(
             .merge(docs_router(finish_openapi(doc, title)))
             .fallback(not_found_fallback),
         service,
+        metrics,
     )
 }
 
-/// Adds `/metrics` and counts and times every request as `service`.
-pub fn tracked(router: Router, service: &str) -> Router {
+/// Adds `/metrics` (the series of `metrics`) and counts and times every
+/// request as `service`.
+pub fn tracked(router: Router, service: &str, metrics: &Metrics) -> Router {
     router
-        .merge(crate::metrics::router())
+        .merge(metrics.router())
         .layer(axum::middleware::from_fn_with_state(
-            std::sync::Arc::<str>::from(service),
+            (std::sync::Arc::<str>::from(service), metrics.clone()),
             crate::metrics::track_requests,
         ))
 }

@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::metrics::Metrics;
 use crate::store::{StoreError, Tree, Value};
 use async_nats::jetstream::{self, consumer, consumer::pull};
 use futures_util::{StreamExt, stream::BoxStream};
@@ -345,17 +346,20 @@ pub struct Runner<S> {
     position: watch::Sender<u64>,
     target: Arc<AtomicU64>,
     halted: watch::Sender<Option<String>>,
+    metrics: Metrics,
 }
 
 impl<P: Projection> Runner<Stored<P>> {
-    /// Prepares a runner of a stored projection; nothing is read until it runs.
+    /// Prepares a runner of a stored projection; nothing is read until it
+    /// runs. What it consumes is counted in `metrics`.
     pub fn new(
         js: jetstream::Context,
         tree: Tree,
         projection: Arc<P>,
         spec: ProjectionSpec,
+        metrics: &Metrics,
     ) -> (Self, Progress) {
-        Self::with_sink(js, Stored { tree, projection }, spec)
+        Self::with_sink(js, Stored { tree, projection }, spec, metrics)
     }
 }
 
@@ -365,17 +369,23 @@ impl<F: Fold> Runner<InMemory<F>> {
         js: jetstream::Context,
         state: Arc<RwLock<F>>,
         spec: ProjectionSpec,
+        metrics: &Metrics,
     ) -> (Self, Progress) {
         let sink = InMemory {
             state,
             checkpoint: AtomicU64::new(0),
         };
-        Self::with_sink(js, sink, spec)
+        Self::with_sink(js, sink, spec, metrics)
     }
 }
 
 impl<S: Sink> Runner<S> {
-    fn with_sink(js: jetstream::Context, sink: S, spec: ProjectionSpec) -> (Self, Progress) {
+    fn with_sink(
+        js: jetstream::Context,
+        sink: S,
+        spec: ProjectionSpec,
+        metrics: &Metrics,
+    ) -> (Self, Progress) {
         let start = sink.checkpoint().unwrap_or(0);
         let (position, position_rx) = watch::channel(start);
         let (halted, halted_rx) = watch::channel(None);
@@ -393,6 +403,7 @@ impl<S: Sink> Runner<S> {
                 position,
                 target,
                 halted,
+                metrics: metrics.clone(),
             },
             progress,
         )
@@ -536,8 +547,8 @@ impl<S: Sink> Runner<S> {
         };
         tracing::info!(projection = %self.spec.id, from = checkpoint + 1, stream_last = last, "projection following stream");
         let mut messages = messages;
-        let consumed = crate::metrics::consumed(self.spec.stream, &self.spec.id);
-        let lag = crate::metrics::consumer_lag(&self.spec.id);
+        let consumed = self.metrics.consumed(self.spec.stream, &self.spec.id);
+        let lag = self.metrics.consumer_lag(&self.spec.id);
         // One batch is applied (off the runtime) while the next one arrives
         // and is decoded; batches still commit strictly in order.
         let mut applying: Option<Applying> = None;
@@ -602,7 +613,7 @@ impl<S: Sink> Runner<S> {
             if let Some(flight) = applying.take() {
                 checkpoint = self.settle(flight).await?;
             }
-            consumed.add(events.len() as u64);
+            consumed.inc_by(events.len() as u64);
             let newest = events.last().map(|e| e.seq);
             let sink = self.sink.clone();
             let id = self.spec.id.clone();

@@ -73,6 +73,7 @@ pub async fn tail(args: &TailArgs, out: &mut (impl Write + Send)) -> anyhow::Res
         &args.nats_url,
         "meridian-events-tail",
         Duration::from_secs(5),
+        &meridian_kit::metrics::Metrics::new(),
     )
     .await?;
     let js = async_nats::jetstream::new(client);

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use meridian_kit::CancellationToken;
 use meridian_kit::http;
+use meridian_kit::metrics::Metrics;
 use tokio::task::JoinHandle;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -44,16 +45,21 @@ pub async fn start(config: HubConfig, stop: CancellationToken) -> anyhow::Result
     let mut gw_config =
         meridian_agent_gateway::Config::new(&config.nats_url, &config.api_key, &config.jwt_secret);
     gw_config.heartbeat_interval = meridian_kit::config::HumanDuration(config.heartbeat_interval);
-    let gateway = meridian_agent_gateway::App::build(gw_config).await?;
-    let inventory = meridian_inventory::App::build(meridian_inventory::Config::new(
-        &config.nats_url,
-        config.data_dir.join("inventory"),
-        &config.api_key,
-    ))
+    // One hub, one set of series: the services add their own families to it.
+    let metrics = Metrics::new();
+    let gateway = meridian_agent_gateway::App::build(gw_config, &metrics).await?;
+    let inventory = meridian_inventory::App::build(
+        meridian_inventory::Config::new(
+            &config.nats_url,
+            config.data_dir.join("inventory"),
+            &config.api_key,
+        ),
+        &metrics,
+    )
     .await?;
     let mut scheduler_config = meridian_scheduler::Config::new(&config.nats_url, &config.api_key);
     scheduler_config.replica = Some("hub".into());
-    let scheduler = meridian_scheduler::App::build(scheduler_config).await?;
+    let scheduler = meridian_scheduler::App::build(scheduler_config, &metrics).await?;
 
     let mut checks = gateway.ready_checks();
     checks.extend(inventory.ready_checks());
@@ -62,7 +68,7 @@ pub async fn start(config: HubConfig, stop: CancellationToken) -> anyhow::Result
         .merge(gateway.api())
         .merge(inventory.api())
         .merge(scheduler.api());
-    let router = http::service_router(api, checks, "Meridian hub");
+    let router = http::service_router(api, checks, "Meridian hub", &metrics);
 
     let http_listener = tokio::net::TcpListener::bind(&config.http_addr)
         .await

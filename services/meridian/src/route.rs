@@ -128,7 +128,11 @@ pub async fn router(upstreams: Vec<Upstream>, patience: Duration) -> anyhow::Res
         .fallback(forward)
         .with_state(routes);
     let router = kit_http::docs_router(kit_http::finish_openapi(merged, "Meridian hub")).merge(own);
-    Ok(kit_http::tracked(router, "hub"))
+    Ok(kit_http::tracked(
+        router,
+        "hub",
+        &meridian_kit::metrics::Metrics::new(),
+    ))
 }
 
 async fn fetch_doc(

@@ -6,6 +6,7 @@ use meridian_kit::CancellationToken;
 use meridian_kit::bus::{self, Publisher};
 use meridian_kit::config::{ConfigError, HumanDuration, Secret, admin_key};
 use meridian_kit::http::{self, ApiKey, ReadyCheck};
+use meridian_kit::metrics::Metrics;
 use meridian_kit::projection::{
     ConsumerKind, InMemory, Progress, ProjectionError, ProjectionSpec, Runner,
 };
@@ -101,6 +102,7 @@ pub struct App {
     firer: Firer,
     min_interval: Duration,
     api_key: ApiKey,
+    metrics: Metrics,
 }
 
 struct Runners {
@@ -121,8 +123,9 @@ fn spec(id: &str, stream: &'static str, filter_subject: Option<&'static str>) ->
 }
 
 impl App {
-    /// Checks configuration, connects, creates streams.
-    pub async fn build(config: Config) -> Result<Self, AppError> {
+    /// Checks configuration, connects, creates streams. Its series go to
+    /// `metrics` (one per service instance; the hub shares one).
+    pub async fn build(config: Config, metrics: &Metrics) -> Result<Self, AppError> {
         let api_key =
             ApiKey::new(admin_key(config.api_key.clone(), "MERIDIAN_SCHEDULER__API_KEY")?.expose());
         if config.min_interval.0 < Duration::from_secs(1) {
@@ -146,6 +149,7 @@ impl App {
             &config.nats_url,
             "meridian-scheduler",
             Duration::from_secs(30),
+            metrics,
         )
         .await?;
         let js = async_nats::jetstream::new(client.clone());
@@ -157,11 +161,13 @@ impl App {
             js.clone(),
             state.jobs.clone(),
             spec("scheduler-jobs", streams::SCHEDULE, None),
+            metrics,
         );
         let (agents, agents_progress) = Runner::in_memory(
             js.clone(),
             state.agents.clone(),
             spec("scheduler-agents", streams::AGENTS, None),
+            metrics,
         );
         let (runs, runs_progress) = Runner::in_memory(
             js.clone(),
@@ -171,11 +177,12 @@ impl App {
                 streams::SYNC,
                 Some(streams::SYNC_RUN_EVENTS),
             ),
+            metrics,
         );
         let firer = Firer {
             state: state.clone(),
             jobs_progress: jobs_progress.clone(),
-            publisher: Publisher::new(js),
+            publisher: Publisher::new(js, metrics),
             client: client.clone(),
             replica,
             request_patience: config.request_timeout.0,
@@ -188,6 +195,7 @@ impl App {
             firer,
             min_interval: config.min_interval.0,
             api_key,
+            metrics: metrics.clone(),
         })
     }
 
@@ -254,7 +262,12 @@ impl App {
         http_listener: tokio::net::TcpListener,
         stop: CancellationToken,
     ) -> Result<(), AppError> {
-        let router = http::service_router(self.api(), self.ready_checks(), "Meridian scheduler");
+        let router = http::service_router(
+            self.api(),
+            self.ready_checks(),
+            "Meridian scheduler",
+            &self.metrics,
+        );
         let work = self.run_until_stopped(stop.clone());
         http::serve_while(http_listener, router, stop, work).await
     }

@@ -21,7 +21,7 @@ async fn main() -> anyhow::Result<()> {
     let config: Config = config::from_env_or_exit(ENV_PREFIX);
     let http = tokio::net::TcpListener::bind(&config.http_addr).await?;
     tracing::info!(http = %http.local_addr()?, "scheduler listening");
-    let app = match App::build(config).await {
+    let app = match App::build(config, &meridian_kit::metrics::Metrics::new()).await {
         Ok(app) => app,
         Err(meridian_scheduler::app::AppError::Config(e)) => {
             eprintln!("{e}");

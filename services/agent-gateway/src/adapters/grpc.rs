@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 use meridian_kit::bus::{AckWindow, BusError, Publisher};
+use meridian_kit::metrics::{Counter, Family, Labels, Metrics};
 use meridian_kit::time::now_ms;
 use meridian_schemas::agents::{Heartbeat, ProviderRef};
 use meridian_schemas::commands::{self, RunStarted, TriggerSync, TriggerSyncReply};
@@ -76,6 +77,9 @@ pub struct Hub {
     publisher: Publisher,
     client: async_nats::Client,
     settings: Settings,
+    /// `meridian_sync_runs_total{result}`: runs that ended, as agents
+    /// reported them (or as a broken stream left them).
+    sync_runs: Family<Labels, Counter>,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -88,14 +92,25 @@ impl Hub {
         publisher: Publisher,
         client: async_nats::Client,
         settings: Settings,
+        metrics: &Metrics,
     ) -> Self {
+        let sync_runs = metrics.counters(
+            "meridian_sync_runs",
+            "Sync runs ended, by result (completed, failed)",
+        );
         Self {
             registry,
             tokens,
             publisher,
             client,
             settings,
+            sync_runs,
         }
+    }
+
+    fn sync_runs(&self, result: &str) -> Counter {
+        self.sync_runs
+            .get_or_create_owned(&vec![("result", result.to_owned())])
     }
 
     /// Checks `authorization: Bearer <token>` against signature, expiry and
@@ -781,7 +796,7 @@ impl Hub {
             } else {
                 "failed"
             };
-            sync_runs(result).inc();
+            self.sync_runs(result).inc();
         }
         Ok(Inbound::Event(
             SyncEvent {
@@ -821,21 +836,11 @@ impl Hub {
                 )
             });
         let events: Vec<_> = events.collect();
-        sync_runs("failed").add(events.len() as u64);
+        self.sync_runs("failed").inc_by(events.len() as u64);
         if let Err(e) = self.publisher.publish_all(events).await {
             tracing::warn!(%agent, error = %e, "could not record unfinished runs as failed");
         }
     }
-}
-
-/// `meridian_sync_runs_total{result}`: runs that ended, as agents reported
-/// them (or as a broken stream left them).
-fn sync_runs(result: &str) -> meridian_kit::metrics::Counter {
-    meridian_kit::metrics::counter(
-        "meridian_sync_runs_total",
-        "Sync runs ended, by result (completed, failed).",
-        &[("result", result)],
-    )
 }
 
 fn unavailable(e: BusError) -> Status {
