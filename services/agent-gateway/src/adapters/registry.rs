@@ -95,6 +95,12 @@ impl Registry {
         cache.as_ref().and_then(|(_, r)| r.as_ref())
     }
 
+    /// A receiver that changes whenever the registry applies an event (to
+    /// wait for a record without polling).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.progress.subscribe()
+    }
+
     /// Every agent, ordered by creation time.
     pub fn list(&self) -> Vec<AgentRecord> {
         let mut all: Vec<AgentRecord> = self
