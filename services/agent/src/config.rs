@@ -817,7 +817,7 @@ leaderElection:
                 "instances[1].name",
             ),
             (
-                DOCUMENTED.replace("name: \"aws-provider\"", "name: \"aws provider\""),
+                DOCUMENTED.replace("name: \"aws-provider\"", "name: \"aws\\tprovider\""),
                 pod(),
                 "instances[1].name",
             ),
@@ -860,5 +860,11 @@ leaderElection:
             let err = load(&text, vars).unwrap_err();
             assert!(err.key.starts_with(key), "expected {key}, got {err}");
         }
+        // Names as users write them are fine.
+        let named = DOCUMENTED
+            .replace("name: \"tyk-provider\"", "name: \"tyk.eu prod\"")
+            .replace("name: \"aws-provider\"", "name: \"Production APIs\"");
+        let c = load(&named, pod()).unwrap();
+        assert_eq!(c.instances[0].name, "tyk.eu prod");
     }
 }

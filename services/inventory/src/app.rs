@@ -92,6 +92,9 @@ pub enum AppError {
     /// The projection stopped.
     #[error(transparent)]
     Projection(#[from] projection::ProjectionError),
+    /// The newest lifecycle event could not be read.
+    #[error("reading the lifecycle stream's newest event: {0}")]
+    Lifecycle(#[from] crate::adapters::RelayError),
     /// HTTP.
     #[error("HTTP server: {0}")]
     Http(#[from] std::io::Error),
@@ -300,12 +303,7 @@ impl App {
 async fn published(
     js: &async_nats::jetstream::Context,
 ) -> Result<Option<store::OutboxMark>, AppError> {
-    outbox::high_water(js).await.map_err(|message| {
-        AppError::from(bus::BusError::Stream {
-            stream: streams::API_LIFECYCLE.into(),
-            message,
-        })
-    })
+    Ok(outbox::high_water(js).await?)
 }
 
 /// What `rebuild` did.

@@ -242,9 +242,68 @@ pub struct ProviderRecord {
     pub last_run: Option<RunRecord>,
 }
 
+impl ProviderRecord {
+    /// Counts a lifecycle change of one of its APIs; says whether a counter
+    /// moved. Deletions are counted when their run ends ([`close`]).
+    pub fn count(&mut self, kind: LifecycleKind) -> bool {
+        match kind {
+            LifecycleKind::Created => self.active += 1,
+            LifecycleKind::Restored => {
+                self.active += 1;
+                self.deleted = self.deleted.saturating_sub(1);
+            }
+            LifecycleKind::Updated | LifecycleKind::Deleted => return false,
+        }
+        true
+    }
+}
+
 /// A run's message is stale when a newer run of its provider has completed.
 pub fn is_stale(run: &RunRecord, provider: &ProviderRecord) -> bool {
     run.order < provider.newest_completed_order
+}
+
+/// How an `api` message counts towards its run's distinct APIs (`seen`).
+///
+/// The API's record names the newest run that saw it, and a run's order
+/// only grows, so the record answers for that run without a marker per API.
+/// Only a run that is not the API's newest needs a "seen in this run" marker
+/// (interleaved runs of one provider): the run a newer one displaces from
+/// the record while it is still receiving, and an older run that sees an API
+/// a newer run saw first. Markers go when their run ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sighting {
+    /// A new API: the run counts it.
+    New,
+    /// The run is the record's newest and saw it already: no count.
+    Again,
+    /// The run is newer than the record's: it counts the API and takes the
+    /// record over; the displaced run gets a marker if it is still receiving.
+    Displaces(RunId),
+    /// The run is older than the record's: it counts the API unless its
+    /// marker exists (and writes one when it does not).
+    Older,
+}
+
+/// Classifies an `api` message of `run` about an API whose record is
+/// `existing` (`None`: new).
+pub fn sighting(run: &RunRecord, existing: Option<&ApiRecord>) -> Sighting {
+    match existing {
+        None => Sighting::New,
+        Some(r) if r.last_seen_order == run.order => Sighting::Again,
+        Some(r) if r.last_seen_order < run.order => Sighting::Displaces(r.last_run),
+        Some(_) => Sighting::Older,
+    }
+}
+
+/// Whether ending `run` may delete anything, from the committed state before
+/// its end. Only a completion deletes, and only the provider's active APIs
+/// the run did not see; every API a current run saw is active (only a newer
+/// completion could have deleted it, and that makes this run stale), so a
+/// run that saw as many APIs as the provider has active leaves none unseen:
+/// its end need not read the provider's APIs at all.
+pub fn may_delete(run: &RunRecord, provider: &ProviderRecord) -> bool {
+    provider.active > run.seen
 }
 
 /// One `api` message, as the rules need it.
@@ -416,6 +475,43 @@ pub fn finish(run: &RunRecord, provider: &ProviderRecord, end: RunEnd) -> Finish
 /// Whether a completion that deletes below `delete_below` deletes this API.
 pub fn should_delete(last_seen_order: u64, deleted: bool, delete_below: u64) -> bool {
     !deleted && last_seen_order < delete_below
+}
+
+/// Applies a completion that deletes below `delete_below` to one of the
+/// provider's APIs: deletes it (returning the change) when neither the run
+/// nor a newer one saw it.
+pub fn reconcile(
+    record: &mut ApiRecord,
+    run: &RunRecord,
+    delete_below: u64,
+    at_ms: i64,
+    seq: u64,
+) -> Option<HistoryEntry> {
+    let deleted = record.deleted_at_ms.is_some();
+    should_delete(record.last_seen_order, deleted, delete_below)
+        .then(|| delete(record, run, at_ms, seq))
+}
+
+/// Ends `run` as `done` decided, after its completion deleted `deleted`
+/// APIs, and records it on its provider.
+pub fn close(
+    run: &mut RunRecord,
+    provider: &mut ProviderRecord,
+    done: Finish,
+    deleted: u64,
+    at_ms: i64,
+) {
+    run.result = done.result;
+    run.ended_at_ms = Some(at_ms);
+    if let RunResult::Completed { deleted: d, .. } = &mut run.result {
+        *d = deleted;
+    }
+    if let Some(delete_below) = done.delete_below {
+        provider.newest_completed_order = delete_below;
+        provider.active = provider.active.saturating_sub(deleted);
+        provider.deleted += deleted;
+    }
+    provider.last_run = Some(run.clone());
 }
 
 /// Marks a record deleted by `run` and returns the history entry.
@@ -624,5 +720,245 @@ mod tests {
         assert!(should_delete(3, false, 10));
         assert!(!should_delete(10, false, 10));
         assert!(!should_delete(3, true, 10));
+    }
+
+    #[test]
+    fn sightings_count_each_api_once_per_run() {
+        let (old, new) = (run(1), run(5));
+        assert_eq!(sighting(&old, None), Sighting::New);
+        let rec = see(None, &old, &def("a")).record;
+        assert_eq!(sighting(&old, Some(&rec)), Sighting::Again);
+        assert_eq!(sighting(&new, Some(&rec)), Sighting::Displaces(old.run_id));
+        let rec = see(Some(&rec), &new, &def("a")).record;
+        assert_eq!(sighting(&old, Some(&rec)), Sighting::Older);
+    }
+
+    #[test]
+    fn provider_counters_follow_changes_and_run_ends() {
+        let mut p = ProviderRecord::default();
+        assert!(p.count(LifecycleKind::Created));
+        assert!(p.count(LifecycleKind::Created));
+        assert!(!p.count(LifecycleKind::Updated));
+        assert_eq!((p.active, p.deleted), (2, 0));
+        let mut r = run(10);
+        r.seen = 1;
+        assert!(may_delete(&r, &p));
+        let done = finish(&r, &p, RunEnd::Completed { count: 1 });
+        close(&mut r, &mut p, done, 1, 99);
+        assert_eq!((p.active, p.deleted, p.newest_completed_order), (1, 1, 10));
+        assert_eq!(
+            r.result,
+            RunResult::Completed {
+                count: 1,
+                deleted: 1,
+                superseded: false
+            }
+        );
+        assert_eq!(p.last_run.as_ref().unwrap().ended_at_ms, Some(99));
+        assert!(p.count(LifecycleKind::Restored));
+        assert_eq!((p.active, p.deleted), (2, 0));
+        // A failure records the run and moves nothing else.
+        let mut f = run(20);
+        let failed = finish(&f, &p, RunEnd::Failed { reason: "x".into() });
+        close(&mut f, &mut p, failed, 0, 100);
+        assert_eq!((p.active, p.deleted, p.newest_completed_order), (2, 0, 10));
+        assert_eq!(p.last_run.unwrap().run_id, f.run_id);
+    }
+
+    /// The reconciliation rules on one provider, driven as the store drives
+    /// them but with the state in plain maps: no database.
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::{BTreeMap, HashMap, HashSet};
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            Start(u8),
+            Api { run: u8, api: u8, variant: u8 },
+            Complete { run: u8, short: bool },
+            Fail(u8),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                1 => (0..5u8).prop_map(Op::Start),
+                5 => (0..5u8, 0..6u8, 0..2u8).prop_map(|(run, api, variant)| Op::Api { run, api, variant }),
+                2 => (0..5u8, prop::bool::weighted(0.2)).prop_map(|(run, short)| Op::Complete { run, short }),
+                1 => (0..5u8).prop_map(Op::Fail),
+            ]
+        }
+
+        #[derive(Default)]
+        struct Provider {
+            record: ProviderRecord,
+            runs: HashMap<u8, RunRecord>,
+            apis: BTreeMap<u8, ApiRecord>,
+            markers: HashSet<(u8, u8)>,
+            /// What each run really sent (while it counted), for the checks.
+            sent: HashMap<u8, HashSet<u8>>,
+            seq: u64,
+        }
+
+        fn id(run: u8) -> RunId {
+            RunId(Uuid::from_u128(u128::from(run) + 1))
+        }
+
+        impl Provider {
+            fn run(&mut self, r: u8) -> RunRecord {
+                let seq = self.seq;
+                self.runs
+                    .entry(r)
+                    .or_insert_with(|| RunRecord::begin(id(r), AgentId(Uuid::nil()), "p", seq, 0))
+                    .clone()
+            }
+
+            fn apply(&mut self, op: &Op) {
+                self.seq += 1;
+                match *op {
+                    Op::Start(r) => {
+                        self.run(r);
+                    }
+                    Op::Api {
+                        run: r,
+                        api,
+                        variant,
+                    } => self.api(r, api, variant),
+                    Op::Complete { run: r, short } => {
+                        let seen = self.run(r).seen;
+                        self.end(
+                            r,
+                            RunEnd::Completed {
+                                count: seen + u64::from(short),
+                            },
+                        );
+                    }
+                    Op::Fail(r) => self.end(r, RunEnd::Failed { reason: "x".into() }),
+                }
+            }
+
+            fn api(&mut self, r: u8, api: u8, variant: u8) {
+                let mut run = self.run(r);
+                if !run.is_running() || is_stale(&run, &self.record) {
+                    return;
+                }
+                let existing = self.apis.get(&api);
+                let counts = match sighting(&run, existing) {
+                    Sighting::New => true,
+                    Sighting::Again => false,
+                    Sighting::Displaces(displaced) => {
+                        let d = self.runs.iter().find(|(_, x)| x.run_id == displaced);
+                        if let Some((&d, x)) = d
+                            && x.is_running()
+                        {
+                            self.markers.insert((d, api));
+                        }
+                        true
+                    }
+                    Sighting::Older => self.markers.insert((r, api)),
+                };
+                if counts {
+                    run.seen += 1;
+                }
+                self.sent.entry(r).or_default().insert(api);
+                let definition = ApiDefinition {
+                    provider_api_id: api.to_string(),
+                    name: format!("v{variant}"),
+                    ..Default::default()
+                };
+                let hash = definition.content_hash();
+                let observed = observe(
+                    existing,
+                    &Observation {
+                        api_id: ApiId(Uuid::from_u128(u128::from(api))),
+                        run: &run,
+                        definition: &definition,
+                        content_hash: &hash,
+                        at_ms: 0,
+                        seq: self.seq,
+                        index: 0,
+                    },
+                );
+                if let Some(change) = &observed.change {
+                    self.record.count(change.kind);
+                }
+                self.apis.insert(api, observed.record);
+                self.runs.insert(r, run);
+            }
+
+            fn end(&mut self, r: u8, end: RunEnd) {
+                let mut run = self.run(r);
+                if !run.is_running() {
+                    return;
+                }
+                let may = may_delete(&run, &self.record);
+                let done = finish(&run, &self.record, end);
+                self.markers.retain(|(m, _)| *m != r);
+                let mut deleted = 0;
+                if let Some(below) = done.delete_below {
+                    for record in self.apis.values_mut() {
+                        if reconcile(record, &run, below, 1, self.seq).is_some() {
+                            assert!(
+                                may,
+                                "may_delete said no, yet {} went",
+                                record.provider_api_id
+                            );
+                            deleted += 1;
+                        }
+                    }
+                }
+                close(&mut run, &mut self.record, done, deleted, 1);
+                self.runs.insert(r, run);
+            }
+
+            fn check(&self) {
+                let active = self
+                    .apis
+                    .values()
+                    .filter(|a| a.deleted_at_ms.is_none())
+                    .count();
+                assert_eq!(self.record.active as usize, active, "active counter");
+                assert_eq!(
+                    self.record.deleted as usize,
+                    self.apis.len() - active,
+                    "deleted counter"
+                );
+                for (r, run) in &self.runs {
+                    let sent = self.sent.get(r).map_or(0, HashSet::len);
+                    assert_eq!(
+                        run.seen as usize, sent,
+                        "run {r} counted {} of {sent}",
+                        run.seen
+                    );
+                }
+                // The newest completed run's APIs, and those of every newer
+                // run, are all active.
+                let newest = self.record.newest_completed_order;
+                for (r, run) in &self.runs {
+                    if newest > 0 && run.order >= newest {
+                        for api in self.sent.get(r).into_iter().flatten() {
+                            assert!(
+                                self.apis[api].deleted_at_ms.is_none(),
+                                "api {api} seen by run {r} (order {}) was deleted (newest completed {newest})",
+                                run.order
+                            );
+                        }
+                    }
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+            #[test]
+            fn counts_are_exact_and_nothing_a_newer_run_saw_is_deleted(ops in prop::collection::vec(op(), 1..60)) {
+                let mut provider = Provider::default();
+                for op in &ops {
+                    provider.apply(op);
+                    provider.check();
+                }
+            }
+        }
     }
 }

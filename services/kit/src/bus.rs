@@ -51,6 +51,31 @@ pub enum BusError {
         /// Why.
         message: String,
     },
+    /// Another NATS call failed.
+    #[error("{what}: {source}")]
+    Nats {
+        /// What was asked of NATS.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Names the NATS call a result came from:
+/// `js.get_stream(name).await.bus("getting the SYNC stream")?`.
+pub trait BusContext<T> {
+    /// The error as [`BusError::Nats`], saying what was asked.
+    fn bus(self, what: &str) -> Result<T, BusError>;
+}
+
+impl<T, E: std::error::Error + Send + Sync + 'static> BusContext<T> for Result<T, E> {
+    fn bus(self, what: &str) -> Result<T, BusError> {
+        self.map_err(|e| BusError::Nats {
+            what: what.to_owned(),
+            source: Box::new(e),
+        })
+    }
 }
 
 /// Connects to NATS, retrying for up to `patience` while the server comes up.

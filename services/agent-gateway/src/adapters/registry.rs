@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use meridian_kit::bus::{BusError, Publisher};
 use meridian_kit::projection::{Ctx, Progress, Projection, StoredEvent};
-use meridian_kit::store::Tree;
+use meridian_kit::store::{StoreError, Tree};
 use meridian_kit::time::now_ms;
 use meridian_schemas::agents::AgentEvent;
-use meridian_schemas::{AgentId, EventMeta};
+use meridian_schemas::{AgentId, DecodeError, EventMeta};
 
 use crate::domain::{self, AgentRecord, Command, Rejection};
 
@@ -25,16 +25,32 @@ fn key(id: AgentId) -> Vec<u8> {
 /// Folds `AGENTS` into agent records.
 pub struct RegistryProjection;
 
+/// Why an `AGENTS` message could not be folded.
+#[derive(Debug, thiserror::Error)]
+pub enum FoldError {
+    /// The message is not a registry event this build reads.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// A stored record does not decode.
+    #[error("corrupt agent record: {0}")]
+    Corrupt(#[from] postcard::Error),
+    /// The local store failed.
+    #[error(transparent)]
+    Storage(#[from] StoreError),
+}
+
 impl Projection for RegistryProjection {
-    fn apply(&self, ctx: &mut Ctx<'_>, stored: &StoredEvent) -> Result<(), String> {
-        let event: AgentEvent = stored.envelope.open().map_err(|e| e.to_string())?;
+    type Error = FoldError;
+
+    fn apply(&self, ctx: &mut Ctx<'_>, stored: &StoredEvent) -> Result<(), FoldError> {
+        let event: AgentEvent = stored.envelope.open()?;
         let k = key(event.agent_id());
         let state: Option<AgentRecord> = match ctx.get(&k)? {
-            Some(v) => Some(postcard::from_bytes(&v).map_err(|e| e.to_string())?),
+            Some(v) => Some(postcard::from_bytes(&v)?),
             None => None,
         };
         match domain::evolve(state, &event, stored.envelope.occurred_at_ms) {
-            Some(r) => ctx.insert(k, postcard::to_allocvec(&r).map_err(|e| e.to_string())?),
+            Some(r) => ctx.insert(k, postcard::to_allocvec(&r)?),
             None => ctx.remove(k),
         }
         Ok(())

@@ -19,26 +19,27 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use meridian_kit::CancellationToken;
-use meridian_kit::bus::Publisher;
+use meridian_kit::bus::{BusContext, Publisher};
 use meridian_kit::projection::Progress;
 use meridian_kit::store::Tree;
 use meridian_schemas::lifecycle::{self, LifecycleBatch, LifecycleEvent};
 use meridian_schemas::{Envelope, EventMeta, streams};
 
-use super::store::{OUTBOX_PREFIX, OutboxMark as Mark, outbox_entry};
+use super::RelayError;
+use super::store::{OUTBOX_PREFIX, OutboxMark as Mark, RepositoryError, outbox_entry};
 
 const CHUNK: usize = 2048;
 
 /// The newest published event's (source sequence, API id), if any.
-pub async fn high_water(js: &jetstream::Context) -> Result<Option<Mark>, String> {
+pub async fn high_water(js: &jetstream::Context) -> Result<Option<Mark>, RelayError> {
     let stream = js
         .get_stream(streams::API_LIFECYCLE)
         .await
-        .map_err(|e| e.to_string())?;
+        .bus("getting the API_LIFECYCLE stream")?;
     let last = stream
         .get_info()
         .await
-        .map_err(|e| e.to_string())?
+        .bus("reading API_LIFECYCLE's state")?
         .state
         .last_sequence;
     if last == 0 {
@@ -47,10 +48,8 @@ pub async fn high_water(js: &jetstream::Context) -> Result<Option<Mark>, String>
     let message = stream
         .get_raw_message(last)
         .await
-        .map_err(|e| e.to_string())?;
-    let changes = Envelope::from_bytes(&message.payload)
-        .and_then(|e| lifecycle::changes(&e))
-        .map_err(|e| e.to_string())?;
+        .bus("reading API_LIFECYCLE's last message")?;
+    let changes = Envelope::from_bytes(&message.payload).and_then(|e| lifecycle::changes(&e))?;
     Ok(changes.last().map(LifecycleEvent::mark))
 }
 
@@ -89,7 +88,7 @@ async fn drain(
     tree: &Tree,
     publisher: &Publisher,
     mark: &mut Option<Option<Mark>>,
-) -> Result<(), String> {
+) -> Result<(), RelayError> {
     loop {
         let hw = match mark {
             Some(m) => *m,
@@ -99,7 +98,7 @@ async fn drain(
         let mut keys = Vec::new();
         let mut fresh_events: Vec<LifecycleEvent> = Vec::new();
         for entry in tree.scan_prefix(OUTBOX_PREFIX) {
-            let (key, value) = entry.map_err(|e| e.to_string())?;
+            let (key, value) = entry.map_err(RepositoryError::from)?;
             keys.push(key);
             fresh_events.extend(
                 outbox_entry(&value)?
@@ -146,10 +145,7 @@ async fn drain(
                 }
             }
         }
-        publisher
-            .publish_all(batches)
-            .await
-            .map_err(|e| e.to_string())?;
+        publisher.publish_all(batches).await?;
         if let Some(newest) = newest {
             *mark = Some(Some(newest));
         }
@@ -157,6 +153,6 @@ async fn drain(
         for key in keys {
             batch.remove(key);
         }
-        tree.apply(batch).map_err(|e| e.to_string())?;
+        tree.apply(batch).map_err(RepositoryError::from)?;
     }
 }

@@ -25,12 +25,14 @@ use async_nats::header::{HeaderMap, NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, NATS_ME
 use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
 use futures_util::StreamExt;
 use meridian_kit::CancellationToken;
-use meridian_kit::bus::{AckWindow, BusError};
+use meridian_kit::bus::{AckWindow, BusContext, BusError};
 use meridian_kit::time::now_ms;
 use meridian_schemas::agents::Heartbeat;
 use meridian_schemas::lifecycle;
 use meridian_schemas::public::{self, AgentStatusData, CloudEvent};
 use meridian_schemas::{AgentId, Envelope, streams};
+
+use super::RelayError;
 use serde::Serialize;
 
 /// The relay's durable consumer on `API_LIFECYCLE`.
@@ -80,11 +82,11 @@ pub async fn relay_until_stopped(js: jetstream::Context, stop: CancellationToken
     }
 }
 
-async fn relay(js: &jetstream::Context) -> Result<(), String> {
+async fn relay(js: &jetstream::Context) -> Result<(), RelayError> {
     let stream = js
         .get_stream(streams::API_LIFECYCLE)
         .await
-        .map_err(|e| e.to_string())?;
+        .bus("getting the API_LIFECYCLE stream")?;
     // Resume at the server-side ack floor, recreating the consumer there:
     // with ack-all, messages an earlier (crashed) relay received but never
     // acked would otherwise be acked by the next ack, unpublished.
@@ -105,32 +107,30 @@ async fn relay(js: &jetstream::Context) -> Result<(), String> {
             ..Default::default()
         })
         .await
-        .map_err(|e| e.to_string())?;
+        .bus("creating the relay's consumer")?;
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(RELAY_BATCH)
         .messages()
         .await
-        .map_err(|e| e.to_string())?;
+        .bus("following the relay's consumer")?;
     loop {
         let first = messages
             .next()
             .await
-            .ok_or("the lifecycle consumer ended")?
-            .map_err(|e| e.to_string())?;
+            .ok_or(RelayError::Ended("the lifecycle consumer ended"))?
+            .bus("reading API_LIFECYCLE")?;
         let mut chunk = vec![first];
         while chunk.len() < RELAY_BATCH {
             match tokio::time::timeout(Duration::from_millis(2), messages.next()).await {
-                Ok(Some(m)) => chunk.push(m.map_err(|e| e.to_string())?),
+                Ok(Some(m)) => chunk.push(m.bus("reading API_LIFECYCLE")?),
                 _ => break,
             }
         }
         let mut window = AckWindow::new(meridian_kit::bus::PUBLISH_WINDOW);
         for message in &chunk {
-            let envelope = Envelope::from_bytes(&message.payload)
-                .map_err(|e| format!("undecodable lifecycle message: {e}"))?;
-            let changes = lifecycle::changes(&envelope)
-                .map_err(|e| format!("undecodable lifecycle message: {e}"))?;
+            let envelope = Envelope::from_bytes(&message.payload)?;
+            let changes = lifecycle::changes(&envelope)?;
             for event in &changes {
                 let mut public = public::api_event(event);
                 public.traceparent.clone_from(&envelope.traceparent);
@@ -144,20 +144,20 @@ async fn relay(js: &jetstream::Context) -> Result<(), String> {
                 let ack = js
                     .publish_with_headers(subject.clone(), headers, json(&public))
                     .await
-                    .map_err(|e| e.to_string())?;
-                window
-                    .push_future(&subject, ack)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .bus("publishing a public event")?;
+                window.push_future(&subject, ack).await?;
             }
         }
-        window.flush().await.map_err(|e| e.to_string())?;
+        window.flush().await?;
         chunk
             .last()
             .expect("a chunk has a first message")
             .ack()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| BusError::Nats {
+                what: "acking relayed lifecycle messages".into(),
+                source: e,
+            })?;
     }
 }
 
@@ -187,36 +187,41 @@ async fn replay(
     js: &jetstream::Context,
     stream: &str,
     filter: &str,
-) -> Result<Vec<(u64, bytes::Bytes)>, String> {
-    let stream = js.get_stream(stream).await.map_err(|e| e.to_string())?;
+) -> Result<Vec<(u64, bytes::Bytes)>, RelayError> {
+    let stream = js
+        .get_stream(stream)
+        .await
+        .bus("getting a stream to replay")?;
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subject: filter.into(),
             ..Default::default()
         })
         .await
-        .map_err(|e| e.to_string())?;
+        .bus("creating a replay consumer")?;
     let mut pending = consumer.cached_info().num_pending;
     let mut out = Vec::new();
-    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    let mut messages = consumer.messages().await.bus("replaying")?;
     while pending > 0 {
         let m = messages
             .next()
             .await
-            .ok_or("replay ended early")?
-            .map_err(|e| e.to_string())?;
-        let info = m.info().map_err(|e| e.to_string())?;
+            .ok_or(RelayError::Ended("replay ended early"))?
+            .bus("replaying")?;
+        let info = m.info().map_err(|e| BusError::Nats {
+            what: "reading a replayed message's info".into(),
+            source: e,
+        })?;
         pending = info.pending;
         out.push((info.stream_sequence, m.payload.clone()));
     }
     Ok(out)
 }
 
-async fn watch_status(js: &jetstream::Context) -> Result<(), String> {
+async fn watch_status(js: &jetstream::Context) -> Result<(), RelayError> {
     let mut published: Published = HashMap::new();
     for (seq, payload) in replay(js, streams::EVENTS, streams::AGENT_STATUS_EVENTS).await? {
-        let event: CloudEvent<AgentStatusData> =
-            serde_json::from_slice(&payload).map_err(|e| e.to_string())?;
+        let event: CloudEvent<AgentStatusData> = serde_json::from_slice(&payload)?;
         if let Ok(agent) = AgentId::parse(&event.data.agent_id) {
             published.insert(agent, (event.data.status == "ACTIVE", seq));
         }
@@ -225,14 +230,14 @@ async fn watch_status(js: &jetstream::Context) -> Result<(), String> {
     let stream = js
         .get_stream(streams::AGENT_HEARTBEATS)
         .await
-        .map_err(|e| e.to_string())?;
+        .bus("getting the AGENT_HEARTBEATS stream")?;
     let mut live = stream
         .create_consumer(consumer::pull::OrderedConfig::default())
         .await
-        .map_err(|e| e.to_string())?
+        .bus("following heartbeats")?
         .messages()
         .await
-        .map_err(|e| e.to_string())?;
+        .bus("following heartbeats")?;
     loop {
         let now = now_ms();
         for agent in beats.keys().copied().collect::<Vec<_>>() {
@@ -249,13 +254,11 @@ async fn watch_status(js: &jetstream::Context) -> Result<(), String> {
         });
         match tokio::time::timeout(wait, live.next()).await {
             Ok(Some(message)) => {
-                let message = message.map_err(|e| e.to_string())?;
-                let beat: Heartbeat = Envelope::from_bytes(&message.payload)
-                    .and_then(|e| e.open())
-                    .map_err(|e| format!("undecodable heartbeat: {e}"))?;
+                let message = message.bus("reading heartbeats")?;
+                let beat: Heartbeat = Envelope::from_bytes(&message.payload)?.open()?;
                 beats.insert(beat.agent_id, beat);
             }
-            Ok(None) => return Err("the heartbeat consumer ended".into()),
+            Ok(None) => return Err(RelayError::Ended("the heartbeat consumer ended")),
             Err(_) => {}
         }
     }
@@ -268,7 +271,7 @@ async fn settle(
     agent: AgentId,
     beat: &Heartbeat,
     now: i64,
-) -> Result<(), String> {
+) -> Result<(), RelayError> {
     let active = now < beat.active_until_ms;
     let (was_active, last_seq) = published.get(&agent).copied().unwrap_or((false, 0));
     if active == was_active {
@@ -289,7 +292,7 @@ async fn settle(
     let ack = js
         .publish_with_headers(subject.clone(), headers, json(&event))
         .await
-        .map_err(|e| e.to_string())?
+        .bus("publishing an agent status event")?
         .await;
     match ack {
         Ok(ack) => {
@@ -305,13 +308,12 @@ async fn settle(
             let stream = js
                 .get_stream_no_info(streams::EVENTS)
                 .await
-                .map_err(|e| e.to_string())?;
+                .bus("getting the public stream")?;
             let last = stream
                 .get_last_raw_message_by_subject(&subject)
                 .await
-                .map_err(|e| e.to_string())?;
-            let event: CloudEvent<AgentStatusData> =
-                serde_json::from_slice(&last.payload).map_err(|e| e.to_string())?;
+                .bus("reading an agent's last status event")?;
+            let event: CloudEvent<AgentStatusData> = serde_json::from_slice(&last.payload)?;
             published.insert(agent, (event.data.status == "ACTIVE", last.sequence));
             Ok(())
         }
@@ -319,7 +321,7 @@ async fn settle(
             subject,
             message: e.to_string(),
         }
-        .to_string()),
+        .into()),
     }
 }
 
@@ -347,7 +349,7 @@ pub async fn read_events(
     filter: &str,
     from: Start,
     limit: usize,
-) -> Result<EventsPage, String> {
+) -> Result<EventsPage, RelayError> {
     if let Start::Since(ms) = from
         && ms > now_ms()
     {
@@ -361,15 +363,18 @@ pub async fn read_events(
         Start::After(seq) => consumer::DeliverPolicy::ByStartSequence {
             start_sequence: seq + 1,
         },
+        // A time before the epoch starts at the stream's first message.
         Start::Since(ms) => consumer::DeliverPolicy::ByStartTime {
-            start_time: time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-                .map_err(|e| e.to_string())?,
+            start_time: time::OffsetDateTime::from_unix_timestamp_nanos(
+                i128::from(ms.max(0)) * 1_000_000,
+            )
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
         },
     };
     let stream = js
         .get_stream(streams::EVENTS)
         .await
-        .map_err(|e| e.to_string())?;
+        .bus("getting the public stream")?;
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subject: filter.into(),
@@ -377,7 +382,7 @@ pub async fn read_events(
             ..Default::default()
         })
         .await
-        .map_err(|e| e.to_string())?;
+        .bus("reading the public stream")?;
     let mut pending = consumer.cached_info().num_pending;
     let mut page = EventsPage {
         events: Vec::new(),
@@ -389,18 +394,20 @@ pub async fn read_events(
     if pending == 0 {
         return Ok(page);
     }
-    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    let mut messages = consumer.messages().await.bus("reading the public stream")?;
     while pending > 0 && page.events.len() < limit {
         let m = tokio::time::timeout(Duration::from_secs(5), messages.next())
             .await
-            .map_err(|_| "the public stream did not answer in time")?
-            .ok_or("the public stream consumer ended")?
-            .map_err(|e| e.to_string())?;
-        let info = m.info().map_err(|e| e.to_string())?;
+            .map_err(|_| RelayError::Ended("the public stream did not answer in time"))?
+            .ok_or(RelayError::Ended("the public stream consumer ended"))?
+            .bus("reading the public stream")?;
+        let info = m.info().map_err(|e| BusError::Nats {
+            what: "reading a public event's info".into(),
+            source: e,
+        })?;
         pending = info.pending;
         page.last_seq = info.stream_sequence;
-        page.events
-            .push(serde_json::from_slice(&m.payload).map_err(|e| e.to_string())?);
+        page.events.push(serde_json::from_slice(&m.payload)?);
     }
     Ok(page)
 }

@@ -4,6 +4,7 @@
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use meridian_kit::projection::{Fold, StoredEvent};
+use meridian_schemas::DecodeError;
 use meridian_schemas::agents::AgentEvent;
 use meridian_schemas::schedule::ScheduleEvent;
 use meridian_schemas::sync::SyncEvent;
@@ -11,24 +12,30 @@ use meridian_schemas::sync::SyncEvent;
 use crate::domain::{Agents, Jobs, Runs};
 
 impl Fold for Jobs {
-    fn apply(&mut self, stored: &StoredEvent) -> Result<(), String> {
-        let event: ScheduleEvent = stored.envelope.open().map_err(|e| e.to_string())?;
+    type Error = DecodeError;
+
+    fn apply(&mut self, stored: &StoredEvent) -> Result<(), DecodeError> {
+        let event: ScheduleEvent = stored.envelope.open()?;
         Jobs::apply(self, event, stored.seq);
         Ok(())
     }
 }
 
 impl Fold for Agents {
-    fn apply(&mut self, stored: &StoredEvent) -> Result<(), String> {
-        let event: AgentEvent = stored.envelope.open().map_err(|e| e.to_string())?;
+    type Error = DecodeError;
+
+    fn apply(&mut self, stored: &StoredEvent) -> Result<(), DecodeError> {
+        let event: AgentEvent = stored.envelope.open()?;
         Agents::apply(self, event);
         Ok(())
     }
 }
 
 impl Fold for Runs {
-    fn apply(&mut self, stored: &StoredEvent) -> Result<(), String> {
-        let event: SyncEvent = stored.envelope.open().map_err(|e| e.to_string())?;
+    type Error = DecodeError;
+
+    fn apply(&mut self, stored: &StoredEvent) -> Result<(), DecodeError> {
+        let event: SyncEvent = stored.envelope.open()?;
         Runs::apply(self, &event);
         Ok(())
     }
