@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use meridian_agent::providers::{ProviderConfig, Source};
+use meridian_agent::providers::{ProviderConfig, ProviderError, Source};
 use meridian_agent::session::{self, SessionConfig};
 use meridian_kit::CancellationToken;
 pub use meridian_kit::metrics::Metrics;
@@ -384,9 +384,9 @@ impl MemorySource {
 }
 
 impl Source for MemorySource {
-    fn list(&self) -> BoxFuture<'_, Result<Vec<ApiDefinition>, String>> {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ApiDefinition>, ProviderError>> {
         let r = self.0.lock().unwrap().clone();
-        Box::pin(async move { r })
+        Box::pin(async move { r.map_err(ProviderError::Unavailable) })
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use meridian::demo_provider::{DemoProvider, tyk_api};
 use meridian_agent::providers::aws::AwsApiGateway;
-use meridian_agent::providers::sigv4::{Signer, amz_now};
+use meridian_agent::providers::sigv4::Signer;
 use meridian_agent::providers::tyk::TykDashboard;
 use meridian_agent::providers::{ProviderConfig, Source};
 use meridian_agent::session::{self, SessionConfig};
@@ -19,29 +19,19 @@ use meridian_tests::{Api, Moto, Nats, eventually, start_gateway, start_inventory
 use serde_json::json;
 
 async fn create_rest_apis(moto: &Moto, n: usize) -> anyhow::Result<()> {
-    let signer = Signer {
-        access_key_id: "AKIABENCH".into(),
-        secret: "bench".into(),
-        session_token: None,
-        region: "us-east-1".into(),
-        service: "apigateway".into(),
-    };
+    let signer = Signer::new("AKIABENCH", "bench", None, "us-east-1", "apigateway");
     let http = reqwest::Client::new();
-    let host = moto.url.trim_start_matches("http://").to_owned();
+    let url = format!("{}/restapis", moto.url);
     for i in 0..n {
         let body = json!({"name": format!("bench-{i}")}).to_string();
         let headers = signer.sign(
             "POST",
-            &host,
-            "/restapis",
-            "",
+            &url,
             &[("content-type", "application/json")],
             body.as_bytes(),
-            &amz_now(),
-        );
-        let mut req = http
-            .post(format!("{}/restapis", moto.url))
-            .header("content-type", "application/json");
+            std::time::SystemTime::now(),
+        )?;
+        let mut req = http.post(&url).header("content-type", "application/json");
         for (k, v) in headers {
             req = req.header(k, v);
         }

@@ -24,7 +24,7 @@ async fn repository_digest(api: &Api) -> String {
 async fn hello(grpc: &str, token: &str, providers: &[(&str, &str)]) -> Result<(), tonic::Status> {
     let mut client = connect(grpc, token)
         .await
-        .map_err(tonic::Status::unavailable)?;
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let hello = Hello {
         providers: providers

@@ -25,7 +25,9 @@ async fn reaches(hub: &str, token: &str, files: Option<TlsFiles>) -> Result<(), 
     let tls = files
         .map(|f| tls::client_config(&f).map_err(|e| e.to_string()))
         .transpose()?;
-    let mut client = session::connect_with(hub, token, None, tls).await?;
+    let mut client = session::connect_with(hub, token, None, tls)
+        .await
+        .map_err(|e| e.to_string())?;
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tx.send(meridian_schemas::proto::HealthMessage {
         kind: Some(meridian_schemas::proto::health_message::Kind::Hello(

@@ -166,8 +166,52 @@ fn jitter(d: Duration) -> Duration {
 
 /// Why a session ended: before or after the streams were up.
 enum Failure {
-    Connecting(String),
-    Connected(String),
+    Connecting(SessionError),
+    Connected(SessionError),
+}
+
+/// Why the agent could not reach the hub, or lost it.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The hub's address is not usable.
+    #[error("{hub:?} is not a usable hub URL: {why}")]
+    BadUrl {
+        /// As configured.
+        hub: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// No connection (refused, unresolvable, TLS failed, timed out).
+    #[error("cannot reach {hub}: {}", causes(source))]
+    Unreachable {
+        /// As configured.
+        hub: String,
+        /// Why.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The token cannot travel as gRPC metadata.
+    #[error("the token is not valid gRPC metadata")]
+    BadToken,
+    /// The hub refused to open a stream.
+    #[error("{stream} stream refused: {}", status.message())]
+    Refused {
+        /// `health` or `sync`.
+        stream: &'static str,
+        /// The hub's answer.
+        status: tonic::Status,
+    },
+    /// A stream failed.
+    #[error("{stream} stream: {}", status.message())]
+    Broken {
+        /// `health` or `sync`.
+        stream: &'static str,
+        /// Why.
+        status: tonic::Status,
+    },
+    /// The hub (or this side) closed a stream.
+    #[error("{0}")]
+    Closed(&'static str),
 }
 
 /// Adds the token to every call.
@@ -180,7 +224,7 @@ pub type Client = AgentHubClient<
 >;
 
 /// A client that sends the token with every call (plain gRPC, no keepalive).
-pub async fn connect(hub: &str, token: &str) -> Result<Client, String> {
+pub async fn connect(hub: &str, token: &str) -> Result<Client, SessionError> {
     connect_with(hub, token, None, None).await
 }
 
@@ -190,13 +234,15 @@ pub async fn connect_with(
     token: &str,
     keepalive: Option<Keepalive>,
     tls: Option<Arc<rustls::ClientConfig>>,
-) -> Result<Client, String> {
-    let uri: Uri = hub
-        .parse()
-        .map_err(|e| format!("{hub:?} is not a URL: {e}"))?;
+) -> Result<Client, SessionError> {
+    let bad = |why: String| SessionError::BadUrl {
+        hub: hub.to_owned(),
+        why,
+    };
+    let uri: Uri = hub.parse().map_err(|e| bad(format!("{e}")))?;
     let host = uri
         .host()
-        .ok_or_else(|| format!("{hub:?} has no host"))?
+        .ok_or_else(|| bad("it has no host".into()))?
         .to_owned();
     // With TLS the handshake is ours (see `tls`); tonic then speaks plain
     // HTTP/2 over the encrypted stream, so it is given an http:// URL.
@@ -209,7 +255,7 @@ pub async fn connect_with(
         });
     let plain = format!("http://{host}:{port}");
     let mut endpoint = tonic::transport::Endpoint::from_shared(plain)
-        .map_err(|e| format!("{hub:?} is not a URL: {e}"))?
+        .map_err(|e| bad(e.to_string()))?
         .connect_timeout(Duration::from_secs(5));
     if let Some(k) = keepalive {
         endpoint = endpoint
@@ -220,17 +266,24 @@ pub async fn connect_with(
     let channel = match tls {
         None => endpoint.connect().await,
         Some(config) => {
-            let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
-                .map_err(|e| format!("{host:?} cannot be checked against a certificate: {e}"))?;
+            let name =
+                ServerName::try_from(host.trim_matches(['[', ']']).to_owned()).map_err(|e| {
+                    bad(format!(
+                        "{host:?} cannot be checked against a certificate: {e}"
+                    ))
+                })?;
             endpoint
                 .connect_with_connector(crate::tls::connector(config, name))
                 .await
         }
     }
-    .map_err(|e| format!("cannot reach {hub}: {}", causes(&e)))?;
+    .map_err(|source| SessionError::Unreachable {
+        hub: hub.to_owned(),
+        source,
+    })?;
     let value: tonic::metadata::MetadataValue<_> = format!("Bearer {token}")
         .parse()
-        .map_err(|_| "token is not valid metadata".to_owned())?;
+        .map_err(|_| SessionError::BadToken)?;
     let interceptor: Interceptor = Box::new(move |mut req: tonic::Request<()>| {
         req.metadata_mut().insert("authorization", value.clone());
         Ok(req)
@@ -239,7 +292,7 @@ pub async fn connect_with(
 }
 
 /// An error with its sources: tonic's own message is only "transport error".
-fn causes(e: &dyn std::error::Error) -> String {
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -277,12 +330,12 @@ async fn session(
                 let beat = HealthMessage { kind: Some(health_message::Kind::Heartbeat(Heartbeat {
                     sent_at_ms: meridian_kit::time::now_ms(),
                 })) };
-                health.tx.send(beat).await.map_err(|_| Failure::Connected("health stream closed".into()))?;
+                health.tx.send(beat).await.map_err(|_| Failure::Connected(SessionError::Closed("health stream closed")))?;
             }
             reply = health.replies.message() => match reply {
                 Ok(Some(_)) => {}
-                Ok(None) => return Err(Failure::Connected("hub closed the health stream".into())),
-                Err(s) => return Err(Failure::Connected(format!("health stream: {}", s.message()))),
+                Ok(None) => return Err(Failure::Connected(SessionError::Closed("hub closed the health stream"))),
+                Err(status) => return Err(Failure::Connected(SessionError::Broken { stream: "health", status })),
             },
             changed = role.changed(), if role_open => {
                 if changed.is_err() {
@@ -312,8 +365,8 @@ async fn session(
                     let counters = config.counters.clone();
                     side.runs.spawn(run_sync(provider, req, side.tx.clone(), side.fencing_token, counters).instrument(span));
                 }
-                (Ok(_), _) => return Err(Failure::Connected("hub closed the sync stream".into())),
-                (Err(s), _) => return Err(Failure::Connected(format!("sync stream: {}", s.message()))),
+                (Ok(_), _) => return Err(Failure::Connected(SessionError::Closed("hub closed the sync stream"))),
+                (Err(status), _) => return Err(Failure::Connected(SessionError::Broken { stream: "sync", status })),
             },
         }
     }
@@ -344,7 +397,7 @@ async fn next_request(side: Option<&mut SyncSide>) -> Result<Option<SyncRequest>
 }
 
 /// Connects, says hello, and waits for the hub's first reply.
-async fn open_health(config: &SessionConfig) -> Result<Health, String> {
+async fn open_health(config: &SessionConfig) -> Result<Health, SessionError> {
     let mut client = connect_with(
         &config.hub,
         &config.token,
@@ -372,13 +425,19 @@ async fn open_health(config: &SessionConfig) -> Result<Health, String> {
     let mut replies = client
         .health(ReceiverStream::new(rx))
         .await
-        .map_err(|s| format!("health stream refused: {}", s.message()))?
+        .map_err(|status| SessionError::Refused {
+            stream: "health",
+            status,
+        })?
         .into_inner();
     let first = replies
         .message()
         .await
-        .map_err(|s| s.message().to_owned())?
-        .ok_or("hub closed the health stream")?;
+        .map_err(|status| SessionError::Refused {
+            stream: "health",
+            status,
+        })?
+        .ok_or(SessionError::Closed("hub closed the health stream"))?;
     let interval = Duration::from_secs(u64::from(first.heartbeat_interval_seconds.max(1)));
     Ok(Health {
         client,
@@ -389,7 +448,10 @@ async fn open_health(config: &SessionConfig) -> Result<Health, String> {
 }
 
 /// Opens the sync stream, announcing the fencing token (if electing).
-async fn open_sync(client: &mut Client, fencing_token: Option<u64>) -> Result<SyncSide, String> {
+async fn open_sync(
+    client: &mut Client,
+    fencing_token: Option<u64>,
+) -> Result<SyncSide, SessionError> {
     let (tx, rx) = mpsc::channel::<SyncMessage>(1024);
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     if let Some(token) = fencing_token {
@@ -400,7 +462,10 @@ async fn open_sync(client: &mut Client, fencing_token: Option<u64>) -> Result<Sy
     let requests = client
         .sync(request)
         .await
-        .map_err(|s| format!("sync stream refused: {}", s.message()))?
+        .map_err(|status| SessionError::Refused {
+            stream: "sync",
+            status,
+        })?
         .into_inner();
     Ok(SyncSide {
         fencing_token,
@@ -448,9 +513,10 @@ async fn run_sync(
             counters.ran(&req.provider, "completed");
             tracing::info!(provider = %req.provider, count, "synced");
         }
-        Err(reason) => {
+        Err(e) => {
             counters.ran(&req.provider, "failed");
-            tracing::warn!(provider = %req.provider, %reason, "sync failed");
+            tracing::warn!(provider = %req.provider, reason = %e, "sync failed");
+            let reason = e.to_string();
             let _ = tx
                 .send(msg(sync_message::Kind::Failed(SyncFailed { reason })))
                 .await;

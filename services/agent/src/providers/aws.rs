@@ -11,8 +11,8 @@ use futures_util::future::BoxFuture;
 use meridian_schemas::proto::ApiDefinition;
 use serde_json::{Value, json};
 
-use super::Source;
-use super::sigv4::{Signer, amz_now, uri_encode};
+use super::sigv4::Signer;
+use super::{ProviderError, Source};
 
 /// Items asked for per page (API Gateway allows up to 500).
 const PAGE: usize = 100;
@@ -40,13 +40,7 @@ impl AwsApiGateway {
         http: reqwest::Client,
     ) -> Self {
         Self {
-            signer: Signer {
-                access_key_id: access_key_id.to_owned(),
-                secret: secret.to_owned(),
-                session_token,
-                region: region.to_owned(),
-                service: "apigateway".into(),
-            },
+            signer: Signer::new(access_key_id, secret, session_token, region, "apigateway"),
             endpoint: endpoint
                 .unwrap_or_else(|| format!("https://apigateway.{region}.amazonaws.com"))
                 .trim_end_matches('/')
@@ -56,55 +50,47 @@ impl AwsApiGateway {
     }
 
     /// A signed GET of `path` with `query` pairs; the answer's JSON.
-    async fn get(&self, path: &str, query: &[(&str, &str)]) -> Result<Value, String> {
-        let url = reqwest::Url::parse(&format!("{}{path}", self.endpoint))
-            .map_err(|e| format!("{}{path}: {e}", self.endpoint))?;
-        let host = match url.port() {
-            Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
-            None => url.host_str().unwrap_or_default().to_owned(),
-        };
+    async fn get(&self, path: &str, query: &[(&str, &str)]) -> Result<Value, ProviderError> {
         let encoded: Vec<String> = query
             .iter()
-            .map(|(k, v)| format!("{}={}", uri_encode(k, false), uri_encode(v, false)))
+            .map(|(k, v)| format!("{}={}", uri_encode(k), uri_encode(v)))
             .collect();
-        let query_string = encoded.join("&");
-        let headers = self.signer.sign(
-            "GET",
-            &host,
-            path,
-            &query_string,
-            &[("accept", "application/json")],
-            b"",
-            &amz_now(),
-        );
-        let target = if query_string.is_empty() {
-            url.to_string()
-        } else {
-            format!("{url}?{query_string}")
+        let url = match encoded.is_empty() {
+            true => format!("{}{path}", self.endpoint),
+            false => format!("{}{path}?{}", self.endpoint, encoded.join("&")),
         };
-        let mut request = self.http.get(&target).header("accept", "application/json");
-        for (k, v) in headers {
+        let accept = ("accept", "application/json");
+        let signed = self
+            .signer
+            .sign("GET", &url, &[accept], b"", std::time::SystemTime::now())?;
+        let mut request = self.http.get(&url).header(accept.0, accept.1);
+        for (k, v) in signed {
             request = request.header(k, v);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| format!("GET {path}: {e}"))?;
+        let unreachable = |source| ProviderError::Unreachable {
+            url: url.clone(),
+            source,
+        };
+        let response = request.send().await.map_err(unreachable)?;
         let status = response.status();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| format!("GET {path}: {e}"))?;
+        let text = response.text().await.map_err(unreachable)?;
         if !status.is_success() {
             let excerpt: String = text.chars().take(200).collect();
-            return Err(format!("GET {path}: HTTP {status}: {excerpt}"));
+            return Err(ProviderError::Status {
+                url,
+                status,
+                excerpt: format!(": {excerpt}"),
+            });
         }
-        serde_json::from_str(&text).map_err(|e| format!("GET {path}: not JSON: {e}"))
+        serde_json::from_str(&text).map_err(|e| ProviderError::Garbage {
+            url,
+            why: format!("not JSON: {e}"),
+        })
     }
 
     /// Every item of a paged listing (`item`/`position` for v1,
     /// `items`/`nextToken` for v2).
-    async fn all(&self, path: &str, v2: bool) -> Result<Vec<Value>, String> {
+    async fn all(&self, path: &str, v2: bool) -> Result<Vec<Value>, ProviderError> {
         let (items_key, token_key, token_param, size_param) = if v2 {
             ("items", "nextToken", "nextToken", "maxResults")
         } else {
@@ -132,11 +118,17 @@ impl AwsApiGateway {
                 _ => return Ok(out),
             }
         }
-        Err(format!("{path}: gave up after {MAX_PAGES} pages"))
+        Err(ProviderError::EndlessPages {
+            url: format!("{}{path}", self.endpoint),
+            pages: MAX_PAGES,
+        })
     }
 
-    async fn rest_api(&self, api: &Value) -> Result<ApiDefinition, String> {
-        let id = api["id"].as_str().ok_or("a REST API without id")?;
+    async fn rest_api(&self, api: &Value) -> Result<ApiDefinition, ProviderError> {
+        let id = api["id"].as_str().ok_or_else(|| ProviderError::Garbage {
+            url: format!("{}/restapis", self.endpoint),
+            why: "a REST API without id".into(),
+        })?;
         let resources = self
             .all(&format!("/restapis/{id}/resources"), false)
             .await?;
@@ -169,7 +161,7 @@ impl AwsApiGateway {
                 .to_string(),
             None => String::new(),
         };
-        let region = &self.signer.region;
+        let region = self.signer.region();
         Ok(ApiDefinition {
             provider_api_id: id.to_owned(),
             name: text(&api["name"]),
@@ -187,8 +179,13 @@ impl AwsApiGateway {
         })
     }
 
-    async fn http_api(&self, api: &Value) -> Result<ApiDefinition, String> {
-        let id = api["apiId"].as_str().ok_or("an HTTP API without apiId")?;
+    async fn http_api(&self, api: &Value) -> Result<ApiDefinition, ProviderError> {
+        let id = api["apiId"]
+            .as_str()
+            .ok_or_else(|| ProviderError::Garbage {
+                url: format!("{}/v2/apis", self.endpoint),
+                why: "an HTTP API without apiId".into(),
+            })?;
         let stages = self.all(&format!("/v2/apis/{id}/stages"), true).await?;
         let stage_names: Vec<String> = stages
             .iter()
@@ -209,6 +206,21 @@ impl AwsApiGateway {
     }
 }
 
+/// RFC 3986 encoding of a query key or value, as SigV4 canonicalizes it
+/// (so what is sent is what was signed).
+fn uri_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(char::from(b));
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
 fn text(v: &Value) -> String {
     v.as_str().unwrap_or_default().to_owned()
 }
@@ -224,7 +236,7 @@ fn tags(v: &Value) -> Vec<String> {
 }
 
 impl Source for AwsApiGateway {
-    fn list(&self) -> BoxFuture<'_, Result<Vec<ApiDefinition>, String>> {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ApiDefinition>, ProviderError>> {
         Box::pin(async move {
             let mut out = Vec::new();
             for api in self.all("/restapis", false).await? {

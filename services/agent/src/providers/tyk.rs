@@ -8,7 +8,7 @@ use futures_util::future::BoxFuture;
 use meridian_schemas::proto::ApiDefinition;
 use serde_json::Value;
 
-use super::Source;
+use super::{ProviderError, Source};
 
 /// Most pages followed, against a Dashboard that never stops paging.
 const MAX_PAGES: usize = 100_000;
@@ -24,53 +24,75 @@ pub struct TykDashboard {
 }
 
 impl Source for TykDashboard {
-    fn list(&self) -> BoxFuture<'_, Result<Vec<ApiDefinition>, String>> {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ApiDefinition>, ProviderError>> {
         Box::pin(async move {
             let mut out = Vec::new();
+            let base = self.host.trim_end_matches('/');
             for page in 1..=MAX_PAGES {
-                let url = format!("{}/api/apis?p={page}", self.host.trim_end_matches('/'));
+                let url = format!("{base}/api/apis?p={page}");
                 let response = self
                     .http
                     .get(&url)
                     .header("authorization", &self.key)
                     .send()
                     .await
-                    .map_err(|e| format!("GET {url}: {e}"))?;
+                    .map_err(|source| ProviderError::Unreachable {
+                        url: url.clone(),
+                        source,
+                    })?;
                 let status = response.status();
                 if !status.is_success() {
-                    return Err(format!("GET {url}: HTTP {status}"));
+                    return Err(ProviderError::Status {
+                        url,
+                        status,
+                        excerpt: String::new(),
+                    });
                 }
+                let garbage = |why: String| ProviderError::Garbage {
+                    url: url.clone(),
+                    why,
+                };
                 let body: Value = response
                     .json()
                     .await
-                    .map_err(|e| format!("GET {url}: not a Dashboard answer: {e}"))?;
+                    .map_err(|e| garbage(format!("not a Dashboard answer: {e}")))?;
                 let apis = body["apis"]
                     .as_array()
-                    .ok_or_else(|| format!("GET {url}: no `apis` array in the answer"))?;
+                    .ok_or_else(|| garbage("no `apis` array in the answer".into()))?;
                 for entry in apis {
-                    out.push(normalize_tyk(entry)?);
+                    out.push(normalize_tyk(entry).map_err(|e| garbage(e.to_string()))?);
                 }
                 let pages = body["pages"].as_u64().unwrap_or(1) as usize;
                 if page >= pages || apis.is_empty() {
                     return Ok(out);
                 }
             }
-            Err(format!("gave up after {MAX_PAGES} pages"))
+            Err(ProviderError::EndlessPages {
+                url: format!("{base}/api/apis"),
+                pages: MAX_PAGES,
+            })
         })
     }
 }
 
+/// A Dashboard entry that cannot be normalized.
+#[derive(Debug, thiserror::Error)]
+#[error("an API without api_id: {excerpt}")]
+pub struct MissingApiId {
+    /// The start of the entry.
+    pub excerpt: String,
+}
+
 /// Maps one Dashboard entry (`{"api_definition": {...}, "oas": {...}}`) onto
 /// the normalized shape.
-pub fn normalize_tyk(entry: &Value) -> Result<ApiDefinition, String> {
+pub fn normalize_tyk(entry: &Value) -> Result<ApiDefinition, MissingApiId> {
     let d = &entry["api_definition"];
     let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
     let id = s(&d["api_id"]);
     if id.is_empty() {
-        return Err(format!(
-            "an API without api_id: {}",
-            truncate(&d.to_string())
-        ));
+        return Err(MissingApiId {
+            excerpt: truncate(&d.to_string()).to_owned(),
+        });
     }
     let oas = entry.get("oas").filter(|o| o.is_object());
     let mut auth = Vec::new();
@@ -120,7 +142,11 @@ pub fn normalize_tyk(entry: &Value) -> Result<ApiDefinition, String> {
 }
 
 fn truncate(s: &str) -> &str {
-    s.get(..200).unwrap_or(s)
+    let mut end = s.len().min(200);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 #[cfg(test)]
