@@ -2,6 +2,10 @@
 //! `coordination.k8s.io/v1` Lease get, create and replace, with
 //! `resourceVersion` conflicts as the real one answers them. A real HTTP
 //! server; the agents reach it through a kubeconfig file.
+//!
+//! For tests of races and failures it can also hold reads until several
+//! electors have read (so they race with the same version), stall every
+//! request (a Kubernetes API that hangs), and tells the history of writes.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,9 +23,53 @@ struct Store {
     leases: HashMap<(String, String), Value>,
     next_version: u64,
     conflicts: u64,
+    /// Every accepted write: the holder it named, and when.
+    writes: Vec<(String, std::time::Instant)>,
 }
 
-type Shared = Arc<Mutex<Store>>;
+/// The store, the barrier of gathered reads, and the stall switch.
+#[derive(Clone)]
+struct Shared {
+    store: Arc<Mutex<Store>>,
+    /// Reads still to arrive before the held ones are let through (0: none
+    /// held).
+    gathering: Arc<tokio::sync::watch::Sender<usize>>,
+    stalled: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            store: Arc::default(),
+            gathering: Arc::new(tokio::sync::watch::channel(0).0),
+            stalled: Arc::new(tokio::sync::watch::channel(false).0),
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap()
+    }
+
+    /// Waits while the fake is stalled.
+    async fn pass(&self) {
+        let _ = self.stalled.subscribe().wait_for(|s| !*s).await;
+    }
+
+    /// Holds a read while reads are being gathered, until the last arrives.
+    async fn gather(&self) {
+        let mut released = self.gathering.subscribe();
+        let held = self.gathering.send_if_modified(|left| {
+            let hold = *left > 0;
+            *left = left.saturating_sub(1);
+            hold
+        });
+        if held {
+            let _ = released.wait_for(|left| *left == 0).await;
+        }
+    }
+}
 
 /// The running fake.
 pub struct FakeKube {
@@ -69,7 +117,7 @@ impl FakeKube {
 
     /// The Lease's holder and transition count, if it exists.
     pub fn holder(&self, ns: &str, name: &str) -> Option<(String, i64)> {
-        let store = self.store.lock().unwrap();
+        let store = self.store.lock();
         let lease = store.leases.get(&(ns.to_owned(), name.to_owned()))?;
         Some((
             lease["spec"]["holderIdentity"]
@@ -80,9 +128,26 @@ impl FakeKube {
         ))
     }
 
-    /// How many writes were refused for a stale `resourceVersion`.
+    /// How many writes were refused: a stale `resourceVersion`, or a create
+    /// of a Lease that exists.
     pub fn conflicts(&self) -> u64 {
-        self.store.lock().unwrap().conflicts
+        self.store.lock().conflicts
+    }
+
+    /// Holds the next `n` Lease reads until all `n` have arrived, so the
+    /// electors making them see the same version and race to write it.
+    pub fn gather_reads(&self, n: usize) {
+        self.store.gathering.send_replace(n);
+    }
+
+    /// While `on`, every request waits (a Kubernetes API that hangs).
+    pub fn stall(&self, on: bool) {
+        self.store.stalled.send_replace(on);
+    }
+
+    /// Every accepted write: the holder it named, and when it landed.
+    pub fn writes(&self) -> Vec<(String, std::time::Instant)> {
+        self.store.lock().writes.clone()
     }
 }
 
@@ -99,6 +164,10 @@ fn failure(code: StatusCode, reason: &str, message: &str) -> (StatusCode, Json<V
 
 fn stamp(store: &mut Store, ns: &str, mut lease: Value) -> Value {
     store.next_version += 1;
+    let holder = lease["spec"]["holderIdentity"].as_str().unwrap_or_default();
+    store
+        .writes
+        .push((holder.to_owned(), std::time::Instant::now()));
     lease["apiVersion"] = json!("coordination.k8s.io/v1");
     lease["kind"] = json!("Lease");
     lease["metadata"]["namespace"] = json!(ns);
@@ -110,7 +179,9 @@ async fn read(
     State(store): State<Shared>,
     UrlPath((ns, name)): UrlPath<(String, String)>,
 ) -> (StatusCode, Json<Value>) {
-    match store.lock().unwrap().leases.get(&(ns, name.clone())) {
+    store.pass().await;
+    store.gather().await;
+    match store.lock().leases.get(&(ns, name.clone())) {
         Some(lease) => (StatusCode::OK, Json(lease.clone())),
         None => failure(
             StatusCode::NOT_FOUND,
@@ -132,9 +203,11 @@ async fn create(
             "metadata.name: Required value",
         );
     };
-    let mut store = store.lock().unwrap();
+    store.pass().await;
+    let mut store = store.lock();
     let key = (ns.clone(), name.clone());
     if store.leases.contains_key(&key) {
+        store.conflicts += 1;
         return failure(
             StatusCode::CONFLICT,
             "AlreadyExists",
@@ -152,7 +225,8 @@ async fn replace(
     UrlPath((ns, name)): UrlPath<(String, String)>,
     Json(lease): Json<Value>,
 ) -> (StatusCode, Json<Value>) {
-    let mut store = store.lock().unwrap();
+    store.pass().await;
+    let mut store = store.lock();
     let key = (ns.clone(), name.clone());
     let Some(current) = store.leases.get(&key) else {
         return failure(

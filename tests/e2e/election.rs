@@ -1,8 +1,10 @@
 //! Leader election among replicas of one agent, against a fake Kubernetes
 //! API server (a real HTTP server that implements Lease get/create/replace
 //! with `resourceVersion` conflicts): three real agent binaries elect exactly
-//! one leader, which alone syncs; killed, another takes over within
-//! `leaseDuration` plus a margin; stopped cleanly, it hands over at once.
+//! one leader, which alone syncs; killed, another takes over, never before
+//! the Lease has gone `leaseDuration` without renewal; stopped cleanly, it
+//! releases the Lease and another takes it at once. A leader whose Lease
+//! calls hang steps down before its Lease could expire.
 //! And the fence: a deposed leader's late sync messages are refused, on
 //! every agent-gateway replica.
 
@@ -124,17 +126,28 @@ async fn three_replicas_elect_one_leader_and_another_takes_over_when_it_dies() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
-    // The leader dies without a word: another leads within the lease's
-    // duration plus a margin (retry period, probe polling, a loaded machine).
-    let killed_at = tokio::time::Instant::now();
+    // The leader dies without a word: another leads, and not before the
+    // Lease has gone its duration without a renewal (the fake's clock).
     replicas[first].child.take().unwrap().kill().await.unwrap();
     let (second, second_token) = one_leader(&replicas, T)
         .await
         .expect("a standby takes over");
-    let took = killed_at.elapsed();
+    let writes = kube.writes();
+    let last_renewal = writes
+        .iter()
+        .rev()
+        .find(|(holder, _)| holder == replicas[first].name)
+        .map(|(_, at)| *at)
+        .unwrap();
+    let taken = writes
+        .iter()
+        .find(|(holder, at)| holder == replicas[second].name && *at > last_renewal)
+        .map(|(_, at)| *at)
+        .unwrap();
+    let took = taken - last_renewal;
     assert!(
-        took <= LEASE_DURATION + Duration::from_secs(4),
-        "takeover took {took:?}"
+        took >= LEASE_DURATION,
+        "taken over {took:?} after the last renewal, before the lease expired"
     );
     assert_ne!(second, first);
     assert!(
@@ -172,7 +185,6 @@ async fn three_replicas_elect_one_leader_and_another_takes_over_when_it_dies() {
     // A clean stop releases the Lease: the last replica leads long before
     // the lease would have run out.
     let pid = replicas[second].child.as_ref().unwrap().id().unwrap();
-    let stopped_at = tokio::time::Instant::now();
     let term = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
@@ -181,15 +193,21 @@ async fn three_replicas_elect_one_leader_and_another_takes_over_when_it_dies() {
     let status = replicas[second].child.take().unwrap().wait().await.unwrap();
     assert!(status.success(), "clean stop: {status}");
     let (third, third_token) = one_leader(&replicas, T).await.expect("the last one leads");
+    // The stopped leader's last write released the Lease (no holder), and
+    // the next one is the takeover, well within the lease's duration.
+    let writes = kube.writes();
+    let released = writes.iter().rposition(|(holder, _)| holder.is_empty());
+    let released = released.expect("the stopped leader released the lease");
+    assert_eq!(writes[released + 1].0, replicas[third].name);
     assert!(
-        stopped_at.elapsed() < LEASE_DURATION,
-        "after a release the takeover took {:?}",
-        stopped_at.elapsed()
+        writes[released + 1].1 - writes[released].1 < LEASE_DURATION,
+        "after a release the takeover waited {:?}",
+        writes[released + 1].1 - writes[released].1
     );
     assert!(third != first && third != second);
     assert!(third_token > second_token);
     eprintln!(
-        "election: takeover after a crash {took:?}; lease write conflicts seen {}",
+        "election: takeover {took:?} after the last renewal; lease write conflicts seen {}",
         kube.conflicts()
     );
     gw.rest.stop().await;
@@ -210,7 +228,9 @@ async fn five_electors_racing_for_one_lease_never_both_lead() {
         retry_period: Duration::from_millis(100),
     };
     // Each elector runs until its own token is cancelled; aborting a task
-    // instead is a crash (no release).
+    // instead is a crash (no release). Their first reads are held until all
+    // five have read, so all five find no Lease and race to create it.
+    kube.gather_reads(5);
     let mut electors = Vec::new();
     for i in 0..5 {
         let (tx, rx) = tokio::sync::watch::channel(Role::NotElecting);
@@ -243,6 +263,13 @@ async fn five_electors_racing_for_one_lease_never_both_lead() {
             Some((electors[i].0.clone(), token as i64))
         );
         assert!(last_token.is_none_or(|t| token > t), "tokens only grow");
+        if round == 0 {
+            assert!(
+                kube.conflicts() >= 4,
+                "five electors raced to create the Lease, yet {} writes were refused",
+                kube.conflicts()
+            );
+        }
         last_token = Some(token);
         electors[i].2.take().unwrap().abort();
     }
@@ -250,6 +277,58 @@ async fn five_electors_racing_for_one_lease_never_both_lead() {
         "five electors: {} writes refused for a stale resourceVersion",
         kube.conflicts()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_lease_calls_hang_steps_down_before_its_lease_expires() {
+    use meridian_agent::election::{Elector, Role, Timings};
+    let kube = FakeKube::start().await;
+    let client = kube::Client::try_from(kube::Config::new(kube.url.parse().unwrap())).unwrap();
+    let timings = Timings {
+        lease_duration: Duration::from_secs(3),
+        renew_deadline: Duration::from_secs(1),
+        retry_period: Duration::from_millis(100),
+    };
+    let (tx, mut role) = tokio::sync::watch::channel(Role::NotElecting);
+    let stop = meridian_kit::CancellationToken::new();
+    let elector = Elector::new(client, NS, LEASE, "pod-0", timings);
+    let task = tokio::spawn(elector.run(tx, stop.clone()));
+    let leads = |r: &Role| matches!(r, Role::Leader { .. });
+    tokio::time::timeout(T, role.wait_for(leads))
+        .await
+        .expect("it leads")
+        .unwrap();
+
+    // The Kubernetes API stops answering: the leader's last renewal is the
+    // last write, and it must stand by before the Lease runs out after it.
+    kube.stall(true);
+    let hung_at = std::time::Instant::now();
+    tokio::time::timeout(T, role.wait_for(|r| !leads(r)))
+        .await
+        .expect("it steps down")
+        .unwrap();
+    let down_at = std::time::Instant::now();
+    let last_renewal = kube.writes().last().unwrap().1;
+    assert!(
+        down_at - last_renewal < timings.lease_duration,
+        "still leading {:?} after its last renewal (the lease lasts {:?})",
+        down_at - last_renewal,
+        timings.lease_duration
+    );
+    assert!(
+        down_at - hung_at >= timings.renew_deadline - timings.retry_period,
+        "stepped down {:?} after the API hung, before the renew deadline",
+        down_at - hung_at
+    );
+
+    // The API answers again: it leads again.
+    kube.stall(false);
+    tokio::time::timeout(T, role.wait_for(leads))
+        .await
+        .expect("it leads again")
+        .unwrap();
+    stop.cancel();
+    task.await.unwrap();
 }
 
 /// A replica's connection: health stream up (hello with provider `p`), and
