@@ -26,6 +26,7 @@ use tonic::codegen::http::Uri;
 use tracing::Instrument as _;
 
 use meridian_kit::metrics::{Counter, Family, Labels, Metrics};
+use meridian_kit::retry::Backoff;
 
 use crate::election::Role;
 use crate::providers::ProviderConfig;
@@ -130,39 +131,38 @@ pub async fn run_reporting(
     link: watch::Sender<bool>,
     mut role: watch::Receiver<Role>,
 ) {
-    let mut backoff = Duration::from_millis(200);
+    let mut delays = RECONNECT.delays();
     while !stop.is_cancelled() {
         let outcome = tokio::select! {
             () = stop.cancelled() => return,
             r = session(&config, &stop, &link, &mut role) => r,
         };
         link.send_replace(false);
-        match outcome {
+        let delay = match outcome {
             Ok(()) => return,
             Err(Failure::Connected(e)) => {
-                backoff = Duration::from_millis(200);
-                tracing::warn!(hub = %config.hub, error = %e, "lost the hub; reconnecting");
+                // It was up: start over from the shortest delay.
+                delays = RECONNECT.delays();
+                let delay = delays.next().unwrap_or(RECONNECT.min);
+                tracing::warn!(hub = %config.hub, error = %e, retry_in = ?delay, "lost the hub; reconnecting");
+                delay
             }
             Err(Failure::Connecting(e)) => {
-                tracing::warn!(hub = %config.hub, error = %e, "cannot connect to the hub; retrying in {backoff:?}");
+                let delay = delays.next().unwrap_or(RECONNECT.max);
+                tracing::warn!(hub = %config.hub, error = %e, retry_in = ?delay, "cannot connect to the hub; retrying");
+                delay
             }
-        }
+        };
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(jitter(backoff)) => {}
+            () = tokio::time::sleep(delay) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 
-/// Between half and all of `d`, so a fleet of agents does not reconnect in step.
-fn jitter(d: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|t| t.subsec_nanos())
-        .unwrap_or(0);
-    d / 2 + d.mul_f64(f64::from(nanos % 1000) / 2000.0)
-}
+/// Between attempts to reach the hub: jittered, so a fleet of agents does
+/// not reconnect in step; forever, since the hub may be down for long.
+const RECONNECT: Backoff = Backoff::forever(Duration::from_millis(200), Duration::from_secs(30));
 
 /// Why a session ended: before or after the streams were up.
 enum Failure {

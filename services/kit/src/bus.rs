@@ -12,6 +12,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::metrics::Metrics;
+use crate::retry::{Backoff, RetryError, retry};
+use tokio_util::sync::CancellationToken;
 
 /// How many publish acks may be outstanding at once in [`Publisher::publish_all`].
 pub const PUBLISH_WINDOW: usize = 512;
@@ -86,12 +88,11 @@ pub async fn connect(
     patience: Duration,
     metrics: &Metrics,
 ) -> Result<async_nats::Client, BusError> {
-    let deadline = tokio::time::Instant::now() + patience;
     let reconnects = metrics.nats_reconnects();
-    loop {
+    let attempt = || {
         let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reconnects = reconnects.clone();
-        let attempt = async_nats::ConnectOptions::new()
+        async_nats::ConnectOptions::new()
             .name(name)
             .connection_timeout(Duration::from_secs(2))
             .event_callback(move |event| {
@@ -113,18 +114,18 @@ pub async fn connect(
                 }
             })
             .connect(url)
-            .await;
-        match attempt {
-            Ok(client) => return Ok(client),
-            Err(source) if tokio::time::Instant::now() >= deadline => {
-                return Err(BusError::Connect {
-                    url: url.to_owned(),
-                    source,
-                });
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
+    };
+    let backoff = Backoff::within(patience, Duration::from_millis(100), Duration::from_secs(1));
+    let what = format!("connecting to NATS at {url}");
+    retry(&what, backoff, &CancellationToken::new(), attempt)
+        .await
+        .map_err(|e| match e {
+            RetryError::GaveUp(source) => BusError::Connect {
+                url: url.to_owned(),
+                source,
+            },
+            RetryError::Stopped => unreachable!("nothing cancels this token"),
+        })
 }
 
 /// The configuration of one of Meridian's streams.

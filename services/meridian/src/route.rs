@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use meridian_kit::CancellationToken;
 use meridian_kit::http::{self as kit_http, ApiError};
+use meridian_kit::retry::{Backoff, retry};
 use utoipa::openapi::OpenApi;
 
 /// Largest request body forwarded.
@@ -141,24 +142,14 @@ async fn fetch_doc(
     patience: Duration,
 ) -> anyhow::Result<OpenApi> {
     let url = format!("{}/api/openapi.json", upstream.url.trim_end_matches('/'));
-    let deadline = tokio::time::Instant::now() + patience;
-    loop {
-        let attempt = async {
-            let response = http.get(&url).send().await?.error_for_status()?;
-            response.json::<OpenApi>().await
-        }
-        .await;
-        match attempt {
-            Ok(doc) => return Ok(doc),
-            Err(e) if tokio::time::Instant::now() >= deadline => {
-                anyhow::bail!("{} ({url}): {e}", upstream.name)
-            }
-            Err(e) => {
-                tracing::info!(service = %upstream.name, error = %e, "waiting for the service's OpenAPI document");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
+    let backoff = Backoff::within(patience, Duration::from_millis(100), Duration::from_secs(2));
+    let what = format!("fetching the OpenAPI document of {}", upstream.name);
+    retry(&what, backoff, &CancellationToken::new(), || async {
+        let response = http.get(&url).send().await?.error_for_status()?;
+        response.json::<OpenApi>().await
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{} ({url}): {e}", upstream.name))
 }
 
 async fn ready(State(routes): State<Routes>) -> (StatusCode, axum::Json<serde_json::Value>) {

@@ -21,6 +21,7 @@ use async_nats::jetstream;
 use meridian_kit::CancellationToken;
 use meridian_kit::bus::{BusContext, Publisher};
 use meridian_kit::projection::Progress;
+use meridian_kit::retry::{Backoff, retry};
 use meridian_kit::store::Tree;
 use meridian_schemas::lifecycle::{self, LifecycleBatch, LifecycleEvent};
 use meridian_schemas::{Envelope, EventMeta, streams};
@@ -29,6 +30,8 @@ use super::RelayError;
 use super::store::{OUTBOX_PREFIX, OutboxMark as Mark, RepositoryError, outbox_entry};
 
 const CHUNK: usize = 2048;
+/// Between attempts to publish after a failure.
+const BACKOFF: Backoff = Backoff::forever(Duration::from_millis(200), Duration::from_secs(5));
 
 /// The newest published event's (source sequence, API id), if any.
 pub async fn high_water(js: &jetstream::Context) -> Result<Option<Mark>, RelayError> {
@@ -62,16 +65,19 @@ pub async fn run_until_stopped(
     stop: CancellationToken,
 ) {
     let mut moved = progress.subscribe();
+    // The newest event known to be in the stream: `None` until read, and
+    // read again after any failure (the stream may hold more than we saw).
     let mut mark: Option<Option<Mark>> = None;
     loop {
-        if let Err(e) = drain(&tree, &publisher, &mut mark).await {
-            tracing::warn!(error = %e, "publishing lifecycle events failed; retrying");
-            mark = None; // re-read the high-water mark before trying again
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-            continue;
+        let mut known = Some(mark);
+        let what = "publishing lifecycle events";
+        let drained = retry(what, BACKOFF, &stop, || {
+            drain(&tree, &publisher, known.take().flatten())
+        })
+        .await;
+        match drained {
+            Ok(newest) => mark = Some(newest),
+            Err(_) => return, // stopped: what is left goes out at the next start
         }
         tokio::select! {
             () = stop.cancelled() => break,
@@ -79,12 +85,24 @@ pub async fn run_until_stopped(
             () = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
     }
-    if let Err(e) = drain(&tree, &publisher, &mut mark).await {
+    if let Err(e) = drain(&tree, &publisher, mark).await {
         tracing::warn!(error = %e, "lifecycle events left unpublished at shutdown; they go out at next start");
     }
 }
 
+/// Publishes what the outbox holds, given the newest event known to be in
+/// the stream (`None`: read it first); returns the newest one after.
 async fn drain(
+    tree: &Tree,
+    publisher: &Publisher,
+    mark: Option<Option<Mark>>,
+) -> Result<Option<Mark>, RelayError> {
+    let mut mark = mark;
+    drain_once(tree, publisher, &mut mark).await?;
+    Ok(mark.flatten())
+}
+
+async fn drain_once(
     tree: &Tree,
     publisher: &Publisher,
     mark: &mut Option<Option<Mark>>,

@@ -26,6 +26,7 @@ use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
 use futures_util::StreamExt;
 use meridian_kit::CancellationToken;
 use meridian_kit::bus::{AckWindow, BusContext, BusError};
+use meridian_kit::retry::{Backoff, retry};
 use meridian_kit::time::now_ms;
 use meridian_schemas::agents::Heartbeat;
 use meridian_schemas::lifecycle;
@@ -65,21 +66,14 @@ fn json<D: Serialize>(event: &CloudEvent<D>) -> bytes::Bytes {
         .into()
 }
 
+/// Between attempts of the relay and the status watcher after a failure.
+const BACKOFF: Backoff = Backoff::forever(Duration::from_millis(200), Duration::from_secs(5));
+
 /// Relays `API_LIFECYCLE` to the public stream until `stop`.
 pub async fn relay_until_stopped(js: jetstream::Context, stop: CancellationToken) {
-    loop {
-        let result = tokio::select! {
-            () = stop.cancelled() => return,
-            r = relay(&js) => r,
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "relaying lifecycle events to the public stream failed; retrying");
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
+    let what = "relaying lifecycle events to the public stream";
+    // It runs until it fails, and retries until stopped.
+    let _ = retry(what, BACKOFF, &stop, || relay(&js)).await;
 }
 
 async fn relay(js: &jetstream::Context) -> Result<(), RelayError> {
@@ -166,19 +160,11 @@ type Published = HashMap<AgentId, (bool, u64)>;
 
 /// Publishes agent status changes until `stop`.
 pub async fn watch_status_until_stopped(js: jetstream::Context, stop: CancellationToken) {
-    loop {
-        let result = tokio::select! {
-            () = stop.cancelled() => return,
-            r = watch_status(&js) => r,
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "agent status watcher failed; retrying");
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
+    // It runs until it fails, and retries until stopped.
+    let _ = retry("watching agent status", BACKOFF, &stop, || {
+        watch_status(&js)
+    })
+    .await;
 }
 
 /// Reads the newest message of each subject matching `filter` in `stream`

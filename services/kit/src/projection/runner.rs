@@ -18,6 +18,10 @@ use super::{
     StoredEvent, apply_events, read_checkpoint,
 };
 use crate::metrics::Metrics;
+use crate::retry::Backoff;
+
+/// Between attempts to resume after NATS failed.
+const RESUME: Backoff = Backoff::forever(Duration::from_millis(100), Duration::from_secs(2));
 use crate::store::{StoreError, Tree};
 
 /// Where a [`Runner`] applies what it reads.
@@ -159,14 +163,20 @@ impl<S: Sink> Runner<S> {
     /// Follows the stream until `stop` is cancelled. Bus failures are retried
     /// with a pause; a poison message halts it and is returned.
     pub async fn run_until_stopped(self, stop: CancellationToken) -> Result<(), ProjectionError> {
+        let mut delays = RESUME.delays();
         loop {
+            let before = *self.position.borrow();
             match self.run_once(&stop, false).await {
                 Ok(()) => break,
                 Err(e @ ProjectionError::Bus { .. }) => {
-                    tracing::warn!(error = %e, "projection interrupted, resuming from its checkpoint");
+                    if *self.position.borrow() != before {
+                        delays = RESUME.delays(); // it made progress: start over
+                    }
+                    let delay = delays.next().unwrap_or(RESUME.max);
+                    tracing::warn!(error = %e, retry_in = ?delay, "projection interrupted, resuming from its checkpoint");
                     tokio::select! {
                         () = stop.cancelled() => break,
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        () = tokio::time::sleep(delay) => {}
                     }
                 }
                 Err(e) => {

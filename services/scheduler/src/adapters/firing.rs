@@ -12,8 +12,11 @@
 //! 3. the winner appends the outcome (`FireOutcome`), with the run ids that
 //!    the run history joins with the sync log.
 //!
-//! A replica that dies between 1 and 3 leaves a firing without outcome; the
-//! run history shows it as such. Firing again would break "once per due time".
+//! The outcome is retried (jittered backoff) until it is stored; a replica
+//! that stops first waits a grace period for it, and says in its log which
+//! firing it could not record. A replica that dies between 1 and 3 leaves a
+//! firing without outcome; the run history shows it as such. Firing again
+//! would break "once per due time".
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -22,6 +25,7 @@ use std::time::Duration;
 use meridian_kit::CancellationToken;
 use meridian_kit::bus::{self, BusError, Publisher, RequestError};
 use meridian_kit::projection::Progress;
+use meridian_kit::retry::{Backoff, retry};
 use meridian_kit::time::now_ms;
 use meridian_schemas::commands::{SyncRefused, TriggerSync, TriggerSyncReply};
 use meridian_schemas::schedule::{Outcome, ScheduleEvent};
@@ -35,6 +39,11 @@ use crate::domain::Due;
 /// Longest sleep between two looks at the schedule, so a missed wake-up costs
 /// at most this much lateness.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// How long a stopping replica waits for the outcomes of its firings.
+const OUTCOME_GRACE: Duration = Duration::from_secs(5);
+/// Between attempts to record an outcome.
+const OUTCOME_BACKOFF: Backoff =
+    Backoff::forever(Duration::from_millis(100), Duration::from_secs(2));
 
 /// What the loop needs.
 #[derive(Clone)]
@@ -70,6 +79,9 @@ impl Firer {
         let mut tasks = JoinSet::new();
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<JobId>();
         let mut changes = this.jobs_progress.subscribe();
+        // Cancelled once the grace period after `stop` is over: outcomes
+        // still unrecorded then are given up (and named in the log).
+        let give_up = CancellationToken::new();
         tracing::info!(replica = %this.replica, "scheduler firing loop started");
         loop {
             let now = now_ms();
@@ -78,9 +90,10 @@ impl Firer {
                 in_flight.insert(claim.job_id);
                 let firer = this.clone();
                 let done = done_tx.clone();
+                let give_up = give_up.clone();
                 tasks.spawn(async move {
                     let job = claim.job_id;
-                    firer.fire(claim).await;
+                    firer.fire(claim, &give_up).await;
                     let _ = done.send(job);
                 });
             }
@@ -102,7 +115,14 @@ impl Firer {
             }
         }
         // Let claims already made report their outcome.
-        let _ = tokio::time::timeout(Duration::from_secs(5), tasks.join_all()).await;
+        let finished = tokio::time::timeout(OUTCOME_GRACE, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if finished.is_err() {
+            give_up.cancel();
+            while tasks.join_next().await.is_some() {}
+        }
     }
 
     /// The jobs due at `now` (not already being fired), and the earliest
@@ -126,7 +146,7 @@ impl Firer {
         (due, jobs.next_due_after(now))
     }
 
-    async fn fire(&self, claim: Claim) {
+    async fn fire(&self, claim: Claim, give_up: &CancellationToken) {
         let fired_at_ms = now_ms();
         let fired = ScheduleEvent::Fired {
             job_id: claim.job_id,
@@ -210,18 +230,24 @@ impl Firer {
             due_ms: claim.due.due_ms,
             outcome,
         };
-        for attempt in 1..=5 {
+        let what = format!(
+            "recording the outcome of job {} due at {}",
+            claim.job_id, claim.due.due_ms
+        );
+        let recorded = retry(&what, OUTCOME_BACKOFF, give_up, || {
             let meta = EventMeta {
                 occurred_at_ms: now_ms(),
                 ..Default::default()
             };
-            match self.publisher.publish(&report, meta).await {
-                Ok(_) => return,
-                Err(e) => {
-                    tracing::warn!(job = %claim.job_id, attempt, error = %e, "could not record a firing's outcome");
-                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-                }
-            }
+            self.publisher.publish(&report, meta)
+        })
+        .await;
+        if recorded.is_err() {
+            tracing::error!(
+                job = %claim.job_id, due = claim.due.due_ms,
+                "the scheduler stopped before it could record this firing's outcome; \
+                 the run history shows the firing without one"
+            );
         }
     }
 
