@@ -588,8 +588,10 @@ pub struct Moto {
 }
 
 impl Moto {
-    /// Starts one, or fails saying how to install it.
+    /// Starts one on a port it picks, or fails saying how to install it;
+    /// ready when it says where it runs.
     pub async fn start() -> Self {
+        use std::io::BufRead;
         let bin = std::env::var_os("MOTO_SERVER_BIN")
             .map(PathBuf::from)
             .or_else(|| {
@@ -598,11 +600,10 @@ impl Moto {
                 venv.exists().then_some(venv)
             })
             .unwrap_or_else(|| PathBuf::from("moto_server"));
-        let port = meridian_kit::nats_server::free_port();
-        let child = std::process::Command::new(&bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let mut child = std::process::Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", "0"])
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| {
                 panic!(
@@ -610,15 +611,27 @@ impl Moto {
                     bin.display()
                 )
             });
-        let url = format!("http://127.0.0.1:{port}");
-        let up = eventually(Duration::from_secs(30), || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-                .map(|_| ())
-        })
-        .await;
-        assert!(up.is_some(), "moto_server did not start on port {port}");
+        // " * Running on http://127.0.0.1:PORT" on stderr, then the request
+        // log: read on a thread for as long as it runs (a full pipe would
+        // stall it).
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in stderr.lines().map_while(Result::ok) {
+                if let Some(url) = line.split_whitespace().find(|w| w.starts_with("http://"))
+                    && line.contains("Running on")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(url.to_owned());
+                }
+            }
+        });
+        let url = tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .expect("moto_server did not say where it runs");
         Self { url, child }
     }
 }
@@ -686,28 +699,64 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     bin
 }
 
+/// A running `meridian-agent` process (killed when dropped) and the port
+/// its health probe listens on.
+pub struct AgentProcess {
+    /// The process.
+    pub child: tokio::process::Child,
+    /// Where `/healthz`, `/readyz` and `/metrics` answer.
+    pub probe: u16,
+}
+
 /// Writes `yaml` to `dir/agent-config.yaml` and starts the agent binary on
-/// it (killed when the handle drops).
-pub fn start_agent_binary(dir: &std::path::Path, yaml: &str) -> tokio::process::Child {
-    start_agent_binary_env(dir, yaml, &[])
+/// it. Give it `healthProbe.server.port: 0`: the port it takes is read from
+/// its log, so the probe is ready when the agent says so.
+pub async fn start_agent_binary(dir: &std::path::Path, yaml: &str) -> AgentProcess {
+    start_agent_binary_env(dir, yaml, &[]).await
 }
 
 /// [`start_agent_binary`] with extra environment variables.
-pub fn start_agent_binary_env(
+pub async fn start_agent_binary_env(
     dir: &std::path::Path,
     yaml: &str,
     env: &[(&str, &str)],
-) -> tokio::process::Child {
+) -> AgentProcess {
+    use tokio::io::AsyncBufReadExt;
     let path = dir.join("agent-config.yaml");
     std::fs::write(&path, yaml).unwrap();
-    tokio::process::Command::new(agent_binary())
+    let mut child = tokio::process::Command::new(agent_binary())
         .arg("--config")
         .arg(&path)
-        .env("MERIDIAN_LOG", "error")
+        .env("MERIDIAN_LOG", "warn,meridian_agent=info")
         .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .unwrap()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let probe = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            eprintln!("agent: {line}");
+            if line.contains("health probe listening") {
+                let addr = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("addr="));
+                return addr.and_then(|a| a.rsplit(':').next()?.parse::<u16>().ok());
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .expect("the agent said where its probe listens");
+    // Its log goes on to the test's output.
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            eprintln!("agent: {line}");
+        }
+    });
+    AgentProcess { child, probe }
 }
 
 /// Serves a fake Tyk Dashboard on a free port; returns its URL.
@@ -720,15 +769,9 @@ pub async fn serve_demo_provider(provider: &meridian::demo_provider::DemoProvide
 }
 
 /// An `agent-config.yaml` for the agent binary: the hub at `grpc_url`, the
-/// probe on `probe`, one Tyk provider named `tyk` (key `demo-key`) at
+/// probe on a free port, one Tyk provider named `tyk` (key `demo-key`) at
 /// `provider_url`, and `extra` YAML (top-level keys) appended.
-pub fn tyk_agent_yaml(
-    grpc_url: &str,
-    token: &str,
-    probe: u16,
-    provider_url: &str,
-    extra: &str,
-) -> String {
+pub fn tyk_agent_yaml(grpc_url: &str, token: &str, provider_url: &str, extra: &str) -> String {
     let hub = grpc_url.trim_start_matches("http://");
     format!(
         r#"
@@ -739,7 +782,7 @@ governanceDashboard:
     token: "{token}"
 healthProbe:
   server:
-    port: {probe}
+    port: 0
 instances:
   - name: "tyk"
     type: "tyk"
@@ -769,4 +812,88 @@ pub fn size_arg(default: usize) -> anyhow::Result<usize> {
         .map(|a| a.parse())
         .transpose()?
         .unwrap_or(default))
+}
+
+/// A barrier for "nothing more was published": appends a run of one API of a
+/// provider of its own to `SYNC` (as an agent-gateway would) and waits until
+/// that API's `created` event is on the public stream. Inventory applies the
+/// log in order and publishes its lifecycle events in that order, and the
+/// relay follows them in order, so whatever an earlier action caused (a
+/// duplicate, a re-emission after a restart) is in both streams by then; a
+/// late one fails the count that follows. Each call adds one lifecycle event
+/// and one public event (of provider `sentinel`).
+pub async fn pass_sentinel(js: &async_nats::jetstream::Context) {
+    use meridian_schemas::sync::{DiscoveredApi, SyncEvent, SyncEventKind};
+    let publisher = meridian_kit::bus::Publisher::new(js.clone(), &Metrics::new());
+    let (run_id, agent_id) = (
+        meridian_schemas::RunId::new_random(),
+        meridian_schemas::AgentId::new_random(),
+    );
+    let event = |kind| SyncEvent {
+        run_id,
+        agent_id,
+        provider: SENTINEL.into(),
+        kind,
+    };
+    let api = meridian_schemas::sync::ApiDefinition::from(api_def("sentinel", "Sentinel", "1"));
+    let run = [
+        event(SyncEventKind::Started {
+            provider_type: "tyk".into(),
+        }),
+        event(SyncEventKind::Apis {
+            first: 0,
+            apis: vec![DiscoveredApi::new(api)],
+        }),
+        event(SyncEventKind::Completed { count: 1 }),
+    ];
+    publisher
+        .publish_all(
+            run.into_iter()
+                .map(|e| (e, meridian_schemas::EventMeta::default())),
+        )
+        .await
+        .expect("publish the sentinel run");
+    let filter = meridian_schemas::streams::api_event_filter(Some("created"), Some(SENTINEL));
+    let subject = format!("events.api.created.{agent_id}.{SENTINEL}");
+    let seen = eventually(Duration::from_secs(60), || async {
+        let events = public_events(js, &filter).await;
+        events
+            .iter()
+            .any(|e| e["_subject"] == subject.as_str())
+            .then_some(())
+    })
+    .await;
+    assert!(
+        seen.is_some(),
+        "the sentinel run never reached the public stream"
+    );
+}
+
+/// The provider of [`pass_sentinel`]'s runs.
+pub const SENTINEL: &str = "sentinel";
+
+/// [`pass_sentinel`] for the agent status watcher: a heartbeat of an agent
+/// of its own (active for a minute), then its `ACTIVE` event on the public
+/// stream. The watcher follows heartbeats in order, so by then it has acted
+/// on every earlier one. Each call adds one status event.
+pub async fn pass_status_sentinel(js: &async_nats::jetstream::Context) {
+    let agent = meridian_schemas::AgentId::new_random();
+    let now = meridian_kit::time::now_ms();
+    let beat = meridian_schemas::agents::Heartbeat {
+        agent_id: agent,
+        at_ms: now,
+        active_until_ms: now + 60_000,
+    };
+    meridian_kit::bus::Publisher::new(js.clone(), &Metrics::new())
+        .publish(&beat, meridian_schemas::EventMeta::default())
+        .await
+        .expect("publish the sentinel heartbeat");
+    let filter = meridian_schemas::streams::agent_status_subject(agent);
+    wait_for_public(js, &filter, 1).await;
+}
+
+/// A loopback port nothing listens on (bound once and released), for a
+/// provider that must be unreachable.
+pub fn closed_port() -> u16 {
+    meridian_kit::nats_server::free_port()
 }

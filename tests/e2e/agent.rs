@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use meridian::demo_provider::{DemoProvider, tyk_api};
-use meridian_kit::nats_server::free_port;
 use meridian_tests::*;
 use serde_json::{Value, json};
 
@@ -71,7 +70,6 @@ async fn the_agent_binary_syncs_two_dashboards_and_goes_inactive_when_stopped() 
         serve_demo_provider(&main).await,
         serve_demo_provider(&small).await,
     );
-    let probe_port = free_port();
     let grpc = gw.grpc_url.trim_start_matches("http://");
     let config = format!(
         r#"
@@ -83,7 +81,7 @@ governanceDashboard:
 logLevel: info
 healthProbe:
   server:
-    port: {probe_port}
+    port: 0
 instances:
   - name: "tyk-main"
     type: "tyk"
@@ -97,7 +95,8 @@ instances:
       auth: "small-key"
 "#
     );
-    let mut agent = start_agent_binary(dir.path(), &config);
+    let mut agent = start_agent_binary(dir.path(), &config).await;
+    let probe_port = agent.probe;
 
     api.wait_for_total("active", 30, T).await;
     let (_, shown) = api.get(&format!("/api/agents/{agent_id}")).await;
@@ -136,7 +135,7 @@ instances:
     assert_eq!(deleted[0]["provider_api_id"], "c7");
 
     // Stopped: INACTIVE after the window, and its APIs stay.
-    agent.kill().await.unwrap();
+    agent.child.kill().await.unwrap();
     let inactive = eventually(T, || async {
         let (_, shown) = api.get(&format!("/api/agents/{agent_id}")).await;
         (shown["status"] == "INACTIVE").then_some(())
@@ -165,16 +164,15 @@ async fn a_provider_that_fails_fails_only_its_own_run() {
     let good_url = serve_demo_provider(&good).await;
     let config = format!(
         "governanceDashboard: {{server: {{url: \"{}\"}}, auth: {{token: \"{token}\"}}}}\n\
-         healthProbe: {{server: {{port: {}}}}}\n\
+         healthProbe: {{server: {{port: 0}}}}\n\
          instances:\n\
          - {{name: good, type: tyk, config: {{host: \"{good_url}\", auth: right}}}}\n\
          - {{name: wrong-key, type: tyk, config: {{host: \"{good_url}\", auth: wrong}}}}\n\
          - {{name: unreachable, type: tyk, config: {{host: \"http://127.0.0.1:{}\", auth: x}}}}\n",
         gw.grpc_url,
-        free_port(),
-        free_port()
+        closed_port()
     );
-    let _agent = start_agent_binary(dir.path(), &config);
+    let _agent = start_agent_binary(dir.path(), &config).await;
     api.wait_for_total("active", 1, T).await;
     for (provider, mentions) in [
         ("wrong-key", "401"),

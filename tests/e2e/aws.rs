@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use meridian_agent::providers::sigv4::Signer;
-use meridian_kit::nats_server::free_port;
 use meridian_tests::*;
 use serde_json::{Value, json};
 
@@ -134,7 +133,7 @@ async fn rest_and_http_apis_from_api_gateway_land_and_deletions_follow() {
 governanceDashboard:
   server: {{url: "{hub}"}}
   auth: {{token: "{token}"}}
-healthProbe: {{server: {{port: {probe}}}}}
+healthProbe: {{server: {{port: 0}}}}
 instances:
   - name: aws-main
     type: aws
@@ -144,11 +143,10 @@ instances:
     config: {{region: us-east-1, accessKeyId: "{key_id}", accessKeySecret: "{secret}", endpoint: "http://127.0.0.1:{closed}"}}
 "#,
         hub = gw.grpc_url,
-        probe = free_port(),
-        closed = free_port(),
+        closed = closed_port(),
         moto = moto.url,
     );
-    let _agent = start_agent_binary(dir.path(), &config);
+    let _agent = start_agent_binary(dir.path(), &config).await;
 
     api.wait_for_total("active", (REST_APIS + HTTP_APIS) as u64, T)
         .await;

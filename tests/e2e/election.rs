@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use meridian::demo_provider::{DemoProvider, sample_apis};
 use meridian_agent::session::{self, Client};
-use meridian_kit::nats_server::free_port;
 use meridian_schemas::proto::{
     HealthMessage, Hello, Provider, SyncMessage, SyncRequest, SyncStarted, health_message,
     sync_message,
@@ -92,19 +91,18 @@ async fn three_replicas_elect_one_leader_and_another_takes_over_when_it_dies() {
     for name in ["agent-a", "agent-b", "agent-c"] {
         let home = dir.path().join(name);
         std::fs::create_dir_all(&home).unwrap();
-        let probe = free_port();
         let election = "leaderElection:\n  enabled: true\n  leaseDuration: 6s\n  renewDeadline: 4s\n  retryPeriod: 500ms";
-        let yaml = tyk_agent_yaml(&gw.grpc_url, &token, probe, &provider_url, election);
+        let yaml = tyk_agent_yaml(&gw.grpc_url, &token, &provider_url, election);
         let env = [
             ("POD_NAME", name),
             ("POD_NAMESPACE", NS),
             ("KUBECONFIG", kubeconfig.to_str().unwrap()),
         ];
-        let child = start_agent_binary_env(&home, &yaml, &env);
+        let agent = start_agent_binary_env(&home, &yaml, &env).await;
         replicas.push(Replica {
             name,
-            probe,
-            child: Some(child),
+            probe: agent.probe,
+            child: Some(agent.child),
         });
     }
 

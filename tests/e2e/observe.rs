@@ -9,7 +9,6 @@
 use std::time::Duration;
 
 use meridian::demo_provider::{DemoProvider, sample_apis};
-use meridian_kit::nats_server::free_port;
 use meridian_schemas::streams;
 use meridian_tests::*;
 
@@ -55,9 +54,9 @@ async fn every_service_serves_its_metrics() {
     let (agent_id, token) = api.register_agent("observed").await;
     let provider = DemoProvider::new(sample_apis(), "demo-key");
     let provider_url = serve_demo_provider(&provider).await;
-    let probe = free_port();
-    let config = tyk_agent_yaml(&gw.grpc_url, &token, probe, &provider_url, "");
-    let _agent = start_agent_binary(dir.path(), &config);
+    let config = tyk_agent_yaml(&gw.grpc_url, &token, &provider_url, "");
+    let agent = start_agent_binary(dir.path(), &config).await;
+    let probe = agent.probe;
     let n = sample_apis().len() as f64;
     api.wait_for_total("active", n as u64, T).await;
     let api = api.with_scheduler(&scheduler.url);

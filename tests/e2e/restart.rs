@@ -79,13 +79,17 @@ async fn inventory_killed_mid_sync_loses_and_duplicates_nothing_and_rebuild_matc
     assert_eq!(public_ids.len(), N, "one public event per API, none twice");
     let (live, position) = live_digest(&api).await;
 
-    // A restart republishes nothing and changes nothing.
+    // A restart republishes nothing and changes nothing. (Each count below
+    // waits for a sentinel run behind everything the action could have
+    // published; the sentinels add one event each.)
     inv.stop().await;
     let inv = start_inventory(&nats, data.clone()).await;
     let api = Api::new(&gw.rest.url, &inv.url);
-    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(live_digest(&api).await, (live.clone(), position));
-    assert_eq!(lifecycle_events(&nats.js).await.len(), N);
+    pass_sentinel(&nats.js).await;
+    let mut sentinels = 1;
+    assert_eq!(lifecycle_events(&nats.js).await.len(), N + sentinels);
+    let (live, position) = live_digest(&api).await;
 
     // Rebuilding into a fresh directory reproduces the live repository.
     let fresh = dir.path().join("rebuilt");
@@ -108,18 +112,20 @@ async fn inventory_killed_mid_sync_loses_and_duplicates_nothing_and_rebuild_matc
     assert_eq!(report.digest, live);
     let inv = start_inventory(&nats, data.clone()).await;
     let api = Api::new(&gw.rest.url, &inv.url);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(live_digest(&api).await.0, live);
+    pass_sentinel(&nats.js).await;
+    sentinels += 1;
     assert_eq!(
         lifecycle_events(&nats.js).await.len(),
-        N,
+        N + sentinels,
         "rebuild must not re-emit"
     );
     assert_eq!(
         public_events(&nats.js, "events.api.>").await.len(),
-        N,
+        N + sentinels,
         "restarts and rebuilds publish no public event twice"
     );
-    assert_eq!(live_digest(&api).await.0, live);
+    let (live, position) = live_digest(&api).await;
 
     // A repository written in an older layout (an upgrade) is replayed at
     // start: same repository, nothing published twice.
@@ -142,10 +148,11 @@ async fn inventory_killed_mid_sync_loses_and_duplicates_nothing_and_rebuild_matc
         Some(live.clone()),
         "the replayed repository equals the live one"
     );
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    pass_sentinel(&nats.js).await;
+    sentinels += 1;
     assert_eq!(
         lifecycle_events(&nats.js).await.len(),
-        N,
+        N + sentinels,
         "a replay after an upgrade must not re-emit"
     );
     inv.stop().await;

@@ -9,7 +9,6 @@ use std::time::Duration;
 use meridian::demo_provider::{DemoProvider, sample_apis};
 use meridian_agent::session::{self, SessionConfig};
 use meridian_agent::tls::{self, TlsFiles};
-use meridian_kit::nats_server::free_port;
 use meridian_tests::pki::TestPki;
 use meridian_tests::*;
 use serde_json::json;
@@ -110,7 +109,6 @@ async fn agents_reach_a_tls_hub_only_with_trust_and_a_client_certificate() {
     // The real agent binary, configured for mTLS, syncs over it.
     let provider = DemoProvider::new(sample_apis(), "demo-key");
     let provider_url = serve_demo_provider(&provider).await;
-    let probe_port = free_port();
     let config = format!(
         r#"
 governanceDashboard:
@@ -125,7 +123,7 @@ governanceDashboard:
     token: "{token}"
 healthProbe:
   server:
-    port: {probe_port}
+    port: 0
 instances:
   - name: "tyk"
     type: "tyk"
@@ -137,7 +135,8 @@ instances:
         cert = path(&pki.client_cert),
         key = path(&pki.client_key),
     );
-    let _agent = start_agent_binary(dir.path(), &config);
+    let agent = start_agent_binary(dir.path(), &config).await;
+    let probe_port = agent.probe;
     api.wait_for_total("active", sample_apis().len() as u64, T)
         .await;
     let (_, shown) = api.get(&format!("/api/agents/{agent_id}")).await;

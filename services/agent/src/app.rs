@@ -72,6 +72,11 @@ impl App {
         let probe = tokio::net::TcpListener::bind(("0.0.0.0", port))
             .await
             .map_err(|source| StartError::Probe { port, source })?;
+        // Port 0 takes a free one: this line says which.
+        let addr = probe
+            .local_addr()
+            .map_err(|source| StartError::Probe { port, source })?;
+        tracing::info!(%addr, "health probe listening");
         let metrics = Metrics::new();
         let mut session = session::SessionConfig::new(
             &hub,

@@ -51,10 +51,16 @@ pub fn init_with(service: &str, level: &str, provider: Option<SdkTracerProvider>
                 "{level},fjall=warn,lsm_tree=warn,async_nats=warn,h2=warn,tower=warn,hyper=warn"
             )
         });
+    // Colours only for a terminal: piped into a file or a collector, a log
+    // line is plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let fmt = tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
         .with_target(false)
         .event_format(WithTraceId(
-            tracing_subscriber::fmt::format().with_target(false),
+            tracing_subscriber::fmt::format()
+                .with_ansi(ansi)
+                .with_target(false),
         ));
     let otel = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
