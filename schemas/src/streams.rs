@@ -13,7 +13,8 @@ use crate::ids::{AgentId, JobId};
 pub const AGENTS: &str = "AGENTS";
 /// Latest heartbeat per agent (one message kept per subject).
 pub const AGENT_HEARTBEATS: &str = "AGENT_HEARTBEATS";
-/// Sync runs as the agents stream them: started, api, completed, failed.
+/// Sync runs as the agents stream them: started, their APIs in chunks
+/// (see [`crate::sync`]), then completed or failed.
 pub const SYNC: &str = "SYNC";
 /// API lifecycle events emitted by inventory: created, updated, deleted, restored.
 pub const API_LIFECYCLE: &str = "API_LIFECYCLE";
@@ -52,7 +53,7 @@ pub fn heartbeat_subject(agent: AgentId) -> String {
 pub enum SyncPart {
     /// `started`, `completed`, `failed`.
     Run,
-    /// One message per discovered API.
+    /// The run's APIs, in chunks of up to 64 (version 1: one per message).
     Api,
 }
 

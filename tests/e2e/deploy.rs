@@ -833,3 +833,56 @@ fn a_misspelt_manifest_field_is_caught() {
         .expect("the misspelling is reported");
     assert!(message.contains("spec.ports[0].targetPrt"), "{message}");
 }
+
+/// The variables each service reads, as its config struct has them: its
+/// `--help` lists them (generated from the struct), and so must the README's
+/// table of services, with no name the struct does not have.
+#[test]
+fn help_and_readme_list_every_variable_of_each_service() {
+    use meridian_kit::config::{fields, variables_help};
+    let services: [(&str, &str, &[&str], String); 3] = [
+        (
+            "meridian-agent-gateway",
+            meridian_agent_gateway::app::ENV_PREFIX,
+            fields::<meridian_agent_gateway::Config>(),
+            variables_help::<meridian_agent_gateway::Config>(
+                meridian_agent_gateway::app::ENV_PREFIX,
+            ),
+        ),
+        (
+            "meridian-inventory",
+            meridian_inventory::app::ENV_PREFIX,
+            fields::<meridian_inventory::Config>(),
+            variables_help::<meridian_inventory::Config>(meridian_inventory::app::ENV_PREFIX),
+        ),
+        (
+            "meridian-scheduler",
+            meridian_scheduler::app::ENV_PREFIX,
+            fields::<meridian_scheduler::Config>(),
+            variables_help::<meridian_scheduler::Config>(meridian_scheduler::app::ENV_PREFIX),
+        ),
+    ];
+    let readme = read("README.md");
+    for (binary, prefix, fields, help) in services {
+        assert!(fields.len() >= 4, "{binary}: fields not read ({fields:?})");
+        let row = readme
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{binary}` |")))
+            .unwrap_or_else(|| panic!("README has no row for {binary}"));
+        let variables = row.split(" | ").nth(1).unwrap();
+        assert!(variables.starts_with(&format!("`{prefix}`")), "{row}");
+        let named: BTreeSet<&str> = variables
+            .split('`')
+            .skip(3)
+            .step_by(2)
+            .filter(|w| w.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+            .collect();
+        let expected: BTreeSet<String> = fields.iter().map(|f| f.to_uppercase()).collect();
+        let expected: BTreeSet<&str> = expected.iter().map(String::as_str).collect();
+        assert_eq!(named, expected, "README's row for {binary}");
+        for field in fields {
+            let var = format!("{prefix}{}", field.to_uppercase());
+            assert!(help.contains(&var), "{binary} --help lacks {var}");
+        }
+    }
+}

@@ -4,11 +4,9 @@ use clap::Parser;
 use meridian_agent_gateway::{App, Config, app::ENV_PREFIX};
 use meridian_kit::{config, shutdown, telemetry};
 
-/// Agent gateway. Configured by MERIDIAN_AGENT_GATEWAY__* variables (NATS_URL,
-/// HTTP_ADDR, GRPC_ADDR, API_KEY, JWT_SECRET, TOKEN_TTL, HEARTBEAT_INTERVAL,
-/// MISSED_HEARTBEATS, MAX_API_BYTES) and MERIDIAN_API_KEY.
+/// Agent gateway: the agents' gRPC endpoint and the registry's REST API.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, after_help = config::variables_help::<Config>(ENV_PREFIX))]
 struct Cli {}
 
 #[global_allocator]

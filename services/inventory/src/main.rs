@@ -4,10 +4,9 @@ use clap::{Parser, Subcommand};
 use meridian_inventory::{App, Config, app::ENV_PREFIX};
 use meridian_kit::{config, shutdown, telemetry};
 
-/// The API Repository. Configured by MERIDIAN_INVENTORY__* variables
-/// (NATS_URL, HTTP_ADDR, DATA_DIR, API_KEY, BATCH) and MERIDIAN_API_KEY.
+/// The API Repository: serves it, or rebuilds it from the log.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, after_help = config::variables_help::<Config>(ENV_PREFIX))]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

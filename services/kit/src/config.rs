@@ -71,6 +71,60 @@ fn name_variables(prefix: &str, message: &str) -> String {
     out
 }
 
+/// The fields of a configuration struct, as [`from_vars`] reads them (the
+/// names serde derives, so a list in `--help` or a test cannot drift from
+/// the struct). Empty for a type that is not a plain struct.
+pub fn fields<T: DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+
+    /// Asks the type to deserialize itself and keeps the field list it
+    /// announces, then stops.
+    struct Probe(&'static [&'static str]);
+
+    impl<'de> Deserializer<'de> for &mut Probe {
+        type Error = de::value::Error;
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            self.0 = fields;
+            Err(de::Error::custom("fields read"))
+        }
+
+        fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not a struct"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+
+    let mut probe = Probe(&[]);
+    let _ = T::deserialize(&mut probe);
+    probe.0
+}
+
+/// The variables a service reads, one per line under a heading, for the end
+/// of its `--help`: `prefix` + each field of `T` in upper case, and the
+/// shared admin key.
+pub fn variables_help<T: DeserializeOwned>(prefix: &str) -> String {
+    let mut out = String::from("Configuration (environment variables):\n");
+    for field in fields::<T>() {
+        out.push_str(&format!("  {prefix}{}\n", field.to_uppercase()));
+    }
+    out.push_str(&format!(
+        "  {API_KEY_VAR} (the admin key, when {prefix}API_KEY is not set)\n"
+    ));
+    out.push_str("  RUST_LOG or MERIDIAN_LOG, OTEL_* (logs and traces)");
+    out
+}
+
 /// A secret value: never printed by `Debug` or `Display`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -276,6 +330,20 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn fields_are_read_from_the_struct() {
+        assert_eq!(fields::<Conf>(), ["nats_url", "port", "secret"]);
+        let help = variables_help::<Conf>("MERIDIAN_X__");
+        for var in [
+            "MERIDIAN_X__NATS_URL",
+            "MERIDIAN_X__PORT",
+            "MERIDIAN_X__SECRET",
+        ] {
+            assert!(help.contains(var), "{help}");
+        }
+        assert!(fields::<u32>().is_empty());
     }
 
     #[test]

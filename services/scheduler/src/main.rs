@@ -4,11 +4,9 @@ use clap::Parser;
 use meridian_kit::{config, shutdown, telemetry};
 use meridian_scheduler::{App, Config, app::ENV_PREFIX};
 
-/// Scheduler. Configured by MERIDIAN_SCHEDULER__* variables (NATS_URL,
-/// HTTP_ADDR, API_KEY, MIN_INTERVAL, REPLICA, REQUEST_TIMEOUT) and
-/// MERIDIAN_API_KEY.
+/// Scheduler: sync jobs, fired once per due time.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, after_help = config::variables_help::<Config>(ENV_PREFIX))]
 struct Cli {}
 
 #[global_allocator]
