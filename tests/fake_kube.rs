@@ -58,16 +58,28 @@ impl Shared {
     }
 
     /// Holds a read while reads are being gathered, until the last arrives.
+    /// A read whose client gives up while held (its future is dropped) no
+    /// longer counts, so the reads let through are all still wanted.
     async fn gather(&self) {
+        struct Held<'a>(&'a Shared, bool);
+        impl Drop for Held<'_> {
+            fn drop(&mut self) {
+                if self.1 {
+                    self.0.gathering.send_modify(|left| *left += 1);
+                }
+            }
+        }
         let mut released = self.gathering.subscribe();
         let held = self.gathering.send_if_modified(|left| {
             let hold = *left > 0;
             *left = left.saturating_sub(1);
             hold
         });
+        let mut guard = Held(self, held);
         if held {
             let _ = released.wait_for(|left| *left == 0).await;
         }
+        guard.1 = false;
     }
 }
 

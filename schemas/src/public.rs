@@ -118,11 +118,35 @@ pub struct AgentStatusData {
     pub last_heartbeat: String,
 }
 
+/// Why a filter of the public events is refused; the message starts with
+/// the argument at fault.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    /// Not an event type.
+    #[error("type: unknown event type {0:?} (created, updated, deleted, restored, status_changed)")]
+    UnknownType(String),
+    /// A provider with agent status events, which have none.
+    #[error("provider: agent status events have no provider")]
+    ProviderOfStatus,
+    /// An empty provider.
+    #[error("provider: must not be empty")]
+    EmptyProvider,
+}
+
+impl FilterError {
+    /// The argument at fault (`type` or `provider`).
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::UnknownType(_) => "type",
+            Self::ProviderOfStatus | Self::EmptyProvider => "provider",
+        }
+    }
+}
+
 /// The subject filter for a consumer that wants one event type (`created`,
 /// `updated`, `deleted`, `restored`, `status_changed`, or the full
-/// `io.meridian....` name) and/or one provider's events. The error says which
-/// argument is wrong.
-pub fn filter_for(event_type: Option<&str>, provider: Option<&str>) -> Result<String, String> {
+/// `io.meridian....` name) and/or one provider's events.
+pub fn filter_for(event_type: Option<&str>, provider: Option<&str>) -> Result<String, FilterError> {
     let short = event_type.map(|t| {
         t.strip_prefix("io.meridian.api.")
             .or_else(|| t.strip_prefix("io.meridian.agent."))
@@ -136,20 +160,14 @@ pub fn filter_for(event_type: Option<&str>, provider: Option<&str>) -> Result<St
         Some("restored") => Some(LifecycleKind::Restored),
         Some("status_changed") => {
             return match provider {
-                Some(_) => Err("provider: agent status events have no provider".into()),
+                Some(_) => Err(FilterError::ProviderOfStatus),
                 None => Ok(streams::AGENT_STATUS_EVENTS.into()),
             };
         }
-        Some(other) => {
-            return Err(format!(
-                "type: unknown event type {other:?} (created, updated, deleted, restored, status_changed)"
-            ));
-        }
+        Some(other) => return Err(FilterError::UnknownType(other.to_owned())),
     };
-    if let Some(p) = provider
-        && p.is_empty()
-    {
-        return Err("provider: must not be empty".into());
+    if provider.is_some_and(str::is_empty) {
+        return Err(FilterError::EmptyProvider);
     }
     Ok(match (kind, provider) {
         (None, None) => streams::ALL_EVENTS.into(),
@@ -295,16 +313,12 @@ mod tests {
             filter_for(Some("status_changed"), None).unwrap(),
             "events.agent.status_changed.*"
         );
-        assert!(
-            filter_for(Some("status_changed"), Some("x"))
-                .unwrap_err()
-                .starts_with("provider")
-        );
-        assert!(
-            filter_for(Some("exploded"), None)
-                .unwrap_err()
-                .starts_with("type")
-        );
+        let status = filter_for(Some("status_changed"), Some("x")).unwrap_err();
+        assert_eq!(status.field(), "provider");
+        assert!(status.to_string().starts_with("provider"));
+        let exploded = filter_for(Some("exploded"), None).unwrap_err();
+        assert_eq!(exploded.field(), "type");
+        assert!(exploded.to_string().starts_with("type"));
     }
 
     #[test]

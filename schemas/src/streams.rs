@@ -143,20 +143,34 @@ pub fn escape_token(raw: &str) -> String {
 /// Longest provider name accepted, in bytes.
 pub const MAX_PROVIDER_NAME_BYTES: usize = 128;
 
+/// Why a provider name is refused (the message follows the field's name).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// No name.
+    #[error("must not be empty")]
+    Empty,
+    /// Over [`MAX_PROVIDER_NAME_BYTES`].
+    #[error("must be at most {MAX_PROVIDER_NAME_BYTES} bytes")]
+    TooLong,
+    /// A control character.
+    #[error("must not contain control characters (found {0:?})")]
+    Control(char),
+}
+
 /// Checks a provider name: any UTF-8 of 1 to 128 bytes without control
 /// characters (`tyk.eu prod` and `Production APIs` are fine: subjects carry
-/// the name escaped). The error says why, for use in an error message.
-pub fn validate_provider_name(name: &str) -> Result<(), String> {
+/// the name escaped).
+pub fn validate_provider_name(name: &str) -> Result<(), NameError> {
     if name.is_empty() {
-        return Err("must not be empty".into());
+        return Err(NameError::Empty);
     }
     if name.len() > MAX_PROVIDER_NAME_BYTES {
-        return Err(format!("must be at most {MAX_PROVIDER_NAME_BYTES} bytes"));
+        return Err(NameError::TooLong);
     }
-    if let Some(c) = name.chars().find(|c| c.is_control()) {
-        return Err(format!("must not contain control characters (found {c:?})"));
+    match name.chars().find(|c| c.is_control()) {
+        Some(c) => Err(NameError::Control(c)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 #[cfg(test)]

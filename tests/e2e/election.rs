@@ -220,9 +220,11 @@ async fn five_electors_racing_for_one_lease_never_both_lead() {
         let config = kube::Config::new(kube.url.parse().unwrap());
         kube::Client::try_from(config).unwrap()
     };
+    // A renew deadline long enough that the five first reads, held until
+    // all have arrived, are not given up on a loaded machine.
     let timings = Timings {
-        lease_duration: Duration::from_secs(2),
-        renew_deadline: Duration::from_millis(1500),
+        lease_duration: Duration::from_secs(3),
+        renew_deadline: Duration::from_millis(2500),
         retry_period: Duration::from_millis(100),
     };
     // Each elector runs until its own token is cancelled; aborting a task

@@ -531,7 +531,7 @@ fn validate(config: &AgentConfig, vars: &BTreeMap<String, String>) -> Result<(),
     let mut names = std::collections::HashSet::new();
     for (i, instance) in config.instances.iter().enumerate() {
         meridian_schemas::streams::validate_provider_name(&instance.name)
-            .map_err(|why| error(format!("instances[{i}].name"), why))?;
+            .map_err(|why| error(format!("instances[{i}].name"), why.to_string()))?;
         if !names.insert(instance.name.as_str()) {
             return Err(error(
                 format!("instances[{i}].name"),

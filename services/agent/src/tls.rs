@@ -57,7 +57,7 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
         let mut roots = RootCertStore::empty();
         match &files.ca_cert {
             Some(path) => {
-                let certs = read_certs(path).map_err(|why| fail("caCertPath", why))?;
+                let certs = read_certs("caCertPath", path)?;
                 for cert in certs {
                     roots
                         .add(cert)
@@ -80,7 +80,7 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
     let mut config = match &files.client {
         None => builder.with_no_client_auth(),
         Some((cert_path, key_path)) => {
-            let chain = read_certs(cert_path).map_err(|why| fail("clientCertPath", why))?;
+            let chain = read_certs("clientCertPath", cert_path)?;
             let key = std::fs::read(key_path)
                 .map_err(|e| fail("clientKeyPath", format!("cannot read {key_path}: {e}")))?;
             let key = PrivateKeyDer::from_pem_slice(&key).map_err(|e| {
@@ -101,13 +101,14 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
-fn read_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+/// The certificates of a PEM file; `key` names the setting that gave it.
+fn read_certs(key: &'static str, path: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = std::fs::read(path).map_err(|e| fail(key, format!("cannot read {path}: {e}")))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{path}: not PEM certificates: {e}"))?;
+        .map_err(|e| fail(key, format!("{path}: not PEM certificates: {e}")))?;
     if certs.is_empty() {
-        return Err(format!("{path}: holds no certificate"));
+        return Err(fail(key, format!("{path}: holds no certificate")));
     }
     Ok(certs)
 }

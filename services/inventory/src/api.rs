@@ -495,7 +495,12 @@ async fn list_events(
 ) -> Result<Json<EventsPageView>, ApiError> {
     let filter =
         meridian_schemas::public::filter_for(q.event_type.as_deref(), q.provider.as_deref())
-            .map_err(|e| ApiError::new(meridian_kit::http::ErrorCode::InvalidArgument, e))?;
+            .map_err(|e| {
+                ApiError::new(
+                    meridian_kit::http::ErrorCode::InvalidArgument,
+                    e.to_string(),
+                )
+            })?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid_field(

@@ -166,16 +166,44 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
-/// Parses `90s`, `1h30m`, `500ms`, `7d`, `1w`. Negative or empty values are
-/// refused with a message saying why.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+/// The longest duration accepted anywhere (a hundred years): longer ones
+/// are mistakes, and would overflow the times computed from them.
+pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(36_500 * 86_400);
+
+/// Why a duration does not parse; the message quotes the input.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    /// Nothing was given.
+    #[error("empty duration (use for example 30s, 5m, 1h30m, 7d)")]
+    Empty,
+    /// A minus sign.
+    #[error("{0:?} is negative")]
+    Negative(String),
+    /// Not digits and units.
+    #[error("{0:?} is not a duration (use for example 30s, 5m, 1h30m, 7d)")]
+    Malformed(String),
+    /// A number without its unit.
+    #[error("{0:?}: missing unit after {1} (ms, s, m, h, d or w)")]
+    MissingUnit(String, u64),
+    /// A unit that is not one of ours.
+    #[error("{0:?}: unknown unit {1:?} (ms, s, m, h, d or w)")]
+    UnknownUnit(String, String),
+    /// Longer than [`MAX_DURATION`].
+    #[error("{0:?} is longer than 100 years")]
+    TooLong(String),
+}
+
+/// Parses `90s`, `1h30m`, `500ms`, `7d`, `1w`. Negative, empty and absurdly
+/// long values (over [`MAX_DURATION`]) are refused, saying why.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, DurationError> {
     let s = s.trim();
     if s.is_empty() {
-        return Err("empty duration (use for example 30s, 5m, 1h30m, 7d)".into());
+        return Err(DurationError::Empty);
     }
     if s.starts_with('-') {
-        return Err(format!("{s:?} is negative"));
+        return Err(DurationError::Negative(s.to_owned()));
     }
+    let too_long = || DurationError::TooLong(s.to_owned());
     let mut total = std::time::Duration::ZERO;
     let mut rest = s;
     while !rest.is_empty() {
@@ -183,13 +211,9 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!(
-                "{s:?} is not a duration (use for example 30s, 5m, 1h30m, 7d)"
-            ));
+            return Err(DurationError::Malformed(s.to_owned()));
         }
-        let n: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("{s:?}: number too large"))?;
+        let n: u64 = rest[..digits].parse().map_err(|_| too_long())?;
         rest = &rest[digits..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit())
@@ -203,21 +227,15 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
             "h" => std::time::Duration::from_secs(3600),
             "d" => std::time::Duration::from_secs(86_400),
             "w" => std::time::Duration::from_secs(7 * 86_400),
-            "" => {
-                return Err(format!(
-                    "{s:?}: missing unit after {n} (ms, s, m, h, d or w)"
-                ));
-            }
-            other => {
-                return Err(format!(
-                    "{s:?}: unknown unit {other:?} (ms, s, m, h, d or w)"
-                ));
-            }
+            "" => return Err(DurationError::MissingUnit(s.to_owned(), n)),
+            other => return Err(DurationError::UnknownUnit(s.to_owned(), other.to_owned())),
         };
-        total = one
-            .checked_mul(u32::try_from(n).map_err(|_| format!("{s:?}: number too large"))?)
+        total = u32::try_from(n)
+            .ok()
+            .and_then(|n| one.checked_mul(n))
             .and_then(|d| total.checked_add(d))
-            .ok_or_else(|| format!("{s:?}: too long"))?;
+            .filter(|t| *t <= MAX_DURATION)
+            .ok_or_else(too_long)?;
     }
     Ok(total)
 }
@@ -363,8 +381,23 @@ mod tests {
             Duration::from_secs(7 * 86400)
         );
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        for bad in ["", "-1s", "h", "10", "5y", "1.5h"] {
+        for bad in [
+            "",
+            "-1s",
+            "h",
+            "10",
+            "5y",
+            "1.5h",
+            "4294967295w",
+            "36501d",
+            "99999999999999999999s",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
         }
+        assert_eq!(parse_duration("36500d").unwrap(), MAX_DURATION);
+        assert_eq!(
+            parse_duration("4294967295w"),
+            Err(DurationError::TooLong("4294967295w".into()))
+        );
     }
 }

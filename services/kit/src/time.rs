@@ -20,18 +20,40 @@ pub fn rfc3339(ms: i64) -> String {
 /// The zero time as Go and the reference API print it, for "never".
 pub const NEVER: &str = "0001-01-01T00:00:00Z";
 
+/// Why a start time does not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SinceError {
+    /// Neither form.
+    #[error("{0:?} is neither an RFC 3339 time (2026-11-23T10:00:00Z) nor a duration (1h, 7d)")]
+    Malformed(String),
+    /// A duration that does not parse (too long, say).
+    #[error(transparent)]
+    Duration(#[from] crate::config::DurationError),
+    /// Before 1970-01-01.
+    #[error("{0:?} is before 1970-01-01")]
+    BeforeEpoch(String),
+}
+
 /// A start time given as RFC 3339 (`2026-11-23T10:00:00Z`) or as a duration
-/// back from `now_ms` (`90s`, `1h`, `7d`), in ms since the epoch.
-pub fn parse_since(raw: &str, now_ms: i64) -> Result<i64, String> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(raw) {
-        return Ok(t.timestamp_millis());
+/// back from `now_ms` (`90s`, `1h`, `7d`), in ms since the epoch; never
+/// before the epoch.
+pub fn parse_since(raw: &str, now_ms: i64) -> Result<i64, SinceError> {
+    let at = match chrono::DateTime::parse_from_rfc3339(raw) {
+        Ok(t) => t.timestamp_millis(),
+        Err(_) => {
+            let looks_like_duration = raw.trim().starts_with(|c: char| c.is_ascii_digit())
+                && raw.trim().ends_with(|c: char| c.is_ascii_alphabetic());
+            let back = crate::config::parse_duration(raw).map_err(|e| match e {
+                e @ crate::config::DurationError::TooLong(_) if looks_like_duration => e.into(),
+                _ => SinceError::Malformed(raw.to_owned()),
+            })?;
+            now_ms.saturating_sub(i64::try_from(back.as_millis()).unwrap_or(i64::MAX))
+        }
+    };
+    if at < 0 {
+        return Err(SinceError::BeforeEpoch(raw.to_owned()));
     }
-    let back = crate::config::parse_duration(raw).map_err(|_| {
-        format!(
-            "{raw:?} is neither an RFC 3339 time (2026-11-23T10:00:00Z) nor a duration (1h, 7d)"
-        )
-    })?;
-    Ok(now_ms.saturating_sub(i64::try_from(back.as_millis()).unwrap_or(i64::MAX)))
+    Ok(at)
 }
 
 #[cfg(test)]
@@ -45,7 +67,20 @@ mod tests {
         assert!(
             parse_since("yesterday", 0)
                 .unwrap_err()
+                .to_string()
                 .contains("RFC 3339")
         );
+        assert!(matches!(
+            parse_since("4294967295w", 7_200_000),
+            Err(SinceError::Duration(_))
+        ));
+        assert!(matches!(
+            parse_since("2h", 3_600_000),
+            Err(SinceError::BeforeEpoch(_))
+        ));
+        assert!(matches!(
+            parse_since("1969-12-31T00:00:00Z", 0),
+            Err(SinceError::BeforeEpoch(_))
+        ));
     }
 }

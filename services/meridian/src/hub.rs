@@ -96,16 +96,19 @@ pub async fn start(config: HubConfig, stop: CancellationToken) -> anyhow::Result
     })
 }
 
-type Task = (&'static str, JoinHandle<Result<(), String>>);
+/// A service's failure, whatever its error type.
+type TaskError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Runs one service of the hub in the background, its error as text.
-fn task<E: std::fmt::Display>(
+type Task = (&'static str, JoinHandle<Result<(), TaskError>>);
+
+/// Runs one service of the hub in the background.
+fn task<E: std::error::Error + Send + Sync + 'static>(
     name: &'static str,
     run: impl std::future::Future<Output = Result<(), E>> + Send + 'static,
 ) -> Task {
     (
         name,
-        tokio::spawn(async move { run.await.map_err(|e| e.to_string()) }),
+        tokio::spawn(async move { run.await.map_err(TaskError::from) }),
     )
 }
 

@@ -31,6 +31,11 @@ pub enum TokenError {
     Invalid(String),
 }
 
+/// The signing secret is too short.
+#[derive(Debug, thiserror::Error)]
+#[error("the JWT secret must be at least {MIN_SECRET_BYTES} bytes")]
+pub struct ShortSecret;
+
 /// Signs and verifies agent tokens.
 #[derive(Clone)]
 pub struct Tokens {
@@ -41,11 +46,9 @@ pub struct Tokens {
 
 impl Tokens {
     /// From the hub secret (at least [`MIN_SECRET_BYTES`]).
-    pub fn new(secret: &[u8]) -> Result<Self, String> {
+    pub fn new(secret: &[u8]) -> Result<Self, ShortSecret> {
         if secret.len() < MIN_SECRET_BYTES {
-            return Err(format!(
-                "the JWT secret must be at least {MIN_SECRET_BYTES} bytes"
-            ));
+            return Err(ShortSecret);
         }
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[ISSUER]);

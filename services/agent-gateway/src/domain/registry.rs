@@ -176,7 +176,7 @@ pub fn check_providers(providers: &[ProviderRef]) -> Result<(), Rejection> {
     let mut names = std::collections::HashSet::new();
     for (i, p) in providers.iter().enumerate() {
         validate_provider_name(&p.name)
-            .map_err(|why| invalid(format!("providers[{i}].name"), why))?;
+            .map_err(|why| invalid(format!("providers[{i}].name"), why.to_string()))?;
         if p.provider_type.trim().is_empty() {
             return Err(invalid(format!("providers[{i}].type"), "must not be empty"));
         }
