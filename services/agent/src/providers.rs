@@ -16,7 +16,7 @@ pub mod tyk;
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
     /// The request did not get an answer (unreachable, timed out, TLS).
-    #[error("GET {url}: {}", causes(source))]
+    #[error("GET {url}: {}", meridian_kit::report::chain(source))]
     Unreachable {
         /// What was asked.
         url: String,
@@ -57,19 +57,6 @@ pub enum ProviderError {
     /// only have a message, such as an in-memory one).
     #[error("{0}")]
     Unavailable(String),
-}
-
-/// An error with its sources (reqwest's own message hides the cause, such
-/// as "connection refused").
-fn causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// Where a provider's APIs come from.

@@ -182,7 +182,7 @@ pub enum SessionError {
         why: String,
     },
     /// No connection (refused, unresolvable, TLS failed, timed out).
-    #[error("cannot reach {hub}: {}", causes(source))]
+    #[error("cannot reach {hub}: {}", meridian_kit::report::chain(source))]
     Unreachable {
         /// As configured.
         hub: String,
@@ -289,18 +289,6 @@ pub async fn connect_with(
         Ok(req)
     });
     Ok(AgentHubClient::with_interceptor(channel, interceptor).max_decoding_message_size(8 << 20))
-}
-
-/// An error with its sources: tonic's own message is only "transport error".
-fn causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 async fn session(

@@ -12,6 +12,7 @@
 //! - [`config`]: typed configuration from `MERIDIAN_<SERVICE>__*` variables.
 //! - `nats_server` (feature `nats-server`): find, check and start a local
 //!   `nats-server -js`, for the launcher and the tests.
+//! - [`report`]: an error with its causes, for messages.
 //! - [`retry`]: every retry loop (jittered backoff, stop signal, give-up log).
 //! - [`telemetry`], [`shutdown`], [`time`].
 
@@ -22,6 +23,7 @@ pub mod metrics;
 #[cfg(feature = "nats-server")]
 pub mod nats_server;
 pub mod projection;
+pub mod report;
 pub mod retry;
 pub mod shutdown;
 pub mod store;
