@@ -546,3 +546,91 @@ async fn provider_names_with_dots_and_spaces_sync_end_to_end() {
     gw.rest.stop().await;
     inv.stop().await;
 }
+
+/// Hostile REST input: out-of-range numbers and durations, huge bodies,
+/// wrong methods and wrong types each get a 4xx in the JSON error shape
+/// naming what is wrong; a JSON body needs no `Content-Type`; nothing
+/// stored changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_rest_input_gets_a_4xx_naming_the_parameter() {
+    let TestHub {
+        nats,
+        gw,
+        dir: _dir,
+        inv,
+        api,
+    } = TestHub::start(|_| {}).await;
+    let scheduler = start_scheduler(&nats, |_| {}).await;
+    let api = api.with_scheduler(&scheduler.url);
+    let (agent_id, _) = api.register_agent("hostile").await;
+    let before = repository_digest(&api).await;
+    let refused = |code: u16, body: &serde_json::Value, status: u16, starts: &str| {
+        assert_eq!(code, status, "{body}");
+        assert!(body["error"].is_string(), "{body}");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.starts_with(starts), "{starts}: {body}");
+    };
+
+    let (code, body) = api.get("/api/events?since=4294967295w").await;
+    refused(code, &body, 400, "since:");
+    let (code, body) = api.get("/api/events?since=100y").await;
+    refused(code, &body, 400, "since:");
+    let (code, body) = api
+        .get(&format!("/api/events?after={}", u64::MAX))
+        .await;
+    refused(code, &body, 400, "after:");
+    let (code, body) = api
+        .get("/api/apis?page=9223372036854775809&per_page=2")
+        .await;
+    refused(code, &body, 400, "page:");
+    let (code, body) = api.get("/api/apis?page=99999999999999999999999").await;
+    refused(code, &body, 400, "query:");
+
+    let jobs = format!("/api/agents/{agent_id}/sync-jobs");
+    let (code, body) = api
+        .post(&jobs, &json!({"provider": "p", "repeat_every": "4294967295w"}))
+        .await;
+    refused(code, &body, 400, "repeat_every:");
+    let (code, body) = api.post(&jobs, &json!({"provider": 5})).await;
+    refused(code, &body, 400, "provider:");
+    let (code, body) = api
+        .post("/api/agents/", &json!({"name": ["a", "list"]}))
+        .await;
+    refused(code, &body, 400, "name:");
+
+    // A 10 MB body: 413 in the JSON shape, on every service that reads one.
+    let huge = format!(r#"{{"name": "{}"}}"#, "x".repeat(10 << 20));
+    for path in ["/api/agents/", &jobs] {
+        let (code, body) = api.call(reqwest::Method::POST, path, Some(&huge)).await;
+        refused(code, &body, 413, "body:");
+        assert_eq!(body["error"], "too_large");
+    }
+    // A wrong method: 405 in the JSON shape.
+    for path in ["/api/agents/", "/api/apis", &jobs] {
+        let (code, body) = api.call(reqwest::Method::PATCH, path, None).await;
+        refused(code, &body, 405, path);
+        assert_eq!(body["error"], "method_not_allowed");
+    }
+
+    // `curl -d '{...}'` sends no JSON content type; the body is JSON anyway.
+    let created: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/api/agents/", gw.rest.url))
+        .header("x-api-key", API_KEY)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(r#"{"name": "from-curl"}"#)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(created["name"], "from-curl", "{created}");
+
+    assert_eq!(repository_digest(&api).await, before, "nothing stored changed");
+    let (_, jobs_after) = api.get(&jobs).await;
+    assert_eq!(jobs_after, json!([]), "no job was stored");
+    scheduler.stop().await;
+    gw.rest.stop().await;
+    inv.stop().await;
+    drop(nats);
+}

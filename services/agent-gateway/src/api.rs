@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use meridian_kit::bus::{self, RequestError};
-use meridian_kit::http::{ApiError, ErrorBody, Json, read_last};
+use meridian_kit::http::{ApiError, ErrorBody, Json, JsonOrEmpty, read_last};
 use meridian_kit::time::{NEVER, now_ms, rfc3339};
 use meridian_schemas::agents::{AgentStatus, Heartbeat};
 use meridian_schemas::commands::{SyncRefused, TriggerSync, TriggerSyncReply};
@@ -323,14 +323,9 @@ async fn revoke_token(
 async fn trigger_sync(
     State(s): State<ApiState>,
     Path(id): Path<String>,
-    body: axum::body::Bytes,
+    JsonOrEmpty(body): JsonOrEmpty<SyncBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_agent_id("id", &id)?;
-    let body: SyncBody = if body.iter().all(u8::is_ascii_whitespace) {
-        SyncBody::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::invalid_field("body", e))?
-    };
     let record = found(id, s.registry.get(id))?;
     if let (Some(p), Some(known)) = (&body.provider, &record.providers)
         && !known.iter().any(|k| &k.name == p)

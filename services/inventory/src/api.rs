@@ -306,6 +306,12 @@ async fn list_apis(
             format!("must be between 1 and {MAX_PER_PAGE}"),
         ));
     }
+    if (page - 1).checked_mul(per_page).is_none() {
+        return Err(ApiError::invalid_field(
+            "page",
+            "too large: it starts past any repository",
+        ));
+    }
     let agent_id = p
         .agent_id
         .as_deref()
@@ -509,6 +515,9 @@ async fn list_events(
         ));
     }
     let start = match (q.after, q.since.as_deref()) {
+        (Some(after), _) if after == u64::MAX => {
+            return Err(ApiError::invalid_field("after", "past the end of any stream"));
+        }
         (Some(after), _) => Start::After(after),
         (None, Some(since)) => Start::Since(
             meridian_kit::time::parse_since(since, now_ms())

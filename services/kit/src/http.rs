@@ -28,6 +28,10 @@ pub enum ErrorCode {
     Unauthenticated,
     /// The thing named does not exist.
     NotFound,
+    /// The path exists, but not with this method.
+    MethodNotAllowed,
+    /// The request body is larger than the service accepts.
+    TooLarge,
     /// The request conflicts with current state.
     Conflict,
     /// A dependency (NATS, the agent) is not available now.
@@ -43,6 +47,8 @@ impl ErrorCode {
             Self::InvalidArgument => StatusCode::BAD_REQUEST,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Conflict => StatusCode::CONFLICT,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -55,6 +61,8 @@ impl ErrorCode {
             Self::InvalidArgument => tonic::Code::InvalidArgument,
             Self::Unauthenticated => tonic::Code::Unauthenticated,
             Self::NotFound => tonic::Code::NotFound,
+            Self::MethodNotAllowed => tonic::Code::Unimplemented,
+            Self::TooLarge => tonic::Code::ResourceExhausted,
             Self::Conflict => tonic::Code::FailedPrecondition,
             Self::Unavailable => tonic::Code::Unavailable,
             Self::Internal => tonic::Code::Internal,
@@ -67,6 +75,8 @@ impl ErrorCode {
             Self::InvalidArgument => "invalid_argument",
             Self::Unauthenticated => "unauthenticated",
             Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::TooLarge => "too_large",
             Self::Conflict => "conflict",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
@@ -78,7 +88,8 @@ impl ErrorCode {
 #[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// Machine-readable code: `invalid_argument`, `unauthenticated`,
-    /// `not_found`, `conflict`, `unavailable` or `internal`.
+    /// `not_found`, `method_not_allowed`, `too_large`, `conflict`,
+    /// `unavailable` or `internal`.
     pub error: String,
     /// What went wrong, naming the field where one is at fault.
     pub message: String,
@@ -143,20 +154,97 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// `axum::Json` whose rejection is an [`ApiError`] naming the problem.
+/// The largest request body any service reads.
+pub const MAX_BODY_BYTES: usize = 2 << 20;
+
+/// A JSON request body, whatever the `Content-Type` says (as Tyk's APIs take
+/// it, so `curl -d '{...}'` works without `-H 'Content-Type: ...'`). A bad
+/// body is refused with an [`ApiError`] naming the field at fault; one over
+/// [`MAX_BODY_BYTES`] with 413.
 pub struct Json<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match AxumJson::<T>::from_request(req, state).await {
-            Ok(AxumJson(v)) => Ok(Json(v)),
-            Err(rejection) => Err(ApiError::new(
-                ErrorCode::InvalidArgument,
-                json_message(&rejection.body_text()),
-            )),
+        let bytes = body_bytes(req, state).await?;
+        parse_json(&bytes).map(Json)
+    }
+}
+
+/// [`Json`] for a body that may be left out: an empty (or blank) body is
+/// `T::default()`.
+pub struct JsonOrEmpty<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for JsonOrEmpty<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = body_bytes(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(JsonOrEmpty(T::default()));
         }
+        parse_json(&bytes).map(JsonOrEmpty)
+    }
+}
+
+/// How much of an oversized body is still read (and thrown away) before the
+/// 413, so that a client that sends it whole gets the answer instead of a
+/// broken connection.
+const DRAIN_BYTES: usize = 64 << 20;
+
+async fn body_bytes<S: Send + Sync>(req: Request, _state: &S) -> Result<bytes::Bytes, ApiError> {
+    use futures_util::StreamExt;
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::TooLarge,
+            format!("body: larger than {} MiB", MAX_BODY_BYTES >> 20),
+        )
+    };
+    let mut body = req.into_body().into_data_stream();
+    let mut kept = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| ApiError::invalid_field("body", e))?;
+        seen += chunk.len();
+        if seen > DRAIN_BYTES {
+            return Err(too_large());
+        }
+        if seen <= MAX_BODY_BYTES {
+            kept.extend_from_slice(&chunk);
+        }
+    }
+    if seen > MAX_BODY_BYTES {
+        return Err(too_large());
+    }
+    Ok(kept.freeze())
+}
+
+/// Parses a JSON body; the error names the field (`provider: invalid type:
+/// integer `5`, expected a string`), or `body` when the JSON itself is bad.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let field = if path == "." || inner.is_syntax() || inner.is_eof() {
+            "body".to_owned()
+        } else {
+            path
+        };
+        ApiError::invalid_field(&field, without_position(&inner.to_string()))
+    })?;
+    de.end()
+        .map_err(|e| ApiError::invalid_field("body", without_position(&e.to_string())))?;
+    Ok(value)
+}
+
+/// serde_json ends its messages with ` at line 1 column 13`, which says
+/// nothing to someone who sent one line.
+fn without_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(at) if message[at..].contains(" column ") => message[..at].to_owned(),
+        _ => message.to_owned(),
     }
 }
 
@@ -164,14 +252,6 @@ impl<T: Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
         AxumJson(self.0).into_response()
     }
-}
-
-fn json_message(text: &str) -> String {
-    // axum: "Failed to deserialize the JSON body into the target type: name: missing field `name` at line 1"
-    let text = text
-        .strip_prefix("Failed to deserialize the JSON body into the target type: ")
-        .unwrap_or(text);
-    format!("body: {text}")
 }
 
 /// `axum::extract::Query` whose rejection is an [`ApiError`].
@@ -295,6 +375,14 @@ pub async fn not_found_fallback(uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(format!("no route for {}", uri.path()))
 }
 
+/// A path that exists asked with another method: a JSON 405.
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("{} does not answer {method}", uri.path()),
+    )
+}
+
 /// Serves `router` until `stop` is cancelled, then drains in-flight requests.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -386,7 +474,8 @@ pub fn service_router(
     tracked(
         api.merge(health_router(checks))
             .merge(docs_router(finish_openapi(doc, title)))
-            .fallback(not_found_fallback),
+            .fallback(not_found_fallback)
+            .method_not_allowed_fallback(method_not_allowed),
         service,
         metrics,
     )
@@ -415,6 +504,70 @@ mod tests {
         assert!(k.matches("s3cret"));
         assert!(!k.matches("s3cre"));
         assert!(!k.matches(""));
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Trigger {
+        provider: String,
+    }
+
+    async fn post(app: &Router, content_type: Option<&str>, body: Vec<u8>) -> (StatusCode, String) {
+        let mut req = axum::http::Request::builder().method("POST").uri("/x");
+        if let Some(t) = content_type {
+            req = req.header("content-type", t);
+        }
+        let res = app
+            .clone()
+            .oneshot(req.body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
+        let status = res.status();
+        let body = axum::body::to_bytes(res.into_body(), 1 << 16).await.unwrap();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn json_bodies_parse_without_a_content_type_and_errors_name_the_field() {
+        let app = Router::new()
+            .route(
+                "/x",
+                axum::routing::post(|Json(t): Json<Trigger>| async move { t.provider }),
+            )
+            .method_not_allowed_fallback(method_not_allowed);
+        let ok = br#"{"provider": "p"}"#.to_vec();
+        for content_type in [None, Some("application/x-www-form-urlencoded"), Some("application/json")] {
+            assert_eq!(
+                post(&app, content_type, ok.clone()).await,
+                (StatusCode::OK, "p".to_owned()),
+                "{content_type:?}"
+            );
+        }
+        let (status, text) = post(&app, None, br#"{"provider": 5}"#.to_vec()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let error: ErrorBody = serde_json::from_str(&text).unwrap();
+        assert!(error.message.starts_with("provider: invalid type"), "{text}");
+        let (status, text) = post(&app, None, b"{".to_vec()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(text.contains("body: "), "{text}");
+        let (status, text) = post(&app, None, vec![b' '; 10 << 20]).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        let error: ErrorBody = serde_json::from_str(&text).unwrap();
+        assert_eq!(error.error, "too_large");
+        let res = app
+            .clone()
+            .oneshot(
+                axum::http::Request::builder()
+                    .method("DELETE")
+                    .uri("/x")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let body = axum::body::to_bytes(res.into_body(), 1 << 16).await.unwrap();
+        let error: ErrorBody = serde_json::from_slice(&body).unwrap();
+        assert_eq!(error.error, "method_not_allowed");
     }
 
     #[tokio::test]
