@@ -634,3 +634,129 @@ async fn hostile_rest_input_gets_a_4xx_naming_the_parameter() {
     inv.stop().await;
     drop(nats);
 }
+
+/// Sends raw bytes as frames of the sync stream, as a broken or hostile
+/// client would; reads the hub's answers as the agent does.
+#[derive(Clone, Default)]
+struct RawFrames;
+
+struct RawEncoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Codec for RawFrames {
+    type Encode = Vec<u8>;
+    type Decode = SyncRequest;
+    type Encoder = RawEncoder;
+    type Decoder = tonic_prost::ProstDecoder<SyncRequest>;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        Default::default()
+    }
+}
+
+/// Opens a sync stream, sends `frames`, and returns the status it ends with.
+async fn raw_sync(grpc: &str, token: &str, frames: Vec<Vec<u8>>) -> tonic::Status {
+    let channel = tonic::transport::Endpoint::from_shared(grpc.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = tonic::client::Grpc::new(channel);
+    client.ready().await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/meridian.agent.v1.AgentHub/Sync",
+    );
+    let mut answers = client
+        .streaming(request, path, RawFrames)
+        .await
+        .unwrap()
+        .into_inner();
+    for frame in frames {
+        tx.send(frame).await.unwrap();
+    }
+    // The stream stays open from our side: only the hub can end it.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match answers.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return tonic::Status::ok("ended without a status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the hub ended the stream");
+    drop(tx);
+    ended
+}
+
+/// A frame that is not a sync message, one over the size limit, and a
+/// message with a 10 KB run id each end the stream with a status that says
+/// why (never OK), quoting at most a short prefix of the input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_sync_frames_end_the_stream_with_a_reason() {
+    use prost::Message as _;
+    let TestHub {
+        nats: _nats,
+        gw,
+        dir: _dir,
+        inv,
+        api,
+    } = TestHub::start(|_| {}).await;
+    let (_, token) = api.register_agent("frames").await;
+
+    let garbage = vec![0xff; 64];
+    let status = raw_sync(&gw.grpc_url, &token, vec![garbage]).await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("decoded"), "{}", status.message());
+
+    let oversized = SyncMessage {
+        run_id: "x".repeat(2 << 20),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let status = raw_sync(&gw.grpc_url, &token, vec![oversized]).await;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().len() < 400, "{}", status.message());
+
+    let long_id = SyncMessage {
+        run_id: "r".repeat(10 << 10),
+        provider: "p".into(),
+        kind: Some(sync_message::Kind::Started(SyncStarted {})),
+        fencing_token: None,
+    }
+    .encode_to_vec();
+    let status = raw_sync(&gw.grpc_url, &token, vec![long_id]).await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().starts_with("run_id:"), "{}", status.message());
+    assert!(
+        status.message().len() < 200,
+        "the whole id came back: {} bytes",
+        status.message().len()
+    );
+    gw.rest.stop().await;
+    inv.stop().await;
+}
