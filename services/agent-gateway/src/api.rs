@@ -226,7 +226,7 @@ async fn get_agent(
     Path(id): Path<String>,
 ) -> Result<Json<AgentView>, ApiError> {
     let id = parse_agent_id("id", &id)?;
-    let record = found(id, s.registry.get(id))?;
+    let record = found(id, s.registry.get_fresh(id).await)?;
     Ok(Json(view(&s, record).await?))
 }
 
@@ -326,7 +326,7 @@ async fn trigger_sync(
     JsonOrEmpty(body): JsonOrEmpty<SyncBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_agent_id("id", &id)?;
-    let record = found(id, s.registry.get(id))?;
+    let record = found(id, s.registry.get_fresh(id).await)?;
     if let (Some(p), Some(known)) = (&body.provider, &record.providers)
         && !known.iter().any(|k| &k.name == p)
     {

@@ -283,6 +283,27 @@ fn parse_status(s: Option<&str>) -> Result<StatusFilter, ApiError> {
     }
 }
 
+impl ApiState {
+    /// An API's record; when there is none, first catch up with everything
+    /// `SYNC` holds now (the API may have just been synced, or the
+    /// repository may still be replaying after a start).
+    async fn record(&self, api_id: ApiId) -> Result<crate::domain::ApiRecord, ApiError> {
+        let read = || {
+            self.queries
+                .get(api_id)
+                .map_err(|e| ApiError::internal("reading the API failed", e))
+        };
+        if let Some(record) = read()? {
+            return Ok(record);
+        }
+        self.progress.catch_up(CATCH_UP).await;
+        read()?.ok_or_else(|| ApiError::not_found(format!("no API with id {api_id}")))
+    }
+}
+
+/// How long a read waits for the repository to catch up before "not found".
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(3);
+
 fn parse_api_id(id: &str) -> Result<ApiId, ApiError> {
     ApiId::parse(id).map_err(|_| ApiError::invalid_field("id", format!("{id:?} is not a UUID")))
 }
@@ -351,11 +372,7 @@ async fn get_api(
     Path(id): Path<String>,
 ) -> Result<Json<ApiDetail>, ApiError> {
     let api_id = parse_api_id(&id)?;
-    let record = s
-        .queries
-        .get(api_id)
-        .map_err(|e| ApiError::internal("reading the API failed", e))?
-        .ok_or_else(|| ApiError::not_found(format!("no API with id {api_id}")))?;
+    let record = s.record(api_id).await?;
     let def = store::definition(&s.js, &record)
         .await
         .map_err(|e| ApiError::internal("reading the API's definition from the log failed", e))?;
@@ -443,11 +460,7 @@ async fn api_history(
     Path(id): Path<String>,
 ) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
     let api_id = parse_api_id(&id)?;
-    let record = s
-        .queries
-        .get(api_id)
-        .map_err(|e| ApiError::internal("reading the API failed", e))?
-        .ok_or_else(|| ApiError::not_found(format!("no API with id {api_id}")))?;
+    let record = s.record(api_id).await?;
     let provider_type = s
         .queries
         .provider_type(record.agent_id, &record.provider)

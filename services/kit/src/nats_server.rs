@@ -107,9 +107,10 @@ pub fn port_taken(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_err()
 }
 
-/// A running child `nats-server -js`, killed when dropped.
+/// A running child `nats-server -js`, stopped gracefully when dropped.
 pub struct NatsServer {
     child: Child,
+    bin: PathBuf,
     /// `nats://127.0.0.1:<port>`.
     pub url: String,
     /// The client port.
@@ -154,6 +155,7 @@ impl NatsServer {
                     let url = format!("nats://127.0.0.1:{chosen}");
                     return Ok(Self {
                         child,
+                        bin,
                         url,
                         port: chosen,
                         store_dir,
@@ -184,8 +186,35 @@ impl NatsServer {
         Err(NatsServerError::Start(last_error))
     }
 
-    /// Stops the server and waits for it to exit.
+    /// Stops the server gracefully (it flushes its streams, so the next
+    /// start does not rebuild their state) and waits for it to exit; kills it
+    /// if it has not exited after ten seconds.
     pub fn stop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let quit = Command::new(&self.bin)
+            .arg("--signal")
+            .arg(format!("quit={}", self.child.id()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if quit.is_ok_and(|s| s.success()) {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                if matches!(self.child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            tracing::warn!("nats-server did not stop within 10 s; killing it");
+        }
+        self.kill();
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would, and waits for
+    /// it to be gone. Its store stays for a restart.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

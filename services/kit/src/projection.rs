@@ -35,6 +35,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use async_nats::jetstream;
 use meridian_schemas::Envelope;
 use tokio::sync::watch;
 
@@ -249,6 +250,46 @@ pub struct Progress {
     position: watch::Receiver<u64>,
     target: Arc<AtomicU64>,
     halted: watch::Receiver<Option<String>>,
+    /// Where the projection reads, to ask how far the stream is now.
+    source: Source,
+}
+
+/// A projection's stream (and subject filter), as NATS has it.
+#[derive(Clone)]
+struct Source {
+    js: jetstream::Context,
+    stream: &'static str,
+    filter: Option<&'static str>,
+}
+
+impl Source {
+    /// The sequence of the stream's newest message the projection reads (0:
+    /// none yet).
+    async fn last_sequence(&self) -> Result<u64, crate::bus::BusError> {
+        use crate::bus::BusContext;
+        let stream = self
+            .js
+            .get_stream(self.stream)
+            .await
+            .bus("getting a projection's stream")?;
+        match self.filter {
+            None => Ok(stream
+                .get_info()
+                .await
+                .bus("reading a stream's state")?
+                .state
+                .last_sequence),
+            Some(filter) => match stream.get_last_raw_message_by_subject(filter).await {
+                Ok(message) => Ok(message.sequence),
+                Err(e)
+                    if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                {
+                    Ok(0)
+                }
+                Err(e) => Err(e).bus("reading a stream's newest message"),
+            },
+        }
+    }
 }
 
 impl Progress {
@@ -280,5 +321,18 @@ impl Progress {
     /// A receiver that changes whenever the position moves.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.position.clone()
+    }
+
+    /// Waits (at most `patience`) until the projection has applied every
+    /// message its stream holds now: what a read does before it answers
+    /// "not found", so that something just written elsewhere (or replayed
+    /// after a restart) is found. False when it did not get there in time.
+    pub async fn catch_up(&self, patience: Duration) -> bool {
+        let caught = tokio::time::timeout(patience, async {
+            let last = self.source.last_sequence().await.ok()?;
+            self.wait_for(last, patience).await.then_some(())
+        })
+        .await;
+        matches!(caught, Ok(Some(())))
     }
 }

@@ -7,6 +7,7 @@
 //! subcommands call the hub's REST API.
 //!
 //! Modules: [`hub`] (in-process composition), [`up`] (the launcher),
+//! [`rebuild`] (`meridian rebuild`),
 //! [`cli`] (REST client commands), [`events`] (`events tail`),
 //! [`route`] (`meridian route`: the hub URL in front of separately deployed
 //! services), [`demo_provider`]. The demo agent is `meridian-agent`'s session with the
@@ -16,5 +17,6 @@ pub mod cli;
 pub mod demo_provider;
 pub mod events;
 pub mod hub;
+pub mod rebuild;
 pub mod route;
 pub mod up;

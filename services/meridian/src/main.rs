@@ -89,15 +89,13 @@ enum Command {
         /// The URL to GET.
         url: String,
     },
-    /// Rebuild the API Repository from the log (stop the hub first).
+    /// Rebuild the API Repository from the log. Stop the hub first: the
+    /// hub's own NATS is started on its data directory for the replay.
     Rebuild {
-        /// NATS URL.
-        #[arg(
-            long,
-            env = "MERIDIAN_NATS_URL",
-            default_value = "nats://127.0.0.1:4222"
-        )]
-        nats_url: String,
+        /// Use this running NATS (a separately deployed hub) instead of
+        /// starting the hub's own.
+        #[arg(long, env = "MERIDIAN_NATS_URL")]
+        nats_url: Option<String>,
         /// The hub's data directory.
         #[arg(long, default_value = ".meridian")]
         data_dir: std::path::PathBuf,
@@ -113,7 +111,7 @@ async fn main() -> anyhow::Result<()> {
     // The servers log what they do; the other commands print answers.
     let level = if matches!(
         cli.command,
-        Command::Up(_) | Command::Route { .. } | Command::DemoProvider { .. }
+        Command::Up(_) | Command::Route { .. } | Command::DemoProvider { .. } | Command::Rebuild { .. }
     ) {
         "info"
     } else {
@@ -182,18 +180,15 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Rebuild {
-            ref nats_url,
+            nats_url,
             ref data_dir,
-        } => {
-            let config = meridian_inventory::Config::new(
-                nats_url,
-                data_dir.join("inventory"),
-                "unused-for-rebuild",
-            );
-            let report = meridian_inventory::rebuild(config).await?;
-            println!("{report}");
-            Ok(())
-        }
+        } => match meridian::rebuild::rebuild(nats_url, data_dir).await {
+            Ok(report) => {
+                println!("{report}");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        },
     };
     meridian_kit::telemetry::shutdown();
     outcome

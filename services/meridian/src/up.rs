@@ -64,7 +64,7 @@ fn persistent_secret(data_dir: &Path, name: &str) -> anyhow::Result<String> {
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let _nats_child;
+    let mut _nats_child = None;
     let nats_url = match &args.nats_url {
         Some(url) => url.clone(),
         None => {
@@ -72,13 +72,15 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             let server = NatsServer::start(port, Some(args.data_dir.join("nats")))?;
             tracing::info!(url = %server.url, store = %server.store_dir.display(), "started nats-server");
             let url = server.url.clone();
-            _nats_child = server;
+            _nats_child = Some(server);
             url
         }
     };
+    // Generated once and kept, like the token-signing secret: a restart
+    // keeps the key the user exported.
     let (api_key, generated) = match std::env::var(meridian_kit::config::API_KEY_VAR) {
         Ok(k) if !k.is_empty() => (k, false),
-        _ => (random_hex(), true),
+        _ => (persistent_secret(&args.data_dir, ADMIN_KEY_FILE)?, true),
     };
     let jwt_secret = persistent_secret(&args.data_dir, "jwt-secret")?;
     let stop = meridian_kit::shutdown::on_signal();
@@ -98,7 +100,11 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     println!("  agents     {} (gRPC)", running.grpc_addr);
     println!("  NATS       {nats_url}");
     if generated {
-        println!("  admin key  {api_key}   (generated; set MERIDIAN_API_KEY to choose one)");
+        let kept = args.data_dir.join(ADMIN_KEY_FILE);
+        println!(
+            "  admin key  {api_key}   (generated once, kept in {}; set MERIDIAN_API_KEY to choose one)",
+            kept.display()
+        );
         println!("\n  export MERIDIAN_API_KEY={api_key}");
     } else {
         println!("  admin key  from MERIDIAN_API_KEY");
@@ -119,10 +125,41 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             demo_provider::sample_apis().len(),
             demo.1
         );
-        println!("\n  try: meridian apis list");
+        println!("\n  try: scripts/meridian apis list");
     }
     println!("\nCtrl-C stops everything.\n");
-    running.run_until_stopped(Duration::from_secs(15)).await
+    let _running_marker = RunningMarker::write(&args.data_dir, &nats_url)?;
+    let outcome = running.run_until_stopped(Duration::from_secs(15)).await;
+    drop(_nats_child);
+    match &outcome {
+        Ok(()) => tracing::info!("Meridian hub stopped"),
+        Err(e) => tracing::error!(error = %e, "Meridian hub stopped after a failure"),
+    }
+    outcome
+}
+
+/// Where the generated admin key is kept in the data directory.
+const ADMIN_KEY_FILE: &str = "admin-key";
+
+/// While the hub runs, `data_dir/nats-url` names its NATS, so that
+/// `meridian rebuild` can tell a running hub (which holds the repository)
+/// from a stopped one. Removed when the hub stops.
+pub const NATS_URL_FILE: &str = "nats-url";
+
+struct RunningMarker(PathBuf);
+
+impl RunningMarker {
+    fn write(data_dir: &Path, nats_url: &str) -> anyhow::Result<Self> {
+        let path = data_dir.join(NATS_URL_FILE);
+        std::fs::write(&path, nats_url).with_context(|| format!("writing {}", path.display()))?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for RunningMarker {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Starts the demo provider and the demo agent (registered through the REST

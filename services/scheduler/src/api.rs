@@ -12,7 +12,7 @@ use meridian_kit::http::{ApiError, ErrorBody, Json};
 use meridian_kit::projection::Progress;
 use meridian_kit::time::{now_ms, rfc3339};
 use meridian_schemas::schedule::{Cadence, Outcome, ScheduleEvent};
-use meridian_schemas::{AgentId, EventMeta, JobId, streams};
+use meridian_schemas::{AgentId, EventMeta, JobId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -167,6 +167,9 @@ fn parse_time(raw: &str) -> Result<i64, ApiError> {
         })
 }
 
+/// How long a read waits for a fold to catch up before "not found".
+const CATCH_UP: Duration = Duration::from_secs(3);
+
 fn invalid(e: domain::Invalid) -> ApiError {
     ApiError::invalid_field(e.field, e.message)
 }
@@ -186,22 +189,23 @@ impl ApiState {
     }
 
     async fn catch_up_agents(&self) {
-        let js = self.publisher.context();
-        if let Ok(mut stream) = js.get_stream(streams::AGENTS).await
-            && let Ok(info) = stream.info().await
-        {
-            self.agents_progress
-                .wait_for(info.state.last_sequence, Duration::from_secs(3))
-                .await;
-        }
+        self.agents_progress.catch_up(CATCH_UP).await;
     }
 
-    fn job(&self, agent: AgentId, job: JobId) -> Result<Job, ApiError> {
-        read(&self.folds.jobs)
-            .get(job)
-            .filter(|j| j.agent_id == agent)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(format!("agent {agent} has no sync job {job}")))
+    /// The agent's job; when this replica does not know it, first catch up
+    /// with everything `SCHEDULE` holds now.
+    async fn job(&self, agent: AgentId, job: JobId) -> Result<Job, ApiError> {
+        let find = || {
+            read(&self.folds.jobs)
+                .get(job)
+                .filter(|j| j.agent_id == agent)
+                .cloned()
+        };
+        if let Some(found) = find() {
+            return Ok(found);
+        }
+        self.jobs_progress.catch_up(CATCH_UP).await;
+        find().ok_or_else(|| ApiError::not_found(format!("agent {agent} has no sync job {job}")))
     }
 
     /// Appends an event and waits until the jobs fold applied it.
@@ -327,7 +331,7 @@ async fn create_job(
         at_ms: now,
     };
     s.append(&event, now).await?;
-    let job = s.job(agent, job_id)?;
+    let job = s.job(agent, job_id).await?;
     tracing::info!(job = %job_id, %agent, %provider, repeat_every_ms, start_from_ms, "sync job created");
     Ok((StatusCode::CREATED, Json(job_view(&job, now_ms()))))
 }
@@ -362,7 +366,7 @@ async fn get_job(
     let agent = parse_id("id", &id, AgentId)?;
     let job_id = parse_id("job_id", &job_id, JobId)?;
     s.agent(agent).await?;
-    Ok(Json(job_view(&s.job(agent, job_id)?, now_ms())))
+    Ok(Json(job_view(&s.job(agent, job_id).await?, now_ms())))
 }
 
 /// Change a job's interval or alignment, or pause or resume it. Due times
@@ -384,7 +388,7 @@ async fn update_job(
         .transpose()?;
     let start_from_ms = body.start_from.as_deref().map(parse_time).transpose()?;
     s.agent(agent).await?;
-    let job = s.job(agent, job_id)?;
+    let job = s.job(agent, job_id).await?;
     let now = now_ms();
     let event = ScheduleEvent::JobChanged {
         job_id,
@@ -398,7 +402,7 @@ async fn update_job(
         change_id: Uuid::new_v4(),
     };
     s.append(&event, now).await?;
-    Ok(Json(job_view(&s.job(agent, job_id)?, now_ms())))
+    Ok(Json(job_view(&s.job(agent, job_id).await?, now_ms())))
 }
 
 /// Delete a job; it never fires again.
@@ -412,7 +416,7 @@ async fn delete_job(
     let agent = parse_id("id", &id, AgentId)?;
     let job_id = parse_id("job_id", &job_id, JobId)?;
     s.agent(agent).await?;
-    s.job(agent, job_id)?;
+    s.job(agent, job_id).await?;
     let event = ScheduleEvent::JobDeleted {
         job_id,
         agent_id: agent,
@@ -434,7 +438,7 @@ async fn job_runs(
     let agent = parse_id("id", &id, AgentId)?;
     let job_id = parse_id("job_id", &job_id, JobId)?;
     s.agent(agent).await?;
-    let job = s.job(agent, job_id)?;
+    let job = s.job(agent, job_id).await?;
     let runs = read(&s.folds.runs);
     let now = now_ms();
     Ok(Json(

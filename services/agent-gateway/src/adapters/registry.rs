@@ -57,6 +57,9 @@ impl Projection for RegistryProjection {
     }
 }
 
+/// How long a read waits for the registry to catch up before "not found".
+const CATCH_UP: Duration = Duration::from_secs(3);
+
 /// Why a command did not take effect.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -111,6 +114,17 @@ impl Registry {
         cache.as_ref().and_then(|(_, r)| r.as_ref())
     }
 
+    /// One agent; when this replica does not know it, first catch up with
+    /// everything `AGENTS` holds now (it may have just been registered on
+    /// another replica, or this one may still be replaying after a start).
+    pub async fn get_fresh(&self, id: AgentId) -> Option<AgentRecord> {
+        if let Some(record) = self.get(id) {
+            return Some(record);
+        }
+        self.progress.catch_up(CATCH_UP).await;
+        self.get(id)
+    }
+
     /// A receiver that changes whenever the registry applies an event (to
     /// wait for a record without polling).
     pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
@@ -135,7 +149,11 @@ impl Registry {
         id: AgentId,
         command: Command,
     ) -> Result<Option<AgentRecord>, ExecError> {
-        let events = domain::decide(self.get(id).as_ref(), id, command)?;
+        let current = match command {
+            Command::Register { .. } => self.get(id),
+            _ => self.get_fresh(id).await,
+        };
+        let events = domain::decide(current.as_ref(), id, command)?;
         let meta = || EventMeta {
             occurred_at_ms: now_ms(),
             ..Default::default()

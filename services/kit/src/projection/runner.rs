@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     BATCH_LINGER, ConsumerKind, Fold, Progress, Projection, ProjectionError, ProjectionSpec,
-    StoredEvent, apply_events, read_checkpoint,
+    Source, StoredEvent, apply_events, read_checkpoint,
 };
 use crate::metrics::Metrics;
 use crate::retry::Backoff;
@@ -98,6 +98,7 @@ pub struct Runner<S> {
     target: Arc<AtomicU64>,
     halted: watch::Sender<Option<String>>,
     metrics: Metrics,
+    source: Source,
 }
 
 impl<P: Projection> Runner<Stored<P>> {
@@ -141,10 +142,16 @@ impl<S: Sink> Runner<S> {
         let (position, position_rx) = watch::channel(start);
         let (halted, halted_rx) = watch::channel(None);
         let target = Arc::new(AtomicU64::new(u64::MAX));
+        let source = Source {
+            js: js.clone(),
+            stream: spec.stream,
+            filter: spec.filter_subject,
+        };
         let progress = Progress {
             position: position_rx,
             target: target.clone(),
             halted: halted_rx,
+            source: source.clone(),
         };
         (
             Self {
@@ -155,6 +162,7 @@ impl<S: Sink> Runner<S> {
                 target,
                 halted,
                 metrics: metrics.clone(),
+                source,
             },
             progress,
         )
@@ -231,25 +239,7 @@ impl<S: Sink> Runner<S> {
             .get_stream(self.spec.stream)
             .await
             .map_err(|e| self.bus(e))?;
-        let last = match self.spec.filter_subject {
-            None => {
-                stream
-                    .get_info()
-                    .await
-                    .map_err(|e| self.bus(e))?
-                    .state
-                    .last_sequence
-            }
-            Some(filter) => match stream.get_last_raw_message_by_subject(filter).await {
-                Ok(message) => message.sequence,
-                Err(e)
-                    if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
-                {
-                    0
-                }
-                Err(e) => return Err(self.bus(e)),
-            },
-        };
+        let last = self.source.last_sequence().await.map_err(|e| self.bus(e))?;
         let filter_subject = self.spec.filter_subject.unwrap_or_default().to_owned();
         self.target.store(last, Ordering::Release);
         if until_caught_up && checkpoint >= last {
