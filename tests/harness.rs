@@ -197,6 +197,9 @@ where
 #[derive(Clone)]
 pub struct Api {
     http: reqwest::Client,
+    /// The OpenAPI documents of the services called, by base URL: every
+    /// answer is checked against its service's document.
+    documents: Arc<Mutex<std::collections::HashMap<String, Arc<Value>>>>,
     /// agent-gateway base URL.
     pub gateway: String,
     /// inventory base URL.
@@ -212,6 +215,7 @@ impl Api {
     pub fn new(gateway: &str, inventory: &str) -> Self {
         Self {
             http: reqwest::Client::new(),
+            documents: Arc::default(),
             gateway: gateway.into(),
             inventory: inventory.into(),
             scheduler: String::new(),
@@ -236,8 +240,13 @@ impl Api {
     }
 
     fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base(path))
+    }
+
+    /// The service that answers `path`.
+    fn base(&self, path: &str) -> &str {
         if path.contains("/sync-jobs") {
-            return format!("{}{path}", self.scheduler);
+            return &self.scheduler;
         }
         let inventory = [
             "/api/apis",
@@ -247,14 +256,97 @@ impl Api {
         ]
         .iter()
         .any(|p| path.starts_with(p));
-        format!(
-            "{}{path}",
-            if inventory {
-                &self.inventory
-            } else {
-                &self.gateway
-            }
-        )
+        if inventory {
+            &self.inventory
+        } else {
+            &self.gateway
+        }
+    }
+
+    /// The OpenAPI document `base` serves (fetched once).
+    async fn document(&self, base: &str) -> Arc<Value> {
+        if let Some(doc) = self.documents.lock().unwrap().get(base) {
+            return doc.clone();
+        }
+        let doc: Value = self
+            .http
+            .get(format!("{base}/api/openapi.json"))
+            .send()
+            .await
+            .expect("the OpenAPI document")
+            .json()
+            .await
+            .expect("the OpenAPI document is JSON");
+        let doc = Arc::new(doc);
+        self.documents
+            .lock()
+            .unwrap()
+            .insert(base.to_owned(), doc.clone());
+        doc
+    }
+
+    /// Checks an answer against the service's OpenAPI document: the
+    /// operation declares the status, and the body fits its schema.
+    async fn conforms(&self, method: &reqwest::Method, path: &str, status: u16, body: &Value) {
+        let base = self.base(path).to_owned();
+        let doc = self.document(&base).await;
+        let Some(template) = path_template(&doc, path) else {
+            // No such path: the JSON 404 of the router's fallback.
+            assert_eq!(
+                status, 404,
+                "{method} {path}: {status} for an undocumented path"
+            );
+            return;
+        };
+        let operation = &doc["paths"][&template][method.as_str().to_lowercase()];
+        if operation.is_null() {
+            assert_eq!(
+                status, 405,
+                "{method} {path}: {status} for an undocumented method"
+            );
+            return;
+        }
+        let response = &operation["responses"][status.to_string()];
+        assert!(
+            response.is_object(),
+            "{method} {template}: status {status} is not in the OpenAPI document (it declares {:?}); body {body}",
+            operation["responses"]
+                .as_object()
+                .map(|r| r.keys().collect::<Vec<_>>())
+        );
+        let schema = &response["content"]["application/json"]["schema"];
+        if schema.is_null() {
+            assert!(
+                body.is_null(),
+                "{method} {template} {status}: a body the document does not declare: {body}"
+            );
+            return;
+        }
+        let pointer = format!(
+            "#/paths/{}/{}/responses/{status}/content/application~1json/schema",
+            template
+                .replace('~', "~0")
+                .replace('/', "~1")
+                .replace('{', "%7B")
+                .replace('}', "%7D"),
+            method.as_str().to_lowercase()
+        );
+        let mut root = (*doc).clone();
+        root["$ref"] = Value::String(pointer);
+        let validator = jsonschema::options()
+            .should_validate_formats(true)
+            .build(&root)
+            .unwrap_or_else(|e| {
+                panic!("{method} {template}: the document's schema does not compile: {e}")
+            });
+        let errors: Vec<String> = validator
+            .iter_errors(body)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{method} {template} {status}: the answer breaks the OpenAPI document: {errors:?}\n{body}"
+        );
     }
 
     /// Sends a request; returns status and JSON body (Null when empty).
@@ -264,7 +356,7 @@ impl Api {
         path: &str,
         body: Option<&str>,
     ) -> (u16, Value) {
-        let mut req = self.http.request(method, self.url(path));
+        let mut req = self.http.request(method.clone(), self.url(path));
         if let Some(k) = &self.key {
             req = req.header("x-api-key", k);
         }
@@ -276,14 +368,13 @@ impl Api {
         let res = req.send().await.expect("request");
         let status = res.status().as_u16();
         let text = res.text().await.unwrap();
-        (
-            status,
-            if text.is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_str(&text).unwrap_or(Value::String(text))
-            },
-        )
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        self.conforms(&method, path, status, &body).await;
+        (status, body)
     }
 
     /// GET.
@@ -365,6 +456,33 @@ impl Api {
             .map(|p| p["last_sync"].clone())
             .unwrap_or(Value::Null)
     }
+}
+
+/// The document's path template that `path` (with its query) matches:
+/// literal segments first, then `{param}` ones.
+fn path_template(doc: &Value, path: &str) -> Option<String> {
+    let path = path.split('?').next().unwrap_or(path);
+    let wanted: Vec<&str> = path.split('/').collect();
+    let mut best: Option<(usize, String)> = None;
+    for template in doc["paths"].as_object()?.keys() {
+        let parts: Vec<&str> = template.split('/').collect();
+        if parts.len() != wanted.len() {
+            continue;
+        }
+        let mut literal = 0;
+        let fits = parts.iter().zip(&wanted).all(|(t, w)| {
+            if t.starts_with('{') {
+                !w.is_empty()
+            } else {
+                literal += 1;
+                t == w
+            }
+        });
+        if fits && best.as_ref().is_none_or(|(n, _)| literal > *n) {
+            best = Some((literal, template.clone()));
+        }
+    }
+    best.map(|(_, t)| t)
 }
 
 /// A provider whose API list (or failure) the test controls.

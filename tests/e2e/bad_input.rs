@@ -575,9 +575,7 @@ async fn hostile_rest_input_gets_a_4xx_naming_the_parameter() {
     refused(code, &body, 400, "since:");
     let (code, body) = api.get("/api/events?since=100y").await;
     refused(code, &body, 400, "since:");
-    let (code, body) = api
-        .get(&format!("/api/events?after={}", u64::MAX))
-        .await;
+    let (code, body) = api.get(&format!("/api/events?after={}", u64::MAX)).await;
     refused(code, &body, 400, "after:");
     let (code, body) = api
         .get("/api/apis?page=9223372036854775809&per_page=2")
@@ -588,7 +586,10 @@ async fn hostile_rest_input_gets_a_4xx_naming_the_parameter() {
 
     let jobs = format!("/api/agents/{agent_id}/sync-jobs");
     let (code, body) = api
-        .post(&jobs, &json!({"provider": "p", "repeat_every": "4294967295w"}))
+        .post(
+            &jobs,
+            &json!({"provider": "p", "repeat_every": "4294967295w"}),
+        )
         .await;
     refused(code, &body, 400, "repeat_every:");
     let (code, body) = api.post(&jobs, &json!({"provider": 5})).await;
@@ -626,7 +627,11 @@ async fn hostile_rest_input_gets_a_4xx_naming_the_parameter() {
         .unwrap();
     assert_eq!(created["name"], "from-curl", "{created}");
 
-    assert_eq!(repository_digest(&api).await, before, "nothing stored changed");
+    assert_eq!(
+        repository_digest(&api).await,
+        before,
+        "nothing stored changed"
+    );
     let (_, jobs_after) = api.get(&jobs).await;
     assert_eq!(jobs_after, json!([]), "no job was stored");
     scheduler.stop().await;
@@ -686,9 +691,8 @@ async fn raw_sync(grpc: &str, token: &str, frames: Vec<Vec<u8>>) -> tonic::Statu
     request
         .metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
-        "/meridian.agent.v1.AgentHub/Sync",
-    );
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/meridian.agent.v1.AgentHub/Sync");
     let mut answers = client
         .streaming(request, path, RawFrames)
         .await
@@ -751,7 +755,11 @@ async fn broken_sync_frames_end_the_stream_with_a_reason() {
     .encode_to_vec();
     let status = raw_sync(&gw.grpc_url, &token, vec![long_id]).await;
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert!(status.message().starts_with("run_id:"), "{}", status.message());
+    assert!(
+        status.message().starts_with("run_id:"),
+        "{}",
+        status.message()
+    );
     assert!(
         status.message().len() < 200,
         "the whole id came back: {} bytes",

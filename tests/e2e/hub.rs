@@ -77,6 +77,39 @@ async fn one_url_serves_every_endpoint_and_the_openapi_document() {
         "shared error shape documented"
     );
     assert!(doc["components"]["securitySchemes"]["api_key"].is_object());
+    assert_eq!(doc["info"]["license"]["identifier"], "Apache-2.0");
+    assert!(
+        doc["info"]["contact"]["name"]
+            .as_str()
+            .is_some_and(|n| n.contains("Meridian")),
+        "{}",
+        doc["info"]
+    );
+    // Every operation behind the key says so and declares the 401; every id
+    // in a path is a UUID; bodies may be refused as invalid or too large.
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let responses = &op["responses"];
+            assert!(op["security"].is_array(), "{method} {path}: no security");
+            assert!(responses["401"].is_object(), "{method} {path}: no 401");
+            for param in op["parameters"].as_array().into_iter().flatten() {
+                if param["in"] == "path" {
+                    assert_eq!(param["schema"]["format"], "uuid", "{method} {path}");
+                    assert!(responses["404"].is_object(), "{method} {path}: no 404");
+                }
+            }
+            if op["requestBody"].is_object() {
+                assert!(responses["400"].is_object(), "{method} {path}: no 400");
+                assert!(responses["413"].is_object(), "{method} {path}: no 413");
+            }
+        }
+    }
+    let raw = &doc["components"]["schemas"]["DefinitionView"]["properties"]["raw"];
+    assert_eq!(
+        raw["type"],
+        serde_json::json!(["object", "string", "null"]),
+        "{raw}"
+    );
     assert_eq!(
         http.get(format!("{url}/api/docs/"))
             .send()

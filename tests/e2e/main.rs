@@ -8,6 +8,7 @@ mod election;
 mod events;
 mod hub;
 mod observe;
+mod readme;
 mod restart;
 mod schedule;
 mod story;

@@ -81,10 +81,13 @@ pub struct ProviderView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAgent {
-    /// Display name (required).
+    /// Display name (required): 1 to 200 characters after trimming, no
+    /// control characters.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
-    /// Free text.
+    /// Free text, at most 2000 characters.
     #[serde(default)]
+    #[schema(max_length = 2000)]
     pub description: String,
 }
 
@@ -92,9 +95,11 @@ pub struct CreateAgent {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateAgent {
-    /// New name.
+    /// New name: 1 to 200 characters after trimming, no control characters.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: Option<String>,
-    /// New description.
+    /// New description, at most 2000 characters.
+    #[schema(max_length = 2000)]
     pub description: Option<String>,
 }
 
@@ -103,6 +108,7 @@ pub struct UpdateAgent {
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     /// The agent to issue a token for.
+    #[schema(format = Uuid)]
     pub agent_id: String,
 }
 
@@ -218,7 +224,7 @@ async fn list_agents(State(s): State<ApiState>) -> Result<Json<Vec<AgentView>>, 
 }
 
 /// One agent: status, last heartbeat, providers.
-#[utoipa::path(get, path = "/api/agents/{id}", tag = "agents", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/api/agents/{id}", tag = "agents", params(("id" = uuid::Uuid, Path)),
     security(("api_key" = [])),
     responses((status = 200, body = AgentView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_agent(
@@ -231,7 +237,7 @@ async fn get_agent(
 }
 
 /// Change an agent's name or description.
-#[utoipa::path(put, path = "/api/agents/{id}", tag = "agents", params(("id" = String, Path)), request_body = UpdateAgent,
+#[utoipa::path(put, path = "/api/agents/{id}", tag = "agents", params(("id" = uuid::Uuid, Path)), request_body = UpdateAgent,
     security(("api_key" = [])),
     responses((status = 200, body = AgentView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn update_agent(
@@ -253,7 +259,7 @@ async fn update_agent(
 }
 
 /// Remove an agent and revoke its token. Its APIs stay in the repository.
-#[utoipa::path(delete, path = "/api/agents/{id}", tag = "agents", params(("id" = String, Path)),
+#[utoipa::path(delete, path = "/api/agents/{id}", tag = "agents", params(("id" = uuid::Uuid, Path)),
     security(("api_key" = [])),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 async fn delete_agent(
@@ -298,7 +304,7 @@ async fn issue_token(
 }
 
 /// Revoke an agent's token; its open streams end at their next message.
-#[utoipa::path(delete, path = "/api/auth/token/{agent_id}", tag = "tokens", params(("agent_id" = String, Path)),
+#[utoipa::path(delete, path = "/api/auth/token/{agent_id}", tag = "tokens", params(("agent_id" = uuid::Uuid, Path)),
     security(("api_key" = [])),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 async fn revoke_token(
@@ -315,7 +321,7 @@ async fn revoke_token(
 }
 
 /// Ask a connected agent to sync one provider, or all, now.
-#[utoipa::path(post, path = "/api/agents/{id}/sync", tag = "agents", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/api/agents/{id}/sync", tag = "agents", params(("id" = uuid::Uuid, Path)),
     request_body(content = Option<SyncBody>),
     security(("api_key" = [])),
     responses((status = 202, body = SyncAccepted), (status = 400, body = ErrorBody),

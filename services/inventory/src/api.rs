@@ -162,12 +162,26 @@ pub struct DefinitionView {
     pub tags: Vec<String>,
     /// Stages.
     pub stages: Vec<String>,
-    /// The OpenAPI document, when the provider has one.
-    #[schema(value_type = Option<Object>)]
+    /// The OpenAPI document, when the provider has one: a JSON object, or
+    /// the text as the provider gave it when it is not JSON; null when none.
+    #[schema(schema_with = object_string_or_null)]
     pub openapi: Option<serde_json::Value>,
-    /// The provider's raw definition.
-    #[schema(value_type = Object)]
+    /// The provider's raw definition: a JSON object as the provider
+    /// returned it, the text when it is not JSON, null when it gave none.
+    #[schema(schema_with = object_string_or_null)]
     pub raw: serde_json::Value,
+}
+
+/// The schema of a value that is a JSON object, a string, or null.
+fn object_string_or_null() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{SchemaType, Type};
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([
+            Type::Object,
+            Type::String,
+            Type::Null,
+        ]))
+        .build()
 }
 
 /// One API in full.
@@ -364,7 +378,7 @@ async fn list_apis(
 
 /// One API: definition, first and last seen, deletion, lifecycle history.
 #[utoipa::path(get, path = "/api/apis/{id}", tag = "repository",
-    params(("id" = String, Path, description = "API id")),
+    params(("id" = uuid::Uuid, Path, description = "API id")),
     security(("api_key" = [])),
     responses((status = 200, body = ApiDetail), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_api(
@@ -452,7 +466,7 @@ async fn digest(State(s): State<ApiState>) -> Result<Json<DigestView>, ApiError>
 
 /// An API's lifecycle, oldest first: the same CloudEvents the public stream
 /// carries for it (kept here after the stream's retention drops them).
-#[utoipa::path(get, path = "/api/apis/{id}/history", tag = "events", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/api/apis/{id}/history", tag = "events", params(("id" = uuid::Uuid, Path)),
     security(("api_key" = [])),
     responses((status = 200, body = Vec<Object>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn api_history(
@@ -480,6 +494,7 @@ async fn api_history(
 /// `GET /api/events` parameters.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// `created`, `updated`, `deleted`, `restored` or `status_changed` (or
     /// the full `io.meridian....` type).
@@ -529,7 +544,10 @@ async fn list_events(
     }
     let start = match (q.after, q.since.as_deref()) {
         (Some(after), _) if after == u64::MAX => {
-            return Err(ApiError::invalid_field("after", "past the end of any stream"));
+            return Err(ApiError::invalid_field(
+                "after",
+                "past the end of any stream",
+            ));
         }
         (Some(after), _) => Start::After(after),
         (None, Some(since)) => Start::Since(

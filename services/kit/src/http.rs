@@ -412,21 +412,102 @@ pub async fn serve_while<E: From<std::io::Error>>(
     result
 }
 
-/// Completes a generated OpenAPI document: title, version, and the
-/// `X-API-Key` security scheme the handlers refer to as `api_key`.
+/// Completes a generated OpenAPI document: title, version, license and
+/// contact, the `X-API-Key` security scheme the handlers refer to as
+/// `api_key`, and the error answers every operation of its kind can give
+/// (see [`declare_errors`]).
 pub fn finish_openapi(mut doc: utoipa::openapi::OpenApi, title: &str) -> utoipa::openapi::OpenApi {
     use utoipa::openapi::security::{ApiKey as Scheme, ApiKeyValue, SecurityScheme};
+    use utoipa::openapi::{ContactBuilder, LicenseBuilder};
     doc.info.title = title.to_owned();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     doc.info.description = Some(
-        "Meridian: a federated API governance hub. Authenticate with the X-API-Key header.".into(),
+        "Meridian: a federated API governance hub. Authenticate with the X-API-Key header; \
+         errors are `{\"error\", \"message\"}` naming the field or parameter at fault."
+            .into(),
+    );
+    doc.info.license = Some(
+        LicenseBuilder::new()
+            .name("Apache-2.0")
+            .identifier(Some("Apache-2.0"))
+            .build(),
+    );
+    doc.info.contact = Some(
+        ContactBuilder::new()
+            .name(Some("The Meridian team"))
+            .build(),
     );
     let components = doc.components.get_or_insert_with(Default::default);
     components.security_schemes.insert(
         "api_key".into(),
         SecurityScheme::ApiKey(Scheme::Header(ApiKeyValue::new("X-API-Key"))).into(),
     );
-    doc
+    declare_errors(doc)
+}
+
+/// Adds to every operation the error answers its shape implies, each with
+/// the [`ErrorBody`] schema, where the handler did not declare them: 401
+/// behind the admin key; 400 and 404 with path parameters; 400 with query
+/// parameters or a body, and 413 with a body; 503 for a write (it goes
+/// through the event log).
+pub fn declare_errors(doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    let mut value = serde_json::to_value(&doc).expect("an OpenAPI document serializes");
+    let error = |description: &str| {
+        serde_json::json!({
+            "description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+        })
+    };
+    if let Some(paths) = value["paths"].as_object_mut() {
+        for item in paths.values_mut() {
+            let Some(item) = item.as_object_mut() else {
+                continue;
+            };
+            for (method, operation) in item.iter_mut() {
+                if !["get", "put", "post", "delete", "patch"].contains(&method.as_str()) {
+                    continue;
+                }
+                let has = |key: &str| operation.get(key).is_some_and(|v| !v.is_null());
+                let params_in = |place: &str| {
+                    operation["parameters"]
+                        .as_array()
+                        .is_some_and(|ps| ps.iter().any(|p| p["in"] == place))
+                };
+                let mut add: Vec<(&str, &str)> = Vec::new();
+                if has("security") {
+                    add.push(("401", "The admin key is missing or wrong."));
+                }
+                if params_in("path") {
+                    add.push((
+                        "400",
+                        "A parameter or the body is invalid (the message names it).",
+                    ));
+                    add.push(("404", "What the path names does not exist."));
+                }
+                if params_in("query") || has("requestBody") {
+                    add.push((
+                        "400",
+                        "A parameter or the body is invalid (the message names it).",
+                    ));
+                }
+                if has("requestBody") {
+                    add.push(("413", "The body is larger than 2 MiB."));
+                }
+                if method != "get" {
+                    add.push(("503", "The event log (NATS) is not available."));
+                }
+                let responses = operation["responses"]
+                    .as_object_mut()
+                    .expect("an operation has responses");
+                for (status, description) in add {
+                    responses
+                        .entry(status)
+                        .or_insert_with(|| error(description));
+                }
+            }
+        }
+    }
+    serde_json::from_value(value).expect("the completed document deserializes")
 }
 
 /// `GET /api/openapi.json` and the browsable UI at `/api/docs`.
@@ -522,7 +603,9 @@ mod tests {
             .await
             .unwrap();
         let status = res.status();
-        let body = axum::body::to_bytes(res.into_body(), 1 << 16).await.unwrap();
+        let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+            .await
+            .unwrap();
         (status, String::from_utf8(body.to_vec()).unwrap())
     }
 
@@ -535,7 +618,11 @@ mod tests {
             )
             .method_not_allowed_fallback(method_not_allowed);
         let ok = br#"{"provider": "p"}"#.to_vec();
-        for content_type in [None, Some("application/x-www-form-urlencoded"), Some("application/json")] {
+        for content_type in [
+            None,
+            Some("application/x-www-form-urlencoded"),
+            Some("application/json"),
+        ] {
             assert_eq!(
                 post(&app, content_type, ok.clone()).await,
                 (StatusCode::OK, "p".to_owned()),
@@ -545,7 +632,10 @@ mod tests {
         let (status, text) = post(&app, None, br#"{"provider": 5}"#.to_vec()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         let error: ErrorBody = serde_json::from_str(&text).unwrap();
-        assert!(error.message.starts_with("provider: invalid type"), "{text}");
+        assert!(
+            error.message.starts_with("provider: invalid type"),
+            "{text}"
+        );
         let (status, text) = post(&app, None, b"{".to_vec()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(text.contains("body: "), "{text}");
@@ -565,7 +655,9 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
-        let body = axum::body::to_bytes(res.into_body(), 1 << 16).await.unwrap();
+        let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+            .await
+            .unwrap();
         let error: ErrorBody = serde_json::from_slice(&body).unwrap();
         assert_eq!(error.error, "method_not_allowed");
     }

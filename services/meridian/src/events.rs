@@ -98,9 +98,7 @@ pub async fn tail(args: &TailArgs, out: &mut (impl Write + Send)) -> anyhow::Res
         .await?;
     if args.since.is_none() {
         // On stderr, so that --json output stays one event per line.
-        eprintln!(
-            "following new events from now on (--since 1h shows earlier ones; Ctrl-C stops)"
-        );
+        eprintln!("following new events from now on (--since 1h shows earlier ones; Ctrl-C stops)");
     }
     let mut printed = 0;
     while args.count.is_none_or(|n| printed < n) {

@@ -111,7 +111,10 @@ async fn main() -> anyhow::Result<()> {
     // The servers log what they do; the other commands print answers.
     let level = if matches!(
         cli.command,
-        Command::Up(_) | Command::Route { .. } | Command::DemoProvider { .. } | Command::Rebuild { .. }
+        Command::Up(_)
+            | Command::Route { .. }
+            | Command::DemoProvider { .. }
+            | Command::Rebuild { .. }
     ) {
         "info"
     } else {

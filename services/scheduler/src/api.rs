@@ -50,10 +50,6 @@ pub fn router(state: ApiState) -> OpenApiRouter {
             "/api/agents/{id}/sync-jobs/",
             axum::routing::post(create_job).get(list_jobs),
         )
-        .route(
-            "/api/agents/{id}/sync-jobs/{job_id}",
-            axum::routing::patch(update_job),
-        )
         .with_state(state)
 }
 
@@ -61,11 +57,16 @@ pub fn router(state: ApiState) -> OpenApiRouter {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateJob {
-    /// Interval: Go duration syntax plus days and weeks (`90s`, `1h30m`, `12h`, `7d`).
+    /// Interval (required): Go duration syntax plus days and weeks (`90s`,
+    /// `1h30m`, `12h`, `7d`), at least the service's minimum (1 minute by
+    /// default), at most 100 years.
+    #[schema(pattern = r"^([0-9]+(ms|s|m|h|d|w))+$")]
     pub repeat_every: Option<String>,
-    /// A provider the agent reported.
+    /// A provider the agent reported (required).
+    #[schema(min_length = 1, max_length = 128)]
     pub provider: Option<String>,
     /// RFC 3339; due times are aligned to it. Default: now.
+    #[schema(format = DateTime)]
     pub start_from: Option<String>,
 }
 
@@ -73,9 +74,11 @@ pub struct CreateJob {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateJob {
-    /// New interval.
+    /// New interval (as in `POST`).
+    #[schema(pattern = r"^([0-9]+(ms|s|m|h|d|w))+$")]
     pub repeat_every: Option<String>,
-    /// New alignment.
+    /// New alignment, RFC 3339.
+    #[schema(format = DateTime)]
     pub start_from: Option<String>,
     /// Pause (`true`) or resume (`false`).
     pub paused: Option<bool>,
@@ -287,7 +290,7 @@ fn firing_view(firing: &Firing, runs: &domain::Runs, now: i64) -> FiringView {
 }
 
 /// Schedule syncs of one provider of an agent.
-#[utoipa::path(post, path = "/api/agents/{id}/sync-jobs", tag = "sync jobs", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/api/agents/{id}/sync-jobs", tag = "sync jobs", params(("id" = uuid::Uuid, Path)),
     request_body = CreateJob, security(("api_key" = [])),
     responses((status = 201, body = JobView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn create_job(
@@ -337,7 +340,7 @@ async fn create_job(
 }
 
 /// An agent's sync jobs.
-#[utoipa::path(get, path = "/api/agents/{id}/sync-jobs", tag = "sync jobs", params(("id" = String, Path)),
+#[utoipa::path(get, path = "/api/agents/{id}/sync-jobs", tag = "sync jobs", params(("id" = uuid::Uuid, Path)),
     security(("api_key" = [])),
     responses((status = 200, body = Vec<JobView>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn list_jobs(
@@ -357,7 +360,7 @@ async fn list_jobs(
 
 /// One sync job.
 #[utoipa::path(get, path = "/api/agents/{id}/sync-jobs/{job_id}", tag = "sync jobs",
-    params(("id" = String, Path), ("job_id" = String, Path)), security(("api_key" = [])),
+    params(("id" = uuid::Uuid, Path), ("job_id" = uuid::Uuid, Path)), security(("api_key" = [])),
     responses((status = 200, body = JobView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_job(
     State(s): State<ApiState>,
@@ -371,8 +374,8 @@ async fn get_job(
 
 /// Change a job's interval or alignment, or pause or resume it. Due times
 /// that passed before the change never fire.
-#[utoipa::path(put, path = "/api/agents/{id}/sync-jobs/{job_id}", tag = "sync jobs",
-    params(("id" = String, Path), ("job_id" = String, Path)), request_body = UpdateJob, security(("api_key" = [])),
+#[utoipa::path(method(put, patch), path = "/api/agents/{id}/sync-jobs/{job_id}", tag = "sync jobs",
+    params(("id" = uuid::Uuid, Path), ("job_id" = uuid::Uuid, Path)), request_body = UpdateJob, security(("api_key" = [])),
     responses((status = 200, body = JobView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn update_job(
     State(s): State<ApiState>,
@@ -407,7 +410,7 @@ async fn update_job(
 
 /// Delete a job; it never fires again.
 #[utoipa::path(delete, path = "/api/agents/{id}/sync-jobs/{job_id}", tag = "sync jobs",
-    params(("id" = String, Path), ("job_id" = String, Path)), security(("api_key" = [])),
+    params(("id" = uuid::Uuid, Path), ("job_id" = uuid::Uuid, Path)), security(("api_key" = [])),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn delete_job(
     State(s): State<ApiState>,
@@ -429,7 +432,7 @@ async fn delete_job(
 /// A job's firings, newest first, each with what became of it and the result
 /// of the runs it started (joined from the sync log).
 #[utoipa::path(get, path = "/api/agents/{id}/sync-jobs/{job_id}/runs", tag = "sync jobs",
-    params(("id" = String, Path), ("job_id" = String, Path)), security(("api_key" = [])),
+    params(("id" = uuid::Uuid, Path), ("job_id" = uuid::Uuid, Path)), security(("api_key" = [])),
     responses((status = 200, body = Vec<FiringView>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn job_runs(
     State(s): State<ApiState>,

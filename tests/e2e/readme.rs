@@ -1,0 +1,265 @@
+//! The README's shell examples, run as written against a hub started the way
+//! the README starts it (`meridian up`, here on free ports with its own data
+//! directory), so the README cannot drift from what the hub does.
+//!
+//! Each command of a `sh` block runs in `sh` from a directory whose
+//! `.meridian/` is the hub's data directory. What the README writes as a
+//! placeholder (`a51d...`, `e629...`, `<id>`, `9c0e...`) is replaced by the
+//! id an earlier answer gave, the way a reader would; `scripts/meridian` is
+//! the built `meridian` binary. A `curl` must get a 2xx. Commands that start
+//! or deploy other things (the quick start, compose, Kubernetes, the nats
+//! CLI, benchmarks) are listed in `SKIPPED`; any other command fails the
+//! test until it is run here. Then the hub stops, and the README's
+//! `rebuild` reproduces its digest.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use meridian_tests::*;
+use serde_json::Value;
+use tokio::io::AsyncBufReadExt;
+
+/// Examples that run something this test cannot or should not (the quick
+/// start itself, container and cluster deployments, another CLI, long
+/// benchmarks), by prefix.
+const SKIPPED: [&str; 7] = [
+    "scripts/up",
+    "scripts/test",
+    "docker compose",
+    "kubectl",
+    "cargo run -q -p meridian-agent",
+    "nats consumer",
+    "scripts/setup && ",
+];
+
+/// The commands of the README's `sh` blocks, continuation lines joined,
+/// comments and blank lines left out.
+fn readme_commands() -> Vec<String> {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+        .unwrap();
+    let mut commands = Vec::new();
+    let mut in_sh = false;
+    let mut pending = String::new();
+    for line in text.lines() {
+        if line.starts_with("```") {
+            in_sh = line == "```sh";
+            continue;
+        }
+        if !in_sh {
+            continue;
+        }
+        let code = line.split(" # ").next().unwrap().trim_end();
+        let code = code.trim();
+        if code.is_empty() || code.starts_with('#') {
+            continue;
+        }
+        if let Some(head) = code.strip_suffix('\\') {
+            pending.push_str(head);
+            pending.push(' ');
+            continue;
+        }
+        pending.push_str(code);
+        commands.push(std::mem::take(&mut pending));
+    }
+    commands
+}
+
+/// `meridian up` on free ports with `dir/.meridian` as its data directory;
+/// returns the process and what it printed: hub URL, NATS URL, admin key,
+/// demo agent id.
+async fn meridian_up(dir: &Path) -> (tokio::process::Child, BTreeMap<&'static str, String>) {
+    let mut child = tokio::process::Command::new(workspace_binary("meridian"))
+        .args(["up", "--data-dir", ".meridian"])
+        .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
+        .current_dir(dir)
+        .env_remove("MERIDIAN_API_KEY")
+        .env("MERIDIAN_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = BTreeMap::new();
+    let read = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            eprintln!("meridian up: {line}");
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["REST", "API", url, ..] => printed.insert("hub", (*url).to_owned()),
+                ["NATS", url, ..] => printed.insert("nats", (*url).to_owned()),
+                ["admin", "key", key, ..] => printed.insert("key", (*key).to_owned()),
+                ["demo", .., "agent", id] => {
+                    printed.insert("demo agent", (*id).to_owned());
+                    return;
+                }
+                _ => None,
+            };
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "meridian up did not print its addresses");
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            eprintln!("meridian up: {line}");
+        }
+    });
+    (child, printed)
+}
+
+/// Runs one command in `sh` from `dir`; returns exit status, stdout, stderr.
+async fn sh(
+    dir: &Path,
+    env: &[(&str, &str)],
+    command: &str,
+    within: Duration,
+) -> Option<(i32, String, String)> {
+    let child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .current_dir(dir)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let out = tokio::time::timeout(within, child.wait_with_output())
+        .await
+        .ok()?
+        .unwrap();
+    Some((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_readme_example_works_as_written() {
+    let commands = readme_commands();
+    assert!(commands.len() > 20, "the README's examples were not found");
+    let dir = tempfile::tempdir().unwrap();
+    let (mut hub, printed) = meridian_up(dir.path()).await;
+    let (hub_url, nats_url, key) = (&printed["hub"], &printed["nats"], &printed["key"]);
+    let demo_agent = printed["demo agent"].clone();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join(".meridian/admin-key"))
+            .unwrap()
+            .trim(),
+        key,
+        "the printed key is the kept one"
+    );
+    let api = Api::new(hub_url, hub_url)
+        .with_scheduler(hub_url)
+        .with_key(Some(key));
+    api.wait_for_total("active", 5, Duration::from_secs(60))
+        .await;
+    let some_api = api.apis("active").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let meridian = workspace_binary("meridian");
+    let env = [
+        ("MERIDIAN_API_KEY", key.as_str()),
+        ("MERIDIAN_HUB_URL", hub_url.as_str()),
+        ("MERIDIAN_NATS_URL", nats_url.as_str()),
+    ];
+    let mut ids: BTreeMap<&str, String> = BTreeMap::new();
+    ids.insert("e629...", demo_agent.clone());
+    ids.insert("<id>", some_api);
+    let mut prefix = String::new();
+    let mut ran = 0;
+    let mut rebuild = None;
+    for command in &commands {
+        if SKIPPED.iter().any(|s| command.starts_with(s)) {
+            eprintln!("README example not run here (see SKIPPED): {command}");
+            continue;
+        }
+        let mut line = command.replace("http://127.0.0.1:8000", hub_url);
+        for (placeholder, id) in &ids {
+            line = line.replace(placeholder, id);
+        }
+        assert!(
+            !line.contains("..."),
+            "a placeholder of this example has no value yet: {command}"
+        );
+        line = line.replace("scripts/meridian", &meridian.display().to_string());
+        if command.starts_with("H=") || command.starts_with("export ") {
+            prefix.push_str(&line);
+            prefix.push_str("; ");
+            continue;
+        }
+        if command.starts_with("scripts/meridian rebuild") {
+            rebuild = Some(line);
+            continue;
+        }
+        ran += 1;
+        let full = format!("{prefix}{line}");
+        if command.starts_with("curl") {
+            let (code, out, err) = sh(
+                dir.path(),
+                &env,
+                &format!("{full} -w '\\n%{{http_code}}'"),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap_or_else(|| panic!("timed out: {command}"));
+            assert_eq!(code, 0, "{command}: {err}");
+            let (body, status) = out.rsplit_once('\n').unwrap();
+            let status: u16 = status.trim().parse().unwrap();
+            assert!(
+                (200..300).contains(&status),
+                "{command}: HTTP {status}: {body}"
+            );
+            let answer: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+            if command.contains("/api/agents/ ") && command.contains("-d ") {
+                ids.insert("a51d...", answer["id"].as_str().unwrap().to_owned());
+            }
+            if command.contains("/sync-jobs ") {
+                ids.insert("9c0e...", answer["id"].as_str().unwrap().to_owned());
+            }
+        } else if command.starts_with("scripts/meridian events tail") {
+            // It follows the stream until stopped: it must still be running,
+            // having printed no error, a few seconds in.
+            let done = sh(dir.path(), &env, &full, Duration::from_secs(3)).await;
+            assert!(done.is_none(), "{command} ended: {done:?}");
+        } else if command.starts_with("scripts/meridian") {
+            let (code, out, err) = sh(dir.path(), &env, &full, Duration::from_secs(30))
+                .await
+                .unwrap_or_else(|| panic!("timed out: {command}"));
+            assert_eq!(code, 0, "{command}: {err}");
+            assert!(!out.trim().is_empty(), "{command} printed nothing");
+        } else {
+            panic!(
+                "a README example this test does not run (run it, or list it in SKIPPED): {command}"
+            );
+        }
+    }
+    assert!(ran >= 15, "only {ran} examples ran");
+
+    // Stopped the way the README says (Ctrl-C), the hub says so; the
+    // README's rebuild then reproduces its digest.
+    let (_, digest) = api.get("/api/repository/digest").await;
+    let pid = hub.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let stopped = tokio::time::timeout(Duration::from_secs(30), hub.wait()).await;
+    assert!(stopped.is_ok_and(|s| s.unwrap().success()), "a clean stop");
+    let rebuild = rebuild.expect("the README shows a rebuild");
+    // The hub's own NATS is gone with it: the rebuild starts it again.
+    let (code, out, err) = sh(dir.path(), &env[..1], &rebuild, Duration::from_secs(60))
+        .await
+        .expect("the rebuild finished");
+    assert_eq!(code, 0, "{rebuild}: {err}");
+    assert!(
+        out.contains(&format!("digest {}", digest["digest"].as_str().unwrap())),
+        "{out}"
+    );
+}
