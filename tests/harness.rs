@@ -1015,3 +1015,37 @@ pub async fn pass_status_sentinel(js: &async_nats::jetstream::Context) {
 pub fn closed_port() -> u16 {
     meridian_kit::nats_server::free_port()
 }
+
+/// Opens a health stream saying hello with `providers`; returns the status
+/// the hub answered with (Ok when it accepted the hello).
+pub async fn hello(
+    grpc: &str,
+    token: &str,
+    providers: &[(&str, &str)],
+) -> Result<(), tonic::Status> {
+    let mut client = meridian_agent::session::connect(grpc, token)
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let hello = meridian_schemas::proto::Hello {
+        providers: providers
+            .iter()
+            .map(|(n, t)| meridian_schemas::proto::Provider {
+                name: (*n).into(),
+                r#type: (*t).into(),
+            })
+            .collect(),
+        agent_version: "test".into(),
+    };
+    tx.send(meridian_schemas::proto::HealthMessage {
+        kind: Some(meridian_schemas::proto::health_message::Kind::Hello(hello)),
+    })
+    .await
+    .unwrap();
+    let mut replies = client
+        .health(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    replies.message().await?;
+    Ok(())
+}

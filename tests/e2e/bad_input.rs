@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use meridian_agent::session::connect;
 use meridian_schemas::proto::{
     HealthMessage, HealthReply, Hello, Provider, SyncMessage, SyncRequest, SyncStarted,
     health_message, sync_message,
@@ -17,33 +16,6 @@ async fn repository_digest(api: &Api) -> String {
         .as_str()
         .unwrap()
         .to_owned()
-}
-
-/// Opens a health stream saying hello with `providers`; returns the status
-/// the hub answered with (Ok when it accepted the hello).
-async fn hello(grpc: &str, token: &str, providers: &[(&str, &str)]) -> Result<(), tonic::Status> {
-    let mut client = connect(grpc, token)
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let hello = Hello {
-        providers: providers
-            .iter()
-            .map(|(n, t)| Provider {
-                name: (*n).into(),
-                r#type: (*t).into(),
-            })
-            .collect(),
-        agent_version: "test".into(),
-    };
-    tx.send(HealthMessage {
-        kind: Some(health_message::Kind::Hello(hello)),
-    })
-    .await
-    .unwrap();
-    let mut replies = client.health(ReceiverStream::new(rx)).await?.into_inner();
-    replies.message().await?;
-    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,7 +219,7 @@ struct RawSync {
 
 impl RawSync {
     async fn open(grpc: &str, token: &str, provider: &str) -> Self {
-        let mut client = connect(grpc, token).await.unwrap();
+        let mut client = meridian_agent::session::connect(grpc, token).await.unwrap();
         let (htx, hrx) = tokio::sync::mpsc::channel(4);
         let hello_msg = Hello {
             providers: vec![Provider {

@@ -249,3 +249,57 @@ async fn a_retried_publish_is_stored_once_and_a_redelivery_changes_nothing() {
     );
     assert_eq!(pending(), outbox_before);
 }
+
+/// nats-server killed and started again on the same store: the services
+/// recreate their consumers as soon as the connection comes back, so an
+/// agent's hello (which the registry must apply) succeeds within 2 s of
+/// NATS accepting connections again, and a sync after it reaches the
+/// repository.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_nats_restart_hellos_succeed_within_two_seconds() {
+    let TestHub {
+        mut nats,
+        gw,
+        dir: _dir,
+        inv,
+        api,
+    } = TestHub::start(|_| {}).await;
+    let (agent_id, token) = api.register_agent("through-restart").await;
+    let source = MemorySource::new(vec![api_def("a", "A", "1")]);
+    let agent = Agent::start(&gw.grpc_url, &token, vec![("p", "tyk", source.clone())]);
+    api.wait_for_total("active", 1, Duration::from_secs(30))
+        .await;
+
+    nats.server.kill();
+    nats.server
+        .restart()
+        .expect("nats-server starts again on its store");
+    let up_again = std::time::Instant::now();
+    let healed = eventually(Duration::from_secs(30), || async {
+        hello(&gw.grpc_url, &token, &[("p", "tyk")]).await.ok()
+    })
+    .await;
+    let took = up_again.elapsed();
+    assert!(healed.is_some(), "no hello succeeded after the restart");
+    assert!(
+        took <= Duration::from_secs(2),
+        "the first hello succeeded {took:?} after NATS was back"
+    );
+
+    // The whole pipeline works again: a new API reaches the repository.
+    source.set(Ok(vec![api_def("a", "A", "1"), api_def("b", "B", "1")]));
+    let synced = eventually(Duration::from_secs(30), || async {
+        let body = serde_json::json!({});
+        let (code, _) = api
+            .post(&format!("/api/agents/{agent_id}/sync"), &body)
+            .await;
+        (code == 202).then_some(())
+    })
+    .await;
+    assert!(synced.is_some(), "the agent never reconnected");
+    api.wait_for_total("active", 2, Duration::from_secs(30))
+        .await;
+    agent.stop().await;
+    gw.rest.stop().await;
+    inv.stop().await;
+}

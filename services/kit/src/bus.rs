@@ -128,6 +128,20 @@ pub async fn connect(
         })
 }
 
+/// Resolves once `client` has connected again since the call (NATS was
+/// restarted, or the connection dropped and came back). A consumer's pull
+/// requests die with the old connection, and the client would notice only
+/// after missed heartbeats (15 s and more), so consumers watch this and
+/// recreate themselves at once.
+pub async fn reconnected(client: &async_nats::Client) {
+    let stats = client.statistics();
+    let connects = || stats.connects.load(std::sync::atomic::Ordering::Relaxed);
+    let at = connects();
+    while connects() == at {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The configuration of one of Meridian's streams.
 pub fn stream_config(name: &str) -> stream::Config {
     let mut config = stream::Config {

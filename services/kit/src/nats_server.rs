@@ -139,51 +139,36 @@ impl NatsServer {
         let mut last_error = String::new();
         for _ in 0..5 {
             let chosen = port.unwrap_or_else(free_port);
-            let mut child = Command::new(&bin)
-                .args(["-js", "-a", "127.0.0.1", "-p", &chosen.to_string(), "-sd"])
-                .arg(&store_dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .map_err(|e| NatsServerError::Start(format!("{}: {e}", bin.display())))?;
-            let ready = forward_log(&mut child);
-            // Ready only when this child says so: a port check could be
-            // answered by another server that took the port first (parallel
-            // tests), while this one fails to bind and exits.
-            match ready.recv_timeout(Duration::from_secs(10)) {
-                Ok(Ok(())) => {
-                    let url = format!("nats://127.0.0.1:{chosen}");
+            match spawn(&bin, chosen, &store_dir) {
+                Ok(child) => {
                     return Ok(Self {
                         child,
                         bin,
-                        url,
+                        url: format!("nats://127.0.0.1:{chosen}"),
                         port: chosen,
                         store_dir,
                         _temp: temp,
                     });
                 }
-                Ok(Err(log)) => {
-                    let status = child
-                        .wait()
-                        .map_or("an unknown status".into(), |s| s.to_string());
-                    last_error = format!("exited with {status}: {log}");
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    last_error = "its log could not be read".into();
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    last_error = format!("not ready on port {chosen} within 10 s");
-                }
+                Err(e) => last_error = e,
             }
             if port.is_some() {
                 break; // a fixed port will not free itself by retrying
             }
         }
         Err(NatsServerError::Start(last_error))
+    }
+
+    /// Starts the server again on the same port and store (after [`kill`]
+    /// or [`stop`]), as an operator restarting it would.
+    ///
+    /// [`kill`]: NatsServer::kill
+    /// [`stop`]: NatsServer::stop
+    pub fn restart(&mut self) -> Result<(), NatsServerError> {
+        self.kill();
+        self.child =
+            spawn(&self.bin, self.port, &self.store_dir).map_err(NatsServerError::Start)?;
+        Ok(())
     }
 
     /// Stops the server gracefully (it flushes its streams, so the next
@@ -217,6 +202,41 @@ impl NatsServer {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Starts `nats-server -js` on `port` with its store in `store_dir`, and
+/// waits until it says it is ready; the error says why it did not start.
+fn spawn(bin: &Path, port: u16, store_dir: &Path) -> Result<Child, String> {
+    let mut child = Command::new(bin)
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(store_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    let ready = forward_log(&mut child);
+    // Ready only when this child says so: a port check could be answered by
+    // another server that took the port first (parallel tests), while this
+    // one fails to bind and exits.
+    match ready.recv_timeout(Duration::from_secs(10)) {
+        Ok(Ok(())) => Ok(child),
+        Ok(Err(log)) => {
+            let status = child
+                .wait()
+                .map_or("an unknown status".into(), |s| s.to_string());
+            Err(format!("exited with {status}: {log}"))
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err("its log could not be read".into())
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(format!("not ready on port {port} within 10 s"))
+        }
     }
 }
 

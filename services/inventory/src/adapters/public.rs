@@ -66,6 +66,10 @@ fn json<D: Serialize>(event: &CloudEvent<D>) -> bytes::Bytes {
         .into()
 }
 
+/// Why the relay or the watcher starts over after a reconnection: their
+/// consumers' pull requests died with the old connection.
+const RECONNECTED: &str = "NATS reconnected; recreating the consumer";
+
 /// Between attempts of the relay and the status watcher after a failure.
 const BACKOFF: Backoff = Backoff::forever(Duration::from_millis(200), Duration::from_secs(5));
 
@@ -108,10 +112,15 @@ async fn relay(js: &jetstream::Context) -> Result<(), RelayError> {
         .messages()
         .await
         .bus("following the relay's consumer")?;
+    let client = js.client();
+    let reconnected = meridian_kit::bus::reconnected(&client);
+    tokio::pin!(reconnected);
     loop {
-        let first = messages
-            .next()
-            .await
+        let first = tokio::select! {
+            () = &mut reconnected => return Err(RelayError::Ended(RECONNECTED)),
+            next = messages.next() => next,
+        };
+        let first = first
             .ok_or(RelayError::Ended("the lifecycle consumer ended"))?
             .bus("reading API_LIFECYCLE")?;
         let mut chunk = vec![first];
@@ -217,6 +226,9 @@ async fn watch_status(js: &jetstream::Context) -> Result<(), RelayError> {
         .get_stream(streams::AGENT_HEARTBEATS)
         .await
         .bus("getting the AGENT_HEARTBEATS stream")?;
+    let client = js.client();
+    let reconnected = meridian_kit::bus::reconnected(&client);
+    tokio::pin!(reconnected);
     let mut live = stream
         .create_consumer(consumer::pull::OrderedConfig::default())
         .await
@@ -238,7 +250,11 @@ async fn watch_status(js: &jetstream::Context) -> Result<(), RelayError> {
         let wait = next_expiry.map_or(Duration::from_secs(60), |at| {
             Duration::from_millis(u64::try_from(at - now).unwrap_or(0) + 1)
         });
-        match tokio::time::timeout(wait, live.next()).await {
+        let next = tokio::select! {
+            () = &mut reconnected => return Err(RelayError::Ended(RECONNECTED)),
+            next = tokio::time::timeout(wait, live.next()) => next,
+        };
+        match next {
             Ok(Some(message)) => {
                 let message = message.bus("reading heartbeats")?;
                 let beat: Heartbeat = Envelope::from_bytes(&message.payload)?.open()?;

@@ -20,6 +20,9 @@ use super::{
 use crate::metrics::Metrics;
 use crate::retry::Backoff;
 
+/// Why a consumer is recreated after a reconnection.
+const RECONNECTED: &str = "NATS reconnected; recreating the consumer";
+
 /// Between attempts to resume after NATS failed.
 const RESUME: Backoff = Backoff::forever(Duration::from_millis(100), Duration::from_secs(2));
 use crate::store::{StoreError, Tree};
@@ -294,86 +297,101 @@ impl<S: Sink> Runner<S> {
         };
         tracing::info!(projection = %self.spec.id, from = checkpoint + 1, stream_last = last, "projection following stream");
         let mut messages = messages;
+        let client = self.js.client();
+        let reconnected = crate::bus::reconnected(&client);
+        tokio::pin!(reconnected);
         let consumed = self.metrics.consumed(self.spec.stream, &self.spec.id);
         let lag = self.metrics.consumer_lag(&self.spec.id);
         // One batch is applied (off the runtime) while the next one arrives
         // and is decoded; batches still commit strictly in order.
         let mut applying: Option<Applying> = None;
-        loop {
-            let first = match applying.as_mut() {
-                Some(flight) => tokio::select! {
-                    () = stop.cancelled() => break,
-                    done = &mut flight.task => {
-                        let flight = applying.take().expect("a batch is in flight");
-                        checkpoint = self.finish(flight, done).await?;
-                        if until_caught_up && checkpoint >= last {
-                            return Ok(());
+        let pumped: Result<(), ProjectionError> = async {
+            loop {
+                let first = match applying.as_mut() {
+                    Some(flight) => tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = &mut reconnected => return Err(self.bus(RECONNECTED)),
+                        done = &mut flight.task => {
+                            let flight = applying.take().expect("a batch is in flight");
+                            checkpoint = self.finish(flight, done).await?;
+                            if until_caught_up && checkpoint >= last {
+                                return Ok(());
+                            }
+                            continue;
                         }
-                        continue;
+                        next = messages.next() => next,
+                    },
+                    None => tokio::select! {
+                        () = stop.cancelled() => return Ok(()),
+                        () = &mut reconnected => return Err(self.bus(RECONNECTED)),
+                        next = messages.next() => next,
+                    },
+                };
+                let first = first.ok_or_else(|| self.bus("message stream ended"))?;
+                // Linger briefly so a busy stream is applied in full batches.
+                let size = |m: &Result<jetstream::Message, String>| {
+                    m.as_ref().map_or(0, |m| m.payload.len())
+                };
+                let mut bytes = size(&first);
+                let mut chunk = vec![first];
+                let linger = tokio::time::Instant::now() + BATCH_LINGER;
+                while chunk.len() < self.spec.batch && bytes < self.spec.batch_bytes {
+                    match tokio::time::timeout_at(linger, messages.next()).await {
+                        Ok(Some(m)) => {
+                            bytes += size(&m);
+                            chunk.push(m);
+                        }
+                        Ok(None) | Err(_) => break,
                     }
-                    next = messages.next() => next,
-                },
-                None => tokio::select! {
-                    () = stop.cancelled() => return Ok(()),
-                    next = messages.next() => next,
-                },
-            };
-            let first = first.ok_or_else(|| self.bus("message stream ended"))?;
-            // Linger briefly so a busy stream is applied in full batches.
-            let size =
-                |m: &Result<jetstream::Message, String>| m.as_ref().map_or(0, |m| m.payload.len());
-            let mut bytes = size(&first);
-            let mut chunk = vec![first];
-            let linger = tokio::time::Instant::now() + BATCH_LINGER;
-            while chunk.len() < self.spec.batch && bytes < self.spec.batch_bytes {
-                match tokio::time::timeout_at(linger, messages.next()).await {
-                    Ok(Some(m)) => {
-                        bytes += size(&m);
-                        chunk.push(m);
-                    }
-                    Ok(None) | Err(_) => break,
                 }
-            }
-            let mut events = Vec::with_capacity(chunk.len());
-            let mut last_message = None;
-            for item in chunk {
-                let message = item.map_err(|e| self.bus(e))?;
-                let info = message.info().map_err(|e| self.bus(e))?;
-                let seq = info.stream_sequence;
-                lag.set(i64::try_from(info.pending).unwrap_or(i64::MAX));
-                if seq > checkpoint {
-                    let envelope = Envelope::from_bytes(&message.payload).map_err(|e| {
-                        ProjectionError::Poison {
-                            id: self.spec.id.clone(),
+                let mut events = Vec::with_capacity(chunk.len());
+                let mut last_message = None;
+                for item in chunk {
+                    let message = item.map_err(|e| self.bus(e))?;
+                    let info = message.info().map_err(|e| self.bus(e))?;
+                    let seq = info.stream_sequence;
+                    lag.set(i64::try_from(info.pending).unwrap_or(i64::MAX));
+                    if seq > checkpoint {
+                        let envelope = Envelope::from_bytes(&message.payload).map_err(|e| {
+                            ProjectionError::Poison {
+                                id: self.spec.id.clone(),
+                                seq,
+                                source: e.into(),
+                            }
+                        })?;
+                        events.push(StoredEvent {
                             seq,
-                            source: e.into(),
-                        }
-                    })?;
-                    events.push(StoredEvent {
-                        seq,
-                        subject: message.subject.to_string(),
-                        envelope,
-                    });
+                            subject: message.subject.to_string(),
+                            envelope,
+                        });
+                    }
+                    last_message = Some(message);
                 }
-                last_message = Some(message);
+                if let Some(flight) = applying.take() {
+                    checkpoint = self.settle(flight).await?;
+                }
+                consumed.inc_by(events.len() as u64);
+                let newest = events.last().map(|e| e.seq);
+                let sink = self.sink.clone();
+                let id = self.spec.id.clone();
+                applying = Some(Applying {
+                    task: tokio::task::spawn_blocking(move || sink.apply(&id, &events)),
+                    newest,
+                    ack: last_message.filter(|_| durable),
+                });
             }
-            if let Some(flight) = applying.take() {
-                checkpoint = self.settle(flight).await?;
-            }
-            consumed.inc_by(events.len() as u64);
-            let newest = events.last().map(|e| e.seq);
-            let sink = self.sink.clone();
-            let id = self.spec.id.clone();
-            applying = Some(Applying {
-                task: tokio::task::spawn_blocking(move || sink.apply(&id, &events)),
-                newest,
-                ack: last_message.filter(|_| durable),
-            });
+            Ok(())
         }
+        .await;
+        // Whatever ended the loop, the batch being applied finishes first:
+        // the next run must never apply beside it.
         if let Some(flight) = applying.take() {
-            self.settle(flight).await?;
+            let settled = self.settle(flight).await;
+            pumped?;
+            settled?;
+            return Ok(());
         }
-        Ok(())
+        pumped
     }
 
     /// Waits for a batch to commit, then [`Runner::finish`]es it.
