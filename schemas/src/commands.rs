@@ -54,6 +54,16 @@ impl TriggerSyncReply {
     }
 }
 
+/// Asks the agent-gateway replicas holding an agent's sync streams whether
+/// one of them holds `run_id`. Sent on
+/// [`crate::streams::run_probe_subject`]; only a holder answers (`true`),
+/// so no responder, or no answer in time, means the run has no holder.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunProbe {
+    /// The run asked about.
+    pub run_id: RunId,
+}
+
 /// Encodes a command or reply (postcard).
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_allocvec(value).expect("postcard encoding into a Vec cannot fail")

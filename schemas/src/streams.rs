@@ -140,6 +140,13 @@ pub fn escape_token(raw: &str) -> String {
     out
 }
 
+/// Core-NATS request subject answered by the agent-gateway replica that
+/// holds a given run of the agent (see [`crate::commands::RunProbe`]); no
+/// answer means no live sync stream holds it.
+pub fn run_probe_subject(agent: AgentId) -> String {
+    format!("meridian.agent.{agent}.runs")
+}
+
 /// Longest provider name accepted, in bytes.
 pub const MAX_PROVIDER_NAME_BYTES: usize = 128;
 

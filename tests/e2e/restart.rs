@@ -3,6 +3,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use meridian_agent::providers::ProviderConfig;
+use meridian_agent::session::SessionConfig;
 use meridian_inventory::adapters::store::{PROJECTION_ID, Repository};
 use meridian_kit::bus::{Publisher, ensure_streams};
 use meridian_kit::projection::{StoredEvent, apply_events, digest};
@@ -301,5 +303,131 @@ async fn after_a_nats_restart_hellos_succeed_within_two_seconds() {
         .await;
     agent.stop().await;
     gw.rest.stop().await;
+    inv.stop().await;
+}
+
+/// A provider that never answers: its run stays started until something
+/// ends it.
+struct Hanging;
+
+impl meridian_agent::providers::Source for Hanging {
+    fn list(
+        &self,
+    ) -> futures_util::future::BoxFuture<
+        '_,
+        Result<
+            Vec<meridian_schemas::proto::ApiDefinition>,
+            meridian_agent::providers::ProviderError,
+        >,
+    > {
+        Box::pin(std::future::pending())
+    }
+}
+
+/// agent-gateway killed (-9) in the middle of a run: nobody will end the
+/// run it held, so another replica's sweeper, finding no sync stream that
+/// holds it, appends it as failed (once), and inventory shows it failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_gateway_is_killed_ends_failed() {
+    use tokio::io::AsyncBufReadExt;
+    let nats = Nats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let inv = start_inventory(&nats, dir.path().join("inventory")).await;
+    let prefix = meridian_agent_gateway::app::ENV_PREFIX;
+    let mut first = tokio::process::Command::new(workspace_binary("meridian-agent-gateway"))
+        .env(format!("{prefix}NATS_URL"), nats.url())
+        .env(format!("{prefix}HTTP_ADDR"), "127.0.0.1:0")
+        .env(format!("{prefix}GRPC_ADDR"), "127.0.0.1:0")
+        .env(format!("{prefix}JWT_SECRET"), JWT_SECRET)
+        .env(format!("{prefix}API_KEY"), API_KEY)
+        .env("MERIDIAN_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(first.stdout.take().unwrap()).lines();
+    let (http, grpc) = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("agent-gateway listening") {
+                let addr = |key: &str| {
+                    line.split_whitespace()
+                        .find_map(|w| w.strip_prefix(key))
+                        .map(str::to_owned)
+                };
+                return (addr("http=").unwrap(), addr("grpc=").unwrap());
+            }
+        }
+        panic!("agent-gateway ended before it listened");
+    })
+    .await
+    .expect("agent-gateway says where it listens");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let api = Api::new(&format!("http://{http}"), &inv.url);
+    eventually(Duration::from_secs(30), || async {
+        (api.get("/api/agents/").await.0 == 200).then_some(())
+    })
+    .await
+    .expect("the first gateway answers");
+    let (_, token) = api.register_agent("orphaned").await;
+    let session = SessionConfig::new(
+        &format!("http://{grpc}"),
+        &token,
+        vec![ProviderConfig {
+            name: "slow".into(),
+            provider_type: "tyk".into(),
+            source: std::sync::Arc::new(Hanging),
+        }],
+    );
+    let agent = Agent::run(session);
+    let run = eventually(Duration::from_secs(30), || async {
+        stream_events::<SyncEvent>(&nats.js, streams::SYNC)
+            .await
+            .into_iter()
+            .find(|e| matches!(e.kind, SyncEventKind::Started { .. }))
+            .map(|e| e.run_id)
+    })
+    .await
+    .expect("the run started");
+
+    first.kill().await.unwrap();
+    let second = start_gateway(&nats, |c| {
+        c.run_check_interval = meridian_kit::config::HumanDuration(Duration::from_secs(1))
+    })
+    .await;
+    let reason = eventually(Duration::from_secs(30), || async {
+        stream_events::<SyncEvent>(&nats.js, streams::SYNC)
+            .await
+            .into_iter()
+            .filter(|e| e.run_id == run)
+            .find_map(|e| match e.kind {
+                SyncEventKind::Failed { reason } => Some(reason),
+                _ => None,
+            })
+    })
+    .await
+    .expect("the orphaned run was failed");
+    assert!(reason.contains("no sync stream holds the run"), "{reason}");
+    let api = Api::new(&second.rest.url, &inv.url);
+    let last = eventually(Duration::from_secs(30), || async {
+        let last = api.last_sync("slow").await;
+        (last["result"] == "failed").then_some(last)
+    })
+    .await
+    .expect("inventory shows the run failed");
+    assert_eq!(last["run_id"], run.to_string());
+    let ends = stream_events::<SyncEvent>(&nats.js, streams::SYNC)
+        .await
+        .into_iter()
+        .filter(|e| {
+            e.run_id == run
+                && matches!(
+                    e.kind,
+                    SyncEventKind::Failed { .. } | SyncEventKind::Completed { .. }
+                )
+        })
+        .count();
+    assert_eq!(ends, 1, "ended once");
+    agent.stop().await;
+    second.rest.stop().await;
     inv.stop().await;
 }

@@ -1,5 +1,7 @@
-//! Adapters: the registry projection, tokens, and the gRPC service.
+//! Adapters: the registry projection, tokens, the gRPC service, and the
+//! sweeper of runs nobody finishes.
 
 pub mod grpc;
+pub mod orphans;
 pub mod registry;
 pub mod tokens;

@@ -1,6 +1,6 @@
 //! Wiring: configuration, NATS, the registry projection, gRPC and HTTP.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use meridian_kit::CancellationToken;
@@ -8,7 +8,7 @@ use meridian_kit::bus::{self, Publisher};
 use meridian_kit::config::{ConfigError, HumanDuration, Secret, admin_key};
 use meridian_kit::http::{self, ApiKey, ReadyCheck};
 use meridian_kit::metrics::Metrics;
-use meridian_kit::projection::{self, ConsumerKind, Progress, ProjectionSpec, Runner};
+use meridian_kit::projection::{self, ConsumerKind, InMemory, Progress, ProjectionSpec, Runner};
 use meridian_kit::store::{Db, StoreError};
 use meridian_schemas::agents::{AgentStatus, Heartbeat};
 use meridian_schemas::proto::agent_hub_server::AgentHubServer;
@@ -18,9 +18,11 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::adapters::grpc::{Hub, Settings};
+use crate::adapters::orphans;
 use crate::adapters::registry::{Registry, RegistryProjection};
 use crate::adapters::tokens::{MIN_SECRET_BYTES, Tokens};
 use crate::api;
+use crate::domain::orphans::OpenRuns;
 
 /// HTTP/2 flow-control window per gRPC stream (the connection gets four).
 const GRPC_STREAM_WINDOW: u32 = 1 << 20;
@@ -67,6 +69,10 @@ pub struct Config {
     /// signed by it (mTLS). Needs `TLS_CERT`.
     #[serde(default)]
     pub tls_client_ca: Option<String>,
+    /// How often runs open for longer than this are checked for a live
+    /// sync stream holding them; those nobody holds are failed.
+    #[serde(default = "default_run_check")]
+    pub run_check_interval: HumanDuration,
 }
 
 fn default_http_addr() -> String {
@@ -87,6 +93,9 @@ fn default_missed() -> u32 {
 fn default_max_api_bytes() -> usize {
     1_000_000
 }
+fn default_run_check() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
 
 impl Config {
     /// Defaults with the given NATS URL and secrets (launcher and tests).
@@ -104,6 +113,7 @@ impl Config {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            run_check_interval: default_run_check(),
         }
     }
 
@@ -209,6 +219,11 @@ pub struct App {
     registry: Registry,
     runner: Runner<projection::Stored<RegistryProjection>>,
     progress: Progress,
+    /// The open runs of `SYNC`, and what the sweeper needs.
+    open_runs: Arc<RwLock<OpenRuns>>,
+    open_runs_runner: Runner<InMemory<OpenRuns>>,
+    publisher: Publisher,
+    run_check_interval: Duration,
     hub: Hub,
     tokens: Tokens,
     token_ttl: Duration,
@@ -235,6 +250,12 @@ impl App {
         if config.missed_heartbeats == 0 {
             return Err(ConfigError {
                 message: format!("{ENV_PREFIX}MISSED_HEARTBEATS must be at least 1"),
+            }
+            .into());
+        }
+        if config.run_check_interval.0 < Duration::from_secs(1) {
+            return Err(ConfigError {
+                message: format!("{ENV_PREFIX}RUN_CHECK_INTERVAL must be at least 1s"),
             }
             .into());
         }
@@ -277,6 +298,20 @@ impl App {
             spec,
             metrics,
         );
+        let open_runs = Arc::new(RwLock::new(OpenRuns::default()));
+        let (open_runs_runner, _) = Runner::in_memory(
+            js.clone(),
+            open_runs.clone(),
+            ProjectionSpec {
+                id: "agent-gateway-open-runs".into(),
+                stream: streams::SYNC,
+                consumer: ConsumerKind::Ordered,
+                batch: 256,
+                batch_bytes: usize::MAX,
+                filter_subject: Some(streams::SYNC_RUN_EVENTS),
+            },
+            metrics,
+        );
         let publisher = Publisher::new(js, metrics);
         let registry = Registry::new(tree, publisher.clone(), progress.clone());
         let settings = Settings {
@@ -291,7 +326,7 @@ impl App {
         let hub = Hub::new(
             registry.clone(),
             tokens.clone(),
-            publisher,
+            publisher.clone(),
             client.clone(),
             settings,
             metrics,
@@ -301,6 +336,10 @@ impl App {
             registry,
             runner,
             progress,
+            open_runs,
+            open_runs_runner,
+            publisher,
+            run_check_interval: config.run_check_interval.0,
             hub,
             tokens,
             token_ttl: config.token_ttl.0,
@@ -340,6 +379,14 @@ impl App {
         stop: CancellationToken,
     ) -> Result<(), AppError> {
         let runner = tokio::spawn(self.runner.run_until_stopped(stop.clone()));
+        let open_runs = tokio::spawn(self.open_runs_runner.run_until_stopped(stop.clone()));
+        let sweeper = tokio::spawn(orphans::sweep_until_stopped(
+            self.open_runs,
+            self.client.clone(),
+            self.publisher,
+            self.run_check_interval,
+            stop.clone(),
+        ));
         let patience = Duration::from_secs(60);
         let deadline = tokio::time::Instant::now() + patience;
         while !self.progress.caught_up() {
@@ -374,6 +421,7 @@ impl App {
             .serve_with_incoming_shutdown(incoming, async move { stop_grpc.cancelled().await })
             .await;
         stop.cancel();
+        let _ = tokio::join!(open_runs, sweeper);
         let projected = runner
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?;

@@ -19,7 +19,7 @@ use futures_util::StreamExt;
 use meridian_kit::bus::{AckWindow, BusError};
 use meridian_kit::time::now_ms;
 use meridian_schemas::agents::ProviderRef;
-use meridian_schemas::commands::{self, RunStarted, TriggerSync, TriggerSyncReply};
+use meridian_schemas::commands::{self, RunProbe, RunStarted, TriggerSync, TriggerSyncReply};
 use meridian_schemas::proto::{SyncMessage, SyncRequest, sync_message};
 use meridian_schemas::sync::{ApiDefinition, DiscoveredApi, SyncEvent, SyncEventKind};
 use meridian_schemas::{AgentId, EventMeta, RunId, streams};
@@ -63,6 +63,13 @@ pub(super) async fn open(
         .queue_subscribe(streams::sync_request_subject(agent), "sync".into())
         .await
         .map_err(|e| Status::unavailable(format!("cannot subscribe to sync requests: {e}")))?;
+    // Every holder of the agent's streams hears run probes; the one holding
+    // the run answers (see `adapters::orphans`).
+    let probes = hub
+        .client
+        .subscribe(streams::run_probe_subject(agent))
+        .await
+        .map_err(|e| Status::unavailable(format!("cannot subscribe to run probes: {e}")))?;
     tracing::info!(%agent, ?fencing_token, "agent connected (sync stream)");
     let responder = tokio::spawn(respond(
         hub.clone(),
@@ -71,6 +78,7 @@ pub(super) async fn open(
         runs.clone(),
         tx.clone(),
     ));
+    let prober = tokio::spawn(answer_probes(hub.clone(), probes, runs.clone()));
     // The initial sync of a new connection.
     let initial = (hub.clone(), runs.clone(), tx.clone());
     tokio::spawn(async move {
@@ -86,6 +94,7 @@ pub(super) async fn open(
     tokio::spawn(async move {
         let reason = receive(&hub, agent, (jti, fencing_token), inbound, &runs, &tx).await;
         responder.abort();
+        prober.abort();
         fail_open_runs(&hub, agent, &runs, &reason).await;
         tracing::info!(%agent, %reason, "agent sync stream ended");
     });
@@ -121,6 +130,24 @@ async fn respond(
                 .await
         {
             tracing::warn!(%agent, error = %e, "could not answer a sync request");
+        }
+    }
+}
+
+/// Answers `true` to a probe for a run this stream holds; stays silent for
+/// the others (another stream of the agent may hold them).
+async fn answer_probes(hub: Hub, mut probes: async_nats::Subscriber, runs: SharedRuns) {
+    while let Some(message) = probes.next().await {
+        let Ok(probe) = commands::decode::<RunProbe>(&message.payload) else {
+            continue;
+        };
+        if lock(&runs).get(probe.run_id).is_some()
+            && let Some(reply_to) = message.reply
+        {
+            let _ = hub
+                .client
+                .publish(reply_to, commands::encode(&true).into())
+                .await;
         }
     }
 }
