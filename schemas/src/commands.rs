@@ -64,6 +64,27 @@ pub struct RunProbe {
     pub run_id: RunId,
 }
 
+/// The proxy records the OAuth tokens it issued (the token itself stays
+/// with the client: only its hash is sent). Sent on
+/// [`crate::streams::RECORD_TOKENS_SUBJECT`]; any key-issuer replica
+/// answers once the tokens are in `KEYS`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordTokens {
+    /// Chosen once by the sender: a retry of the same request stores nothing twice.
+    pub request_id: uuid::Uuid,
+    /// SHA-256 (hex) of each token, with its details.
+    pub tokens: Vec<(String, crate::keys::TokenRecord)>,
+}
+
+/// The answer to [`RecordTokens`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecordTokensReply {
+    /// Every token is stored.
+    Recorded,
+    /// Nothing was stored, and why (an unknown client, a malformed hash).
+    Refused(String),
+}
+
 /// Encodes a command or reply (postcard).
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_allocvec(value).expect("postcard encoding into a Vec cannot fail")

@@ -8,9 +8,9 @@
 //!   spells a stream or subject name.
 //! - [`envelope`]: the versioned envelope every event travels in (postcard).
 //! - [`ids`]: id newtypes, including the deterministic API id.
-//! - [`agents`], [`sync`], [`lifecycle`], [`schedule`]: the event types of
-//!   the `AGENTS`, `AGENT_HEARTBEATS`, `SYNC`, `API_LIFECYCLE` and `SCHEDULE`
-//!   streams.
+//! - [`agents`], [`sync`], [`lifecycle`], [`schedule`], [`keys`]: the event
+//!   types of the `AGENTS`, `AGENT_HEARTBEATS`, `SYNC`, `API_LIFECYCLE`,
+//!   `SCHEDULE` and `KEYS` streams.
 //! - [`public`]: the public events (CloudEvents JSON on `MERIDIAN_EVENTS`)
 //!   that outside consumers subscribe to, and their JSON Schemas.
 //! - [`commands`]: request/reply commands sent over core NATS between services.
@@ -23,6 +23,7 @@ pub mod agents;
 pub mod commands;
 pub mod envelope;
 pub mod ids;
+pub mod keys;
 pub mod lifecycle;
 pub mod public;
 pub mod schedule;

@@ -32,11 +32,13 @@ use crate::streams;
 pub const API_SOURCE: &str = "urn:meridian:inventory";
 /// `source` of agent status events.
 pub const AGENT_SOURCE: &str = "urn:meridian:agents";
+/// `source` of key, policy and OAuth client events.
+pub const ACCESS_SOURCE: &str = "urn:meridian:key-issuer";
 /// The NATS header and value of structured-mode CloudEvents.
 pub const CONTENT_TYPE: (&str, &str) = ("content-type", "application/cloudevents+json");
 
 /// Every public event type, with the file of its JSON Schema.
-pub const EVENT_TYPES: [(&str, &str); 5] = [
+pub const EVENT_TYPES: [(&str, &str); 14] = [
     ("io.meridian.api.created", "api.created.json"),
     ("io.meridian.api.updated", "api.updated.json"),
     ("io.meridian.api.deleted", "api.deleted.json"),
@@ -44,6 +46,24 @@ pub const EVENT_TYPES: [(&str, &str); 5] = [
     (
         "io.meridian.agent.status_changed",
         "agent.status_changed.json",
+    ),
+    ("io.meridian.key.created", "key.created.json"),
+    ("io.meridian.key.updated", "key.updated.json"),
+    ("io.meridian.key.deleted", "key.deleted.json"),
+    ("io.meridian.policy.created", "policy.created.json"),
+    ("io.meridian.policy.updated", "policy.updated.json"),
+    ("io.meridian.policy.deleted", "policy.deleted.json"),
+    (
+        "io.meridian.oauth_client.created",
+        "oauth_client.created.json",
+    ),
+    (
+        "io.meridian.oauth_client.updated",
+        "oauth_client.updated.json",
+    ),
+    (
+        "io.meridian.oauth_client.deleted",
+        "oauth_client.deleted.json",
     ),
 ];
 
@@ -116,6 +136,105 @@ pub struct AgentStatusData {
     pub previous_status: String,
     /// The newest heartbeat the hub had received (RFC 3339).
     pub last_heartbeat: String,
+}
+
+/// `data` of `io.meridian.key.*`: never the key, only its hash and alias.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyEventData {
+    /// SHA-256 (hex) of the key: what `GET /tyk/keys/{hash}?hashed=true` takes.
+    #[schema(pattern = "^[0-9a-f]{64}$")]
+    pub key_hash: String,
+    /// The key's alias (may be empty).
+    pub alias: String,
+    /// Its organisation (may be empty).
+    pub org_id: String,
+    /// The policies it applies (empty for a deletion).
+    pub policies: Vec<String>,
+    /// The APIs it grants access to, by API id (empty for a deletion).
+    pub api_ids: Vec<String>,
+    /// Position of the change in Meridian's `KEYS` log: increases with
+    /// every change, so consumers can order what they receive.
+    pub sequence: u64,
+}
+
+/// `data` of `io.meridian.policy.*`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyEventData {
+    /// The policy id.
+    pub policy_id: String,
+    /// Its name (empty for a deletion).
+    pub name: String,
+    /// Its organisation (may be empty).
+    pub org_id: String,
+    /// The APIs it grants access to, by API id (empty for a deletion).
+    pub api_ids: Vec<String>,
+    /// See [`KeyEventData::sequence`].
+    pub sequence: u64,
+}
+
+/// `data` of `io.meridian.oauth_client.*`: never the secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthClientEventData {
+    /// The client id.
+    pub client_id: String,
+    /// The API it belongs to (may be empty when a policy names its APIs).
+    pub api_id: String,
+    /// The policy whose access rights its tokens get (may be empty).
+    pub policy_id: String,
+    /// Why the event: `created`, `updated`, `secret_rotated` or `deleted`.
+    #[schema(pattern = "^(created|updated|secret_rotated|deleted)$")]
+    pub change: String,
+    /// See [`KeyEventData::sequence`].
+    pub sequence: u64,
+}
+
+/// Which key-issuer entity a public event is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessEntity {
+    /// `io.meridian.key.*`
+    Key,
+    /// `io.meridian.policy.*`
+    Policy,
+    /// `io.meridian.oauth_client.*`
+    OAuthClient,
+}
+
+impl AccessEntity {
+    /// The type's and subject's token: `key`, `policy`, `oauth_client`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Key => "key",
+            Self::Policy => "policy",
+            Self::OAuthClient => "oauth_client",
+        }
+    }
+}
+
+/// The public form of a key-issuer change: `kind` is `created`, `updated`
+/// or `deleted`; `subject` the key hash, policy id or client id. The id is
+/// derived from the `KEYS` sequence, so relaying it again yields the same id.
+pub fn access_event<D>(
+    entity: AccessEntity,
+    kind: &str,
+    subject: &str,
+    sequence: u64,
+    at_ms: i64,
+    data: D,
+) -> CloudEvent<D> {
+    CloudEvent {
+        specversion: "1.0".into(),
+        id: event_id(&format!("public:keys:{sequence}")),
+        source: ACCESS_SOURCE.into(),
+        event_type: format!("io.meridian.{}.{kind}", entity.as_str()),
+        subject: subject.to_owned(),
+        time: rfc3339(at_ms),
+        datacontenttype: "application/json".into(),
+        traceparent: None,
+        data,
+    }
 }
 
 /// Why a filter of the public events is refused; the message starts with
@@ -256,17 +375,28 @@ pub fn json_schema(event_type: &str) -> Option<serde_json::Value> {
         .iter()
         .find(|(t, _)| *t == event_type)
         .map(|(_, f)| *f)?;
-    let (data, source) = if event_type.starts_with("io.meridian.api.") {
-        (
-            serde_json::to_value(ApiEventData::schema()).ok()?,
-            API_SOURCE,
-        )
-    } else {
-        (
-            serde_json::to_value(AgentStatusData::schema()).ok()?,
-            AGENT_SOURCE,
-        )
+    let uuid = serde_json::json!({"type": "string", "format": "uuid"});
+    let (data, source, subject) = match event_type.split('.').nth(2) {
+        Some("api") => (ApiEventData::schema(), API_SOURCE, uuid),
+        Some("agent") => (AgentStatusData::schema(), AGENT_SOURCE, uuid),
+        Some("key") => (
+            KeyEventData::schema(),
+            ACCESS_SOURCE,
+            serde_json::json!({"type": "string", "pattern": "^[0-9a-f]{64}$",
+                "description": "SHA-256 (hex) of the key"}),
+        ),
+        Some("policy") => (
+            PolicyEventData::schema(),
+            ACCESS_SOURCE,
+            serde_json::json!({"type": "string", "description": "The policy id"}),
+        ),
+        _ => (
+            OAuthClientEventData::schema(),
+            ACCESS_SOURCE,
+            serde_json::json!({"type": "string", "description": "The OAuth client id"}),
+        ),
     };
+    let data = serde_json::to_value(data).ok()?;
     Some(serde_json::json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": format!("https://meridian.dev/schemas/{file}"),
@@ -280,7 +410,7 @@ pub fn json_schema(event_type: &str) -> Option<serde_json::Value> {
             "id": {"type": "string", "format": "uuid"},
             "source": {"const": source},
             "type": {"const": event_type},
-            "subject": {"type": "string", "format": "uuid"},
+            "subject": subject,
             "time": {"type": "string", "format": "date-time"},
             "datacontenttype": {"const": "application/json"},
             "traceparent": {
@@ -371,6 +501,9 @@ mod tests {
         for channel in [
             "events.api.{kind}.{agentId}.{provider}",
             "events.agent.status_changed.{agentId}",
+            "events.key.{kind}.{orgId}",
+            "events.policy.{kind}.{orgId}",
+            "events.oauth_client.{kind}.{apiId}",
         ] {
             assert!(
                 doc.contains(channel),

@@ -22,6 +22,10 @@ pub const API_LIFECYCLE: &str = "API_LIFECYCLE";
 pub const SCHEDULE: &str = "SCHEDULE";
 /// The public events (CloudEvents JSON) outside consumers subscribe to.
 pub const EVENTS: &str = "MERIDIAN_EVENTS";
+/// Keys, policies, organisation sessions, OAuth clients and tokens, written
+/// only by key-issuer (see [`crate::keys`]). Keys and secrets travel as
+/// SHA-256 hashes, never in clear.
+pub const KEYS: &str = "KEYS";
 
 /// Subject filter that captures a whole stream.
 pub fn stream_subjects(stream: &str) -> &'static str {
@@ -31,6 +35,7 @@ pub fn stream_subjects(stream: &str) -> &'static str {
         SYNC => "sync.>",
         API_LIFECYCLE => "lifecycle.>",
         SCHEDULE => "schedule.>",
+        KEYS => "keys.>",
         EVENTS => ALL_EVENTS,
         other => panic!("unknown stream {other}"),
     }
@@ -98,6 +103,52 @@ pub fn sync_request_subject(agent: AgentId) -> String {
     format!("meridian.agent.{agent}.sync")
 }
 
+/// The `KEYS` subject of one entity: every change of a key, policy,
+/// organisation session, OAuth client or token is on its own subject, so a
+/// writer can publish expecting the entity's last sequence (no lost update
+/// between replicas). `id` is escaped by [`escape_token`]; key and token
+/// hashes are hex already.
+pub fn keys_subject(kind: KeysEntity, id: &str) -> String {
+    format!("keys.{}.{}", kind.as_str(), escape_token(id))
+}
+
+/// The `KEYS` subject of purges of every lapsed OAuth token.
+pub const KEYS_PURGE_SUBJECT: &str = "keys.purge.tokens";
+
+/// What a `KEYS` subject is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KeysEntity {
+    /// An API key (session), by the hash of the key.
+    Key,
+    /// A policy, by id.
+    Policy,
+    /// An organisation session, by organisation id.
+    Org,
+    /// An OAuth client, by client id.
+    Client,
+    /// An OAuth token, by the hash of the token.
+    Token,
+}
+
+impl KeysEntity {
+    /// The subject token.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Key => "key",
+            Self::Policy => "policy",
+            Self::Org => "org",
+            Self::Client => "client",
+            Self::Token => "token",
+        }
+    }
+}
+
+/// Core-NATS request subject served by every key-issuer replica: the proxy
+/// records the OAuth tokens it issues there (see
+/// [`crate::commands::RecordTokens`]), and the answer comes once they are
+/// in `KEYS`.
+pub const RECORD_TOKENS_SUBJECT: &str = "meridian.keys.tokens.record";
+
 /// Every subject of the public stream.
 pub const ALL_EVENTS: &str = "events.>";
 
@@ -119,6 +170,22 @@ pub fn api_event_filter(kind: Option<&str>, provider: Option<&str>) -> String {
         provider.map_or_else(|| "*".to_owned(), escape_token)
     )
 }
+
+/// The public subject of a key-issuer change: `entity` is `key`, `policy`
+/// or `oauth_client`, `kind` is `created`, `updated` or `deleted`, `scope`
+/// the organisation id (keys, policies) or the API id (OAuth clients),
+/// escaped by [`escape_token`], `-` when there is none.
+pub fn access_event_subject(entity: &str, kind: &str, scope: &str) -> String {
+    let scope = if scope.is_empty() {
+        "-".to_owned()
+    } else {
+        escape_token(scope)
+    };
+    format!("events.{entity}.{kind}.{scope}")
+}
+
+/// Filters of every public key-issuer event (keys, policies, OAuth clients).
+pub const ACCESS_EVENTS: [&str; 3] = ["events.key.>", "events.policy.>", "events.oauth_client.>"];
 
 /// The public subject of an agent's status changes.
 pub fn agent_status_subject(agent: AgentId) -> String {

@@ -159,6 +159,68 @@ pub fn stream_config(name: &str) -> stream::Config {
     config
 }
 
+/// How long the public stream remembers message ids: covers a relay's crash
+/// and restart (its unacked messages come back after their ack wait).
+pub const PUBLIC_DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
+
+/// How long the public stream keeps events unless configured otherwise.
+pub const DEFAULT_EVENTS_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The public stream's configuration: file storage, events kept for
+/// `retention`.
+pub fn public_stream_config(retention: Duration) -> stream::Config {
+    let mut config = stream_config(streams::EVENTS);
+    config.max_age = retention;
+    config.duplicate_window = PUBLIC_DUPLICATE_WINDOW.min(retention);
+    config
+}
+
+/// Makes sure the public stream exists without changing it: inventory owns
+/// its configuration (retention); another service that publishes to it
+/// creates it with the default retention only when it is missing.
+pub async fn ensure_public_stream(js: &jetstream::Context) -> Result<(), BusError> {
+    js.get_or_create_stream(public_stream_config(DEFAULT_EVENTS_RETENTION))
+        .await
+        .map(|_| ())
+        .map_err(|e| BusError::Stream {
+            stream: streams::EVENTS.to_owned(),
+            message: e.to_string(),
+        })
+}
+
+/// Sends a public event (a CloudEvent, structured JSON) on `subject` with
+/// `Nats-Msg-Id` = its id, the CloudEvents content type and its trace
+/// context; await the returned future (or an [`AckWindow`]) for the ack.
+/// With `expected_last`, the stream stores it only if the subject's last
+/// message has that sequence (a compare-and-set among publishers).
+pub async fn send_public<D: Serialize>(
+    js: &jetstream::Context,
+    subject: &str,
+    event: &meridian_schemas::public::CloudEvent<D>,
+    expected_last: Option<u64>,
+) -> Result<PublishAckFuture, BusError> {
+    let mut headers = HeaderMap::new();
+    if let Some(seq) = expected_last {
+        headers.insert(
+            NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            seq.to_string().as_str(),
+        );
+    }
+    headers.insert(NATS_MESSAGE_ID, event.id.as_str());
+    headers.insert(
+        meridian_schemas::public::CONTENT_TYPE.0,
+        meridian_schemas::public::CONTENT_TYPE.1,
+    );
+    crate::telemetry::inject_nats(&mut headers, event.traceparent.as_deref());
+    let body = serde_json::to_vec(event).expect("a CloudEvent always serializes");
+    js.publish_with_headers(subject.to_owned(), headers, body.into())
+        .await
+        .map_err(|e| BusError::Publish {
+            subject: subject.to_owned(),
+            message: e.to_string(),
+        })
+}
+
 /// Creates the named streams, or updates them to the current configuration.
 pub async fn ensure_streams(js: &jetstream::Context, names: &[&str]) -> Result<(), BusError> {
     for name in names {

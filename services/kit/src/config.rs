@@ -112,15 +112,17 @@ pub fn fields<T: DeserializeOwned>() -> &'static [&'static str] {
 
 /// The variables a service reads, one per line under a heading, for the end
 /// of its `--help`: `prefix` + each field of `T` in upper case, and the
-/// shared admin key.
+/// shared admin key when `T` has an `api_key`.
 pub fn variables_help<T: DeserializeOwned>(prefix: &str) -> String {
     let mut out = String::from("Configuration (environment variables):\n");
     for field in fields::<T>() {
         out.push_str(&format!("  {prefix}{}\n", field.to_uppercase()));
     }
-    out.push_str(&format!(
-        "  {API_KEY_VAR} (the admin key, when {prefix}API_KEY is not set)\n"
-    ));
+    if fields::<T>().contains(&"api_key") {
+        out.push_str(&format!(
+            "  {API_KEY_VAR} (the admin key, when {prefix}API_KEY is not set)\n"
+        ));
+    }
     out.push_str("  RUST_LOG or MERIDIAN_LOG, OTEL_* (logs and traces)");
     out
 }

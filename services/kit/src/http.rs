@@ -193,7 +193,10 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for JsonOrEmp
 /// broken connection.
 const DRAIN_BYTES: usize = 64 << 20;
 
-async fn body_bytes<S: Send + Sync>(req: Request, _state: &S) -> Result<bytes::Bytes, ApiError> {
+pub(crate) async fn body_bytes<S: Send + Sync>(
+    req: Request,
+    _state: &S,
+) -> Result<bytes::Bytes, ApiError> {
     use futures_util::StreamExt;
     let too_large = || {
         ApiError::new(

@@ -14,6 +14,8 @@
 //!   `nats-server -js`, for the launcher and the tests.
 //! - [`report`]: an error with its causes, for messages.
 //! - [`retry`]: every retry loop (jittered backoff, stop signal, give-up log).
+//! - [`tyk`]: the Tyk-compatible admin surface (`/tyk/...`): Tyk's error
+//!   shape, the Gateway API secret, bodies read as Tyk reads them.
 //! - [`telemetry`], [`shutdown`], [`time`].
 
 pub mod bus;
@@ -29,5 +31,6 @@ pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod time;
+pub mod tyk;
 
 pub use tokio_util::sync::CancellationToken;

@@ -21,7 +21,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::header::{HeaderMap, NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, NATS_MESSAGE_ID};
 use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
 use futures_util::StreamExt;
 use meridian_kit::CancellationToken;
@@ -34,36 +33,15 @@ use meridian_schemas::public::{self, AgentStatusData, CloudEvent};
 use meridian_schemas::{AgentId, Envelope, streams};
 
 use super::RelayError;
-use serde::Serialize;
 
 /// The relay's durable consumer on `API_LIFECYCLE`.
 pub const RELAY_CONSUMER: &str = "inventory-public-relay";
 // Messages per fetch; each carries up to `LifecycleBatch::MAX` changes.
 const RELAY_BATCH: usize = 32;
-/// How long the public stream remembers message ids: covers a relay crash and
-/// restart (the relay's unacked messages come back after its ack wait).
-const DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
-
 /// The public stream's configuration: file storage, events kept for
 /// `retention` (30 days by default).
 pub fn stream_config(retention: Duration) -> stream::Config {
-    let mut config = meridian_kit::bus::stream_config(streams::EVENTS);
-    config.max_age = retention;
-    config.duplicate_window = DUPLICATE_WINDOW.min(retention);
-    config
-}
-
-fn headers(id: &str) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert(NATS_MESSAGE_ID, id);
-    headers.insert(public::CONTENT_TYPE.0, public::CONTENT_TYPE.1);
-    headers
-}
-
-fn json<D: Serialize>(event: &CloudEvent<D>) -> bytes::Bytes {
-    serde_json::to_vec(event)
-        .expect("a CloudEvent always serializes")
-        .into()
+    meridian_kit::bus::public_stream_config(retention)
 }
 
 /// Why the relay or the watcher starts over after a reconnection: their
@@ -142,12 +120,7 @@ async fn relay(js: &jetstream::Context) -> Result<(), RelayError> {
                     event.agent_id,
                     &event.provider,
                 );
-                let mut headers = headers(&public.id);
-                meridian_kit::telemetry::inject_nats(&mut headers, public.traceparent.as_deref());
-                let ack = js
-                    .publish_with_headers(subject.clone(), headers, json(&public))
-                    .await
-                    .bus("publishing a public event")?;
+                let ack = meridian_kit::bus::send_public(js, &subject, &public, None).await?;
                 window.push_future(&subject, ack).await?;
             }
         }
@@ -286,15 +259,8 @@ async fn settle(
     };
     let event = public::agent_status_event(agent, active, since, Some(beat.at_ms));
     let subject = streams::agent_status_subject(agent);
-    let mut headers = headers(&event.id);
-    headers.insert(
-        NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-        last_seq.to_string().as_str(),
-    );
-    let ack = js
-        .publish_with_headers(subject.clone(), headers, json(&event))
-        .await
-        .bus("publishing an agent status event")?
+    let ack = meridian_kit::bus::send_public(js, &subject, &event, Some(last_seq))
+        .await?
         .await;
     match ack {
         Ok(ack) => {

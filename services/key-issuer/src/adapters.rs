@@ -1,0 +1,10 @@
+//! Everything that touches NATS: the fold of `KEYS` ([`fold`]), the writer
+//! that turns a checked change into an event published as a
+//! compare-and-set on its entity ([`writer`]), the relay of changes to the
+//! public stream ([`relay`]) and the responder that records the OAuth
+//! tokens the proxy issues ([`tokens`]).
+
+pub mod fold;
+pub mod relay;
+pub mod tokens;
+pub mod writer;

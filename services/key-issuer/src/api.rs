@@ -1,0 +1,125 @@
+//! The Gateway API's key, policy, organisation and OAuth surface, as Tyk
+//! answers it (`/tyk/...`, `x-tyk-authorization`, `{"status", "message"}`
+//! errors). Handlers check a request, decide the change on the fold and
+//! store it through the [`Writer`]; reads come from the fold, after a
+//! catch-up with the log before any "not found".
+//!
+//! Where Meridian differs from Tyk, on purpose: keys and client secrets are
+//! stored only as hashes, so listings show hashes, a client's secret is
+//! shown only when it is created or rotated, and a token listing's `code`
+//! is the token's hash; deleting a missing policy is a 404 (Tyk answers
+//! 500); bad input is always a 4xx naming the field.
+
+mod keys;
+mod oauth;
+mod orgs;
+mod policies;
+
+use meridian_kit::tyk::{StatusMessage, TykError};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::adapters::writer::{WriteError, Writer};
+use crate::domain::Invalid;
+
+/// Handler state.
+#[derive(Clone)]
+pub struct ApiState {
+    /// Stores changes and holds the fold.
+    pub writer: Writer,
+    /// `HASH_KEYS`: answers carry `key_hash`.
+    pub hash_keys: bool,
+    /// `ENABLE_HASHED_KEYS_LISTING`: `GET /tyk/keys` lists hashes.
+    pub hashed_listing: bool,
+    /// `MIN_KEY_LENGTH`: shortest custom key accepted.
+    pub min_key_length: usize,
+}
+
+/// The routes with their OpenAPI description (behind the secret: see
+/// [`crate::App::api`]).
+pub fn router(state: ApiState) -> OpenApiRouter {
+    keys::routes()
+        .merge(policies::routes())
+        .merge(orgs::routes())
+        .merge(oauth::routes())
+        .with_state(state)
+}
+
+/// Tyk's `ApiModifyKeySuccess`: the answer to a write.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModifyKey {
+    /// The key (only a create answers with a generated key), policy,
+    /// organisation or client id, as the request named it.
+    pub key: String,
+    /// Always `ok`.
+    pub status: String,
+    /// `added`, `modified`, `updated` or `deleted`.
+    pub action: String,
+    /// SHA-256 (hex) of the key, when keys are hashed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_hash: Option<String>,
+}
+
+impl ModifyKey {
+    fn new(key: impl Into<String>, action: &str) -> Self {
+        Self {
+            key: key.into(),
+            status: "ok".into(),
+            action: action.into(),
+            key_hash: None,
+        }
+    }
+}
+
+/// Tyk's `ApiAllKeys`: ids or hashes.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AllKeys {
+    /// The ids (organisations) or key hashes.
+    pub keys: Vec<String>,
+}
+
+/// `?filter=`: a prefix the listed ids start with.
+#[derive(Debug, Default, Deserialize)]
+pub struct Filter {
+    /// The prefix.
+    #[serde(default)]
+    pub filter: String,
+}
+
+fn invalid(e: Invalid) -> TykError {
+    TykError::bad_request(format!("Request malformed: {e}"))
+}
+
+/// A write's failure as Tyk answers it.
+fn write_failed(e: WriteError<TykError>) -> TykError {
+    match e {
+        WriteError::Refused(e) => e,
+        WriteError::Conflict { .. } => {
+            TykError::conflict(format!("{e}; another writer keeps changing it, try again"))
+        }
+        WriteError::Bus(e) => TykError::unavailable(format!("the event log is not available: {e}")),
+    }
+}
+
+/// Random bytes as lower-case hex (generated keys, ids, secrets).
+fn random_hex(bytes: usize) -> Result<String, TykError> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).map_err(|e| TykError::internal("no randomness available", e))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Unix seconds and the same instant in RFC 3339.
+fn now() -> (i64, String) {
+    let ms = meridian_kit::time::now_ms();
+    (ms.div_euclid(1000), meridian_kit::time::rfc3339(ms))
+}
+
+/// A JSON object for an event (objects always serialize).
+fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("objects serialize")
+}
+
+fn ok(message: &str) -> axum::Json<StatusMessage> {
+    axum::Json(StatusMessage::ok(message))
+}

@@ -1,0 +1,159 @@
+//! `/tyk/policies`: policies, which keys apply.
+
+use axum::extract::{Path, State};
+use meridian_kit::tyk::{StatusMessage, TykError, TykJson};
+use meridian_schemas::keys::KeysEvent;
+use meridian_schemas::streams::KeysEntity;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use super::{ApiState, ModifyKey, invalid, now, random_hex, to_json, write_failed};
+use crate::adapters::fold::read;
+use crate::domain::{self, Policy, check_id};
+
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_policies, create_policy))
+        .routes(routes!(get_policy, update_policy, delete_policy))
+}
+
+const MISSING: &str = "Policy not found";
+
+/// Every policy.
+#[utoipa::path(get, path = "/tyk/policies", tag = "policies", security(("tyk_secret" = [])),
+    responses((status = 200, body = Vec<Object>, description = "Policies")))]
+async fn list_policies(State(s): State<ApiState>) -> axum::Json<Vec<Policy>> {
+    s.writer.catch_up().await;
+    let state = read(s.writer.state());
+    axum::Json(state.policies().map(|p| p.value.as_ref().clone()).collect())
+}
+
+/// Stores a policy: `created` when `id` is new.
+async fn save(s: &ApiState, id: &str, policy: Policy, must_be_new: bool) -> Result<bool, TykError> {
+    let change_id = Uuid::new_v4();
+    let (now_s, _) = now();
+    let (created, _) = s
+        .writer
+        .write(KeysEntity::Policy, id, |state| {
+            let created = state.policy(id).is_none();
+            if must_be_new && !created {
+                return Err(TykError::bad_request(format!(
+                    "a policy with id {id:?} already exists; PUT /tyk/policies/{id} replaces it"
+                )));
+            }
+            let mut policy = policy.clone();
+            policy.id = id.to_owned();
+            policy.last_updated = now_s.to_string();
+            Ok((
+                KeysEvent::PolicySaved {
+                    policy_id: id.to_owned(),
+                    policy: to_json(&policy),
+                    created,
+                    change_id,
+                    at_ms: now_s * 1000,
+                },
+                created,
+            ))
+        })
+        .await
+        .map_err(write_failed)?;
+    Ok(created)
+}
+
+/// Creates a policy; without an `id`, one is generated.
+#[utoipa::path(post, path = "/tyk/policies", tag = "policies", security(("tyk_secret" = [])),
+    request_body(content = Object, description = "A Policy"),
+    responses((status = 200, body = ModifyKey)))]
+async fn create_policy(
+    State(s): State<ApiState>,
+    TykJson(mut policy): TykJson<Policy>,
+) -> Result<axum::Json<ModifyKey>, TykError> {
+    domain::check_policy(&mut policy).map_err(invalid)?;
+    let id = if policy.id.is_empty() {
+        random_hex(12)?
+    } else {
+        check_id("id", &policy.id).map_err(invalid)?;
+        policy.id.clone()
+    };
+    save(&s, &id, policy, true).await?;
+    tracing::info!(policy = %id, "policy created");
+    Ok(axum::Json(ModifyKey::new(id, "added")))
+}
+
+/// A policy.
+#[utoipa::path(get, path = "/tyk/policies/{polID}", tag = "policies", security(("tyk_secret" = [])),
+    params(("polID" = String, Path)),
+    responses((status = 200, body = Object, description = "A Policy")))]
+async fn get_policy(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Policy>, TykError> {
+    check_id("polID", &id).map_err(invalid)?;
+    if let Some(p) = read(s.writer.state()).policy(&id) {
+        return Ok(axum::Json(p.value.as_ref().clone()));
+    }
+    s.writer.catch_up().await;
+    read(s.writer.state())
+        .policy(&id)
+        .map(|p| axum::Json(p.value.as_ref().clone()))
+        .ok_or_else(|| TykError::not_found(MISSING))
+}
+
+/// Creates or replaces a policy; a body `id` must match the path's. The
+/// effective sessions of the keys that apply it change with it.
+#[utoipa::path(put, path = "/tyk/policies/{polID}", tag = "policies", security(("tyk_secret" = [])),
+    params(("polID" = String, Path)),
+    request_body(content = Object, description = "A Policy"),
+    responses((status = 200, body = ModifyKey)))]
+async fn update_policy(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    TykJson(mut policy): TykJson<Policy>,
+) -> Result<axum::Json<ModifyKey>, TykError> {
+    check_id("polID", &id).map_err(invalid)?;
+    if !policy.id.is_empty() && policy.id != id {
+        return Err(TykError::bad_request(
+            "Request ID does not match that in policy! For Update operations these must match",
+        ));
+    }
+    domain::check_policy(&mut policy).map_err(invalid)?;
+    let created = save(&s, &id, policy, false).await?;
+    tracing::info!(policy = %id, created, "policy saved");
+    Ok(axum::Json(ModifyKey::new(id, "modified")))
+}
+
+/// Deletes a policy. Keys that apply it lose what it gave them (a key whose
+/// only policy it was is refused by the proxy until it gets another).
+#[utoipa::path(delete, path = "/tyk/policies/{polID}", tag = "policies", security(("tyk_secret" = [])),
+    params(("polID" = String, Path)),
+    responses((status = 200, body = ModifyKey), (status = 404, body = StatusMessage)))]
+async fn delete_policy(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<ModifyKey>, TykError> {
+    check_id("polID", &id).map_err(invalid)?;
+    if read(s.writer.state()).policy(&id).is_none() {
+        s.writer.catch_up().await;
+    }
+    let change_id = Uuid::new_v4();
+    let (now_s, _) = now();
+    s.writer
+        .write(KeysEntity::Policy, &id, |state| {
+            let old = state
+                .policy(&id)
+                .ok_or_else(|| TykError::not_found(MISSING))?;
+            Ok((
+                KeysEvent::PolicyDeleted {
+                    policy_id: id.clone(),
+                    org_id: old.value.org_id.clone(),
+                    change_id,
+                    at_ms: now_s * 1000,
+                },
+                (),
+            ))
+        })
+        .await
+        .map_err(write_failed)?;
+    tracing::info!(policy = %id, "policy deleted");
+    Ok(axum::Json(ModifyKey::new(id, "deleted")))
+}

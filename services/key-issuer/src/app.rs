@@ -1,0 +1,288 @@
+//! Wiring: configuration, NATS, the fold of `KEYS`, the writer, the public
+//! relay, the token-record responder and HTTP.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use meridian_kit::CancellationToken;
+use meridian_kit::bus::{self, Publisher};
+use meridian_kit::config::{ConfigError, Secret};
+use meridian_kit::http::{self, ApiKey, ReadyCheck};
+use meridian_kit::metrics::Metrics;
+use meridian_kit::projection::{
+    ConsumerKind, InMemory, Progress, ProjectionError, ProjectionSpec, Runner,
+};
+use meridian_kit::tyk::{self, TykError};
+use meridian_schemas::streams;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::adapters::fold::{Shared, read};
+use crate::adapters::writer::Writer;
+use crate::adapters::{relay, tokens};
+use crate::api;
+use crate::domain::KeysState;
+
+/// Environment prefix of the configuration.
+pub const ENV_PREFIX: &str = "MERIDIAN_KEY_ISSUER__";
+
+/// Shortest Gateway API secret accepted, in bytes.
+pub const MIN_SECRET_BYTES: usize = 16;
+
+/// Configuration (`MERIDIAN_KEY_ISSUER__<FIELD>`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// NATS server URL.
+    #[serde(default = "meridian_kit::config::default_nats_url")]
+    pub nats_url: String,
+    /// Address of the standalone REST server.
+    #[serde(default = "default_http_addr")]
+    pub http_addr: String,
+    /// The Gateway API secret (`x-tyk-authorization`); required, at least
+    /// 16 bytes.
+    pub secret: Option<Secret>,
+    /// Answers carry `key_hash`, and `GET /tyk/keys` lists only when
+    /// `ENABLE_HASHED_KEYS_LISTING` is on. Keys are stored hashed either way.
+    #[serde(default = "yes")]
+    pub hash_keys: bool,
+    /// `GET /tyk/keys` lists key hashes.
+    #[serde(default)]
+    pub enable_hashed_keys_listing: bool,
+    /// Shortest custom key accepted (`POST /tyk/keys/{keyID}`).
+    #[serde(default = "default_min_key_length")]
+    pub min_key_length: usize,
+}
+
+fn default_http_addr() -> String {
+    "127.0.0.1:8084".into()
+}
+fn yes() -> bool {
+    true
+}
+fn default_min_key_length() -> usize {
+    8
+}
+
+impl Config {
+    /// Defaults with the given NATS URL and secret (launcher and tests).
+    pub fn new(nats_url: &str, secret: &str) -> Self {
+        Self {
+            nats_url: nats_url.to_owned(),
+            http_addr: "127.0.0.1:0".into(),
+            secret: Some(Secret::new(secret)),
+            hash_keys: true,
+            enable_hashed_keys_listing: false,
+            min_key_length: default_min_key_length(),
+        }
+    }
+}
+
+/// A failure to start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// NATS.
+    #[error(transparent)]
+    Bus(#[from] bus::BusError),
+    /// The fold stopped.
+    #[error(transparent)]
+    Projection(#[from] ProjectionError),
+    /// The token-record responder could not subscribe.
+    #[error("cannot answer token records: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
+    /// HTTP server.
+    #[error("HTTP server: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+/// A built key-issuer, ready to run.
+pub struct App {
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    runner: Runner<InMemory<KeysState>>,
+    progress: Progress,
+    writer: Writer,
+    secret: ApiKey,
+    config: Config,
+    metrics: Metrics,
+}
+
+fn spec(id: &str) -> ProjectionSpec {
+    ProjectionSpec {
+        id: id.into(),
+        stream: streams::KEYS,
+        consumer: ConsumerKind::Ordered,
+        batch: 512,
+        batch_bytes: usize::MAX,
+        filter_subject: None,
+    }
+}
+
+impl App {
+    /// Checks configuration, connects, creates the streams. Series go to
+    /// `metrics` (one per service instance; the hub shares one).
+    pub async fn build(config: Config, metrics: &Metrics) -> Result<Self, AppError> {
+        let secret = config
+            .secret
+            .as_ref()
+            .filter(|s| !s.expose().is_empty())
+            .ok_or_else(|| ConfigError {
+                message: format!(
+                    "set {ENV_PREFIX}SECRET to the Gateway API secret (x-tyk-authorization), \
+                     at least {MIN_SECRET_BYTES} bytes"
+                ),
+            })?;
+        if secret.expose().len() < MIN_SECRET_BYTES {
+            return Err(ConfigError {
+                message: format!(
+                    "{ENV_PREFIX}SECRET is {} bytes; the Gateway API secret must be at least \
+                     {MIN_SECRET_BYTES}",
+                    secret.expose().len()
+                ),
+            }
+            .into());
+        }
+        let secret = ApiKey::new(secret.expose());
+        let client = bus::connect(
+            &config.nats_url,
+            "meridian-key-issuer",
+            Duration::from_secs(30),
+            metrics,
+        )
+        .await?;
+        let js = async_nats::jetstream::new(client.clone());
+        bus::ensure_streams(&js, &[streams::KEYS]).await?;
+        bus::ensure_public_stream(&js).await?;
+        let state: Shared = Arc::new(RwLock::new(KeysState::default()));
+        let (runner, progress) =
+            Runner::in_memory(js.clone(), state.clone(), spec("key-issuer-keys"), metrics);
+        let writer = Writer::new(Publisher::new(js.clone(), metrics), state, progress.clone());
+        Ok(Self {
+            client,
+            js,
+            runner,
+            progress,
+            writer,
+            secret,
+            config,
+            metrics: metrics.clone(),
+        })
+    }
+
+    /// The fold: keys, policies, organisations, clients and tokens, with
+    /// each key's effective session (what the proxy reads).
+    pub fn state(&self) -> Shared {
+        self.writer.state().clone()
+    }
+
+    /// Its progress through `KEYS`.
+    pub fn progress(&self) -> Progress {
+        self.progress.clone()
+    }
+
+    /// The `/tyk/...` routes and `/api/keys/digest`, behind the Gateway API
+    /// secret, with their OpenAPI description.
+    pub fn api(&self) -> OpenApiRouter {
+        let state = api::ApiState {
+            writer: self.writer.clone(),
+            hash_keys: self.config.hash_keys,
+            hashed_listing: self.config.enable_hashed_keys_listing,
+            min_key_length: self.config.min_key_length,
+        };
+        let digest = OpenApiRouter::new()
+            .routes(routes!(digest))
+            .with_state(self.writer.clone());
+        tyk::with_secret(api::router(state).merge(digest), self.secret.clone())
+    }
+
+    /// Ready when NATS is connected and the fold caught up.
+    pub fn ready_checks(&self) -> Vec<ReadyCheck> {
+        vec![
+            http::nats_ready(self.client.clone()),
+            http::projection_ready("keys", self.progress.clone()),
+        ]
+    }
+
+    /// Folds `KEYS`, relays public events and records tokens until `stop`.
+    pub async fn run_until_stopped(self, stop: CancellationToken) -> Result<(), AppError> {
+        let relay = tokio::spawn(relay::relay_until_stopped(self.js.clone(), stop.clone()));
+        let responder = tokio::spawn(tokens::serve_until_stopped(
+            self.client.clone(),
+            self.writer.clone(),
+            stop.clone(),
+        ));
+        let folded = self.runner.run_until_stopped(stop.clone()).await;
+        stop.cancel();
+        let _ = relay.await;
+        let answered = responder.await.unwrap_or(Ok(()));
+        folded?;
+        answered?;
+        Ok(())
+    }
+
+    /// Standalone: REST (with health, metrics and OpenAPI) on `http`.
+    pub async fn serve(
+        self,
+        http_listener: tokio::net::TcpListener,
+        stop: CancellationToken,
+    ) -> Result<(), AppError> {
+        let router = http::service_router(
+            self.api(),
+            self.ready_checks(),
+            "Meridian key-issuer",
+            &self.metrics,
+        );
+        let work = self.run_until_stopped(stop.clone());
+        http::serve_while(http_listener, router, stop, work).await
+    }
+}
+
+/// The view's digest and position.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DigestView {
+    /// SHA-256 over the whole view (keys, policies, organisations,
+    /// clients, tokens): equal on every replica that folded the same log.
+    pub digest: String,
+    /// The `KEYS` sequence it reflects.
+    pub position: u64,
+}
+
+/// The digest of this replica's view, after catching up with the log.
+#[utoipa::path(get, path = "/api/keys/digest", tag = "keys", security(("tyk_secret" = [])),
+    responses((status = 200, body = DigestView)))]
+async fn digest(
+    axum::extract::State(writer): axum::extract::State<Writer>,
+) -> Result<axum::Json<DigestView>, TykError> {
+    writer.catch_up().await;
+    let state = read(writer.state());
+    Ok(axum::Json(DigestView {
+        digest: state.digest(),
+        position: state.position(),
+    }))
+}
+
+/// Folds `KEYS` from its first message into a fresh view, as a restarted
+/// replica does, and returns its digest and position: what `/api/keys/digest`
+/// answers on a live replica that read as far.
+pub async fn rebuild(nats_url: &str) -> Result<DigestView, AppError> {
+    let metrics = Metrics::new();
+    let client = bus::connect(
+        nats_url,
+        "meridian-key-issuer-rebuild",
+        Duration::from_secs(10),
+        &metrics,
+    )
+    .await?;
+    let js = async_nats::jetstream::new(client);
+    bus::ensure_streams(&js, &[streams::KEYS]).await?;
+    let state: Shared = Arc::new(RwLock::new(KeysState::default()));
+    let (runner, _) = Runner::in_memory(js, state.clone(), spec("key-issuer-rebuild"), &metrics);
+    let position = runner.run_until_caught_up().await?;
+    let digest = read(&state).digest();
+    Ok(DigestView { digest, position })
+}

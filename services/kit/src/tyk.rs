@@ -1,0 +1,185 @@
+//! The Tyk-compatible admin surface (`/tyk/...`) shared by key-issuer and
+//! the proxy: Tyk's error shape `{"status": "error", "message": ...}`, the
+//! Gateway API secret in `x-tyk-authorization`, and bodies read the way
+//! Tyk reads them (JSON whatever the `Content-Type`).
+
+use axum::extract::{FromRequest, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::http::{ApiError, ApiKey, ErrorCode};
+
+/// The header carrying the Gateway API secret.
+pub const SECRET_HEADER: &str = "x-tyk-authorization";
+
+/// Tyk's answer to a missing or wrong secret (403).
+pub const BAD_SECRET: &str = "Attempted administrative access with invalid or missing key!";
+
+/// Tyk's `ApiStatusMessage`: every error, and some successes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StatusMessage {
+    /// `error` or `ok`.
+    pub status: String,
+    /// What happened.
+    pub message: String,
+}
+
+impl StatusMessage {
+    /// `{"status": "ok", "message": ...}`.
+    pub fn ok(message: impl Into<String>) -> Self {
+        Self {
+            status: "ok".into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// An error answered in Tyk's shape.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TykError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The message.
+    pub message: String,
+}
+
+impl TykError {
+    /// Any status.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+    /// 400.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+    /// 409: another writer changed the same thing at the same time.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, message)
+    }
+    /// 503.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+    /// 500: logs the cause, tells the caller only that it happened.
+    pub fn internal(context: &str, cause: impl std::fmt::Display) -> Self {
+        tracing::error!(%cause, "{context}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{context}; see the service log"),
+        )
+    }
+}
+
+impl From<ApiError> for TykError {
+    fn from(e: ApiError) -> Self {
+        let message = match e.code {
+            // Tyk says "Request malformed"; we also say which field and why.
+            ErrorCode::InvalidArgument => format!("Request malformed: {}", e.message),
+            _ => e.message,
+        };
+        Self::new(e.code.http_status(), message)
+    }
+}
+
+impl IntoResponse for TykError {
+    fn into_response(self) -> Response {
+        let body = StatusMessage {
+            status: "error".into(),
+            message: self.message,
+        };
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+/// A JSON body, whatever the `Content-Type` says; a malformed one is a 400
+/// `Request malformed: <field>: <why>`, one over the size limit a 413.
+pub struct TykJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for TykJson<T> {
+    type Rejection = TykError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = crate::http::body_bytes(req, state).await?;
+        crate::http::parse_json(&bytes)
+            .map(TykJson)
+            .map_err(Into::into)
+    }
+}
+
+/// A form body (`application/x-www-form-urlencoded`), as Tyk's OAuth
+/// revocation endpoints take; a malformed one is a 400.
+pub struct TykForm<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for TykForm<T> {
+    type Rejection = TykError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = crate::http::body_bytes(req, state).await?;
+        parse_form(&bytes).map(TykForm)
+    }
+}
+
+fn parse_form<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, TykError> {
+    serde_urlencoded::from_bytes(bytes)
+        .map_err(|e| TykError::bad_request(format!("Cannot parse form. Form malformed: {e}")))
+}
+
+/// Middleware: 403 in Tyk's words unless `x-tyk-authorization` matches
+/// (compared in constant time).
+pub async fn require_secret(State(secret): State<ApiKey>, req: Request, next: Next) -> Response {
+    match req.headers().get(SECRET_HEADER).map(|v| v.to_str()) {
+        Some(Ok(v)) if secret.matches(v) => next.run(req).await,
+        _ => TykError::new(StatusCode::FORBIDDEN, BAD_SECRET).into_response(),
+    }
+}
+
+/// `api` with every route behind the Gateway API secret.
+pub fn with_secret(
+    api: utoipa_axum::router::OpenApiRouter,
+    secret: ApiKey,
+) -> utoipa_axum::router::OpenApiRouter {
+    api.layer(axum::middleware::from_fn_with_state(secret, require_secret))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct Revoke {
+        token: String,
+        client_id: Option<String>,
+    }
+
+    #[test]
+    fn forms_parse_like_tyk_reads_them() {
+        let r: Revoke = parse_form(b"token=a%2Bb&client_id=c1").unwrap();
+        assert_eq!(
+            r,
+            Revoke {
+                token: "a+b".into(),
+                client_id: Some("c1".into())
+            }
+        );
+        let missing = parse_form::<Revoke>(b"client_id=c1").unwrap_err();
+        assert_eq!(missing.status, StatusCode::BAD_REQUEST);
+        assert!(missing.message.contains("token"), "{}", missing.message);
+    }
+
+    #[test]
+    fn field_errors_keep_tyk_words_and_name_the_field() {
+        let e: TykError = ApiError::invalid_field("rate", "invalid type").into();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.message, "Request malformed: rate: invalid type");
+    }
+}
