@@ -14,12 +14,14 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
       --bin meridian-agent-gateway \
       --bin meridian-inventory \
       --bin meridian-scheduler \
+      --bin meridian-key-issuer \
       --bin meridian-agent \
  && mkdir -p /out \
  && cp target/release/meridian \
        target/release/meridian-agent-gateway \
        target/release/meridian-inventory \
        target/release/meridian-scheduler \
+       target/release/meridian-key-issuer \
        target/release/meridian-agent /out/
 
 # Runtime: slim Debian (glibc, CA roots for TLS to providers), non-root.
@@ -34,5 +36,5 @@ USER 10001:10001
 WORKDIR /var/lib/meridian
 ENV MERIDIAN_LOG=info
 # Each service's REST port; agents' gRPC; the agent's probe.
-EXPOSE 8000 8081 8082 8083 50051 5959
+EXPOSE 8000 8081 8082 8083 8084 50051 5959
 CMD ["meridian", "--help"]

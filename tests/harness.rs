@@ -4,6 +4,7 @@
 
 pub mod fake_kube;
 pub mod pki;
+pub mod tyk;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -306,47 +307,9 @@ impl Api {
             );
             return;
         }
-        let response = &operation["responses"][status.to_string()];
-        assert!(
-            response.is_object(),
-            "{method} {template}: status {status} is not in the OpenAPI document (it declares {:?}); body {body}",
-            operation["responses"]
-                .as_object()
-                .map(|r| r.keys().collect::<Vec<_>>())
-        );
-        let schema = &response["content"]["application/json"]["schema"];
-        if schema.is_null() {
-            assert!(
-                body.is_null(),
-                "{method} {template} {status}: a body the document does not declare: {body}"
-            );
-            return;
+        if let Err(e) = answer_fits(&doc, &template, method.as_str(), status, body) {
+            panic!("{e}");
         }
-        let pointer = format!(
-            "#/paths/{}/{}/responses/{status}/content/application~1json/schema",
-            template
-                .replace('~', "~0")
-                .replace('/', "~1")
-                .replace('{', "%7B")
-                .replace('}', "%7D"),
-            method.as_str().to_lowercase()
-        );
-        let mut root = (*doc).clone();
-        root["$ref"] = Value::String(pointer);
-        let validator = jsonschema::options()
-            .should_validate_formats(true)
-            .build(&root)
-            .unwrap_or_else(|e| {
-                panic!("{method} {template}: the document's schema does not compile: {e}")
-            });
-        let errors: Vec<String> = validator
-            .iter_errors(body)
-            .map(|e| format!("{} at {}", e, e.instance_path()))
-            .collect();
-        assert!(
-            errors.is_empty(),
-            "{method} {template} {status}: the answer breaks the OpenAPI document: {errors:?}\n{body}"
-        );
     }
 
     /// Sends a request; returns status and JSON body (Null when empty).
@@ -460,7 +423,7 @@ impl Api {
 
 /// The document's path template that `path` (with its query) matches:
 /// literal segments first, then `{param}` ones.
-fn path_template(doc: &Value, path: &str) -> Option<String> {
+pub fn path_template(doc: &Value, path: &str) -> Option<String> {
     let path = path.split('?').next().unwrap_or(path);
     let wanted: Vec<&str> = path.split('/').collect();
     let mut best: Option<(usize, String)> = None;
@@ -483,6 +446,70 @@ fn path_template(doc: &Value, path: &str) -> Option<String> {
         }
     }
     best.map(|(_, t)| t)
+}
+
+/// Checks an answer against an OpenAPI document's operation
+/// (`template`, `method`): the status is declared and the body fits its
+/// JSON schema. The error says which and why.
+pub fn answer_fits(
+    doc: &Value,
+    template: &str,
+    method: &str,
+    status: u16,
+    body: &Value,
+) -> Result<(), String> {
+    let method = method.to_lowercase();
+    let operation = &doc["paths"][template][&method];
+    let response = &operation["responses"][status.to_string()];
+    if !response.is_object() {
+        return Err(format!(
+            "{method} {template}: status {status} is not in the OpenAPI document (it declares {:?}); body {body}",
+            operation["responses"]
+                .as_object()
+                .map(|r| r.keys().collect::<Vec<_>>())
+        ));
+    }
+    let schema = &response["content"]["application/json"]["schema"];
+    if schema.is_null() {
+        return if body.is_null() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{method} {template} {status}: a body the document does not declare: {body}"
+            ))
+        };
+    }
+    let pointer = format!(
+        "#/paths/{}/{method}/responses/{status}/content/application~1json/schema",
+        template
+            .replace('~', "~0")
+            .replace('/', "~1")
+            .replace('{', "%7B")
+            .replace('}', "%7D"),
+    );
+    schema_fits(doc, &pointer, body).map_err(|e| format!("{method} {template} {status}: {e}"))
+}
+
+/// Checks `body` against the schema at `pointer` (a `#/...` JSON pointer)
+/// inside `doc`.
+pub fn schema_fits(doc: &Value, pointer: &str, body: &Value) -> Result<(), String> {
+    let mut root = doc.clone();
+    root["$ref"] = Value::String(pointer.to_owned());
+    let validator = jsonschema::options()
+        .should_validate_formats(true)
+        .build(&root)
+        .map_err(|e| format!("the document's schema does not compile: {e}"))?;
+    let errors: Vec<String> = validator
+        .iter_errors(body)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the answer breaks the OpenAPI document: {errors:?}\n{body}"
+        ))
+    }
 }
 
 /// A provider whose API list (or failure) the test controls.

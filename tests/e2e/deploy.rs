@@ -52,10 +52,11 @@ fn dockerfile_binaries() -> BTreeSet<String> {
 }
 
 /// The hub's server binaries: each must run in compose and on Kubernetes.
-const SERVERS: [&str; 4] = [
+const SERVERS: [&str; 5] = [
     "meridian-agent-gateway",
     "meridian-inventory",
     "meridian-scheduler",
+    "meridian-key-issuer",
     "meridian-agent",
 ];
 
@@ -160,6 +161,18 @@ fn check(launch: &Launch) -> Serves {
                 service_config(launch, meridian_scheduler::app::ENV_PREFIX);
             served(&c.http_addr, &c.nats_url)
         }
+        "meridian-key-issuer" => {
+            assert!(args.is_empty(), "{at}: {args:?}");
+            let prefix = meridian_key_issuer::app::ENV_PREFIX;
+            let c: meridian_key_issuer::Config = from_vars(prefix, launch.env.clone())
+                .unwrap_or_else(|e| panic!("{at}: {}", e.message));
+            let secret = c.secret.as_ref().expect("Gateway API secret set");
+            assert!(
+                secret.expose().len() >= meridian_key_issuer::app::MIN_SECRET_BYTES,
+                "{at}: Gateway API secret too short"
+            );
+            served(&c.http_addr, &c.nats_url)
+        }
         "meridian-agent" => {
             assert_eq!(args.len(), 2, "{at}: {args:?}");
             assert_eq!(args[0], "--config");
@@ -216,7 +229,7 @@ fn check(launch: &Launch) -> Serves {
                     let env = |k: &str| launch.env.get(k).cloned().unwrap();
                     Serves {
                         http_port: Some(port_of(&env("MERIDIAN_ROUTE_LISTEN"))),
-                        calls: ["GATEWAY", "INVENTORY", "SCHEDULER"]
+                        calls: ["GATEWAY", "INVENTORY", "SCHEDULER", "KEY_ISSUER"]
                             .map(|u| host_port(&env(&format!("MERIDIAN_ROUTE_{u}"))))
                             .to_vec(),
                         ..Default::default()
@@ -840,7 +853,7 @@ fn a_misspelt_manifest_field_is_caught() {
 #[test]
 fn help_and_readme_list_every_variable_of_each_service() {
     use meridian_kit::config::{fields, variables_help};
-    let services: [(&str, &str, &[&str], String); 3] = [
+    let services: [(&str, &str, &[&str], String); 4] = [
         (
             "meridian-agent-gateway",
             meridian_agent_gateway::app::ENV_PREFIX,
@@ -860,6 +873,12 @@ fn help_and_readme_list_every_variable_of_each_service() {
             meridian_scheduler::app::ENV_PREFIX,
             fields::<meridian_scheduler::Config>(),
             variables_help::<meridian_scheduler::Config>(meridian_scheduler::app::ENV_PREFIX),
+        ),
+        (
+            "meridian-key-issuer",
+            meridian_key_issuer::app::ENV_PREFIX,
+            fields::<meridian_key_issuer::Config>(),
+            variables_help::<meridian_key_issuer::Config>(meridian_key_issuer::app::ENV_PREFIX),
         ),
     ];
     let readme = read("README.md");

@@ -16,6 +16,7 @@ async fn one_url_serves_every_endpoint_and_the_openapi_document() {
         data_dir: dir.path().to_owned(),
         api_key: API_KEY.into(),
         jwt_secret: JWT_SECRET.into(),
+        gateway_secret: tyk::GATEWAY_SECRET.into(),
         http_addr: "127.0.0.1:0".into(),
         grpc_addr: "127.0.0.1:0".into(),
         heartbeat_interval: Duration::from_secs(10),
@@ -69,6 +70,12 @@ async fn one_url_serves_every_endpoint_and_the_openapi_document() {
         "/api/agents/{id}/sync-jobs/{job_id}/runs",
         "/api/apis/{id}/history",
         "/api/events",
+        "/tyk/keys",
+        "/tyk/keys/{keyID}",
+        "/tyk/policies/{polID}",
+        "/tyk/org/keys/{keyID}",
+        "/tyk/oauth/clients/{apiID}/{keyName}",
+        "/api/keys/digest",
     ] {
         assert!(paths.contains(&p), "{p} missing from {paths:?}");
     }
@@ -85,16 +92,34 @@ async fn one_url_serves_every_endpoint_and_the_openapi_document() {
         "{}",
         doc["info"]
     );
-    // Every operation behind the key says so and declares the 401; every id
-    // in a path is a UUID; bodies may be refused as invalid or too large.
+    // Every operation behind the key says so and declares the 401 (403 for
+    // the Gateway API secret, as Tyk answers); every id in a Meridian path is
+    // a UUID (Tyk's ids are the user's strings); bodies may be refused as
+    // invalid or too large.
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
             let responses = &op["responses"];
             assert!(op["security"].is_array(), "{method} {path}: no security");
-            assert!(responses["401"].is_object(), "{method} {path}: no 401");
+            let tyk = op["security"][0].get("tyk_secret").is_some();
+            assert_eq!(
+                tyk,
+                path.starts_with("/tyk/") || path == "/api/keys/digest",
+                "{path}"
+            );
+            let (denied, error_schema) = if tyk {
+                ("403", "#/components/schemas/StatusMessage")
+            } else {
+                ("401", "#/components/schemas/ErrorBody")
+            };
+            assert_eq!(
+                responses[denied]["content"]["application/json"]["schema"]["$ref"], error_schema,
+                "{method} {path}: no {denied}"
+            );
             for param in op["parameters"].as_array().into_iter().flatten() {
                 if param["in"] == "path" {
-                    assert_eq!(param["schema"]["format"], "uuid", "{method} {path}");
+                    if !tyk {
+                        assert_eq!(param["schema"]["format"], "uuid", "{method} {path}");
+                    }
                     assert!(responses["404"].is_object(), "{method} {path}: no 404");
                 }
             }
@@ -127,6 +152,11 @@ async fn one_url_serves_every_endpoint_and_the_openapi_document() {
     assert_eq!((code, jobs), (200, serde_json::json!([])));
     let (code, body) = api.get("/api/nothing-here").await;
     assert_eq!((code, body["error"].as_str()), (404, Some("not_found")));
+    let tyk = tyk::Tyk::new(&url);
+    let (code, policies) = tyk.get("/tyk/policies").await;
+    assert_eq!((code, policies), (200, serde_json::json!([])));
+    let (code, _) = tyk.with_secret(None).get("/tyk/policies").await;
+    assert_eq!(code, 403);
 
     stop.cancel();
     running.await.unwrap().unwrap();
@@ -143,10 +173,12 @@ async fn the_router_puts_separately_run_services_on_one_url() {
         api: _,
     } = TestHub::start(|_| {}).await;
     let scheduler = start_scheduler(&nats, |_| {}).await;
+    let (key_issuer, _) = tyk::start_key_issuer(&nats, |_| {}).await;
     let upstreams = [
         ("agent-gateway", &gw.rest.url),
         ("inventory", &inv.url),
         ("scheduler", &scheduler.url),
+        ("key-issuer", &key_issuer.url),
     ]
     .map(|(name, url)| Upstream {
         name: name.into(),
@@ -182,6 +214,22 @@ async fn the_router_puts_separately_run_services_on_one_url() {
     let (code, missing) = api.get("/api/nothing-here").await;
     assert_eq!(code, 404);
     assert_eq!(missing["error"], "not_found");
+    // The Tyk Gateway API paths go to key-issuer, which checks the secret.
+    let tyk = tyk::Tyk::new(&url);
+    let (code, added) = tyk
+        .post(
+            "/tyk/policies",
+            &serde_json::json!({"id": "routed", "access_rights": {"a": {}}}),
+        )
+        .await;
+    assert_eq!((code, added["key"].as_str()), (200, Some("routed")));
+    let (code, shown) = tyk.get("/tyk/policies/routed").await;
+    assert_eq!((code, shown["id"].as_str()), (200, Some("routed")));
+    let (code, _) = tyk
+        .with_secret(Some("not-the-secret-at-all"))
+        .get("/tyk/policies")
+        .await;
+    assert_eq!(code, 403);
 
     // One document with every service's paths; ready when all are.
     let http = reqwest::Client::new();

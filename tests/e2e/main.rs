@@ -7,6 +7,7 @@ mod deploy;
 mod election;
 mod events;
 mod hub;
+mod keys;
 mod observe;
 mod readme;
 mod restart;

@@ -426,7 +426,9 @@ pub fn finish_openapi(mut doc: utoipa::openapi::OpenApi, title: &str) -> utoipa:
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     doc.info.description = Some(
         "Meridian: a federated API governance hub. Authenticate with the X-API-Key header; \
-         errors are `{\"error\", \"message\"}` naming the field or parameter at fault."
+         errors are `{\"error\", \"message\"}` naming the field or parameter at fault. \
+         The Tyk Gateway API paths (`/tyk/...`) take the Gateway API secret in \
+         x-tyk-authorization and answer errors as Tyk does, `{\"status\": \"error\", \"message\"}`."
             .into(),
     );
     doc.info.license = Some(
@@ -445,6 +447,10 @@ pub fn finish_openapi(mut doc: utoipa::openapi::OpenApi, title: &str) -> utoipa:
         "api_key".into(),
         SecurityScheme::ApiKey(Scheme::Header(ApiKeyValue::new("X-API-Key"))).into(),
     );
+    components.security_schemes.insert(
+        TYK_SCHEME.into(),
+        SecurityScheme::ApiKey(Scheme::Header(ApiKeyValue::new(crate::tyk::SECRET_HEADER))).into(),
+    );
     declare_errors(doc)
 }
 
@@ -454,13 +460,15 @@ pub fn finish_openapi(mut doc: utoipa::openapi::OpenApi, title: &str) -> utoipa:
 /// parameters or a body, and 413 with a body; 503 for a write (it goes
 /// through the event log).
 pub fn declare_errors(doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    use utoipa::PartialSchema;
     let mut value = serde_json::to_value(&doc).expect("an OpenAPI document serializes");
-    let error = |description: &str| {
+    let error = |description: &str, schema: &str| {
         serde_json::json!({
             "description": description,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+            "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}
         })
     };
+    let mut any_tyk = false;
     if let Some(paths) = value["paths"].as_object_mut() {
         for item in paths.values_mut() {
             let Some(item) = item.as_object_mut() else {
@@ -476,8 +484,18 @@ pub fn declare_errors(doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi
                         .as_array()
                         .is_some_and(|ps| ps.iter().any(|p| p["in"] == place))
                 };
+                // Behind the Gateway API secret: Tyk's shape and codes.
+                let tyk = operation["security"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|r| r.get(TYK_SCHEME).is_some()));
+                any_tyk |= tyk;
                 let mut add: Vec<(&str, &str)> = Vec::new();
-                if has("security") {
+                if tyk {
+                    add.push((
+                        "403",
+                        "The Gateway API secret (x-tyk-authorization) is missing or wrong.",
+                    ));
+                } else if has("security") {
                     add.push(("401", "The admin key is missing or wrong."));
                 }
                 if params_in("path") {
@@ -498,20 +516,34 @@ pub fn declare_errors(doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi
                 }
                 if method != "get" {
                     add.push(("503", "The event log (NATS) is not available."));
+                    if tyk {
+                        add.push((
+                            "409",
+                            "Another writer kept changing the same thing; try again.",
+                        ));
+                    }
                 }
+                let schema = if tyk { "StatusMessage" } else { "ErrorBody" };
                 let responses = operation["responses"]
                     .as_object_mut()
                     .expect("an operation has responses");
                 for (status, description) in add {
                     responses
                         .entry(status)
-                        .or_insert_with(|| error(description));
+                        .or_insert_with(|| error(description, schema));
                 }
             }
         }
     }
+    if any_tyk {
+        value["components"]["schemas"]["StatusMessage"] =
+            serde_json::to_value(crate::tyk::StatusMessage::schema()).expect("a schema serializes");
+    }
     serde_json::from_value(value).expect("the completed document deserializes")
 }
+
+/// The security scheme of routes behind the Gateway API secret.
+pub const TYK_SCHEME: &str = "tyk_secret";
 
 /// `GET /api/openapi.json` and the browsable UI at `/api/docs`.
 pub fn docs_router(doc: utoipa::openapi::OpenApi) -> Router {

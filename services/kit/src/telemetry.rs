@@ -40,17 +40,30 @@ pub fn init_at(service: &str, level: &str) {
     init_with(service, level, provider);
 }
 
+/// Libraries kept at `warn` unless a filter names them: their debug lines
+/// are protocol chatter, and NATS's name subjects, which carry key hashes.
+const QUIET: &str = "fjall=warn,lsm_tree=warn,async_nats=warn,h2=warn,tower=warn,hyper=warn";
+
+/// The filter: the variable's directives as given, except that a bare level
+/// (`debug`) keeps the libraries quiet; `level` when it is unset.
+fn filter_directives(variable: Option<&str>, level: &str) -> String {
+    match variable {
+        Some(v) if v.contains('=') || v.contains(',') => v.to_owned(),
+        Some(v) => format!("{v},{QUIET}"),
+        None => format!("{level},{QUIET}"),
+    }
+}
+
 /// Installs the subscriber with `provider` (if any) receiving the spans;
 /// tests pass one with an in-memory exporter.
 pub fn init_with(service: &str, level: &str, provider: Option<SdkTracerProvider>) {
-    let filter = std::env::var("MERIDIAN_LOG")
-        .ok()
-        .or_else(|| std::env::var("RUST_LOG").ok())
-        .unwrap_or_else(|| {
-            format!(
-                "{level},fjall=warn,lsm_tree=warn,async_nats=warn,h2=warn,tower=warn,hyper=warn"
-            )
-        });
+    let filter = filter_directives(
+        std::env::var("MERIDIAN_LOG")
+            .ok()
+            .or_else(|| std::env::var("RUST_LOG").ok())
+            .as_deref(),
+        level,
+    );
     // Colours only for a terminal: piped into a file or a collector, a log
     // line is plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
@@ -208,5 +221,25 @@ where
             write!(writer, "trace_id={id} ")?;
         }
         self.0.format_event(ctx, writer, event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::filter_directives;
+
+    #[test]
+    fn a_bare_level_keeps_the_libraries_quiet() {
+        assert!(filter_directives(None, "info").starts_with("info,"));
+        let debug = filter_directives(Some("debug"), "info");
+        assert!(
+            debug.starts_with("debug,") && debug.contains("async_nats=warn"),
+            "{debug}"
+        );
+        assert_eq!(
+            filter_directives(Some("debug,async_nats=debug"), "info"),
+            "debug,async_nats=debug",
+            "directives the user wrote are kept as written"
+        );
     }
 }

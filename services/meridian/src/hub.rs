@@ -1,4 +1,4 @@
-//! The hub in one process: agent-gateway, inventory and scheduler side by side, every
+//! The hub in one process: agent-gateway, inventory, scheduler and key-issuer side by side, every
 //! REST endpoint on one URL (routed by path), one OpenAPI document for all.
 
 use std::net::SocketAddr;
@@ -22,6 +22,8 @@ pub struct HubConfig {
     pub api_key: String,
     /// Token signing secret.
     pub jwt_secret: String,
+    /// The Gateway API secret (`x-tyk-authorization`) of key-issuer.
+    pub gateway_secret: String,
     /// REST address.
     pub http_addr: String,
     /// gRPC address for agents.
@@ -60,14 +62,21 @@ pub async fn start(config: HubConfig, stop: CancellationToken) -> anyhow::Result
     let mut scheduler_config = meridian_scheduler::Config::new(&config.nats_url, &config.api_key);
     scheduler_config.replica = Some("hub".into());
     let scheduler = meridian_scheduler::App::build(scheduler_config, &metrics).await?;
+    let key_issuer = meridian_key_issuer::App::build(
+        meridian_key_issuer::Config::new(&config.nats_url, &config.gateway_secret),
+        &metrics,
+    )
+    .await?;
 
     let mut checks = gateway.ready_checks();
     checks.extend(inventory.ready_checks());
     checks.extend(scheduler.ready_checks());
+    checks.extend(key_issuer.ready_checks());
     let api = OpenApiRouter::new()
         .merge(gateway.api())
         .merge(inventory.api())
-        .merge(scheduler.api());
+        .merge(scheduler.api())
+        .merge(key_issuer.api());
     let router = http::service_router(api, checks, "Meridian hub", &metrics);
 
     let http_listener = tokio::net::TcpListener::bind(&config.http_addr)
@@ -87,6 +96,7 @@ pub async fn start(config: HubConfig, stop: CancellationToken) -> anyhow::Result
         ),
         task("inventory", inventory.run_until_stopped(stop.clone())),
         task("scheduler", scheduler.run_until_stopped(stop.clone())),
+        task("key-issuer", key_issuer.run_until_stopped(stop.clone())),
     ];
     Ok(RunningHub {
         http_addr,

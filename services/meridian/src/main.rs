@@ -74,6 +74,14 @@ enum Command {
             default_value = "http://127.0.0.1:8083"
         )]
         scheduler: String,
+        /// key-issuer's REST URL (the Tyk Gateway API's keys, policies,
+        /// organisations and OAuth clients).
+        #[arg(
+            long,
+            env = "MERIDIAN_ROUTE_KEY_ISSUER",
+            default_value = "http://127.0.0.1:8084"
+        )]
+        key_issuer: String,
     },
     /// Serve a demo Tyk-Dashboard-compatible provider with sample APIs.
     DemoProvider {
@@ -139,11 +147,13 @@ async fn main() -> anyhow::Result<()> {
             gateway,
             inventory,
             scheduler,
+            key_issuer,
         } => {
             let upstreams = [
                 ("agent-gateway", gateway),
                 ("inventory", inventory),
                 ("scheduler", scheduler),
+                ("key-issuer", key_issuer),
             ]
             .into_iter()
             .map(|(name, url)| route::Upstream {

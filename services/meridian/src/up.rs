@@ -83,12 +83,14 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         _ => (persistent_secret(&args.data_dir, ADMIN_KEY_FILE)?, true),
     };
     let jwt_secret = persistent_secret(&args.data_dir, "jwt-secret")?;
+    let (gateway_secret, secret_source) = gateway_secret(&args.data_dir)?;
     let stop = meridian_kit::shutdown::on_signal();
     let config = HubConfig {
         nats_url: nats_url.clone(),
         data_dir: args.data_dir.clone(),
         api_key: api_key.clone(),
         jwt_secret,
+        gateway_secret: gateway_secret.clone(),
         http_addr: args.http.clone(),
         grpc_addr: args.grpc.clone(),
         heartbeat_interval: Duration::from_secs(10),
@@ -108,6 +110,13 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         println!("\n  export MERIDIAN_API_KEY={api_key}");
     } else {
         println!("  admin key  from MERIDIAN_API_KEY");
+    }
+    match secret_source {
+        Some(var) => println!("  Tyk Gateway API  {hub_url}/tyk/   (secret from {var})"),
+        None => println!(
+            "  Tyk Gateway API  {hub_url}/tyk/   x-tyk-authorization: {gateway_secret}   (generated once, kept in {}; set {GATEWAY_SECRET_VAR} to choose one)",
+            args.data_dir.join(GATEWAY_SECRET_FILE).display()
+        ),
     }
     if !args.no_demo {
         let demo = start_demo(
@@ -140,6 +149,28 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
 
 /// Where the generated admin key is kept in the data directory.
 const ADMIN_KEY_FILE: &str = "admin-key";
+
+/// Where the generated Gateway API secret is kept in the data directory.
+const GATEWAY_SECRET_FILE: &str = "gateway-secret";
+
+/// The variable that chooses the Gateway API secret (`x-tyk-authorization`).
+pub const GATEWAY_SECRET_VAR: &str = "MERIDIAN_GATEWAY_SECRET";
+
+/// Tyk's own variable for it, accepted too so a Tyk setup moves over.
+pub const TYK_SECRET_VAR: &str = "TYK_GW_SECRET";
+
+/// The Gateway API secret: `MERIDIAN_GATEWAY_SECRET`, else `TYK_GW_SECRET`
+/// (and which one), else one generated once and kept in the data directory.
+fn gateway_secret(data_dir: &Path) -> anyhow::Result<(String, Option<&'static str>)> {
+    for var in [GATEWAY_SECRET_VAR, TYK_SECRET_VAR] {
+        if let Ok(secret) = std::env::var(var)
+            && !secret.is_empty()
+        {
+            return Ok((secret, Some(var)));
+        }
+    }
+    Ok((persistent_secret(data_dir, GATEWAY_SECRET_FILE)?, None))
+}
 
 /// While the hub runs, `data_dir/nats-url` names its NATS, so that
 /// `meridian rebuild` can tell a running hub (which holds the repository)

@@ -190,6 +190,9 @@ async fn preview_key(
     s.writer.catch_up().await;
     let state = read(s.writer.state());
     check(&mut session, &state)?;
+    // As it would be stored now.
+    let (now_s, date) = now();
+    let session = domain::stamp(session, None, Quota::Reset, now_s, &date);
     let merged = state
         .merge(&session)
         .map_err(|e| TykError::bad_request(format!("Request malformed: {e}")))?;

@@ -351,17 +351,26 @@ struct TokenPage {
     Tokens: Vec<TokenView>,
 }
 
+/// A token listing: every token, or (with `page`) one page.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+enum Tokens {
+    /// Without `page`.
+    All(Vec<TokenView>),
+    /// With `page`.
+    Page(TokenPage),
+}
+
 /// A client's live tokens, oldest first; with `page`, one page of them.
 #[utoipa::path(get, path = "/tyk/oauth/clients/{apiID}/{keyName}/tokens", tag = "oauth", security(("tyk_secret" = [])),
     params(("apiID" = String, Path), ("keyName" = String, Path, description = "The client id"),
         ("page" = Option<u32>, Query, description = "From 1: pages of 100 tokens")),
-    responses((status = 200, body = Object, description = "A list of tokens, or a page of them")))]
+    responses((status = 200, body = Tokens, description = "A list of tokens, or a page of them")))]
 async fn client_tokens(
     State(s): State<ApiState>,
     Path((api_id, client_id)): Path<(String, String)>,
     Query(q): Query<Page>,
-) -> Result<axum::response::Response, TykError> {
-    use axum::response::IntoResponse;
+) -> Result<axum::Json<Tokens>, TykError> {
     s.find_client(&api_id, &client_id).await?;
     let state = read(s.writer.state());
     let tokens: Vec<TokenView> = state
@@ -374,7 +383,7 @@ async fn client_tokens(
         })
         .collect();
     let Some(page) = q.page else {
-        return Ok(axum::Json(tokens).into_response());
+        return Ok(axum::Json(Tokens::All(tokens)));
     };
     let page = page.max(1) as usize;
     let total = tokens.len().div_ceil(TOKENS_PAGE).max(1);
@@ -383,15 +392,14 @@ async fn client_tokens(
         .skip((page - 1).saturating_mul(TOKENS_PAGE))
         .take(TOKENS_PAGE)
         .collect();
-    Ok(axum::Json(TokenPage {
+    Ok(axum::Json(Tokens::Page(TokenPage {
         Pagination: Pagination {
             page_num: page,
             page_size: TOKENS_PAGE,
             page_total: total,
         },
         Tokens: tokens,
-    })
-    .into_response())
+    })))
 }
 
 /// The APIs a client's tokens open (none for an unknown client, as Tyk answers).
