@@ -104,4 +104,40 @@ async fn a_manual_sync_is_one_trace_across_gateway_agent_and_inventory() {
     agent.stop().await;
     gw.rest.stop().await;
     inv.stop().await;
+
+    // key-issuer: a traced Gateway API call is one trace from the request
+    // to the public event of the key it created.
+    let (key_issuer, _) = tyk::start_key_issuer(&nats, |_| {}).await;
+    let key_trace = "0af7651916cd43dd8448eb211c80319c";
+    let response = reqwest::Client::new()
+        .post(format!("{}/tyk/keys/traced-key-0001", key_issuer.url))
+        .header("x-tyk-authorization", tyk::GATEWAY_SECRET)
+        .header("traceparent", format!("00-{key_trace}-b7ad6b7169203331-01"))
+        .body(r#"{"access_rights": {"pets": {}}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let created = wait_for_public(&nats.js, "events.key.created.>", 1).await;
+    let traceparent = created[0]["traceparent"]
+        .as_str()
+        .expect("traceparent on the key event");
+    assert!(traceparent.contains(key_trace), "{traceparent}");
+    let traced = eventually(T, || async {
+        let _ = provider.force_flush();
+        exporter
+            .get_finished_spans()
+            .unwrap()
+            .iter()
+            .filter(|s| s.span_context.trace_id().to_string() == key_trace)
+            .any(|s| {
+                s.attributes
+                    .iter()
+                    .any(|kv| kv.key.as_str() == "service" && kv.value.as_str() == "key-issuer")
+            })
+            .then_some(())
+    })
+    .await;
+    assert!(traced.is_some(), "no key-issuer span in the caller's trace");
+    key_issuer.stop().await;
 }

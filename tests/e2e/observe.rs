@@ -188,6 +188,48 @@ async fn every_service_serves_its_metrics() {
         Some(agents)
     );
 
+    // key-issuer: its requests, what it published to KEYS and folded back.
+    let (key_issuer, _) = tyk::start_key_issuer(&nats, |_| {}).await;
+    let tyk = tyk::Tyk::new(&key_issuer.url);
+    tyk.post(
+        "/tyk/policies",
+        &serde_json::json!({"id": "p", "access_rights": {"a": {}}}),
+    )
+    .await;
+    for _ in 0..3 {
+        tyk.post("/tyk/keys", &serde_json::json!({"apply_policies": ["p"]}))
+            .await;
+    }
+    tyk.get("/api/keys/digest").await;
+    let keys = stream_count(&nats.js, streams::KEYS).await as f64;
+    assert_eq!(keys, 4.0, "a policy and three keys");
+    let text = scrape(&key_issuer.url).await;
+    let exact = |name: &str, labels: &[(&str, &str)]| value(&text, name, labels);
+    assert_eq!(
+        exact(
+            requests,
+            &[
+                ("service", "key-issuer"),
+                ("route", "/tyk/keys"),
+                ("status", "200")
+            ]
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(exact(published, &[("stream", "KEYS")]), Some(keys));
+    let fold = ("consumer", "key-issuer-keys");
+    assert_eq!(
+        exact(
+            "meridian_events_consumed_total",
+            &[("stream", "KEYS"), fold]
+        ),
+        Some(keys),
+        "every write read back: the digest caught up first"
+    );
+    assert_eq!(exact("meridian_consumer_lag", &[fold]), Some(0.0));
+    key_issuer.stop().await;
+
     // The agent, a process of its own: its hub link and its runs.
     let text = scrape(&format!("http://127.0.0.1:{probe}")).await;
     let exact = |name: &str, labels: &[(&str, &str)]| value(&text, name, labels);

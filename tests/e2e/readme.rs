@@ -4,7 +4,7 @@
 //!
 //! Each command of a `sh` block runs in `sh` from a directory whose
 //! `.meridian/` is the hub's data directory. What the README writes as a
-//! placeholder (`a51d...`, `e629...`, `<id>`, `9c0e...`) is replaced by the
+//! placeholder (`a51d...`, `e629...`, `<id>`, `9c0e...`, `5f0c...`) is replaced by the
 //! id an earlier answer gave, the way a reader would; `scripts/meridian` is
 //! the built `meridian` binary. A `curl` must get a 2xx. Commands that start
 //! or deploy other things (the quick start, compose, Kubernetes, the nats
@@ -74,6 +74,8 @@ async fn meridian_up(dir: &Path) -> (tokio::process::Child, BTreeMap<&'static st
         .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
         .current_dir(dir)
         .env_remove("MERIDIAN_API_KEY")
+        .env_remove("MERIDIAN_GATEWAY_SECRET")
+        .env_remove("TYK_GW_SECRET")
         .env("MERIDIAN_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -219,6 +221,9 @@ async fn every_readme_example_works_as_written() {
             }
             if command.contains("/sync-jobs ") {
                 ids.insert("9c0e...", answer["id"].as_str().unwrap().to_owned());
+            }
+            if command.contains("-X POST $H/tyk/keys ") {
+                ids.insert("5f0c...", answer["key"].as_str().unwrap().to_owned());
             }
         } else if command.starts_with("scripts/meridian events tail") {
             // It follows the stream until stopped: it must still be running,
