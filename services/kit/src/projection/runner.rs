@@ -36,6 +36,12 @@ pub trait Sink: Send + Sync + 'static {
     fn apply(&self, id: &str, events: &[StoredEvent]) -> Result<(), ProjectionError>;
     /// Makes what was applied durable.
     fn flush(&self) -> Result<(), StoreError>;
+    /// How long a batch waits to fill once its first message arrived: worth
+    /// it where each batch costs a commit, not where applying is a memory
+    /// write (a writer waiting to read its own event would wait it out).
+    fn linger(&self) -> Duration {
+        BATCH_LINGER
+    }
 }
 
 /// A [`Projection`] over a [`Tree`].
@@ -89,6 +95,11 @@ impl<F: Fold> Sink for InMemory<F> {
 
     fn flush(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// No wait: a batch is what has arrived (more queue while it applies).
+    fn linger(&self) -> Duration {
+        Duration::ZERO
     }
 }
 
@@ -334,7 +345,7 @@ impl<S: Sink> Runner<S> {
                 };
                 let mut bytes = size(&first);
                 let mut chunk = vec![first];
-                let linger = tokio::time::Instant::now() + BATCH_LINGER;
+                let linger = tokio::time::Instant::now() + self.sink.linger();
                 while chunk.len() < self.spec.batch && bytes < self.spec.batch_bytes {
                     match tokio::time::timeout_at(linger, messages.next()).await {
                         Ok(Some(m)) => {
