@@ -247,6 +247,11 @@ async fn every_readme_example_works_as_written() {
     // Stopped the way the README says (Ctrl-C), the hub says so; the
     // README's rebuild then reproduces its digest.
     let (_, digest) = api.get("/api/repository/digest").await;
+    let secret = std::fs::read_to_string(dir.path().join(".meridian/gateway-secret")).unwrap();
+    let (_, keys_digest) = tyk::Tyk::new(hub_url)
+        .with_secret(Some(secret.trim()))
+        .get("/api/keys/digest")
+        .await;
     let pid = hub.id().unwrap().to_string();
     assert!(
         std::process::Command::new("kill")
@@ -264,7 +269,14 @@ async fn every_readme_example_works_as_written() {
         .expect("the rebuild finished");
     assert_eq!(code, 0, "{rebuild}: {err}");
     assert!(
-        out.contains(&format!("digest {}", digest["digest"].as_str().unwrap())),
+        out.contains(&format!("\ndigest {}", digest["digest"].as_str().unwrap())),
         "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "keys digest {}",
+            keys_digest["digest"].as_str().unwrap()
+        )),
+        "the README's Tyk examples left keys whose view the rebuild reproduces: {out}"
     );
 }

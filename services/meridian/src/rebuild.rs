@@ -1,5 +1,6 @@
 //! `meridian rebuild`: wipes the hub's repository and replays it from the
-//! log. With the hub stopped (it holds the repository), it starts the same
+//! log, and folds `KEYS` afresh as a restarted key-issuer does (its view
+//! lives in memory only), printing both digests. With the hub stopped (it holds the repository), it starts the same
 //! local NATS on the hub's data directory for the time of the replay, and
 //! stops it after; `--nats-url` uses a running NATS instead (a separately
 //! deployed hub).
@@ -12,11 +13,28 @@ use meridian_kit::nats_server::NatsServer;
 
 use crate::up::NATS_URL_FILE;
 
-/// Rebuilds the repository under `data_dir` from the log.
-pub async fn rebuild(
-    nats_url: Option<String>,
-    data_dir: &Path,
-) -> anyhow::Result<meridian_inventory::RebuildReport> {
+/// What a rebuild reproduced.
+pub struct Rebuilt {
+    /// The repository.
+    pub repository: meridian_inventory::RebuildReport,
+    /// key-issuer's view.
+    pub keys: meridian_key_issuer::DigestView,
+}
+
+impl std::fmt::Display for Rebuilt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{}", self.repository)?;
+        write!(
+            f,
+            "folded KEYS to sequence {}\nkeys digest {}",
+            self.keys.position, self.keys.digest
+        )
+    }
+}
+
+/// Rebuilds the repository under `data_dir` from the log, and key-issuer's
+/// view.
+pub async fn rebuild(nats_url: Option<String>, data_dir: &Path) -> anyhow::Result<Rebuilt> {
     let mut _local = None;
     let url = match nats_url {
         Some(url) => url,
@@ -40,7 +58,9 @@ pub async fn rebuild(
         }
     };
     let config = meridian_inventory::Config::new(&url, data_dir.join("inventory"), "unused");
-    Ok(meridian_inventory::rebuild(config).await?)
+    let repository = meridian_inventory::rebuild(config).await?;
+    let keys = meridian_key_issuer::rebuild(&url).await?;
+    Ok(Rebuilt { repository, keys })
 }
 
 /// Whether something accepts connections at a NATS URL's host and port.
