@@ -123,6 +123,40 @@ async fn create(s: &ApiState, hash: &str, session: Session) -> Result<(), TykErr
     Ok(())
 }
 
+/// Replaces a stored key with what `change` makes of it (decided on the
+/// view at each attempt, so a concurrent change is not lost).
+async fn replace(
+    s: &ApiState,
+    hash: &str,
+    quota: Quota,
+    change: impl Fn(&Session) -> Session,
+) -> Result<(), TykError> {
+    let change_id = Uuid::new_v4();
+    let (now_s, date) = now();
+    s.writer
+        .write(KeysEntity::Key, hash, |state| {
+            let old = state
+                .key(hash)
+                .ok_or_else(|| TykError::not_found("Key not found"))?;
+            let mut session = change(&old.value);
+            check(&mut session, state)?;
+            let stored = domain::stamp(session, Some(&old.value), quota, now_s, &date);
+            Ok((
+                KeysEvent::KeySaved {
+                    key_hash: hash.to_owned(),
+                    session: to_json(&stored),
+                    created: false,
+                    change_id,
+                    at_ms: now_s * 1000,
+                },
+                (),
+            ))
+        })
+        .await
+        .map_err(write_failed)?;
+    Ok(())
+}
+
 async fn generated(s: ApiState, session: Session) -> Result<axum::Json<ModifyKey>, TykError> {
     // Tyk's form: the organisation id followed by 32 random hex characters.
     let key = format!("{}{}", session.org_id, random_hex(16)?);
@@ -238,30 +272,12 @@ async fn set_policies(
     } else {
         update.apply_policies
     };
-    let change_id = Uuid::new_v4();
-    let (now_s, date) = now();
-    s.writer
-        .write(KeysEntity::Key, &hash, |state| {
-            let old = state
-                .key(&hash)
-                .ok_or_else(|| TykError::not_found("Key not found"))?;
-            let mut session = old.value.as_ref().clone();
-            session.apply_policies.clone_from(&policies);
-            check(&mut session, state)?;
-            let stored = domain::stamp(session, Some(&old.value), Quota::Keep, now_s, &date);
-            Ok((
-                KeysEvent::KeySaved {
-                    key_hash: hash.clone(),
-                    session: to_json(&stored),
-                    created: false,
-                    change_id,
-                    at_ms: now_s * 1000,
-                },
-                (),
-            ))
-        })
-        .await
-        .map_err(write_failed)?;
+    replace(&s, &hash, Quota::Keep, |old| {
+        let mut session = old.clone();
+        session.apply_policies.clone_from(&policies);
+        session
+    })
+    .await?;
     Ok(axum::Json(s.answer(key_id, "updated", &hash)))
 }
 
@@ -340,29 +356,7 @@ async fn update_key(
     } else {
         Quota::Reset
     };
-    let change_id = Uuid::new_v4();
-    let (now_s, date) = now();
-    s.writer
-        .write(KeysEntity::Key, &hash, |state| {
-            let old = state
-                .key(&hash)
-                .ok_or_else(|| TykError::not_found("Key not found"))?;
-            let mut session = session.clone();
-            check(&mut session, state)?;
-            let stored = domain::stamp(session, Some(&old.value), quota, now_s, &date);
-            Ok((
-                KeysEvent::KeySaved {
-                    key_hash: hash.clone(),
-                    session: to_json(&stored),
-                    created: false,
-                    change_id,
-                    at_ms: now_s * 1000,
-                },
-                (),
-            ))
-        })
-        .await
-        .map_err(write_failed)?;
+    replace(&s, &hash, quota, |_| session.clone()).await?;
     tracing::info!("key updated");
     Ok(axum::Json(s.answer(key_id, "modified", &hash)))
 }

@@ -100,7 +100,26 @@ fn check_client(c: &OAuthClient, state: &KeysState) -> Result<(), TykError> {
     Ok(())
 }
 
+/// 400 when a form field is missing.
+fn required(field: &str, value: &str) -> Result<(), TykError> {
+    if value.is_empty() {
+        return Err(TykError::bad_request(format!(
+            "Request malformed: {field}: is required"
+        )));
+    }
+    Ok(())
+}
+
 impl ApiState {
+    /// Stores an event that depends on no entity's state.
+    async fn append(&self, event: &KeysEvent) -> Result<(), TykError> {
+        self.writer
+            .append(event)
+            .await
+            .map(|_| ())
+            .map_err(|e| TykError::unavailable(format!("the event log is not available: {e}")))
+    }
+
     /// The client, if it belongs to `api_id`; catches up before "not found".
     async fn find_client(&self, api_id: &str, client_id: &str) -> Result<OAuthClient, TykError> {
         let lookup = |state: &KeysState| {
@@ -442,16 +461,8 @@ async fn revoke_token(
     State(s): State<ApiState>,
     TykForm(form): TykForm<RevokeForm>,
 ) -> Result<axum::Json<StatusMessage>, TykError> {
-    if form.token.is_empty() {
-        return Err(TykError::bad_request(
-            "Request malformed: token: is required",
-        ));
-    }
-    if form.client_id.is_empty() {
-        return Err(TykError::bad_request(
-            "Request malformed: client_id: is required",
-        ));
-    }
+    required("token", &form.token)?;
+    required("client_id", &form.client_id)?;
     if !matches!(
         form.token_type_hint.as_str(),
         "" | "access_token" | "refresh_token"
@@ -471,10 +482,7 @@ async fn revoke_token(
             change_id: Uuid::new_v4(),
             at_ms: now_ms(),
         };
-        s.writer
-            .append(&event)
-            .await
-            .map_err(|e| TykError::unavailable(format!("the event log is not available: {e}")))?;
+        s.append(&event).await?;
         tracing::info!(client = %form.client_id, "OAuth token revoked");
     }
     Ok(ok("token revoked successfully"))
@@ -499,16 +507,8 @@ async fn revoke_all(
     State(s): State<ApiState>,
     TykForm(form): TykForm<RevokeAllForm>,
 ) -> Result<axum::Json<StatusMessage>, TykError> {
-    if form.client_id.is_empty() {
-        return Err(TykError::bad_request(
-            "Request malformed: client_id: is required",
-        ));
-    }
-    if form.client_secret.is_empty() {
-        return Err(TykError::bad_request(
-            "Request malformed: client_secret: is required",
-        ));
-    }
+    required("client_id", &form.client_id)?;
+    required("client_secret", &form.client_secret)?;
     check_id("client_id", &form.client_id).map_err(invalid)?;
     s.writer.catch_up().await;
     let secret_hash = read(s.writer.state())
@@ -526,10 +526,7 @@ async fn revoke_all(
         change_id: Uuid::new_v4(),
         at_ms: now_ms(),
     };
-    s.writer
-        .append(&event)
-        .await
-        .map_err(|e| TykError::unavailable(format!("the event log is not available: {e}")))?;
+    s.append(&event).await?;
     tracing::info!(client = %form.client_id, "every OAuth token of the client revoked");
     Ok(ok("tokens revoked successfully"))
 }
@@ -577,10 +574,7 @@ async fn purge_tokens(
         change_id: Uuid::new_v4(),
         at_ms: now_ms(),
     };
-    s.writer
-        .append(&event)
-        .await
-        .map_err(|e| TykError::unavailable(format!("the event log is not available: {e}")))?;
+    s.append(&event).await?;
     Ok(ok("lapsed tokens purged"))
 }
 
@@ -618,10 +612,7 @@ async fn invalidate_refresh(
         change_id: Uuid::new_v4(),
         at_ms: now_ms(),
     };
-    s.writer
-        .append(&event)
-        .await
-        .map_err(|e| TykError::unavailable(format!("the event log is not available: {e}")))?;
+    s.append(&event).await?;
     tracing::info!(api = %api_id, "OAuth refresh token invalidated");
     Ok(axum::Json(ModifyKey::new(token, "deleted")))
 }
