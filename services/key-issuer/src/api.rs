@@ -87,6 +87,18 @@ pub struct Filter {
     pub filter: String,
 }
 
+impl ApiState {
+    /// Reads the fold with `f`; when it finds nothing, first catches up with
+    /// what the log holds now (a write on another replica) and reads again.
+    async fn find<T>(&self, f: impl Fn(&crate::domain::KeysState) -> Option<T>) -> Option<T> {
+        if let Some(found) = f(&crate::adapters::fold::read(self.writer.state())) {
+            return Some(found);
+        }
+        self.writer.catch_up().await;
+        f(&crate::adapters::fold::read(self.writer.state()))
+    }
+}
+
 fn invalid(e: Invalid) -> TykError {
     TykError::bad_request(format!("Request malformed: {e}"))
 }

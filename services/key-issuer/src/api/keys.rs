@@ -64,13 +64,8 @@ impl ApiState {
 
     /// The stored key, catching up with the log before "not found".
     async fn find_key(&self, hash: &str, missing: &str) -> Result<Session, TykError> {
-        if let Some(k) = read(self.writer.state()).key(hash) {
-            return Ok(k.value.as_ref().clone());
-        }
-        self.writer.catch_up().await;
-        read(self.writer.state())
-            .key(hash)
-            .map(|k| k.value.as_ref().clone())
+        self.find(|state| state.key(hash).map(|k| k.value.as_ref().clone()))
+            .await
             .ok_or_else(|| TykError::not_found(missing))
     }
 

@@ -128,11 +128,9 @@ impl ApiState {
                 .filter(|c| state.client_apis(&c.value).iter().any(|a| a == api_id))
                 .map(|c| c.value.as_ref().clone())
         };
-        if let Some(c) = lookup(&read(self.writer.state())) {
-            return Ok(c);
-        }
-        self.writer.catch_up().await;
-        lookup(&read(self.writer.state())).ok_or_else(|| TykError::not_found(MISSING))
+        self.find(lookup)
+            .await
+            .ok_or_else(|| TykError::not_found(MISSING))
     }
 
     /// Stores a client; `decide` gets the stored one (if any).

@@ -54,13 +54,8 @@ async fn list_orgs(State(s): State<ApiState>, Query(q): Query<Filter>) -> axum::
 }
 
 async fn find(s: &ApiState, id: &str) -> Option<Session> {
-    if let Some(o) = read(s.writer.state()).org(id) {
-        return Some(o.value.as_ref().clone());
-    }
-    s.writer.catch_up().await;
-    read(s.writer.state())
-        .org(id)
-        .map(|o| o.value.as_ref().clone())
+    s.find(|state| state.org(id).map(|o| o.value.as_ref().clone()))
+        .await
 }
 
 /// An organisation's session.

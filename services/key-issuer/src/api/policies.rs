@@ -89,13 +89,9 @@ async fn get_policy(
     Path(id): Path<String>,
 ) -> Result<axum::Json<Policy>, TykError> {
     check_id("polID", &id).map_err(invalid)?;
-    if let Some(p) = read(s.writer.state()).policy(&id) {
-        return Ok(axum::Json(p.value.as_ref().clone()));
-    }
-    s.writer.catch_up().await;
-    read(s.writer.state())
-        .policy(&id)
-        .map(|p| axum::Json(p.value.as_ref().clone()))
+    s.find(|state| state.policy(&id).map(|p| p.value.as_ref().clone()))
+        .await
+        .map(axum::Json)
         .ok_or_else(|| TykError::not_found(MISSING))
 }
 
