@@ -15,6 +15,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
       --bin meridian-inventory \
       --bin meridian-scheduler \
       --bin meridian-key-issuer \
+      --bin meridian-proxy \
       --bin meridian-agent \
  && mkdir -p /out \
  && cp target/release/meridian \
@@ -22,6 +23,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
        target/release/meridian-inventory \
        target/release/meridian-scheduler \
        target/release/meridian-key-issuer \
+       target/release/meridian-proxy \
        target/release/meridian-agent /out/
 
 # Runtime: slim Debian (glibc, CA roots for TLS to providers), non-root.
@@ -35,6 +37,6 @@ COPY --from=build /out/ /usr/local/bin/
 USER 10001:10001
 WORKDIR /var/lib/meridian
 ENV MERIDIAN_LOG=info
-# Each service's REST port; agents' gRPC; the agent's probe.
-EXPOSE 8000 8081 8082 8083 8084 50051 5959
+# Each service's REST port; the gateway's API traffic; agents' gRPC; the agent's probe.
+EXPOSE 8000 8080 8081 8082 8083 8084 8085 50051 5959
 CMD ["meridian", "--help"]

@@ -5,6 +5,7 @@
 pub mod fake_kube;
 pub mod pki;
 pub mod tyk;
+pub mod upstream;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

@@ -243,3 +243,33 @@ pub async fn start_key_issuer(
     let running = crate::serve_on_free_port("key-issuer", |http, stop| app.serve(http, stop)).await;
     (running, state)
 }
+
+/// A running proxy replica: its admin API and its data plane.
+pub struct Proxy {
+    /// The admin API (`/tyk/apis`, `/tyk/reload`, `/hello`).
+    pub admin: Running,
+    /// The data plane's base URL.
+    pub gateway: String,
+    /// Its replica id.
+    pub replica: uuid::Uuid,
+}
+
+/// Starts a proxy replica with the test secret; `tweak` adjusts its
+/// configuration.
+pub async fn start_proxy(nats: &Nats, tweak: impl FnOnce(&mut meridian_proxy::Config)) -> Proxy {
+    let mut config = meridian_proxy::Config::new(&nats.url(), GATEWAY_SECRET);
+    tweak(&mut config);
+    let app = meridian_proxy::App::build(config, &Metrics::new())
+        .await
+        .expect("build proxy");
+    let replica = app.replica();
+    let gateway = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway_url = format!("http://{}", gateway.local_addr().unwrap());
+    let admin =
+        crate::serve_on_free_port("proxy", |http, stop| app.serve(gateway, http, stop)).await;
+    Proxy {
+        admin,
+        gateway: gateway_url,
+        replica,
+    }
+}

@@ -8,9 +8,9 @@
 //!   spells a stream or subject name.
 //! - [`envelope`]: the versioned envelope every event travels in (postcard).
 //! - [`ids`]: id newtypes, including the deterministic API id.
-//! - [`agents`], [`sync`], [`lifecycle`], [`schedule`], [`keys`]: the event
-//!   types of the `AGENTS`, `AGENT_HEARTBEATS`, `SYNC`, `API_LIFECYCLE`,
-//!   `SCHEDULE` and `KEYS` streams.
+//! - [`agents`], [`sync`], [`lifecycle`], [`schedule`], [`keys`], [`apis`]:
+//!   the event types of the `AGENTS`, `AGENT_HEARTBEATS`, `SYNC`,
+//!   `API_LIFECYCLE`, `SCHEDULE`, `KEYS` and `APIS` streams.
 //! - [`public`]: the public events (CloudEvents JSON on `MERIDIAN_EVENTS`)
 //!   that outside consumers subscribe to, and their JSON Schemas.
 //! - [`commands`]: request/reply commands sent over core NATS between services.
@@ -20,6 +20,7 @@
 #![deny(missing_docs)]
 
 pub mod agents;
+pub mod apis;
 pub mod commands;
 pub mod envelope;
 pub mod ids;

@@ -26,6 +26,9 @@ pub const EVENTS: &str = "MERIDIAN_EVENTS";
 /// only by key-issuer (see [`crate::keys`]). Keys and secrets travel as
 /// SHA-256 hashes, never in clear.
 pub const KEYS: &str = "KEYS";
+/// API definitions of Meridian's gateway, written only by the proxy's admin
+/// side (see [`crate::apis`]).
+pub const APIS: &str = "APIS";
 
 /// Subject filter that captures a whole stream.
 pub fn stream_subjects(stream: &str) -> &'static str {
@@ -36,6 +39,7 @@ pub fn stream_subjects(stream: &str) -> &'static str {
         API_LIFECYCLE => "lifecycle.>",
         SCHEDULE => "schedule.>",
         KEYS => "keys.>",
+        APIS => "apis.>",
         EVENTS => ALL_EVENTS,
         other => panic!("unknown stream {other}"),
     }
@@ -148,6 +152,19 @@ impl KeysEntity {
 /// [`crate::commands::RecordTokens`]), and the answer comes once they are
 /// in `KEYS`.
 pub const RECORD_TOKENS_SUBJECT: &str = "meridian.keys.tokens.record";
+
+/// The `APIS` subject of one API definition (`id` escaped by
+/// [`escape_token`]). Writers publish expecting the whole stream's last
+/// sequence: a listen path must be unique among every API, so each change is
+/// decided on the complete table.
+pub fn api_definition_subject(api_id: &str) -> String {
+    format!("apis.def.{}", escape_token(api_id))
+}
+
+/// Core-NATS subject on which every proxy replica announces, about once a
+/// second and at once after each change it applied, how far it has folded
+/// `APIS` and `KEYS` (see [`crate::apis::ReplicaApplied`]).
+pub const PROXY_APPLIED_SUBJECT: &str = "meridian.proxy.applied";
 
 /// Every subject of the public stream.
 pub const ALL_EVENTS: &str = "events.>";

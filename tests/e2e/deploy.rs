@@ -52,11 +52,12 @@ fn dockerfile_binaries() -> BTreeSet<String> {
 }
 
 /// The hub's server binaries: each must run in compose and on Kubernetes.
-const SERVERS: [&str; 5] = [
+const SERVERS: [&str; 6] = [
     "meridian-agent-gateway",
     "meridian-inventory",
     "meridian-scheduler",
     "meridian-key-issuer",
+    "meridian-proxy",
     "meridian-agent",
 ];
 
@@ -78,6 +79,8 @@ struct Launch {
 struct Serves {
     http_port: Option<u16>,
     grpc_port: Option<u16>,
+    /// API traffic (the proxy's data plane).
+    traffic_port: Option<u16>,
     /// Other services it calls: (host, port).
     calls: Vec<(String, u16)>,
     electing: bool,
@@ -145,7 +148,7 @@ fn check(launch: &Launch) -> Serves {
                 http_port: Some(port_of(&c.http_addr)),
                 grpc_port: Some(port_of(&c.grpc_addr)),
                 calls: vec![host_port(&c.nats_url)],
-                electing: false,
+                ..Default::default()
             }
         }
         "meridian-inventory" => {
@@ -173,6 +176,21 @@ fn check(launch: &Launch) -> Serves {
             );
             served(&c.http_addr, &c.nats_url)
         }
+        "meridian-proxy" => {
+            assert!(args.is_empty(), "{at}: {args:?}");
+            let prefix = meridian_proxy::app::ENV_PREFIX;
+            let c: meridian_proxy::Config = from_vars(prefix, launch.env.clone())
+                .unwrap_or_else(|e| panic!("{at}: {}", e.message));
+            let secret = c.secret.as_ref().expect("Gateway API secret set");
+            assert!(
+                secret.expose().len() >= meridian_kit::tyk::MIN_SECRET_BYTES,
+                "{at}: Gateway API secret too short"
+            );
+            Serves {
+                traffic_port: Some(port_of(&c.listen)),
+                ..served(&c.http_addr, &c.nats_url)
+            }
+        }
         "meridian-agent" => {
             assert_eq!(args.len(), 2, "{at}: {args:?}");
             assert_eq!(args[0], "--config");
@@ -185,8 +203,10 @@ fn check(launch: &Launch) -> Serves {
             let hub = c.governance_dashboard.server.url.clone();
             let mut calls = vec![host_port(&hub)];
             for i in &c.instances {
-                if let Some(host) = i.config.get("host").and_then(Value::as_str) {
-                    calls.push(host_port(host));
+                for key in ["host", "url"] {
+                    if let Some(host) = i.config.get(key).and_then(Value::as_str) {
+                        calls.push(host_port(host));
+                    }
                 }
             }
             Serves {
@@ -229,7 +249,7 @@ fn check(launch: &Launch) -> Serves {
                     let env = |k: &str| launch.env.get(k).cloned().unwrap();
                     Serves {
                         http_port: Some(port_of(&env("MERIDIAN_ROUTE_LISTEN"))),
-                        calls: ["GATEWAY", "INVENTORY", "SCHEDULER", "KEY_ISSUER"]
+                        calls: ["GATEWAY", "INVENTORY", "SCHEDULER", "KEY_ISSUER", "PROXY"]
                             .map(|u| host_port(&env(&format!("MERIDIAN_ROUTE_{u}"))))
                             .to_vec(),
                         ..Default::default()
@@ -386,7 +406,7 @@ fn compose_runs_every_service_with_what_its_binary_accepts() {
             let container: u16 = container.parse().unwrap();
             let s = &serves[name];
             assert!(
-                [s.http_port, s.grpc_port].contains(&Some(container)),
+                [s.http_port, s.grpc_port, s.traffic_port].contains(&Some(container)),
                 "{name} publishes {container}, listens on {s:?}"
             );
         }
@@ -415,7 +435,7 @@ fn compose_runs_every_service_with_what_its_binary_accepts() {
                 .get(host)
                 .unwrap_or_else(|| panic!("{name} calls {host}, which compose does not run"));
             assert!(
-                [target.http_port, target.grpc_port].contains(&Some(*port)),
+                [target.http_port, target.grpc_port, target.traffic_port].contains(&Some(*port)),
                 "{name} calls {host}:{port}; it listens on {target:?}"
             );
         }
@@ -853,7 +873,7 @@ fn a_misspelt_manifest_field_is_caught() {
 #[test]
 fn help_and_readme_list_every_variable_of_each_service() {
     use meridian_kit::config::{fields, variables_help};
-    let services: [(&str, &str, &[&str], String); 4] = [
+    let services: [(&str, &str, &[&str], String); 5] = [
         (
             "meridian-agent-gateway",
             meridian_agent_gateway::app::ENV_PREFIX,
@@ -879,6 +899,12 @@ fn help_and_readme_list_every_variable_of_each_service() {
             meridian_key_issuer::app::ENV_PREFIX,
             fields::<meridian_key_issuer::Config>(),
             variables_help::<meridian_key_issuer::Config>(meridian_key_issuer::app::ENV_PREFIX),
+        ),
+        (
+            "meridian-proxy",
+            meridian_proxy::app::ENV_PREFIX,
+            fields::<meridian_proxy::Config>(),
+            variables_help::<meridian_proxy::Config>(meridian_proxy::app::ENV_PREFIX),
         ),
     ];
     let readme = read("README.md");

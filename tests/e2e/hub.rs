@@ -19,6 +19,7 @@ async fn one_url_serves_every_endpoint_and_the_openapi_document() {
         gateway_secret: tyk::GATEWAY_SECRET.into(),
         http_addr: "127.0.0.1:0".into(),
         grpc_addr: "127.0.0.1:0".into(),
+        gateway_addr: "127.0.0.1:0".into(),
         heartbeat_interval: Duration::from_secs(10),
     };
     let hub = start(config, stop.clone()).await.unwrap();

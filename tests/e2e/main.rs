@@ -9,6 +9,7 @@ mod events;
 mod hub;
 mod keys;
 mod observe;
+mod proxy;
 mod readme;
 mod restart;
 mod schedule;

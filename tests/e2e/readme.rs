@@ -66,12 +66,19 @@ fn readme_commands() -> Vec<String> {
 }
 
 /// `meridian up` on free ports with `dir/.meridian` as its data directory;
-/// returns the process and what it printed: hub URL, NATS URL, admin key,
-/// demo agent id.
+/// returns the process and what it printed: hub URL, NATS URL, gateway URL,
+/// admin key, demo agent id.
 async fn meridian_up(dir: &Path) -> (tokio::process::Child, BTreeMap<&'static str, String>) {
     let mut child = tokio::process::Command::new(workspace_binary("meridian"))
         .args(["up", "--data-dir", ".meridian"])
-        .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
+        .args([
+            "--http",
+            "127.0.0.1:0",
+            "--grpc",
+            "127.0.0.1:0",
+            "--gateway",
+            "127.0.0.1:0",
+        ])
         .current_dir(dir)
         .env_remove("MERIDIAN_API_KEY")
         .env_remove("MERIDIAN_GATEWAY_SECRET")
@@ -90,6 +97,7 @@ async fn meridian_up(dir: &Path) -> (tokio::process::Child, BTreeMap<&'static st
             match words.as_slice() {
                 ["REST", "API", url, ..] => printed.insert("hub", (*url).to_owned()),
                 ["NATS", url, ..] => printed.insert("nats", (*url).to_owned()),
+                ["gateway", url, ..] => printed.insert("gateway", (*url).to_owned()),
                 ["admin", "key", key, ..] => printed.insert("key", (*key).to_owned()),
                 ["demo", .., "agent", id] => {
                     printed.insert("demo agent", (*id).to_owned());
@@ -155,7 +163,8 @@ async fn every_readme_example_works_as_written() {
     let api = Api::new(hub_url, hub_url)
         .with_scheduler(hub_url)
         .with_key(Some(key));
-    api.wait_for_total("active", 5, Duration::from_secs(60))
+    // The demo provider's five, and the demo API `meridian up` defines on its gateway.
+    api.wait_for_total("active", 6, Duration::from_secs(60))
         .await;
     let some_api = api.apis("active").await[0]["id"]
         .as_str()
@@ -179,7 +188,9 @@ async fn every_readme_example_works_as_written() {
             eprintln!("README example not run here (see SKIPPED): {command}");
             continue;
         }
-        let mut line = command.replace("http://127.0.0.1:8000", hub_url);
+        let mut line = command
+            .replace("http://127.0.0.1:8000", hub_url)
+            .replace("http://127.0.0.1:8080", &printed["gateway"]);
         for (placeholder, id) in &ids {
             line = line.replace(placeholder, id);
         }

@@ -10,7 +10,8 @@ use tokio::sync::watch;
 
 use crate::config::{AgentConfig, ConfigError, LogLevel, ProviderSettings};
 use crate::election::{Elector, Role, Timings};
-use crate::providers::{ProviderConfig, Source, aws::AwsApiGateway, tyk::TykDashboard};
+use crate::providers::tyk::{MeridianGateway, TykDashboard};
+use crate::providers::{ProviderConfig, Source, aws::AwsApiGateway};
 use crate::{probe, session, tls};
 
 /// Why the agent cannot start with its configuration (it exits with
@@ -205,6 +206,11 @@ fn providers(config: &AgentConfig) -> Result<Vec<ProviderConfig>, StartError> {
                 ProviderSettings::Tyk(t) => Arc::new(TykDashboard {
                     host: t.host,
                     key: t.auth.expose().to_owned(),
+                    http: http.clone(),
+                }),
+                ProviderSettings::Meridian(m) => Arc::new(MeridianGateway {
+                    url: m.url,
+                    secret: m.secret.expose().to_owned(),
                     http: http.clone(),
                 }),
                 ProviderSettings::Aws(a) => Arc::new(AwsApiGateway::new(

@@ -261,7 +261,7 @@ fn default_lease_name() -> String {
 pub struct Instance {
     /// Provider name reported to the hub.
     pub name: String,
-    /// `tyk` or `aws`.
+    /// `tyk`, `aws` or `meridian`.
     #[serde(rename = "type")]
     pub provider_type: String,
     /// Provider-specific settings, checked by [`ProviderSettings::parse`].
@@ -285,6 +285,8 @@ pub enum ProviderSettings {
     Tyk(TykSettings),
     /// AWS API Gateway.
     Aws(AwsSettings),
+    /// Meridian's own gateway (the proxy's `/tyk/apis`).
+    Meridian(MeridianSettings),
 }
 
 /// `config` of a `tyk` instance.
@@ -295,6 +297,17 @@ pub struct TykSettings {
     pub host: String,
     /// The Dashboard API key (sent raw in `Authorization`).
     pub auth: Secret,
+}
+
+/// `config` of a `meridian` instance: Meridian's own gateway, read through
+/// the Gateway API as any Tyk Gateway.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeridianSettings {
+    /// The hub's (or the proxy's admin) URL.
+    pub url: String,
+    /// The Gateway API secret (sent in `x-tyk-authorization`).
+    pub secret: Secret,
 }
 
 /// `config` of an `aws` instance.
@@ -316,7 +329,7 @@ pub struct AwsSettings {
 }
 
 /// Provider types this agent knows.
-pub const PROVIDER_TYPES: [&str; 2] = ["tyk", "aws"];
+pub const PROVIDER_TYPES: [&str; 3] = ["tyk", "aws", "meridian"];
 
 impl ProviderSettings {
     /// Checks instance `index`'s `config` against its type.
@@ -326,6 +339,7 @@ impl ProviderSettings {
             match instance.provider_type.as_str() {
                 "tyk" => typed_value::<TykSettings>(v, &at).map(Self::Tyk),
                 "aws" => typed_value::<AwsSettings>(v, &at).map(Self::Aws),
+                "meridian" => typed_value::<MeridianSettings>(v, &at).map(Self::Meridian),
                 other => Err(error(
                     format!("instances[{index}].type"),
                     format!(
@@ -340,6 +354,10 @@ impl ProviderSettings {
             Self::Tyk(t) if t.host.is_empty() => Err(error(format!("{at}.host"), "is required")),
             Self::Tyk(t) if t.auth.expose().is_empty() => {
                 Err(error(format!("{at}.auth"), "is required"))
+            }
+            Self::Meridian(m) if m.url.is_empty() => Err(error(format!("{at}.url"), "is required")),
+            Self::Meridian(m) if m.secret.expose().is_empty() => {
+                Err(error(format!("{at}.secret"), "is required"))
             }
             Self::Aws(a) if a.region.is_empty() => {
                 Err(error(format!("{at}.region"), "is required"))

@@ -62,7 +62,8 @@ pub struct ModifyKey {
 }
 
 impl ModifyKey {
-    fn new(key: impl Into<String>, action: &str) -> Self {
+    /// `{"key": key, "status": "ok", "action": action}`.
+    pub fn new(key: impl Into<String>, action: &str) -> Self {
         Self {
             key: key.into(),
             status: "ok".into(),

@@ -29,7 +29,7 @@ use crate::domain::KeysState;
 pub const ENV_PREFIX: &str = "MERIDIAN_KEY_ISSUER__";
 
 /// Shortest Gateway API secret accepted, in bytes.
-pub const MIN_SECRET_BYTES: usize = 16;
+pub use meridian_kit::tyk::MIN_SECRET_BYTES;
 
 /// Configuration (`MERIDIAN_KEY_ISSUER__<FIELD>`).
 #[derive(Debug, Clone, Deserialize)]
@@ -127,27 +127,7 @@ impl App {
     /// Checks configuration, connects, creates the streams. Series go to
     /// `metrics` (one per service instance; the hub shares one).
     pub async fn build(config: Config, metrics: &Metrics) -> Result<Self, AppError> {
-        let secret = config
-            .secret
-            .as_ref()
-            .filter(|s| !s.expose().is_empty())
-            .ok_or_else(|| ConfigError {
-                message: format!(
-                    "set {ENV_PREFIX}SECRET to the Gateway API secret (x-tyk-authorization), \
-                     at least {MIN_SECRET_BYTES} bytes"
-                ),
-            })?;
-        if secret.expose().len() < MIN_SECRET_BYTES {
-            return Err(ConfigError {
-                message: format!(
-                    "{ENV_PREFIX}SECRET is {} bytes; the Gateway API secret must be at least \
-                     {MIN_SECRET_BYTES}",
-                    secret.expose().len()
-                ),
-            }
-            .into());
-        }
-        let secret = ApiKey::new(secret.expose());
+        let secret = tyk::secret_from_config(config.secret.as_ref(), ENV_PREFIX)?;
         let client = bus::connect(
             &config.nats_url,
             "meridian-key-issuer",

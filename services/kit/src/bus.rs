@@ -3,7 +3,9 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use async_nats::header::{HeaderMap, NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, NATS_MESSAGE_ID};
+use async_nats::header::{
+    HeaderMap, NATS_EXPECTED_LAST_SEQUENCE, NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, NATS_MESSAGE_ID,
+};
 use async_nats::jetstream::{self, context::PublishAckFuture, publish::PublishAck, stream};
 use meridian_schemas::commands;
 use meridian_schemas::envelope::{HEADER_EVENT_TYPE, HEADER_SCHEMA_VERSION};
@@ -282,13 +284,39 @@ impl Publisher {
         meta: EventMeta,
         expected_last: u64,
     ) -> Result<PublishAck, BusError> {
+        self.publish_checked(
+            event,
+            meta,
+            NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            expected_last,
+        )
+        .await
+    }
+
+    /// Like [`Publisher::publish_expecting`], but the whole stream's last
+    /// sequence must be `expected_last`: for decisions that depend on every
+    /// entity of the stream (a listen path unique among all APIs).
+    pub async fn publish_expecting_stream<E: Event>(
+        &self,
+        event: &E,
+        meta: EventMeta,
+        expected_last: u64,
+    ) -> Result<PublishAck, BusError> {
+        self.publish_checked(event, meta, NATS_EXPECTED_LAST_SEQUENCE, expected_last)
+            .await
+    }
+
+    async fn publish_checked<E: Event>(
+        &self,
+        event: &E,
+        meta: EventMeta,
+        header: async_nats::header::HeaderName,
+        expected_last: u64,
+    ) -> Result<PublishAck, BusError> {
         let subject = event.subject();
         let mut headers = self.headers(event);
         crate::telemetry::inject_nats(&mut headers, meta.traceparent.as_deref());
-        headers.insert(
-            NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
-            expected_last.to_string().as_str(),
-        );
+        headers.insert(header, expected_last.to_string().as_str());
         let payload = Envelope::wrap(event, meta).to_bytes();
         let fut = self
             .js

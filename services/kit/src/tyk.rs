@@ -15,6 +15,36 @@ use crate::http::{ApiError, ApiKey, ErrorCode};
 /// The header carrying the Gateway API secret.
 pub const SECRET_HEADER: &str = "x-tyk-authorization";
 
+/// Shortest Gateway API secret accepted, in bytes.
+pub const MIN_SECRET_BYTES: usize = 16;
+
+/// The Gateway API secret from a service's configuration (`prefix` names
+/// its variables): required, at least [`MIN_SECRET_BYTES`].
+pub fn secret_from_config(
+    secret: Option<&crate::config::Secret>,
+    prefix: &str,
+) -> Result<ApiKey, crate::config::ConfigError> {
+    let secret =
+        secret
+            .filter(|s| !s.expose().is_empty())
+            .ok_or_else(|| crate::config::ConfigError {
+                message: format!(
+                    "set {prefix}SECRET to the Gateway API secret (x-tyk-authorization), \
+                 at least {MIN_SECRET_BYTES} bytes"
+                ),
+            })?;
+    if secret.expose().len() < MIN_SECRET_BYTES {
+        return Err(crate::config::ConfigError {
+            message: format!(
+                "{prefix}SECRET is {} bytes; the Gateway API secret must be at least \
+                 {MIN_SECRET_BYTES}",
+                secret.expose().len()
+            ),
+        });
+    }
+    Ok(ApiKey::new(secret.expose()))
+}
+
 /// Tyk's answer to a missing or wrong secret (403).
 pub const BAD_SECRET: &str = "Attempted administrative access with invalid or missing key!";
 

@@ -1,5 +1,6 @@
-//! The hub in one process: agent-gateway, inventory, scheduler and key-issuer side by side, every
-//! REST endpoint on one URL (routed by path), one OpenAPI document for all.
+//! The hub in one process: agent-gateway, inventory, scheduler, key-issuer and the proxy side by
+//! side, every REST endpoint on one URL (routed by path), one OpenAPI document for all, and the
+//! proxy's data plane on its own address.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,6 +29,8 @@ pub struct HubConfig {
     pub http_addr: String,
     /// gRPC address for agents.
     pub grpc_addr: String,
+    /// The proxy's data plane (API traffic).
+    pub gateway_addr: String,
     /// Heartbeat interval expected from agents.
     pub heartbeat_interval: Duration,
 }
@@ -38,6 +41,8 @@ pub struct RunningHub {
     pub http_addr: SocketAddr,
     /// Where agents connect.
     pub grpc_addr: SocketAddr,
+    /// Where API clients connect (the proxy's data plane).
+    pub gateway_addr: SocketAddr,
     stop: CancellationToken,
     tasks: Vec<Task>,
 }
@@ -68,15 +73,23 @@ pub async fn start(config: HubConfig, stop: CancellationToken) -> anyhow::Result
     )
     .await?;
 
+    let proxy = meridian_proxy::App::build(
+        meridian_proxy::Config::new(&config.nats_url, &config.gateway_secret),
+        &metrics,
+    )
+    .await?;
+
     let mut checks = gateway.ready_checks();
     checks.extend(inventory.ready_checks());
     checks.extend(scheduler.ready_checks());
     checks.extend(key_issuer.ready_checks());
+    checks.extend(proxy.ready_checks());
     let api = OpenApiRouter::new()
         .merge(gateway.api())
         .merge(inventory.api())
         .merge(scheduler.api())
-        .merge(key_issuer.api());
+        .merge(key_issuer.api())
+        .merge(proxy.api());
     let router = http::service_router(api, checks, "Meridian hub", &metrics);
 
     let http_listener = tokio::net::TcpListener::bind(&config.http_addr)
@@ -85,6 +98,15 @@ pub async fn start(config: HubConfig, stop: CancellationToken) -> anyhow::Result
     let grpc_listener = tokio::net::TcpListener::bind(&config.grpc_addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {} for agents: {e}", config.grpc_addr))?;
+    let gateway_listener = tokio::net::TcpListener::bind(&config.gateway_addr)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {} for API traffic: {e}",
+                config.gateway_addr
+            )
+        })?;
+    let gateway_addr = gateway_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
     let grpc_addr = grpc_listener.local_addr()?;
 
@@ -97,10 +119,15 @@ pub async fn start(config: HubConfig, stop: CancellationToken) -> anyhow::Result
         task("inventory", inventory.run_until_stopped(stop.clone())),
         task("scheduler", scheduler.run_until_stopped(stop.clone())),
         task("key-issuer", key_issuer.run_until_stopped(stop.clone())),
+        task(
+            "proxy",
+            proxy.run_until_stopped(gateway_listener, stop.clone()),
+        ),
     ];
     Ok(RunningHub {
         http_addr,
         grpc_addr,
+        gateway_addr,
         stop,
         tasks,
     })

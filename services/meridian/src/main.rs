@@ -82,6 +82,14 @@ enum Command {
             default_value = "http://127.0.0.1:8084"
         )]
         key_issuer: String,
+        /// The proxy's admin URL (the Tyk Gateway API's API definitions,
+        /// reload and `/hello`).
+        #[arg(
+            long,
+            env = "MERIDIAN_ROUTE_PROXY",
+            default_value = "http://127.0.0.1:8085"
+        )]
+        proxy: String,
     },
     /// Serve a demo Tyk-Dashboard-compatible provider with sample APIs.
     DemoProvider {
@@ -148,12 +156,14 @@ async fn main() -> anyhow::Result<()> {
             inventory,
             scheduler,
             key_issuer,
+            proxy,
         } => {
             let upstreams = [
                 ("agent-gateway", gateway),
                 ("inventory", inventory),
                 ("scheduler", scheduler),
                 ("key-issuer", key_issuer),
+                ("proxy", proxy),
             ]
             .into_iter()
             .map(|(name, url)| route::Upstream {

@@ -10,7 +10,8 @@ use meridian_kit::nats_server::{self, NatsServer};
 
 use crate::demo_provider::{self, DemoProvider};
 use crate::hub::{self, HubConfig};
-use meridian_agent::providers::{ProviderConfig, tyk::TykDashboard};
+use meridian_agent::providers::ProviderConfig;
+use meridian_agent::providers::tyk::{MeridianGateway, TykDashboard};
 use meridian_agent::session::{self, SessionConfig};
 
 /// Options of `meridian up`.
@@ -28,6 +29,9 @@ pub struct UpArgs {
     /// gRPC address for agents.
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub grpc: String,
+    /// The gateway's data plane: where API clients send their requests.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub gateway: String,
     /// Do not start the demo provider and agent.
     #[arg(long)]
     pub no_demo: bool,
@@ -93,6 +97,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         gateway_secret: gateway_secret.clone(),
         http_addr: args.http.clone(),
         grpc_addr: args.grpc.clone(),
+        gateway_addr: args.gateway.clone(),
         heartbeat_interval: Duration::from_secs(10),
     };
     let running = hub::start(config, stop.clone()).await?;
@@ -100,6 +105,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     println!("\nMeridian hub is up");
     println!("  REST API   {hub_url}   (docs: {hub_url}/api/docs)");
     println!("  agents     {} (gRPC)", running.grpc_addr);
+    println!(
+        "  gateway    http://{}   (API traffic; definitions at {hub_url}/tyk/apis)",
+        running.gateway_addr
+    );
     println!("  NATS       {nats_url}");
     if generated {
         let kept = args.data_dir.join(ADMIN_KEY_FILE);
@@ -123,13 +132,14 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             &hub_url,
             &api_key,
             &running.grpc_addr.to_string(),
+            &gateway_secret,
             &args.data_dir,
             stop.clone(),
         )
         .await
         .context("starting the demo provider and agent")?;
         println!(
-            "  demo       provider {} with {} APIs, agent {}",
+            "  demo       provider {} with {} APIs, agent {} (it also reports the gateway's APIs)",
             demo.0,
             demo_provider::sample_apis().len(),
             demo.1
@@ -195,10 +205,14 @@ impl Drop for RunningMarker {
 
 /// Starts the demo provider and the demo agent (registered through the REST
 /// API like any other agent; its id is kept in `data_dir/demo-agent-id`).
+/// The agent reports two providers: the demo Tyk Dashboard, and the hub's
+/// own gateway (given one keyless API in front of the demo provider, the
+/// first time).
 async fn start_demo(
     hub_url: &str,
     api_key: &str,
     grpc: &str,
+    gateway_secret: &str,
     data_dir: &Path,
     stop: CancellationToken,
 ) -> anyhow::Result<(String, String)> {
@@ -244,15 +258,69 @@ async fn start_demo(
         key: provider_key,
         http: reqwest::Client::new(),
     };
+    demo_gateway_api(hub_url, gateway_secret, &provider_url).await?;
+    let gateway = MeridianGateway {
+        url: hub_url.to_owned(),
+        secret: gateway_secret.to_owned(),
+        http: reqwest::Client::new(),
+    };
     let config = SessionConfig::new(
         &format!("http://{grpc}"),
         &token,
-        vec![ProviderConfig {
-            name: "demo-tyk".into(),
-            provider_type: "tyk".into(),
-            source: Arc::new(source),
-        }],
+        vec![
+            ProviderConfig {
+                name: "demo-tyk".into(),
+                provider_type: "tyk".into(),
+                source: Arc::new(source),
+            },
+            ProviderConfig {
+                name: "meridian-gateway".into(),
+                provider_type: "meridian".into(),
+                source: Arc::new(gateway),
+            },
+        ],
     );
     tokio::spawn(session::run_until_stopped(config, stop));
     Ok((provider_url, agent_id))
+}
+
+/// The id of the API `meridian up` defines on its gateway.
+pub const DEMO_GATEWAY_API: &str = "demo-catalogue";
+
+/// Defines (or redefines) the demo API on the hub's gateway: keyless,
+/// `/demo/` in front of the demo provider.
+async fn demo_gateway_api(hub_url: &str, secret: &str, provider_url: &str) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let url = format!("{hub_url}/tyk/apis/{DEMO_GATEWAY_API}");
+    let existing = http
+        .get(&url)
+        .header("x-tyk-authorization", secret)
+        .send()
+        .await?;
+    let definition = serde_json::json!({
+        "api_id": DEMO_GATEWAY_API,
+        "name": "Demo catalogue",
+        "org_id": "demo-org",
+        "use_keyless": true,
+        "proxy": {"listen_path": "/demo/", "target_url": provider_url, "strip_listen_path": true},
+        "version_data": {"not_versioned": true, "versions": {"Default": {"name": "Default"}}},
+    });
+    // The demo provider listens on a new port at each start: replace the
+    // definition kept from the last run.
+    let request = if existing.status().is_success() {
+        http.put(&url)
+    } else {
+        http.post(format!("{hub_url}/tyk/apis"))
+    };
+    let created = request
+        .header("x-tyk-authorization", secret)
+        .json(&definition)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        created.status().is_success(),
+        "defining the demo API on the gateway: {}",
+        created.text().await.unwrap_or_default()
+    );
+    Ok(())
 }

@@ -3,6 +3,9 @@
 //! says how many pages there are). Classic and OAS APIs alike: an OAS API
 //! comes with its OpenAPI document under `oas`, which becomes the
 //! definition's `openapi`.
+//!
+//! Meridian's own gateway (and any Tyk Gateway) is read the same way
+//! through the Gateway API's `GET /tyk/apis` ([`MeridianGateway`]).
 
 use futures_util::future::BoxFuture;
 use meridian_schemas::proto::ApiDefinition;
@@ -71,6 +74,61 @@ impl Source for TykDashboard {
                 url: format!("{base}/api/apis"),
                 pages: MAX_PAGES,
             })
+        })
+    }
+}
+
+/// Meridian's own gateway (or any Tyk Gateway): `GET /tyk/apis` with the
+/// Gateway API secret in `x-tyk-authorization`; one answer, the list of
+/// classic API definitions.
+pub struct MeridianGateway {
+    /// The hub's or the proxy's admin URL.
+    pub url: String,
+    /// The Gateway API secret.
+    pub secret: String,
+    /// HTTP client.
+    pub http: reqwest::Client,
+}
+
+impl Source for MeridianGateway {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ApiDefinition>, ProviderError>> {
+        Box::pin(async move {
+            let url = format!("{}/tyk/apis", self.url.trim_end_matches('/'));
+            let response = self
+                .http
+                .get(&url)
+                .header("x-tyk-authorization", &self.secret)
+                .send()
+                .await
+                .map_err(|source| ProviderError::Unreachable {
+                    url: url.clone(),
+                    source,
+                })?;
+            let status = response.status();
+            if !status.is_success() {
+                return Err(ProviderError::Status {
+                    url,
+                    status,
+                    excerpt: String::new(),
+                });
+            }
+            let garbage = |why: String| ProviderError::Garbage {
+                url: url.clone(),
+                why,
+            };
+            let body: Value = response
+                .json()
+                .await
+                .map_err(|e| garbage(format!("not a Gateway API answer: {e}")))?;
+            let apis = body
+                .as_array()
+                .ok_or_else(|| garbage("the answer is not a list of API definitions".into()))?;
+            apis.iter()
+                .map(|d| {
+                    normalize_tyk(&serde_json::json!({ "api_definition": d }))
+                        .map_err(|e| garbage(e.to_string()))
+                })
+                .collect()
         })
     }
 }

@@ -1,0 +1,477 @@
+//! The data plane: HTTP/1.1 from clients, forwarded to each API's upstream
+//! over pooled keep-alive connections (HTTP/1.1, `https`, or h2c), bodies
+//! streamed both ways. A request reads the routing table and the key view
+//! from this replica's folds, holding each lock only while it looks (never
+//! across an await), so the hot path touches no network but the upstream.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::uri::PathAndQuery;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use meridian_key_issuer::adapters::fold::{Shared as SharedKeys, read as read_keys};
+use meridian_key_issuer::domain::hash_secret;
+use meridian_kit::CancellationToken;
+use meridian_kit::metrics::{Counter, Family, Labels, Metrics};
+
+use super::fold::{SharedApis, read};
+use super::upstream::{Affinity, Http1Pool};
+use crate::domain::Route;
+use crate::domain::access::{
+    KeyInput, Patterns, Refusal, VersionInput, check_key, first_segment, key_from_header,
+    resolve_version,
+};
+use crate::domain::routes::{VersionLocation, Versioning, join_path};
+
+/// What the data plane answers with: the upstream's streamed body, or one
+/// of its own small JSON errors.
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+/// Timeouts towards upstreams.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// To open a connection.
+    pub connect: Duration,
+    /// From sending a request to the upstream's response headers.
+    pub read: Duration,
+}
+
+/// Tyk's answer when the upstream cannot be reached (502).
+pub const UPSTREAM_FAILED: &str = "There was a problem proxying the request";
+/// Tyk's answer when the upstream is too slow (504).
+pub const UPSTREAM_TIMED_OUT: &str = "Upstream service reached hard timeout.";
+
+/// The data plane of one replica.
+pub struct DataPlane {
+    apis: SharedApis,
+    keys: SharedKeys,
+    patterns: Patterns,
+    plain: Arc<Http1Pool>,
+    http: Client<HttpsConnector<HttpConnector>, Incoming>,
+    h2c: Client<HttpConnector, Incoming>,
+    timeouts: Timeouts,
+    answered: Family<Labels, Counter>,
+}
+
+fn connector(timeouts: Timeouts) -> HttpConnector {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(timeouts.connect));
+    http
+}
+
+fn tls_connector(timeouts: Timeouts) -> HttpsConnector<HttpConnector> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = match hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_native_roots(provider.clone())
+    {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "no system CA certificates: https upstreams will not verify");
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map(|b| {
+                    b.with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth()
+                });
+            match config {
+                Ok(config) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config),
+                Err(e) => panic!("the TLS provider offers no protocol version: {e}"),
+            }
+        }
+    };
+    builder
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector(timeouts))
+}
+
+/// A JSON error in Tyk's data-plane shape: `{"error": "..."}`.
+pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": message }).to_string();
+    let mut res = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+/// Hop-by-hop headers (RFC 9110 7.6.1, and what proxies commonly drop).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, and those the `Connection` header names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove("proxy-connection");
+}
+
+fn now_s() -> i64 {
+    meridian_kit::time::now_ms() / 1000
+}
+
+impl DataPlane {
+    /// A data plane over the replica's folds. Its counter of answers goes
+    /// to `metrics`.
+    pub fn new(apis: SharedApis, keys: SharedKeys, timeouts: Timeouts, metrics: &Metrics) -> Self {
+        let pool = |b: &mut hyper_util::client::legacy::Builder| {
+            b.pool_timer(TokioTimer::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .timer(TokioTimer::new());
+        };
+        let mut http = Client::builder(TokioExecutor::new());
+        pool(&mut http);
+        let mut h2c = Client::builder(TokioExecutor::new());
+        pool(&mut h2c);
+        h2c.http2_only(true);
+        Self {
+            apis,
+            keys,
+            patterns: Patterns::default(),
+            plain: Http1Pool::new(timeouts.connect),
+            http: http.build(tls_connector(timeouts)),
+            h2c: h2c.build(connector(timeouts)),
+            timeouts,
+            answered: metrics.counters(
+                "meridian_gateway_requests",
+                "Requests answered by the gateway's data plane, by API (or none) and status class.",
+            ),
+        }
+    }
+
+    fn count(&self, api: &str, status: StatusCode) {
+        let class = match status.as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.answered
+            .get_or_create(&vec![("api", api.to_owned()), ("status", class.to_owned())])
+            .inc();
+    }
+
+    /// Answers one request from `peer`, on the client connection whose
+    /// upstream connections `affinity` holds.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        affinity: &Affinity,
+    ) -> Response<Body> {
+        let route = read(&self.apis).table().lookup(req.uri().path()).cloned();
+        let Some(route) = route else {
+            self.count("", StatusCode::NOT_FOUND);
+            return error_response(StatusCode::NOT_FOUND, "No API listens on this path");
+        };
+        let res = match self.admit(&req, &route) {
+            Ok(version_segment) => {
+                self.forward(req, &route, version_segment, peer, affinity)
+                    .await
+            }
+            Err(refusal) => error_response(refusal.status(), refusal.message()),
+        };
+        self.count(&route.api_id, res.status());
+        res
+    }
+
+    /// Version and key checks. Returns whether the version's path segment
+    /// is to be removed before forwarding.
+    fn admit(&self, req: &Request<Incoming>, route: &Route) -> Result<bool, Refusal> {
+        let path = req.uri().path();
+        let rest = &path[route.listen_path.len().min(path.len())..];
+        let now = now_s();
+        let header = match &route.versioning {
+            Versioning::By {
+                location: VersionLocation::Header(name),
+                ..
+            } => req.headers().get(name).and_then(|v| v.to_str().ok()),
+            _ => None,
+        };
+        let version = resolve_version(
+            route,
+            &VersionInput {
+                header,
+                query: req.uri().query(),
+                rest,
+            },
+            now,
+        )?;
+        if !route.keyless {
+            let key = req
+                .headers()
+                .get(&route.auth_header)
+                .and_then(|v| v.to_str().ok())
+                .and_then(key_from_header)
+                .ok_or(Refusal::KeyMissing)?;
+            let key_hash = hash_secret(key);
+            let input = KeyInput {
+                key_hash: &key_hash,
+                version: version.as_deref(),
+                path,
+                method: req.method().as_str(),
+                now_s: now,
+            };
+            check_key(&read_keys(&self.keys), route, &input, &self.patterns)?;
+        }
+        let strip_segment = match &route.versioning {
+            Versioning::By {
+                location: VersionLocation::Url,
+                strip: true,
+                ..
+            } => version
+                .as_deref()
+                .is_some_and(|v| first_segment(rest) == Some(v)),
+            _ => false,
+        };
+        Ok(strip_segment)
+    }
+
+    /// The upstream path and query of a request.
+    fn upstream_path(route: &Route, uri: &Uri, strip_segment: bool) -> Option<PathAndQuery> {
+        let path = uri.path();
+        let mut rest = &path[route.listen_path.len().min(path.len())..];
+        if strip_segment && let Some(segment) = first_segment(rest) {
+            rest = &rest[1 + segment.len()..];
+        }
+        let mut target = if route.strip_listen_path {
+            join_path(&route.upstream.base_path, rest)
+        } else {
+            let mut full = String::with_capacity(route.listen_path.len() + rest.len());
+            full.push_str(&route.listen_path);
+            full.push_str(rest);
+            join_path(&route.upstream.base_path, &full)
+        };
+        if let Some(q) = uri.query() {
+            target.push('?');
+            target.push_str(q);
+        }
+        PathAndQuery::try_from(target).ok()
+    }
+
+    /// The absolute upstream URI of a request (for the pooled client).
+    fn upstream_uri(route: &Route, uri: &Uri, strip_segment: bool) -> Option<Uri> {
+        Uri::builder()
+            .scheme(route.upstream.scheme.clone())
+            .authority(route.upstream.authority.clone())
+            .path_and_query(Self::upstream_path(route, uri, strip_segment)?)
+            .build()
+            .ok()
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        route: &Route,
+        strip_segment: bool,
+        peer: SocketAddr,
+        affinity: &Affinity,
+    ) -> Response<Body> {
+        let (mut parts, body) = req.into_parts();
+        let plain = !route.upstream.h2c && route.upstream.scheme == hyper::http::uri::Scheme::HTTP;
+        let uri = if plain {
+            Self::upstream_path(route, &parts.uri, strip_segment).map(Uri::from)
+        } else {
+            Self::upstream_uri(route, &parts.uri, strip_segment)
+        };
+        let Some(uri) = uri else {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "The request path cannot be forwarded",
+            );
+        };
+        parts.uri = uri;
+        let headers = &mut parts.headers;
+        remove_hop_by_hop(headers);
+        if !route.preserve_host || route.upstream.h2c {
+            headers.remove(header::HOST);
+        }
+        if plain && !headers.contains_key(header::HOST) {
+            // The pooled client sets Host from the URI; a kept connection
+            // is sent an origin-form URI, so it is set here.
+            if let Ok(host) = HeaderValue::from_str(route.upstream.authority.as_str()) {
+                headers.insert(header::HOST, host);
+            }
+        }
+        let client_ip = peer.ip().to_string();
+        let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prior) => format!("{prior}, {client_ip}"),
+            None => client_ip,
+        };
+        if let Ok(v) = HeaderValue::try_from(forwarded_for) {
+            headers.insert("x-forwarded-for", v);
+        }
+        if !headers.contains_key("x-forwarded-proto") {
+            headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        }
+        let mut req = Request::from_parts(parts, body);
+        let read = self.timeouts.read;
+        let sent = if plain {
+            *req.version_mut() = Version::HTTP_11;
+            tokio::time::timeout(read, affinity.send(&route.upstream.authority, req))
+                .await
+                .map(|r| r.map_err(|e| e.to_string()))
+        } else if route.upstream.h2c {
+            *req.version_mut() = Version::HTTP_2;
+            tokio::time::timeout(read, self.h2c.request(req))
+                .await
+                .map(|r| r.map_err(|e| e.to_string()))
+        } else {
+            *req.version_mut() = Version::HTTP_11;
+            tokio::time::timeout(read, self.http.request(req))
+                .await
+                .map(|r| r.map_err(|e| e.to_string()))
+        };
+        match sent {
+            Ok(Ok(res)) => {
+                let (mut parts, body) = res.into_parts();
+                remove_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, Either::Left(body))
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(api = %route.api_id, upstream = %route.upstream.authority, error = %e, "upstream request failed");
+                error_response(StatusCode::BAD_GATEWAY, UPSTREAM_FAILED)
+            }
+            Err(_) => {
+                tracing::warn!(api = %route.api_id, upstream = %route.upstream.authority, timeout = ?read, "upstream did not answer in time");
+                error_response(StatusCode::GATEWAY_TIMEOUT, UPSTREAM_TIMED_OUT)
+            }
+        }
+    }
+
+    /// Serves clients on `listener` until `stop`; then stops accepting,
+    /// lets requests in flight finish (up to `grace`) and returns.
+    pub async fn serve_until_stopped(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        stop: CancellationToken,
+        grace: Duration,
+    ) -> std::io::Result<()> {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.keep_alive(true).timer(TokioTimer::new());
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = stop.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!(error = %e, "cannot accept a connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let plane = self.clone();
+            let affinity = Arc::new(Affinity::new(self.plain.clone()));
+            let service = service_fn(move |req| {
+                let plane = plane.clone();
+                let affinity = affinity.clone();
+                async move { Ok::<_, Infallible>(plane.handle(req, peer, &affinity).await) }
+            });
+            let conn = http.serve_connection(TokioIo::new(stream), service);
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "client connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        if tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?grace,
+                "some gateway connections were still busy at shutdown"
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn upstream_uris_strip_and_join_as_tyk_does() {
+        let route = |v: serde_json::Value| {
+            crate::domain::routes::compile(&serde_json::from_value(v).unwrap()).unwrap()
+        };
+        let plain = route(serde_json::json!({
+            "proxy": {"listen_path": "/pets/", "target_url": "http://up:9/base/", "strip_listen_path": true},
+            "version_data": {"not_versioned": true}}));
+        let at = |r: &Route, uri: &str, strip: bool| {
+            DataPlane::upstream_uri(r, &uri.parse().unwrap(), strip)
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(at(&plain, "/pets/1?x=2", false), "http://up:9/base/1?x=2");
+        assert_eq!(at(&plain, "/pets", false), "http://up:9/base");
+        let kept = route(serde_json::json!({
+            "proxy": {"listen_path": "/pets/", "target_url": "http://up:9"},
+            "definition": {"location": "url", "strip_versioning_data": true},
+            "version_data": {"versions": {"v1": {}}}}));
+        assert_eq!(at(&kept, "/pets/v1/cats", true), "http://up:9/pets/cats");
+        assert_eq!(
+            at(&kept, "/pets/v1/cats", false),
+            "http://up:9/pets/v1/cats"
+        );
+    }
+}

@@ -1,0 +1,163 @@
+//! Plain HTTP/1.1 connections to upstreams, kept alive and reused with
+//! affinity: a client connection keeps the upstream connection its last
+//! request used and sends its next request there, with no lock and no task
+//! per request; when the client connection ends, its upstream connections go
+//! back to a shared idle pool for the next client connection.
+//!
+//! Measured reason for not using hyper-util's pooled client on this path:
+//! its checkout, and the task it spawns per request to return a
+//! connection, cost about a tenth of the proxy's throughput against nginx
+//! (`../shared/DEPENDENCIES.md`; the `proxy-bench` table shows both). h2c and
+//! `https` upstreams still go through hyper-util's client.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::http::uri::Authority;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+
+/// Most idle connections kept per upstream.
+const MAX_IDLE_PER_UPSTREAM: usize = 512;
+
+/// Why an upstream request got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be opened (refused, unreachable, timed out).
+    #[error("cannot connect to {authority}: {reason}")]
+    Connect {
+        /// The upstream.
+        authority: Authority,
+        /// Why.
+        reason: String,
+    },
+    /// The request failed on an open connection.
+    #[error(transparent)]
+    Request(#[from] hyper::Error),
+}
+
+/// Idle upstream connections shared by every client connection.
+pub struct Http1Pool {
+    idle: Mutex<HashMap<Authority, Vec<SendRequest<Incoming>>>>,
+    connect_timeout: Duration,
+}
+
+impl Http1Pool {
+    /// An empty pool; new connections get `connect_timeout`.
+    pub fn new(connect_timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            idle: Mutex::default(),
+            connect_timeout,
+        })
+    }
+
+    fn take_idle(&self, authority: &Authority) -> Option<SendRequest<Incoming>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(authority)?;
+        while let Some(sender) = list.pop() {
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, authority: Authority, sender: SendRequest<Incoming>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(authority).or_default();
+        list.retain(|s| !s.is_closed());
+        if list.len() < MAX_IDLE_PER_UPSTREAM {
+            list.push(sender);
+        }
+    }
+
+    async fn connect(&self, authority: &Authority) -> Result<SendRequest<Incoming>, UpstreamError> {
+        let failed = |reason: String| UpstreamError::Connect {
+            authority: authority.clone(),
+            reason,
+        };
+        let addr = (authority.host(), authority.port_u16().unwrap_or(80));
+        let stream =
+            tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(addr))
+                .await
+                .map_err(|_| failed(format!("no connection within {:?}", self.connect_timeout)))?
+                .map_err(|e| failed(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// The upstream connections of one client connection; they go back to the
+/// pool when it is dropped.
+pub struct Affinity {
+    pool: Arc<Http1Pool>,
+    held: Mutex<Vec<(Authority, SendRequest<Incoming>)>>,
+}
+
+impl Affinity {
+    /// Nothing held yet.
+    pub fn new(pool: Arc<Http1Pool>) -> Self {
+        Self {
+            pool,
+            held: Mutex::default(),
+        }
+    }
+
+    fn take(&self, authority: &Authority) -> Option<SendRequest<Incoming>> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let i = held.iter().position(|(a, _)| a == authority)?;
+        Some(held.swap_remove(i).1)
+    }
+
+    /// Sends `req` (origin-form URI, `Host` set) to `authority` on the
+    /// connection this client connection used last, an idle one of the
+    /// pool, or a new one.
+    pub async fn send(
+        &self,
+        authority: &Authority,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut sender = match self
+            .take(authority)
+            .or_else(|| self.pool.take_idle(authority))
+        {
+            Some(s) => s,
+            None => self.pool.connect(authority).await?,
+        };
+        // A kept connection the upstream closed meanwhile: open another
+        // (nothing has been sent yet, so nothing is sent twice).
+        if sender.ready().await.is_err() {
+            sender = self.pool.connect(authority).await?;
+            sender.ready().await?;
+        }
+        let res = sender.send_request(req).await?;
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((authority.clone(), sender));
+        Ok(res)
+    }
+}
+
+impl Drop for Affinity {
+    fn drop(&mut self) {
+        let held = std::mem::take(self.held.get_mut().unwrap_or_else(|p| p.into_inner()));
+        for (authority, sender) in held {
+            self.pool.put_idle(authority, sender);
+        }
+    }
+}

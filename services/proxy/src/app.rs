@@ -1,0 +1,272 @@
+//! Wiring: configuration, NATS, the folds of `APIS` and `KEYS`, the writer,
+//! the replicas' announcements, the admin API and the data plane.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use meridian_key_issuer::adapters::fold::Shared as SharedKeys;
+use meridian_key_issuer::domain::KeysState;
+use meridian_kit::CancellationToken;
+use meridian_kit::bus::{self, Publisher};
+use meridian_kit::config::{ConfigError, HumanDuration, Secret};
+use meridian_kit::http::{self, ApiKey, ReadyCheck};
+use meridian_kit::metrics::Metrics;
+use meridian_kit::projection::{
+    ConsumerKind, InMemory, Progress, ProjectionError, ProjectionSpec, Runner,
+};
+use meridian_kit::tyk;
+use meridian_schemas::streams;
+use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use uuid::Uuid;
+
+use crate::adapters::dataplane::{DataPlane, Timeouts};
+use crate::adapters::fold::SharedApis;
+use crate::adapters::replicas::{self, Replicas};
+use crate::adapters::writer::Writer;
+use crate::api;
+use crate::domain::ApisState;
+
+/// Environment prefix of the configuration.
+pub const ENV_PREFIX: &str = "MERIDIAN_PROXY__";
+
+/// Configuration (`MERIDIAN_PROXY__<FIELD>`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// NATS server URL.
+    #[serde(default = "meridian_kit::config::default_nats_url")]
+    pub nats_url: String,
+    /// The data plane: where API clients connect.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// The admin API (`/tyk/apis`, `/tyk/reload`, `/hello`), health and
+    /// metrics.
+    #[serde(default = "default_http_addr")]
+    pub http_addr: String,
+    /// The Gateway API secret (`x-tyk-authorization`), the same as
+    /// key-issuer's; required, at least 16 bytes.
+    pub secret: Option<Secret>,
+    /// How long opening a connection to an upstream may take (502 after).
+    #[serde(default = "default_connect_timeout")]
+    pub upstream_connect_timeout: HumanDuration,
+    /// How long an upstream may take to answer with its headers (504 after;
+    /// Tyk's `proxy_default_timeout`).
+    #[serde(default = "default_read_timeout")]
+    pub upstream_read_timeout: HumanDuration,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_http_addr() -> String {
+    "127.0.0.1:8085".into()
+}
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_read_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+impl Config {
+    /// Defaults with the given NATS URL and secret (launcher and tests).
+    pub fn new(nats_url: &str, secret: &str) -> Self {
+        Self {
+            nats_url: nats_url.to_owned(),
+            listen: "127.0.0.1:0".into(),
+            http_addr: "127.0.0.1:0".into(),
+            secret: Some(Secret::new(secret)),
+            upstream_connect_timeout: default_connect_timeout(),
+            upstream_read_timeout: default_read_timeout(),
+        }
+    }
+}
+
+/// A failure to start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// NATS.
+    #[error(transparent)]
+    Bus(#[from] bus::BusError),
+    /// A fold stopped.
+    #[error(transparent)]
+    Projection(#[from] ProjectionError),
+    /// The replicas' announcements cannot be heard.
+    #[error("cannot listen to the other replicas: {0}")]
+    Subscribe(#[from] async_nats::SubscribeError),
+    /// HTTP server.
+    #[error("HTTP server: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+/// How long open client connections may finish their requests at shutdown.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// A built proxy replica, ready to run.
+pub struct App {
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    apis_runner: Runner<InMemory<ApisState>>,
+    keys_runner: Runner<InMemory<KeysState>>,
+    apis_progress: Progress,
+    keys_progress: Progress,
+    writer: Writer,
+    replicas: Replicas,
+    announcements: async_nats::Subscriber,
+    plane: Arc<DataPlane>,
+    secret: ApiKey,
+    metrics: Metrics,
+}
+
+fn spec(id: &str, stream: &'static str) -> ProjectionSpec {
+    ProjectionSpec {
+        id: id.into(),
+        stream,
+        consumer: ConsumerKind::Ordered,
+        batch: 512,
+        batch_bytes: usize::MAX,
+        filter_subject: None,
+    }
+}
+
+impl App {
+    /// Checks configuration, connects, creates the streams, and starts
+    /// listening to the other replicas. Series go to `metrics`.
+    pub async fn build(config: Config, metrics: &Metrics) -> Result<Self, AppError> {
+        let secret = tyk::secret_from_config(config.secret.as_ref(), ENV_PREFIX)?;
+        let client = bus::connect(
+            &config.nats_url,
+            "meridian-proxy",
+            Duration::from_secs(30),
+            metrics,
+        )
+        .await?;
+        let js = async_nats::jetstream::new(client.clone());
+        bus::ensure_streams(&js, &[streams::APIS, streams::KEYS]).await?;
+        let apis: SharedApis = Arc::new(RwLock::new(ApisState::default()));
+        let keys: SharedKeys = Arc::new(RwLock::new(KeysState::default()));
+        let (apis_runner, apis_progress) = Runner::in_memory(
+            js.clone(),
+            apis.clone(),
+            spec("proxy-apis", streams::APIS),
+            metrics,
+        );
+        let (keys_runner, keys_progress) = Runner::in_memory(
+            js.clone(),
+            keys.clone(),
+            spec("proxy-keys", streams::KEYS),
+            metrics,
+        );
+        let writer = Writer::new(
+            Publisher::new(js.clone(), metrics),
+            apis.clone(),
+            apis_progress.clone(),
+        );
+        let replicas = Replicas::new(Uuid::new_v4());
+        let announcements = replicas::subscribe(&client).await?;
+        let timeouts = Timeouts {
+            connect: config.upstream_connect_timeout.0,
+            read: config.upstream_read_timeout.0,
+        };
+        let plane = Arc::new(DataPlane::new(apis, keys, timeouts, metrics));
+        Ok(Self {
+            client,
+            js,
+            apis_runner,
+            keys_runner,
+            apis_progress,
+            keys_progress,
+            writer,
+            replicas,
+            announcements,
+            plane,
+            secret,
+            metrics: metrics.clone(),
+        })
+    }
+
+    /// The admin routes: `/tyk/apis` and `/tyk/reload` behind the Gateway
+    /// API secret, `/hello` open, with their OpenAPI description.
+    pub fn api(&self) -> OpenApiRouter {
+        let state = api::ApiState {
+            writer: self.writer.clone(),
+            replicas: self.replicas.clone(),
+            js: self.js.clone(),
+            client: self.client.clone(),
+            apis: self.apis_progress.clone(),
+            keys: self.keys_progress.clone(),
+        };
+        tyk::with_secret(api::router(state.clone()), self.secret.clone())
+            .merge(api::open_router(state))
+    }
+
+    /// Ready when NATS is connected and both folds caught up.
+    pub fn ready_checks(&self) -> Vec<ReadyCheck> {
+        vec![
+            http::nats_ready(self.client.clone()),
+            http::projection_ready("apis", self.apis_progress.clone()),
+            http::projection_ready("gateway-keys", self.keys_progress.clone()),
+        ]
+    }
+
+    /// This replica's id (what it announces itself as).
+    pub fn replica(&self) -> Uuid {
+        self.replicas.me()
+    }
+
+    /// Folds both streams, announces what it applied and serves clients on
+    /// `gateway` until `stop`.
+    pub async fn run_until_stopped(
+        self,
+        gateway: tokio::net::TcpListener,
+        stop: CancellationToken,
+    ) -> Result<(), AppError> {
+        let tracker = tokio::spawn(
+            self.replicas
+                .clone()
+                .track_until_stopped(self.announcements, stop.clone()),
+        );
+        let announcer = tokio::spawn(replicas::announce_until_stopped(
+            self.client.clone(),
+            self.replicas.me(),
+            self.apis_progress.clone(),
+            self.keys_progress.clone(),
+            stop.clone(),
+        ));
+        let plane = tokio::spawn(self.plane.serve_until_stopped(gateway, stop.clone(), GRACE));
+        let (apis, keys) = tokio::join!(
+            self.apis_runner.run_until_stopped(stop.clone()),
+            self.keys_runner.run_until_stopped(stop.clone()),
+        );
+        stop.cancel();
+        let _ = announcer.await;
+        let _ = tracker.await;
+        let served = plane.await.unwrap_or(Ok(()));
+        apis?;
+        keys?;
+        served?;
+        Ok(())
+    }
+
+    /// Standalone: the data plane on `gateway`, the admin API (with
+    /// health, metrics and OpenAPI) on `admin`.
+    pub async fn serve(
+        self,
+        gateway: tokio::net::TcpListener,
+        admin: tokio::net::TcpListener,
+        stop: CancellationToken,
+    ) -> Result<(), AppError> {
+        let router = http::service_router(
+            self.api(),
+            self.ready_checks(),
+            "Meridian proxy",
+            &self.metrics,
+        );
+        let work = self.run_until_stopped(gateway, stop.clone());
+        http::serve_while(admin, router, stop, work).await
+    }
+}

@@ -1,0 +1,15 @@
+//! Pure rules: API definitions ([`apidef`]), their checks and the routing
+//! table ([`routes`]), the fold of `APIS` ([`state`]) and what a request may
+//! do ([`access`]). No I/O, no clock: time comes in.
+
+pub mod access;
+pub mod apidef;
+pub mod routes;
+pub mod state;
+
+/// A refused write: which field, and why (shared with key-issuer).
+pub use meridian_key_issuer::domain::Invalid;
+
+pub use apidef::ApiDefinition;
+pub use routes::{Route, RouteTable};
+pub use state::ApisState;

@@ -1,0 +1,107 @@
+//! Upstreams for the gateway tests: a real HTTP server (HTTP/1.1 and h2c
+//! with prior knowledge on one port) that answers with what it received,
+//! counting request bodies as they stream in and streaming large answers
+//! out, without holding either in memory.
+//!
+//! - any path: `{"method", "path", "query", "version", "headers", "body_bytes"}`
+//! - `/slow/...`: the same after 3 s
+//! - `/download/<n>`: `n` bytes of `x`, streamed in 64 KiB chunks
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Map, Value, json};
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn answer(req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    if let Some(n) = path.strip_prefix("/download/") {
+        let total: usize = n.parse().unwrap_or(0);
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let chunks = futures_util::stream::iter((0..total.div_ceil(chunk.len())).map(move |i| {
+            let len = chunk.len().min(total - i * chunk.len());
+            Ok::<_, Infallible>(Frame::data(chunk.slice(..len)))
+        }));
+        return Response::new(BodyExt::boxed(StreamBody::new(chunks)));
+    }
+    if path.starts_with("/slow") {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let mut headers = Map::new();
+    for (name, value) in req.headers() {
+        headers.insert(
+            name.as_str().to_owned(),
+            Value::String(value.to_str().unwrap_or("").to_owned()),
+        );
+    }
+    let method = req.method().to_string();
+    let version = format!("{:?}", req.version());
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let mut body = req.into_body().into_data_stream();
+    let mut body_bytes = 0u64;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(c) => body_bytes += c.len() as u64,
+            Err(_) => break,
+        }
+    }
+    let out = json!({"method": method, "path": path, "query": query, "version": version,
+        "headers": headers, "body_bytes": body_bytes});
+    let mut res = Response::new(BodyExt::boxed(Full::new(Bytes::from(out.to_string()))));
+    res.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    // A hop-by-hop header the gateway must not pass on.
+    res.headers_mut()
+        .insert("keep-alive", "timeout=30".parse().unwrap());
+    res
+}
+
+/// A running upstream; stops when dropped.
+pub struct Upstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    /// Starts one on a free port.
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(|req| async move {
+                        Ok::<_, Infallible>(answer(req).await)
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, task }
+    }
+
+    /// `http://<addr>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
