@@ -140,4 +140,55 @@ async fn a_manual_sync_is_one_trace_across_gateway_agent_and_inventory() {
     .await;
     assert!(traced.is_some(), "no key-issuer span in the caller's trace");
     key_issuer.stop().await;
+
+    // The gateway: a traced request gets a `gateway.request` span in the
+    // caller's trace, and the upstream is sent that span's traceparent.
+    let up = meridian_tests::upstream::Upstream::start().await;
+    let proxy = tyk::start_proxy(&nats, |_| {}).await;
+    let admin = tyk::Tyk::new(&proxy.admin.url);
+    let (status, _) = admin
+        .post(
+            "/tyk/apis",
+            &serde_json::json!({"api_id": "traced", "use_keyless": true,
+                "proxy": {"listen_path": "/traced", "target_url": up.url()}}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(admin.get("/tyk/reload?block=true").await.0, 200);
+    let gateway_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let seen: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/traced/x", proxy.gateway))
+        .header(
+            "traceparent",
+            format!("00-{gateway_trace}-00f067aa0ba902b7-01"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let forwarded = seen["headers"]["traceparent"].as_str().unwrap_or_default();
+    assert!(
+        forwarded.contains(gateway_trace) && !forwarded.contains("00f067aa0ba902b7"),
+        "the upstream gets the gateway span's traceparent: {forwarded}"
+    );
+    let traced = eventually(T, || async {
+        let _ = provider.force_flush();
+        exporter
+            .get_finished_spans()
+            .unwrap()
+            .iter()
+            .any(|s| {
+                s.span_context.trace_id().to_string() == gateway_trace
+                    && s.name == "gateway.request"
+            })
+            .then_some(())
+    })
+    .await;
+    assert!(
+        traced.is_some(),
+        "no gateway.request span in the caller's trace"
+    );
+    proxy.admin.stop().await;
 }

@@ -232,6 +232,37 @@ async fn api_definitions_round_trip_as_tyk_answers_them() {
                 .starts_with("lag 0 events")
         );
     }
+
+    // The agent's `meridian` provider lists the gateway's APIs for the API
+    // Repository, as it lists a Tyk Dashboard's; a wrong secret fails the run.
+    use meridian_agent::providers::Source;
+    use meridian_agent::providers::tyk::MeridianGateway;
+    let listed = MeridianGateway {
+        url: proxy.admin.url.clone(),
+        secret: GATEWAY_SECRET.into(),
+        http: reqwest::Client::new(),
+    }
+    .list()
+    .await
+    .unwrap();
+    let shown = listed
+        .iter()
+        .find(|a| a.provider_api_id == "pets")
+        .expect("pets listed");
+    assert_eq!(
+        (shown.name.as_str(), shown.base_path.as_str()),
+        ("Pets v2", "/pets/")
+    );
+    assert_eq!(shown.auth_methods, vec!["keyless"]);
+    let refused = MeridianGateway {
+        url: proxy.admin.url.clone(),
+        secret: "wrong-secret-0123456789".into(),
+        http: reqwest::Client::new(),
+    }
+    .list()
+    .await
+    .unwrap_err();
+    assert!(refused.to_string().contains("403"), "{refused}");
     proxy.admin.stop().await;
 }
 

@@ -650,6 +650,30 @@ leaderElection:
     }
 
     #[test]
+    fn a_meridian_provider_needs_its_url_and_secret() {
+        let yaml = |config: &str| {
+            format!(
+                "governanceDashboard:\n  server:\n    url: \"hub:50051\"\n  auth:\n    token: \"t\"\n\
+                 instances:\n  - name: \"gateway\"\n    type: \"meridian\"\n    config:\n{config}"
+            )
+        };
+        let c = load(
+            &yaml("      url: \"http://hub:8000\"\n      secret: \"gateway-secret-0123\"\n"),
+            pod(),
+        )
+        .unwrap();
+        assert!(matches!(
+            ProviderSettings::parse(0, &c.instances[0]).unwrap(),
+            ProviderSettings::Meridian(m) if m.url == "http://hub:8000" && m.secret.expose() == "gateway-secret-0123"
+        ));
+        let missing = load(&yaml("      url: \"http://hub:8000\"\n"), pod()).unwrap_err();
+        assert_eq!(missing.key, "instances[0].config", "{missing:?}");
+        assert!(missing.message.contains("secret"), "{missing:?}");
+        let empty = load(&yaml("      url: \"\"\n      secret: \"s\"\n"), pod()).unwrap_err();
+        assert_eq!(empty.key, "instances[0].config.url");
+    }
+
+    #[test]
     fn the_documented_example_loads() {
         let c = load(DOCUMENTED, pod()).unwrap();
         assert_eq!(

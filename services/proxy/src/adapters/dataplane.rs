@@ -24,6 +24,7 @@ use meridian_key_issuer::adapters::fold::{Shared as SharedKeys, read as read_key
 use meridian_key_issuer::domain::hash_secret;
 use meridian_kit::CancellationToken;
 use meridian_kit::metrics::{Counter, Family, Labels, Metrics};
+use tracing::Instrument as _;
 
 use super::fold::{SharedApis, read};
 use super::upstream::{Affinity, Http1Pool};
@@ -196,9 +197,26 @@ impl DataPlane {
             self.count("", StatusCode::NOT_FOUND);
             return error_response(StatusCode::NOT_FOUND, "No API listens on this path");
         };
+        // One span per request (when spans are on), continuing the
+        // client's trace; the upstream is sent this span's `traceparent`.
+        let span = tracing::info_span!(
+            "gateway.request",
+            api = %route.api_id,
+            http.method = %req.method(),
+        );
+        let mut req = req;
+        if !span.is_disabled() {
+            meridian_kit::telemetry::follow_http(&span, req.headers());
+            if let Some(tp) = meridian_kit::telemetry::traceparent_of(&span)
+                .and_then(|tp| HeaderValue::try_from(tp).ok())
+            {
+                req.headers_mut().insert("traceparent", tp);
+            }
+        }
         let res = match self.admit(&req, &route) {
             Ok(version_segment) => {
                 self.forward(req, &route, version_segment, peer, affinity)
+                    .instrument(span)
                     .await
             }
             Err(refusal) => error_response(refusal.status(), refusal.message()),
