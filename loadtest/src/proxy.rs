@@ -9,7 +9,9 @@
 //!   connection's requests): the latency columns.
 //!
 //! Rows: the upstream direct, nginx, Meridian keyless, Meridian with key
-//! auth (a key of 10,000 in the view, looked up by hash on every request).
+//! auth (a key of 10,000 in the view, looked up by hash on every request);
+//! then Meridian keyless at the same 50% rate while other APIs are added,
+//! changed and deleted, counting every error and non-2xx answer.
 //! Targets: Meridian with key auth >= 1.0x nginx's req/s; its p99 at 50%
 //! load <= nginx's p99 + 1 ms.
 //!
@@ -308,6 +310,47 @@ async fn main() -> anyhow::Result<()> {
         half.push(wrk(dir.path(), url, *key, seconds, delay_ms)?);
     }
 
+    // Reloads under load: the same 50% rate on the keyless API while other
+    // APIs are added, changed and deleted (each change confirmed on the
+    // replica by a blocking reload). Every non-2xx counts as an error.
+    let churn_stop = meridian_kit::CancellationToken::new();
+    let churn = {
+        let (http, admin, stop) = (http.clone(), admin.clone(), churn_stop.clone());
+        let target = format!("http://127.0.0.1:{up_port}");
+        tokio::spawn(async move {
+            let mut changes = 0u64;
+            let secret = ("x-tyk-authorization", GATEWAY_SECRET);
+            while !stop.is_cancelled() {
+                let id = format!("churn{changes}");
+                let def = |listen: &str| {
+                    serde_json::json!({"api_id": id, "name": id, "use_keyless": true,
+                    "proxy": {"listen_path": listen, "target_url": target}})
+                };
+                let steps = [
+                    http.post(format!("{admin}/tyk/apis"))
+                        .json(&def(&format!("/{id}/"))),
+                    http.put(format!("{admin}/tyk/apis/{id}"))
+                        .json(&def(&format!("/{id}/v2/"))),
+                    http.get(format!("{admin}/tyk/reload?block=true")),
+                    http.delete(format!("{admin}/tyk/apis/{id}")),
+                ];
+                for step in steps {
+                    let r = step.header(secret.0, secret.1).send().await?;
+                    anyhow::ensure!(r.status().is_success(), "churn: {}", r.text().await?);
+                }
+                changes += 3;
+            }
+            anyhow::Ok(changes)
+        })
+    };
+    let steady = rows[2].1.clone();
+    let dir_path = dir.path().to_owned();
+    let under_churn =
+        tokio::task::spawn_blocking(move || wrk(&dir_path, &steady, None, seconds, delay_ms))
+            .await??;
+    churn_stop.cancel();
+    let changes = churn.await??;
+
     println!("| row | req/s | p50 | p99 | p99.9 | errors |");
     println!("|---|---|---|---|---|---|");
     for ((name, _, _), r) in rows.iter().zip(&full) {
@@ -327,6 +370,14 @@ async fn main() -> anyhow::Result<()> {
             r.rps, r.p50_ms, r.p99_ms, r.p999_ms, r.errors
         );
     }
+    println!(
+        "| meridian keyless while {changes} API changes were applied | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {} |",
+        under_churn.rps,
+        under_churn.p50_ms,
+        under_churn.p99_ms,
+        under_churn.p999_ms,
+        under_churn.errors
+    );
     let ratio = full[3].rps / full[1].rps;
     let p99_gap = half[3].p99_ms - half[1].p99_ms;
     println!(

@@ -139,7 +139,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         .await
         .context("starting the demo provider and agent")?;
         println!(
-            "  demo       provider {} with {} APIs, agent {} (it also reports the gateway's APIs)",
+            "  demo       provider {} with {} APIs, {DEMO_GATEWAY_API} on the gateway's /demo/, agent {}",
             demo.0,
             demo_provider::sample_apis().len(),
             demo.1
