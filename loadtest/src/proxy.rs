@@ -211,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
             .args(["-c", "0"])
             .arg(&proxy_bin)
             .env("TOKIO_WORKER_THREADS", "1")
+            .env("MERIDIAN_PROXY__WORKERS", "1")
             .env("MERIDIAN_LOG", "warn")
             .env("MERIDIAN_PROXY__NATS_URL", nats.url())
             .env("MERIDIAN_PROXY__SECRET", GATEWAY_SECRET)
@@ -292,6 +293,19 @@ async fn main() -> anyhow::Result<()> {
         anyhow::ensure!(status.is_success(), "{name}: {status}");
     }
 
+    // PROXY_BENCH_PROFILE=<seconds>: only drive the key-auth row that long
+    // (to profile meridian-proxy, whose pid is printed, from outside).
+    // PROXY_BENCH_ROW picks another row (1: nginx, whose master's pid is
+    // printed).
+    if let Ok(secs) = std::env::var("PROXY_BENCH_PROFILE") {
+        let secs: u64 = secs.parse()?;
+        let row: usize = std::env::var("PROXY_BENCH_ROW").map_or(Ok(3), |r| r.parse())?;
+        println!("meridian-proxy pid {}", _proxy.0.id());
+        println!("nginx proxy pid {}", _nginx.0.id());
+        let r = wrk(dir.path(), &rows[row].1, rows[row].2, secs, 0)?;
+        println!("{}: {:.0} req/s", rows[row].0, r.rps);
+        return Ok(());
+    }
     println!(
         "gateway benchmark: wrk -t1 -c{CONNECTIONS} -d{seconds}s on core 1 with the upstream; both proxies on core 0 (1 worker each)\n"
     );
@@ -302,9 +316,15 @@ async fn main() -> anyhow::Result<()> {
         full.push(wrk(dir.path(), url, *key, seconds, 0)?);
     }
     let half_rate = full[1].rps / 2.0;
-    // Each connection waits this long between requests: about half of
-    // nginx's maximum in all.
-    let delay_ms = ((CONNECTIONS as f64 / half_rate) * 1000.0).round().max(1.0) as u64;
+    // Each connection waits `delay_ms` between requests (wrk's delay() is in
+    // whole milliseconds): first as if answers took no time, then less by
+    // the time an answer took through nginx at that rate, so that nginx
+    // gets about half its maximum.
+    let per_request_ms = CONNECTIONS as f64 * 1000.0 / half_rate;
+    let first = per_request_ms.round().max(1.0) as u64;
+    let probe = wrk(dir.path(), &rows[1].1, None, seconds.min(5), first)?;
+    let answer_ms = (CONNECTIONS as f64 * 1000.0 / probe.rps - first as f64).max(0.0);
+    let delay_ms = (per_request_ms - answer_ms).round().max(1.0) as u64;
     let mut half = Vec::new();
     for (_, url, key) in &rows {
         half.push(wrk(dir.path(), url, *key, seconds, delay_ms)?);
@@ -360,7 +380,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!(
-        "\nat a fixed rate of about 50% of nginx's maximum ({half_rate:.0} req/s asked: each connection waits {delay_ms} ms between requests)\n"
+        "\nat a fixed rate near 50% of nginx's maximum ({half_rate:.0} req/s asked: each of the {CONNECTIONS} connections waits {delay_ms} ms between requests)\n"
     );
     println!("| row | req/s | p50 | p99 | p99.9 | errors |");
     println!("|---|---|---|---|---|---|");

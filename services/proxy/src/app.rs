@@ -54,6 +54,10 @@ pub struct Config {
     /// Tyk's `proxy_default_timeout`).
     #[serde(default = "default_read_timeout")]
     pub upstream_read_timeout: HumanDuration,
+    /// Threads serving API traffic, each with a runtime of its own (one per
+    /// core by default; 0 serves it on the process's shared runtime).
+    #[serde(default = "default_workers")]
+    pub workers: usize,
 }
 
 fn default_listen() -> String {
@@ -68,6 +72,9 @@ fn default_connect_timeout() -> HumanDuration {
 fn default_read_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))
 }
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
 
 impl Config {
     /// Defaults with the given NATS URL and secret (launcher and tests).
@@ -79,6 +86,8 @@ impl Config {
             secret: Some(Secret::new(secret)),
             upstream_connect_timeout: default_connect_timeout(),
             upstream_read_timeout: default_read_timeout(),
+            // In-process (the hub, tests): the shared runtime.
+            workers: 0,
         }
     }
 }
@@ -118,6 +127,7 @@ pub struct App {
     replicas: Replicas,
     announcements: async_nats::Subscriber,
     plane: Arc<DataPlane>,
+    workers: usize,
     secret: ApiKey,
     metrics: Metrics,
 }
@@ -184,6 +194,7 @@ impl App {
             replicas,
             announcements,
             plane,
+            workers: config.workers,
             secret,
             metrics: metrics.clone(),
         })
@@ -237,7 +248,12 @@ impl App {
             self.keys_progress.clone(),
             stop.clone(),
         ));
-        let plane = tokio::spawn(self.plane.serve_until_stopped(gateway, stop.clone(), GRACE));
+        let plane = tokio::spawn(self.plane.serve_until_stopped(
+            gateway,
+            stop.clone(),
+            GRACE,
+            self.workers,
+        ));
         let (apis, keys) = tokio::join!(
             self.apis_runner.run_until_stopped(stop.clone()),
             self.keys_runner.run_until_stopped(stop.clone()),

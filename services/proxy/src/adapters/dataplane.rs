@@ -4,6 +4,7 @@
 //! from this replica's folds, holding each lock only while it looks (never
 //! across an await), so the hot path touches no network but the upstream.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,6 +54,29 @@ pub const UPSTREAM_FAILED: &str = "There was a problem proxying the request";
 /// Tyk's answer when the upstream is too slow (504).
 pub const UPSTREAM_TIMED_OUT: &str = "Upstream service reached hard timeout.";
 
+/// What a client connection keeps between its requests: its address (and
+/// its `X-Forwarded-For` value, made once) and its upstream connections.
+pub struct ClientConn {
+    /// The client's address.
+    pub peer: SocketAddr,
+    ip_header: HeaderValue,
+    /// Its upstream connections.
+    pub affinity: Affinity,
+}
+
+impl ClientConn {
+    /// A new client connection from `peer`.
+    pub fn new(peer: SocketAddr, pool: Arc<Http1Pool>) -> Self {
+        let ip_header = HeaderValue::try_from(peer.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self {
+            peer,
+            ip_header,
+            affinity: Affinity::new(pool),
+        }
+    }
+}
+
 /// The data plane of one replica.
 pub struct DataPlane {
     apis: SharedApis,
@@ -63,6 +87,9 @@ pub struct DataPlane {
     h2c: Client<HttpConnector, Incoming>,
     timeouts: Timeouts,
     answered: Family<Labels, Counter>,
+    /// The counters of `answered` by API and status class, found without
+    /// building labels on every request.
+    counters: std::sync::Mutex<HashMap<String, [Option<Counter>; 5]>>,
 }
 
 fn connector(timeouts: Timeouts) -> HttpConnector {
@@ -111,6 +138,11 @@ pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {
     res
 }
 
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
 /// Hop-by-hop headers (RFC 9110 7.6.1, and what proxies commonly drop).
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -125,6 +157,17 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Removes hop-by-hop headers, and those the `Connection` header names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(connection) = headers.get(header::CONNECTION)
+        && connection.as_bytes().eq_ignore_ascii_case(b"keep-alive")
+        && headers.get_all(header::CONNECTION).iter().count() == 1
+    {
+        // The common case: nothing named but keep-alive itself.
+        for name in &HOP_BY_HOP {
+            headers.remove(name);
+        }
+        headers.remove(&PROXY_CONNECTION);
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -135,7 +178,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
-    headers.remove("proxy-connection");
+    headers.remove(&PROXY_CONNECTION);
 }
 
 fn now_s() -> i64 {
@@ -164,6 +207,7 @@ impl DataPlane {
             http: http.build(tls_connector(timeouts)),
             h2c: h2c.build(connector(timeouts)),
             timeouts,
+            counters: std::sync::Mutex::default(),
             answered: metrics.counters(
                 "meridian_gateway_requests",
                 "Requests answered by the gateway's data plane, by API (or none) and status class.",
@@ -172,26 +216,26 @@ impl DataPlane {
     }
 
     fn count(&self, api: &str, status: StatusCode) {
-        let class = match status.as_u16() {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        self.answered
-            .get_or_create(&vec![("api", api.to_owned()), ("status", class.to_owned())])
-            .inc();
+        const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+        let class = usize::from((status.as_u16() / 100).clamp(1, 5) - 1);
+        let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        if !counters.contains_key(api) {
+            counters.insert(api.to_owned(), Default::default());
+        }
+        let slot = &mut counters.get_mut(api).expect("inserted")[class];
+        slot.get_or_insert_with(|| {
+            self.answered
+                .get_or_create(&vec![
+                    ("api", api.to_owned()),
+                    ("status", CLASSES[class].to_owned()),
+                ])
+                .clone()
+        })
+        .inc();
     }
 
-    /// Answers one request from `peer`, on the client connection whose
-    /// upstream connections `affinity` holds.
-    pub async fn handle(
-        &self,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-        affinity: &Affinity,
-    ) -> Response<Body> {
+    /// Answers one request of the client connection `client`.
+    pub async fn handle(&self, req: Request<Incoming>, client: &ClientConn) -> Response<Body> {
         let route = read(&self.apis).table().lookup(req.uri().path()).cloned();
         let Some(route) = route else {
             self.count("", StatusCode::NOT_FOUND);
@@ -210,14 +254,17 @@ impl DataPlane {
             if let Some(tp) = meridian_kit::telemetry::traceparent_of(&span)
                 .and_then(|tp| HeaderValue::try_from(tp).ok())
             {
-                req.headers_mut().insert("traceparent", tp);
+                req.headers_mut().insert(TRACEPARENT.clone(), tp);
             }
         }
         let res = match self.admit(&req, &route) {
             Ok(version_segment) => {
-                self.forward(req, &route, version_segment, peer, affinity)
-                    .instrument(span)
-                    .await
+                let forwarded = self.forward(req, &route, version_segment, client);
+                if span.is_disabled() {
+                    forwarded.await
+                } else {
+                    forwarded.instrument(span).await
+                }
             }
             Err(refusal) => error_response(refusal.status(), refusal.message()),
         };
@@ -314,8 +361,7 @@ impl DataPlane {
         req: Request<Incoming>,
         route: &Route,
         strip_segment: bool,
-        peer: SocketAddr,
-        affinity: &Affinity,
+        client: &ClientConn,
     ) -> Response<Body> {
         let (mut parts, body) = req.into_parts();
         let plain = !route.upstream.h2c && route.upstream.scheme == hyper::http::uri::Scheme::HTTP;
@@ -343,22 +389,21 @@ impl DataPlane {
                 headers.insert(header::HOST, host);
             }
         }
-        let client_ip = peer.ip().to_string();
-        let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prior) => format!("{prior}, {client_ip}"),
-            None => client_ip,
+        let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prior) => HeaderValue::try_from(format!("{prior}, {}", client.peer.ip())).ok(),
+            None => Some(client.ip_header.clone()),
         };
-        if let Ok(v) = HeaderValue::try_from(forwarded_for) {
-            headers.insert("x-forwarded-for", v);
+        if let Some(v) = forwarded_for {
+            headers.insert(X_FORWARDED_FOR.clone(), v);
         }
-        if !headers.contains_key("x-forwarded-proto") {
-            headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
         }
         let mut req = Request::from_parts(parts, body);
         let read = self.timeouts.read;
         let sent = if plain {
             *req.version_mut() = Version::HTTP_11;
-            tokio::time::timeout(read, affinity.send(&route.upstream.authority, req))
+            tokio::time::timeout(read, client.affinity.send(&route.upstream.authority, req))
                 .await
                 .map(|r| r.map_err(|e| e.to_string()))
         } else if route.upstream.h2c {
@@ -390,13 +435,63 @@ impl DataPlane {
     }
 
     /// Serves clients on `listener` until `stop`; then stops accepting,
-    /// lets requests in flight finish (up to `grace`) and returns.
+    /// lets requests in flight finish (up to `grace`) and returns. With
+    /// `workers` > 0, that many threads serve, each with a single-threaded
+    /// runtime of its own (nginx's model: a connection stays on one thread,
+    /// no work is handed between threads); with 0, the caller's runtime
+    /// serves.
     pub async fn serve_until_stopped(
         self: Arc<Self>,
         listener: tokio::net::TcpListener,
         stop: CancellationToken,
         grace: Duration,
+        workers: usize,
     ) -> std::io::Result<()> {
+        if workers == 0 {
+            self.accept_until_stopped(listener, stop, grace).await;
+            return Ok(());
+        }
+        let listener = listener.into_std()?;
+        let mut done = Vec::new();
+        for n in 0..workers {
+            let listener = listener.try_clone()?;
+            let (plane, stop) = (self.clone(), stop.clone());
+            let (tx, rx) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
+            std::thread::Builder::new()
+                .name(format!("gateway-{n}"))
+                .spawn(move || {
+                    let served = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .and_then(|rt| {
+                            rt.block_on(async move {
+                                let listener = tokio::net::TcpListener::from_std(listener)?;
+                                plane.accept_until_stopped(listener, stop, grace).await;
+                                Ok(())
+                            })
+                        });
+                    let _ = tx.send(served);
+                })?;
+            done.push(rx);
+        }
+        let mut outcome = Ok(());
+        for rx in done {
+            if let Ok(Err(e)) = rx.await {
+                // One thread failing stops the others: the replica is not
+                // serving as configured.
+                stop.cancel();
+                outcome = Err(e);
+            }
+        }
+        outcome
+    }
+
+    async fn accept_until_stopped(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        stop: CancellationToken,
+        grace: Duration,
+    ) {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut http = hyper::server::conn::http1::Builder::new();
         http.keep_alive(true).timer(TokioTimer::new());
@@ -415,11 +510,11 @@ impl DataPlane {
             };
             let _ = stream.set_nodelay(true);
             let plane = self.clone();
-            let affinity = Arc::new(Affinity::new(self.plain.clone()));
+            let client = Arc::new(ClientConn::new(peer, self.plain.clone()));
             let service = service_fn(move |req| {
                 let plane = plane.clone();
-                let affinity = affinity.clone();
-                async move { Ok::<_, Infallible>(plane.handle(req, peer, &affinity).await) }
+                let client = client.clone();
+                async move { Ok::<_, Infallible>(plane.handle(req, &client).await) }
             });
             let conn = http.serve_connection(TokioIo::new(stream), service);
             let conn = graceful.watch(conn);
@@ -439,7 +534,6 @@ impl DataPlane {
                 "some gateway connections were still busy at shutdown"
             );
         }
-        Ok(())
     }
 }
 
