@@ -23,7 +23,10 @@ pub fn contract_path() -> PathBuf {
 /// Answers where Meridian differs from Tyk on purpose (method, Tyk's path
 /// template, status); their bodies must still be Tyk's `ApiStatusMessage`.
 /// Documented in the key-issuer's API module and the README.
-pub const DEVIATIONS: [(&str, &str, u16); 9] = [
+pub const DEVIATIONS: [(&str, &str, u16); 11] = [
+    // A blocking reload that live gateway replicas did not confirm in time.
+    ("get", "/tyk/reload", 504),
+    ("get", "/tyk/reload/group", 504),
     // Tyk answers 500 ("Delete failed") for a policy that does not exist.
     ("delete", "/tyk/policies/{polID}", 404),
     // `?effective=true` (a Meridian extension) for a key whose policies

@@ -787,6 +787,75 @@ async fn two_replicas_serve_a_change_once_a_blocking_reload_returned() {
             );
         }
     }
+    // A live replica that does not catch up: the blocking reload gives up
+    // after RELOAD_TIMEOUT with a 504 naming it, and goes through once it
+    // has left.
+    let laggard = uuid::Uuid::new_v4();
+    let announcing = meridian_kit::CancellationToken::new();
+    let announcer = {
+        let (client, stop) = (nats.client.clone(), announcing.clone());
+        tokio::spawn(async move {
+            let behind = meridian_schemas::apis::ReplicaApplied {
+                replica: laggard,
+                apis: 0,
+                keys: 0,
+                leaving: false,
+            };
+            while !stop.is_cancelled() {
+                let payload = serde_json::to_vec(&behind).unwrap();
+                client
+                    .publish(
+                        meridian_schemas::streams::PROXY_APPLIED_SUBJECT,
+                        payload.into(),
+                    )
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let gone = meridian_schemas::apis::ReplicaApplied {
+                leaving: true,
+                ..behind
+            };
+            let payload = serde_json::to_vec(&gone).unwrap();
+            client
+                .publish(
+                    meridian_schemas::streams::PROXY_APPLIED_SUBJECT,
+                    payload.into(),
+                )
+                .await
+                .unwrap();
+            client.flush().await.unwrap();
+        })
+    };
+    let slow = start_proxy(&nats, |c| {
+        c.reload_timeout = meridian_kit::config::HumanDuration(Duration::from_secs(1));
+    })
+    .await;
+    let tyk_slow = Tyk::new(&slow.admin.url);
+    let heard = eventually(Duration::from_secs(5), || async {
+        let (_, hello) = tyk_slow.with_secret(None).get("/hello").await;
+        let live = hello["details"]["replicas"]["output"].as_str()?.to_owned();
+        live.contains(&laggard.to_string()).then_some(())
+    })
+    .await;
+    assert!(heard.is_some(), "the lagging replica is live on /hello");
+    tyk_slow
+        .post("/tyk/apis", &api("lagging", "/lagging", &up.url(), true))
+        .await;
+    let (status, body) = tyk_slow.get("/tyk/reload?block=true").await;
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains(&laggard.to_string()),
+        "{body}"
+    );
+    announcing.cancel();
+    announcer.await.unwrap();
+    reload(&tyk_slow).await;
+    slow.admin.stop().await;
+
     // A stopped replica leaves the live set at once: a blocking reload does
     // not wait for it.
     b.admin.stop().await;

@@ -31,9 +31,6 @@ use crate::adapters::writer::{WriteError, Writer};
 use crate::domain::routes::compile;
 use crate::domain::{ApiDefinition, ApisState, Invalid};
 
-/// How long `?block=true` waits for every live replica.
-pub const RELOAD_PATIENCE: Duration = Duration::from_secs(10);
-
 /// Handler state.
 #[derive(Clone)]
 pub struct ApiState {
@@ -49,6 +46,8 @@ pub struct ApiState {
     pub apis: Progress,
     /// This replica's progress through `KEYS`.
     pub keys: Progress,
+    /// How long `?block=true` waits for every live replica.
+    pub reload_timeout: Duration,
 }
 
 /// The routes behind the Gateway API secret.
@@ -265,7 +264,7 @@ async fn reload_all(s: &ApiState, q: &ReloadQuery) -> Result<axum::Json<StatusMe
         let keys = last_sequence(&s.js, streams::KEYS).await?;
         let replicas = s
             .replicas
-            .wait_applied(apis, keys, RELOAD_PATIENCE)
+            .wait_applied(apis, keys, s.reload_timeout)
             .await
             .map_err(|e| TykError::new(axum::http::StatusCode::GATEWAY_TIMEOUT, e.to_string()))?;
         tracing::debug!(
@@ -282,10 +281,11 @@ async fn reload_all(s: &ApiState, q: &ReloadQuery) -> Result<axum::Json<StatusMe
 /// answers once every live gateway replica (each announces what it applied
 /// about every 500 ms; one silent for 2 s is not live) has applied every
 /// API and key change stored before the call. 504 names the replicas
-/// still behind after 10 s.
+/// still behind after `RELOAD_TIMEOUT` (10 s).
 #[utoipa::path(get, path = "/tyk/reload", tag = "reload", security(("tyk_secret" = [])),
     params(("block" = Option<bool>, Query, description = "Wait until every live replica applied every change")),
-    responses((status = 200, body = StatusMessage)))]
+    responses((status = 200, body = StatusMessage),
+        (status = 504, body = StatusMessage, description = "Live replicas had not applied every change in time")))]
 async fn reload(
     State(s): State<ApiState>,
     Query(q): Query<ReloadQuery>,
@@ -297,7 +297,8 @@ async fn reload(
 /// waits for all of them).
 #[utoipa::path(get, path = "/tyk/reload/group", tag = "reload", security(("tyk_secret" = [])),
     params(("block" = Option<bool>, Query, description = "Wait until every live replica applied every change")),
-    responses((status = 200, body = StatusMessage)))]
+    responses((status = 200, body = StatusMessage),
+        (status = 504, body = StatusMessage, description = "Live replicas had not applied every change in time")))]
 async fn reload_group(
     State(s): State<ApiState>,
     Query(q): Query<ReloadQuery>,
@@ -329,8 +330,9 @@ pub struct Hello {
     pub version: String,
     /// What answers.
     pub description: String,
-    /// `nats`, `apis` (the routing table's lag behind `APIS`) and `keys`
-    /// (the key view's lag behind `KEYS`).
+    /// `nats`, `apis` (the routing table's lag behind `APIS`), `keys` (the
+    /// key view's lag behind `KEYS`) and `replicas` (the live gateway
+    /// replicas this one hears, and what each applied).
     pub details: BTreeMap<String, HealthItem>,
 }
 
@@ -393,6 +395,23 @@ async fn hello(State(s): State<ApiState>) -> axum::Json<Hello> {
         view_health(&s.js, streams::KEYS, &s.keys, &time).await,
     );
     details.insert("nats".to_owned(), nats);
+    let live = s.replicas.live();
+    details.insert(
+        "replicas".to_owned(),
+        HealthItem {
+            status: "pass".into(),
+            component_type: "system".into(),
+            time: time.clone(),
+            output: Some(format!(
+                "{} live: {}",
+                live.len(),
+                live.iter()
+                    .map(|a| format!("{} (APIS {}, KEYS {})", a.replica, a.apis, a.keys))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        },
+    );
     let status = ["fail", "warn"]
         .into_iter()
         .find(|worst| details.values().any(|d| d.status == *worst))

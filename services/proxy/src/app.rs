@@ -54,6 +54,10 @@ pub struct Config {
     /// Tyk's `proxy_default_timeout`).
     #[serde(default = "default_read_timeout")]
     pub upstream_read_timeout: HumanDuration,
+    /// How long `/tyk/reload?block=true` waits for every live replica
+    /// before answering 504.
+    #[serde(default = "default_reload_timeout")]
+    pub reload_timeout: HumanDuration,
     /// Threads serving API traffic, each with a runtime of its own (one per
     /// core by default; 0 serves it on the process's shared runtime).
     #[serde(default = "default_workers")]
@@ -72,6 +76,9 @@ fn default_connect_timeout() -> HumanDuration {
 fn default_read_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))
 }
+fn default_reload_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
 fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
@@ -86,6 +93,7 @@ impl Config {
             secret: Some(Secret::new(secret)),
             upstream_connect_timeout: default_connect_timeout(),
             upstream_read_timeout: default_read_timeout(),
+            reload_timeout: default_reload_timeout(),
             // In-process (the hub, tests): the shared runtime.
             workers: 0,
         }
@@ -128,6 +136,7 @@ pub struct App {
     announcements: async_nats::Subscriber,
     plane: Arc<DataPlane>,
     workers: usize,
+    reload_timeout: Duration,
     secret: ApiKey,
     metrics: Metrics,
 }
@@ -195,6 +204,7 @@ impl App {
             announcements,
             plane,
             workers: config.workers,
+            reload_timeout: config.reload_timeout.0,
             secret,
             metrics: metrics.clone(),
         })
@@ -210,6 +220,7 @@ impl App {
             client: self.client.clone(),
             apis: self.apis_progress.clone(),
             keys: self.keys_progress.clone(),
+            reload_timeout: self.reload_timeout,
         };
         tyk::with_secret(api::router(state.clone()), self.secret.clone())
             .merge(api::open_router(state))
