@@ -389,6 +389,30 @@ async fn requests_are_routed_rewritten_and_streamed() {
         "{seen}"
     );
 
+    // HTTPS to an upstream whose certificate a configured CA signed; a
+    // proxy without that CA refuses it (502).
+    let pki = meridian_tests::pki::TestPki::generate();
+    let secure = Upstream::start_tls(&pki.server_cert, &pki.server_key).await;
+    let trusting = start_proxy(&nats, |c| {
+        c.upstream_ca_file = Some(pki.ca.display().to_string());
+    })
+    .await;
+    let tls_target = format!("https://localhost:{}", secure.addr.port());
+    tyk.post("/tyk/apis", &api("tls", "/tls", &tls_target, true))
+        .await;
+    reload(&tyk).await;
+    let (status, seen) = get(&format!("{}/tls/x", trusting.gateway), &[]).await;
+    assert_eq!((status, seen["path"].as_str()), (200, Some("/x")), "{seen}");
+    assert_eq!(
+        get(&format!("{gw}/tls/x"), &[]).await,
+        (
+            502,
+            json!({"error": "There was a problem proxying the request"})
+        ),
+        "without the CA the upstream's certificate is refused"
+    );
+    trusting.admin.stop().await;
+
     // An unknown path: 404 in the data plane's shape.
     let nothing = start_proxy(&nats, |_| {}).await;
     let empty_tyk = Tyk::new(&nothing.admin.url);

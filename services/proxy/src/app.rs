@@ -54,6 +54,10 @@ pub struct Config {
     /// Tyk's `proxy_default_timeout`).
     #[serde(default = "default_read_timeout")]
     pub upstream_read_timeout: HumanDuration,
+    /// A PEM file of CA certificates trusted for `https` upstreams, beside
+    /// the system's.
+    #[serde(default)]
+    pub upstream_ca_file: Option<String>,
     /// How long `/tyk/reload?block=true` waits for every live replica
     /// before answering 504.
     #[serde(default = "default_reload_timeout")]
@@ -93,6 +97,7 @@ impl Config {
             secret: Some(Secret::new(secret)),
             upstream_connect_timeout: default_connect_timeout(),
             upstream_read_timeout: default_read_timeout(),
+            upstream_ca_file: None,
             reload_timeout: default_reload_timeout(),
             // In-process (the hub, tests): the shared runtime.
             workers: 0,
@@ -191,7 +196,17 @@ impl App {
             connect: config.upstream_connect_timeout.0,
             read: config.upstream_read_timeout.0,
         };
-        let plane = Arc::new(DataPlane::new(apis, keys, timeouts, metrics));
+        let plane = DataPlane::new(
+            apis,
+            keys,
+            timeouts,
+            config.upstream_ca_file.as_deref(),
+            metrics,
+        )
+        .map_err(|e| ConfigError {
+            message: format!("{ENV_PREFIX}{e}"),
+        })?;
+        let plane = Arc::new(plane);
         Ok(Self {
             client,
             js,

@@ -100,30 +100,69 @@ fn connector(timeouts: Timeouts) -> HttpConnector {
     http
 }
 
-fn tls_connector(timeouts: Timeouts) -> HttpsConnector<HttpConnector> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = match hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_native_roots(provider.clone())
-    {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!(error = %e, "no system CA certificates: https upstreams will not verify");
-            let config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map(|b| {
-                    b.with_root_certificates(rustls::RootCertStore::empty())
-                        .with_no_client_auth()
-                });
-            match config {
-                Ok(config) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config),
-                Err(e) => panic!("the TLS provider offers no protocol version: {e}"),
-            }
+/// Why the TLS settings towards upstreams cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("UPSTREAM_CA_FILE {path}: {reason}")]
+pub struct TlsSetupError {
+    /// The file.
+    pub path: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// The system's CA certificates, and those of `extra_ca` (a PEM file) when
+/// given: what `https` upstreams are checked against.
+fn roots(extra_ca: Option<&str>) -> Result<rustls::RootCertStore, TlsSetupError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::warn!(error = %e, "a system CA certificate cannot be read");
+    }
+    roots.add_parsable_certificates(native.certs);
+    if let Some(path) = extra_ca {
+        let fail = |reason: String| TlsSetupError {
+            path: path.to_owned(),
+            reason,
+        };
+        let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| fail(format!("not PEM certificates: {e}")))?;
+        if certs.is_empty() {
+            return Err(fail("holds no certificate".into()));
         }
-    };
-    builder
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| fail(format!("a certificate is not usable as a CA: {e}")))?;
+        }
+    }
+    if roots.is_empty() {
+        tracing::warn!("no CA certificates: https upstreams will not verify");
+    }
+    Ok(roots)
+}
+
+fn tls_connector(
+    timeouts: Timeouts,
+    extra_ca: Option<&str>,
+) -> Result<HttpsConnector<HttpConnector>, TlsSetupError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsSetupError {
+            path: extra_ca.unwrap_or_default().to_owned(),
+            reason: e.to_string(),
+        })?
+        .with_root_certificates(roots(extra_ca)?)
+        .with_no_client_auth();
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
         .https_or_http()
         .enable_http1()
-        .wrap_connector(connector(timeouts))
+        .wrap_connector(connector(timeouts)))
 }
 
 /// A JSON error in Tyk's data-plane shape: `{"error": "..."}`.
@@ -186,9 +225,16 @@ fn now_s() -> i64 {
 }
 
 impl DataPlane {
-    /// A data plane over the replica's folds. Its counter of answers goes
+    /// A data plane over the replica's folds; `https` upstreams are checked
+    /// against the system's CAs and `extra_ca`'s. Its counter of answers goes
     /// to `metrics`.
-    pub fn new(apis: SharedApis, keys: SharedKeys, timeouts: Timeouts, metrics: &Metrics) -> Self {
+    pub fn new(
+        apis: SharedApis,
+        keys: SharedKeys,
+        timeouts: Timeouts,
+        extra_ca: Option<&str>,
+        metrics: &Metrics,
+    ) -> Result<Self, TlsSetupError> {
         let pool = |b: &mut hyper_util::client::legacy::Builder| {
             b.pool_timer(TokioTimer::new())
                 .pool_idle_timeout(Duration::from_secs(90))
@@ -199,12 +245,12 @@ impl DataPlane {
         let mut h2c = Client::builder(TokioExecutor::new());
         pool(&mut h2c);
         h2c.http2_only(true);
-        Self {
+        Ok(Self {
             apis,
             keys,
             patterns: Patterns::default(),
             plain: Http1Pool::new(timeouts.connect),
-            http: http.build(tls_connector(timeouts)),
+            http: http.build(tls_connector(timeouts, extra_ca)?),
             h2c: h2c.build(connector(timeouts)),
             timeouts,
             counters: std::sync::Mutex::default(),
@@ -212,7 +258,7 @@ impl DataPlane {
                 "meridian_gateway_requests",
                 "Requests answered by the gateway's data plane, by API (or none) and status class.",
             ),
-        }
+        })
     }
 
     fn count(&self, api: &str, status: StatusCode) {
