@@ -71,26 +71,41 @@ pub struct Upstream {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Accepts connections on `listener`, each made a stream by `wrap` (TLS
+/// or not), and answers them (HTTP/1.1, or HTTP/2 by its preface).
+fn serve<S, F, Fut>(listener: tokio::net::TcpListener, wrap: F) -> tokio::task::JoinHandle<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Option<S>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let wrapped = wrap(stream);
+            tokio::spawn(async move {
+                let Some(stream) = wrapped.await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(|req| async move {
+                    Ok::<_, Infallible>(answer(req).await)
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}
+
 impl Upstream {
     /// Starts one on a free port.
     pub async fn start() -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(|req| async move {
-                        Ok::<_, Infallible>(answer(req).await)
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let task = serve(listener, |stream| async move { Some(stream) });
         Self { addr, task }
     }
 
@@ -114,24 +129,9 @@ impl Upstream {
         let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(stream).await else {
-                        return;
-                    };
-                    let service = hyper::service::service_fn(|req| async move {
-                        Ok::<_, Infallible>(answer(req).await)
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
-                });
-            }
+        let task = serve(listener, move |stream| {
+            let accepting = acceptor.accept(stream);
+            async move { accepting.await.ok() }
         });
         Self { addr, task }
     }

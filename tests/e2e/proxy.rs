@@ -733,6 +733,8 @@ async fn a_revoked_key_stops_working_on_an_open_connection_within_a_second() {
             .header("authorization", key)
             .body(Empty::<bytes::Bytes>::new())
             .unwrap();
+        // The same connection, once it has finished the last exchange.
+        conn.ready().await.expect("the connection stays open");
         let res = conn
             .send_request(req)
             .await

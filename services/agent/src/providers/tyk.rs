@@ -33,32 +33,12 @@ impl Source for TykDashboard {
             let base = self.host.trim_end_matches('/');
             for page in 1..=MAX_PAGES {
                 let url = format!("{base}/api/apis?p={page}");
-                let response = self
-                    .http
-                    .get(&url)
-                    .header("authorization", &self.key)
-                    .send()
-                    .await
-                    .map_err(|source| ProviderError::Unreachable {
-                        url: url.clone(),
-                        source,
-                    })?;
-                let status = response.status();
-                if !status.is_success() {
-                    return Err(ProviderError::Status {
-                        url,
-                        status,
-                        excerpt: String::new(),
-                    });
-                }
+                let body =
+                    get_json(&self.http, &url, ("authorization", &self.key), "Dashboard").await?;
                 let garbage = |why: String| ProviderError::Garbage {
                     url: url.clone(),
                     why,
                 };
-                let body: Value = response
-                    .json()
-                    .await
-                    .map_err(|e| garbage(format!("not a Dashboard answer: {e}")))?;
                 let apis = body["apis"]
                     .as_array()
                     .ok_or_else(|| garbage("no `apis` array in the answer".into()))?;
@@ -94,32 +74,17 @@ impl Source for MeridianGateway {
     fn list(&self) -> BoxFuture<'_, Result<Vec<ApiDefinition>, ProviderError>> {
         Box::pin(async move {
             let url = format!("{}/tyk/apis", self.url.trim_end_matches('/'));
-            let response = self
-                .http
-                .get(&url)
-                .header("x-tyk-authorization", &self.secret)
-                .send()
-                .await
-                .map_err(|source| ProviderError::Unreachable {
-                    url: url.clone(),
-                    source,
-                })?;
-            let status = response.status();
-            if !status.is_success() {
-                return Err(ProviderError::Status {
-                    url,
-                    status,
-                    excerpt: String::new(),
-                });
-            }
+            let body = get_json(
+                &self.http,
+                &url,
+                ("x-tyk-authorization", &self.secret),
+                "Gateway API",
+            )
+            .await?;
             let garbage = |why: String| ProviderError::Garbage {
                 url: url.clone(),
                 why,
             };
-            let body: Value = response
-                .json()
-                .await
-                .map_err(|e| garbage(format!("not a Gateway API answer: {e}")))?;
             let apis = body
                 .as_array()
                 .ok_or_else(|| garbage("the answer is not a list of API definitions".into()))?;
@@ -131,6 +96,37 @@ impl Source for MeridianGateway {
                 .collect()
         })
     }
+}
+
+/// `GET url` with one credential header; the JSON answer, or why there is
+/// none (`what` names the API in the error: `not a Dashboard answer`).
+async fn get_json(
+    http: &reqwest::Client,
+    url: &str,
+    (header, credential): (&str, &str),
+    what: &str,
+) -> Result<Value, ProviderError> {
+    let response = http
+        .get(url)
+        .header(header, credential)
+        .send()
+        .await
+        .map_err(|source| ProviderError::Unreachable {
+            url: url.to_owned(),
+            source,
+        })?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(ProviderError::Status {
+            url: url.to_owned(),
+            status,
+            excerpt: String::new(),
+        });
+    }
+    response.json().await.map_err(|e| ProviderError::Garbage {
+        url: url.to_owned(),
+        why: format!("not a {what} answer: {e}"),
+    })
 }
 
 /// A Dashboard entry that cannot be normalized.

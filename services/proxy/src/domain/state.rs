@@ -158,25 +158,14 @@ mod tests {
             "inactive APIs do not hold a path"
         );
         // Replays of old sequences change nothing.
-        s.apply(
-            &ApisEvent::ApiDeleted {
-                api_id: "a".into(),
-                change_id: Uuid::new_v4(),
-                at_ms: 0,
-            },
-            2,
-        )
-        .unwrap();
+        let delete_a = ApisEvent::ApiDeleted {
+            api_id: "a".into(),
+            change_id: Uuid::new_v4(),
+            at_ms: 0,
+        };
+        s.apply(&delete_a, 2).unwrap();
         assert!(s.route("/a/x").is_some());
-        s.apply(
-            &ApisEvent::ApiDeleted {
-                api_id: "a".into(),
-                change_id: Uuid::new_v4(),
-                at_ms: 0,
-            },
-            3,
-        )
-        .unwrap();
+        s.apply(&delete_a, 3).unwrap();
         assert!(s.route("/a/x").is_none());
         assert_eq!(s.position(), 3);
         let b = s.get("b").unwrap();
