@@ -422,6 +422,20 @@ async fn requests_are_routed_rewritten_and_streamed() {
     assert_eq!(status, 404);
     assert!(body["error"].is_string(), "{body}");
     nothing.admin.stop().await;
+
+    // The data plane's answers are counted by API and status class.
+    let metrics = reqwest::get(format!("{}/metrics", proxy.admin.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        r#"meridian_gateway_requests_total{api="pets",status="2xx"}"#,
+        r#"meridian_gateway_requests_total{api="vh",status="4xx"}"#,
+    ] {
+        assert!(metrics.contains(series), "{series} missing from /metrics");
+    }
     proxy.admin.stop().await;
 }
 

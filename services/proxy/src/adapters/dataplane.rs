@@ -89,7 +89,7 @@ pub struct DataPlane {
     answered: Family<Labels, Counter>,
     /// The counters of `answered` by API and status class, found without
     /// building labels on every request.
-    counters: std::sync::Mutex<HashMap<String, [Option<Counter>; 5]>>,
+    counters: std::sync::RwLock<HashMap<String, [Option<Counter>; 5]>>,
 }
 
 fn connector(timeouts: Timeouts) -> HttpConnector {
@@ -253,7 +253,7 @@ impl DataPlane {
             http: http.build(tls_connector(timeouts, extra_ca)?),
             h2c: h2c.build(connector(timeouts)),
             timeouts,
-            counters: std::sync::Mutex::default(),
+            counters: std::sync::RwLock::default(),
             answered: metrics.counters(
                 "meridian_gateway_requests",
                 "Requests answered by the gateway's data plane, by API (or none) and status class.",
@@ -264,20 +264,31 @@ impl DataPlane {
     fn count(&self, api: &str, status: StatusCode) {
         const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
         let class = usize::from((status.as_u16() / 100).clamp(1, 5) - 1);
-        let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        if !counters.contains_key(api) {
-            counters.insert(api.to_owned(), Default::default());
+        // Every worker thread counts: a shared read, a write only the first
+        // time an API answers with a class.
+        if let Some(Some(counter)) = self
+            .counters
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(api)
+            .map(|c| &c[class])
+        {
+            counter.inc();
+            return;
         }
-        let slot = &mut counters.get_mut(api).expect("inserted")[class];
-        slot.get_or_insert_with(|| {
-            self.answered
-                .get_or_create(&vec![
-                    ("api", api.to_owned()),
-                    ("status", CLASSES[class].to_owned()),
-                ])
-                .clone()
-        })
-        .inc();
+        let counter = self
+            .answered
+            .get_or_create(&vec![
+                ("api", api.to_owned()),
+                ("status", CLASSES[class].to_owned()),
+            ])
+            .clone();
+        counter.inc();
+        self.counters
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(api.to_owned())
+            .or_default()[class] = Some(counter);
     }
 
     /// Answers one request of the client connection `client`.
