@@ -18,6 +18,9 @@ pub struct StoredApi {
     pub definition: Arc<ApiDefinition>,
     /// Its `APIS` sequence.
     pub seq: u64,
+    /// The definition compiled for the data plane, once, when it was
+    /// stored (every table rebuilt after it reuses it).
+    route: Arc<Route>,
 }
 
 /// A definition in `APIS` that no longer parses or compiles: the stream
@@ -59,12 +62,13 @@ impl ApisState {
                 };
                 let def: ApiDefinition =
                     serde_json::from_str(definition).map_err(|e| corrupt(e.to_string()))?;
-                compile(&def).map_err(|e| corrupt(e.to_string()))?;
+                let route = Arc::new(compile(&def).map_err(|e| corrupt(e.to_string()))?);
                 self.apis.insert(
                     api_id.clone(),
                     StoredApi {
                         definition: Arc::new(def),
                         seq,
+                        route,
                     },
                 );
             }
@@ -82,7 +86,7 @@ impl ApisState {
             self.apis
                 .values()
                 .filter(|a| a.definition.active)
-                .filter_map(|a| compile(&a.definition).ok().map(Arc::new)),
+                .map(|a| a.route.clone()),
         )
     }
 
