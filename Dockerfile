@@ -16,6 +16,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
       --bin meridian-scheduler \
       --bin meridian-key-issuer \
       --bin meridian-proxy \
+      --bin meridian-portal-sync \
       --bin meridian-agent \
  && mkdir -p /out \
  && cp target/release/meridian \
@@ -24,6 +25,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
        target/release/meridian-scheduler \
        target/release/meridian-key-issuer \
        target/release/meridian-proxy \
+       target/release/meridian-portal-sync \
        target/release/meridian-agent /out/
 
 # Runtime: slim Debian (glibc, CA roots for TLS to providers), non-root.

@@ -2,8 +2,10 @@
 //! port with its own store, services bound to port 0, and helpers to drive
 //! them as an operator and an agent would.
 
+pub mod fake_dashboard;
 pub mod fake_kube;
 pub mod pki;
+pub mod portal;
 pub mod tyk;
 pub mod upstream;
 

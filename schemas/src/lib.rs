@@ -8,9 +8,9 @@
 //!   spells a stream or subject name.
 //! - [`envelope`]: the versioned envelope every event travels in (postcard).
 //! - [`ids`]: id newtypes, including the deterministic API id.
-//! - [`agents`], [`sync`], [`lifecycle`], [`schedule`], [`keys`], [`apis`]:
-//!   the event types of the `AGENTS`, `AGENT_HEARTBEATS`, `SYNC`,
-//!   `API_LIFECYCLE`, `SCHEDULE`, `KEYS` and `APIS` streams.
+//! - [`agents`], [`sync`], [`lifecycle`], [`schedule`], [`keys`], [`apis`],
+//!   [`portal`]: the event types of the `AGENTS`, `AGENT_HEARTBEATS`,
+//!   `SYNC`, `API_LIFECYCLE`, `SCHEDULE`, `KEYS`, `APIS` and `PORTAL` streams.
 //! - [`public`]: the public events (CloudEvents JSON on `MERIDIAN_EVENTS`)
 //!   that outside consumers subscribe to, and their JSON Schemas.
 //! - [`commands`]: request/reply commands sent over core NATS between services.
@@ -26,6 +26,7 @@ pub mod envelope;
 pub mod ids;
 pub mod keys;
 pub mod lifecycle;
+pub mod portal;
 pub mod public;
 pub mod schedule;
 pub mod streams;

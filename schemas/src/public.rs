@@ -34,11 +34,13 @@ pub const API_SOURCE: &str = "urn:meridian:inventory";
 pub const AGENT_SOURCE: &str = "urn:meridian:agents";
 /// `source` of key, policy and OAuth client events.
 pub const ACCESS_SOURCE: &str = "urn:meridian:key-issuer";
+/// `source` of Product, Plan and provisioning events.
+pub const PORTAL_SOURCE: &str = "urn:meridian:portal-sync";
 /// The NATS header and value of structured-mode CloudEvents.
 pub const CONTENT_TYPE: (&str, &str) = ("content-type", "application/cloudevents+json");
 
 /// Every public event type, with the file of its JSON Schema.
-pub const EVENT_TYPES: [(&str, &str); 14] = [
+pub const EVENT_TYPES: [(&str, &str); 26] = [
     ("io.meridian.api.created", "api.created.json"),
     ("io.meridian.api.updated", "api.updated.json"),
     ("io.meridian.api.deleted", "api.deleted.json"),
@@ -64,6 +66,24 @@ pub const EVENT_TYPES: [(&str, &str); 14] = [
     (
         "io.meridian.oauth_client.deleted",
         "oauth_client.deleted.json",
+    ),
+    ("io.meridian.product.created", "product.created.json"),
+    ("io.meridian.product.updated", "product.updated.json"),
+    ("io.meridian.product.hidden", "product.hidden.json"),
+    ("io.meridian.product.restored", "product.restored.json"),
+    ("io.meridian.product.deleted", "product.deleted.json"),
+    ("io.meridian.plan.created", "plan.created.json"),
+    ("io.meridian.plan.updated", "plan.updated.json"),
+    ("io.meridian.plan.hidden", "plan.hidden.json"),
+    ("io.meridian.plan.restored", "plan.restored.json"),
+    ("io.meridian.plan.deleted", "plan.deleted.json"),
+    (
+        "io.meridian.provisioning.approved",
+        "provisioning.approved.json",
+    ),
+    (
+        "io.meridian.provisioning.rejected",
+        "provisioning.rejected.json",
     ),
 ];
 
@@ -189,6 +209,81 @@ pub struct OAuthClientEventData {
     pub change: String,
     /// See [`KeyEventData::sequence`].
     pub sequence: u64,
+}
+
+/// `data` of `io.meridian.product.*` and `io.meridian.plan.*`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogueEventData {
+    /// The Product's or Plan's portal id.
+    #[schema(format = Uuid)]
+    pub id: String,
+    /// The portal provider it comes from.
+    #[schema(format = Uuid)]
+    pub provider_id: String,
+    /// The provider's policy behind it.
+    pub policy_id: String,
+    /// Its name.
+    pub name: String,
+    /// Whether developers see it now.
+    pub published: bool,
+    /// Whether it is hidden (its policy was not retrieved by the last sync).
+    pub hidden: bool,
+    /// The APIs it grants access to, by the provider's API id (Plans: empty).
+    pub api_ids: Vec<String>,
+    /// Position of the change in Meridian's `PORTAL` log: increases with
+    /// every change, so consumers can order what they receive.
+    pub sequence: u64,
+}
+
+/// `data` of `io.meridian.provisioning.*`: never the key, only its hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisioningEventData {
+    /// The provisioning request.
+    #[schema(format = Uuid)]
+    pub request_id: String,
+    /// The app that asked.
+    #[schema(format = Uuid)]
+    pub app_id: String,
+    /// The Product asked for.
+    #[schema(format = Uuid)]
+    pub product_id: String,
+    /// The Plan asked for.
+    #[schema(format = Uuid)]
+    pub plan_id: String,
+    /// `true` when the Plan approved it without an admin.
+    pub automatic: bool,
+    /// For `approved`: SHA-256 (hex) of the key the provider issued; empty
+    /// for `rejected`.
+    pub key_hash: String,
+    /// See [`CatalogueEventData::sequence`].
+    pub sequence: u64,
+}
+
+/// The public form of a portal change: `entity` is `product`, `plan` or
+/// `provisioning`; `kind` the change; `subject` the entity's id. The id
+/// derives from the `PORTAL` sequence, so relaying it again yields the same
+/// id.
+pub fn portal_event<D>(
+    entity: &str,
+    kind: &str,
+    subject: &str,
+    sequence: u64,
+    at_ms: i64,
+    data: D,
+) -> CloudEvent<D> {
+    CloudEvent {
+        specversion: "1.0".into(),
+        id: event_id(&format!("public:portal:{sequence}")),
+        source: PORTAL_SOURCE.into(),
+        event_type: format!("io.meridian.{entity}.{kind}"),
+        subject: subject.to_owned(),
+        time: rfc3339(at_ms),
+        datacontenttype: "application/json".into(),
+        traceparent: None,
+        data,
+    }
 }
 
 /// Which key-issuer entity a public event is about.
@@ -390,6 +485,8 @@ pub fn json_schema(event_type: &str) -> Option<serde_json::Value> {
             ACCESS_SOURCE,
             serde_json::json!({"type": "string", "description": "The policy id"}),
         ),
+        Some("product" | "plan") => (CatalogueEventData::schema(), PORTAL_SOURCE, uuid),
+        Some("provisioning") => (ProvisioningEventData::schema(), PORTAL_SOURCE, uuid),
         _ => (
             OAuthClientEventData::schema(),
             ACCESS_SOURCE,
@@ -504,6 +601,9 @@ mod tests {
             "events.key.{kind}.{orgId}",
             "events.policy.{kind}.{orgId}",
             "events.oauth_client.{kind}.{apiId}",
+            "events.product.{kind}.{providerId}",
+            "events.plan.{kind}.{providerId}",
+            "events.provisioning.{kind}.{appId}",
         ] {
             assert!(
                 doc.contains(channel),

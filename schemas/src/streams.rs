@@ -29,6 +29,10 @@ pub const KEYS: &str = "KEYS";
 /// API definitions of Meridian's gateway, written only by the proxy's admin
 /// side (see [`crate::apis`]).
 pub const APIS: &str = "APIS";
+/// The developer portal: providers, Products, Plans, apps, provisioning
+/// requests and provider syncs, written only by portal-sync (see
+/// [`crate::portal`]). Provider secrets travel sealed, credentials as hashes.
+pub const PORTAL: &str = "PORTAL";
 
 /// Subject filter that captures a whole stream.
 pub fn stream_subjects(stream: &str) -> &'static str {
@@ -40,6 +44,7 @@ pub fn stream_subjects(stream: &str) -> &'static str {
         SCHEDULE => "schedule.>",
         KEYS => "keys.>",
         APIS => "apis.>",
+        PORTAL => "portal.>",
         EVENTS => ALL_EVENTS,
         other => panic!("unknown stream {other}"),
     }
@@ -165,6 +170,27 @@ pub fn api_definition_subject(api_id: &str) -> String {
 /// second and at once after each change it applied, how far it has folded
 /// `APIS` and `KEYS` (see [`crate::apis::ReplicaApplied`]).
 pub const PROXY_APPLIED_SUBJECT: &str = "meridian.proxy.applied";
+
+/// The `PORTAL` subject of one entity (`id` escaped by [`escape_token`]).
+pub fn portal_subject(entity: crate::portal::PortalEntity, id: &str) -> String {
+    format!("portal.{}.{}", entity.as_str(), escape_token(id))
+}
+
+/// The `PORTAL` subject of one provider's sync claims and reports. A replica
+/// claims a sync by publishing expecting this subject's last sequence.
+pub fn portal_sync_subject(provider_id: &str) -> String {
+    format!("portal.sync.{}", escape_token(provider_id))
+}
+
+/// The public subject of a portal change: `entity` is `product`, `plan` or
+/// `provisioning`, `scope` the provider id (Products, Plans) or the app id
+/// (provisioning), escaped by [`escape_token`].
+pub fn portal_event_subject(entity: &str, kind: &str, scope: &str) -> String {
+    format!("events.{entity}.{kind}.{}", escape_token(scope))
+}
+
+/// Filters of every public portal event.
+pub const PORTAL_EVENTS: [&str; 3] = ["events.product.>", "events.plan.>", "events.provisioning.>"];
 
 /// Every subject of the public stream.
 pub const ALL_EVENTS: &str = "events.>";

@@ -52,12 +52,13 @@ fn dockerfile_binaries() -> BTreeSet<String> {
 }
 
 /// The hub's server binaries: each must run in compose and on Kubernetes.
-const SERVERS: [&str; 6] = [
+const SERVERS: [&str; 7] = [
     "meridian-agent-gateway",
     "meridian-inventory",
     "meridian-scheduler",
     "meridian-key-issuer",
     "meridian-proxy",
+    "meridian-portal-sync",
     "meridian-agent",
 ];
 
@@ -191,6 +192,12 @@ fn check(launch: &Launch) -> Serves {
                 ..served(&c.http_addr, &c.nats_url)
             }
         }
+        "meridian-portal-sync" => {
+            assert!(args.is_empty(), "{at}: {args:?}");
+            let c: meridian_portal_sync::Config =
+                service_config(launch, meridian_portal_sync::app::ENV_PREFIX);
+            served(&c.http_addr, &c.nats_url)
+        }
         "meridian-agent" => {
             assert_eq!(args.len(), 2, "{at}: {args:?}");
             assert_eq!(args[0], "--config");
@@ -249,9 +256,16 @@ fn check(launch: &Launch) -> Serves {
                     let env = |k: &str| launch.env.get(k).cloned().unwrap();
                     Serves {
                         http_port: Some(port_of(&env("MERIDIAN_ROUTE_LISTEN"))),
-                        calls: ["GATEWAY", "INVENTORY", "SCHEDULER", "KEY_ISSUER", "PROXY"]
-                            .map(|u| host_port(&env(&format!("MERIDIAN_ROUTE_{u}"))))
-                            .to_vec(),
+                        calls: [
+                            "GATEWAY",
+                            "INVENTORY",
+                            "SCHEDULER",
+                            "KEY_ISSUER",
+                            "PROXY",
+                            "PORTAL_SYNC",
+                        ]
+                        .map(|u| host_port(&env(&format!("MERIDIAN_ROUTE_{u}"))))
+                        .to_vec(),
                         ..Default::default()
                     }
                 }
@@ -873,7 +887,7 @@ fn a_misspelt_manifest_field_is_caught() {
 #[test]
 fn help_and_readme_list_every_variable_of_each_service() {
     use meridian_kit::config::{fields, variables_help};
-    let services: [(&str, &str, &[&str], String); 5] = [
+    let services: [(&str, &str, &[&str], String); 6] = [
         (
             "meridian-agent-gateway",
             meridian_agent_gateway::app::ENV_PREFIX,
@@ -905,6 +919,12 @@ fn help_and_readme_list_every_variable_of_each_service() {
             meridian_proxy::app::ENV_PREFIX,
             fields::<meridian_proxy::Config>(),
             variables_help::<meridian_proxy::Config>(meridian_proxy::app::ENV_PREFIX),
+        ),
+        (
+            "meridian-portal-sync",
+            meridian_portal_sync::app::ENV_PREFIX,
+            fields::<meridian_portal_sync::Config>(),
+            variables_help::<meridian_portal_sync::Config>(meridian_portal_sync::app::ENV_PREFIX),
         ),
     ];
     let readme = read("README.md");

@@ -9,6 +9,7 @@ mod events;
 mod hub;
 mod keys;
 mod observe;
+mod portal;
 mod proxy;
 mod readme;
 mod restart;

@@ -236,6 +236,37 @@ async fn every_readme_example_works_as_written() {
             if command.contains("-X POST $H/tyk/keys ") {
                 ids.insert("5f0c...", answer["key"].as_str().unwrap().to_owned());
             }
+            // The portal's listings name the demo provider, Product and Plan.
+            let find = |field: &str, value: &str| {
+                answer
+                    .as_array()
+                    .and_then(|all| all.iter().find(|e| e[field] == value))
+                    .and_then(|e| e["id"].as_str())
+                    .map(str::to_owned)
+            };
+            if command.starts_with("curl -s $H/portal-api/providers ") {
+                ids.insert(
+                    "b7d2...",
+                    find("name", "meridian-hub").expect("the demo provider"),
+                );
+            }
+            if command.starts_with("curl -s $H/portal-api/products ") {
+                let id = find("policy_id", "demo-portal-access").expect("the demo Product");
+                ids.insert("3f6a...", id);
+            }
+            if command.starts_with("curl -s $H/portal-api/plans ") {
+                ids.insert(
+                    "c41e...",
+                    find("policy_id", "demo-portal-free").expect("the demo Plan"),
+                );
+            }
+            if command.contains("-X POST $H/portal-api/apps ") {
+                ids.insert("0a9b...", answer["id"].as_str().unwrap().to_owned());
+            }
+            if command.contains("$H/portal-api/provisioning-requests ") {
+                assert_eq!(answer["request"]["status"], "approved", "{answer}");
+                assert!(answer["key"].is_string(), "{answer}");
+            }
         } else if command.starts_with("scripts/meridian events tail") {
             // It follows the stream until stopped: it must still be running,
             // having printed no error, a few seconds in.
@@ -263,6 +294,7 @@ async fn every_readme_example_works_as_written() {
         .with_secret(Some(secret.trim()))
         .get("/api/keys/digest")
         .await;
+    let (_, portal_digest) = api.get("/api/portal/digest").await;
     let pid = hub.id().unwrap().to_string();
     assert!(
         std::process::Command::new("kill")
@@ -289,5 +321,12 @@ async fn every_readme_example_works_as_written() {
             keys_digest["digest"].as_str().unwrap()
         )),
         "the README's Tyk examples left keys whose view the rebuild reproduces: {out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "portal digest {}",
+            portal_digest["digest"].as_str().unwrap()
+        )),
+        "the README's portal examples left a portal the rebuild reproduces: {out}"
     );
 }

@@ -108,7 +108,7 @@ fn invalid(e: Invalid) -> TykError {
 fn write_failed(e: WriteError<TykError>) -> TykError {
     match e {
         WriteError::Refused(e) => e,
-        WriteError::Conflict { .. } => {
+        WriteError::Conflict => {
             TykError::conflict(format!("{e}; another writer keeps changing it, try again"))
         }
         WriteError::Bus(e) => TykError::unavailable(format!("the event log is not available: {e}")),

@@ -190,7 +190,12 @@ impl App {
 
     /// Folds `KEYS`, relays public events and records tokens until `stop`.
     pub async fn run_until_stopped(self, stop: CancellationToken) -> Result<(), AppError> {
-        let relay = tokio::spawn(relay::relay_until_stopped(self.js.clone(), stop.clone()));
+        let relay = tokio::spawn(meridian_kit::relay::relay_until_stopped(
+            self.js.clone(),
+            relay::SPEC,
+            relay::map,
+            stop.clone(),
+        ));
         let responder = tokio::spawn(tokens::serve_until_stopped(
             self.client.clone(),
             self.writer.clone(),

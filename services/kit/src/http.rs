@@ -36,6 +36,9 @@ pub enum ErrorCode {
     Conflict,
     /// A dependency (NATS, the agent) is not available now.
     Unavailable,
+    /// A service Meridian called on the caller's behalf (a provider) failed
+    /// or answered something unusable.
+    BadGateway,
     /// A bug or an unexpected failure; details are in the log only.
     Internal,
 }
@@ -51,6 +54,7 @@ impl ErrorCode {
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Conflict => StatusCode::CONFLICT,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BadGateway => StatusCode::BAD_GATEWAY,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -64,7 +68,7 @@ impl ErrorCode {
             Self::MethodNotAllowed => tonic::Code::Unimplemented,
             Self::TooLarge => tonic::Code::ResourceExhausted,
             Self::Conflict => tonic::Code::FailedPrecondition,
-            Self::Unavailable => tonic::Code::Unavailable,
+            Self::Unavailable | Self::BadGateway => tonic::Code::Unavailable,
             Self::Internal => tonic::Code::Internal,
         }
     }
@@ -79,6 +83,7 @@ impl ErrorCode {
             Self::TooLarge => "too_large",
             Self::Conflict => "conflict",
             Self::Unavailable => "unavailable",
+            Self::BadGateway => "bad_gateway",
             Self::Internal => "internal",
         }
     }
@@ -89,7 +94,7 @@ impl ErrorCode {
 pub struct ErrorBody {
     /// Machine-readable code: `invalid_argument`, `unauthenticated`,
     /// `not_found`, `method_not_allowed`, `too_large`, `conflict`,
-    /// `unavailable` or `internal`.
+    /// `unavailable`, `bad_gateway` or `internal`.
     pub error: String,
     /// What went wrong, naming the field where one is at fault.
     pub message: String,
@@ -310,6 +315,31 @@ pub async fn require_api_key(State(key): State<ApiKey>, req: Request, next: Next
         Some(Ok(v)) if key.matches(v) => next.run(req).await,
         Some(_) => {
             ApiError::new(ErrorCode::Unauthenticated, "X-API-Key is not valid").into_response()
+        }
+    }
+}
+
+/// Middleware: 401 unless `X-API-Key`, or else `Authorization` (the key
+/// alone, as Tyk's developer portal takes it), matches.
+pub async fn require_api_key_or_authorization(
+    State(key): State<ApiKey>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let headers = req.headers();
+    let given = headers
+        .get(API_KEY_HEADER)
+        .or_else(|| headers.get(axum::http::header::AUTHORIZATION))
+        .map(|v| v.to_str());
+    match given {
+        None => ApiError::new(
+            ErrorCode::Unauthenticated,
+            "missing X-API-Key (or Authorization) header",
+        )
+        .into_response(),
+        Some(Ok(v)) if key.matches(v) => next.run(req).await,
+        Some(_) => {
+            ApiError::new(ErrorCode::Unauthenticated, "the admin key is not valid").into_response()
         }
     }
 }

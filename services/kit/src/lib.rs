@@ -12,10 +12,12 @@
 //! - [`config`]: typed configuration from `MERIDIAN_<SERVICE>__*` variables.
 //! - `nats_server` (feature `nats-server`): find, check and start a local
 //!   `nats-server -js`, for the launcher and the tests.
+//! - [`relay`]: an internal stream's changes to the public stream, as CloudEvents.
 //! - [`report`]: an error with its causes, for messages.
 //! - [`retry`]: every retry loop (jittered backoff, stop signal, give-up log).
 //! - [`tyk`]: the Tyk-compatible admin surface (`/tyk/...`): Tyk's error
 //!   shape, the Gateway API secret, bodies read as Tyk reads them.
+//! - [`writer`]: compare-and-set writes decided on an in-memory fold.
 //! - [`telemetry`], [`shutdown`], [`time`].
 
 pub mod bus;
@@ -25,6 +27,7 @@ pub mod metrics;
 #[cfg(feature = "nats-server")]
 pub mod nats_server;
 pub mod projection;
+pub mod relay;
 pub mod report;
 pub mod retry;
 pub mod shutdown;
@@ -32,5 +35,6 @@ pub mod store;
 pub mod telemetry;
 pub mod time;
 pub mod tyk;
+pub mod writer;
 
 pub use tokio_util::sync::CancellationToken;

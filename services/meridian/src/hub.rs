@@ -1,4 +1,5 @@
-//! The hub in one process: agent-gateway, inventory, scheduler, key-issuer and the proxy side by
+//! The hub in one process: agent-gateway, inventory, scheduler, key-issuer, the proxy and
+//! portal-sync side by
 //! side, every REST endpoint on one URL (routed by path), one OpenAPI document for all, and the
 //! proxy's data plane on its own address.
 
@@ -79,17 +80,23 @@ pub async fn start(config: HubConfig, stop: CancellationToken) -> anyhow::Result
     )
     .await?;
 
+    let mut portal_config = meridian_portal_sync::Config::new(&config.nats_url, &config.api_key);
+    portal_config.replica = Some("hub".into());
+    let portal = meridian_portal_sync::App::build(portal_config, &metrics).await?;
+
     let mut checks = gateway.ready_checks();
     checks.extend(inventory.ready_checks());
     checks.extend(scheduler.ready_checks());
     checks.extend(key_issuer.ready_checks());
     checks.extend(proxy.ready_checks());
+    checks.extend(portal.ready_checks());
     let api = OpenApiRouter::new()
         .merge(gateway.api())
         .merge(inventory.api())
         .merge(scheduler.api())
         .merge(key_issuer.api())
-        .merge(proxy.api());
+        .merge(proxy.api())
+        .merge(portal.api());
     let router = http::service_router(api, checks, "Meridian hub", &metrics);
 
     let http_listener = tokio::net::TcpListener::bind(&config.http_addr)
@@ -123,6 +130,7 @@ pub async fn start(config: HubConfig, stop: CancellationToken) -> anyhow::Result
             "proxy",
             proxy.run_until_stopped(gateway_listener, stop.clone()),
         ),
+        task("portal-sync", portal.run_until_stopped(stop.clone())),
     ];
     Ok(RunningHub {
         http_addr,

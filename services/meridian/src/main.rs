@@ -90,6 +90,13 @@ enum Command {
             default_value = "http://127.0.0.1:8085"
         )]
         proxy: String,
+        /// portal-sync's REST URL (the developer portal's `/portal-api/`).
+        #[arg(
+            long,
+            env = "MERIDIAN_ROUTE_PORTAL_SYNC",
+            default_value = "http://127.0.0.1:8086"
+        )]
+        portal_sync: String,
     },
     /// Serve a demo Tyk-Dashboard-compatible provider with sample APIs.
     DemoProvider {
@@ -157,6 +164,7 @@ async fn main() -> anyhow::Result<()> {
             scheduler,
             key_issuer,
             proxy,
+            portal_sync,
         } => {
             let upstreams = [
                 ("agent-gateway", gateway),
@@ -164,6 +172,7 @@ async fn main() -> anyhow::Result<()> {
                 ("scheduler", scheduler),
                 ("key-issuer", key_issuer),
                 ("proxy", proxy),
+                ("portal-sync", portal_sync),
             ]
             .into_iter()
             .map(|(name, url)| route::Upstream {

@@ -1,6 +1,6 @@
 //! `meridian rebuild`: wipes the hub's repository and replays it from the
-//! log, and folds `KEYS` afresh as a restarted key-issuer does (its view
-//! lives in memory only), printing both digests. With the hub stopped (it holds the repository), it starts the same
+//! log, and folds `KEYS` and `PORTAL` afresh as a restarted key-issuer and
+//! portal-sync do (their views live in memory only), printing the digests. With the hub stopped (it holds the repository), it starts the same
 //! local NATS on the hub's data directory for the time of the replay, and
 //! stops it after; `--nats-url` uses a running NATS instead (a separately
 //! deployed hub).
@@ -19,6 +19,8 @@ pub struct Rebuilt {
     pub repository: meridian_inventory::RebuildReport,
     /// key-issuer's view.
     pub keys: meridian_key_issuer::DigestView,
+    /// portal-sync's view.
+    pub portal: meridian_portal_sync::DigestView,
 }
 
 impl std::fmt::Display for Rebuilt {
@@ -26,8 +28,8 @@ impl std::fmt::Display for Rebuilt {
         writeln!(f, "{}", self.repository)?;
         write!(
             f,
-            "folded KEYS to sequence {}\nkeys digest {}",
-            self.keys.position, self.keys.digest
+            "folded KEYS to sequence {}\nkeys digest {}\nfolded PORTAL to sequence {}\nportal digest {}",
+            self.keys.position, self.keys.digest, self.portal.position, self.portal.digest
         )
     }
 }
@@ -60,7 +62,12 @@ pub async fn rebuild(nats_url: Option<String>, data_dir: &Path) -> anyhow::Resul
     let config = meridian_inventory::Config::new(&url, data_dir.join("inventory"), "unused");
     let repository = meridian_inventory::rebuild(config).await?;
     let keys = meridian_key_issuer::rebuild(&url).await?;
-    Ok(Rebuilt { repository, keys })
+    let portal = meridian_portal_sync::rebuild(&url).await?;
+    Ok(Rebuilt {
+        repository,
+        keys,
+        portal,
+    })
 }
 
 /// Whether something accepts connections at a NATS URL's host and port.

@@ -144,6 +144,17 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             demo_provider::sample_apis().len(),
             demo.1
         );
+        let portal = demo_portal(
+            &hub_url,
+            &api_key,
+            &gateway_secret,
+            &format!("http://{}", running.gateway_addr),
+        )
+        .await
+        .context("setting up the demo portal provider")?;
+        println!(
+            "  portal     provider {DEMO_PORTAL_PROVIDER} (this hub's key-issuer): {portal}   ({hub_url}/portal-api/products)"
+        );
         println!("\n  try: scripts/meridian apis list");
     }
     println!("\nCtrl-C stops everything.\n");
@@ -323,4 +334,85 @@ async fn demo_gateway_api(hub_url: &str, secret: &str, provider_url: &str) -> an
         created.text().await.unwrap_or_default()
     );
     Ok(())
+}
+
+/// The name of the portal provider `meridian up` connects to its own
+/// key-issuer.
+pub const DEMO_PORTAL_PROVIDER: &str = "meridian-hub";
+
+/// The developer portal's demo: two policies tagged `portal` in the hub's
+/// key-issuer (access to the demo API, and a free limit), the hub itself
+/// as a `meridian` portal provider (the first time), and one sync, so the
+/// portal shows a Product and a Plan. Returns the sync's counts.
+async fn demo_portal(
+    hub_url: &str,
+    api_key: &str,
+    gateway_secret: &str,
+    gateway_url: &str,
+) -> anyhow::Result<String> {
+    let http = reqwest::Client::new();
+    let policies = [
+        serde_json::json!({"id": "demo-portal-access", "name": "Demo catalogue access",
+            "tags": ["portal"], "active": true, "partitions": {"acl": true},
+            "access_rights": {DEMO_GATEWAY_API: {"api_id": DEMO_GATEWAY_API,
+                "api_name": "Demo catalogue", "versions": ["Default"]}}}),
+        serde_json::json!({"id": "demo-portal-free", "name": "Free", "tags": ["portal"],
+            "active": true, "partitions": {"rate_limit": true, "quota": true},
+            "rate": 10, "per": 1, "quota_max": -1}),
+    ];
+    for policy in policies {
+        let id = policy["id"].as_str().unwrap_or_default();
+        let answer = http
+            .put(format!("{hub_url}/tyk/policies/{id}"))
+            .header("x-tyk-authorization", gateway_secret)
+            .json(&policy)
+            .send()
+            .await?;
+        anyhow::ensure!(
+            answer.status().is_success(),
+            "storing the demo policy {id}: {}",
+            answer.text().await.unwrap_or_default()
+        );
+    }
+    let client = crate::cli::Client::new(hub_url, api_key);
+    let providers = client.get("/portal-api/providers").await?;
+    let existing = providers.as_array().and_then(|all| {
+        all.iter()
+            .find(|p| p["name"] == DEMO_PORTAL_PROVIDER)
+            .and_then(|p| p["id"].as_str().map(str::to_owned))
+    });
+    let id = match existing {
+        Some(id) => id,
+        None => client
+            .post(
+                "/portal-api/providers",
+                &serde_json::json!({"name": DEMO_PORTAL_PROVIDER, "type": "meridian",
+                    "url": hub_url, "secret": gateway_secret, "policy_tags": "portal",
+                    "baseline_url": gateway_url}),
+            )
+            .await?["id"]
+            .as_str()
+            .context("no id in the created provider")?
+            .to_owned(),
+    };
+    let report = client
+        .put(
+            &format!("/portal-api/providers/{id}/synchronize"),
+            &serde_json::Value::Null,
+        )
+        .await?;
+    let report = &report["providers"][0];
+    anyhow::ensure!(
+        report["status"] == "ok",
+        "the demo portal sync failed: {}",
+        report["reason"]
+    );
+    let products = client.get("/portal-api/products").await?;
+    let plans = client.get("/portal-api/plans").await?;
+    let count = |v: &serde_json::Value| v.as_array().map_or(0, Vec::len);
+    Ok(format!(
+        "{} Products, {} Plans",
+        count(&products),
+        count(&plans)
+    ))
 }

@@ -1,163 +1,54 @@
 //! Relays key, policy and OAuth client changes from `KEYS` to the public
 //! stream as CloudEvents (`io.meridian.key.*`, `io.meridian.policy.*`,
 //! `io.meridian.oauth_client.*`). Never a key or a secret: a key is named
-//! by its hash.
-//!
-//! Every replica relays. Each event's id derives from its `KEYS` sequence
-//! and travels as `Nats-Msg-Id`, so when two replicas send the same change
-//! the public stream stores it once; and each relay starts (and, every few
-//! hundred messages, resumes) after the newest change the public stream
-//! already has, read from its `data.sequence`, so a restart sends nothing
-//! twice and a replica that lags behind another skips what is there.
+//! by its hash. Every replica relays; [`meridian_kit::relay`] makes sure
+//! nothing is sent twice.
 
-use std::time::Duration;
-
-use async_nats::jetstream::{self, consumer};
-use futures_util::StreamExt;
-use meridian_kit::CancellationToken;
-use meridian_kit::bus::{AckWindow, BusContext, BusError, PUBLISH_WINDOW, send_public};
-use meridian_kit::retry::{Backoff, retry};
+use meridian_kit::relay::{MapError, RelaySpec};
 use meridian_schemas::keys::KeysEvent;
 use meridian_schemas::public::{
     AccessEntity, KeyEventData, OAuthClientEventData, PolicyEventData, access_event,
 };
-use meridian_schemas::{DecodeError, Envelope, streams};
-use serde::Deserialize;
+use meridian_schemas::{Envelope, streams};
 
 use crate::domain::{OAuthClient, Policy, Session};
 
-/// Messages relayed between two reads of the public stream's high water.
-const RESYNC_EVERY: u64 = 512;
+/// What the relay follows and where its events go.
+pub const SPEC: RelaySpec = RelaySpec {
+    source: streams::KEYS,
+    public: &streams::ACCESS_EVENTS,
+};
 
-/// Between attempts after a failure.
-const BACKOFF: Backoff = Backoff::forever(Duration::from_millis(200), Duration::from_secs(5));
+/// An object inside a `KEYS` event that does not parse.
+pub type RelayError = serde_json::Error;
 
-/// Why the relay starts over.
-#[derive(Debug, thiserror::Error)]
-pub enum RelayError {
-    /// NATS failed.
-    #[error(transparent)]
-    Bus(#[from] BusError),
-    /// An event of `KEYS` does not decode.
-    #[error(transparent)]
-    Decode(#[from] DecodeError),
-    /// An object inside an event, or a public event, does not parse.
-    #[error("unreadable object: {0}")]
-    Json(#[from] serde_json::Error),
-    /// The consumer ended (NATS reconnected, or the stream went away).
-    #[error("{0}")]
-    Ended(&'static str),
+/// The relay's mapping: a stored `KEYS` change to its public form.
+pub fn map(envelope: &Envelope, seq: u64) -> Result<Option<meridian_kit::relay::Public>, MapError> {
+    let event: KeysEvent = envelope.open()?;
+    let Some(public) = to_public(&event, seq, envelope.occurred_at_ms)? else {
+        return Ok(None);
+    };
+    Ok(Some(match public {
+        Public::Key(subject, e) => (subject, json_event(e)?),
+        Public::Policy(subject, e) => (subject, json_event(e)?),
+        Public::Client(subject, e) => (subject, json_event(e)?),
+    }))
 }
 
-/// Relays until `stop`, starting over after any failure.
-pub async fn relay_until_stopped(js: jetstream::Context, stop: CancellationToken) {
-    let what = "relaying key-issuer changes to the public stream";
-    let _ = retry(what, BACKOFF, &stop, || relay(&js)).await;
-}
-
-#[derive(Deserialize)]
-struct Sequenced {
-    data: SequencedData,
-}
-
-#[derive(Deserialize)]
-struct SequencedData {
-    sequence: u64,
-}
-
-/// The `KEYS` sequence of the newest change the public stream holds (0: none).
-pub async fn high_water(js: &jetstream::Context) -> Result<u64, RelayError> {
-    let stream = js
-        .get_stream_no_info(streams::EVENTS)
-        .await
-        .bus("getting the public stream")?;
-    let mut newest = 0;
-    for filter in streams::ACCESS_EVENTS {
-        match stream.get_last_raw_message_by_subject(filter).await {
-            Ok(message) => {
-                let event: Sequenced = serde_json::from_slice(&message.payload)?;
-                newest = newest.max(event.data.sequence);
-            }
-            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {}
-            Err(e) => return Err(e).bus("reading the public stream's newest key event")?,
-        }
-    }
-    Ok(newest)
-}
-
-async fn relay(js: &jetstream::Context) -> Result<(), RelayError> {
-    let mut published = high_water(js).await?;
-    let stream = js
-        .get_stream(streams::KEYS)
-        .await
-        .bus("getting the KEYS stream")?;
-    let mut messages = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: published + 1,
-            },
-            ..Default::default()
-        })
-        .await
-        .bus("following KEYS for the public stream")?
-        .messages()
-        .await
-        .bus("following KEYS for the public stream")?;
-    let client = js.client();
-    let reconnected = meridian_kit::bus::reconnected(&client);
-    tokio::pin!(reconnected);
-    let mut since_resync = 0u64;
-    let mut window = AckWindow::new(PUBLISH_WINDOW);
-    loop {
-        let next = tokio::select! {
-            () = &mut reconnected => return Err(RelayError::Ended("NATS reconnected; recreating the consumer")),
-            next = tokio::time::timeout(Duration::from_millis(50), messages.next()) => next,
-        };
-        let message = match next {
-            Err(_) => {
-                // Idle: make sure what was sent is stored before waiting on.
-                window.flush().await?;
-                continue;
-            }
-            Ok(None) => return Err(RelayError::Ended("the KEYS consumer ended")),
-            Ok(Some(m)) => m.bus("reading KEYS")?,
-        };
-        let seq = message
-            .info()
-            .map_err(|e| BusError::Nats {
-                what: "reading a KEYS message's info".into(),
-                source: e,
-            })?
-            .stream_sequence;
-        since_resync += 1;
-        if since_resync >= RESYNC_EVERY {
-            window.flush().await?;
-            published = published.max(high_water(js).await?);
-            since_resync = 0;
-        }
-        if seq <= published {
-            continue;
-        }
-        let envelope = Envelope::from_bytes(&message.payload)?;
-        let event: KeysEvent = envelope.open()?;
-        if let Some(public) = to_public(&event, seq, envelope.occurred_at_ms)? {
-            let ack = match public {
-                Public::Key(subject, mut e) => {
-                    e.traceparent.clone_from(&envelope.traceparent);
-                    send_public(js, &subject, &e, None).await?
-                }
-                Public::Policy(subject, mut e) => {
-                    e.traceparent.clone_from(&envelope.traceparent);
-                    send_public(js, &subject, &e, None).await?
-                }
-                Public::Client(subject, mut e) => {
-                    e.traceparent.clone_from(&envelope.traceparent);
-                    send_public(js, &subject, &e, None).await?
-                }
-            };
-            window.push_future("events.key-issuer", ack).await?;
-        }
-    }
+fn json_event<D: serde::Serialize>(
+    e: Cloud<D>,
+) -> Result<Cloud<serde_json::Value>, serde_json::Error> {
+    Ok(Cloud {
+        specversion: e.specversion,
+        id: e.id,
+        source: e.source,
+        event_type: e.event_type,
+        subject: e.subject,
+        time: e.time,
+        datacontenttype: e.datacontenttype,
+        traceparent: e.traceparent,
+        data: serde_json::to_value(e.data)?,
+    })
 }
 
 type Cloud<D> = meridian_schemas::public::CloudEvent<D>;

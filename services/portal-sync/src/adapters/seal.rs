@@ -1,0 +1,119 @@
+//! Provider secrets are needed in clear to call the provider, so they
+//! cannot be stored hashed; they are sealed instead (AES-256-GCM from
+//! aws-lc-rs, the crypto library every TLS connection here already uses)
+//! before they enter `PORTAL`, and opened only to make a call. The key is
+//! `SEAL_KEY`, or one derived from the admin key when that is not set.
+//!
+//! A sealed secret is `v1:` and the hex of a random 96-bit nonce, the
+//! ciphertext and the tag; the provider id is the associated data, so a
+//! sealed secret copied onto another provider does not open.
+
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use sha2::{Digest, Sha256};
+
+/// Seals and opens provider secrets.
+pub struct Sealer {
+    key: LessSafeKey,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sealer(..)")
+    }
+}
+
+/// A sealed secret that does not open: another key sealed it, or it was
+/// changed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the provider's secret cannot be opened (sealed under another SEAL_KEY or admin key?); save the provider again with its secret"
+)]
+pub struct CannotOpen;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+impl Sealer {
+    /// A sealer whose key is derived from `material` (the configured
+    /// `SEAL_KEY`, or the admin key).
+    pub fn new(material: &str) -> Self {
+        let mut h = Sha256::new();
+        h.update(b"meridian portal-sync provider secrets v1\0");
+        h.update(material.as_bytes());
+        let key = UnboundKey::new(&AES_256_GCM, &h.finalize()).expect("a 32-byte key");
+        Self {
+            key: LessSafeKey::new(key),
+        }
+    }
+
+    /// Seals `secret` for provider `provider_id`.
+    pub fn seal(&self, provider_id: &str, secret: &str) -> String {
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::fill(&mut nonce).expect("the OS random source");
+        let mut data = secret.as_bytes().to_vec();
+        self.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(provider_id.as_bytes()),
+                &mut data,
+            )
+            .expect("AES-GCM seals any length we store");
+        format!("v1:{}{}", hex(&nonce), hex(&data))
+    }
+
+    /// Opens what [`Sealer::seal`] sealed for `provider_id`.
+    pub fn open(&self, provider_id: &str, sealed: &str) -> Result<String, CannotOpen> {
+        let raw = sealed
+            .strip_prefix("v1:")
+            .and_then(unhex)
+            .ok_or(CannotOpen)?;
+        if raw.len() < NONCE_LEN {
+            return Err(CannotOpen);
+        }
+        let (nonce, rest) = raw.split_at(NONCE_LEN);
+        let mut data = rest.to_vec();
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| CannotOpen)?;
+        let plain = self
+            .key
+            .open_in_place(nonce, Aad::from(provider_id.as_bytes()), &mut data)
+            .map_err(|_| CannotOpen)?;
+        String::from_utf8(plain.to_vec()).map_err(|_| CannotOpen)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_secret_opens_only_with_its_key_and_provider() {
+        let sealer = Sealer::new("the admin key");
+        let sealed = sealer.seal("p1", "dashboard-secret");
+        assert!(sealed.starts_with("v1:"));
+        assert!(!sealed.contains("dashboard-secret"));
+        assert_ne!(
+            sealed,
+            sealer.seal("p1", "dashboard-secret"),
+            "nonces repeat"
+        );
+        assert_eq!(sealer.open("p1", &sealed).unwrap(), "dashboard-secret");
+        assert!(sealer.open("p2", &sealed).is_err());
+        assert!(Sealer::new("another key").open("p1", &sealed).is_err());
+        let mut tampered = sealed.clone();
+        tampered.pop();
+        tampered.push('0');
+        assert!(sealer.open("p1", &tampered).is_err() || tampered == sealed);
+        assert!(sealer.open("p1", "garbage").is_err());
+    }
+}

@@ -1,0 +1,676 @@
+//! `/portal-api/products` and `/portal-api/plans`: API Products (access
+//! policies) and Plans (limit policies). A sync makes placeholders of
+//! tagged policies; one created here creates its policy in the provider at
+//! once, tagged with the provider's policy tags so the next sync knows it.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use meridian_kit::http::{ApiError, ErrorBody, Json, Query};
+use meridian_schemas::portal::PortalEntity;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::{ApiState, invalid, provider_failed, time};
+use crate::domain::PortalState;
+use crate::domain::model::{
+    ApiAccess, Display, Limits, Origin, Plan, Product, Status, check_name, invalid as field,
+};
+use crate::domain::sync::{Kind, catalogue_id};
+
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_products, create_product))
+        .routes(routes!(get_product, update_product, delete_product))
+        .routes(routes!(list_plans, create_plan))
+        .routes(routes!(get_plan, update_plan, delete_plan))
+}
+
+/// `?hidden=true` lists hidden ones too; `?provider_id=` one provider's.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListQuery {
+    /// Include Products/Plans whose policy the last sync did not retrieve.
+    pub hidden: bool,
+    /// Only this provider's.
+    pub provider_id: Option<String>,
+}
+
+/// A Product as the API shows it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ProductView {
+    /// Portal id.
+    pub id: String,
+    /// Its one provider.
+    pub provider_id: String,
+    /// The provider's access policy behind it.
+    pub policy_id: String,
+    /// That policy's name.
+    pub policy_name: String,
+    /// What the admin set: name, description, docs, catalogues, published.
+    #[serde(flatten)]
+    pub display: Display,
+    /// The APIs it grants.
+    pub apis: Vec<ApiAccess>,
+    /// The authentication method its APIs share (when known).
+    pub auth_type: String,
+    /// Its policy was not retrieved by the last sync (then never published).
+    pub hidden: bool,
+    /// Made from a partitioned policy: a bare-bones placeholder.
+    pub bare_bones: bool,
+    /// `sync` or `portal`.
+    pub origin: Origin,
+    /// The provider's baseline URL: where developers send requests.
+    pub baseline_url: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+/// A Plan as the API shows it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PlanView {
+    /// Portal id.
+    pub id: String,
+    /// Its one provider.
+    pub provider_id: String,
+    /// The provider's limit policy behind it.
+    pub policy_id: String,
+    /// That policy's name.
+    pub policy_name: String,
+    /// What the admin set.
+    #[serde(flatten)]
+    pub display: Display,
+    /// Its limits.
+    #[serde(flatten)]
+    pub limits: Limits,
+    /// Provisioning requests for it are approved without an admin.
+    pub auto_approve: bool,
+    /// See [`ProductView::hidden`].
+    pub hidden: bool,
+    /// See [`ProductView::bare_bones`].
+    pub bare_bones: bool,
+    /// `sync` or `portal`.
+    pub origin: Origin,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+fn product_view(state: &PortalState, p: &Product) -> ProductView {
+    ProductView {
+        id: p.id.clone(),
+        provider_id: p.provider_id.clone(),
+        policy_id: p.policy_id.clone(),
+        policy_name: p.policy_name.clone(),
+        display: p.display.clone(),
+        apis: p.apis.clone(),
+        auth_type: p.auth_type.clone(),
+        hidden: p.hidden,
+        bare_bones: p.bare_bones,
+        origin: p.origin,
+        baseline_url: state
+            .provider(&p.provider_id)
+            .map(|prov| prov.baseline_url.clone())
+            .unwrap_or_default(),
+        created_at: time(p.created_at_ms),
+        updated_at: time(p.updated_at_ms),
+    }
+}
+
+fn plan_view(p: &Plan) -> PlanView {
+    PlanView {
+        id: p.id.clone(),
+        provider_id: p.provider_id.clone(),
+        policy_id: p.policy_id.clone(),
+        policy_name: p.policy_name.clone(),
+        display: p.display.clone(),
+        limits: p.limits.clone(),
+        auto_approve: p.auto_approve,
+        hidden: p.hidden,
+        bare_bones: p.bare_bones,
+        origin: p.origin,
+        created_at: time(p.created_at_ms),
+        updated_at: time(p.updated_at_ms),
+    }
+}
+
+/// One API a new Product grants.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiChoice {
+    /// The provider's API id.
+    pub api_id: String,
+    /// Versions granted (default `Default`).
+    pub versions: Vec<String>,
+    /// The API's provider, when named: it must be the Product's one.
+    pub provider_id: Option<String>,
+}
+
+/// A Product to create.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProductInput {
+    /// Required.
+    pub name: String,
+    /// Required: the one provider whose policy it is.
+    pub provider_id: String,
+    /// Required: at least one API of that provider, all with one
+    /// authentication method.
+    pub apis: Vec<ApiChoice>,
+    /// Optional.
+    pub description: String,
+    /// Optional (Markdown).
+    pub docs: String,
+    /// Optional.
+    pub catalogues: Vec<String>,
+    /// Default off.
+    pub published: bool,
+}
+
+/// A Plan to create.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlanInput {
+    /// Required.
+    pub name: String,
+    /// Required: the one provider whose policy it is.
+    pub provider_id: String,
+    /// Requests per `per` seconds (0: no rate limit).
+    pub rate: f64,
+    /// The rate window in seconds.
+    pub per: f64,
+    /// Requests per quota period (-1, the default, is unlimited).
+    pub quota_max: Option<i64>,
+    /// The quota period in seconds.
+    pub quota_renewal_rate: i64,
+    /// Optional.
+    pub description: String,
+    /// Optional (Markdown).
+    pub docs: String,
+    /// Optional.
+    pub catalogues: Vec<String>,
+    /// Default off.
+    pub published: bool,
+    /// Approve provisioning requests for it without an admin.
+    pub auto_approve: bool,
+}
+
+/// What an admin may change on a Product or Plan (absent: unchanged).
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct DisplayUpdate {
+    /// Shown to developers.
+    pub name: Option<String>,
+    /// A description.
+    pub description: Option<String>,
+    /// Documentation (Markdown).
+    pub docs: Option<String>,
+    /// Catalogues it is listed in.
+    pub catalogues: Option<Vec<String>>,
+    /// Developers see it (refused while it is hidden).
+    pub published: Option<bool>,
+    /// Plans only: approve requests without an admin.
+    pub auto_approve: Option<bool>,
+}
+
+impl DisplayUpdate {
+    fn apply(&self, display: &mut Display, hidden: bool) -> Result<(), ApiError> {
+        if let Some(name) = &self.name {
+            check_name("name", name).map_err(invalid)?;
+            display.name.clone_from(name);
+        }
+        if let Some(d) = &self.description {
+            display.description.clone_from(d);
+        }
+        if let Some(d) = &self.docs {
+            display.docs.clone_from(d);
+        }
+        if let Some(c) = &self.catalogues {
+            display.catalogues.clone_from(c);
+        }
+        if let Some(p) = self.published {
+            if p && hidden {
+                return Err(ApiError::conflict(
+                    "published: it is hidden (its policy was not retrieved by the last sync); it can be published once a sync finds its policy again",
+                ));
+            }
+            display.published = p;
+        }
+        Ok(())
+    }
+}
+
+fn no_product(id: &str) -> ApiError {
+    ApiError::not_found(format!("no Product {id:?}"))
+}
+
+fn no_plan(id: &str) -> ApiError {
+    ApiError::not_found(format!("no Plan {id:?}"))
+}
+
+/// Products, by name (hidden ones only with `?hidden=true`).
+#[utoipa::path(get, path = "/portal-api/products", tag = "products", security(("api_key" = [])),
+    params(ListQuery),
+    responses((status = 200, body = Vec<ProductView>), (status = 401, body = ErrorBody)))]
+async fn list_products(
+    State(s): State<ApiState>,
+    Query(q): Query<ListQuery>,
+) -> Json<Vec<ProductView>> {
+    s.writer.catch_up().await;
+    let state = s.writer.read();
+    let mut all: Vec<ProductView> = state
+        .products()
+        .filter(|p| q.hidden || !p.hidden)
+        .filter(|p| q.provider_id.as_ref().is_none_or(|id| *id == p.provider_id))
+        .map(|p| product_view(&state, p))
+        .collect();
+    all.sort_by(|a, b| a.display.name.cmp(&b.display.name).then(a.id.cmp(&b.id)));
+    Json(all)
+}
+
+/// Creates a Product and, at once, its access policy in the provider
+/// (tagged with the provider's policy tags). If the provider refuses,
+/// nothing is created here.
+#[utoipa::path(post, path = "/portal-api/products", tag = "products", security(("api_key" = [])),
+    request_body = ProductInput,
+    responses((status = 201, body = ProductView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
+async fn create_product(
+    State(s): State<ApiState>,
+    Json(input): Json<ProductInput>,
+) -> Result<(StatusCode, Json<ProductView>), ApiError> {
+    check_name("name", &input.name).map_err(invalid)?;
+    if input.provider_id.is_empty() {
+        return Err(invalid(field(
+            "provider_id",
+            "must name the Product's one provider",
+        )));
+    }
+    if input.apis.is_empty() {
+        return Err(invalid(field("apis", "must name at least one API")));
+    }
+    for (i, api) in input.apis.iter().enumerate() {
+        if api.api_id.is_empty() {
+            return Err(invalid(field(
+                &format!("apis[{i}].api_id"),
+                "must not be empty",
+            )));
+        }
+        if let Some(other) = api
+            .provider_id
+            .as_ref()
+            .filter(|p| **p != input.provider_id)
+        {
+            return Err(invalid(field(
+                &format!("apis[{i}].provider_id"),
+                format!(
+                    "{other:?} is not the Product's provider {:?}: a Product's APIs all come from one provider",
+                    input.provider_id
+                ),
+            )));
+        }
+    }
+    let (provider, connection) = s.connect(&input.provider_id).await?;
+    // Every API must exist in the provider, and all share one auth method.
+    let mut apis = Vec::with_capacity(input.apis.len());
+    let mut methods: Vec<(String, String)> = Vec::new();
+    for (i, choice) in input.apis.iter().enumerate() {
+        let info = connection
+            .api(&choice.api_id)
+            .await
+            .map_err(|e| provider_failed("look the API up", &e))?
+            .ok_or_else(|| {
+                invalid(field(
+                    &format!("apis[{i}].api_id"),
+                    format!(
+                        "provider {:?} has no API {:?}",
+                        provider.name, choice.api_id
+                    ),
+                ))
+            })?;
+        methods.push((choice.api_id.clone(), info.auth_type.clone()));
+        apis.push(ApiAccess {
+            api_id: choice.api_id.clone(),
+            api_name: info.name,
+            versions: if choice.versions.is_empty() {
+                vec!["Default".into()]
+            } else {
+                choice.versions.clone()
+            },
+        });
+    }
+    if let Some((first_api, first)) = methods.first()
+        && let Some((api, other)) = methods.iter().find(|(_, m)| m != first)
+    {
+        return Err(invalid(field(
+            "apis",
+            format!(
+                "{first_api:?} uses {first} and {api:?} uses {other}: all APIs of a Product must use one authentication method, so that one credential works for all"
+            ),
+        )));
+    }
+    let access_rights: serde_json::Map<String, Value> = apis
+        .iter()
+        .map(|a| {
+            (
+                a.api_id.clone(),
+                json!({"api_id": a.api_id, "api_name": a.api_name, "versions": a.versions}),
+            )
+        })
+        .collect();
+    let policy = json!({
+        "name": input.name,
+        "tags": provider.policy_tags,
+        "access_rights": access_rights,
+        "partitions": {"acl": true, "quota": false, "rate_limit": false, "complexity": false},
+        "active": true,
+        "rate": 0, "per": 0, "quota_max": -1, "quota_renewal_rate": 0,
+    });
+    let policy_id = connection
+        .create_policy(&policy)
+        .await
+        .map_err(|e| provider_failed("create the Product's policy", &e))?;
+    let now = meridian_kit::time::now_ms();
+    let id = catalogue_id(Kind::Product, &provider.id, &policy_id);
+    let product = Product {
+        id: id.clone(),
+        provider_id: provider.id.clone(),
+        policy_id: policy_id.clone(),
+        policy_name: input.name.clone(),
+        display: Display {
+            name: input.name.clone(),
+            description: input.description.clone(),
+            docs: input.docs.clone(),
+            catalogues: input.catalogues.clone(),
+            published: input.published,
+        },
+        apis,
+        auth_type: methods.first().map(|(_, m)| m.clone()).unwrap_or_default(),
+        origin: Origin::Portal,
+        created_at_ms: now,
+        updated_at_ms: now,
+        ..Product::default()
+    };
+    let saved = s
+        .save(PortalEntity::Product, &id, "created", |_| {
+            Ok(product.clone())
+        })
+        .await?;
+    tracing::info!(product = %id, provider = %provider.name, policy = %policy_id, "Product created with its policy");
+    let state = s.writer.read();
+    Ok((StatusCode::CREATED, Json(product_view(&state, &saved))))
+}
+
+/// A Product (hidden ones too).
+#[utoipa::path(get, path = "/portal-api/products/{id}", tag = "products", security(("api_key" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = ProductView), (status = 404, body = ErrorBody)))]
+async fn get_product(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<ProductView>, ApiError> {
+    s.find(|state| state.product(&id).map(|p| product_view(state, p)))
+        .await
+        .map(Json)
+        .ok_or_else(|| no_product(&id))
+}
+
+/// Changes what the admin sets on a Product (kept through hide and
+/// restore). Its APIs follow its policy in the provider.
+#[utoipa::path(put, path = "/portal-api/products/{id}", tag = "products", security(("api_key" = [])),
+    params(("id" = String, Path)), request_body = DisplayUpdate,
+    responses((status = 200, body = ProductView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn update_product(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    Json(update): Json<DisplayUpdate>,
+) -> Result<Json<ProductView>, ApiError> {
+    if update.auto_approve.is_some() {
+        return Err(invalid(field(
+            "auto_approve",
+            "is a Plan's setting, not a Product's",
+        )));
+    }
+    s.find(|state| state.product(&id).map(drop))
+        .await
+        .ok_or_else(|| no_product(&id))?;
+    let saved = s
+        .save(PortalEntity::Product, &id, "updated", |state| {
+            let mut p = state.product(&id).cloned().ok_or_else(|| no_product(&id))?;
+            update.apply(&mut p.display, p.hidden)?;
+            p.updated_at_ms = meridian_kit::time::now_ms();
+            Ok(p)
+        })
+        .await?;
+    let state = s.writer.read();
+    Ok(Json(product_view(&state, &saved)))
+}
+
+/// Live credentials issued for a Product or Plan.
+fn live_credentials(state: &PortalState, product: Option<&str>, plan: Option<&str>) -> usize {
+    state
+        .requests()
+        .filter(|r| r.status == Status::Approved)
+        .filter(|r| {
+            product.is_none_or(|p| r.product_id == p) && plan.is_none_or(|p| r.plan_id == p)
+        })
+        .filter(|r| r.credential.as_ref().is_some_and(|c| c.revoked_at_ms == 0))
+        .count()
+}
+
+/// Deletes a Product. One created in the portal takes its policy in the
+/// provider with it; one a sync made leaves the policy alone (while that
+/// policy keeps its tag, the next sync brings a placeholder back). Refused
+/// while credentials issued for it are live.
+#[utoipa::path(delete, path = "/portal-api/products/{id}", tag = "products", security(("api_key" = [])),
+    params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
+async fn delete_product(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let product = s
+        .find(|state| state.product(&id).cloned())
+        .await
+        .ok_or_else(|| no_product(&id))?;
+    let live = live_credentials(&s.writer.read(), Some(&id), None);
+    if live > 0 {
+        return Err(ApiError::conflict(format!(
+            "Product {id:?} has {live} live credentials; revoke them first"
+        )));
+    }
+    if product.origin == Origin::Portal {
+        let (_, connection) = s.connect(&product.provider_id).await?;
+        connection
+            .delete_policy(&product.policy_id)
+            .await
+            .map_err(|e| provider_failed("delete the Product's policy", &e))?;
+    }
+    s.delete(PortalEntity::Product, &id, |state| {
+        state.product(&id).cloned().ok_or_else(|| no_product(&id))
+    })
+    .await?;
+    tracing::info!(product = %id, "Product deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Plans, by name (hidden ones only with `?hidden=true`).
+#[utoipa::path(get, path = "/portal-api/plans", tag = "plans", security(("api_key" = [])),
+    params(ListQuery),
+    responses((status = 200, body = Vec<PlanView>), (status = 401, body = ErrorBody)))]
+async fn list_plans(State(s): State<ApiState>, Query(q): Query<ListQuery>) -> Json<Vec<PlanView>> {
+    s.writer.catch_up().await;
+    let state = s.writer.read();
+    let mut all: Vec<PlanView> = state
+        .plans()
+        .filter(|p| q.hidden || !p.hidden)
+        .filter(|p| q.provider_id.as_ref().is_none_or(|id| *id == p.provider_id))
+        .map(plan_view)
+        .collect();
+    all.sort_by(|a, b| a.display.name.cmp(&b.display.name).then(a.id.cmp(&b.id)));
+    Json(all)
+}
+
+/// Creates a Plan and, at once, its limit policy in the provider (tagged
+/// with the provider's policy tags). If the provider refuses, nothing is
+/// created here.
+#[utoipa::path(post, path = "/portal-api/plans", tag = "plans", security(("api_key" = [])),
+    request_body = PlanInput,
+    responses((status = 201, body = PlanView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
+async fn create_plan(
+    State(s): State<ApiState>,
+    Json(input): Json<PlanInput>,
+) -> Result<(StatusCode, Json<PlanView>), ApiError> {
+    check_name("name", &input.name).map_err(invalid)?;
+    if input.provider_id.is_empty() {
+        return Err(invalid(field(
+            "provider_id",
+            "must name the Plan's one provider",
+        )));
+    }
+    if !(input.rate >= 0.0 && input.rate.is_finite()) {
+        return Err(invalid(field("rate", "must be 0 or more")));
+    }
+    if !(input.per >= 0.0 && input.per.is_finite()) || (input.rate > 0.0 && input.per <= 0.0) {
+        return Err(invalid(field(
+            "per",
+            "must be more than 0 seconds when rate is set",
+        )));
+    }
+    let quota_max = input.quota_max.unwrap_or(-1);
+    if quota_max < -1 {
+        return Err(invalid(field(
+            "quota_max",
+            "must be -1 (unlimited) or more",
+        )));
+    }
+    if input.quota_renewal_rate < 0 || (quota_max > 0 && input.quota_renewal_rate == 0) {
+        return Err(invalid(field(
+            "quota_renewal_rate",
+            "must be more than 0 seconds when quota_max is set",
+        )));
+    }
+    let (provider, connection) = s.connect(&input.provider_id).await?;
+    let limits = Limits {
+        rate: input.rate,
+        per: input.per,
+        quota_max,
+        quota_renewal_rate: input.quota_renewal_rate,
+    };
+    let policy = json!({
+        "name": input.name,
+        "tags": provider.policy_tags,
+        "access_rights": {},
+        "partitions": {"acl": false, "quota": true, "rate_limit": true, "complexity": false},
+        "active": true,
+        "rate": limits.rate, "per": limits.per,
+        "quota_max": limits.quota_max, "quota_renewal_rate": limits.quota_renewal_rate,
+    });
+    let policy_id = connection
+        .create_policy(&policy)
+        .await
+        .map_err(|e| provider_failed("create the Plan's policy", &e))?;
+    let now = meridian_kit::time::now_ms();
+    let id = catalogue_id(Kind::Plan, &provider.id, &policy_id);
+    let plan = Plan {
+        id: id.clone(),
+        provider_id: provider.id.clone(),
+        policy_id: policy_id.clone(),
+        policy_name: input.name.clone(),
+        display: Display {
+            name: input.name.clone(),
+            description: input.description.clone(),
+            docs: input.docs.clone(),
+            catalogues: input.catalogues.clone(),
+            published: input.published,
+        },
+        auto_approve: input.auto_approve,
+        limits,
+        origin: Origin::Portal,
+        created_at_ms: now,
+        updated_at_ms: now,
+        ..Plan::default()
+    };
+    let saved = s
+        .save(PortalEntity::Plan, &id, "created", |_| Ok(plan.clone()))
+        .await?;
+    tracing::info!(plan = %id, provider = %provider.name, policy = %policy_id, "Plan created with its policy");
+    Ok((StatusCode::CREATED, Json(plan_view(&saved))))
+}
+
+/// A Plan (hidden ones too).
+#[utoipa::path(get, path = "/portal-api/plans/{id}", tag = "plans", security(("api_key" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = PlanView), (status = 404, body = ErrorBody)))]
+async fn get_plan(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<PlanView>, ApiError> {
+    s.find(|state| state.plan(&id).map(plan_view))
+        .await
+        .map(Json)
+        .ok_or_else(|| no_plan(&id))
+}
+
+/// Changes what the admin sets on a Plan, auto-approval included (kept
+/// through hide and restore). Its limits follow its policy.
+#[utoipa::path(put, path = "/portal-api/plans/{id}", tag = "plans", security(("api_key" = [])),
+    params(("id" = String, Path)), request_body = DisplayUpdate,
+    responses((status = 200, body = PlanView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn update_plan(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    Json(update): Json<DisplayUpdate>,
+) -> Result<Json<PlanView>, ApiError> {
+    s.find(|state| state.plan(&id).map(drop))
+        .await
+        .ok_or_else(|| no_plan(&id))?;
+    let saved = s
+        .save(PortalEntity::Plan, &id, "updated", |state| {
+            let mut p = state.plan(&id).cloned().ok_or_else(|| no_plan(&id))?;
+            update.apply(&mut p.display, p.hidden)?;
+            if let Some(auto) = update.auto_approve {
+                p.auto_approve = auto;
+            }
+            p.updated_at_ms = meridian_kit::time::now_ms();
+            Ok(p)
+        })
+        .await?;
+    Ok(Json(plan_view(&saved)))
+}
+
+/// Deletes a Plan; see `DELETE /portal-api/products/{id}`.
+#[utoipa::path(delete, path = "/portal-api/plans/{id}", tag = "plans", security(("api_key" = [])),
+    params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
+async fn delete_plan(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let plan = s
+        .find(|state| state.plan(&id).cloned())
+        .await
+        .ok_or_else(|| no_plan(&id))?;
+    let live = live_credentials(&s.writer.read(), None, Some(&id));
+    if live > 0 {
+        return Err(ApiError::conflict(format!(
+            "Plan {id:?} has {live} live credentials; revoke them first"
+        )));
+    }
+    if plan.origin == Origin::Portal {
+        let (_, connection) = s.connect(&plan.provider_id).await?;
+        connection
+            .delete_policy(&plan.policy_id)
+            .await
+            .map_err(|e| provider_failed("delete the Plan's policy", &e))?;
+    }
+    s.delete(PortalEntity::Plan, &id, |state| {
+        state.plan(&id).cloned().ok_or_else(|| no_plan(&id))
+    })
+    .await?;
+    tracing::info!(plan = %id, "Plan deleted");
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,1082 @@
+//! portal-sync against a fake Tyk Dashboard (a real HTTP server holding
+//! tagged and untagged, access and limit, partitioned policies over several
+//! pages, and the key endpoints) and against Meridian's own key-issuer and
+//! proxy; every answer checked against portal-sync's OpenAPI document.
+
+use std::time::Duration;
+
+use meridian_schemas::portal::PortalEvent;
+use meridian_schemas::streams;
+use meridian_tests::fake_dashboard::FakeDashboard;
+use meridian_tests::portal::{Portal, PortalSync, start_portal_sync};
+use meridian_tests::tyk::{GATEWAY_SECRET, Tyk, start_key_issuer, start_proxy};
+use meridian_tests::upstream::Upstream;
+use meridian_tests::*;
+use serde_json::{Value, json};
+
+const DASH_SECRET: &str = "dashboard-secret-for-the-portal";
+
+fn sha256(s: &str) -> String {
+    meridian_portal_sync::domain::hash_key(s)
+}
+
+fn access(id: &str, tags: &[&str], api: &str) -> Value {
+    json!({"_id": id, "name": format!("{id} access"), "tags": tags, "active": true,
+        "rate": 0, "per": 0, "quota_max": -1,
+        "access_rights": {api: {"api_id": api, "api_name": api.to_uppercase(), "versions": ["Default"]}}})
+}
+
+fn limit(id: &str, tags: &[&str], rate: u32) -> Value {
+    json!({"_id": id, "name": format!("{id} limit"), "tags": tags, "active": true,
+        "rate": rate, "per": 1, "quota_max": 1000, "quota_renewal_rate": 3600,
+        "access_rights": {}})
+}
+
+/// Two APIs with keys and one with JWTs, and no policies.
+async fn empty_dashboard() -> FakeDashboard {
+    let dash = FakeDashboard::start(DASH_SECRET).await;
+    dash.put_api(
+        "orders",
+        json!({"api_id": "orders", "name": "Orders", "use_keyless": false}),
+    );
+    dash.put_api("pets", json!({"api_id": "pets", "name": "Pets"}));
+    dash.put_api(
+        "signed",
+        json!({"api_id": "signed", "name": "Signed", "enable_jwt": true}),
+    );
+    dash
+}
+
+/// 22 policies over 3 pages: 8 tagged access policies, 6 tagged limit
+/// policies, one partitioned of each, one with the second tag, 5 untagged.
+/// Tagged: 10 Products and 7 Plans.
+async fn dashboard() -> FakeDashboard {
+    let dash = empty_dashboard().await;
+    for i in 1..=8 {
+        dash.put_policy(access(&format!("acc-{i:02}"), &["portal"], "orders"));
+    }
+    for i in 1..=6 {
+        dash.put_policy(limit(&format!("lim-{i:02}"), &["portal"], 10 * i));
+    }
+    let mut part_acl = access("part-acl", &["portal"], "pets");
+    part_acl["partitions"] = json!({"acl": true});
+    dash.put_policy(part_acl);
+    let mut part_quota = limit("part-quota", &["portal"], 5);
+    part_quota["partitions"] = json!({"quota": true, "rate_limit": true});
+    dash.put_policy(part_quota);
+    dash.put_policy(access("partner-01", &["partner", "x"], "pets"));
+    for i in 1..=5 {
+        dash.put_policy(access(&format!("internal-{i:02}"), &["internal"], "orders"));
+    }
+    dash
+}
+
+async fn add_provider(portal: &Portal, name: &str, url: &str, secret: &str, tags: &str) -> Value {
+    let (status, body) = portal
+        .post(
+            "/portal-api/providers",
+            &json!({"name": name, "type": "tyk", "url": url, "secret": secret,
+                "policy_tags": tags, "baseline_url": "https://gw.example.com"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    body
+}
+
+async fn list(portal: &Portal, path: &str) -> Vec<Value> {
+    let (status, body) = portal.get(path).await;
+    assert_eq!(status, 200, "{body}");
+    body.as_array().unwrap().clone()
+}
+
+fn by_policy<'a>(items: &'a [Value], policy: &str) -> &'a Value {
+    items
+        .iter()
+        .find(|p| p["policy_id"] == policy)
+        .unwrap_or_else(|| panic!("no entry for policy {policy} in {items:?}"))
+}
+
+fn counts(report: &Value) -> (u64, u64, u64, u64) {
+    assert_eq!(report["status"], "ok", "{report}");
+    let n = |f: &str| report[f].as_u64().unwrap();
+    (n("new"), n("updated"), n("hidden"), n("restored"))
+}
+
+struct Setup {
+    nats: Nats,
+    dash: FakeDashboard,
+    ps: PortalSync,
+    portal: Portal,
+    provider: String,
+}
+
+async fn setup(dash: FakeDashboard) -> Setup {
+    let nats = Nats::start().await;
+    let ps = start_portal_sync(&nats, |_| {}).await;
+    let portal = Portal::new(&ps.running.url);
+    let created = add_provider(
+        &portal,
+        "Dashboard EU",
+        &dash.url,
+        DASH_SECRET,
+        "portal,partner",
+    )
+    .await;
+    assert_eq!(created["secret"], "********");
+    assert_eq!(created["policy_tags"], "portal,partner");
+    assert_eq!(
+        (
+            created["connection"]["reachable"].clone(),
+            created["connection"]["authenticated"].clone()
+        ),
+        (json!(true), json!(true)),
+        "{created}"
+    );
+    let provider = created["id"].as_str().unwrap().to_owned();
+    Setup {
+        nats,
+        dash,
+        ps,
+        portal,
+        provider,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tagged_policies_become_products_and_plans_that_hide_and_come_back() {
+    let s = setup(dashboard().await).await;
+    s.dash.take_pages_asked();
+    let report = s.portal.sync(&s.provider).await;
+    assert_eq!(counts(&report), (17, 0, 0, 0), "{report}");
+    assert_eq!(report["policies"], 17);
+    assert_eq!(s.dash.take_pages_asked(), [1, 2, 3], "every page, once");
+
+    let products = list(&s.portal, "/portal-api/products").await;
+    let plans = list(&s.portal, "/portal-api/plans").await;
+    assert_eq!((products.len(), plans.len()), (10, 7));
+    // Placeholders: the policy's access rights (Dashboard spelling read),
+    // no limits; unpublished; the provider's baseline URL shown.
+    let gold = by_policy(&products, "acc-01");
+    assert_eq!(
+        gold["apis"],
+        json!([{"api_id": "orders", "api_name": "ORDERS", "versions": ["Default"]}])
+    );
+    assert_eq!(
+        (gold["published"].clone(), gold["hidden"].clone()),
+        (json!(false), json!(false))
+    );
+    assert_eq!(gold["baseline_url"], "https://gw.example.com");
+    assert_eq!(gold["origin"], "sync");
+    assert_eq!(by_policy(&products, "part-acl")["bare_bones"], true);
+    assert_eq!(by_policy(&products, "partner-01")["bare_bones"], false);
+    assert_eq!(by_policy(&plans, "part-quota")["bare_bones"], true);
+    let lim3 = by_policy(&plans, "lim-03");
+    assert_eq!(
+        (lim3["rate"].clone(), lim3["quota_max"].clone()),
+        (json!(30.0), json!(1000))
+    );
+    assert!(
+        products
+            .iter()
+            .all(|p| !p["policy_id"].as_str().unwrap().starts_with("internal"))
+    );
+    // Nothing changed: nothing to do.
+    assert_eq!(counts(&s.portal.sync(&s.provider).await), (0, 0, 0, 0));
+
+    // The admin configures a Product and a Plan.
+    let product_id = gold["id"].as_str().unwrap().to_owned();
+    let plan_id = by_policy(&plans, "lim-01")["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, body) = s
+        .portal
+        .put(
+            &format!("/portal-api/products/{product_id}"),
+            Some(
+                &json!({"description": "Orders for partners", "docs": "# Orders",
+                "catalogues": ["public"], "published": true}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = s
+        .portal
+        .put(
+            &format!("/portal-api/plans/{plan_id}"),
+            Some(&json!({"published": true, "auto_approve": true, "description": "Starter"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // A policy's limits change: its Plan follows.
+    let mut lim2 = s.dash.policy("lim-02").unwrap();
+    lim2["rate"] = json!(99);
+    s.dash.put_policy(lim2);
+    assert_eq!(counts(&s.portal.sync(&s.provider).await), (0, 1, 0, 0));
+
+    // A tag removed and a policy deleted: both hidden and unpublished.
+    s.dash.set_tags("acc-01", &["internal"]);
+    let lim1 = s.dash.remove_policy("lim-01").unwrap();
+    assert_eq!(counts(&s.portal.sync(&s.provider).await), (0, 0, 2, 0));
+    let shown = list(&s.portal, "/portal-api/products").await;
+    assert_eq!(shown.len(), 9);
+    assert!(shown.iter().all(|p| p["id"] != product_id.as_str()));
+    let (_, hidden) = s
+        .portal
+        .get(&format!("/portal-api/products/{product_id}"))
+        .await;
+    assert_eq!(
+        (hidden["hidden"].clone(), hidden["published"].clone()),
+        (json!(true), json!(false))
+    );
+    let all = list(&s.portal, "/portal-api/products?hidden=true").await;
+    assert_eq!(all.len(), 10);
+    let (status, body) = s
+        .portal
+        .put(
+            &format!("/portal-api/products/{product_id}"),
+            Some(&json!({"published": true})),
+        )
+        .await;
+    assert_eq!(status, 409, "a hidden Product cannot be published: {body}");
+    assert!(
+        body["message"].as_str().unwrap().starts_with("published"),
+        "{body}"
+    );
+    assert_eq!(
+        counts(&s.portal.sync(&s.provider).await),
+        (0, 0, 0, 0),
+        "hidden stays hidden"
+    );
+
+    // Back: shown again with every field the admin had set.
+    s.dash.set_tags("acc-01", &["portal"]);
+    s.dash.put_policy(lim1);
+    assert_eq!(counts(&s.portal.sync(&s.provider).await), (0, 0, 0, 2));
+    let (_, back) = s
+        .portal
+        .get(&format!("/portal-api/products/{product_id}"))
+        .await;
+    assert_eq!(back["hidden"], false);
+    assert_eq!(back["published"], true);
+    assert_eq!(back["description"], "Orders for partners");
+    assert_eq!(back["docs"], "# Orders");
+    assert_eq!(back["catalogues"], json!(["public"]));
+    let (_, plan) = s.portal.get(&format!("/portal-api/plans/{plan_id}")).await;
+    assert_eq!(
+        (
+            plan["hidden"].clone(),
+            plan["published"].clone(),
+            plan["auto_approve"].clone(),
+            plan["description"].clone()
+        ),
+        (json!(false), json!(true), json!(true), json!("Starter"))
+    );
+
+    // The provider shows its last sync; the public stream has every change.
+    let (_, provider) = s
+        .portal
+        .get(&format!("/portal-api/providers/{}", s.provider))
+        .await;
+    assert_eq!(provider["last_sync"]["status"], "ok");
+    assert_eq!(provider["secret"], "********");
+    let events = wait_for_public(&s.nats.js, "events.product.>", 13).await;
+    let kinds = |t: &str| events.iter().filter(|e| e["type"] == t).count();
+    assert_eq!(
+        (
+            kinds("io.meridian.product.created"),
+            kinds("io.meridian.product.hidden"),
+            kinds("io.meridian.product.restored")
+        ),
+        (10, 1, 1)
+    );
+    let hidden_event = events
+        .iter()
+        .find(|e| e["type"] == "io.meridian.product.hidden")
+        .unwrap();
+    assert_eq!(hidden_event["data"]["hidden"], true);
+    assert_eq!(hidden_event["data"]["published"], false);
+    assert_eq!(
+        hidden_event["_subject"],
+        format!("events.product.hidden.{}", s.provider)
+    );
+    let plan_events = wait_for_public(&s.nats.js, "events.plan.>", 7 + 1 + 1 + 1 + 1).await;
+    assert!(
+        plan_events
+            .iter()
+            .any(|e| e["type"] == "io.meridian.plan.restored")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_or_partial_fetch_hides_nothing() {
+    let s = setup(dashboard().await).await;
+    assert_eq!(counts(&s.portal.sync(&s.provider).await), (17, 0, 0, 0));
+    let nothing_hidden = || async {
+        let all = list(&s.portal, "/portal-api/products?hidden=true").await;
+        assert_eq!(all.len(), 10);
+        assert!(all.iter().all(|p| p["hidden"] == false), "{all:?}");
+        let plans = list(&s.portal, "/portal-api/plans?hidden=true").await;
+        assert!(plans.iter().all(|p| p["hidden"] == false), "{plans:?}");
+    };
+
+    // The second page fails: the first page's policies alone would hide
+    // the rest; nothing is hidden and the reason is reported.
+    s.dash.fail_page(Some(2));
+    let report = s.portal.sync(&s.provider).await;
+    assert_eq!(report["status"], "failed", "{report}");
+    let reason = report["reason"].as_str().unwrap();
+    assert!(reason.contains("p=2") && reason.contains("500"), "{reason}");
+    nothing_hidden().await;
+    s.dash.fail_page(None);
+
+    // Garbage.
+    s.dash.answer_garbage(true);
+    let report = s.portal.sync(&s.provider).await;
+    assert_eq!(report["status"], "failed");
+    assert!(
+        report["reason"].as_str().unwrap().contains("unreadable"),
+        "{report}"
+    );
+    nothing_hidden().await;
+    s.dash.answer_garbage(false);
+
+    // A wrong secret: saved anyway (the test says so), sync fails with 401.
+    let path = format!("/portal-api/providers/{}", s.provider);
+    let (status, changed) = s
+        .portal
+        .put(
+            &path,
+            Some(
+                &json!({"name": "Dashboard EU", "url": s.dash.url, "secret": "wrong",
+            "policy_tags": "portal,partner"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(changed["connection"]["reachable"], true);
+    assert_eq!(changed["connection"]["authenticated"], false);
+    let report = s.portal.sync(&s.provider).await;
+    assert!(
+        report["reason"].as_str().unwrap().contains("401"),
+        "{report}"
+    );
+    nothing_hidden().await;
+    // Back to the right secret; a change without a secret keeps it.
+    s.portal
+        .put(
+            &path,
+            Some(
+                &json!({"name": "Dashboard EU", "url": s.dash.url, "secret": DASH_SECRET,
+            "policy_tags": "portal,partner"}),
+            ),
+        )
+        .await;
+    let (status, _) = s
+        .portal
+        .put(
+            &path,
+            Some(&json!({"name": "Dashboard EU", "url": s.dash.url,
+            "policy_tags": "portal,partner", "baseline_url": "https://gw2.example.com"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    // A second provider that is down: reported failed, the first goes on.
+    let down = add_provider(
+        &s.portal,
+        "Dashboard US",
+        &format!("http://127.0.0.1:{}", closed_port()),
+        "x",
+        "portal",
+    )
+    .await;
+    assert_eq!(down["connection"]["reachable"], false, "{down}");
+    let (status, all) = s
+        .portal
+        .put("/portal-api/providers/synchronize", None)
+        .await;
+    assert_eq!(status, 200, "{all}");
+    let reports = all["providers"].as_array().unwrap();
+    assert_eq!(reports.len(), 2, "{all}");
+    assert_eq!(
+        (reports[0]["name"].clone(), reports[0]["status"].clone()),
+        (json!("Dashboard EU"), json!("ok"))
+    );
+    assert_eq!(counts(&reports[0]), (0, 0, 0, 0));
+    assert_eq!(
+        (reports[1]["name"].clone(), reports[1]["status"].clone()),
+        (json!("Dashboard US"), json!("failed"))
+    );
+    assert!(
+        reports[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer"),
+        "{all}"
+    );
+    nothing_hidden().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn products_and_plans_created_in_the_portal_create_their_policies() {
+    let s = setup(empty_dashboard().await).await;
+    let (status, product) = s
+        .portal
+        .post(
+            "/portal-api/products",
+            &json!({"name": "Orders API", "provider_id": s.provider,
+                "apis": [{"api_id": "orders"}, {"api_id": "pets", "provider_id": s.provider}],
+                "description": "Orders and pets", "published": true}),
+        )
+        .await;
+    assert_eq!(status, 201, "{product}");
+    assert_eq!(
+        (product["origin"].clone(), product["auth_type"].clone()),
+        (json!("portal"), json!("auth_token"))
+    );
+    let policy = s
+        .dash
+        .policy(product["policy_id"].as_str().unwrap())
+        .expect("the policy in the Dashboard");
+    assert_eq!(policy["tags"], json!(["portal", "partner"]));
+    assert_eq!(policy["access_rights"]["orders"]["apiid"], "orders");
+    assert_eq!(policy["partitions"]["acl"], true);
+    let (status, plan) = s
+        .portal
+        .post(
+            "/portal-api/plans",
+            &json!({"name": "Starter", "provider_id": s.provider, "rate": 5, "per": 1,
+                "quota_max": 1000, "quota_renewal_rate": 3600, "published": true}),
+        )
+        .await;
+    assert_eq!(status, 201, "{plan}");
+    let limit_policy = s.dash.policy(plan["policy_id"].as_str().unwrap()).unwrap();
+    assert_eq!(limit_policy["tags"], json!(["portal", "partner"]));
+    assert_eq!(limit_policy["rate"], 5.0);
+
+    // The next sync recognises both: no duplicates.
+    assert_eq!(counts(&s.portal.sync(&s.provider).await), (0, 0, 0, 0));
+    assert_eq!(list(&s.portal, "/portal-api/products").await.len(), 1);
+    assert_eq!(list(&s.portal, "/portal-api/plans").await.len(), 1);
+
+    // The rules, each a 400 naming the field; nothing created.
+    let policies_before = s.dash.policies().len();
+    for (body, field, why) in [
+        (
+            json!({"name": "Mixed", "provider_id": s.provider,
+            "apis": [{"api_id": "orders"}, {"api_id": "pets", "provider_id": "another"}]}),
+            "apis[1].provider_id",
+            "one provider",
+        ),
+        (
+            json!({"name": "Mixed auth", "provider_id": s.provider,
+            "apis": [{"api_id": "orders"}, {"api_id": "signed"}]}),
+            "apis",
+            "one authentication method",
+        ),
+        (
+            json!({"name": "Ghost", "provider_id": s.provider, "apis": [{"api_id": "ghost"}]}),
+            "apis[0].api_id",
+            "has no API",
+        ),
+        (
+            json!({"name": "None", "provider_id": s.provider, "apis": []}),
+            "apis",
+            "at least one",
+        ),
+        (
+            json!({"name": "", "provider_id": s.provider, "apis": [{"api_id": "orders"}]}),
+            "name",
+            "empty",
+        ),
+        (
+            json!({"name": "x", "provider_id": s.provider, "apis": [{"api_id": "orders"}], "colour": 1}),
+            "colour",
+            "unknown field",
+        ),
+    ] {
+        let (status, body) = s.portal.post("/portal-api/products", &body).await;
+        assert_eq!(status, 400, "{body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(field) && message.contains(why),
+            "{field}: {message}"
+        );
+    }
+    // The provider refuses: its answer is in the error; nothing created.
+    let (status, body) = s
+        .portal
+        .post(
+            "/portal-api/products",
+            &json!({"name": "refuse-me", "provider_id": s.provider, "apis": [{"api_id": "orders"}]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("Policy name is reserved"),
+        "{body}"
+    );
+    let (status, _) = s
+        .portal
+        .post(
+            "/portal-api/products",
+            &json!({"name": "x", "provider_id": "nobody", "apis": [{"api_id": "orders"}]}),
+        )
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(s.dash.policies().len(), policies_before);
+    assert_eq!(
+        list(&s.portal, "/portal-api/products?hidden=true")
+            .await
+            .len(),
+        1
+    );
+
+    // Deleting a portal-made Product deletes its policy too.
+    let (status, _) = s
+        .portal
+        .delete(&format!(
+            "/portal-api/products/{}",
+            product["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, 204);
+    assert!(
+        s.dash
+            .policy(product["policy_id"].as_str().unwrap())
+            .is_none()
+    );
+    assert_eq!(counts(&s.portal.sync(&s.provider).await), (0, 0, 0, 0));
+}
+
+async fn stream_text(js: &async_nats::jetstream::Context, stream: &str) -> String {
+    stream_envelopes(js, stream)
+        .await
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.to_bytes()).into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisioning_requests_become_credentials_by_hand_or_automatically() {
+    let s = setup(empty_dashboard().await).await;
+    let (_, product) = s
+        .portal
+        .post(
+            "/portal-api/products",
+            &json!({"name": "Orders", "provider_id": s.provider, "apis": [{"api_id": "orders"}], "published": true}),
+        )
+        .await;
+    let plan = |name: &str, auto: bool, published: bool| {
+        json!({"name": name, "provider_id": s.provider, "rate": 10, "per": 1,
+            "auto_approve": auto, "published": published})
+    };
+    let (_, manual) = s
+        .portal
+        .post("/portal-api/plans", &plan("Manual", false, true))
+        .await;
+    let (_, auto) = s
+        .portal
+        .post("/portal-api/plans", &plan("Auto", true, true))
+        .await;
+    let (_, draft) = s
+        .portal
+        .post("/portal-api/plans", &plan("Draft", true, false))
+        .await;
+    let (status, app) = s
+        .portal
+        .post(
+            "/portal-api/apps",
+            &json!({"name": "Shop", "owner": "dev@example.com", "description": "A shop"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{app}");
+    let id = |v: &Value| v["id"].as_str().unwrap().to_owned();
+    let ask =
+        |plan: &Value| json!({"app_id": id(&app), "product_id": id(&product), "plan_id": id(plan)});
+
+    // By hand: pending until approved; the key is answered once.
+    let (status, pending) = s
+        .portal
+        .post("/portal-api/provisioning-requests", &ask(&manual))
+        .await;
+    assert_eq!(status, 201, "{pending}");
+    assert_eq!(pending["request"]["status"], "pending");
+    assert!(pending.get("key").is_none());
+    let waiting = list(
+        &s.portal,
+        "/portal-api/provisioning-requests?status=pending",
+    )
+    .await;
+    assert_eq!(waiting.len(), 1);
+    let request = id(&pending["request"]);
+    let (status, approved) = s
+        .portal
+        .put(
+            &format!("/portal-api/provisioning-requests/{request}/approve"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{approved}");
+    let key = approved["key"].as_str().unwrap().to_owned();
+    let credential = &approved["request"]["credential"];
+    assert_eq!(credential["key_hash"], sha256(&key));
+    let issued = s.dash.keys();
+    let session = issued.get(&sha256(&key)).expect("the key in the Dashboard");
+    assert_eq!(
+        session["apply_policies"],
+        json!([product["policy_id"], manual["policy_id"]])
+    );
+    let (status, _) = s
+        .portal
+        .put(
+            &format!("/portal-api/provisioning-requests/{request}/approve"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "approved once");
+
+    // Automatically, by the Plan.
+    let (status, auto_answer) = s
+        .portal
+        .post("/portal-api/provisioning-requests", &ask(&auto))
+        .await;
+    assert_eq!(status, 201, "{auto_answer}");
+    assert_eq!(auto_answer["request"]["status"], "approved");
+    assert_eq!(auto_answer["request"]["automatic"], true);
+    let auto_key = auto_answer["key"].as_str().unwrap().to_owned();
+    assert!(s.dash.keys().contains_key(&sha256(&auto_key)));
+
+    // Rejected; an unpublished Plan is refused.
+    let (_, third) = s
+        .portal
+        .post("/portal-api/provisioning-requests", &ask(&manual))
+        .await;
+    let third = id(&third["request"]);
+    let (status, rejected) = s
+        .portal
+        .put(
+            &format!("/portal-api/provisioning-requests/{third}/reject"),
+            Some(&json!({"reason": "not a partner"})),
+        )
+        .await;
+    assert_eq!(
+        (status, rejected["status"].clone()),
+        (200, json!("rejected")),
+        "{rejected}"
+    );
+    let (status, _) = s
+        .portal
+        .put(
+            &format!("/portal-api/provisioning-requests/{third}/approve"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409);
+    let (status, body) = s
+        .portal
+        .post("/portal-api/provisioning-requests", &ask(&draft))
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["message"].as_str().unwrap().starts_with("plan_id"),
+        "{body}"
+    );
+
+    // A Product and a Plan of two providers: one credential cannot hold both.
+    let other = add_provider(&s.portal, "Second", &s.dash.url, DASH_SECRET, "second").await;
+    let (_, other_plan) = s
+        .portal
+        .post(
+            "/portal-api/plans",
+            &json!({"name": "Other", "provider_id": other["id"], "published": true}),
+        )
+        .await;
+    let (status, body) = s
+        .portal
+        .post("/portal-api/provisioning-requests", &ask(&other_plan))
+        .await;
+    assert_eq!(status, 400);
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("plan_id") && message.contains("one provider"),
+        "{message}"
+    );
+
+    // Credentials: hashes only; revoking deletes the key in the provider.
+    let creds = list(&s.portal, "/portal-api/credentials").await;
+    assert_eq!(creds.len(), 2);
+    let (status, revoked) = s
+        .portal
+        .delete(&format!(
+            "/portal-api/credentials/{}",
+            credential["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, 200, "{revoked}");
+    assert_ne!(revoked["revoked_at"], "");
+    assert!(!s.dash.keys().contains_key(&sha256(&key)));
+    let (status, _) = s
+        .portal
+        .delete(&format!(
+            "/portal-api/credentials/{}",
+            credential["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, 409);
+    // Deleting the app revokes what it still holds.
+    let (status, _) = s
+        .portal
+        .delete(&format!("/portal-api/apps/{}", id(&app)))
+        .await;
+    assert_eq!(status, 204);
+    assert!(s.dash.keys().is_empty(), "{:?}", s.dash.keys());
+
+    // Neither a key nor the provider's secret is on the log.
+    let log = stream_text(&s.nats.js, streams::PORTAL).await;
+    for secret in [key.as_str(), auto_key.as_str(), DASH_SECRET] {
+        assert!(!log.contains(secret), "a secret is on PORTAL");
+    }
+    let events = wait_for_public(&s.nats.js, "events.provisioning.>", 3).await;
+    let approved_events: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "io.meridian.provisioning.approved")
+        .collect();
+    assert_eq!(approved_events.len(), 2);
+    assert!(
+        approved_events
+            .iter()
+            .any(|e| e["data"]["key_hash"] == sha256(&key))
+    );
+    assert!(
+        approved_events
+            .iter()
+            .any(|e| e["data"]["automatic"] == true)
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["type"] == "io.meridian.provisioning.rejected")
+            .count(),
+        1
+    );
+    let public_text: String = events.iter().map(Value::to_string).collect();
+    assert!(!public_text.contains(&key) && !public_text.contains(&auto_key));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_are_checked_and_their_secret_never_shown() {
+    let nats = Nats::start().await;
+    let ps = start_portal_sync(&nats, |_| {}).await;
+    let portal = Portal::new(&ps.running.url);
+    let dash = empty_dashboard().await;
+    let good = json!({"name": "D", "type": "tyk", "url": dash.url, "secret": DASH_SECRET, "policy_tags": "a,b"});
+    for (change, field) in [
+        (json!({"policy_tags": "a, b"}), "policy_tags"),
+        (json!({"policy_tags": "a,,b"}), "policy_tags"),
+        (json!({"policy_tags": ""}), "policy_tags"),
+        (json!({"secret": ""}), "secret"),
+        (json!({"url": "dashboard:3000"}), "url"),
+        (json!({"type": "kong"}), "type"),
+        (json!({"name": ""}), "name"),
+        (json!({"baseline_url": "gw"}), "baseline_url"),
+        (json!({"secrets": "x"}), "secrets"),
+    ] {
+        let mut body = good.clone();
+        for (k, v) in change.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (status, answer) = portal.post("/portal-api/providers", &body).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert!(
+            answer["message"].as_str().unwrap().starts_with(field),
+            "{field}: {answer}"
+        );
+    }
+    let mut no_secret = good.clone();
+    no_secret.as_object_mut().unwrap().remove("secret");
+    let (status, answer) = portal.post("/portal-api/providers", &no_secret).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(list(&portal, "/portal-api/providers").await.is_empty());
+
+    let (status, created) = portal.post("/portal-api/providers", &good).await;
+    assert_eq!(status, 201);
+    let (status, dup) = portal.post("/portal-api/providers", &good).await;
+    assert_eq!(status, 409, "{dup}");
+    let shown = list(&portal, "/portal-api/providers").await;
+    assert_eq!(shown[0]["secret"], "********");
+    assert!(!shown[0].to_string().contains(DASH_SECRET));
+    // The admin key: X-API-Key, or Authorization as Tyk's portal takes it.
+    let (status, _) = portal.with_key(None).get("/portal-api/providers").await;
+    assert_eq!(status, 401);
+    let (status, _) = portal
+        .with_key(Some("wrong"))
+        .get("/portal-api/providers")
+        .await;
+    assert_eq!(status, 401);
+    let (status, _) = portal
+        .call_with(
+            reqwest::Method::GET,
+            "/portal-api/providers",
+            None,
+            Some(("authorization", API_KEY)),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = portal.get("/portal-api/providers/nobody").await;
+    assert_eq!(status, 404);
+    // A provider with Products cannot be removed; without, it can.
+    let id = created["id"].as_str().unwrap();
+    dash.put_policy(access("p1", &["a"], "orders"));
+    portal.sync(id).await;
+    let (status, body) = portal.delete(&format!("/portal-api/providers/{id}")).await;
+    assert_eq!(status, 409, "{body}");
+    let product = &list(&portal, "/portal-api/products").await[0];
+    portal
+        .delete(&format!(
+            "/portal-api/products/{}",
+            product["id"].as_str().unwrap()
+        ))
+        .await;
+    assert!(
+        dash.policy("p1").is_some(),
+        "a synced Product's policy stays in the provider"
+    );
+    let (status, _) = portal.delete(&format!("/portal-api/providers/{id}")).await;
+    assert_eq!(status, 204);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meridian_provider_issues_keys_the_proxy_honours() {
+    let nats = Nats::start().await;
+    let up = Upstream::start().await;
+    let (ki, _) = start_key_issuer(&nats, |_| {}).await;
+    let proxy = start_proxy(&nats, |_| {}).await;
+    // The hub URL in front of both, as compose and Kubernetes run them.
+    let router = meridian::route::router(
+        vec![
+            meridian::route::Upstream {
+                name: "key-issuer".into(),
+                url: ki.url.clone(),
+            },
+            meridian::route::Upstream {
+                name: "proxy".into(),
+                url: proxy.admin.url.clone(),
+            },
+        ],
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hub = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let tyk = Tyk::new(&hub);
+    for (id, path) in [("orders-api", "/orders/"), ("other-api", "/other/")] {
+        let (status, body) = tyk
+            .post("/tyk/apis", &json!({"api_id": id, "name": id, "use_keyless": false,
+                "auth": {"auth_header_name": "Authorization"},
+                "proxy": {"listen_path": path, "target_url": up.url(), "strip_listen_path": true},
+                "version_data": {"not_versioned": true, "versions": {"Default": {"name": "Default"}}}}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    let ps = start_portal_sync(&nats, |_| {}).await;
+    let portal = Portal::new(&ps.running.url);
+    let (status, provider) = portal
+        .post(
+            "/portal-api/providers",
+            &json!({"name": "Meridian", "type": "meridian", "url": hub,
+            "secret": GATEWAY_SECRET, "policy_tags": "portal"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{provider}");
+    assert_eq!(provider["connection"]["authenticated"], true, "{provider}");
+    let provider = provider["id"].as_str().unwrap().to_owned();
+    let (status, product) = portal
+        .post(
+            "/portal-api/products",
+            &json!({"name": "Orders", "provider_id": provider,
+            "apis": [{"api_id": "orders-api"}], "published": true}),
+        )
+        .await;
+    assert_eq!(status, 201, "{product}");
+    let (status, policy) = tyk
+        .get(&format!(
+            "/tyk/policies/{}",
+            product["policy_id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(policy["tags"], json!(["portal"]));
+    let (status, plan) = portal
+        .post(
+            "/portal-api/plans",
+            &json!({"name": "Free", "provider_id": provider, "rate": 100, "per": 1,
+            "auto_approve": true, "published": true}),
+        )
+        .await;
+    assert_eq!(status, 201, "{plan}");
+    assert_eq!(
+        counts(&portal.sync(&provider).await),
+        (0, 0, 0, 0),
+        "both recognised"
+    );
+    let (_, app) = portal
+        .post(
+            "/portal-api/apps",
+            &json!({"name": "Shop", "owner": "dev@example.com"}),
+        )
+        .await;
+    let (status, issued) = portal
+        .post(
+            "/portal-api/provisioning-requests",
+            &json!({"app_id": app["id"], "product_id": product["id"], "plan_id": plan["id"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{issued}");
+    let key = issued["key"].as_str().unwrap().to_owned();
+
+    let (status, _) = tyk.get("/tyk/reload?block=true").await;
+    assert_eq!(status, 200);
+    let http = reqwest::Client::new();
+    let call = |path: &str| {
+        let req = http
+            .get(format!("{}{path}", proxy.gateway))
+            .header("authorization", key.clone());
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(call("/orders/list").await, 200, "the Product's API");
+    assert_eq!(call("/other/list").await, 403, "another API");
+
+    // Revoked: the key is deleted in key-issuer and refused.
+    let credential = issued["request"]["credential"]["id"].as_str().unwrap();
+    let (status, _) = portal
+        .delete(&format!("/portal-api/credentials/{credential}"))
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = tyk.get("/tyk/reload?block=true").await;
+    assert_eq!(status, 200);
+    assert_eq!(call("/orders/list").await, 403);
+}
+
+async fn count_claims(js: &async_nats::jetstream::Context) -> usize {
+    stream_events::<PortalEvent>(js, streams::PORTAL)
+        .await
+        .iter()
+        .filter(|e| matches!(e, PortalEvent::SyncClaimed { .. }))
+        .count()
+}
+
+async fn digest(portal: &Portal) -> Value {
+    let (status, body) = portal.get("/api/portal/digest").await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_one_sync_and_a_restart_or_rebuild_changes_nothing() {
+    let s = setup(dashboard().await).await;
+    // A second replica, whose wait for another's sync gives up after 2 s.
+    let b = start_portal_sync(&s.nats, |c| {
+        c.replica = Some("replica-b".into());
+        c.sync_lease = meridian_kit::config::HumanDuration(Duration::from_secs(2));
+    })
+    .await;
+    let portal_b = Portal::new(&b.running.url);
+    // Its start-up sync found the provider unsynced, and ran.
+    let first = eventually(Duration::from_secs(30), || async {
+        let (_, p) = s
+            .portal
+            .get(&format!("/portal-api/providers/{}", s.provider))
+            .await;
+        (p["last_sync"]["status"] == "ok").then_some(p["last_sync"].clone())
+    })
+    .await
+    .expect("replica b's start-up sync");
+    assert_eq!(first["replica"], "replica-b");
+    assert_eq!(counts(&first), (17, 0, 0, 0));
+    s.dash.take_pages_asked();
+    let claims_before = count_claims(&s.nats.js).await;
+
+    // Replica a's sync holds the claim while the Dashboard is slow; asked
+    // meanwhile, replica b does not fetch: it waits for a's report, and
+    // after its 2 s says who holds the sync.
+    s.dash.hold();
+    let a = s.portal.clone();
+    let provider = s.provider.clone();
+    let a_sync = tokio::spawn(async move { a.sync(&provider).await });
+    s.dash.wait_held(1).await;
+    assert_eq!(count_claims(&s.nats.js).await, claims_before + 1);
+    let b_report = portal_b.sync(&s.provider).await;
+    assert_eq!(b_report["status"], "failed", "{b_report}");
+    assert!(
+        b_report["reason"]
+            .as_str()
+            .unwrap()
+            .contains("holds this provider's sync"),
+        "{b_report}"
+    );
+    s.dash.release();
+    let a_report = a_sync.await.unwrap();
+    assert_eq!(counts(&a_report), (0, 0, 0, 0));
+    assert_ne!(a_report["replica"], "replica-b");
+    assert_eq!(
+        count_claims(&s.nats.js).await,
+        claims_before + 1,
+        "one claim"
+    );
+    assert_eq!(
+        s.dash.take_pages_asked(),
+        [1, 2, 3],
+        "one replica fetched, once"
+    );
+    // Asked at once, both answer the one run's report (or one runs after
+    // the other): never two fetches at the same time.
+    let (a_report, b_report) = tokio::join!(s.portal.sync(&s.provider), portal_b.sync(&s.provider));
+    let pages = s.dash.take_pages_asked();
+    if a_report["run_id"] == b_report["run_id"] {
+        assert_eq!(pages, [1, 2, 3]);
+    } else {
+        assert_eq!(pages, [1, 2, 3, 1, 2, 3], "one after the other");
+    }
+    assert_eq!(digest(&s.portal).await, digest(&portal_b).await);
+    let events_before = wait_for_public(&s.nats.js, "events.>", 17).await.len();
+    let log_before = stream_count(&s.nats.js, streams::PORTAL).await;
+    let before = digest(&s.portal).await;
+
+    // Every replica stops; one starts again: the same state, nothing
+    // published again (its start-up sync is skipped: one ran just now).
+    b.running.stop().await;
+    s.ps.running.stop().await;
+    let again = start_portal_sync(&s.nats, |_| {}).await;
+    let portal = Portal::new(&again.running.url);
+    assert_eq!(digest(&portal).await, before);
+    let rebuilt = meridian_portal_sync::rebuild(&s.nats.url()).await.unwrap();
+    assert_eq!(json!(rebuilt.digest), before["digest"]);
+    assert_eq!(stream_count(&s.nats.js, streams::PORTAL).await, log_before);
+    // A barrier: one more change and its public event; had the restarted
+    // relay sent anything twice, it would be counted before this one.
+    let product = list(&portal, "/portal-api/products").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    portal
+        .put(
+            &format!("/portal-api/products/{product}"),
+            Some(&json!({"description": "after restart"})),
+        )
+        .await;
+    let events = wait_for_public(&s.nats.js, "events.>", events_before + 1).await;
+    assert_eq!(events.len(), events_before + 1);
+    assert_eq!(
+        events.last().unwrap()["type"],
+        "io.meridian.product.updated"
+    );
+}

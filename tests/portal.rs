@@ -1,0 +1,174 @@
+//! Driving portal-sync as a portal admin does: a replica on a free port and
+//! a client whose every answer is checked against portal-sync's OpenAPI
+//! document.
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+
+use crate::{API_KEY, Metrics, Nats, Running, answer_fits, path_template};
+
+/// A running portal-sync replica.
+pub struct PortalSync {
+    /// Its REST server.
+    pub running: Running,
+    /// Its fold (for digests).
+    pub state: Arc<std::sync::RwLock<meridian_portal_sync::domain::PortalState>>,
+}
+
+/// Starts portal-sync with the test admin key (refresh: an hour, so only
+/// the start-up sync and the test's own run); `tweak` adjusts the rest.
+pub async fn start_portal_sync(
+    nats: &Nats,
+    tweak: impl FnOnce(&mut meridian_portal_sync::Config),
+) -> PortalSync {
+    let mut config = meridian_portal_sync::Config::new(&nats.url(), API_KEY);
+    config.refresh_interval = Some(meridian_kit::config::HumanDuration(
+        std::time::Duration::from_secs(3600),
+    ));
+    tweak(&mut config);
+    let app = meridian_portal_sync::App::build(config, &Metrics::new())
+        .await
+        .expect("build portal-sync");
+    let state = app.state();
+    let running =
+        crate::serve_on_free_port("portal-sync", |http, stop| app.serve(http, stop)).await;
+    PortalSync { running, state }
+}
+
+/// A `/portal-api/` client.
+#[derive(Clone)]
+pub struct Portal {
+    http: reqwest::Client,
+    /// Base URL.
+    pub base: String,
+    /// The admin key, sent in `X-API-Key` (None: no key).
+    pub key: Option<String>,
+    doc: Arc<Mutex<Option<Arc<Value>>>>,
+}
+
+impl Portal {
+    /// With the test admin key.
+    pub fn new(base: &str) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: base.trim_end_matches('/').to_owned(),
+            key: Some(API_KEY.into()),
+            doc: Arc::default(),
+        }
+    }
+
+    /// The same client with another key (or none).
+    pub fn with_key(&self, key: Option<&str>) -> Self {
+        Self {
+            key: key.map(str::to_owned),
+            ..self.clone()
+        }
+    }
+
+    async fn document(&self) -> Arc<Value> {
+        if let Some(doc) = self.doc.lock().unwrap().clone() {
+            return doc;
+        }
+        let doc: Value = self
+            .http
+            .get(format!("{}/api/openapi.json", self.base))
+            .send()
+            .await
+            .expect("the OpenAPI document")
+            .json()
+            .await
+            .expect("the OpenAPI document is JSON");
+        let doc = Arc::new(doc);
+        *self.doc.lock().unwrap() = Some(doc.clone());
+        doc
+    }
+
+    /// Sends a request (with `header` instead of `X-API-Key` when given);
+    /// returns status and JSON body (Null when empty), after checking the
+    /// answer against the OpenAPI document.
+    pub async fn call_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        header: Option<(&str, &str)>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base));
+        match (header, &self.key) {
+            (Some((name, value)), _) => req = req.header(name, value),
+            (None, Some(key)) => req = req.header("x-api-key", key),
+            (None, None) => {}
+        }
+        if let Some(body) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let res = req.send().await.expect("request");
+        let status = res.status().as_u16();
+        let text = res.text().await.unwrap();
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        let doc = self.document().await;
+        match path_template(&doc, path) {
+            Some(template) => {
+                if let Err(e) = answer_fits(&doc, &template, method.as_str(), status, &value) {
+                    panic!("{e}");
+                }
+            }
+            None => assert_eq!(
+                status, 404,
+                "{method} {path}: undocumented path answered {status}"
+            ),
+        }
+        (status, value)
+    }
+
+    /// A request with the client's key.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        self.call_with(method, path, body, None).await
+    }
+
+    /// GET.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    /// POST JSON.
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// PUT JSON (None: no body).
+    pub async fn put(&self, path: &str, body: Option<&Value>) -> (u16, Value) {
+        self.call(reqwest::Method::PUT, path, body).await
+    }
+
+    /// DELETE.
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// `PUT /portal-api/providers/{id}/synchronize`: the one report.
+    pub async fn sync(&self, provider_id: &str) -> Value {
+        let (status, body) = self
+            .put(
+                &format!("/portal-api/providers/{provider_id}/synchronize"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["providers"][0].clone()
+    }
+}
