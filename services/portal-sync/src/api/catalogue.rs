@@ -29,6 +29,7 @@ pub fn routes() -> OpenApiRouter<ApiState> {
 
 /// `?hidden=true` lists hidden ones too; `?provider_id=` one provider's.
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(default, deny_unknown_fields)]
 pub struct ListQuery {
     /// Include Products/Plans whose policy the last sync did not retrieve.
@@ -406,7 +407,7 @@ async fn create_product(
 
 /// A Product (hidden ones too).
 #[utoipa::path(get, path = "/portal-api/products/{id}", tag = "products", security(("api_key" = [])),
-    params(("id" = String, Path)),
+    params(("id" = uuid::Uuid, Path)),
     responses((status = 200, body = ProductView), (status = 404, body = ErrorBody)))]
 async fn get_product(
     State(s): State<ApiState>,
@@ -421,7 +422,7 @@ async fn get_product(
 /// Changes what the admin sets on a Product (kept through hide and
 /// restore). Its APIs follow its policy in the provider.
 #[utoipa::path(put, path = "/portal-api/products/{id}", tag = "products", security(("api_key" = [])),
-    params(("id" = String, Path)), request_body = DisplayUpdate,
+    params(("id" = uuid::Uuid, Path)), request_body = DisplayUpdate,
     responses((status = 200, body = ProductView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn update_product(
     State(s): State<ApiState>,
@@ -466,7 +467,7 @@ fn live_credentials(state: &PortalState, product: Option<&str>, plan: Option<&st
 /// policy keeps its tag, the next sync brings a placeholder back). Refused
 /// while credentials issued for it are live.
 #[utoipa::path(delete, path = "/portal-api/products/{id}", tag = "products", security(("api_key" = [])),
-    params(("id" = String, Path)),
+    params(("id" = uuid::Uuid, Path)),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
 async fn delete_product(
     State(s): State<ApiState>,
@@ -603,7 +604,7 @@ async fn create_plan(
 
 /// A Plan (hidden ones too).
 #[utoipa::path(get, path = "/portal-api/plans/{id}", tag = "plans", security(("api_key" = [])),
-    params(("id" = String, Path)),
+    params(("id" = uuid::Uuid, Path)),
     responses((status = 200, body = PlanView), (status = 404, body = ErrorBody)))]
 async fn get_plan(
     State(s): State<ApiState>,
@@ -618,7 +619,7 @@ async fn get_plan(
 /// Changes what the admin sets on a Plan, auto-approval included (kept
 /// through hide and restore). Its limits follow its policy.
 #[utoipa::path(put, path = "/portal-api/plans/{id}", tag = "plans", security(("api_key" = [])),
-    params(("id" = String, Path)), request_body = DisplayUpdate,
+    params(("id" = uuid::Uuid, Path)), request_body = DisplayUpdate,
     responses((status = 200, body = PlanView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn update_plan(
     State(s): State<ApiState>,
@@ -644,7 +645,7 @@ async fn update_plan(
 
 /// Deletes a Plan; see `DELETE /portal-api/products/{id}`.
 #[utoipa::path(delete, path = "/portal-api/plans/{id}", tag = "plans", security(("api_key" = [])),
-    params(("id" = String, Path)),
+    params(("id" = uuid::Uuid, Path)),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
 async fn delete_plan(
     State(s): State<ApiState>,

@@ -215,7 +215,7 @@ async fn create_provider(
 
 /// A provider.
 #[utoipa::path(get, path = "/portal-api/providers/{id}", tag = "providers", security(("api_key" = [])),
-    params(("id" = String, Path)),
+    params(("id" = uuid::Uuid, Path)),
     responses((status = 200, body = ProviderView), (status = 404, body = ErrorBody)))]
 async fn get_provider(
     State(s): State<ApiState>,
@@ -234,7 +234,7 @@ async fn get_provider(
 /// Changes a provider; without `secret` the stored one stays. The
 /// connection is tested again.
 #[utoipa::path(put, path = "/portal-api/providers/{id}", tag = "providers", security(("api_key" = [])),
-    params(("id" = String, Path)), request_body = ProviderInput,
+    params(("id" = uuid::Uuid, Path)), request_body = ProviderInput,
     responses((status = 200, body = ProviderView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn update_provider(
     State(s): State<ApiState>,
@@ -278,7 +278,7 @@ async fn update_provider(
 /// Removes a provider. Refused while Products or Plans of it remain (they
 /// would lose their provider): delete those first.
 #[utoipa::path(delete, path = "/portal-api/providers/{id}", tag = "providers", security(("api_key" = [])),
-    params(("id" = String, Path)),
+    params(("id" = uuid::Uuid, Path)),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn delete_provider(
     State(s): State<ApiState>,
@@ -327,7 +327,7 @@ async fn synchronize_all(State(s): State<ApiState>) -> Json<SyncAnswer> {
 
 /// Synchronises one provider and reports it.
 #[utoipa::path(put, path = "/portal-api/providers/{id}/synchronize", tag = "providers", security(("api_key" = [])),
-    params(("id" = String, Path)),
+    params(("id" = uuid::Uuid, Path)),
     responses((status = 200, body = SyncAnswer), (status = 404, body = ErrorBody)))]
 async fn synchronize_one(
     State(s): State<ApiState>,

@@ -232,7 +232,7 @@ async fn create_app(
 
 /// An app, with its requests and credentials.
 #[utoipa::path(get, path = "/portal-api/apps/{id}", tag = "apps", security(("api_key" = [])),
-    params(("id" = String, Path)),
+    params(("id" = uuid::Uuid, Path)),
     responses((status = 200, body = AppView), (status = 404, body = ErrorBody)))]
 async fn get_app(
     State(s): State<ApiState>,
@@ -246,7 +246,7 @@ async fn get_app(
 
 /// Changes an app's name, owner or description.
 #[utoipa::path(put, path = "/portal-api/apps/{id}", tag = "apps", security(("api_key" = [])),
-    params(("id" = String, Path)), request_body = AppInput,
+    params(("id" = uuid::Uuid, Path)), request_body = AppInput,
     responses((status = 200, body = AppView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn update_app(
     State(s): State<ApiState>,
@@ -274,7 +274,7 @@ async fn update_app(
 /// Deletes an app: its live credentials are revoked first (their keys
 /// deleted in the provider); if a provider fails, the app stays.
 #[utoipa::path(delete, path = "/portal-api/apps/{id}", tag = "apps", security(("api_key" = [])),
-    params(("id" = String, Path)),
+    params(("id" = uuid::Uuid, Path)),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
 async fn delete_app(
     State(s): State<ApiState>,
@@ -304,6 +304,7 @@ async fn delete_app(
 
 /// `?status=` filters requests.
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(default, deny_unknown_fields)]
 pub struct RequestQuery {
     /// `pending`, `approved` or `rejected`.
@@ -431,7 +432,7 @@ async fn create_request(
 
 /// A provisioning request.
 #[utoipa::path(get, path = "/portal-api/provisioning-requests/{id}", tag = "provisioning", security(("api_key" = [])),
-    params(("id" = String, Path)),
+    params(("id" = uuid::Uuid, Path)),
     responses((status = 200, body = RequestView), (status = 404, body = ErrorBody)))]
 async fn get_request(
     State(s): State<ApiState>,
@@ -540,7 +541,7 @@ async fn approve(s: &ApiState, id: &str, automatic: bool) -> Result<Provisioned,
 /// Approves a pending request: the provider issues the credential, whose
 /// key is answered this once.
 #[utoipa::path(put, path = "/portal-api/provisioning-requests/{id}/approve", tag = "provisioning", security(("api_key" = [])),
-    params(("id" = String, Path)),
+    params(("id" = uuid::Uuid, Path)),
     responses((status = 200, body = Provisioned), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
 async fn approve_request(
     State(s): State<ApiState>,
@@ -559,7 +560,7 @@ pub struct Rejection {
 
 /// Rejects a pending request.
 #[utoipa::path(put, path = "/portal-api/provisioning-requests/{id}/reject", tag = "provisioning", security(("api_key" = [])),
-    params(("id" = String, Path)), request_body = Rejection,
+    params(("id" = uuid::Uuid, Path)), request_body = Rejection,
     responses((status = 200, body = RequestView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn reject_request(
     State(s): State<ApiState>,
@@ -639,7 +640,7 @@ async fn revoke(s: &ApiState, credential_id: &str) -> Result<Request, ApiError> 
 
 /// Revokes a credential: the key is deleted in the provider.
 #[utoipa::path(delete, path = "/portal-api/credentials/{id}", tag = "provisioning", security(("api_key" = [])),
-    params(("id" = String, Path)),
+    params(("id" = uuid::Uuid, Path)),
     responses((status = 200, body = CredentialView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
 async fn revoke_credential(
     State(s): State<ApiState>,
