@@ -191,4 +191,59 @@ async fn a_manual_sync_is_one_trace_across_gateway_agent_and_inventory() {
         "no gateway.request span in the caller's trace"
     );
     proxy.admin.stop().await;
+
+    // portal-sync: a traced manual sync is one trace, from the request to
+    // the `portal.sync` span and the public events of what it created.
+    let dash = meridian_tests::fake_dashboard::FakeDashboard::start("dash-secret").await;
+    dash.put_policy(serde_json::json!({"_id": "traced-policy", "name": "Traced",
+        "tags": ["portal"], "access_rights": {"a": {"api_id": "a", "api_name": "A"}}}));
+    let portal_sync = meridian_tests::portal::start_portal_sync(&nats, |_| {}).await;
+    let portal = meridian_tests::portal::Portal::new(&portal_sync.running.url);
+    let (status, created) = portal
+        .post(
+            "/portal-api/providers",
+            &serde_json::json!({"name": "traced", "url": dash.url, "secret": "dash-secret",
+                "policy_tags": "portal"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let portal_trace = "5cf92f3577b34da6a3ce929d0e0e4737";
+    let response = reqwest::Client::new()
+        .put(format!(
+            "{}/portal-api/providers/{}/synchronize",
+            portal_sync.running.url,
+            created["id"].as_str().unwrap()
+        ))
+        .header("x-api-key", API_KEY)
+        .header(
+            "traceparent",
+            format!("00-{portal_trace}-00f067aa0ba902b7-01"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let products = wait_for_public(&nats.js, "events.product.created.>", 1).await;
+    let traceparent = products[0]["traceparent"].as_str().unwrap_or_default();
+    assert!(
+        traceparent.contains(portal_trace),
+        "the Product's public event is in the sync's trace: {traceparent}"
+    );
+    let traced = eventually(T, || async {
+        let _ = provider.force_flush();
+        exporter
+            .get_finished_spans()
+            .unwrap()
+            .iter()
+            .any(|s| {
+                s.span_context.trace_id().to_string() == portal_trace && s.name == "portal.sync"
+            })
+            .then_some(())
+    })
+    .await;
+    assert!(
+        traced.is_some(),
+        "no portal.sync span in the caller's trace"
+    );
+    portal_sync.running.stop().await;
 }

@@ -60,8 +60,9 @@ pub struct ProviderView {
     pub connection: Option<ConnectionTest>,
 }
 
-/// What an admin sends to create or change a provider.
-#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+/// What an admin sends to create or change a provider. (No `Debug`: it
+/// holds the secret.)
+#[derive(Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProviderInput {
     /// Required.
@@ -72,6 +73,8 @@ pub struct ProviderInput {
     /// Required: `http(s)://host[:port]`.
     pub url: String,
     /// Required when creating; left out on a change, the stored one stays.
+    /// Write-only: never answered.
+    #[schema(write_only, format = Password)]
     pub secret: Option<String>,
     /// Optional.
     pub org_id: String,

@@ -481,7 +481,7 @@ async fn approve(s: &ApiState, id: &str, automatic: bool) -> Result<Provisioned,
     }
     let (_, connection) = s.connect(&request.provider_id).await?;
     let policies = vec![product.policy_id.clone(), plan.policy_id.clone()];
-    let alias = format!("{}-{}", app.name, &id[..8.min(id.len())]);
+    let alias = format!("{}-{}", app.name, id.chars().take(8).collect::<String>());
     let issued = connection
         .create_key(
             &policies,

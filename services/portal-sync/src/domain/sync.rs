@@ -133,18 +133,90 @@ impl Counts {
     }
 }
 
-/// Hides `display` (unpublished, the published state kept for a restore).
-fn hide(display: &mut Display, hidden: &mut bool, published_before: &mut bool) {
-    *published_before = display.published;
-    display.published = false;
-    *hidden = true;
+/// What a sync changes on a Product or a Plan alike.
+trait Listed: Clone + PartialEq {
+    /// Whether it is hidden.
+    fn hidden(&self) -> bool;
+    /// Hides it: unpublished, the published state kept for a restore.
+    fn hide(&mut self);
+    /// Shows it again with the published state it had.
+    fn restore(&mut self);
+    /// Takes what the policy decides (APIs or limits, the policy's name).
+    fn follow(&mut self, policy: &RetrievedPolicy);
+    /// Stamps a change.
+    fn touch(&mut self, now_ms: i64);
 }
 
-/// Shows `display` again with the published state it had.
-fn restore(display: &mut Display, hidden: &mut bool, published_before: &mut bool) {
-    display.published = *published_before;
-    *published_before = false;
-    *hidden = false;
+macro_rules! listed {
+    ($t:ty, |$p:ident, $policy:ident| $follow:block) => {
+        impl Listed for $t {
+            fn hidden(&self) -> bool {
+                self.hidden
+            }
+            fn hide(&mut self) {
+                self.published_before_hidden = self.display.published;
+                self.display.published = false;
+                self.hidden = true;
+            }
+            fn restore(&mut self) {
+                self.display.published = self.published_before_hidden;
+                self.published_before_hidden = false;
+                self.hidden = false;
+            }
+            fn follow(&mut self, $policy: &RetrievedPolicy) {
+                let $p = self;
+                $follow
+            }
+            fn touch(&mut self, now_ms: i64) {
+                self.updated_at_ms = now_ms;
+            }
+        }
+    };
+}
+
+listed!(Product, |p, policy| {
+    p.apis.clone_from(&policy.apis);
+    p.policy_name.clone_from(&policy.name);
+});
+listed!(Plan, |p, policy| {
+    p.limits = policy.limits.clone();
+    p.policy_name.clone_from(&policy.name);
+});
+
+/// What becomes of `existing` given its policy as retrieved (`None`: not
+/// retrieved, or no longer a tagged policy of its kind); `new` makes the
+/// placeholder for a policy seen for the first time. `None`: no change.
+fn decide<T: Listed>(
+    existing: Option<&T>,
+    retrieved: Option<&RetrievedPolicy>,
+    new: impl FnOnce(&RetrievedPolicy) -> T,
+    now_ms: i64,
+) -> Option<(T, Change)> {
+    let (next, change) = match (existing, retrieved) {
+        (None, None) => return None,
+        (Some(e), None) if e.hidden() => return None,
+        (Some(e), None) => {
+            let mut next = e.clone();
+            next.hide();
+            (next, Change::Hidden)
+        }
+        (None, Some(policy)) => return Some((new(policy), Change::New)),
+        (Some(e), Some(policy)) => {
+            let mut next = e.clone();
+            next.follow(policy);
+            if e.hidden() {
+                next.restore();
+                (next, Change::Restored)
+            } else if next == *e {
+                return None;
+            } else {
+                (next, Change::Updated)
+            }
+        }
+    };
+    let mut next = next;
+    next.touch(now_ms);
+    Some((next, change))
 }
 
 /// What becomes of the Product made from `policy_id` of `provider`, given
@@ -158,59 +230,23 @@ pub fn decide_product(
     now_ms: i64,
 ) -> Option<(Product, Change)> {
     let id = catalogue_id(Kind::Product, &provider.id, policy_id);
-    let existing = state.product(&id);
-    match (existing, retrieved) {
-        (None, None) => None,
-        (Some(p), None) if p.hidden => None,
-        (Some(p), None) => {
-            let mut p = p.clone();
-            hide(
-                &mut p.display,
-                &mut p.hidden,
-                &mut p.published_before_hidden,
-            );
-            p.updated_at_ms = now_ms;
-            Some((p, Change::Hidden))
-        }
-        (None, Some(policy)) => Some((
-            Product {
-                id,
-                provider_id: provider.id.clone(),
-                policy_id: policy.id.clone(),
-                policy_name: policy.name.clone(),
-                display: Display {
-                    name: policy.name.clone(),
-                    ..Display::default()
-                },
-                apis: policy.apis.clone(),
-                bare_bones: policy.kind().1,
-                origin: Origin::Sync,
-                created_at_ms: now_ms,
-                updated_at_ms: now_ms,
-                ..Product::default()
-            },
-            Change::New,
-        )),
-        (Some(p), Some(policy)) => {
-            let mut next = p.clone();
-            next.apis.clone_from(&policy.apis);
-            next.policy_name.clone_from(&policy.name);
-            let change = if p.hidden {
-                restore(
-                    &mut next.display,
-                    &mut next.hidden,
-                    &mut next.published_before_hidden,
-                );
-                Change::Restored
-            } else if next == *p {
-                return None;
-            } else {
-                Change::Updated
-            };
-            next.updated_at_ms = now_ms;
-            Some((next, change))
-        }
-    }
+    let new = |policy: &RetrievedPolicy| Product {
+        id: id.clone(),
+        provider_id: provider.id.clone(),
+        policy_id: policy.id.clone(),
+        policy_name: policy.name.clone(),
+        display: Display {
+            name: policy.name.clone(),
+            ..Display::default()
+        },
+        apis: policy.apis.clone(),
+        bare_bones: policy.kind().1,
+        origin: Origin::Sync,
+        created_at_ms: now_ms,
+        updated_at_ms: now_ms,
+        ..Product::default()
+    };
+    decide(state.product(&id), retrieved, new, now_ms)
 }
 
 /// What becomes of the Plan made from `policy_id`; see [`decide_product`].
@@ -222,59 +258,23 @@ pub fn decide_plan(
     now_ms: i64,
 ) -> Option<(Plan, Change)> {
     let id = catalogue_id(Kind::Plan, &provider.id, policy_id);
-    let existing = state.plan(&id);
-    match (existing, retrieved) {
-        (None, None) => None,
-        (Some(p), None) if p.hidden => None,
-        (Some(p), None) => {
-            let mut p = p.clone();
-            hide(
-                &mut p.display,
-                &mut p.hidden,
-                &mut p.published_before_hidden,
-            );
-            p.updated_at_ms = now_ms;
-            Some((p, Change::Hidden))
-        }
-        (None, Some(policy)) => Some((
-            Plan {
-                id,
-                provider_id: provider.id.clone(),
-                policy_id: policy.id.clone(),
-                policy_name: policy.name.clone(),
-                display: Display {
-                    name: policy.name.clone(),
-                    ..Display::default()
-                },
-                limits: policy.limits.clone(),
-                bare_bones: policy.kind().1,
-                origin: Origin::Sync,
-                created_at_ms: now_ms,
-                updated_at_ms: now_ms,
-                ..Plan::default()
-            },
-            Change::New,
-        )),
-        (Some(p), Some(policy)) => {
-            let mut next = p.clone();
-            next.limits = policy.limits.clone();
-            next.policy_name.clone_from(&policy.name);
-            let change = if p.hidden {
-                restore(
-                    &mut next.display,
-                    &mut next.hidden,
-                    &mut next.published_before_hidden,
-                );
-                Change::Restored
-            } else if next == *p {
-                return None;
-            } else {
-                Change::Updated
-            };
-            next.updated_at_ms = now_ms;
-            Some((next, change))
-        }
-    }
+    let new = |policy: &RetrievedPolicy| Plan {
+        id: id.clone(),
+        provider_id: provider.id.clone(),
+        policy_id: policy.id.clone(),
+        policy_name: policy.name.clone(),
+        display: Display {
+            name: policy.name.clone(),
+            ..Display::default()
+        },
+        limits: policy.limits.clone(),
+        bare_bones: policy.kind().1,
+        origin: Origin::Sync,
+        created_at_ms: now_ms,
+        updated_at_ms: now_ms,
+        ..Plan::default()
+    };
+    decide(state.plan(&id), retrieved, new, now_ms)
 }
 
 /// The policy ids a sync of `provider` must look at, by kind: every tagged
