@@ -1,6 +1,7 @@
 //! The hub in one process: agent-gateway, inventory, scheduler, key-issuer, the proxy and
 //! portal-sync side by
-//! side, every REST endpoint on one URL (routed by path), one OpenAPI document for all, and the
+//! side, every REST endpoint on one URL (routed by path) with the web console at `/`, one OpenAPI
+//! document for all, and the
 //! proxy's data plane on its own address.
 
 use std::net::SocketAddr;
@@ -68,11 +69,10 @@ pub async fn start(config: HubConfig, stop: CancellationToken) -> anyhow::Result
     let mut scheduler_config = meridian_scheduler::Config::new(&config.nats_url, &config.api_key);
     scheduler_config.replica = Some("hub".into());
     let scheduler = meridian_scheduler::App::build(scheduler_config, &metrics).await?;
-    let key_issuer = meridian_key_issuer::App::build(
-        meridian_key_issuer::Config::new(&config.nats_url, &config.gateway_secret),
-        &metrics,
-    )
-    .await?;
+    let mut key_config = meridian_key_issuer::Config::new(&config.nats_url, &config.gateway_secret);
+    // The console lists keys (by hash) for the admin to inactivate or delete.
+    key_config.enable_hashed_keys_listing = true;
+    let key_issuer = meridian_key_issuer::App::build(key_config, &metrics).await?;
 
     let proxy = meridian_proxy::App::build(
         meridian_proxy::Config::new(&config.nats_url, &config.gateway_secret),
@@ -116,6 +116,12 @@ pub async fn start(config: HubConfig, stop: CancellationToken) -> anyhow::Result
     let gateway_addr = gateway_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
     let grpc_addr = grpc_listener.local_addr()?;
+    let router = router.clone().merge(crate::console::router(crate::console::Console {
+        inner: router,
+        api_key: config.api_key.clone(),
+        gateway_secret: Some(config.gateway_secret.clone()),
+        agent_url: format!("http://{grpc_addr}"),
+    }));
 
     let tasks = vec![
         task("http", http::serve(http_listener, router, stop.clone())),

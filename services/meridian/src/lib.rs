@@ -10,10 +10,11 @@
 //! [`rebuild`] (`meridian rebuild`),
 //! [`cli`] (REST client commands), [`events`] (`events tail`),
 //! [`route`] (`meridian route`: the hub URL in front of separately deployed
-//! services), [`demo_provider`]. The demo agent is `meridian-agent`'s session with the
+//! services), [`console`] (the web console both serve at `/`), [`demo_provider`]. The demo agent is `meridian-agent`'s session with the
 //! demo provider as its one Tyk provider.
 
 pub mod cli;
+pub mod console;
 pub mod demo_provider;
 pub mod events;
 pub mod hub;

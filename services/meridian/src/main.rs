@@ -90,6 +90,14 @@ enum Command {
             default_value = "http://127.0.0.1:8085"
         )]
         proxy: String,
+        /// What agents connect to, shown by the web console in the
+        /// `agent-config.yaml` it fills in (agent-gateway's gRPC address).
+        #[arg(
+            long,
+            env = "MERIDIAN_ROUTE_AGENT_URL",
+            default_value = "http://127.0.0.1:50051"
+        )]
+        agent_url: String,
         /// portal-sync's REST URL (the developer portal's `/portal-api/`).
         #[arg(
             long,
@@ -165,6 +173,7 @@ async fn main() -> anyhow::Result<()> {
             key_issuer,
             proxy,
             portal_sync,
+            agent_url,
         } => {
             let upstreams = [
                 ("agent-gateway", gateway),
@@ -180,7 +189,23 @@ async fn main() -> anyhow::Result<()> {
                 url,
             })
             .collect();
-            route::serve(&listen, upstreams, meridian_kit::shutdown::on_signal()).await
+            // The web console at `/`: it forwards to the routes with the
+            // admin key and the Gateway API secret (MERIDIAN_GATEWAY_SECRET).
+            let console = (!cli.api_key.is_empty()).then(|| meridian::console::Console {
+                inner: axum::Router::new(),
+                api_key: cli.api_key.clone(),
+                gateway_secret: std::env::var("MERIDIAN_GATEWAY_SECRET")
+                    .ok()
+                    .filter(|s| !s.is_empty()),
+                agent_url,
+            });
+            route::serve(
+                &listen,
+                upstreams,
+                console,
+                meridian_kit::shutdown::on_signal(),
+            )
+            .await
         }
         Command::DemoProvider { listen, key } => {
             let provider = meridian::demo_provider::DemoProvider::new(

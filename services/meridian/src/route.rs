@@ -261,9 +261,19 @@ async fn forward(State(routes): State<Routes>, request: Request) -> Response {
 pub async fn serve(
     addr: &str,
     upstreams: Vec<Upstream>,
+    console: Option<crate::console::Console>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let router = router(upstreams, Duration::from_secs(120)).await?;
+    let mut router = router(upstreams, Duration::from_secs(120)).await?;
+    match console {
+        Some(console) => {
+            router = router.clone().merge(crate::console::router(crate::console::Console {
+                inner: router,
+                ..console
+            }));
+        }
+        None => tracing::warn!("MERIDIAN_API_KEY is not set: the web console is off"),
+    }
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;

@@ -1,0 +1,311 @@
+//! The web console on the hub URL: a small static page and script
+//! (`console/`, compiled in) that does the daily work through the hub's own
+//! REST APIs, so there is no separate server to run and no build step.
+//!
+//! Sign-in takes the admin key once and answers a session cookie
+//! (`HttpOnly`, `SameSite=Strict`, twelve hours): an expiry and a nonce,
+//! signed with HMAC-SHA256 under a key derived from the admin key, so every
+//! hub replica accepts it and nothing is stored. The browser never holds the
+//! admin key or the Gateway API secret: it calls `/console/api/<path>`, and
+//! the console forwards to `/<path>` on the hub with the credentials added.
+//! Writes also need `x-csrf-token` (an HMAC of the session, from
+//! `/console/session`), on top of `SameSite=Strict`. Every console answer
+//! carries a Content-Security-Policy that allows only the console's own
+//! script and style.
+
+use std::time::Duration;
+
+use aws_lc_rs::hmac;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use meridian_kit::http::{ApiError, ApiKey, ErrorCode};
+use serde::Deserialize;
+use tower::ServiceExt;
+
+/// The session cookie's name.
+pub const COOKIE: &str = "meridian_session";
+/// How long a session lasts.
+pub const SESSION: Duration = Duration::from_secs(12 * 3600);
+/// The header writes carry the CSRF token in.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+    connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+const INDEX: &str = include_str!("../console/index.html");
+const SCRIPT: &str = include_str!("../console/app.js");
+const STYLE: &str = include_str!("../console/app.css");
+
+/// What the console needs.
+#[derive(Clone)]
+pub struct Console {
+    /// The hub's routes (the console forwards to them).
+    pub inner: Router,
+    /// The admin key (`X-API-Key`).
+    pub api_key: String,
+    /// The Gateway API secret (`x-tyk-authorization`), for the keys and
+    /// policies pages; `None`: those pages say it is not configured.
+    pub gateway_secret: Option<String>,
+    /// What agents connect to (shown in the `agent-config.yaml` snippet).
+    pub agent_url: String,
+}
+
+#[derive(Clone)]
+struct Shared {
+    console: Console,
+    check: ApiKey,
+    signing: hmac::Key,
+}
+
+/// The console's routes: `/`, its assets, sign-in and sign-out, the session
+/// and the forwarding of `/console/api/*`.
+pub fn router(console: Console) -> Router {
+    let mut material = b"meridian console sessions v1\0".to_vec();
+    material.extend_from_slice(console.api_key.as_bytes());
+    let shared = Shared {
+        check: ApiKey::new(&console.api_key),
+        signing: hmac::Key::new(hmac::HMAC_SHA256, &material),
+        console,
+    };
+    Router::new()
+        .route("/", get(|| async { page(INDEX, "text/html; charset=utf-8") }))
+        .route(
+            "/console/app.js",
+            get(|| async { page(SCRIPT, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/console/app.css",
+            get(|| async { page(STYLE, "text/css; charset=utf-8") }),
+        )
+        .route("/console/login", post(login))
+        .route("/console/logout", post(logout))
+        .route("/console/session", get(session))
+        .route("/console/api/{*path}", any(forward))
+        .with_state(shared)
+}
+
+fn secured(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn page(body: &'static str, content_type: &'static str) -> Response {
+    secured(([(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Shared {
+    fn sign(&self, what: &str) -> String {
+        hex(hmac::sign(&self.signing, what.as_bytes()).as_ref())
+    }
+
+    /// A new session value: expiry, nonce, signature.
+    fn new_session(&self, now_ms: i64) -> String {
+        let mut nonce = [0u8; 16];
+        getrandom::fill(&mut nonce).expect("the OS random source");
+        let expires = now_ms + i64::try_from(SESSION.as_millis()).unwrap_or(i64::MAX);
+        let body = format!("{expires}.{}", hex(&nonce));
+        let mac = self.sign(&format!("session|{body}"));
+        format!("{body}.{mac}")
+    }
+
+    /// Whether `value` is a session this console signed and still valid.
+    fn valid(&self, value: &str, now_ms: i64) -> bool {
+        let Some((body, mac)) = value.rsplit_once('.') else {
+            return false;
+        };
+        let Some(expires) = body.split('.').next().and_then(|e| e.parse::<i64>().ok()) else {
+            return false;
+        };
+        let Some(mac) = unhex(mac) else {
+            return false;
+        };
+        expires > now_ms
+            && hmac::verify(&self.signing, format!("session|{body}").as_bytes(), &mac).is_ok()
+    }
+
+    fn csrf(&self, session: &str) -> String {
+        self.sign(&format!("csrf|{session}"))
+    }
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.to_owned())
+}
+
+fn refused(message: &str) -> Response {
+    secured(ApiError::new(ErrorCode::Unauthenticated, message).into_response())
+}
+
+#[derive(Deserialize)]
+struct SignIn {
+    key: String,
+}
+
+async fn login(State(s): State<Shared>, body: axum::body::Bytes) -> Response {
+    let Ok(SignIn { key }) = serde_json::from_slice(&body) else {
+        return secured(ApiError::invalid_field("key", "send {\"key\": \"<admin key>\"}").into_response());
+    };
+    if !s.check.matches(&key) {
+        tracing::warn!("console sign-in with a wrong admin key");
+        return refused("that is not the admin key");
+    }
+    let value = s.new_session(meridian_kit::time::now_ms());
+    let set = format!(
+        "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        SESSION.as_secs()
+    );
+    let mut response = secured(
+        axum::Json(serde_json::json!({"csrf": s.csrf(&value), "agent_url": s.console.agent_url}))
+            .into_response(),
+    );
+    if let Ok(v) = HeaderValue::from_str(&set) {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
+}
+
+async fn logout() -> Response {
+    let mut response = secured(StatusCode::NO_CONTENT.into_response());
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&format!(
+            "{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
+        ))
+        .expect("a valid header"),
+    );
+    response
+}
+
+/// The session's CSRF token and settings, when signed in.
+async fn session(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    match cookie(&headers) {
+        Some(value) if s.valid(&value, meridian_kit::time::now_ms()) => secured(
+            axum::Json(serde_json::json!({"csrf": s.csrf(&value), "agent_url": s.console.agent_url}))
+                .into_response(),
+        ),
+        _ => refused("not signed in"),
+    }
+}
+
+/// `/console/api/<path>` to `/<path>` on the hub, with the credentials the
+/// path needs.
+async fn forward(State(s): State<Shared>, request: Request) -> Response {
+    let Some(value) = cookie(request.headers()) else {
+        return refused("not signed in");
+    };
+    if !s.valid(&value, meridian_kit::time::now_ms()) {
+        return refused("the session has expired; sign in again");
+    }
+    let method = request.method().clone();
+    if method != Method::GET && method != Method::HEAD {
+        let token = request
+            .headers()
+            .get(CSRF_HEADER)
+            .and_then(|v| v.to_str().ok());
+        if token != Some(s.csrf(&value).as_str()) {
+            return secured(
+                ApiError::new(ErrorCode::Unauthenticated, "missing or wrong CSRF token")
+                    .into_response(),
+            );
+        }
+    }
+    let (parts, body) = request.into_parts();
+    let rest = parts
+        .uri
+        .path_and_query()
+        .map_or("", |p| p.as_str())
+        .strip_prefix("/console/api")
+        .unwrap_or("/")
+        .to_owned();
+    let tyk = rest.starts_with("/tyk/") || rest.starts_with("/api/keys/");
+    let mut inner = Request::builder().method(parts.method).uri(&rest);
+    if let Some(t) = parts.headers.get(header::CONTENT_TYPE) {
+        inner = inner.header(header::CONTENT_TYPE, t);
+    }
+    if tyk {
+        match &s.console.gateway_secret {
+            Some(secret) => inner = inner.header("x-tyk-authorization", secret),
+            None => {
+                return secured(
+                    ApiError::unavailable(
+                        "the console has no Gateway API secret (set MERIDIAN_GATEWAY_SECRET where the hub runs)",
+                    )
+                    .into_response(),
+                );
+            }
+        }
+    } else {
+        inner = inner.header("x-api-key", &s.console.api_key);
+    }
+    let Ok(inner) = inner.body(Body::new(body)) else {
+        return secured(ApiError::invalid_field("path", "not a valid path").into_response());
+    };
+    match s.console.inner.clone().oneshot(inner).await {
+        Ok(response) => secured(response),
+        Err(never) => match never {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Shared {
+        let console = Console {
+            inner: Router::new(),
+            api_key: "admin-key".into(),
+            gateway_secret: None,
+            agent_url: String::new(),
+        };
+        Shared {
+            check: ApiKey::new("admin-key"),
+            signing: hmac::Key::new(hmac::HMAC_SHA256, b"k"),
+            console,
+        }
+    }
+
+    #[test]
+    fn sessions_are_signed_and_expire() {
+        let s = shared();
+        let session = s.new_session(1_000);
+        assert!(s.valid(&session, 2_000));
+        assert!(!s.valid(&session, 1_000 + 12 * 3600 * 1000 + 1), "expired");
+        let mut forged = session.clone();
+        forged.replace_range(0..1, "9");
+        assert!(!s.valid(&forged, 2_000), "a longer expiry is not signed");
+        assert!(!s.valid("garbage", 2_000));
+        assert_ne!(s.csrf(&session), s.csrf(&s.new_session(1_000)));
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, HeaderValue::from_static("a=b; meridian_session=x.y.z"));
+        assert_eq!(cookie(&headers).as_deref(), Some("x.y.z"));
+    }
+}
