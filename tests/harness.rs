@@ -2,6 +2,7 @@
 //! port with its own store, services bound to port 0, and helpers to drive
 //! them as an operator and an agent would.
 
+pub mod browser;
 pub mod fake_dashboard;
 pub mod fake_kube;
 pub mod pki;

@@ -3,6 +3,7 @@
 mod agent;
 mod aws;
 mod bad_input;
+mod console;
 mod deploy;
 mod election;
 mod events;

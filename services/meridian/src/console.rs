@@ -72,7 +72,10 @@ pub fn router(console: Console) -> Router {
         console,
     };
     Router::new()
-        .route("/", get(|| async { page(INDEX, "text/html; charset=utf-8") }))
+        .route(
+            "/",
+            get(|| async { page(INDEX, "text/html; charset=utf-8") }),
+        )
         .route(
             "/console/app.js",
             get(|| async { page(SCRIPT, "text/javascript; charset=utf-8") }),
@@ -90,9 +93,18 @@ pub fn router(console: Console) -> Router {
 
 fn secured(mut response: Response) -> Response {
     let h = response.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
@@ -172,7 +184,9 @@ struct SignIn {
 
 async fn login(State(s): State<Shared>, body: axum::body::Bytes) -> Response {
     let Ok(SignIn { key }) = serde_json::from_slice(&body) else {
-        return secured(ApiError::invalid_field("key", "send {\"key\": \"<admin key>\"}").into_response());
+        return secured(
+            ApiError::invalid_field("key", "send {\"key\": \"<admin key>\"}").into_response(),
+        );
     };
     if !s.check.matches(&key) {
         tracing::warn!("console sign-in with a wrong admin key");
@@ -209,8 +223,10 @@ async fn logout() -> Response {
 async fn session(State(s): State<Shared>, headers: HeaderMap) -> Response {
     match cookie(&headers) {
         Some(value) if s.valid(&value, meridian_kit::time::now_ms()) => secured(
-            axum::Json(serde_json::json!({"csrf": s.csrf(&value), "agent_url": s.console.agent_url}))
-                .into_response(),
+            axum::Json(
+                serde_json::json!({"csrf": s.csrf(&value), "agent_url": s.console.agent_url}),
+            )
+            .into_response(),
         ),
         _ => refused("not signed in"),
     }
@@ -305,7 +321,10 @@ mod tests {
         assert!(!s.valid("garbage", 2_000));
         assert_ne!(s.csrf(&session), s.csrf(&s.new_session(1_000)));
         let mut headers = HeaderMap::new();
-        headers.insert(header::COOKIE, HeaderValue::from_static("a=b; meridian_session=x.y.z"));
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=b; meridian_session=x.y.z"),
+        );
         assert_eq!(cookie(&headers).as_deref(), Some("x.y.z"));
     }
 }

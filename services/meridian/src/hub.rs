@@ -116,12 +116,14 @@ pub async fn start(config: HubConfig, stop: CancellationToken) -> anyhow::Result
     let gateway_addr = gateway_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
     let grpc_addr = grpc_listener.local_addr()?;
-    let router = router.clone().merge(crate::console::router(crate::console::Console {
-        inner: router,
-        api_key: config.api_key.clone(),
-        gateway_secret: Some(config.gateway_secret.clone()),
-        agent_url: format!("http://{grpc_addr}"),
-    }));
+    let router = router
+        .clone()
+        .merge(crate::console::router(crate::console::Console {
+            inner: router,
+            api_key: config.api_key.clone(),
+            gateway_secret: Some(config.gateway_secret.clone()),
+            agent_url: format!("http://{grpc_addr}"),
+        }));
 
     let tasks = vec![
         task("http", http::serve(http_listener, router, stop.clone())),

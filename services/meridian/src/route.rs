@@ -267,10 +267,12 @@ pub async fn serve(
     let mut router = router(upstreams, Duration::from_secs(120)).await?;
     match console {
         Some(console) => {
-            router = router.clone().merge(crate::console::router(crate::console::Console {
-                inner: router,
-                ..console
-            }));
+            router = router
+                .clone()
+                .merge(crate::console::router(crate::console::Console {
+                    inner: router,
+                    ..console
+                }));
         }
         None => tracing::warn!("MERIDIAN_API_KEY is not set: the web console is off"),
     }

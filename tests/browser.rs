@@ -1,0 +1,148 @@
+//! A real browser for the web console's tests: Debian's `chromium`, headless,
+//! driven through `chromedriver` (started on a free port, killed on drop)
+//! with fantoccini. `scripts/setup` installs both (as root, with apt); when
+//! they are missing the test fails saying how to install them.
+
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+
+/// A headless Chromium session.
+pub struct Browser {
+    /// The WebDriver client.
+    pub client: Client,
+    driver: std::process::Child,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn find_program(names: &[&str]) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path).chain(["/usr/bin".into(), "/usr/lib/chromium".into()]) {
+        for name in names {
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return Some(candidate);
+            }
+        }
+    }
+    None
+}
+
+impl Browser {
+    /// Starts chromedriver and a headless Chromium window of `width` x
+    /// `height`.
+    pub async fn start(width: u32, height: u32) -> Self {
+        let how = "install Debian's chromium and chromium-driver: run scripts/setup as root, or apt-get install chromium chromium-driver";
+        let driver_bin = find_program(&["chromedriver"])
+            .unwrap_or_else(|| panic!("chromedriver is not installed; {how}"));
+        let chromium = find_program(&["chromium", "chromium-browser"])
+            .unwrap_or_else(|| panic!("chromium is not installed; {how}"));
+        let port = meridian_kit::nats_server::free_port();
+        let driver = std::process::Command::new(driver_bin)
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let url = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let ready = crate::eventually(Duration::from_secs(20), || async {
+            let r = http.get(format!("{url}/status")).send().await.ok()?;
+            r.status().is_success().then_some(())
+        })
+        .await;
+        assert!(ready.is_some(), "chromedriver did not start");
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": chromium,
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    format!("--window-size={width},{height}")],
+            }),
+        );
+        let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&url)
+            .await
+            .expect("a chromium session");
+        Self { client, driver }
+    }
+
+    /// Waits (up to 30 s, polling the page) until `css` matches an element
+    /// whose text contains `text`; fails showing the page's message and
+    /// main content otherwise.
+    pub async fn wait_text(&self, css: &str, text: &str) {
+        let found = crate::eventually(Duration::from_secs(30), || async {
+            for el in self.client.find_all(Locator::Css(css)).await.ok()? {
+                if el.text().await.ok()?.contains(text) {
+                    return Some(());
+                }
+            }
+            None
+        })
+        .await;
+        if found.is_none() {
+            let message = self.text("#message").await;
+            let main = self.text("main").await;
+            panic!("no {css} with {text:?}; message {message:?}; page: {main}");
+        }
+    }
+
+    /// The text of the first element matching `css` (empty when none).
+    pub async fn text(&self, css: &str) -> String {
+        match self.client.find(Locator::Css(css)).await {
+            Ok(el) => el.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Clicks the first element matching `css`.
+    pub async fn click(&self, css: &str) {
+        self.client
+            .wait()
+            .at_most(Duration::from_secs(30))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"))
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("clicking {css}: {e}"));
+    }
+
+    /// Types `text` into the field matching `css` (after clearing it).
+    pub async fn fill(&self, css: &str, text: &str) {
+        let el = self
+            .client
+            .wait()
+            .at_most(Duration::from_secs(30))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"));
+        el.clear().await.unwrap();
+        el.send_keys(text).await.unwrap();
+    }
+
+    /// Goes to `url` (a hash change keeps the page and its session).
+    pub async fn goto(&self, url: &str) {
+        self.client.goto(url).await.unwrap();
+    }
+
+    /// Writes a screenshot of the window to `target/console-screenshots/`.
+    pub async fn screenshot(&self, name: &str) -> std::path::PathBuf {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/console-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{name}.png"));
+        let png = self.client.screenshot().await.unwrap();
+        std::fs::write(&path, png).unwrap();
+        path
+    }
+}

@@ -1,0 +1,364 @@
+//! The web console in a real browser (headless Chromium through
+//! chromedriver) against a hub started as `meridian up` starts it, with a
+//! real agent binary and a fake Tyk Dashboard: sign-in, agents and their
+//! tokens, an agent turning ACTIVE and its APIs appearing without a reload,
+//! a deletion seen after pressing Sync, a sync job, a policy and a key, a
+//! portal sync and an approval. A screenshot of every page is written under
+//! `target/console-screenshots/`.
+
+use std::time::Duration;
+
+use meridian::demo_provider::{DemoProvider, sample_apis};
+use meridian::hub::{HubConfig, start};
+use meridian_kit::CancellationToken;
+use meridian_tests::browser::Browser;
+use meridian_tests::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_does_the_daily_work_in_a_real_browser() {
+    let nats = Nats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let hub = start(
+        HubConfig {
+            nats_url: nats.url(),
+            data_dir: dir.path().to_owned(),
+            api_key: API_KEY.into(),
+            jwt_secret: JWT_SECRET.into(),
+            gateway_secret: tyk::GATEWAY_SECRET.into(),
+            http_addr: "127.0.0.1:0".into(),
+            grpc_addr: "127.0.0.1:0".into(),
+            gateway_addr: "127.0.0.1:0".into(),
+            heartbeat_interval: Duration::from_secs(1),
+        },
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{}", hub.http_addr);
+    let grpc = format!("http://{}", hub.grpc_addr);
+    let _running = tokio::spawn(hub.run_until_stopped(Duration::from_secs(5)));
+    // The demo APIs, and one whose Dashboard entry has an OpenAPI document.
+    let mut apis = sample_apis();
+    apis.push(json!({
+        "api_definition": meridian::demo_provider::tyk_api("documented", "Documented", "/documented/",
+            "http://documented.internal:8080", &["public"]),
+        "oas": {"openapi": "3.0.3", "info": {"title": "Documented API", "version": "1.2.0",
+            "description": "Items and their owners."},
+            "paths": {"/items": {"get": {"summary": "List the items",
+                "parameters": [{"name": "owner", "in": "query", "description": "Only this owner's"}],
+                "responses": {"200": {"description": "The items"}}}}}}
+    }));
+    let provider = DemoProvider::new(apis, "demo-key");
+    let provider_url = serve_demo_provider(&provider).await;
+
+    // The session: HttpOnly, SameSite=Strict; writes need the CSRF token;
+    // every page has a Content-Security-Policy.
+    let http = reqwest::Client::new();
+    let index = http.get(&url).send().await.unwrap();
+    let csp = index.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    let login = http
+        .post(format!("{url}/console/login"))
+        .json(&json!({"key": API_KEY}))
+        .send()
+        .await
+        .unwrap();
+    let cookie = login.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let csrf = login.json::<serde_json::Value>().await.unwrap()["csrf"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let forged = http
+        .post(format!("{url}/console/api/api/agents/"))
+        .header("cookie", &session)
+        .json(&json!({"name": "forged"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401, "a write without the CSRF token");
+    let with_token = http
+        .get(format!("{url}/console/api/api/agents/"))
+        .header("cookie", &session)
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_token.status(), 200);
+    assert_eq!(
+        http.get(format!("{url}/console/api/api/agents/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401,
+        "no session, no API"
+    );
+
+    let b = Browser::start(1280, 800).await;
+    b.goto(&url).await;
+    b.screenshot("signin").await;
+    // A wrong key is refused with a message.
+    b.fill("#admin-key", "not-the-key").await;
+    b.click("form.signin button[type=submit]").await;
+    b.wait_text("#message", "not the admin key").await;
+    b.fill("#admin-key", API_KEY).await;
+    b.click("form.signin button[type=submit]").await;
+    b.wait_text("h1", "Agents").await;
+    let cookies = b
+        .client
+        .execute("return document.cookie", vec![])
+        .await
+        .unwrap();
+    assert!(
+        !cookies
+            .as_str()
+            .unwrap_or_default()
+            .contains("meridian_session"),
+        "the session cookie is HttpOnly"
+    );
+
+    // A new agent and its token (shown once, with the config snippet).
+    b.fill("#agent-name", "browser-agent").await;
+    b.fill("#agent-description", "made in the console").await;
+    b.click("form[aria-label='New agent'] button").await;
+    b.wait_text("tr[data-agent='browser-agent']", "INACTIVE")
+        .await;
+    b.click("tr[data-agent='browser-agent'] button").await;
+    b.wait_text("#agent-yaml", "token:").await;
+    let token = b.text("#shown-secret").await;
+    assert!(token.starts_with("ey"), "{token}");
+    assert!(b.text("#agent-yaml").await.contains(&token));
+
+    // The agent runs with it: ACTIVE, and its APIs appear, without a reload.
+    let yaml = tyk_agent_yaml(&grpc, &token, &provider_url, "");
+    let agent_dir = tempfile::tempdir().unwrap();
+    let _agent = start_agent_binary(agent_dir.path(), &yaml).await;
+    b.wait_text("tr[data-agent='browser-agent']", "ACTIVE")
+        .await;
+    b.wait_text("tr[data-agent='browser-agent']", "tyk (tyk)")
+        .await;
+    b.screenshot("agents").await;
+    b.goto(&format!("{url}/#/apis")).await;
+    let mut names: Vec<String> = sample_apis()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.push("Documented".into());
+    for name in &names {
+        b.wait_text("main table", name).await;
+    }
+    b.screenshot("repository").await;
+
+    // An API deleted at the provider; Sync on the providers page; deleted.
+    let gone = names[0].clone();
+    provider
+        .apis
+        .write()
+        .unwrap()
+        .retain(|a| a["name"] != gone.as_str());
+    b.goto(&format!("{url}/#/providers")).await;
+    b.click("tr[data-provider='tyk'] button").await;
+    b.wait_text("tr[data-provider='tyk']", "1 deleted").await;
+    b.screenshot("providers").await;
+    b.goto(&format!("{url}/#/apis")).await;
+    b.click("#filter-status").await;
+    b.client
+        .find(fantoccini::Locator::Css("#filter-status"))
+        .await
+        .unwrap()
+        .select_by_value("deleted")
+        .await
+        .unwrap();
+    b.click("form[aria-label='Filter APIs'] button").await;
+    b.wait_text(&format!("tr[data-api='{gone}']"), "deleted")
+        .await;
+    // Its page: deleted-at and the lifecycle.
+    b.click(&format!("tr[data-api='{gone}'] a")).await;
+    b.wait_text("main", "Deleted at").await;
+    b.wait_text("main table", "deleted").await;
+    b.screenshot("api-deleted").await;
+    // An API's OpenAPI document is rendered as documentation.
+    b.goto(&format!("{url}/#/apis")).await;
+    b.click("tr[data-api='Documented'] a").await;
+    b.wait_text(
+        "section[aria-label='API documentation']",
+        "Documented API 1.2.0",
+    )
+    .await;
+    let docs = b.text("section[aria-label='API documentation']").await;
+    for part in [
+        "Items and their owners.",
+        "GET",
+        "/items",
+        "List the items",
+        "owner",
+        "200 The items",
+    ] {
+        assert!(
+            docs.contains(part),
+            "{part:?} not in the rendered document: {docs}"
+        );
+    }
+    b.screenshot("api").await;
+
+    // A sync job.
+    b.goto(&format!("{url}/#/jobs")).await;
+    b.fill("#job-provider", "tyk").await;
+    b.fill("#job-every", "1h").await;
+    b.click("form[aria-label='New sync job'] button").await;
+    b.wait_text("tr[data-job='tyk']", "1h").await;
+    b.click("tr[data-job='tyk'] button").await;
+    b.wait_text("tr[data-job='tyk']", "paused").await;
+    b.screenshot("jobs").await;
+
+    // Live events.
+    b.goto(&format!("{url}/#/events")).await;
+    b.wait_text("main table", "io.meridian.api.deleted").await;
+    b.screenshot("events").await;
+
+    // A policy and a key applying it (the key shown once).
+    b.goto(&format!("{url}/#/keys")).await;
+    b.fill("#policy-id", "browser-gold").await;
+    b.fill("#policy-name", "Browser gold").await;
+    b.fill("#policy-apis", "demo-catalogue").await;
+    b.fill("#policy-tags", "portal").await;
+    b.click("form[aria-label='Policy'] button").await;
+    b.wait_text("tr[data-policy='browser-gold']", "demo-catalogue")
+        .await;
+    b.fill("#key-alias", "browser-key").await;
+    b.client
+        .find(fantoccini::Locator::Css("#key-policies"))
+        .await
+        .unwrap()
+        .select_by_value("browser-gold")
+        .await
+        .unwrap();
+    b.click("form[aria-label='New key'] button").await;
+    b.wait_text("tr[data-key='browser-key']", "browser-gold")
+        .await;
+    let key = b.text("#shown-secret").await;
+    assert!(key.len() >= 16, "{key}");
+    b.click("tr[data-key='browser-key'] button").await;
+    b.wait_text("tr[data-key='browser-key']", "inactive").await;
+    b.screenshot("keys").await;
+
+    // The developer portal: the hub's key-issuer as a provider (the policy
+    // above is tagged `portal`), synchronised from the console; a request
+    // approved there.
+    let portal = meridian_tests::portal::Portal::new(&url);
+    let (status, created) = portal
+        .post(
+            "/portal-api/providers",
+            &json!({"name": "hub", "type": "meridian", "url": url,
+            "secret": tyk::GATEWAY_SECRET, "policy_tags": "portal"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let limit = tyk::Tyk::new(&url)
+        .post(
+            "/tyk/policies",
+            &json!({"id": "browser-free", "name": "Browser free", "rate": 5, "per": 1,
+            "tags": ["portal"], "partitions": {"rate_limit": true}, "active": true}),
+        )
+        .await;
+    assert_eq!(limit.0, 200, "{}", limit.1);
+    b.goto(&format!("{url}/#/portal")).await;
+    b.click("#sync-all").await;
+    b.wait_text("tr[data-report='hub']", "ok").await;
+    b.wait_text("tr[data-product='Browser gold']", "draft")
+        .await;
+    b.click("tr[data-product='Browser gold'] button").await;
+    b.wait_text("tr[data-product='Browser gold']", "published")
+        .await;
+    b.click("tr[data-plan='Browser free'] button").await;
+    b.wait_text("tr[data-plan='Browser free']", "published")
+        .await;
+    let products = portal.get("/portal-api/products").await.1;
+    let plans = portal.get("/portal-api/plans").await.1;
+    let (_, app) = portal
+        .post(
+            "/portal-api/apps",
+            &json!({"name": "shop", "owner": "dev@example.com"}),
+        )
+        .await;
+    let (status, asked) = portal
+        .post(
+            "/portal-api/provisioning-requests",
+            &json!({"app_id": app["id"],
+            "product_id": products[0]["id"], "plan_id": plans[0]["id"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{asked}");
+    let request = asked["request"]["id"].as_str().unwrap().to_owned();
+    b.click("#sync-all").await; // refreshes the lists with the request
+    b.wait_text(&format!("tr[data-request='{request}']"), "pending")
+        .await;
+    b.click(&format!("tr[data-request='{request}'] button"))
+        .await;
+    b.wait_text(&format!("tr[data-request='{request}']"), "approved")
+        .await;
+    let credential = b.text("#shown-secret").await;
+    let (_, approved) = portal
+        .get(&format!("/portal-api/provisioning-requests/{request}"))
+        .await;
+    assert_eq!(
+        approved["credential"]["key_hash"],
+        meridian_portal_sync::domain::hash_key(&credential),
+        "the key shown is the one issued"
+    );
+    b.screenshot("portal").await;
+
+    // Every form field is labelled; a narrow screen scrolls no page sideways.
+    let unlabelled = b
+        .client
+        .execute(
+            "return [...document.querySelectorAll('input, select, textarea')].filter(e => !e.closest('label') && !e.getAttribute('aria-label')).map(e => e.id)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(unlabelled, json!([]), "fields without a label");
+    b.client.set_window_size(390, 844).await.unwrap();
+    for page in ["agents", "apis", "portal"] {
+        b.goto(&format!("{url}/#/{page}")).await;
+        b.wait_text("h1", "").await;
+        let wide = b
+            .client
+            .execute("return document.documentElement.scrollWidth", vec![])
+            .await
+            .unwrap();
+        assert!(
+            wide.as_u64().unwrap() <= 390,
+            "{page} is {wide} px wide at 390"
+        );
+        b.screenshot(&format!("{page}-narrow")).await;
+    }
+
+    // Sign-out: back to the sign-in form, and the session no longer works.
+    b.click("#signout").await;
+    b.wait_text("h1", "Sign in").await;
+    let after = b
+        .client
+        .execute_async(
+            "const done = arguments[0]; fetch('/console/api/api/agents/').then(r => done(r.status))",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(after, json!(401));
+    b.client.clone().close().await.unwrap();
+    stop.cancel();
+}
