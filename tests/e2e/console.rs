@@ -114,8 +114,8 @@ async fn the_console_does_the_daily_work_in_a_real_browser() {
     b.fill("#admin-key", "not-the-key").await;
     b.click("form.signin button[type=submit]").await;
     b.wait_text("#message", "not the admin key").await;
-    b.fill("#admin-key", API_KEY).await;
-    b.click("form.signin button[type=submit]").await;
+    // By keyboard: the key field has the focus; Enter signs in.
+    b.fill("#admin-key", &format!("{API_KEY}\u{E007}")).await;
     b.wait_text("h1", "Agents").await;
     let cookies = b
         .client
@@ -136,11 +136,41 @@ async fn the_console_does_the_daily_work_in_a_real_browser() {
     b.click("form[aria-label='New agent'] button").await;
     b.wait_text("tr[data-agent='browser-agent']", "INACTIVE")
         .await;
-    b.click("tr[data-agent='browser-agent'] button").await;
+    b.click("tr[data-agent='browser-agent'] [data-action=token]")
+        .await;
     b.wait_text("#agent-yaml", "token:").await;
     let token = b.text("#shown-secret").await;
     assert!(token.starts_with("ey"), "{token}");
     assert!(b.text("#agent-yaml").await.contains(&token));
+    b.click("#agent-token button").await;
+    b.wait_text("#message", "Agent token").await;
+
+    // Another agent, renamed, then deleted after a confirmation.
+    b.fill("#agent-name", "temporary").await;
+    b.click("form[aria-label='New agent'] button").await;
+    b.wait_text("tr[data-agent='temporary']", "INACTIVE").await;
+    b.click("tr[data-agent='temporary'] [data-action=rename]")
+        .await;
+    b.fill("tr[data-agent='temporary'] input", "renamed\u{E007}")
+        .await;
+    b.wait_text("tr[data-agent='renamed']", "INACTIVE").await;
+    b.click("tr[data-agent='renamed'] [data-action=delete]")
+        .await;
+    b.wait_text(
+        "tr[data-agent='renamed'] [data-action=delete]",
+        "Really delete",
+    )
+    .await;
+    b.click("tr[data-agent='renamed'] [data-action=delete]")
+        .await;
+    b.wait_text("#message", "Agent renamed deleted").await;
+    assert!(
+        b.client
+            .find_all(fantoccini::Locator::Css("tr[data-agent='renamed']"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // The agent runs with it: ACTIVE, and its APIs appear, without a reload.
     let yaml = tyk_agent_yaml(&grpc, &token, &provider_url, "");

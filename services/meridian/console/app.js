@@ -127,19 +127,20 @@ function agentsPage(main) {
     const yaml = `governanceDashboard:\n  server:\n    url: "${state.agentUrl}"\n  auth:\n    token: "${t.token}"\ninstances:\n  - name: "tyk-provider"\n    type: "tyk"\n    config:\n      host: "http://dashboard:3000"\n      auth: "your-tyk-api-key"\n`;
     shown.replaceChildren(secret(t.token, 'Agent token'), h('h2', {}, 'agent-config.yaml'), h('pre', { id: 'agent-yaml' }, yaml));
   }
+  let editing = false;
   function row(a) {
     let confirming = false;
-    const del = h('button', { type: 'button', class: 'danger', on: { click: async () => {
-      if (!confirming) { confirming = true; del.textContent = `Really delete ${a.name}?`; return; }
-      if (await act(() => api('DELETE', `/api/agents/${a.id}`), `Agent ${a.name} deleted`) !== undefined) refresh();
+    const del = h('button', { type: 'button', class: 'danger', 'data-action': 'delete', on: { click: async () => {
+      if (!confirming) { confirming = true; editing = true; del.textContent = `Really delete ${a.name}?`; return; }
+      if (await act(() => api('DELETE', `/api/agents/${a.id}`), `Agent ${a.name} deleted`) !== undefined) { editing = false; refresh(); }
     } } }, 'Delete');
-    const rename = h('button', { type: 'button', class: 'secondary', on: { click: () => {
+    const rename = h('button', { type: 'button', class: 'secondary', 'data-action': 'rename', on: { click: () => {
       const input = h('input', { 'aria-label': `New name for ${a.name}`, value: a.name });
       const save = h('form', { class: 'inline', on: { submit: async (e) => {
         e.preventDefault();
-        if (await act(() => api('PUT', `/api/agents/${a.id}`, { name: input.value }), 'Renamed')) refresh();
+        if (await act(() => api('PUT', `/api/agents/${a.id}`, { name: input.value }), 'Renamed')) { editing = false; refresh(); }
       } } }, input, h('button', { type: 'submit' }, 'Save'));
-      rename.replaceWith(save); input.focus();
+      editing = true; rename.replaceWith(save); input.focus();
     } } }, 'Rename');
     const providers = (a.providers || []).map((p) => `${p.name} (${p.type})`).join(', ') || '—';
     return h('tr', { 'data-agent': a.name },
@@ -148,13 +149,12 @@ function agentsPage(main) {
       h('td', {}, when(a.last_heartbeat)),
       h('td', {}, providers),
       h('td', {}, h('div', { class: 'actions' },
-        h('button', { type: 'button', on: { click: () => token(a) } }, 'Token'),
+        h('button', { type: 'button', 'data-action': 'token', on: { click: () => token(a) } }, 'Token'),
         h('button', { type: 'button', class: 'secondary', on: { click: () => act(() => api('POST', `/api/agents/${a.id}/sync`, {}), `Sync of every provider of ${a.name} started`) } }, 'Sync'),
         rename,
         h('button', { type: 'button', class: 'secondary', on: { click: () => act(() => api('DELETE', `/api/auth/token/${a.id}`), `Token of ${a.name} revoked`) } }, 'Revoke token'),
         del)));
   }
-  let editing = false;
   async function refresh() {
     if (editing) return;
     const agents = await act(() => api('GET', '/api/agents/'));
@@ -163,8 +163,9 @@ function agentsPage(main) {
       ? table(['Agent', 'Status', 'Last heartbeat', 'Providers', ''], agents.map(row), 'Agents')
       : h('p', { class: 'muted' }, 'No agents yet.'));
   }
-  body.addEventListener('focusin', (e) => { editing = e.target.tagName === 'INPUT' || /Really/.test(e.target.textContent); });
-  body.addEventListener('focusout', () => { editing = false; });
+  // While a row is being renamed or a deletion confirmed, the list is not
+  // redrawn under the admin's hands.
+  body.addEventListener('focusout', (e) => { if (!body.contains(e.relatedTarget)) editing = false; });
   main.append(h('h1', {}, 'Agents'), create, shown, body);
   every(2000, refresh);
 }
