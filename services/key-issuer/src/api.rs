@@ -119,7 +119,7 @@ fn write_failed(e: WriteError<TykError>) -> TykError {
 fn random_hex(bytes: usize) -> Result<String, TykError> {
     let mut buf = vec![0u8; bytes];
     getrandom::fill(&mut buf).map_err(|e| TykError::internal("no randomness available", e))?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(meridian_kit::hex::encode(&buf))
 }
 
 /// Unix seconds and the same instant in RFC 3339.

@@ -18,10 +18,11 @@
 //! - [`tyk`]: the Tyk-compatible admin surface (`/tyk/...`): Tyk's error
 //!   shape, the Gateway API secret, bodies read as Tyk reads them.
 //! - [`writer`]: compare-and-set writes decided on an in-memory fold.
-//! - [`telemetry`], [`shutdown`], [`time`].
+//! - [`telemetry`], [`shutdown`], [`time`], [`hex`].
 
 pub mod bus;
 pub mod config;
+pub mod hex;
 pub mod http;
 pub mod metrics;
 #[cfg(feature = "nats-server")]

@@ -113,13 +113,9 @@ fn page(body: &'static str, content_type: &'static str) -> Response {
     secured(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl Shared {
     fn sign(&self, what: &str) -> String {
-        hex(hmac::sign(&self.signing, what.as_bytes()).as_ref())
+        meridian_kit::hex::encode(hmac::sign(&self.signing, what.as_bytes()).as_ref())
     }
 
     /// A new session value: expiry, nonce, signature.
@@ -127,7 +123,7 @@ impl Shared {
         let mut nonce = [0u8; 16];
         getrandom::fill(&mut nonce).expect("the OS random source");
         let expires = now_ms + i64::try_from(SESSION.as_millis()).unwrap_or(i64::MAX);
-        let body = format!("{expires}.{}", hex(&nonce));
+        let body = format!("{expires}.{}", meridian_kit::hex::encode(&nonce));
         let mac = self.sign(&format!("session|{body}"));
         format!("{body}.{mac}")
     }
@@ -140,7 +136,7 @@ impl Shared {
         let Some(expires) = body.split('.').next().and_then(|e| e.parse::<i64>().ok()) else {
             return false;
         };
-        let Some(mac) = unhex(mac) else {
+        let Some(mac) = meridian_kit::hex::decode(mac) else {
             return false;
         };
         expires > now_ms
@@ -150,16 +146,6 @@ impl Shared {
     fn csrf(&self, session: &str) -> String {
         self.sign(&format!("csrf|{session}"))
     }
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 fn cookie(headers: &HeaderMap) -> Option<String> {
@@ -182,7 +168,7 @@ struct SignIn {
     key: String,
 }
 
-async fn login(State(s): State<Shared>, body: axum::body::Bytes) -> Response {
+async fn login(State(s): State<Shared>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let Ok(SignIn { key }) = serde_json::from_slice(&body) else {
         return secured(
             ApiError::invalid_field("key", "send {\"key\": \"<admin key>\"}").into_response(),
@@ -193,9 +179,14 @@ async fn login(State(s): State<Shared>, body: axum::body::Bytes) -> Response {
         return refused("that is not the admin key");
     }
     let value = s.new_session(meridian_kit::time::now_ms());
+    // Behind a TLS-terminating Ingress the cookie is sent over HTTPS only.
+    let https = headers
+        .get("x-forwarded-proto")
+        .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
     let set = format!(
-        "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
-        SESSION.as_secs()
+        "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        SESSION.as_secs(),
+        if https { "; Secure" } else { "" }
     );
     let mut response = secured(
         axum::Json(serde_json::json!({"csrf": s.csrf(&value), "agent_url": s.console.agent_url}))

@@ -30,20 +30,6 @@ impl std::fmt::Debug for Sealer {
 )]
 pub struct CannotOpen;
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 impl Sealer {
     /// A sealer whose key is derived from `material` (the configured
     /// `SEAL_KEY`, or the admin key).
@@ -69,14 +55,18 @@ impl Sealer {
                 &mut data,
             )
             .expect("AES-GCM seals any length we store");
-        format!("v1:{}{}", hex(&nonce), hex(&data))
+        format!(
+            "v1:{}{}",
+            meridian_kit::hex::encode(&nonce),
+            meridian_kit::hex::encode(&data)
+        )
     }
 
     /// Opens what [`Sealer::seal`] sealed for `provider_id`.
     pub fn open(&self, provider_id: &str, sealed: &str) -> Result<String, CannotOpen> {
         let raw = sealed
             .strip_prefix("v1:")
-            .and_then(unhex)
+            .and_then(meridian_kit::hex::decode)
             .ok_or(CannotOpen)?;
         if raw.len() < NONCE_LEN {
             return Err(CannotOpen);
