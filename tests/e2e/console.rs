@@ -392,3 +392,78 @@ async fn the_console_does_the_daily_work_in_a_real_browser() {
     b.client.clone().close().await.unwrap();
     stop.cancel();
 }
+
+/// `meridian route` (compose, Kubernetes) serves the console too: sign-in,
+/// and the console's calls forwarded through the router to the services,
+/// with the admin key or the Gateway API secret added.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_of_a_separate_deployment_serves_the_console() {
+    let nats = Nats::start().await;
+    let (ki, _) = tyk::start_key_issuer(&nats, |_| {}).await;
+    let ps = meridian_tests::portal::start_portal_sync(&nats, |_| {}).await;
+    let port = meridian_kit::nats_server::free_port();
+    let stop = CancellationToken::new();
+    let upstreams = vec![
+        meridian::route::Upstream {
+            name: "key-issuer".into(),
+            url: ki.url.clone(),
+        },
+        meridian::route::Upstream {
+            name: "portal-sync".into(),
+            url: ps.running.url.clone(),
+        },
+    ];
+    let console = meridian::console::Console {
+        inner: axum::Router::new(),
+        api_key: API_KEY.into(),
+        gateway_secret: Some(tyk::GATEWAY_SECRET.into()),
+        agent_url: "agents.example.com:50051".into(),
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let served = tokio::spawn({
+        let stop = stop.clone();
+        let addr = addr.clone();
+        async move { meridian::route::serve(&addr, upstreams, Some(console), stop).await }
+    });
+    let url = format!("http://{addr}");
+    let http = reqwest::Client::new();
+    let up = eventually(Duration::from_secs(30), || async {
+        let r = http.get(&url).send().await.ok()?;
+        r.status().is_success().then_some(r.text().await.ok()?)
+    })
+    .await
+    .expect("the router serves the console");
+    assert!(up.contains("/console/app.js"), "{up}");
+    let login = http
+        .post(format!("{url}/console/login"))
+        .json(&json!({"key": API_KEY}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    let session = login.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let answer: serde_json::Value = login.json().await.unwrap();
+    assert_eq!(answer["agent_url"], "agents.example.com:50051");
+    for (path, shape) in [
+        ("/console/api/tyk/policies", "array"),
+        ("/console/api/portal-api/providers", "array"),
+    ] {
+        let r = http
+            .get(format!("{url}{path}"))
+            .header("cookie", &session)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(body.is_array(), "{path}: {shape} expected, got {body}");
+    }
+    stop.cancel();
+    let _ = served.await;
+}
