@@ -230,6 +230,59 @@ async fn every_service_serves_its_metrics() {
     assert_eq!(exact("meridian_consumer_lag", &[fold]), Some(0.0));
     key_issuer.stop().await;
 
+    // portal-sync: its requests, its syncs by provider type and result,
+    // what it published to PORTAL.
+    let dash = meridian_tests::fake_dashboard::FakeDashboard::start("dash-secret").await;
+    dash.put_policy(
+        serde_json::json!({"_id": "p1", "name": "P1", "tags": ["portal"],
+        "access_rights": {"a": {"api_id": "a"}}}),
+    );
+    let portal_sync = meridian_tests::portal::start_portal_sync(&nats, |_| {}).await;
+    let portal = meridian_tests::portal::Portal::new(&portal_sync.running.url);
+    let (code, created) = portal
+        .post(
+            "/portal-api/providers",
+            &serde_json::json!({"name": "d", "url": dash.url, "secret": "dash-secret",
+                "policy_tags": "portal"}),
+        )
+        .await;
+    assert_eq!(code, 201, "{created}");
+    let id = created["id"].as_str().unwrap();
+    assert_eq!(portal.sync(id).await["status"], "ok");
+    dash.fail_page(Some(1));
+    assert_eq!(portal.sync(id).await["status"], "failed");
+    let portal_events = stream_count(&nats.js, streams::PORTAL).await as f64;
+    let text = scrape(&portal_sync.running.url).await;
+    let exact = |name: &str, labels: &[(&str, &str)]| value(&text, name, labels);
+    for result in ["ok", "failed"] {
+        assert_eq!(
+            exact(
+                "meridian_portal_syncs_total",
+                &[("type", "tyk"), ("result", result)]
+            ),
+            Some(1.0),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        exact(
+            requests,
+            &[
+                ("service", "portal-sync"),
+                ("route", "/portal-api/providers/{id}/synchronize"),
+                ("status", "200")
+            ]
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        exact(published, &[("stream", "PORTAL")]),
+        Some(portal_events),
+        "a provider, two claims, two reports and a Product: {text}"
+    );
+    portal_sync.running.stop().await;
+
     // The agent, a process of its own: its hub link and its runs.
     let text = scrape(&format!("http://127.0.0.1:{probe}")).await;
     let exact = |name: &str, labels: &[(&str, &str)]| value(&text, name, labels);
