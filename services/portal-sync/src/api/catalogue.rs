@@ -13,6 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{ApiState, invalid, provider_failed, time};
+use crate::adapters::providers::Connection;
 use crate::domain::PortalState;
 use crate::domain::model::{
     ApiAccess, Display, Limits, Origin, Plan, Product, Status, check_name, invalid as field,
@@ -245,6 +246,23 @@ impl DisplayUpdate {
     }
 }
 
+/// When the portal could not store what it created a policy for, the
+/// policy is deleted again (else the next sync would make a placeholder of
+/// it): nothing is left half-made.
+async fn undo_policy_unless_saved<T>(
+    connection: &Connection,
+    policy_id: &str,
+    saved: Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    if saved.is_err()
+        && let Err(e) = connection.delete_policy(policy_id).await
+    {
+        tracing::error!(policy = %policy_id, error = %e,
+            "a policy created for a Product or Plan that was not stored could not be deleted; delete it in the provider");
+    }
+    saved
+}
+
 fn no_product(id: &str) -> ApiError {
     ApiError::not_found(format!("no Product {id:?}"))
 }
@@ -399,7 +417,8 @@ async fn create_product(
         .save(PortalEntity::Product, &id, "created", |_| {
             Ok(product.clone())
         })
-        .await?;
+        .await;
+    let saved = undo_policy_unless_saved(&connection, &policy_id, saved).await?;
     tracing::info!(product = %id, provider = %provider.name, policy = %policy_id, "Product created with its policy");
     let state = s.writer.read();
     Ok((StatusCode::CREATED, Json(product_view(&state, &saved))))
@@ -597,7 +616,8 @@ async fn create_plan(
     };
     let saved = s
         .save(PortalEntity::Plan, &id, "created", |_| Ok(plan.clone()))
-        .await?;
+        .await;
+    let saved = undo_policy_unless_saved(&connection, &policy_id, saved).await?;
     tracing::info!(plan = %id, provider = %provider.name, policy = %policy_id, "Plan created with its policy");
     Ok((StatusCode::CREATED, Json(plan_view(&saved))))
 }
