@@ -247,6 +247,10 @@ async fn the_console_does_the_daily_work_in_a_real_browser() {
     // A sync job.
     b.goto(&format!("{url}/#/jobs")).await;
     b.fill("#job-provider", "tyk").await;
+    // A REST error is shown as its message.
+    b.fill("#job-every", "soon").await;
+    b.click("form[aria-label='New sync job'] button").await;
+    b.wait_text("#message", "repeat_every").await;
     b.fill("#job-every", "1h").await;
     b.click("form[aria-label='New sync job'] button").await;
     b.wait_text("tr[data-job='tyk']", "1h").await;
