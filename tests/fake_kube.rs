@@ -192,9 +192,13 @@ async fn read(
     UrlPath((ns, name)): UrlPath<(String, String)>,
 ) -> (StatusCode, Json<Value>) {
     store.pass().await;
+    // What the Lease was when the read arrived: gathered reads are answered
+    // as reads made at the same moment (else the first released could
+    // create the Lease before the others looked, and they would not race).
+    let found = store.lock().leases.get(&(ns, name.clone())).cloned();
     store.gather().await;
-    match store.lock().leases.get(&(ns, name.clone())) {
-        Some(lease) => (StatusCode::OK, Json(lease.clone())),
+    match found {
+        Some(lease) => (StatusCode::OK, Json(lease)),
         None => failure(
             StatusCode::NOT_FOUND,
             "NotFound",
