@@ -137,10 +137,6 @@ impl std::fmt::Debug for Connection {
 impl Connection {
     /// A connection to `provider` with its opened `secret`.
     pub fn new(provider: &Provider, secret: String) -> Result<Self, ProviderError> {
-        if provider.insecure_skip_verify {
-            tracing::warn!(provider = %provider.name, url = %provider.url,
-                "insecure_skip_verify is on: the provider's TLS certificate is not checked");
-        }
         let http = reqwest::Client::builder()
             .timeout(CALL_TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)

@@ -133,6 +133,10 @@ impl Syncer {
             }
         };
         tracing::info!(provider = %provider.name, %run_id, "provider sync started");
+        if provider.insecure_skip_verify {
+            tracing::warn!(provider = %provider.name, url = %provider.url,
+                "insecure_skip_verify is on: the provider's TLS certificate is not checked");
+        }
         let outcome = self.run(&provider).await;
         let report = self.report(provider_id, &provider.name, run_id, outcome);
         self.runs

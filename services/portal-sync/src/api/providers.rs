@@ -148,6 +148,10 @@ fn build(
 
 /// Tests the saved provider's connection (never refuses the save).
 async fn test(s: &ApiState, p: &Provider) -> ConnectionTest {
+    if p.insecure_skip_verify {
+        tracing::warn!(provider = %p.name, url = %p.url,
+            "insecure_skip_verify is on: the provider's TLS certificate is not checked");
+    }
     let secret = match s.sealer.open(&p.id, &p.sealed_secret) {
         Ok(secret) => secret,
         Err(e) => {
