@@ -708,6 +708,22 @@ async fn provisioning_requests_become_credentials_by_hand_or_automatically() {
         "{message}"
     );
 
+    // A Product or Plan with live credentials is not deleted.
+    for path in [
+        format!("/portal-api/products/{}", id(&product)),
+        format!("/portal-api/plans/{}", id(&manual)),
+    ] {
+        let (status, body) = s.portal.delete(&path).await;
+        assert_eq!(status, 409, "{path}: {body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("live credentials"),
+            "{body}"
+        );
+    }
+
     // Credentials: hashes only; revoking deletes the key in the provider.
     let creds = list(&s.portal, "/portal-api/credentials").await;
     assert_eq!(creds.len(), 2);

@@ -16,7 +16,8 @@ use super::{ApiState, invalid, provider_failed, time};
 use crate::adapters::providers::Connection;
 use crate::domain::PortalState;
 use crate::domain::model::{
-    ApiAccess, Display, Limits, Origin, Plan, Product, Status, check_name, invalid as field,
+    ApiAccess, Display, Limits, Origin, Plan, Product, Request, Status, check_name,
+    invalid as field,
 };
 use crate::domain::sync::{Kind, catalogue_id};
 
@@ -263,12 +264,130 @@ async fn undo_policy_unless_saved<T>(
     saved
 }
 
-fn no_product(id: &str) -> ApiError {
-    ApiError::not_found(format!("no Product {id:?}"))
+/// What the Product and Plan handlers share: one list, one delete.
+trait Listing: Clone + Serialize {
+    /// The `PORTAL` entity.
+    const ENTITY: PortalEntity;
+    /// `Product` or `Plan`, for messages.
+    const WHAT: &'static str;
+    /// Every one, by id.
+    fn all(state: &PortalState) -> Vec<&Self>;
+    /// One by id.
+    fn find<'a>(state: &'a PortalState, id: &str) -> Option<&'a Self>;
+    /// Its id, provider, policy, origin, name and whether it is hidden.
+    fn parts(&self) -> (&str, &str, &str, Origin, &str, bool);
+    /// The Product or Plan a request asks for, of this kind.
+    fn asked(request: &Request) -> &str;
 }
 
-fn no_plan(id: &str) -> ApiError {
-    ApiError::not_found(format!("no Plan {id:?}"))
+impl Listing for Product {
+    const ENTITY: PortalEntity = PortalEntity::Product;
+    const WHAT: &'static str = "Product";
+    fn all(state: &PortalState) -> Vec<&Self> {
+        state.products().collect()
+    }
+    fn find<'a>(state: &'a PortalState, id: &str) -> Option<&'a Self> {
+        state.product(id)
+    }
+    fn parts(&self) -> (&str, &str, &str, Origin, &str, bool) {
+        let p = self;
+        (
+            &p.id,
+            &p.provider_id,
+            &p.policy_id,
+            p.origin,
+            &p.display.name,
+            p.hidden,
+        )
+    }
+    fn asked(request: &Request) -> &str {
+        &request.product_id
+    }
+}
+
+impl Listing for Plan {
+    const ENTITY: PortalEntity = PortalEntity::Plan;
+    const WHAT: &'static str = "Plan";
+    fn all(state: &PortalState) -> Vec<&Self> {
+        state.plans().collect()
+    }
+    fn find<'a>(state: &'a PortalState, id: &str) -> Option<&'a Self> {
+        state.plan(id)
+    }
+    fn parts(&self) -> (&str, &str, &str, Origin, &str, bool) {
+        let p = self;
+        (
+            &p.id,
+            &p.provider_id,
+            &p.policy_id,
+            p.origin,
+            &p.display.name,
+            p.hidden,
+        )
+    }
+    fn asked(request: &Request) -> &str {
+        &request.plan_id
+    }
+}
+
+fn missing<T: Listing>(id: &str) -> ApiError {
+    ApiError::not_found(format!("no {} {id:?}", T::WHAT))
+}
+
+/// The ones a listing shows: shown ones (hidden too with `?hidden=true`),
+/// of one provider when asked, by name then id.
+fn listed<'a, T: Listing>(state: &'a PortalState, q: &ListQuery) -> Vec<&'a T> {
+    let mut all: Vec<&T> = T::all(state)
+        .into_iter()
+        .filter(|p| {
+            let (_, provider, _, _, _, hidden) = p.parts();
+            (q.hidden || !hidden) && q.provider_id.as_deref().is_none_or(|id| id == provider)
+        })
+        .collect();
+    all.sort_by(|a, b| {
+        let (a_id, .., a_name, _) = a.parts();
+        let (b_id, .., b_name, _) = b.parts();
+        a_name.cmp(b_name).then(a_id.cmp(b_id))
+    });
+    all
+}
+
+/// Deletes a Product or Plan. One created in the portal takes its policy in
+/// the provider with it; one a sync made leaves the policy alone (while that
+/// policy keeps its tag, the next sync brings a placeholder back). Refused
+/// while credentials issued for it are live.
+async fn delete_listing<T: Listing>(s: &ApiState, id: &str) -> Result<StatusCode, ApiError> {
+    let found = s
+        .find(|state| T::find(state, id).cloned())
+        .await
+        .ok_or_else(|| missing::<T>(id))?;
+    let live = s
+        .writer
+        .read()
+        .requests()
+        .filter(|r| r.status == Status::Approved && T::asked(r) == id)
+        .filter(|r| r.credential.as_ref().is_some_and(|c| c.revoked_at_ms == 0))
+        .count();
+    if live > 0 {
+        return Err(ApiError::conflict(format!(
+            "{} {id:?} has {live} live credentials; revoke them first",
+            T::WHAT
+        )));
+    }
+    let (_, provider_id, policy_id, origin, ..) = found.parts();
+    if origin == Origin::Portal {
+        let (_, connection) = s.connect(provider_id).await?;
+        connection
+            .delete_policy(policy_id)
+            .await
+            .map_err(|e| provider_failed(&format!("delete the {}'s policy", T::WHAT), &e))?;
+    }
+    s.delete(T::ENTITY, id, |state| {
+        T::find(state, id).cloned().ok_or_else(|| missing::<T>(id))
+    })
+    .await?;
+    tracing::info!(id = %id, "{} deleted", T::WHAT);
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Products, by name (hidden ones only with `?hidden=true`).
@@ -281,14 +400,12 @@ async fn list_products(
 ) -> Json<Vec<ProductView>> {
     s.writer.catch_up().await;
     let state = s.writer.read();
-    let mut all: Vec<ProductView> = state
-        .products()
-        .filter(|p| q.hidden || !p.hidden)
-        .filter(|p| q.provider_id.as_ref().is_none_or(|id| *id == p.provider_id))
-        .map(|p| product_view(&state, p))
-        .collect();
-    all.sort_by(|a, b| a.display.name.cmp(&b.display.name).then(a.id.cmp(&b.id)));
-    Json(all)
+    Json(
+        listed::<Product>(&state, &q)
+            .into_iter()
+            .map(|p| product_view(&state, p))
+            .collect(),
+    )
 }
 
 /// Creates a Product and, at once, its access policy in the provider
@@ -435,7 +552,7 @@ async fn get_product(
     s.find(|state| state.product(&id).map(|p| product_view(state, p)))
         .await
         .map(Json)
-        .ok_or_else(|| no_product(&id))
+        .ok_or_else(|| missing::<Product>(&id))
 }
 
 /// Changes what the admin sets on a Product (kept through hide and
@@ -456,10 +573,13 @@ async fn update_product(
     }
     s.find(|state| state.product(&id).map(drop))
         .await
-        .ok_or_else(|| no_product(&id))?;
+        .ok_or_else(|| missing::<Product>(&id))?;
     let saved = s
         .save(PortalEntity::Product, &id, "updated", |state| {
-            let mut p = state.product(&id).cloned().ok_or_else(|| no_product(&id))?;
+            let mut p = state
+                .product(&id)
+                .cloned()
+                .ok_or_else(|| missing::<Product>(&id))?;
             update.apply(&mut p.display, p.hidden)?;
             p.updated_at_ms = meridian_kit::time::now_ms();
             Ok(p)
@@ -467,18 +587,6 @@ async fn update_product(
         .await?;
     let state = s.writer.read();
     Ok(Json(product_view(&state, &saved)))
-}
-
-/// Live credentials issued for a Product or Plan.
-fn live_credentials(state: &PortalState, product: Option<&str>, plan: Option<&str>) -> usize {
-    state
-        .requests()
-        .filter(|r| r.status == Status::Approved)
-        .filter(|r| {
-            product.is_none_or(|p| r.product_id == p) && plan.is_none_or(|p| r.plan_id == p)
-        })
-        .filter(|r| r.credential.as_ref().is_some_and(|c| c.revoked_at_ms == 0))
-        .count()
 }
 
 /// Deletes a Product. One created in the portal takes its policy in the
@@ -492,29 +600,7 @@ async fn delete_product(
     State(s): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let product = s
-        .find(|state| state.product(&id).cloned())
-        .await
-        .ok_or_else(|| no_product(&id))?;
-    let live = live_credentials(&s.writer.read(), Some(&id), None);
-    if live > 0 {
-        return Err(ApiError::conflict(format!(
-            "Product {id:?} has {live} live credentials; revoke them first"
-        )));
-    }
-    if product.origin == Origin::Portal {
-        let (_, connection) = s.connect(&product.provider_id).await?;
-        connection
-            .delete_policy(&product.policy_id)
-            .await
-            .map_err(|e| provider_failed("delete the Product's policy", &e))?;
-    }
-    s.delete(PortalEntity::Product, &id, |state| {
-        state.product(&id).cloned().ok_or_else(|| no_product(&id))
-    })
-    .await?;
-    tracing::info!(product = %id, "Product deleted");
-    Ok(StatusCode::NO_CONTENT)
+    delete_listing::<Product>(&s, &id).await
 }
 
 /// Plans, by name (hidden ones only with `?hidden=true`).
@@ -524,14 +610,12 @@ async fn delete_product(
 async fn list_plans(State(s): State<ApiState>, Query(q): Query<ListQuery>) -> Json<Vec<PlanView>> {
     s.writer.catch_up().await;
     let state = s.writer.read();
-    let mut all: Vec<PlanView> = state
-        .plans()
-        .filter(|p| q.hidden || !p.hidden)
-        .filter(|p| q.provider_id.as_ref().is_none_or(|id| *id == p.provider_id))
-        .map(plan_view)
-        .collect();
-    all.sort_by(|a, b| a.display.name.cmp(&b.display.name).then(a.id.cmp(&b.id)));
-    Json(all)
+    Json(
+        listed::<Plan>(&state, &q)
+            .into_iter()
+            .map(plan_view)
+            .collect(),
+    )
 }
 
 /// Creates a Plan and, at once, its limit policy in the provider (tagged
@@ -633,7 +717,7 @@ async fn get_plan(
     s.find(|state| state.plan(&id).map(plan_view))
         .await
         .map(Json)
-        .ok_or_else(|| no_plan(&id))
+        .ok_or_else(|| missing::<Plan>(&id))
 }
 
 /// Changes what the admin sets on a Plan, auto-approval included (kept
@@ -648,10 +732,13 @@ async fn update_plan(
 ) -> Result<Json<PlanView>, ApiError> {
     s.find(|state| state.plan(&id).map(drop))
         .await
-        .ok_or_else(|| no_plan(&id))?;
+        .ok_or_else(|| missing::<Plan>(&id))?;
     let saved = s
         .save(PortalEntity::Plan, &id, "updated", |state| {
-            let mut p = state.plan(&id).cloned().ok_or_else(|| no_plan(&id))?;
+            let mut p = state
+                .plan(&id)
+                .cloned()
+                .ok_or_else(|| missing::<Plan>(&id))?;
             update.apply(&mut p.display, p.hidden)?;
             if let Some(auto) = update.auto_approve {
                 p.auto_approve = auto;
@@ -671,27 +758,5 @@ async fn delete_plan(
     State(s): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let plan = s
-        .find(|state| state.plan(&id).cloned())
-        .await
-        .ok_or_else(|| no_plan(&id))?;
-    let live = live_credentials(&s.writer.read(), None, Some(&id));
-    if live > 0 {
-        return Err(ApiError::conflict(format!(
-            "Plan {id:?} has {live} live credentials; revoke them first"
-        )));
-    }
-    if plan.origin == Origin::Portal {
-        let (_, connection) = s.connect(&plan.provider_id).await?;
-        connection
-            .delete_policy(&plan.policy_id)
-            .await
-            .map_err(|e| provider_failed("delete the Plan's policy", &e))?;
-    }
-    s.delete(PortalEntity::Plan, &id, |state| {
-        state.plan(&id).cloned().ok_or_else(|| no_plan(&id))
-    })
-    .await?;
-    tracing::info!(plan = %id, "Plan deleted");
-    Ok(StatusCode::NO_CONTENT)
+    delete_listing::<Plan>(&s, &id).await
 }
