@@ -19,7 +19,7 @@ use crate::domain::model::{
     ApiAccess, Display, Limits, Origin, Plan, Product, Request, Status, check_name,
     invalid as field,
 };
-use crate::domain::sync::{Kind, catalogue_id};
+use crate::domain::sync::{Kind, Listed, catalogue_id};
 
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -265,7 +265,7 @@ async fn undo_policy_unless_saved<T>(
 }
 
 /// What the Product and Plan handlers share: one list, one delete.
-trait Listing: Clone + Serialize {
+trait Listing: Listed + Serialize {
     /// The `PORTAL` entity.
     const ENTITY: PortalEntity;
     /// `Product` or `Plan`, for messages.
@@ -274,8 +274,6 @@ trait Listing: Clone + Serialize {
     fn all(state: &PortalState) -> Vec<&Self>;
     /// One by id.
     fn find<'a>(state: &'a PortalState, id: &str) -> Option<&'a Self>;
-    /// Its id, provider, policy, origin, name and whether it is hidden.
-    fn parts(&self) -> (&str, &str, &str, Origin, &str, bool);
     /// The Product or Plan a request asks for, of this kind.
     fn asked(request: &Request) -> &str;
 }
@@ -288,17 +286,6 @@ impl Listing for Product {
     }
     fn find<'a>(state: &'a PortalState, id: &str) -> Option<&'a Self> {
         state.product(id)
-    }
-    fn parts(&self) -> (&str, &str, &str, Origin, &str, bool) {
-        let p = self;
-        (
-            &p.id,
-            &p.provider_id,
-            &p.policy_id,
-            p.origin,
-            &p.display.name,
-            p.hidden,
-        )
     }
     fn asked(request: &Request) -> &str {
         &request.product_id
@@ -313,17 +300,6 @@ impl Listing for Plan {
     }
     fn find<'a>(state: &'a PortalState, id: &str) -> Option<&'a Self> {
         state.plan(id)
-    }
-    fn parts(&self) -> (&str, &str, &str, Origin, &str, bool) {
-        let p = self;
-        (
-            &p.id,
-            &p.provider_id,
-            &p.policy_id,
-            p.origin,
-            &p.display.name,
-            p.hidden,
-        )
     }
     fn asked(request: &Request) -> &str {
         &request.plan_id
@@ -340,15 +316,13 @@ fn listed<'a, T: Listing>(state: &'a PortalState, q: &ListQuery) -> Vec<&'a T> {
     let mut all: Vec<&T> = T::all(state)
         .into_iter()
         .filter(|p| {
-            let (_, provider, _, _, _, hidden) = p.parts();
-            (q.hidden || !hidden) && q.provider_id.as_deref().is_none_or(|id| id == provider)
+            (q.hidden || !p.hidden())
+                && q.provider_id
+                    .as_deref()
+                    .is_none_or(|id| id == p.provider_id())
         })
         .collect();
-    all.sort_by(|a, b| {
-        let (a_id, .., a_name, _) = a.parts();
-        let (b_id, .., b_name, _) = b.parts();
-        a_name.cmp(b_name).then(a_id.cmp(b_id))
-    });
+    all.sort_by(|a, b| a.name().cmp(b.name()).then(a.id().cmp(b.id())));
     all
 }
 
@@ -374,11 +348,10 @@ async fn delete_listing<T: Listing>(s: &ApiState, id: &str) -> Result<StatusCode
             T::WHAT
         )));
     }
-    let (_, provider_id, policy_id, origin, ..) = found.parts();
-    if origin == Origin::Portal {
-        let (_, connection) = s.connect(provider_id).await?;
+    if found.origin() == Origin::Portal {
+        let (_, connection) = s.connect(found.provider_id()).await?;
         connection
-            .delete_policy(policy_id)
+            .delete_policy(found.policy_id())
             .await
             .map_err(|e| provider_failed(&format!("delete the {}'s policy", T::WHAT), &e))?;
     }

@@ -133,8 +133,19 @@ impl Counts {
     }
 }
 
-/// What a sync changes on a Product or a Plan alike.
-trait Listed: Clone + PartialEq {
+/// A Product or a Plan: what a sync changes on both alike, and what the
+/// handlers they share read.
+pub trait Listed: Clone + PartialEq {
+    /// Its portal id.
+    fn id(&self) -> &str;
+    /// Its one provider.
+    fn provider_id(&self) -> &str;
+    /// The provider's policy behind it.
+    fn policy_id(&self) -> &str;
+    /// Where it came from.
+    fn origin(&self) -> Origin;
+    /// The name shown.
+    fn name(&self) -> &str;
     /// Whether it is hidden.
     fn hidden(&self) -> bool;
     /// Hides it: unpublished, the published state kept for a restore.
@@ -150,6 +161,21 @@ trait Listed: Clone + PartialEq {
 macro_rules! listed {
     ($t:ty, |$p:ident, $policy:ident| $follow:block) => {
         impl Listed for $t {
+            fn id(&self) -> &str {
+                &self.id
+            }
+            fn provider_id(&self) -> &str {
+                &self.provider_id
+            }
+            fn policy_id(&self) -> &str {
+                &self.policy_id
+            }
+            fn origin(&self) -> Origin {
+                self.origin
+            }
+            fn name(&self) -> &str {
+                &self.display.name
+            }
             fn hidden(&self) -> bool {
                 self.hidden
             }
