@@ -17,6 +17,7 @@
 //! started are failed ([`Runs::close`]), so no run waits forever.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use meridian_schemas::RunId;
 
@@ -120,25 +121,25 @@ pub enum ProtocolError {
     },
 }
 
-/// One run requested on the stream.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Run {
+/// What the caller needs to know of a run, fixed when it is requested.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RunFacts {
     /// The provider synced.
     pub provider: String,
     /// Its kind (`tyk`, `aws`, ...).
     pub provider_type: String,
     /// Trace context of the request that started it.
     pub traceparent: Option<String>,
+}
+
+/// One run requested on the stream. Deliberately not `Clone`: it holds
+/// every API id the run sent.
+#[derive(Debug)]
+struct Run {
+    facts: Arc<RunFacts>,
     started: bool,
     /// The provider ids of the APIs accepted so far.
     sent: HashSet<String>,
-}
-
-impl Run {
-    /// Whether the agent said `started`.
-    pub fn started(&self) -> bool {
-        self.started
-    }
 }
 
 /// The runs of one sync stream.
@@ -175,9 +176,11 @@ impl Runs {
         self.runs.insert(
             run_id,
             Run {
-                provider: provider.to_owned(),
-                provider_type: provider_type.to_owned(),
-                traceparent,
+                facts: Arc::new(RunFacts {
+                    provider: provider.to_owned(),
+                    provider_type: provider_type.to_owned(),
+                    traceparent,
+                }),
                 started: false,
                 sent: HashSet::new(),
             },
@@ -189,29 +192,29 @@ impl Runs {
         self.runs.remove(&run_id);
     }
 
-    /// The run, while it is open.
-    pub fn get(&self, run_id: RunId) -> Option<&Run> {
-        self.runs.get(&run_id)
+    /// Whether the run is open on this stream.
+    pub fn is_open(&self, run_id: RunId) -> bool {
+        self.runs.contains_key(&run_id)
     }
 
     /// Checks one message of the agent about `run_id` (naming `provider`);
     /// APIs over `max_api_bytes` are refused. Returns what it means and the
-    /// run as it was (for an ending step, the run is forgotten).
+    /// run's facts (for an ending step, the run is forgotten).
     pub fn accept(
         &mut self,
         run_id: RunId,
         provider: &str,
         message: Message,
         max_api_bytes: usize,
-    ) -> Result<(Step, Run), ProtocolError> {
+    ) -> Result<(Step, Arc<RunFacts>), ProtocolError> {
         let run = self
             .runs
             .get_mut(&run_id)
             .ok_or(ProtocolError::NotRequested(run_id))?;
-        if provider != run.provider {
+        if provider != run.facts.provider {
             return Err(ProtocolError::WrongProvider {
                 run: run_id,
-                expected: run.provider.clone(),
+                expected: run.facts.provider.clone(),
                 got: quote(provider),
             });
         }
@@ -259,18 +262,21 @@ impl Runs {
                 },
             }),
         };
-        let snapshot = if matches!(step, Step::Ended(_)) {
-            self.runs.remove(&run_id).expect("the run is open")
-        } else {
-            self.runs[&run_id].clone()
-        };
-        Ok((step, snapshot))
+        let facts = Arc::clone(&run.facts);
+        if matches!(step, Step::Ended(_)) {
+            self.runs.remove(&run_id);
+        }
+        Ok((step, facts))
     }
 
     /// The stream ended: every run is forgotten, and those the agent had
     /// started are returned, to be failed with the reason.
-    pub fn close(&mut self) -> Vec<(RunId, Run)> {
-        self.runs.drain().filter(|(_, run)| run.started).collect()
+    pub fn close(&mut self) -> Vec<(RunId, Arc<RunFacts>)> {
+        self.runs
+            .drain()
+            .filter(|(_, run)| run.started)
+            .map(|(id, run)| (id, run.facts))
+            .collect()
     }
 }
 
@@ -324,7 +330,7 @@ mod tests {
             ("p", "tyk")
         );
         assert_eq!(run.traceparent.as_deref(), Some("tp"));
-        assert!(runs.get(run_id(1)).is_none());
+        assert!(!runs.is_open(run_id(1)));
         assert_eq!(
             when(&mut runs, api("c")),
             Err(ProtocolError::NotRequested(run_id(1))),

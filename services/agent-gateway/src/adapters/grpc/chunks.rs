@@ -5,16 +5,19 @@
 //!
 //! [`SyncEventKind::Apis`]: meridian_schemas::sync::SyncEventKind::Apis
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_schemas::RunId;
 use meridian_schemas::sync::{CHUNK_MAX_APIS, CHUNK_MAX_BYTES, DiscoveredApi};
 
+use crate::domain::runs::RunFacts;
+
 /// An API message accepted into its run.
 pub(super) struct AcceptedApi {
     pub(super) run_id: RunId,
-    pub(super) provider: String,
-    pub(super) traceparent: Option<String>,
+    /// Its run's provider and trace context.
+    pub(super) run: Arc<RunFacts>,
     /// API messages of the run before it.
     pub(super) number: u64,
     /// Its encoded size.
@@ -25,8 +28,7 @@ pub(super) struct AcceptedApi {
 /// APIs of one run waiting to be published together.
 pub(super) struct Chunk {
     pub(super) run_id: RunId,
-    pub(super) provider: String,
-    pub(super) traceparent: Option<String>,
+    pub(super) run: Arc<RunFacts>,
     /// API messages of the run before the chunk's first.
     pub(super) first: u64,
     pub(super) apis: Vec<DiscoveredApi>,
@@ -62,8 +64,7 @@ pub(super) fn add_to_chunk(
         None => {
             chunks.push(Chunk {
                 run_id: api.run_id,
-                provider: api.provider,
-                traceparent: api.traceparent,
+                run: api.run,
                 first: api.number,
                 apis: Vec::with_capacity(CHUNK_MAX_APIS),
                 bytes: 0,
@@ -89,8 +90,11 @@ mod tests {
     fn api(run: RunId, number: u64, bytes: usize) -> AcceptedApi {
         AcceptedApi {
             run_id: run,
-            provider: "p".into(),
-            traceparent: None,
+            run: Arc::new(RunFacts {
+                provider: "p".into(),
+                provider_type: "tyk".into(),
+                traceparent: None,
+            }),
             number,
             bytes,
             api: DiscoveredApi::new(ApiDefinition {

@@ -141,7 +141,7 @@ async fn answer_probes(hub: Hub, mut probes: async_nats::Subscriber, runs: Share
         let Ok(probe) = commands::decode::<RunProbe>(&message.payload) else {
             continue;
         };
-        if lock(&runs).get(probe.run_id).is_some()
+        if lock(&runs).is_open(probe.run_id)
             && let Some(reply_to) = message.reply
         {
             let _ = hub
@@ -349,13 +349,13 @@ async fn publish_chunk(
     let event = SyncEvent {
         run_id: chunk.run_id,
         agent_id: agent,
-        provider: chunk.provider,
+        provider: chunk.run.provider.clone(),
         kind: SyncEventKind::Apis {
             first: chunk.first,
             apis: chunk.apis,
         },
     };
-    publish_event(hub, &event, chunk.traceparent, window).await
+    publish_event(hub, &event, chunk.run.traceparent.clone(), window).await
 }
 
 async fn publish_event(
@@ -427,8 +427,7 @@ fn to_event(
             let api = api.expect("an API step comes from an API message");
             Inbound::Api(AcceptedApi {
                 run_id,
-                provider: run.provider.clone(),
-                traceparent: run.traceparent.clone(),
+                run,
                 number,
                 bytes: api.encoded_len(),
                 api: DiscoveredApi::new(ApiDefinition::from(api)),
@@ -467,7 +466,7 @@ async fn fail_open_runs(hub: &Hub, agent: AgentId, runs: &SharedRuns, reason: &s
             let event = SyncEvent {
                 run_id,
                 agent_id: agent,
-                provider: run.provider,
+                provider: run.provider.clone(),
                 kind: SyncEventKind::Failed {
                     reason: format!("sync stream ended during the run: {reason}"),
                 },
@@ -475,7 +474,7 @@ async fn fail_open_runs(hub: &Hub, agent: AgentId, runs: &SharedRuns, reason: &s
             let meta = EventMeta {
                 occurred_at_ms: now_ms(),
                 correlation_id: Some(run_id.0),
-                traceparent: run.traceparent,
+                traceparent: run.traceparent.clone(),
                 ..Default::default()
             };
             (event, meta)
