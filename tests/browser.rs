@@ -104,17 +104,26 @@ impl Browser {
         }
     }
 
-    /// Clicks the first element matching `css`.
+    /// Clicks the first element matching `css`. A page that redraws its
+    /// list (the agents page does every 2 s) can replace the element
+    /// between finding and clicking it: then the new one is clicked.
     pub async fn click(&self, css: &str) {
-        self.client
-            .wait()
-            .at_most(Duration::from_secs(30))
-            .for_element(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("{css}: {e}"))
-            .click()
-            .await
-            .unwrap_or_else(|e| panic!("clicking {css}: {e}"));
+        for attempt in 0.. {
+            let clicked = self
+                .client
+                .wait()
+                .at_most(Duration::from_secs(30))
+                .for_element(Locator::Css(css))
+                .await
+                .unwrap_or_else(|e| panic!("{css}: {e}"))
+                .click()
+                .await;
+            match clicked {
+                Ok(()) => return,
+                Err(e) if attempt < 5 && e.to_string().contains("stale element") => continue,
+                Err(e) => panic!("clicking {css}: {e}"),
+            }
+        }
     }
 
     /// Types `text` into the field matching `css` (after clearing it).

@@ -7,6 +7,8 @@ pub mod fake_dashboard;
 pub mod fake_kube;
 pub mod pki;
 pub mod portal;
+pub mod processes;
+pub mod raw_http;
 pub mod tyk;
 pub mod upstream;
 

@@ -9,8 +9,9 @@
 //! - [`envelope`]: the versioned envelope every event travels in (postcard).
 //! - [`ids`]: id newtypes, including the deterministic API id.
 //! - [`agents`], [`sync`], [`lifecycle`], [`schedule`], [`keys`], [`apis`],
-//!   [`portal`]: the event types of the `AGENTS`, `AGENT_HEARTBEATS`,
-//!   `SYNC`, `API_LIFECYCLE`, `SCHEDULE`, `KEYS`, `APIS` and `PORTAL` streams.
+//!   [`portal`], [`console`]: the event types of the `AGENTS`,
+//!   `AGENT_HEARTBEATS`, `SYNC`, `API_LIFECYCLE`, `SCHEDULE`, `KEYS`, `APIS`,
+//!   `PORTAL` and `CONSOLE` streams.
 //! - [`public`]: the public events (CloudEvents JSON on `MERIDIAN_EVENTS`)
 //!   that outside consumers subscribe to, and their JSON Schemas.
 //! - [`commands`]: request/reply commands sent over core NATS between services.
@@ -22,6 +23,7 @@
 pub mod agents;
 pub mod apis;
 pub mod commands;
+pub mod console;
 pub mod envelope;
 pub mod ids;
 pub mod keys;

@@ -33,6 +33,14 @@ pub const APIS: &str = "APIS";
 /// requests and provider syncs, written only by portal-sync (see
 /// [`crate::portal`]). Provider secrets travel sealed, credentials as hashes.
 pub const PORTAL: &str = "PORTAL";
+/// The web console's signed-out sessions (see [`crate::console`]), kept
+/// for [`CONSOLE_RETENTION`].
+pub const CONSOLE: &str = "CONSOLE";
+/// The subject of every console session revocation.
+pub const CONSOLE_REVOKED_SUBJECT: &str = "console.session.revoked";
+/// How long `CONSOLE` keeps a revocation: a console session lasts twelve
+/// hours, so an older revocation has nothing left to refuse.
+pub const CONSOLE_RETENTION: std::time::Duration = std::time::Duration::from_secs(13 * 3600);
 
 /// Subject filter that captures a whole stream.
 pub fn stream_subjects(stream: &str) -> &'static str {
@@ -45,6 +53,7 @@ pub fn stream_subjects(stream: &str) -> &'static str {
         KEYS => "keys.>",
         APIS => "apis.>",
         PORTAL => "portal.>",
+        CONSOLE => "console.>",
         EVENTS => ALL_EVENTS,
         other => panic!("unknown stream {other}"),
     }

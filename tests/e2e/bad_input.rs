@@ -612,10 +612,15 @@ async fn hostile_rest_input_gets_a_4xx_naming_the_parameter() {
     drop(nats);
 }
 
-/// Sends raw bytes as frames of the sync stream, as a broken or hostile
-/// client would; reads the hub's answers as the agent does.
-#[derive(Clone, Default)]
-struct RawFrames;
+/// Sends raw bytes as frames of an agent stream, as a broken or hostile
+/// client would; reads the hub's answers (of type `D`) as the agent does.
+struct RawFrames<D>(std::marker::PhantomData<D>);
+
+impl<D> Default for RawFrames<D> {
+    fn default() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
 
 struct RawEncoder;
 
@@ -634,11 +639,11 @@ impl tonic::codec::Encoder for RawEncoder {
     }
 }
 
-impl tonic::codec::Codec for RawFrames {
+impl<D: prost::Message + Default + Send + 'static> tonic::codec::Codec for RawFrames<D> {
     type Encode = Vec<u8>;
-    type Decode = SyncRequest;
+    type Decode = D;
     type Encoder = RawEncoder;
-    type Decoder = tonic_prost::ProstDecoder<SyncRequest>;
+    type Decoder = tonic_prost::ProstDecoder<D>;
 
     fn encoder(&mut self) -> RawEncoder {
         RawEncoder
@@ -649,8 +654,14 @@ impl tonic::codec::Codec for RawFrames {
     }
 }
 
-/// Opens a sync stream, sends `frames`, and returns the status it ends with.
-async fn raw_sync(grpc: &str, token: &str, frames: Vec<Vec<u8>>) -> tonic::Status {
+/// Opens the agent stream `method` (`Sync`, `Health`), sends `frames`, and
+/// returns the status it ends with.
+async fn raw_stream<D: prost::Message + Default + Send + 'static>(
+    grpc: &str,
+    token: &str,
+    method: &'static str,
+    frames: Vec<Vec<u8>>,
+) -> tonic::Status {
     let channel = tonic::transport::Endpoint::from_shared(grpc.to_owned())
         .unwrap()
         .connect()
@@ -663,18 +674,19 @@ async fn raw_sync(grpc: &str, token: &str, frames: Vec<Vec<u8>>) -> tonic::Statu
     request
         .metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let path =
-        tonic::codegen::http::uri::PathAndQuery::from_static("/meridian.agent.v1.AgentHub/Sync");
-    let mut answers = client
-        .streaming(request, path, RawFrames)
-        .await
-        .unwrap()
-        .into_inner();
     for frame in frames {
         tx.send(frame).await.unwrap();
     }
-    // The stream stays open from our side: only the hub can end it.
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(method);
     let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut answers = match client
+            .streaming(request, path, RawFrames::<D>::default())
+            .await
+        {
+            Ok(answers) => answers.into_inner(),
+            Err(status) => return status,
+        };
+        // The stream stays open from our side: only the hub can end it.
         loop {
             match answers.message().await {
                 Ok(Some(_)) => continue,
@@ -687,6 +699,52 @@ async fn raw_sync(grpc: &str, token: &str, frames: Vec<Vec<u8>>) -> tonic::Statu
     .expect("the hub ended the stream");
     drop(tx);
     ended
+}
+
+async fn raw_sync(grpc: &str, token: &str, frames: Vec<Vec<u8>>) -> tonic::Status {
+    raw_stream::<SyncRequest>(grpc, token, "/meridian.agent.v1.AgentHub/Sync", frames).await
+}
+
+/// A garbage frame on the health stream, as the first message or after a
+/// hello, ends it with `InvalidArgument` saying so (the sync stream's
+/// answer), never `Internal`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbage_health_frame_is_the_agents_error() {
+    use prost::Message as _;
+    let TestHub {
+        nats: _nats,
+        gw,
+        dir: _dir,
+        inv,
+        api,
+    } = TestHub::start(|_| {}).await;
+    let (_, token) = api.register_agent("health-frames").await;
+    let hello = HealthMessage {
+        kind: Some(health_message::Kind::Hello(Hello {
+            providers: vec![],
+            ..Default::default()
+        })),
+    }
+    .encode_to_vec();
+    for frames in [vec![vec![0xff; 64]], vec![hello, vec![0xff; 64]]] {
+        let status = raw_stream::<HealthReply>(
+            &gw.grpc_url,
+            &token,
+            "/meridian.agent.v1.AgentHub/Health",
+            frames,
+        )
+        .await;
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(
+            status
+                .message()
+                .starts_with("health stream: a message could not be decoded"),
+            "{}",
+            status.message()
+        );
+    }
+    gw.rest.stop().await;
+    inv.stop().await;
 }
 
 /// A frame that is not a sync message, one over the size limit, and a

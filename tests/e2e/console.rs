@@ -110,6 +110,21 @@ async fn the_console_does_the_daily_work_in_a_real_browser() {
     let b = Browser::start(1280, 800).await;
     b.goto(&url).await;
     b.screenshot("signin").await;
+    let nav_shown = || async {
+        b.client
+            .execute(
+                "return getComputedStyle(document.getElementById('nav')).display !== 'none'",
+                vec![],
+            )
+            .await
+            .unwrap()
+    };
+    b.wait_text("h1", "Sign in").await;
+    assert_eq!(
+        nav_shown().await,
+        json!(false),
+        "the navigation shows before sign-in"
+    );
     // A wrong key is refused with a message.
     b.fill("#admin-key", "not-the-key").await;
     b.click("form.signin button[type=submit]").await;
@@ -136,6 +151,14 @@ async fn the_console_does_the_daily_work_in_a_real_browser() {
     b.click("form[aria-label='New agent'] button").await;
     b.wait_text("tr[data-agent='browser-agent']", "INACTIVE")
         .await;
+    // A new token cuts a running agent off: asked first, then done.
+    b.click("tr[data-agent='browser-agent'] [data-action=token]")
+        .await;
+    b.wait_text(
+        "tr[data-agent='browser-agent'] [data-action=token]",
+        "current one stops working",
+    )
+    .await;
     b.click("tr[data-agent='browser-agent'] [data-action=token]")
         .await;
     b.wait_text("#agent-yaml", "token:").await;
@@ -287,6 +310,37 @@ async fn the_console_does_the_daily_work_in_a_real_browser() {
     assert!(key.len() >= 16, "{key}");
     b.click("tr[data-key='browser-key'] button").await;
     b.wait_text("tr[data-key='browser-key']", "inactive").await;
+    // A second key, deleted: asked first, then gone.
+    b.fill("#key-alias", "doomed-key").await;
+    b.client
+        .find(fantoccini::Locator::Css("#key-policies"))
+        .await
+        .unwrap()
+        .select_by_value("browser-gold")
+        .await
+        .unwrap();
+    b.click("form[aria-label='New key'] button").await;
+    b.wait_text("tr[data-key='doomed-key']", "active").await;
+    b.click("tr[data-key='doomed-key'] [data-action=delete-key]")
+        .await;
+    b.wait_text(
+        "tr[data-key='doomed-key'] [data-action=delete-key]",
+        "Really delete",
+    )
+    .await;
+    b.click("tr[data-key='doomed-key'] [data-action=delete-key]")
+        .await;
+    b.wait_text("#message", "Key deleted").await;
+    let gone = eventually(Duration::from_secs(10), || async {
+        b.client
+            .find_all(fantoccini::Locator::Css("tr[data-key='doomed-key']"))
+            .await
+            .ok()?
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "the deleted key is still listed");
     b.screenshot("keys").await;
 
     // The developer portal: the hub's key-issuer as a provider (the policy
@@ -384,6 +438,11 @@ async fn the_console_does_the_daily_work_in_a_real_browser() {
     // Sign-out: back to the sign-in form, and the session no longer works.
     b.click("#signout").await;
     b.wait_text("h1", "Sign in").await;
+    assert_eq!(
+        nav_shown().await,
+        json!(false),
+        "the navigation shows after sign-out"
+    );
     let after = b
         .client
         .execute_async(
@@ -399,45 +458,64 @@ async fn the_console_does_the_daily_work_in_a_real_browser() {
 
 /// `meridian route` (compose, Kubernetes) serves the console too: sign-in,
 /// and the console's calls forwarded through the router to the services,
-/// with the admin key or the Gateway API secret added.
+/// with the admin key or the Gateway API secret added. Signing out on one
+/// router replica ends the session on every replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_router_of_a_separate_deployment_serves_the_console() {
     let nats = Nats::start().await;
     let (ki, _) = tyk::start_key_issuer(&nats, |_| {}).await;
     let ps = meridian_tests::portal::start_portal_sync(&nats, |_| {}).await;
-    let port = meridian_kit::nats_server::free_port();
     let stop = CancellationToken::new();
-    let upstreams = vec![
-        meridian::route::Upstream {
-            name: "key-issuer".into(),
-            url: ki.url.clone(),
-        },
-        meridian::route::Upstream {
-            name: "portal-sync".into(),
-            url: ps.running.url.clone(),
-        },
-    ];
-    let console = meridian::console::Console {
-        inner: axum::Router::new(),
-        api_key: API_KEY.into(),
-        gateway_secret: Some(tyk::GATEWAY_SECRET.into()),
-        agent_url: "agents.example.com:50051".into(),
+    // Two router replicas, as a Deployment of two would run.
+    let start_router = |port: u16| {
+        let upstreams = vec![
+            meridian::route::Upstream {
+                name: "key-issuer".into(),
+                url: ki.url.clone(),
+            },
+            meridian::route::Upstream {
+                name: "portal-sync".into(),
+                url: ps.running.url.clone(),
+            },
+        ];
+        let (stop, nats_url) = (stop.clone(), nats.url());
+        tokio::spawn(async move {
+            let sessions = meridian::console::Sessions::start(
+                &nats_url,
+                &meridian_kit::metrics::Metrics::new(),
+                stop.clone(),
+            )
+            .await
+            .expect("the console's sessions");
+            let console = meridian::console::Console {
+                inner: axum::Router::new(),
+                api_key: API_KEY.into(),
+                gateway_secret: Some(tyk::GATEWAY_SECRET.into()),
+                agent_url: "agents.example.com:50051".into(),
+                sessions,
+            };
+            meridian::route::serve(&format!("127.0.0.1:{port}"), upstreams, Some(console), stop)
+                .await
+        })
     };
-    let addr = format!("127.0.0.1:{port}");
-    let served = tokio::spawn({
-        let stop = stop.clone();
-        let addr = addr.clone();
-        async move { meridian::route::serve(&addr, upstreams, Some(console), stop).await }
-    });
-    let url = format!("http://{addr}");
+    let (port, other_port) = (
+        meridian_kit::nats_server::free_port(),
+        meridian_kit::nats_server::free_port(),
+    );
+    let served = start_router(port);
+    let other_served = start_router(other_port);
+    let url = format!("http://127.0.0.1:{port}");
+    let other = format!("http://127.0.0.1:{other_port}");
     let http = reqwest::Client::new();
-    let up = eventually(Duration::from_secs(30), || async {
-        let r = http.get(&url).send().await.ok()?;
-        r.status().is_success().then_some(r.text().await.ok()?)
-    })
-    .await
-    .expect("the router serves the console");
-    assert!(up.contains("/console/app.js"), "{up}");
+    for url in [&url, &other] {
+        let up = eventually(Duration::from_secs(30), || async {
+            let r = http.get(url).send().await.ok()?;
+            r.status().is_success().then_some(r.text().await.ok()?)
+        })
+        .await
+        .expect("the router serves the console");
+        assert!(up.contains("/console/app.js"), "{up}");
+    }
     let login = http
         .post(format!("{url}/console/login"))
         .json(&json!({"key": API_KEY}))
@@ -454,20 +532,77 @@ async fn the_router_of_a_separate_deployment_serves_the_console() {
         .to_owned();
     let answer: serde_json::Value = login.json().await.unwrap();
     assert_eq!(answer["agent_url"], "agents.example.com:50051");
-    for (path, shape) in [
-        ("/console/api/tyk/policies", "array"),
-        ("/console/api/portal-api/providers", "array"),
-    ] {
-        let r = http
-            .get(format!("{url}{path}"))
-            .header("cookie", &session)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{path}");
-        let body: serde_json::Value = r.json().await.unwrap();
-        assert!(body.is_array(), "{path}: {shape} expected, got {body}");
+    for base in [&url, &other] {
+        for (path, shape) in [
+            ("/console/api/tyk/policies", "array"),
+            ("/console/api/portal-api/providers", "array"),
+        ] {
+            let r = http
+                .get(format!("{base}{path}"))
+                .header("cookie", &session)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{base}{path}");
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert!(body.is_array(), "{path}: {shape} expected, got {body}");
+        }
     }
+
+    // Signed out on one replica: the cookie (kept, as a thief would keep
+    // it) is refused there at once, and on the other replica too.
+    let out = http
+        .post(format!("{url}/console/logout"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 204);
+    let status_at = |base: String| {
+        let (http, session) = (http.clone(), session.clone());
+        async move {
+            http.get(format!("{base}/console/api/tyk/policies"))
+                .header("cookie", session)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(
+        status_at(url.clone()).await,
+        401,
+        "refused where it signed out"
+    );
+    let refused = eventually(Duration::from_secs(2), || async {
+        (status_at(other.clone()).await == 401).then_some(())
+    })
+    .await;
+    assert!(
+        refused.is_some(),
+        "the other replica still accepts the signed-out session"
+    );
+    let events = stream_count(&nats.js, meridian_schemas::streams::CONSOLE).await;
+    assert_eq!(events, 1, "one revocation on the log");
+    let stored = nats
+        .js
+        .get_stream(meridian_schemas::streams::CONSOLE)
+        .await
+        .unwrap()
+        .get_raw_message(1)
+        .await
+        .unwrap();
+    let cookie_value = session.split_once('=').unwrap().1.as_bytes();
+    assert!(
+        !stored
+            .payload
+            .windows(cookie_value.len())
+            .any(|w| w == cookie_value),
+        "the session cookie itself went on the log"
+    );
+    stop.cancel();
+    let _ = other_served.await;
     stop.cancel();
     let _ = served.await;
 }

@@ -263,6 +263,7 @@ fn check(launch: &Launch) -> Serves {
                             "KEY_ISSUER",
                             "PROXY",
                             "PORTAL_SYNC",
+                            "NATS_URL",
                         ]
                         .map(|u| host_port(&env(&format!("MERIDIAN_ROUTE_{u}"))))
                         .to_vec(),

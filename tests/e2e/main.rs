@@ -7,6 +7,7 @@ mod console;
 mod deploy;
 mod election;
 mod events;
+mod hardening;
 mod hub;
 mod keys;
 mod observe;

@@ -82,8 +82,28 @@ impl<T, E: std::error::Error + Send + Sync + 'static> BusContext<T> for Result<T
     }
 }
 
+/// The most a client waits between two reconnection attempts: however long
+/// NATS was away, every service is back within about this long of its
+/// return (the client's default doubles up to 4 s, so a key deleted right
+/// after an outage kept working that long on a proxy still waiting).
+pub const RECONNECT_DELAY_MAX: Duration = Duration::from_millis(250);
+
+/// The pause before reconnection attempt `attempts` (from 1): 50 ms more
+/// per attempt up to [`RECONNECT_DELAY_MAX`], less up to a fifth for jitter
+/// so that many clients do not knock together.
+pub fn reconnect_delay(attempts: usize) -> Duration {
+    let base = Duration::from_millis(50)
+        .saturating_mul(u32::try_from(attempts).unwrap_or(u32::MAX))
+        .min(RECONNECT_DELAY_MAX);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    base - base / 5 * (nanos % 1_000) / 1_000
+}
+
 /// Connects to NATS, retrying for up to `patience` while the server comes up.
-/// Once connected, the client reconnects by itself and logs each change.
+/// Once connected, the client reconnects by itself (at most
+/// [`RECONNECT_DELAY_MAX`] apart) and logs each change.
 pub async fn connect(
     url: &str,
     name: &str,
@@ -94,18 +114,23 @@ pub async fn connect(
     let attempt = || {
         let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reconnects = reconnects.clone();
+        let metrics = metrics.clone();
         async_nats::ConnectOptions::new()
             .name(name)
             .connection_timeout(Duration::from_secs(2))
+            .reconnect_delay_callback(reconnect_delay)
             .event_callback(move |event| {
-                let (lost, reconnects) = (lost.clone(), reconnects.clone());
+                let (lost, reconnects, metrics) =
+                    (lost.clone(), reconnects.clone(), metrics.clone());
                 async move {
                     match event {
                         async_nats::Event::Disconnected => {
                             lost.store(true, std::sync::atomic::Ordering::Relaxed);
+                            metrics.nats_lost();
                             tracing::warn!("NATS connection lost, reconnecting")
                         }
                         async_nats::Event::Connected => {
+                            metrics.nats_back();
                             if lost.swap(false, std::sync::atomic::Ordering::Relaxed) {
                                 reconnects.inc();
                             }
@@ -157,6 +182,10 @@ pub fn stream_config(name: &str) -> stream::Config {
         // Only the latest heartbeat of each agent matters.
         config.max_messages_per_subject = 1;
         config.duplicate_window = Duration::from_secs(10);
+    }
+    if name == streams::CONSOLE {
+        // A revocation outlives the session it ends, and no more.
+        config.max_age = streams::CONSOLE_RETENTION;
     }
     config
 }
@@ -560,4 +589,23 @@ pub async fn request<Q: Serialize, A: DeserializeOwned>(
         Err(source) => return Err(RequestError::Failed { subject, source }),
     };
     commands::decode(&message.payload).map_err(|source| RequestError::Malformed { subject, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delays_grow_to_the_cap_and_never_pass_it() {
+        assert!(reconnect_delay(0) == Duration::ZERO);
+        let first = reconnect_delay(1);
+        assert!(first > Duration::from_millis(35) && first <= Duration::from_millis(50));
+        for attempts in [5, 6, 100, usize::MAX] {
+            let d = reconnect_delay(attempts);
+            assert!(
+                d >= RECONNECT_DELAY_MAX * 4 / 5 && d <= RECONNECT_DELAY_MAX,
+                "attempt {attempts}: {d:?}"
+            );
+        }
+    }
 }

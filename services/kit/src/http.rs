@@ -235,20 +235,34 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let field = if path == "." || inner.is_syntax() || inner.is_eof() {
-            "body".to_owned()
+        if inner.is_syntax() || inner.is_eof() {
+            not_json(&inner)
+        } else if path == "." {
+            ApiError::invalid_field("body", without_position(&inner.to_string()))
         } else {
-            path
-        };
-        ApiError::invalid_field(&field, without_position(&inner.to_string()))
+            ApiError::invalid_field(&path, without_position(&inner.to_string()))
+        }
     })?;
-    de.end()
-        .map_err(|e| ApiError::invalid_field("body", without_position(&e.to_string())))?;
+    de.end().map_err(|e| not_json(&e))?;
     Ok(value)
 }
 
-/// serde_json ends its messages with ` at line 1 column 13`, which says
-/// nothing to someone who sent one line.
+/// A body that is not JSON at all: said so, with where it stops being JSON
+/// (a multi-line body needs the line).
+fn not_json(e: &serde_json::Error) -> ApiError {
+    ApiError::invalid_field(
+        "body",
+        format!(
+            "is not valid JSON: {} (line {}, column {})",
+            without_position(&e.to_string()),
+            e.line(),
+            e.column()
+        ),
+    )
+}
+
+/// serde_json ends its messages with ` at line 1 column 13`; a field's
+/// error names the field instead, and syntax errors say it in words.
 fn without_position(message: &str) -> String {
     match message.rfind(" at line ") {
         Some(at) if message[at..].contains(" column ") => message[..at].to_owned(),
@@ -344,20 +358,43 @@ pub async fn require_api_key_or_authorization(
     }
 }
 
-/// A readiness check: `Ok` or the reason the service is not ready.
-pub type ReadyCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+/// A readiness check: `Ok` or the reason the service is not ready. A check
+/// made from a fold ([`projection_ready`]) also holds the service's traffic
+/// until that fold has caught up at start (see [`StartGate`]).
+#[derive(Clone)]
+pub struct ReadyCheck {
+    check: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
+    fold: Option<(&'static str, crate::projection::Progress)>,
+}
+
+impl ReadyCheck {
+    /// A check of anything but a fold.
+    pub fn new(check: impl Fn() -> Result<(), String> + Send + Sync + 'static) -> Self {
+        Self {
+            check: Arc::new(check),
+            fold: None,
+        }
+    }
+
+    /// `Ok`, or why the service is not ready.
+    pub fn check(&self) -> Result<(), String> {
+        (self.check)()
+    }
+}
 
 /// Readiness of a NATS client.
 pub fn nats_ready(client: async_nats::Client) -> ReadyCheck {
-    Arc::new(move || match client.connection_state() {
+    ReadyCheck::new(move || match client.connection_state() {
         async_nats::connection::State::Connected => Ok(()),
         other => Err(format!("NATS is {other}")),
     })
 }
 
-/// Readiness of a projection: caught up and not halted.
+/// Readiness of a projection: caught up and not halted. The service's
+/// traffic waits for it at start.
 pub fn projection_ready(name: &'static str, progress: crate::projection::Progress) -> ReadyCheck {
-    Arc::new(move || {
+    let fold = Some((name, progress.clone()));
+    let check = move || {
         if let Some(why) = progress.halted() {
             Err(format!("{name} halted: {why}"))
         } else if progress.caught_up() {
@@ -368,7 +405,116 @@ pub fn projection_ready(name: &'static str, progress: crate::projection::Progres
                 progress.position()
             ))
         }
-    })
+    };
+    ReadyCheck {
+        check: Arc::new(check),
+        fold,
+    }
+}
+
+/// How long a request that arrives while a service is still catching up
+/// with the log at start waits before it is answered 503.
+pub const START_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Opens once every fold of a service has reached the end of its stream as
+/// it was when the service started; until then the service answers no
+/// traffic from its views (a view that is behind answers wrong 404s, 403s
+/// and 400s, which is worse than a short wait). Once open it stays open:
+/// the check on the hot path is one atomic load.
+#[derive(Clone)]
+pub struct StartGate {
+    open: Arc<std::sync::atomic::AtomicBool>,
+    opened: Arc<tokio::sync::Notify>,
+    folds: Arc<[(&'static str, crate::projection::Progress)]>,
+}
+
+impl StartGate {
+    /// The gate of the folds among `checks`; open at once when there are
+    /// none.
+    pub fn of(checks: &[ReadyCheck]) -> Self {
+        let folds: Arc<[_]> = checks.iter().filter_map(|c| c.fold.clone()).collect();
+        Self {
+            open: Arc::new(std::sync::atomic::AtomicBool::new(folds.is_empty())),
+            opened: Arc::new(tokio::sync::Notify::new()),
+            folds,
+        }
+    }
+
+    /// Whether every fold has caught up at start.
+    pub fn is_open(&self) -> bool {
+        self.open.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Waits until every fold has caught up, then opens the gate and logs
+    /// how long it took (`service`, and the gauge
+    /// `meridian_start_catch_up_seconds`). Run once per service, from its
+    /// start. `Err` when a fold halted first.
+    pub async fn open_when_caught_up(
+        &self,
+        service: &str,
+        metrics: &Metrics,
+    ) -> Result<(), String> {
+        let started = std::time::Instant::now();
+        for (name, progress) in self.folds.iter() {
+            progress
+                .reached_start()
+                .await
+                .map_err(|why| format!("{name}: {why}"))?;
+        }
+        let took = started.elapsed();
+        metrics.start_catch_up().set(took.as_secs_f64());
+        let positions: Vec<String> = self
+            .folds
+            .iter()
+            .map(|(name, p)| format!("{name}@{}", p.position()))
+            .collect();
+        tracing::info!(service, took_ms = took.as_millis() as u64, folds = %positions.join(" "), "caught up with the log: serving traffic");
+        self.open.store(true, std::sync::atomic::Ordering::Release);
+        self.opened.notify_waiters();
+        Ok(())
+    }
+
+    /// Waits (at most `patience`) for the gate to open.
+    pub async fn wait(&self, patience: std::time::Duration) -> bool {
+        let opened = self.opened.notified();
+        tokio::pin!(opened);
+        opened.as_mut().enable();
+        if self.is_open() {
+            return true;
+        }
+        tokio::time::timeout(patience, opened).await.is_ok() || self.is_open()
+    }
+
+    /// Where the folds are, for a 503 while catching up.
+    fn describe(&self) -> String {
+        self.folds
+            .iter()
+            .filter(|(_, p)| !p.caught_up())
+            .map(|(name, p)| format!("{name} at sequence {}", p.position()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Middleware: holds a request until the service's [`StartGate`] opens
+/// (at most [`START_PATIENCE`], then 503 saying which fold is behind).
+async fn hold_until_caught_up(State(gate): State<StartGate>, req: Request, next: Next) -> Response {
+    if gate.is_open() || gate.wait(START_PATIENCE).await {
+        return next.run(req).await;
+    }
+    let mut res = ApiError::new(
+        ErrorCode::Unavailable,
+        format!(
+            "catching up with the event log after a start ({}); retry shortly",
+            gate.describe()
+        ),
+    )
+    .into_response();
+    res.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("1"),
+    );
+    res
 }
 
 /// `/healthz` (alive) and `/readyz` (every check passes; 503 listing failures).
@@ -384,7 +530,8 @@ pub fn health_router(checks: Vec<ReadyCheck>) -> Router {
             get(move || {
                 let checks = checks.clone();
                 async move {
-                    let problems: Vec<String> = checks.iter().filter_map(|c| c().err()).collect();
+                    let problems: Vec<String> =
+                        checks.iter().filter_map(|c| c.check().err()).collect();
                     if problems.is_empty() {
                         (
                             StatusCode::OK,
@@ -608,7 +755,9 @@ pub fn with_api_key(
 
 /// A service's whole HTTP surface: its API routes, `/healthz` and `/readyz`
 /// with `checks`, the OpenAPI document titled `title` with its UI, and a JSON
-/// 404 for anything else.
+/// 404 for anything else. The API routes wait for the folds among `checks`
+/// to catch up at start ([`StartGate`]); health, metrics and the document
+/// answer at once.
 pub fn service_router(
     api: utoipa_axum::router::OpenApiRouter,
     checks: Vec<ReadyCheck>,
@@ -617,6 +766,19 @@ pub fn service_router(
 ) -> Router {
     let (api, doc) = api.split_for_parts();
     let service = title.strip_prefix("Meridian ").unwrap_or(title);
+    let gate = StartGate::of(&checks);
+    if !gate.is_open() {
+        let (gate, service, metrics) = (gate.clone(), service.to_owned(), metrics.clone());
+        tokio::spawn(async move {
+            if let Err(why) = gate.open_when_caught_up(&service, &metrics).await {
+                tracing::error!(service, %why, "a fold halted before catching up: traffic stays held");
+            }
+        });
+    }
+    let api = api.layer(axum::middleware::from_fn_with_state(
+        gate,
+        hold_until_caught_up,
+    ));
     tracked(
         api.merge(health_router(checks))
             .merge(docs_router(finish_openapi(doc, title)))
@@ -703,7 +865,21 @@ mod tests {
         );
         let (status, text) = post(&app, None, b"{".to_vec()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert!(text.contains("body: "), "{text}");
+        assert!(text.contains("body: is not valid JSON: "), "{text}");
+        let (_, text) = post(&app, None, b"{\n  \"provider\": \"p\",\n}".to_vec()).await;
+        let error: ErrorBody = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            error.message,
+            "body: is not valid JSON: trailing comma (line 3, column 1)"
+        );
+        let (_, text) = post(&app, None, br#"{"provider": "p"} x"#.to_vec()).await;
+        let error: ErrorBody = serde_json::from_str(&text).unwrap();
+        assert!(
+            error
+                .message
+                .starts_with("body: is not valid JSON: trailing characters (line 1, column"),
+            "{text}"
+        );
         let (status, text) = post(&app, None, vec![b' '; 10 << 20]).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         let error: ErrorBody = serde_json::from_str(&text).unwrap();

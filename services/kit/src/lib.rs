@@ -18,12 +18,14 @@
 //! - [`tyk`]: the Tyk-compatible admin surface (`/tyk/...`): Tyk's error
 //!   shape, the Gateway API secret, bodies read as Tyk reads them.
 //! - [`writer`]: compare-and-set writes decided on an in-memory fold.
+//! - [`listen`]: a server's open-files limit and its listen backlog.
 //! - [`telemetry`], [`shutdown`], [`time`], [`hex`].
 
 pub mod bus;
 pub mod config;
 pub mod hex;
 pub mod http;
+pub mod listen;
 pub mod metrics;
 #[cfg(feature = "nats-server")]
 pub mod nats_server;

@@ -54,6 +54,11 @@ struct Inner {
     reconnects: Family<Labels, Counter>,
     http_requests: Family<Labels, Counter>,
     http_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    start_catch_up: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// When this instance's NATS connection was lost (Unix ms; 0: it is
+    /// connected), and the gauge of seconds since, set at each scrape.
+    nats_lost_at_ms: std::sync::atomic::AtomicI64,
+    nats_away: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -112,6 +117,18 @@ impl Metrics {
             "REST request latency, by service, method and route",
             http_duration.clone(),
         );
+        let start_catch_up = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "meridian_start_catch_up_seconds",
+            "Seconds from the start until the folds caught up with the log and traffic was served",
+            start_catch_up.clone(),
+        );
+        let nats_away = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "meridian_nats_disconnected_seconds",
+            "Seconds since the NATS connection was lost (0 while connected)",
+            nats_away.clone(),
+        );
         Self(Arc::new(Inner {
             registry: Mutex::new(registry),
             refreshers: Mutex::default(),
@@ -121,6 +138,9 @@ impl Metrics {
             reconnects,
             http_requests,
             http_duration,
+            start_catch_up,
+            nats_lost_at_ms: std::sync::atomic::AtomicI64::new(0),
+            nats_away,
         }))
     }
 
@@ -154,6 +174,12 @@ impl Metrics {
         gauge
     }
 
+    /// How long the instance took from start to caught up with the log
+    /// (see `http::StartGate`).
+    pub fn start_catch_up(&self) -> Gauge<f64, std::sync::atomic::AtomicU64> {
+        self.0.start_catch_up.clone()
+    }
+
     /// Events published to `stream`.
     pub fn published(&self, stream: &'static str) -> Counter {
         self.0.published.get_or_create_owned(&[("stream", stream)])
@@ -179,6 +205,37 @@ impl Metrics {
         self.0.reconnects.get_or_create_owned(&Vec::new())
     }
 
+    /// The NATS connection was lost (the first loss of an outage counts).
+    pub fn nats_lost(&self) {
+        let now = crate::time::now_ms().max(1);
+        let _ = self.0.nats_lost_at_ms.compare_exchange(
+            0,
+            now,
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+        );
+    }
+
+    /// The NATS connection is back.
+    pub fn nats_back(&self) {
+        self.0
+            .nats_lost_at_ms
+            .store(0, std::sync::atomic::Ordering::Release);
+    }
+
+    /// How long the NATS connection has been away (`None`: connected).
+    pub fn nats_away_for(&self) -> Option<std::time::Duration> {
+        let lost = self
+            .0
+            .nats_lost_at_ms
+            .load(std::sync::atomic::Ordering::Acquire);
+        (lost > 0).then(|| {
+            std::time::Duration::from_millis(
+                u64::try_from(crate::time::now_ms() - lost).unwrap_or(0),
+            )
+        })
+    }
+
     /// Runs `refresh` before every scrape of this instance.
     pub fn on_scrape(&self, refresh: Refresher) {
         self.0
@@ -199,6 +256,9 @@ impl Metrics {
         for refresh in refreshers {
             refresh().await;
         }
+        self.0
+            .nats_away
+            .set(self.nats_away_for().map_or(0.0, |d| d.as_secs_f64()));
         self.render()
     }
 

@@ -318,6 +318,29 @@ impl Progress {
             .is_ok_and(|r| r.is_ok())
     }
 
+    /// Resolves once the projection has applied everything its stream held
+    /// when the projection started ([`Progress::caught_up`]); `Err` with the
+    /// reason if it halts first. What a service waits for before it answers
+    /// traffic: a view that is behind must not answer.
+    pub async fn reached_start(&self) -> Result<(), String> {
+        let mut position = self.position.clone();
+        let mut halted = self.halted.clone();
+        loop {
+            if let Some(why) = self.halted() {
+                return Err(why);
+            }
+            if self.caught_up() {
+                return Ok(());
+            }
+            // The runner announces the position again once it has read the
+            // stream's end, so a stream with nothing to apply wakes this.
+            tokio::select! {
+                changed = position.changed() => if changed.is_err() { return Err("the projection stopped".into()) },
+                changed = halted.changed() => if changed.is_err() { return Err("the projection stopped".into()) },
+            }
+        }
+    }
+
     /// A receiver that changes whenever the position moves.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.position.clone()

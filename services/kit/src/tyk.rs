@@ -3,8 +3,9 @@
 //! Gateway API secret in `x-tyk-authorization`, and bodies read the way
 //! Tyk reads them (JSON whatever the `Content-Type`).
 
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
@@ -143,6 +144,39 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for TykJson<T> {
         crate::http::parse_json(&bytes)
             .map(TykJson)
             .map_err(Into::into)
+    }
+}
+
+/// Query parameters; malformed ones are a 400 in Tyk's shape naming the
+/// parameter (axum's own rejection is plain text, which the document does
+/// not declare).
+pub struct TykQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for TykQuery<T> {
+    type Rejection = TykError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        serde_urlencoded::from_str(query)
+            .map(TykQuery)
+            .map_err(|e| TykError::bad_request(format!("Request malformed: query: {e}")))
+    }
+}
+
+/// Path parameters; one that cannot be read (not UTF-8 once decoded, or
+/// not of its type) is a 400 in Tyk's shape.
+pub struct TykPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for TykPath<T> {
+    type Rejection = TykError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(t)| TykPath(t))
+            .map_err(|e| {
+                TykError::bad_request(format!("Request malformed: path: {}", e.body_text()))
+            })
     }
 }
 

@@ -3,8 +3,10 @@
 //! end where that fold ends (the entity's subject, or the whole stream).
 //! When another replica wrote meanwhile, the publish is refused; the writer
 //! catches up and decides again on the new state, up to [`ATTEMPTS`] times,
-//! then gives up with [`WriteError::Conflict`]. A retried publish carries
-//! the same event (and so the same `Nats-Msg-Id`), so it is stored once.
+//! then gives up with [`WriteError::Conflict`]. A refusal is answered only
+//! after deciding again on a fold caught up with the log (never from a view
+//! that is behind). A retried publish carries the same event (and so the
+//! same `Nats-Msg-Id`), so it is stored once.
 //!
 //! key-issuer (per entity), the proxy (whole stream) and portal-sync (per
 //! entity) write this way.
@@ -100,8 +102,18 @@ impl<S> Writer<S> {
         decide: impl Fn(&S) -> Result<(E, A, Expect), R>,
     ) -> Result<(A, u64), WriteError<R>> {
         for attempt in 0..ATTEMPTS {
-            let (event, answer, expect) =
-                decide(&read(&self.state)).map_err(WriteError::Refused)?;
+            let decided = decide(&read(&self.state));
+            // A refusal may come from a fold that is behind (a policy
+            // another replica just created is "not found"): it stands only
+            // once decided again on everything the log holds now.
+            let decided = match decided {
+                Err(_) if attempt == 0 => {
+                    self.progress.catch_up(VISIBLE_WITHIN).await;
+                    decide(&read(&self.state))
+                }
+                decided => decided,
+            };
+            let (event, answer, expect) = decided.map_err(WriteError::Refused)?;
             let published = match expect {
                 Expect::Subject(last) => {
                     self.publisher.publish_expecting(&event, meta(), last).await

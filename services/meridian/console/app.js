@@ -22,6 +22,23 @@ function h(tag, attrs, ...children) {
   return el;
 }
 
+// A button for something that cannot be undone: the first press asks
+// ("Really …?"), the second does it; leaving the button (blur) asks again
+// next time. `hold(true)` keeps a refreshing list still while it asks.
+function confirmed(label, question, attrs, action, hold) {
+  let asking = false;
+  const button = h('button', { type: 'button', class: 'danger', ...attrs, on: {
+    click: async () => {
+      if (!asking) { asking = true; if (hold) hold(true); button.textContent = question; return; }
+      asking = false; button.textContent = label;
+      await action();
+      if (hold) hold(false);
+    },
+    blur: () => { if (asking) { asking = false; button.textContent = label; if (hold) hold(false); } },
+  } }, label);
+  return button;
+}
+
 function say(text, ok) {
   const m = document.getElementById('message');
   m.textContent = text;
@@ -128,12 +145,11 @@ function agentsPage(main) {
     shown.replaceChildren(secret(t.token, 'Agent token'), h('h2', {}, 'agent-config.yaml'), h('pre', { id: 'agent-yaml' }, yaml));
   }
   let editing = false;
+  const hold = (on) => { editing = on; };
   function row(a) {
-    let confirming = false;
-    const del = h('button', { type: 'button', class: 'danger', 'data-action': 'delete', on: { click: async () => {
-      if (!confirming) { confirming = true; editing = true; del.textContent = `Really delete ${a.name}?`; return; }
-      if (await act(() => api('DELETE', `/api/agents/${a.id}`), `Agent ${a.name} deleted`) !== undefined) { editing = false; refresh(); }
-    } } }, 'Delete');
+    const del = confirmed('Delete', `Really delete ${a.name}?`, { 'data-action': 'delete' }, async () => {
+      if (await act(() => api('DELETE', `/api/agents/${encodeURIComponent(a.id)}`), `Agent ${a.name} deleted`) !== undefined) { editing = false; refresh(); }
+    }, hold);
     const rename = h('button', { type: 'button', class: 'secondary', 'data-action': 'rename', on: { click: () => {
       const input = h('input', { 'aria-label': `New name for ${a.name}`, value: a.name });
       const save = h('form', { class: 'inline', on: { submit: async (e) => {
@@ -149,10 +165,10 @@ function agentsPage(main) {
       h('td', {}, when(a.last_heartbeat)),
       h('td', {}, providers),
       h('td', {}, h('div', { class: 'actions' },
-        h('button', { type: 'button', 'data-action': 'token', on: { click: () => token(a) } }, 'Token'),
+        confirmed('Token', `New token? ${a.name}'s current one stops working`, { 'data-action': 'token' }, () => token(a), hold),
         h('button', { type: 'button', class: 'secondary', on: { click: () => act(() => api('POST', `/api/agents/${a.id}/sync`, {}), `Sync of every provider of ${a.name} started`) } }, 'Sync'),
         rename,
-        h('button', { type: 'button', class: 'secondary', on: { click: () => act(() => api('DELETE', `/api/auth/token/${a.id}`), `Token of ${a.name} revoked`) } }, 'Revoke token'),
+        confirmed('Revoke token', `Really revoke ${a.name}'s token?`, { 'data-action': 'revoke' }, () => act(() => api('DELETE', `/api/auth/token/${encodeURIComponent(a.id)}`), `Token of ${a.name} revoked`), hold),
         del)));
   }
   async function refresh() {
@@ -401,7 +417,7 @@ async function keysPage(main) {
             s.is_inactive = !s.is_inactive;
             if (await act(() => api('PUT', `/tyk/keys/${hash}?hashed=true&suppress_reset=1`, s), s.is_inactive ? 'Key inactivated' : 'Key activated')) refresh();
           } } }, s.is_inactive ? 'Activate' : 'Inactivate'),
-          h('button', { type: 'button', class: 'danger', on: { click: async () => { if (await act(() => api('DELETE', `/tyk/keys/${hash}?hashed=true`), 'Key deleted')) refresh(); } } }, 'Delete')))));
+          confirmed('Delete', 'Really delete this key?', { 'data-action': 'delete-key' }, async () => { if (await act(() => api('DELETE', `/tyk/keys/${encodeURIComponent(hash)}?hashed=true`), 'Key deleted')) refresh(); })))));
     }
     keysBox.replaceChildren(rows.length ? table(['Key (hash)', 'Policies', 'State', ''], rows, 'Keys') : h('p', { class: 'muted' }, 'No keys.'));
   }

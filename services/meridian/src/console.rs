@@ -5,7 +5,8 @@
 //! Sign-in takes the admin key once and answers a session cookie
 //! (`HttpOnly`, `SameSite=Strict`, twelve hours): an expiry and a nonce,
 //! signed with HMAC-SHA256 under a key derived from the admin key, so every
-//! hub replica accepts it and nothing is stored. The browser never holds the
+//! hub replica accepts it. Signing out ends the session on every replica: a
+//! revocation on the `CONSOLE` stream ([`sessions`]). The browser never holds the
 //! admin key or the Gateway API secret: it calls `/console/api/<path>`, and
 //! the console forwards to `/<path>` on the hub with the credentials added.
 //! Writes also need `x-csrf-token` (an HMAC of the session, from
@@ -25,6 +26,9 @@ use axum::routing::{any, get, post};
 use meridian_kit::http::{ApiError, ApiKey, ErrorCode};
 use serde::Deserialize;
 use tower::ServiceExt;
+
+pub mod sessions;
+pub use sessions::Sessions;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "meridian_session";
@@ -52,13 +56,21 @@ pub struct Console {
     pub gateway_secret: Option<String>,
     /// What agents connect to (shown in the `agent-config.yaml` snippet).
     pub agent_url: String,
+    /// The signed-out sessions of every replica.
+    pub sessions: Sessions,
 }
 
 #[derive(Clone)]
 struct Shared {
     console: Console,
     check: ApiKey,
-    signing: hmac::Key,
+    signer: Signer,
+}
+
+/// Signs and checks session cookies and CSRF tokens.
+#[derive(Clone)]
+struct Signer {
+    key: hmac::Key,
 }
 
 /// The console's routes: `/`, its assets, sign-in and sign-out, the session
@@ -68,7 +80,9 @@ pub fn router(console: Console) -> Router {
     material.extend_from_slice(console.api_key.as_bytes());
     let shared = Shared {
         check: ApiKey::new(&console.api_key),
-        signing: hmac::Key::new(hmac::HMAC_SHA256, &material),
+        signer: Signer {
+            key: hmac::Key::new(hmac::HMAC_SHA256, &material),
+        },
         console,
     };
     Router::new()
@@ -113,9 +127,9 @@ fn page(body: &'static str, content_type: &'static str) -> Response {
     secured(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
-impl Shared {
+impl Signer {
     fn sign(&self, what: &str) -> String {
-        meridian_kit::hex::encode(hmac::sign(&self.signing, what.as_bytes()).as_ref())
+        meridian_kit::hex::encode(hmac::sign(&self.key, what.as_bytes()).as_ref())
     }
 
     /// A new session value: expiry, nonce, signature.
@@ -128,23 +142,57 @@ impl Shared {
         format!("{body}.{mac}")
     }
 
-    /// Whether `value` is a session this console signed and still valid.
-    fn valid(&self, value: &str, now_ms: i64) -> bool {
-        let Some((body, mac)) = value.rsplit_once('.') else {
-            return false;
-        };
-        let Some(expires) = body.split('.').next().and_then(|e| e.parse::<i64>().ok()) else {
-            return false;
-        };
-        let Some(mac) = meridian_kit::hex::decode(mac) else {
-            return false;
-        };
-        expires > now_ms
-            && hmac::verify(&self.signing, format!("session|{body}").as_bytes(), &mac).is_ok()
+    /// When the session `value` expires (ms since the epoch), if it is one
+    /// this console signed.
+    fn signed_until(&self, value: &str) -> Option<i64> {
+        let (body, mac) = value.rsplit_once('.')?;
+        let expires = body.split('.').next()?.parse::<i64>().ok()?;
+        let mac = meridian_kit::hex::decode(mac)?;
+        hmac::verify(&self.key, format!("session|{body}").as_bytes(), &mac)
+            .is_ok()
+            .then_some(expires)
     }
 
     fn csrf(&self, session: &str) -> String {
         self.sign(&format!("csrf|{session}"))
+    }
+}
+
+impl Shared {
+    /// Whether `value` is a session this console signed, not expired and
+    /// not signed out.
+    fn valid(&self, value: &str, now_ms: i64) -> bool {
+        self.signer
+            .signed_until(value)
+            .is_some_and(|expires| expires > now_ms)
+            && !self.console.sessions.is_revoked(value)
+    }
+
+    /// The session of a request, checked; the refusal otherwise (503 while
+    /// this replica has not yet caught up with the signed-out sessions).
+    async fn session_of(&self, headers: &HeaderMap) -> Result<String, Response> {
+        let Some(value) = cookie(headers) else {
+            return Err(refused("not signed in"));
+        };
+        if !self
+            .console
+            .sessions
+            .ready(meridian_kit::http::START_PATIENCE)
+            .await
+        {
+            return Err(secured(
+                ApiError::unavailable(
+                    "the console is catching up with signed-out sessions; retry shortly",
+                )
+                .into_response(),
+            ));
+        }
+        if !self.valid(&value, meridian_kit::time::now_ms()) {
+            return Err(refused(
+                "the session has ended (expired or signed out); sign in again",
+            ));
+        }
+        Ok(value)
     }
 }
 
@@ -178,7 +226,7 @@ async fn login(State(s): State<Shared>, headers: HeaderMap, body: axum::body::By
         tracing::warn!("console sign-in with a wrong admin key");
         return refused("that is not the admin key");
     }
-    let value = s.new_session(meridian_kit::time::now_ms());
+    let value = s.signer.new_session(meridian_kit::time::now_ms());
     // Behind a TLS-terminating Ingress the cookie is sent over HTTPS only.
     let https = headers
         .get("x-forwarded-proto")
@@ -189,8 +237,10 @@ async fn login(State(s): State<Shared>, headers: HeaderMap, body: axum::body::By
         if https { "; Secure" } else { "" }
     );
     let mut response = secured(
-        axum::Json(serde_json::json!({"csrf": s.csrf(&value), "agent_url": s.console.agent_url}))
-            .into_response(),
+        axum::Json(
+            serde_json::json!({"csrf": s.signer.csrf(&value), "agent_url": s.console.agent_url}),
+        )
+        .into_response(),
     );
     if let Ok(v) = HeaderValue::from_str(&set) {
         response.headers_mut().insert(header::SET_COOKIE, v);
@@ -198,8 +248,29 @@ async fn login(State(s): State<Shared>, headers: HeaderMap, body: axum::body::By
     response
 }
 
-async fn logout() -> Response {
-    let mut response = secured(StatusCode::NO_CONTENT.into_response());
+/// Signs out: the session is revoked on every replica (through the log),
+/// and the cookie cleared. When the log cannot be reached the cookie is
+/// still cleared, and the answer (503) says the session was not ended.
+async fn logout(State(s): State<Shared>, headers: HeaderMap) -> Response {
+    let revoked = match cookie(&headers) {
+        Some(value) => match s.signer.signed_until(&value) {
+            Some(expires) => s.console.sessions.revoke(&value, expires).await,
+            None => Ok(()),
+        },
+        None => Ok(()),
+    };
+    let mut response = match revoked {
+        Ok(()) => secured(StatusCode::NO_CONTENT.into_response()),
+        Err(e) => {
+            tracing::warn!(error = %e, "a console session could not be revoked");
+            secured(
+                ApiError::unavailable(format!(
+                    "signed out in this browser, but the session could not be ended on the server (the event log is not available: {e}); sign out again"
+                ))
+                .into_response(),
+            )
+        }
+    };
     response.headers_mut().insert(
         header::SET_COOKIE,
         HeaderValue::from_str(&format!(
@@ -212,33 +283,31 @@ async fn logout() -> Response {
 
 /// The session's CSRF token and settings, when signed in.
 async fn session(State(s): State<Shared>, headers: HeaderMap) -> Response {
-    match cookie(&headers) {
-        Some(value) if s.valid(&value, meridian_kit::time::now_ms()) => secured(
+    match s.session_of(&headers).await {
+        Ok(value) => secured(
             axum::Json(
-                serde_json::json!({"csrf": s.csrf(&value), "agent_url": s.console.agent_url}),
+                serde_json::json!({"csrf": s.signer.csrf(&value), "agent_url": s.console.agent_url}),
             )
             .into_response(),
         ),
-        _ => refused("not signed in"),
+        Err(refusal) => refusal,
     }
 }
 
 /// `/console/api/<path>` to `/<path>` on the hub, with the credentials the
 /// path needs.
 async fn forward(State(s): State<Shared>, request: Request) -> Response {
-    let Some(value) = cookie(request.headers()) else {
-        return refused("not signed in");
+    let value = match s.session_of(request.headers()).await {
+        Ok(value) => value,
+        Err(refusal) => return refusal,
     };
-    if !s.valid(&value, meridian_kit::time::now_ms()) {
-        return refused("the session has expired; sign in again");
-    }
     let method = request.method().clone();
     if method != Method::GET && method != Method::HEAD {
         let token = request
             .headers()
             .get(CSRF_HEADER)
             .and_then(|v| v.to_str().ok());
-        if token != Some(s.csrf(&value).as_str()) {
+        if token != Some(s.signer.csrf(&value).as_str()) {
             return secured(
                 ApiError::new(ErrorCode::Unauthenticated, "missing or wrong CSRF token")
                     .into_response(),
@@ -286,30 +355,19 @@ async fn forward(State(s): State<Shared>, request: Request) -> Response {
 mod tests {
     use super::*;
 
-    fn shared() -> Shared {
-        let console = Console {
-            inner: Router::new(),
-            api_key: "admin-key".into(),
-            gateway_secret: None,
-            agent_url: String::new(),
-        };
-        Shared {
-            check: ApiKey::new("admin-key"),
-            signing: hmac::Key::new(hmac::HMAC_SHA256, b"k"),
-            console,
-        }
-    }
-
     #[test]
     fn sessions_are_signed_and_expire() {
-        let s = shared();
+        let s = Signer {
+            key: hmac::Key::new(hmac::HMAC_SHA256, b"k"),
+        };
         let session = s.new_session(1_000);
-        assert!(s.valid(&session, 2_000));
-        assert!(!s.valid(&session, 1_000 + 12 * 3600 * 1000 + 1), "expired");
+        let valid = |v: &str, now: i64| s.signed_until(v).is_some_and(|e| e > now);
+        assert!(valid(&session, 2_000));
+        assert!(!valid(&session, 1_000 + 12 * 3600 * 1000 + 1), "expired");
         let mut forged = session.clone();
         forged.replace_range(0..1, "9");
-        assert!(!s.valid(&forged, 2_000), "a longer expiry is not signed");
-        assert!(!s.valid("garbage", 2_000));
+        assert!(!valid(&forged, 2_000), "a longer expiry is not signed");
+        assert!(!valid("garbage", 2_000));
         assert_ne!(s.csrf(&session), s.csrf(&s.new_session(1_000)));
         let mut headers = HeaderMap::new();
         headers.insert(

@@ -105,17 +105,21 @@ pub async fn start(config: HubConfig, stop: CancellationToken) -> anyhow::Result
     let grpc_listener = tokio::net::TcpListener::bind(&config.grpc_addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {} for agents: {e}", config.grpc_addr))?;
-    let gateway_listener = tokio::net::TcpListener::bind(&config.gateway_addr)
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot listen on {} for API traffic: {e}",
-                config.gateway_addr
-            )
-        })?;
+    meridian_kit::listen::raise_open_files();
+    let gateway_listener =
+        meridian_kit::listen::bind(&config.gateway_addr, meridian_kit::listen::DEFAULT_BACKLOG)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot listen on {} for API traffic: {e}",
+                    config.gateway_addr
+                )
+            })?;
     let gateway_addr = gateway_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
     let grpc_addr = grpc_listener.local_addr()?;
+    let sessions =
+        crate::console::Sessions::start(&config.nats_url, &metrics, stop.clone()).await?;
     let router = router
         .clone()
         .merge(crate::console::router(crate::console::Console {
@@ -123,6 +127,7 @@ pub async fn start(config: HubConfig, stop: CancellationToken) -> anyhow::Result
             api_key: config.api_key.clone(),
             gateway_secret: Some(config.gateway_secret.clone()),
             agent_url: format!("http://{grpc_addr}"),
+            sessions,
         }));
 
     let tasks = vec![

@@ -105,6 +105,14 @@ enum Command {
             default_value = "http://127.0.0.1:8086"
         )]
         portal_sync: String,
+        /// NATS, where the web console records signed-out sessions so that
+        /// every router replica refuses them.
+        #[arg(
+            long,
+            env = "MERIDIAN_ROUTE_NATS_URL",
+            default_value = "nats://127.0.0.1:4222"
+        )]
+        nats_url: String,
     },
     /// Serve a demo Tyk-Dashboard-compatible provider with sample APIs.
     DemoProvider {
@@ -174,6 +182,7 @@ async fn main() -> anyhow::Result<()> {
             proxy,
             portal_sync,
             agent_url,
+            nats_url,
         } => {
             let upstreams = [
                 ("agent-gateway", gateway),
@@ -190,22 +199,28 @@ async fn main() -> anyhow::Result<()> {
             })
             .collect();
             // The web console at `/`: it forwards to the routes with the
-            // admin key and the Gateway API secret (MERIDIAN_GATEWAY_SECRET).
-            let console = (!cli.api_key.is_empty()).then(|| meridian::console::Console {
-                inner: axum::Router::new(),
-                api_key: cli.api_key.clone(),
-                gateway_secret: std::env::var("MERIDIAN_GATEWAY_SECRET")
-                    .ok()
-                    .filter(|s| !s.is_empty()),
-                agent_url,
-            });
-            route::serve(
-                &listen,
-                upstreams,
-                console,
-                meridian_kit::shutdown::on_signal(),
-            )
-            .await
+            // admin key and the Gateway API secret (MERIDIAN_GATEWAY_SECRET);
+            // signed-out sessions are shared through NATS.
+            let stop = meridian_kit::shutdown::on_signal();
+            let console = if cli.api_key.is_empty() {
+                None
+            } else {
+                let metrics = meridian_kit::metrics::Metrics::new();
+                let sessions =
+                    meridian::console::Sessions::start(&nats_url, &metrics, stop.clone())
+                        .await
+                        .map_err(|e| anyhow::anyhow!("the web console needs NATS: {e}"))?;
+                Some(meridian::console::Console {
+                    inner: axum::Router::new(),
+                    api_key: cli.api_key.clone(),
+                    gateway_secret: std::env::var("MERIDIAN_GATEWAY_SECRET")
+                        .ok()
+                        .filter(|s| !s.is_empty()),
+                    agent_url,
+                    sessions,
+                })
+            };
+            route::serve(&listen, upstreams, console, stop).await
         }
         Command::DemoProvider { listen, key } => {
             let provider = meridian::demo_provider::DemoProvider::new(

@@ -13,10 +13,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use meridian_key_issuer::api::ModifyKey;
 use meridian_kit::projection::Progress;
-use meridian_kit::tyk::{StatusMessage, TykError, TykJson};
+use meridian_kit::tyk::{StatusMessage, TykError, TykJson, TykPath, TykQuery};
 use meridian_schemas::apis::ApisEvent;
 use meridian_schemas::streams;
 use serde::{Deserialize, Serialize};
@@ -48,6 +48,29 @@ pub struct ApiState {
     pub keys: Progress,
     /// How long `?block=true` waits for every live replica.
     pub reload_timeout: Duration,
+    /// How long NATS has been away, and after how long the key view counts
+    /// as unconfirmed.
+    pub staleness: KeyViewStaleness,
+}
+
+/// Whether this replica can still confirm its key view: not once NATS has
+/// been away longer than `after` (it keeps serving the keys it knows, and
+/// says so in `/hello` and `meridian_gateway_key_view_unconfirmed`).
+#[derive(Clone)]
+pub struct KeyViewStaleness {
+    /// Where the NATS connection's state is recorded.
+    pub metrics: meridian_kit::metrics::Metrics,
+    /// How long an outage may last before the view counts as unconfirmed.
+    pub after: Duration,
+}
+
+impl KeyViewStaleness {
+    /// How long NATS has been away, when that is longer than allowed.
+    pub fn unconfirmed_for(&self) -> Option<Duration> {
+        self.metrics
+            .nats_away_for()
+            .filter(|away| *away > self.after)
+    }
 }
 
 /// The routes behind the Gateway API secret.
@@ -171,7 +194,7 @@ async fn create_api(
     responses((status = 200, body = Object, description = "An APIDefinition")))]
 async fn get_api(
     State(s): State<ApiState>,
-    Path(id): Path<String>,
+    TykPath(id): TykPath<String>,
 ) -> Result<axum::Json<ApiDefinition>, TykError> {
     let find = || {
         read(s.writer.state())
@@ -194,7 +217,7 @@ async fn get_api(
     responses((status = 200, body = ModifyKey)))]
 async fn update_api(
     State(s): State<ApiState>,
-    Path(id): Path<String>,
+    TykPath(id): TykPath<String>,
     TykJson(mut def): TykJson<ApiDefinition>,
 ) -> Result<axum::Json<ModifyKey>, TykError> {
     if !def.api_id.is_empty() && def.api_id != id {
@@ -217,7 +240,7 @@ async fn update_api(
     responses((status = 200, body = ModifyKey)))]
 async fn delete_api(
     State(s): State<ApiState>,
-    Path(id): Path<String>,
+    TykPath(id): TykPath<String>,
 ) -> Result<axum::Json<ModifyKey>, TykError> {
     s.writer.catch_up().await;
     let change_id = Uuid::new_v4();
@@ -288,7 +311,7 @@ async fn reload_all(s: &ApiState, q: &ReloadQuery) -> Result<axum::Json<StatusMe
         (status = 504, body = StatusMessage, description = "Live replicas had not applied every change in time")))]
 async fn reload(
     State(s): State<ApiState>,
-    Query(q): Query<ReloadQuery>,
+    TykQuery(q): TykQuery<ReloadQuery>,
 ) -> Result<axum::Json<StatusMessage>, TykError> {
     reload_all(&s, &q).await
 }
@@ -301,7 +324,7 @@ async fn reload(
         (status = 504, body = StatusMessage, description = "Live replicas had not applied every change in time")))]
 async fn reload_group(
     State(s): State<ApiState>,
-    Query(q): Query<ReloadQuery>,
+    TykQuery(q): TykQuery<ReloadQuery>,
 ) -> Result<axum::Json<StatusMessage>, TykError> {
     reload_all(&s, &q).await
 }
@@ -390,10 +413,16 @@ async fn hello(State(s): State<ApiState>) -> axum::Json<Hello> {
         "apis".to_owned(),
         view_health(&s.js, streams::APIS, &s.apis, &time).await,
     );
-    details.insert(
-        "keys".to_owned(),
-        view_health(&s.js, streams::KEYS, &s.keys, &time).await,
-    );
+    let mut keys = view_health(&s.js, streams::KEYS, &s.keys, &time).await;
+    if let Some(away) = s.staleness.unconfirmed_for() {
+        keys.status = "warn".into();
+        keys.output = Some(format!(
+            "unconfirmed: NATS has been away for {} s (longer than {} s); the keys known are still served, and deletions since cannot be seen",
+            away.as_secs(),
+            s.staleness.after.as_secs()
+        ));
+    }
+    details.insert("keys".to_owned(), keys);
     details.insert("nats".to_owned(), nats);
     let live = s.replicas.live();
     details.insert(

@@ -66,6 +66,15 @@ pub struct Config {
     /// core by default; 0 serves it on the process's shared runtime).
     #[serde(default = "default_workers")]
     pub workers: usize,
+    /// Connections the kernel queues on the data-plane port before they are
+    /// accepted (4,096; the kernel caps it at `net.core.somaxconn`).
+    #[serde(default = "default_backlog")]
+    pub listen_backlog: u32,
+    /// How long NATS may be away before `/hello` and
+    /// `meridian_gateway_key_view_unconfirmed` say the key view cannot be
+    /// confirmed (the replica keeps serving the keys it knows).
+    #[serde(default = "default_key_view_stale_after")]
+    pub key_view_stale_after: HumanDuration,
 }
 
 fn default_listen() -> String {
@@ -82,6 +91,12 @@ fn default_read_timeout() -> HumanDuration {
 }
 fn default_reload_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(10))
+}
+fn default_backlog() -> u32 {
+    meridian_kit::listen::DEFAULT_BACKLOG
+}
+fn default_key_view_stale_after() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
 }
 fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
@@ -101,6 +116,8 @@ impl Config {
             reload_timeout: default_reload_timeout(),
             // In-process (the hub, tests): the shared runtime.
             workers: 0,
+            listen_backlog: default_backlog(),
+            key_view_stale_after: default_key_view_stale_after(),
         }
     }
 }
@@ -142,6 +159,7 @@ pub struct App {
     plane: Arc<DataPlane>,
     workers: usize,
     reload_timeout: Duration,
+    key_view_stale_after: Duration,
     secret: ApiKey,
     metrics: Metrics,
 }
@@ -207,6 +225,20 @@ impl App {
             message: format!("{ENV_PREFIX}{e}"),
         })?;
         let plane = Arc::new(plane);
+        let unconfirmed = metrics.gauge(
+            "meridian_gateway_key_view_unconfirmed",
+            "1 when NATS has been away longer than KEY_VIEW_STALE_AFTER: the key view cannot be confirmed (known keys are still served)",
+        );
+        let staleness = api::KeyViewStaleness {
+            metrics: metrics.clone(),
+            after: config.key_view_stale_after.0,
+        };
+        metrics.on_scrape(Arc::new(move || {
+            let (unconfirmed, staleness) = (unconfirmed.clone(), staleness.clone());
+            Box::pin(async move {
+                unconfirmed.set(i64::from(staleness.unconfirmed_for().is_some()));
+            })
+        }));
         Ok(Self {
             client,
             js,
@@ -220,6 +252,7 @@ impl App {
             plane,
             workers: config.workers,
             reload_timeout: config.reload_timeout.0,
+            key_view_stale_after: config.key_view_stale_after.0,
             secret,
             metrics: metrics.clone(),
         })
@@ -236,6 +269,10 @@ impl App {
             apis: self.apis_progress.clone(),
             keys: self.keys_progress.clone(),
             reload_timeout: self.reload_timeout,
+            staleness: api::KeyViewStaleness {
+                metrics: self.metrics.clone(),
+                after: self.key_view_stale_after,
+            },
         };
         tyk::with_secret(api::router(state.clone()), self.secret.clone())
             .merge(api::open_router(state))
@@ -274,12 +311,36 @@ impl App {
             self.keys_progress.clone(),
             stop.clone(),
         ));
-        let plane = tokio::spawn(self.plane.serve_until_stopped(
-            gateway,
-            stop.clone(),
-            GRACE,
-            self.workers,
-        ));
+        // The data plane accepts nothing until both views have caught up
+        // with their streams (a client waits in the backlog meanwhile: a
+        // view that is behind would answer 404 for a known API and 403 for
+        // a valid key).
+        let (apis_progress, keys_progress) =
+            (self.apis_progress.clone(), self.keys_progress.clone());
+        let (plane, workers, plane_stop) = (self.plane.clone(), self.workers, stop.clone());
+        let plane = tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let caught_up = tokio::select! {
+                () = plane_stop.cancelled() => return Ok(()),
+                caught_up = async {
+                    apis_progress.reached_start().await?;
+                    keys_progress.reached_start().await
+                } => caught_up,
+            };
+            if let Err(why) = caught_up {
+                tracing::error!(%why, "a view halted before catching up: the data plane does not serve");
+                return Ok(());
+            }
+            tracing::info!(
+                took_ms = started.elapsed().as_millis() as u64,
+                apis = apis_progress.position(),
+                keys = keys_progress.position(),
+                "gateway views caught up with the log: serving API traffic"
+            );
+            plane
+                .serve_until_stopped(gateway, plane_stop, GRACE, workers)
+                .await
+        });
         let (apis, keys) = tokio::join!(
             self.apis_runner.run_until_stopped(stop.clone()),
             self.keys_runner.run_until_stopped(stop.clone()),

@@ -1,9 +1,11 @@
 //! Pure rules: API definitions ([`apidef`]), their checks and the routing
-//! table ([`routes`]), the fold of `APIS` ([`state`]) and what a request may
-//! do ([`access`]). No I/O, no clock: time comes in.
+//! table ([`routes`]), the fold of `APIS` ([`state`]), a request's one
+//! normalised path ([`path`]) and what a request may do ([`access`]). No
+//! I/O, no clock: time comes in.
 
 pub mod access;
 pub mod apidef;
+pub mod path;
 pub mod routes;
 pub mod state;
 

@@ -18,7 +18,8 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init("meridian-proxy");
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let config: Config = config::from_env_or_exit(ENV_PREFIX);
-    let gateway = tokio::net::TcpListener::bind(&config.listen).await?;
+    meridian_kit::listen::raise_open_files();
+    let gateway = meridian_kit::listen::bind(&config.listen, config.listen_backlog).await?;
     let admin = tokio::net::TcpListener::bind(&config.http_addr).await?;
     tracing::info!(gateway = %gateway.local_addr()?, admin = %admin.local_addr()?, "proxy listening");
     let app = match App::build(config, &meridian_kit::metrics::Metrics::new()).await {

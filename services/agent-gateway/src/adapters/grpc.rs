@@ -31,7 +31,7 @@ use meridian_schemas::proto::agent_hub_server::AgentHub;
 use meridian_schemas::proto::{HealthMessage, HealthReply, SyncMessage, SyncRequest};
 use meridian_schemas::{AgentId, FENCING_TOKEN_METADATA};
 use tonic::metadata::MetadataMap;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 use uuid::Uuid;
 
 use super::registry::{ExecError, Registry};
@@ -192,5 +192,25 @@ impl AgentHub for Hub {
         req: Request<Streaming<SyncMessage>>,
     ) -> Result<Response<Self::SyncStream>, Status> {
         sync::open(self, req).await
+    }
+}
+
+/// The status a broken inbound stream ends with: a message that cannot be
+/// decoded is the agent's error (`InvalidArgument`), one over the size
+/// limit `ResourceExhausted`; anything else (the agent went away) needs no
+/// answer.
+pub(super) fn inbound_failure(stream: &str, status: &Status) -> Option<Status> {
+    match status.code() {
+        Code::OutOfRange | Code::ResourceExhausted => Some(Status::resource_exhausted(format!(
+            "{stream} stream: a message is too large: {}",
+            crate::domain::runs::quote(status.message())
+        ))),
+        Code::Internal if status.message().contains("decode") => {
+            Some(Status::invalid_argument(format!(
+                "{stream} stream: a message could not be decoded: {}",
+                crate::domain::runs::quote(status.message())
+            )))
+        }
+        _ => None,
     }
 }

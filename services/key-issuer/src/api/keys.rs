@@ -1,7 +1,7 @@
 //! `/tyk/keys`: API keys (sessions).
 
-use axum::extract::{Path, State};
-use meridian_kit::tyk::{StatusMessage, TykError, TykJson};
+use axum::extract::State;
+use meridian_kit::tyk::{StatusMessage, TykError, TykJson, TykPath, TykQuery};
 use meridian_schemas::keys::KeysEvent;
 use meridian_schemas::streams::KeysEntity;
 use serde::Deserialize;
@@ -13,7 +13,6 @@ use super::{
 };
 use crate::adapters::fold::read;
 use crate::domain::{self, KeysState, Quota, Session, check_id, hash_secret, is_hash};
-use meridian_kit::http::Query;
 
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -168,7 +167,7 @@ async fn generated(s: ApiState, session: Session) -> Result<axum::Json<ModifyKey
         description = "Keys are hashed and ENABLE_HASHED_KEYS_LISTING is off")))]
 async fn list_keys(
     State(s): State<ApiState>,
-    Query(q): Query<Filter>,
+    TykQuery(q): TykQuery<Filter>,
 ) -> Result<axum::Json<AllKeys>, TykError> {
     if s.hash_keys && !s.hashed_listing {
         return Err(TykError::not_found(
@@ -248,7 +247,7 @@ fn nullable<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Er
     responses((status = 200, body = ModifyKey)))]
 async fn set_policies(
     State(s): State<ApiState>,
-    Path(key_id): Path<String>,
+    TykPath(key_id): TykPath<String>,
     TykJson(update): TykJson<PolicyUpdate>,
 ) -> Result<axum::Json<ModifyKey>, TykError> {
     check_id("keyID", &key_id).map_err(invalid)?;
@@ -284,8 +283,8 @@ async fn set_policies(
         (status = 409, body = StatusMessage, description = "effective=true, and the key's policies cannot be applied")))]
 async fn get_key(
     State(s): State<ApiState>,
-    Path(key_id): Path<String>,
-    Query(q): Query<KeyQuery>,
+    TykPath(key_id): TykPath<String>,
+    TykQuery(q): TykQuery<KeyQuery>,
 ) -> Result<axum::Json<Session>, TykError> {
     let hash = s.key_hash(&key_id, flag(&q.hashed))?;
     let stored = s.find_key(&hash, "Key not found").await?;
@@ -310,8 +309,8 @@ async fn get_key(
     responses((status = 200, body = ModifyKey)))]
 async fn create_custom_key(
     State(s): State<ApiState>,
-    Path(key_id): Path<String>,
-    Query(q): Query<KeyQuery>,
+    TykPath(key_id): TykPath<String>,
+    TykQuery(q): TykQuery<KeyQuery>,
     TykJson(session): SessionBody,
 ) -> Result<axum::Json<ModifyKey>, TykError> {
     if flag(&q.hashed) {
@@ -340,8 +339,8 @@ async fn create_custom_key(
     responses((status = 200, body = ModifyKey)))]
 async fn update_key(
     State(s): State<ApiState>,
-    Path(key_id): Path<String>,
-    Query(q): Query<KeyQuery>,
+    TykPath(key_id): TykPath<String>,
+    TykQuery(q): TykQuery<KeyQuery>,
     TykJson(session): SessionBody,
 ) -> Result<axum::Json<ModifyKey>, TykError> {
     let hash = s.key_hash(&key_id, flag(&q.hashed))?;
@@ -362,8 +361,8 @@ async fn update_key(
     responses((status = 200, body = ModifyKey)))]
 async fn delete_key(
     State(s): State<ApiState>,
-    Path(key_id): Path<String>,
-    Query(q): Query<KeyQuery>,
+    TykPath(key_id): TykPath<String>,
+    TykQuery(q): TykQuery<KeyQuery>,
 ) -> Result<axum::Json<ModifyKey>, TykError> {
     const MISSING: &str = "There is no such key found";
     let hash = s.key_hash(&key_id, flag(&q.hashed))?;

@@ -4,10 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
-use meridian_kit::http::Query;
+use axum::extract::State;
 use meridian_kit::time::now_ms;
-use meridian_kit::tyk::{StatusMessage, TykError, TykForm, TykJson};
+use meridian_kit::tyk::{StatusMessage, TykError, TykForm, TykJson, TykPath, TykQuery};
 use meridian_schemas::keys::KeysEvent;
 use meridian_schemas::streams::KeysEntity;
 use serde::{Deserialize, Serialize};
@@ -212,7 +211,7 @@ async fn create_client(
     params(("apiID" = String, Path)), responses((status = 200, body = Vec<ClientBody>)))]
 async fn list_clients(
     State(s): State<ApiState>,
-    Path(api_id): Path<String>,
+    TykPath(api_id): TykPath<String>,
 ) -> Result<axum::Json<Vec<ClientBody>>, TykError> {
     check_id("apiID", &api_id).map_err(invalid)?;
     s.writer.catch_up().await;
@@ -232,7 +231,7 @@ async fn list_clients(
     responses((status = 200, body = ClientBody)))]
 async fn get_client(
     State(s): State<ApiState>,
-    Path((api_id, client_id)): Path<(String, String)>,
+    TykPath((api_id, client_id)): TykPath<(String, String)>,
 ) -> Result<axum::Json<ClientBody>, TykError> {
     let client = s.find_client(&api_id, &client_id).await?;
     Ok(axum::Json(view(&client, None)))
@@ -245,7 +244,7 @@ async fn get_client(
     request_body = ClientBody, responses((status = 200, body = ClientBody)))]
 async fn update_client(
     State(s): State<ApiState>,
-    Path((api_id, client_id)): Path<(String, String)>,
+    TykPath((api_id, client_id)): TykPath<(String, String)>,
     TykJson(body): TykJson<ClientBody>,
 ) -> Result<axum::Json<ClientBody>, TykError> {
     if !body.client_id.is_empty() && body.client_id != client_id {
@@ -285,7 +284,7 @@ async fn update_client(
     responses((status = 200, body = ClientBody)))]
 async fn rotate_secret(
     State(s): State<ApiState>,
-    Path((api_id, client_id)): Path<(String, String)>,
+    TykPath((api_id, client_id)): TykPath<(String, String)>,
 ) -> Result<axum::Json<ClientBody>, TykError> {
     s.find_client(&api_id, &client_id).await?;
     let secret = random_hex(24)?;
@@ -307,7 +306,7 @@ async fn rotate_secret(
     responses((status = 200, body = ModifyKey)))]
 async fn delete_client(
     State(s): State<ApiState>,
-    Path((api_id, client_id)): Path<(String, String)>,
+    TykPath((api_id, client_id)): TykPath<(String, String)>,
 ) -> Result<axum::Json<ModifyKey>, TykError> {
     s.find_client(&api_id, &client_id).await?;
     let change_id = Uuid::new_v4();
@@ -385,8 +384,8 @@ enum Tokens {
     responses((status = 200, body = Tokens, description = "A list of tokens, or a page of them")))]
 async fn client_tokens(
     State(s): State<ApiState>,
-    Path((api_id, client_id)): Path<(String, String)>,
-    Query(q): Query<Page>,
+    TykPath((api_id, client_id)): TykPath<(String, String)>,
+    TykQuery(q): TykQuery<Page>,
 ) -> Result<axum::Json<Tokens>, TykError> {
     s.find_client(&api_id, &client_id).await?;
     let state = read(s.writer.state());
@@ -425,7 +424,7 @@ async fn client_tokens(
     responses((status = 200, body = Vec<String>)))]
 async fn client_apis(
     State(s): State<ApiState>,
-    Path(client_id): Path<String>,
+    TykPath(client_id): TykPath<String>,
 ) -> Result<axum::Json<Vec<String>>, TykError> {
     check_id("appID", &client_id).map_err(invalid)?;
     s.writer.catch_up().await;
@@ -553,7 +552,7 @@ struct Scope {
     responses((status = 200, body = StatusMessage)))]
 async fn purge_tokens(
     State(s): State<ApiState>,
-    Query(q): Query<Scope>,
+    TykQuery(q): TykQuery<Scope>,
 ) -> Result<axum::Json<StatusMessage>, TykError> {
     match q.scope.as_deref() {
         Some("lapsed") => {}
@@ -589,8 +588,8 @@ struct ApiIdQuery {
     responses((status = 200, body = ModifyKey)))]
 async fn invalidate_refresh(
     State(s): State<ApiState>,
-    Path(token): Path<String>,
-    Query(q): Query<ApiIdQuery>,
+    TykPath(token): TykPath<String>,
+    TykQuery(q): TykQuery<ApiIdQuery>,
 ) -> Result<axum::Json<ModifyKey>, TykError> {
     let api_id = q.api_id.unwrap_or_default();
     if api_id.is_empty() {

@@ -1,9 +1,8 @@
 //! `/tyk/org/keys`: organisation sessions: a rate limit and quota shared by
 //! every key of an organisation, and `is_inactive`, which blocks them all.
 
-use axum::extract::{Path, State};
-use meridian_kit::http::Query;
-use meridian_kit::tyk::{StatusMessage, TykError, TykJson};
+use axum::extract::State;
+use meridian_kit::tyk::{StatusMessage, TykError, TykJson, TykPath, TykQuery};
 use meridian_schemas::keys::KeysEvent;
 use meridian_schemas::streams::KeysEntity;
 use serde::Deserialize;
@@ -43,7 +42,10 @@ impl ResetQuota {
 #[utoipa::path(get, path = "/tyk/org/keys", tag = "organisations", security(("tyk_secret" = [])),
     params(("filter" = Option<String>, Query, description = "Only ids starting with this")),
     responses((status = 200, body = AllKeys)))]
-async fn list_orgs(State(s): State<ApiState>, Query(q): Query<Filter>) -> axum::Json<AllKeys> {
+async fn list_orgs(
+    State(s): State<ApiState>,
+    TykQuery(q): TykQuery<Filter>,
+) -> axum::Json<AllKeys> {
     s.writer.catch_up().await;
     let keys = read(s.writer.state())
         .org_ids()
@@ -64,7 +66,7 @@ async fn find(s: &ApiState, id: &str) -> Option<Session> {
     responses((status = 200, body = Object, description = "A SessionState")))]
 async fn get_org(
     State(s): State<ApiState>,
-    Path(id): Path<String>,
+    TykPath(id): TykPath<String>,
 ) -> Result<axum::Json<Session>, TykError> {
     check_id("keyID", &id).map_err(invalid)?;
     find(&s, &id)
@@ -128,8 +130,8 @@ async fn save(
     responses((status = 200, body = ModifyKey)))]
 async fn create_org(
     State(s): State<ApiState>,
-    Path(id): Path<String>,
-    Query(q): Query<ResetQuota>,
+    TykPath(id): TykPath<String>,
+    TykQuery(q): TykQuery<ResetQuota>,
     TykJson(session): TykJson<Session>,
 ) -> Result<axum::Json<ModifyKey>, TykError> {
     save(&s, &id, session, q.quota(), false).await?;
@@ -143,8 +145,8 @@ async fn create_org(
     responses((status = 200, body = ModifyKey)))]
 async fn update_org(
     State(s): State<ApiState>,
-    Path(id): Path<String>,
-    Query(q): Query<ResetQuota>,
+    TykPath(id): TykPath<String>,
+    TykQuery(q): TykQuery<ResetQuota>,
     TykJson(session): TykJson<Session>,
 ) -> Result<axum::Json<ModifyKey>, TykError> {
     save(&s, &id, session, q.quota(), true).await?;
@@ -158,7 +160,7 @@ async fn update_org(
     responses((status = 200, body = ModifyKey), (status = 404, body = StatusMessage)))]
 async fn delete_org(
     State(s): State<ApiState>,
-    Path(id): Path<String>,
+    TykPath(id): TykPath<String>,
 ) -> Result<axum::Json<ModifyKey>, TykError> {
     check_id("keyID", &id).map_err(invalid)?;
     if find(&s, &id).await.is_none() {

@@ -1,7 +1,7 @@
 //! `/tyk/policies`: policies, which keys apply.
 
-use axum::extract::{Path, State};
-use meridian_kit::tyk::{StatusMessage, TykError, TykJson};
+use axum::extract::State;
+use meridian_kit::tyk::{StatusMessage, TykError, TykJson, TykPath};
 use meridian_schemas::keys::KeysEvent;
 use meridian_schemas::streams::KeysEntity;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -86,7 +86,7 @@ async fn create_policy(
     responses((status = 200, body = Object, description = "A Policy")))]
 async fn get_policy(
     State(s): State<ApiState>,
-    Path(id): Path<String>,
+    TykPath(id): TykPath<String>,
 ) -> Result<axum::Json<Policy>, TykError> {
     check_id("polID", &id).map_err(invalid)?;
     s.find(|state| state.policy(&id).map(|p| p.value.as_ref().clone()))
@@ -103,7 +103,7 @@ async fn get_policy(
     responses((status = 200, body = ModifyKey)))]
 async fn update_policy(
     State(s): State<ApiState>,
-    Path(id): Path<String>,
+    TykPath(id): TykPath<String>,
     TykJson(mut policy): TykJson<Policy>,
 ) -> Result<axum::Json<ModifyKey>, TykError> {
     check_id("polID", &id).map_err(invalid)?;
@@ -125,7 +125,7 @@ async fn update_policy(
     responses((status = 200, body = ModifyKey), (status = 404, body = StatusMessage)))]
 async fn delete_policy(
     State(s): State<ApiState>,
-    Path(id): Path<String>,
+    TykPath(id): TykPath<String>,
 ) -> Result<axum::Json<ModifyKey>, TykError> {
     check_id("polID", &id).map_err(invalid)?;
     if read(s.writer.state()).policy(&id).is_none() {

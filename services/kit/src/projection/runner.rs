@@ -256,6 +256,9 @@ impl<S: Sink> Runner<S> {
         let last = self.source.last_sequence().await.map_err(|e| self.bus(e))?;
         let filter_subject = self.spec.filter_subject.unwrap_or_default().to_owned();
         self.target.store(last, Ordering::Release);
+        // Wakes those waiting to be caught up (`Progress::reached_start`):
+        // with nothing to apply, the position would not move again.
+        self.position.send_replace(checkpoint);
         if until_caught_up && checkpoint >= last {
             return Ok(());
         }

@@ -3,6 +3,12 @@
 //! streamed both ways. A request reads the routing table and the key view
 //! from this replica's folds, holding each lock only while it looks (never
 //! across an await), so the hot path touches no network but the upstream.
+//!
+//! Before anything else a request's path is normalised, once
+//! ([`crate::domain::path`]), and the request rewritten to it: routing,
+//! versions, `allowed_urls` and the upstream path all read that one path.
+//! A header that must appear once (`Host`, `Authorization`, the API's auth
+//! header, ...) appearing twice is refused, not forwarded.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -28,12 +34,13 @@ use meridian_kit::metrics::{Counter, Family, Labels, Metrics};
 use tracing::Instrument as _;
 
 use super::fold::{SharedApis, read};
-use super::upstream::{Affinity, Http1Pool};
+use super::upstream::{Affinity, ClientBody, Http1Pool, caused_by_client_body, client_body};
 use crate::domain::Route;
 use crate::domain::access::{
     KeyInput, Patterns, Refusal, VersionInput, check_key, first_segment, key_from_header,
     resolve_version,
 };
+use crate::domain::path;
 use crate::domain::routes::{VersionLocation, Versioning, join_path};
 
 /// What the data plane answers with: the upstream's streamed body, or one
@@ -51,6 +58,8 @@ pub struct Timeouts {
 
 /// Tyk's answer when the upstream cannot be reached (502).
 pub const UPSTREAM_FAILED: &str = "There was a problem proxying the request";
+/// The answer when the client's request body cannot be read (400).
+pub const CLIENT_BODY_FAILED: &str = "The request body is malformed or incomplete";
 /// Tyk's answer when the upstream is too slow (504).
 pub const UPSTREAM_TIMED_OUT: &str = "Upstream service reached hard timeout.";
 
@@ -83,10 +92,12 @@ pub struct DataPlane {
     keys: SharedKeys,
     patterns: Patterns,
     plain: Arc<Http1Pool>,
-    http: Client<HttpsConnector<HttpConnector>, Incoming>,
-    h2c: Client<HttpConnector, Incoming>,
+    http: Client<HttpsConnector<HttpConnector>, ClientBody>,
+    h2c: Client<HttpConnector, ClientBody>,
     timeouts: Timeouts,
     answered: Family<Labels, Counter>,
+    /// Client connections open now.
+    open_connections: meridian_kit::metrics::Gauge,
     /// The counters of `answered` by API and status class, found without
     /// building labels on every request.
     counters: std::sync::RwLock<HashMap<String, [Option<Counter>; 5]>>,
@@ -182,6 +193,41 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
+/// Request headers that may appear only once (RFC 9110 defines each as a
+/// single value, not a list): two of them are ambiguous (which one did the
+/// gateway check, which one will the upstream read?), so refused.
+const SINGLETONS: [HeaderName; 14] = [
+    header::HOST,
+    header::AUTHORIZATION,
+    header::PROXY_AUTHORIZATION,
+    header::CONTENT_LENGTH,
+    header::CONTENT_TYPE,
+    header::CONTENT_LOCATION,
+    header::DATE,
+    header::FROM,
+    header::IF_MODIFIED_SINCE,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+    header::MAX_FORWARDS,
+    header::RANGE,
+    header::REFERER,
+];
+
+/// The first of [`SINGLETONS`] (and `also`) that `headers` carries more
+/// than once. Free when no name repeats at all, the common case.
+pub fn repeated_singleton<'a>(
+    headers: &HeaderMap,
+    also: Option<&'a HeaderName>,
+) -> Option<&'a HeaderName> {
+    if headers.len() == headers.keys_len() {
+        return None;
+    }
+    SINGLETONS
+        .iter()
+        .chain(also)
+        .find(|name| headers.get_all(*name).iter().nth(1).is_some())
+}
+
 /// Hop-by-hop headers (RFC 9110 7.6.1, and what proxies commonly drop).
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -220,6 +266,47 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(&PROXY_CONNECTION);
 }
 
+/// Rewrites the request to its normalised path (see [`crate::domain::path`]),
+/// or answers the 400 that refuses it. Allocates only when the path changes.
+fn normalize_path(req: &mut Request<Incoming>) -> Result<(), Response<Body>> {
+    let normalized = match path::normalize(req.uri().path()) {
+        Ok(std::borrow::Cow::Borrowed(_)) => return Ok(()),
+        Ok(std::borrow::Cow::Owned(p)) => p,
+        Err(refusal) => {
+            return Err(error_response(
+                StatusCode::BAD_REQUEST,
+                &refusal.to_string(),
+            ));
+        }
+    };
+    let target = match req.uri().query() {
+        Some(q) => format!("{normalized}?{q}"),
+        None => normalized,
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(PathAndQuery::try_from(target).map_err(|_| {
+        error_response(
+            StatusCode::BAD_REQUEST,
+            "The request path cannot be forwarded",
+        )
+    })?);
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| {
+        error_response(
+            StatusCode::BAD_REQUEST,
+            "The request path cannot be forwarded",
+        )
+    })?;
+    Ok(())
+}
+
+/// The 400 for a header that must appear once and came twice.
+fn repeated(name: &HeaderName) -> Response<Body> {
+    error_response(
+        StatusCode::BAD_REQUEST,
+        &format!("The {name} header must appear only once"),
+    )
+}
+
 fn now_s() -> i64 {
     meridian_kit::time::now_ms() / 1000
 }
@@ -254,6 +341,10 @@ impl DataPlane {
             h2c: h2c.build(connector(timeouts)),
             timeouts,
             counters: std::sync::RwLock::default(),
+            open_connections: metrics.gauge(
+                "meridian_gateway_open_connections",
+                "Client connections the gateway's data plane holds open now.",
+            ),
             answered: metrics.counters(
                 "meridian_gateway_requests",
                 "Requests answered by the gateway's data plane, by API (or none) and status class.",
@@ -293,11 +384,26 @@ impl DataPlane {
 
     /// Answers one request of the client connection `client`.
     pub async fn handle(&self, req: Request<Incoming>, client: &ClientConn) -> Response<Body> {
+        let mut req = req;
+        if let Err(refused) = normalize_path(&mut req) {
+            self.count("", StatusCode::BAD_REQUEST);
+            return refused;
+        }
+        if let Some(name) = repeated_singleton(req.headers(), None) {
+            self.count("", StatusCode::BAD_REQUEST);
+            return repeated(name);
+        }
         let route = read(&self.apis).table().lookup(req.uri().path()).cloned();
         let Some(route) = route else {
             self.count("", StatusCode::NOT_FOUND);
             return error_response(StatusCode::NOT_FOUND, "No API listens on this path");
         };
+        if !route.keyless
+            && let Some(name) = repeated_singleton(req.headers(), Some(&route.auth_header))
+        {
+            self.count(&route.api_id, StatusCode::BAD_REQUEST);
+            return repeated(name);
+        }
         // One span per request (when spans are on), continuing the
         // client's trace; the upstream is sent this span's `traceparent`.
         let span = tracing::info_span!(
@@ -305,7 +411,6 @@ impl DataPlane {
             api = %route.api_id,
             http.method = %req.method(),
         );
-        let mut req = req;
         if !span.is_disabled() {
             meridian_kit::telemetry::follow_http(&span, req.headers());
             if let Some(tp) = meridian_kit::telemetry::traceparent_of(&span)
@@ -421,6 +526,7 @@ impl DataPlane {
         client: &ClientConn,
     ) -> Response<Body> {
         let (mut parts, body) = req.into_parts();
+        let body = client_body(body);
         let plain = !route.upstream.h2c && route.upstream.scheme == hyper::http::uri::Scheme::HTTP;
         let uri = if plain {
             Self::upstream_path(route, &parts.uri, strip_segment).map(Uri::from)
@@ -458,27 +564,38 @@ impl DataPlane {
         }
         let mut req = Request::from_parts(parts, body);
         let read = self.timeouts.read;
+        type Failure = Box<dyn std::error::Error + Send + Sync>;
         let sent = if plain {
             *req.version_mut() = Version::HTTP_11;
             tokio::time::timeout(read, client.affinity.send(&route.upstream.authority, req))
                 .await
-                .map(|r| r.map_err(|e| e.to_string()))
+                .map(|r| r.map_err(Failure::from))
         } else if route.upstream.h2c {
             *req.version_mut() = Version::HTTP_2;
             tokio::time::timeout(read, self.h2c.request(req))
                 .await
-                .map(|r| r.map_err(|e| e.to_string()))
+                .map(|r| r.map_err(Failure::from))
         } else {
             *req.version_mut() = Version::HTTP_11;
             tokio::time::timeout(read, self.http.request(req))
                 .await
-                .map(|r| r.map_err(|e| e.to_string()))
+                .map(|r| r.map_err(Failure::from))
         };
         match sent {
             Ok(Ok(res)) => {
                 let (mut parts, body) = res.into_parts();
+                // Both framings from the upstream: the chunked one is the
+                // body (RFC 9112 6.3), so its length is not passed on.
+                if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                }
                 remove_hop_by_hop(&mut parts.headers);
                 Response::from_parts(parts, Either::Left(body))
+            }
+            Ok(Err(e)) if caused_by_client_body(&*e) => {
+                // The client's fault, not the upstream's.
+                tracing::info!(api = %route.api_id, peer = %client.peer, error = %e, "the client's request body is malformed or was cut off");
+                error_response(StatusCode::BAD_REQUEST, CLIENT_BODY_FAILED)
             }
             Ok(Err(e)) => {
                 tracing::warn!(api = %route.api_id, upstream = %route.upstream.authority, error = %e, "upstream request failed");
@@ -552,19 +669,24 @@ impl DataPlane {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let mut http = hyper::server::conn::http1::Builder::new();
         http.keep_alive(true).timer(TokioTimer::new());
+        let mut failing = AcceptFailures::default();
         loop {
             let (stream, peer) = tokio::select! {
                 () = stop.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
                     Err(e) => {
-                        // Out of file descriptors and the like: back off, keep serving.
-                        tracing::warn!(error = %e, "cannot accept a connection");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
+                        // Out of file descriptors and the like: back off
+                        // (longer each time), keep serving what is open.
+                        let pause = failing.failed(&e);
+                        tokio::select! {
+                            () = stop.cancelled() => break,
+                            () = tokio::time::sleep(pause) => continue,
+                        }
                     }
                 },
             };
+            failing.recovered();
             let _ = stream.set_nodelay(true);
             let plane = self.clone();
             let client = Arc::new(ClientConn::new(peer, self.plain.clone()));
@@ -575,10 +697,17 @@ impl DataPlane {
             });
             let conn = http.serve_connection(TokioIo::new(stream), service);
             let conn = graceful.watch(conn);
+            let open = self.open_connections.clone();
+            open.inc();
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "client connection ended with an error");
+                    if e.is_parse() || e.is_incomplete_message() {
+                        tracing::debug!(%peer, error = %e, "the client sent a malformed request");
+                    } else {
+                        tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                    }
                 }
+                open.dec();
             });
         }
         drop(listener);
@@ -594,9 +723,70 @@ impl DataPlane {
     }
 }
 
+/// Accept failures in a row: the pause before the next attempt doubles
+/// from 5 ms to 1 s, and one warning is logged when they start and one
+/// when they end (with the count), not one per failure.
+#[derive(Default)]
+struct AcceptFailures {
+    count: u64,
+    pause: Duration,
+}
+
+impl AcceptFailures {
+    const FIRST: Duration = Duration::from_millis(5);
+    const MOST: Duration = Duration::from_secs(1);
+
+    fn failed(&mut self, error: &std::io::Error) -> Duration {
+        if self.count == 0 {
+            tracing::warn!(%error, "cannot accept connections (out of file descriptors? see the README's operations part); backing off");
+            self.pause = Self::FIRST;
+        } else {
+            self.pause = (self.pause * 2).min(Self::MOST);
+        }
+        self.count += 1;
+        self.pause
+    }
+
+    fn recovered(&mut self) {
+        if self.count > 0 {
+            tracing::warn!(failures = self.count, "accepting connections again");
+            *self = Self::default();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeated_singletons_are_found_and_lists_are_not() {
+        let mut h = HeaderMap::new();
+        h.append(header::ACCEPT, HeaderValue::from_static("a"));
+        h.append(header::ACCEPT, HeaderValue::from_static("b"));
+        h.append(header::HOST, HeaderValue::from_static("x"));
+        assert_eq!(repeated_singleton(&h, None), None, "Accept is a list");
+        h.append(header::HOST, HeaderValue::from_static("y"));
+        assert_eq!(repeated_singleton(&h, None), Some(&header::HOST));
+        let mut h = HeaderMap::new();
+        let custom = HeaderName::from_static("x-api-key");
+        h.append(&custom, HeaderValue::from_static("k1"));
+        h.append(&custom, HeaderValue::from_static("k2"));
+        assert_eq!(repeated_singleton(&h, None), None);
+        assert_eq!(repeated_singleton(&h, Some(&custom)), Some(&custom));
+    }
+
+    #[test]
+    fn accept_failures_back_off_to_a_second_and_start_over() {
+        let mut f = AcceptFailures::default();
+        let e = std::io::Error::other("EMFILE");
+        let pauses: Vec<Duration> = (0..12).map(|_| f.failed(&e)).collect();
+        assert_eq!(pauses[0], AcceptFailures::FIRST);
+        assert!(pauses.windows(2).all(|w| w[1] >= w[0]));
+        assert_eq!(*pauses.last().unwrap(), AcceptFailures::MOST);
+        f.recovered();
+        assert_eq!(f.failed(&e), AcceptFailures::FIRST);
+    }
 
     #[test]
     fn hop_by_hop_headers_and_those_connection_names_go() {

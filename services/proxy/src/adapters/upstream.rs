@@ -14,11 +14,41 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use http_body_util::combinators::MapErr;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::http::uri::Authority;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+
+/// A client's request body on its way upstream, its failures marked as the
+/// client's ([`ClientBodyError`]): a malformed chunk or a cut body is the
+/// client's fault (400), never the upstream's (502).
+pub type ClientBody = MapErr<Incoming, fn(hyper::Error) -> ClientBodyError>;
+
+/// Reading the client's request body failed (bad framing, connection cut).
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body: {0}")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
+
+/// The client's body, marked (see [`ClientBody`]).
+pub fn client_body(body: Incoming) -> ClientBody {
+    use http_body_util::BodyExt as _;
+    body.map_err(ClientBodyError as fn(hyper::Error) -> ClientBodyError)
+}
+
+/// Whether `error`, or anything that caused it, is the client's body
+/// failing.
+pub fn caused_by_client_body(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<ClientBodyError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
 
 /// Most idle connections kept per upstream.
 const MAX_IDLE_PER_UPSTREAM: usize = 512;
@@ -41,7 +71,7 @@ pub enum UpstreamError {
 
 /// Idle upstream connections shared by every client connection.
 pub struct Http1Pool {
-    idle: Mutex<HashMap<Authority, Vec<SendRequest<Incoming>>>>,
+    idle: Mutex<HashMap<Authority, Vec<SendRequest<ClientBody>>>>,
     connect_timeout: Duration,
 }
 
@@ -54,7 +84,7 @@ impl Http1Pool {
         })
     }
 
-    fn take_idle(&self, authority: &Authority) -> Option<SendRequest<Incoming>> {
+    fn take_idle(&self, authority: &Authority) -> Option<SendRequest<ClientBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(authority)?;
         while let Some(sender) = list.pop() {
@@ -65,7 +95,7 @@ impl Http1Pool {
         None
     }
 
-    fn put_idle(&self, authority: Authority, sender: SendRequest<Incoming>) {
+    fn put_idle(&self, authority: Authority, sender: SendRequest<ClientBody>) {
         if sender.is_closed() {
             return;
         }
@@ -77,7 +107,10 @@ impl Http1Pool {
         }
     }
 
-    async fn connect(&self, authority: &Authority) -> Result<SendRequest<Incoming>, UpstreamError> {
+    async fn connect(
+        &self,
+        authority: &Authority,
+    ) -> Result<SendRequest<ClientBody>, UpstreamError> {
         let failed = |reason: String| UpstreamError::Connect {
             authority: authority.clone(),
             reason,
@@ -105,7 +138,7 @@ impl Http1Pool {
 /// pool when it is dropped.
 pub struct Affinity {
     pool: Arc<Http1Pool>,
-    held: Mutex<Vec<(Authority, SendRequest<Incoming>)>>,
+    held: Mutex<Vec<(Authority, SendRequest<ClientBody>)>>,
 }
 
 impl Affinity {
@@ -117,7 +150,7 @@ impl Affinity {
         }
     }
 
-    fn take(&self, authority: &Authority) -> Option<SendRequest<Incoming>> {
+    fn take(&self, authority: &Authority) -> Option<SendRequest<ClientBody>> {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let i = held.iter().position(|(a, _)| a == authority)?;
         Some(held.swap_remove(i).1)
@@ -129,7 +162,7 @@ impl Affinity {
     pub async fn send(
         &self,
         authority: &Authority,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let mut sender = match self
             .take(authority)

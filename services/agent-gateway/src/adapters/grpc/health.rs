@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
-use super::{BoxStream, Hub};
+use super::{BoxStream, Hub, inbound_failure};
 use crate::adapters::registry::ExecError;
 use crate::domain::{Command, Rejection};
 
@@ -31,7 +31,8 @@ pub(super) async fn open(
     let mut inbound = req.into_inner();
     let first = tokio::time::timeout(HELLO_WITHIN, inbound.message())
         .await
-        .map_err(|_| Status::deadline_exceeded("no hello within 30 s"))??;
+        .map_err(|_| Status::deadline_exceeded("no hello within 30 s"))?
+        .map_err(|status| inbound_failure("health", &status).unwrap_or(status))?;
     let Some(HealthMessage {
         kind: Some(health_message::Kind::Hello(hello)),
     }) = first
@@ -86,7 +87,12 @@ async fn follow(
                 "health message without hello or heartbeat",
             )),
             Ok(None) => return "agent closed the stream".to_owned(),
-            Err(status) => return format!("stream error: {}", status.message()),
+            // Garbage or an oversized frame is the agent's error, said so;
+            // anything else (the agent went away) needs no answer.
+            Err(status) => match inbound_failure("health", &status) {
+                Some(answer) => Err(answer),
+                None => return format!("stream error: {}", status.message()),
+            },
         };
         if let Err(status) = result {
             let reason = status.message().to_owned();

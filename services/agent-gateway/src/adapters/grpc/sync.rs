@@ -26,12 +26,12 @@ use meridian_schemas::{AgentId, EventMeta, RunId, streams};
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 use uuid::Uuid;
 
 use super::chunks::{AcceptedApi, Chunk, add_to_chunk, drain_where};
-use super::{BoxStream, Hub};
+use super::{BoxStream, Hub, inbound_failure};
 use crate::domain::runs::{self, End, Message, Runs, Step};
 
 /// The runs of one stream, shared by its receiver and its request responder.
@@ -215,26 +215,6 @@ enum Inbound {
     Event(SyncEvent, bool, Option<String>),
 }
 
-/// The status a broken inbound stream ends with: a message that cannot be
-/// decoded is the agent's error (`InvalidArgument`), one over the size
-/// limit `ResourceExhausted`; anything else (the agent went away) needs no
-/// answer.
-fn inbound_failure(status: &Status) -> Option<Status> {
-    match status.code() {
-        Code::OutOfRange | Code::ResourceExhausted => Some(Status::resource_exhausted(format!(
-            "sync stream: a message is too large: {}",
-            runs::quote(status.message())
-        ))),
-        Code::Internal if status.message().contains("decode") => {
-            Some(Status::invalid_argument(format!(
-                "sync stream: a message could not be decoded: {}",
-                runs::quote(status.message())
-            )))
-        }
-        _ => None,
-    }
-}
-
 /// Appends what the agent sends until the stream ends; returns why it
 /// ended. `opened_with` is the stream's token id and fencing token.
 ///
@@ -275,7 +255,7 @@ async fn receive(
                 Ok(Some(m)) => m,
                 Ok(None) => return Ok("agent closed the stream".to_owned()),
                 Err(status) => {
-                    return match inbound_failure(&status) {
+                    return match inbound_failure("sync", &status) {
                         Some(answer) => Err(answer),
                         None => Ok(format!("stream error: {}", status.message())),
                     };
