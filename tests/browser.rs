@@ -1,5 +1,7 @@
 //! A real browser for the web console's tests: Debian's `chromium`, headless,
-//! driven through `chromedriver` (started on a free port, killed on drop)
+//! driven through `chromedriver` (started on a free port in a process group
+//! of its own, which Chromium joins: the whole group ends on drop, whether
+//! the test passed or panicked)
 //! with fantoccini. `scripts/setup` installs both (as root, with apt); when
 //! they are missing the test fails saying how to install them.
 
@@ -8,18 +10,12 @@ use std::time::Duration;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
-/// A headless Chromium session.
+/// A headless Chromium session; chromedriver and Chromium end when it is
+/// dropped.
 pub struct Browser {
     /// The WebDriver client.
     pub client: Client,
-    driver: std::process::Child,
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
-    }
+    _driver: crate::processes::Group,
 }
 
 fn find_program(names: &[&str]) -> Option<std::path::PathBuf> {
@@ -45,12 +41,13 @@ impl Browser {
         let chromium = find_program(&["chromium", "chromium-browser"])
             .unwrap_or_else(|| panic!("chromium is not installed; {how}"));
         let port = meridian_kit::nats_server::free_port();
-        let driver = std::process::Command::new(driver_bin)
+        let mut command = std::process::Command::new(driver_bin);
+        command
             .arg(format!("--port={port}"))
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("chromedriver starts");
+            .stderr(std::process::Stdio::null());
+        let driver =
+            crate::processes::Group::spawn("chromedriver", command).expect("chromedriver starts");
         let url = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
         let ready = crate::eventually(Duration::from_secs(20), || async {
@@ -64,7 +61,11 @@ impl Browser {
             "goog:chromeOptions".into(),
             json!({
                 "binary": chromium,
+                // No crash reporter: it starts in a session of its own
+                // and would outlive the browser's process group.
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-crash-reporter", "--disable-breakpad", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update",
                     format!("--window-size={width},{height}")],
             }),
         );
@@ -73,7 +74,10 @@ impl Browser {
             .connect(&url)
             .await
             .expect("a chromium session");
-        Self { client, driver }
+        Self {
+            client,
+            _driver: driver,
+        }
     }
 
     /// Waits (up to 30 s, polling the page) until `css` matches an element

@@ -23,6 +23,57 @@ pub struct Group {
     name: String,
 }
 
+/// Ends process group `pgid` when dropped (for processes started elsewhere,
+/// such as `tokio::process::Command` with `process_group(0)`): SIGTERM,
+/// up to [`GRACE`], then SIGKILL; returns once none of the group is alive.
+pub struct GroupGuard {
+    pgid: u32,
+    name: String,
+}
+
+impl GroupGuard {
+    /// Guards the group led by `pgid`.
+    pub fn new(name: &str, pgid: u32) -> Self {
+        Self {
+            pgid,
+            name: name.to_owned(),
+        }
+    }
+
+    /// The group id.
+    pub fn id(&self) -> u32 {
+        self.pgid
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        end_group(self.pgid, &self.name, || {});
+    }
+}
+
+/// Ends group `pgid` (see [`GroupGuard`]); `reap` collects the leader when
+/// the caller holds it (a zombie leader counts as gone).
+fn end_group(pgid: u32, name: &str, mut reap: impl FnMut()) {
+    if !group_alive(pgid) {
+        return;
+    }
+    signal_group(pgid, "TERM");
+    let deadline = Instant::now() + GRACE;
+    loop {
+        reap();
+        if !group_alive(pgid) {
+            return;
+        }
+        if Instant::now() > deadline {
+            eprintln!("{name}: still running {GRACE:?} after SIGTERM; killing its group");
+            signal_group(pgid, "KILL");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Sends `signal` (`TERM`, `KILL`) to every process of group `pgid`.
 fn signal_group(pgid: u32, signal: &str) {
     let _ = Command::new("kill")
@@ -69,24 +120,10 @@ impl Group {
     /// SIGKILL. Returns once no process of the group is alive.
     pub fn stop(&mut self) {
         let pgid = self.child.id();
-        signal_group(pgid, "TERM");
-        let deadline = Instant::now() + GRACE;
-        loop {
-            let _ = self.child.try_wait();
-            if !group_alive(pgid) {
-                break;
-            }
-            if Instant::now() > deadline {
-                eprintln!(
-                    "{}: still running {GRACE:?} after SIGTERM; killing its group",
-                    self.name
-                );
-                signal_group(pgid, "KILL");
-                let _ = self.child.wait();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = &mut self.child;
+        end_group(pgid, &self.name, || {
+            let _ = child.try_wait();
+        });
         let _ = self.child.wait();
     }
 }

@@ -184,7 +184,18 @@ impl Tyk {
         };
         let res = req.send().await.expect("request");
         let status = res.status().as_u16();
+        let content_type = res
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
         let text = res.text().await.unwrap();
+        // Both documents declare JSON for every answer with a body.
+        assert!(
+            text.is_empty() || content_type.starts_with("application/json"),
+            "{method} {path} -> {status} answered {content_type:?}, not JSON: {text}"
+        );
         let value = if text.is_empty() {
             Value::Null
         } else {

@@ -20,10 +20,11 @@
 //!
 //! `cargo build --release --bin meridian-proxy && cargo run --release -p meridian-loadtest --bin proxy-bench [-- SECONDS]`
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use meridian_tests::processes::{Group, Nginx, free_port, nginx_conf, which};
 use meridian_tests::tyk::{GATEWAY_SECRET, start_key_issuer};
 use meridian_tests::{Nats, eventually};
 
@@ -35,61 +36,6 @@ const CONNECTIONS: usize = 64;
 
 /// Keys in the view (one of them is used).
 const KEYS: usize = 10_000;
-
-/// A child process killed when dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn which(name: &str) -> anyhow::Result<PathBuf> {
-    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin"] {
-        let p = Path::new(dir).join(name);
-        if p.exists() {
-            return Ok(p);
-        }
-    }
-    anyhow::bail!("{name} is not installed: apt-get install nginx-light wrk (scripts/setup does)")
-}
-
-/// Starts nginx on `conf` (a whole configuration), pinned to `core`.
-fn nginx(dir: &Path, name: &str, conf: &str, core: usize) -> anyhow::Result<Killed> {
-    let prefix = dir.join(name);
-    std::fs::create_dir_all(prefix.join("logs"))?;
-    let path = prefix.join("nginx.conf");
-    std::fs::write(&path, conf)?;
-    let child = Command::new("taskset")
-        .args(["-c", &core.to_string()])
-        .arg(which("nginx")?)
-        .args(["-p", prefix.to_str().unwrap(), "-c", path.to_str().unwrap()])
-        .args(["-g", "daemon off;"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    Ok(Killed(child))
-}
-
-fn common_conf(body: &str) -> String {
-    format!(
-        "worker_processes 1;\npid nginx.pid;\nerror_log logs/error.log warn;\n\
-         events {{ worker_connections 4096; }}\n\
-         http {{\n  access_log off;\n  keepalive_requests 1000000;\n  keepalive_timeout 120s;\n\
-         client_body_temp_path /tmp; proxy_temp_path /tmp; fastcgi_temp_path /tmp;\n\
-         uwsgi_temp_path /tmp; scgi_temp_path /tmp;\n{body}\n}}\n"
-    )
-}
 
 /// What one wrk run measured.
 #[derive(Clone, Copy, Debug, Default)]
@@ -180,49 +126,48 @@ async fn main() -> anyhow::Result<()> {
         (free_port(), free_port(), free_port(), free_port());
 
     // The upstream: a fixed 1 KB answer, on core 1 (with the generator).
+    // Every process started here is in a group of its own, ended (workers
+    // included) when the benchmark ends, fails or panics.
     let body = "x".repeat(1024);
-    let _upstream = nginx(
-        dir.path(),
-        "upstream",
-        &common_conf(&format!(
+    let _upstream = Nginx::start(
+        &nginx_conf(&format!(
             "  server {{ listen 127.0.0.1:{up_port}; location / {{ default_type text/plain; return 200 '{body}'; }} }}"
         )),
-        1,
+        up_port,
+        Some(1),
     )?;
     // nginx as the reference proxy, on core 0.
-    let _nginx = nginx(
-        dir.path(),
-        "proxy",
-        &common_conf(&format!(
+    let _nginx = Nginx::start(
+        &nginx_conf(&format!(
             "  upstream up {{ server 127.0.0.1:{up_port}; keepalive {CONNECTIONS}; keepalive_requests 1000000; }}\n\
              server {{ listen 127.0.0.1:{nginx_port};\n\
                location /api/ {{ proxy_pass http://up/; proxy_http_version 1.1;\n\
                  proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}"
         )),
-        0,
+        nginx_port,
+        Some(0),
     )?;
 
     // Meridian: NATS and key-issuer in this process (on no pinned core),
     // meridian-proxy as its own process with one worker thread on core 0.
     let nats = Nats::start().await;
     let (key_issuer, _) = start_key_issuer(&nats, |_| {}).await;
-    let _proxy = Killed(
-        Command::new("taskset")
-            .args(["-c", "0"])
-            .arg(&proxy_bin)
-            .env("TOKIO_WORKER_THREADS", "1")
-            .env("MERIDIAN_PROXY__WORKERS", "1")
-            .env("MERIDIAN_LOG", "warn")
-            .env("MERIDIAN_PROXY__NATS_URL", nats.url())
-            .env("MERIDIAN_PROXY__SECRET", GATEWAY_SECRET)
-            .env("MERIDIAN_PROXY__LISTEN", format!("127.0.0.1:{gw_port}"))
-            .env(
-                "MERIDIAN_PROXY__HTTP_ADDR",
-                format!("127.0.0.1:{admin_port}"),
-            )
-            .stdout(Stdio::null())
-            .spawn()?,
-    );
+    let mut command = Command::new("taskset");
+    command
+        .args(["-c", "0"])
+        .arg(&proxy_bin)
+        .env("TOKIO_WORKER_THREADS", "1")
+        .env("MERIDIAN_PROXY__WORKERS", "1")
+        .env("MERIDIAN_LOG", "warn")
+        .env("MERIDIAN_PROXY__NATS_URL", nats.url())
+        .env("MERIDIAN_PROXY__SECRET", GATEWAY_SECRET)
+        .env("MERIDIAN_PROXY__LISTEN", format!("127.0.0.1:{gw_port}"))
+        .env(
+            "MERIDIAN_PROXY__HTTP_ADDR",
+            format!("127.0.0.1:{admin_port}"),
+        )
+        .stdout(Stdio::null());
+    let _proxy = Group::spawn("meridian-proxy", command)?;
     let admin = format!("http://127.0.0.1:{admin_port}");
     wait_http(&format!("{admin}/readyz")).await?;
     wait_http(&format!("http://127.0.0.1:{up_port}/")).await?;
@@ -300,8 +245,8 @@ async fn main() -> anyhow::Result<()> {
     if let Ok(secs) = std::env::var("PROXY_BENCH_PROFILE") {
         let secs: u64 = secs.parse()?;
         let row: usize = std::env::var("PROXY_BENCH_ROW").map_or(Ok(3), |r| r.parse())?;
-        println!("meridian-proxy pid {}", _proxy.0.id());
-        println!("nginx proxy pid {}", _nginx.0.id());
+        println!("meridian-proxy pid {}", _proxy.id());
+        println!("nginx proxy pid {}", _nginx.id());
         let r = wrk(dir.path(), &rows[row].1, rows[row].2, secs, 0)?;
         println!("{}: {:.0} req/s", rows[row].0, r.rps);
         return Ok(());

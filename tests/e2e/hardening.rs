@@ -389,6 +389,7 @@ async fn a_thousand_idle_connections_under_a_soft_limit_of_1024_stop_nothing() {
             "ulimit -Sn 1024 && exec {}",
             workspace_binary("meridian-proxy").display()
         ))
+        .env("MERIDIAN_LOG", "warn")
         .env("MERIDIAN_PROXY__NATS_URL", nats.url())
         .env("MERIDIAN_PROXY__SECRET", GATEWAY_SECRET)
         .env("MERIDIAN_PROXY__LISTEN", format!("127.0.0.1:{gateway}"))
@@ -529,6 +530,7 @@ async fn a_restarted_replica_answers_nothing_from_a_view_that_is_behind() {
     // for the API or a 403 for the key.
     let (gateway, admin) = (free_port(), free_port());
     let mut proxy = tokio::process::Command::new(workspace_binary("meridian-proxy"))
+        .env("MERIDIAN_LOG", "warn")
         .env("MERIDIAN_PROXY__NATS_URL", nats.url())
         .env("MERIDIAN_PROXY__SECRET", GATEWAY_SECRET)
         .env("MERIDIAN_PROXY__LISTEN", format!("127.0.0.1:{gateway}"))
@@ -569,6 +571,7 @@ async fn a_restarted_replica_answers_nothing_from_a_view_that_is_behind() {
     // decided on a fold that has it (never "policy not found").
     let ki_port = free_port();
     let mut second = tokio::process::Command::new(workspace_binary("meridian-key-issuer"))
+        .env("MERIDIAN_LOG", "warn")
         .env("MERIDIAN_KEY_ISSUER__NATS_URL", nats.url())
         .env("MERIDIAN_KEY_ISSUER__SECRET", GATEWAY_SECRET)
         .env(
@@ -714,4 +717,72 @@ async fn after_nats_was_away_ten_seconds_a_deleted_key_is_refused_everywhere_wit
     assert_ne!(hello["details"]["keys"]["status"], "fail", "{hello}");
     a.admin.stop().await;
     b.admin.stop().await;
+}
+
+/// What a fuzzer sends the Gateway API: query strings are read as Tyk (Go)
+/// reads them (the first of a repeated parameter wins, a bad escape or a
+/// non-number page is tolerated), a body that is not JSON is a 400 saying
+/// where; every answer is JSON and fits both documents (the client checks
+/// each against Meridian's served document and Tyk's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_gateway_api_requests_get_documented_answers() {
+    let nats = Nats::start().await;
+    let (ki, _) = start_key_issuer(&nats, |_| {}).await;
+    let proxy = start_proxy(&nats, |_| {}).await;
+    let keys = Tyk::new(&ki.url);
+    let admin = Tyk::new(&proxy.admin.url);
+    for path in [
+        "/tyk/reload?block=true&block=nonsense",
+        "/tyk/reload?block=%FF",
+        "/tyk/reload?block=%zz&x",
+        "/tyk/reload/group?block=true&block=%FF",
+    ] {
+        let (status, body) = admin.get(path).await;
+        assert_eq!(
+            (status, body),
+            (200, json!({"status": "ok", "message": ""})),
+            "{path}"
+        );
+    }
+    let (status, key) = keys
+        .post(
+            "/tyk/keys/fuzzed-key",
+            &json!({"org_id": "acme", "access_rights": {"x": {"api_id": "x"}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{key}");
+    // The first `hashed` wins: not hashed, so the key is found by its name.
+    let (status, body) = keys
+        .get("/tyk/keys/fuzzed-key?hashed=&hashed=true&x=%zz")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = keys
+        .call(
+            reqwest::Method::PUT,
+            "/tyk/keys/fuzzed-key",
+            meridian_tests::tyk::Body::Raw("{\n  \"org_id\": \"acme\",\n}"),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["message"],
+        "Request malformed: body: is not valid JSON: trailing comma (line 3, column 1)"
+    );
+    let (status, _) = keys
+        .post(
+            "/tyk/oauth/clients/create",
+            &json!({"client_id": "fuzz-client", "api_id": "x", "redirect_uri": "https://a.example/cb"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    for page in ["x", "-1", "0", "1&page=7"] {
+        let (status, body) = keys
+            .get(&format!(
+                "/tyk/oauth/clients/x/fuzz-client/tokens?page={page}"
+            ))
+            .await;
+        assert_eq!(status, 200, "page={page}: {body}");
+        assert_eq!(body["Pagination"]["page_num"], 1, "page={page}: {body}");
+    }
+    proxy.admin.stop().await;
 }

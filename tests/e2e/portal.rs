@@ -209,6 +209,53 @@ async fn tagged_policies_become_products_and_plans_that_hide_and_come_back() {
         .await;
     assert_eq!(status, 200, "{body}");
 
+    // Read-modify-write: what GET answered goes back with one field
+    // changed; the fields the admin cannot set pass when unchanged, and a
+    // change of one is refused naming it.
+    let (_, mut shown) = s
+        .portal
+        .get(&format!("/portal-api/products/{product_id}"))
+        .await;
+    shown["docs"] = json!("# Orders, with examples");
+    let (status, body) = s
+        .portal
+        .put(&format!("/portal-api/products/{product_id}"), Some(&shown))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["docs"], "# Orders, with examples");
+    let (_, mut plan_shown) = s.portal.get(&format!("/portal-api/plans/{plan_id}")).await;
+    plan_shown["published"] = json!(true);
+    let (status, body) = s
+        .portal
+        .put(&format!("/portal-api/plans/{plan_id}"), Some(&plan_shown))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for (field, value) in [("policy_id", json!("another")), ("bogus", json!(1))] {
+        let mut changed = shown.clone();
+        changed[field] = value;
+        let (status, body) = s
+            .portal
+            .put(
+                &format!("/portal-api/products/{product_id}"),
+                Some(&changed),
+            )
+            .await;
+        assert_eq!(status, 400, "{field}: {body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{field}: ")),
+            "{body}"
+        );
+    }
+    shown["docs"] = json!("# Orders");
+    let (status, body) = s
+        .portal
+        .put(&format!("/portal-api/products/{product_id}"), Some(&shown))
+        .await;
+    assert_eq!(status, 200, "{body}");
+
     // A policy's limits change: its Plan follows.
     let mut lim2 = s.dash.policy("lim-02").unwrap();
     lim2["rate"] = json!(99);

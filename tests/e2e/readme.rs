@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use meridian_tests::processes::{GroupGuard, group_alive};
 use meridian_tests::*;
 use serde_json::Value;
 use tokio::io::AsyncBufReadExt;
@@ -68,7 +69,13 @@ fn readme_commands() -> Vec<String> {
 /// `meridian up` on free ports with `dir/.meridian` as its data directory;
 /// returns the process and what it printed: hub URL, NATS URL, gateway URL,
 /// admin key, demo agent id.
-async fn meridian_up(dir: &Path) -> (tokio::process::Child, BTreeMap<&'static str, String>) {
+async fn meridian_up(
+    dir: &Path,
+) -> (
+    tokio::process::Child,
+    GroupGuard,
+    BTreeMap<&'static str, String>,
+) {
     let mut child = tokio::process::Command::new(workspace_binary("meridian"))
         .args(["up", "--data-dir", ".meridian"])
         .args([
@@ -85,9 +92,13 @@ async fn meridian_up(dir: &Path) -> (tokio::process::Child, BTreeMap<&'static st
         .env_remove("TYK_GW_SECRET")
         .env("MERIDIAN_LOG", "warn")
         .stdout(std::process::Stdio::piped())
+        // Its own group: the nats-server it starts ends with it, whatever
+        // happens to the test.
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    let group = GroupGuard::new("meridian up", child.id().unwrap());
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let mut printed = BTreeMap::new();
     let read = tokio::time::timeout(Duration::from_secs(60), async {
@@ -114,10 +125,17 @@ async fn meridian_up(dir: &Path) -> (tokio::process::Child, BTreeMap<&'static st
             eprintln!("meridian up: {line}");
         }
     });
-    (child, printed)
+    (child, group, printed)
 }
 
-/// Runs one command in `sh` from `dir`; returns exit status, stdout, stderr.
+/// The process groups the README's commands ran in, to check at the end
+/// that none is left running.
+static GROUPS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// Runs one command in `sh` from `dir`, in a process group of its own that
+/// is ended when the command finishes or runs out of time (a command that
+/// runs until stopped, such as `meridian events tail`, is stopped then);
+/// returns exit status, stdout, stderr (`None`: it was still running).
 async fn sh(
     dir: &Path,
     env: &[(&str, &str)],
@@ -131,13 +149,15 @@ async fn sh(
         .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let out = tokio::time::timeout(within, child.wait_with_output())
-        .await
-        .ok()?
-        .unwrap();
+    let group = GroupGuard::new(command, child.id().unwrap());
+    GROUPS.lock().unwrap().push(group.id());
+    let out = tokio::time::timeout(within, child.wait_with_output()).await;
+    drop(group);
+    let out = out.ok()?.unwrap();
     Some((
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -150,7 +170,7 @@ async fn every_readme_example_works_as_written() {
     let commands = readme_commands();
     assert!(commands.len() > 20, "the README's examples were not found");
     let dir = tempfile::tempdir().unwrap();
-    let (mut hub, printed) = meridian_up(dir.path()).await;
+    let (mut hub, hub_group, printed) = meridian_up(dir.path()).await;
     let (hub_url, nats_url, key) = (&printed["hub"], &printed["nats"], &printed["key"]);
     let demo_agent = printed["demo agent"].clone();
     assert_eq!(
@@ -328,5 +348,20 @@ async fn every_readme_example_works_as_written() {
             portal_digest["digest"].as_str().unwrap()
         )),
         "the README's portal examples left a portal the rebuild reproduces: {out}"
+    );
+
+    // Nothing the examples started is still running (`meridian events
+    // tail` runs until stopped; the hub started a nats-server).
+    let hub_pgid = hub_group.id();
+    drop(hub_group);
+    let groups = GROUPS.lock().unwrap().clone();
+    let left: Vec<u32> = groups
+        .into_iter()
+        .chain([hub_pgid])
+        .filter(|pgid| group_alive(*pgid))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "processes of the README's examples still run, in groups {left:?}"
     );
 }

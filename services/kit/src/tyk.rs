@@ -147,9 +147,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for TykJson<T> {
     }
 }
 
-/// Query parameters; malformed ones are a 400 in Tyk's shape naming the
-/// parameter (axum's own rejection is plain text, which the document does
-/// not declare).
+/// Query parameters, read as Tyk (Go's `r.URL.Query().Get`) reads them:
+/// the first value of a repeated parameter wins, a pair that does not
+/// decode is skipped, bytes that are not UTF-8 are replaced. Only a value
+/// that cannot be of its field's type is a 400, in Tyk's shape.
 pub struct TykQuery<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for TykQuery<T> {
@@ -157,7 +158,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for TykQuery<T> {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         let query = parts.uri.query().unwrap_or_default();
-        serde_urlencoded::from_str(query)
+        let mut first: Vec<(String, String)> = Vec::new();
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            if !first.iter().any(|(k, _)| *k == key) {
+                first.push((key.into_owned(), value.into_owned()));
+            }
+        }
+        let canonical = serde_urlencoded::to_string(&first).unwrap_or_default();
+        serde_urlencoded::from_str(&canonical)
             .map(TykQuery)
             .map_err(|e| TykError::bad_request(format!("Request malformed: query: {e}")))
     }

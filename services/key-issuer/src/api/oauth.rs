@@ -332,11 +332,12 @@ async fn delete_client(
     Ok(axum::Json(ModifyKey::new(client_id, "deleted")))
 }
 
-/// `?page=`: pages of [`TOKENS_PAGE`] tokens.
+/// `?page=`: pages of [`TOKENS_PAGE`] tokens. Read as Tyk reads it: a
+/// value that is not a number, or below 1, is page 1.
 #[derive(Debug, Default, Deserialize)]
 struct Page {
     #[serde(default)]
-    page: Option<u32>,
+    page: Option<String>,
 }
 
 /// Tokens per page of a paginated token listing.
@@ -398,10 +399,10 @@ async fn client_tokens(
             expires: t.expires_ms.div_euclid(1000),
         })
         .collect();
-    let Some(page) = q.page else {
+    let Some(page) = q.page.filter(|p| !p.is_empty()) else {
         return Ok(axum::Json(Tokens::All(tokens)));
     };
-    let page = page.max(1) as usize;
+    let page = page.parse::<i64>().unwrap_or(1).max(1) as usize;
     let total = tokens.len().div_ceil(TOKENS_PAGE).max(1);
     let tokens = tokens
         .into_iter()

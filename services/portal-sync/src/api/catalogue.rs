@@ -220,7 +220,35 @@ pub struct DisplayUpdate {
     pub auto_approve: Option<bool>,
 }
 
+/// Fields of a Product's or Plan's view the admin cannot set, that a
+/// `PUT` may still carry unchanged (the usual read-modify-write sends back
+/// what `GET` answered). Timestamps are the server's and not compared.
+const SERVER_STAMPED: [&str; 2] = ["created_at", "updated_at"];
+
 impl DisplayUpdate {
+    const FIELDS: [&'static str; 6] = [
+        "name",
+        "description",
+        "docs",
+        "catalogues",
+        "published",
+        "auto_approve",
+    ];
+
+    /// The update a body asks for, and the other fields it carries (to be
+    /// checked against the current view by [`unchanged`]).
+    fn split(body: Value) -> Result<(Self, serde_json::Map<String, Value>), ApiError> {
+        let Value::Object(fields) = body else {
+            return Err(ApiError::invalid_field("body", "must be a JSON object"));
+        };
+        let (settable, rest): (serde_json::Map<_, _>, serde_json::Map<_, _>) = fields
+            .into_iter()
+            .partition(|(k, _)| Self::FIELDS.contains(&k.as_str()));
+        let update = serde_json::from_value(Value::Object(settable))
+            .map_err(|e| ApiError::invalid_field("body", e))?;
+        Ok((update, rest))
+    }
+
     fn apply(&self, display: &mut Display, hidden: bool) -> Result<(), ApiError> {
         if let Some(name) = &self.name {
             check_name("name", name).map_err(invalid)?;
@@ -528,16 +556,48 @@ async fn get_product(
         .ok_or_else(|| missing::<Product>(&id))
 }
 
+/// Checks that the fields of a `PUT` the admin cannot set are those of
+/// the current view, unchanged: a change is refused naming the field and
+/// its value, an unknown field as unknown.
+fn unchanged(sent: &serde_json::Map<String, Value>, view: &Value) -> Result<(), ApiError> {
+    for (field, value) in sent {
+        if SERVER_STAMPED.contains(&field.as_str()) {
+            continue;
+        }
+        match view.get(field) {
+            None => {
+                return Err(ApiError::invalid_field(
+                    field,
+                    format!(
+                        "is not a field (those that can be set: {})",
+                        DisplayUpdate::FIELDS.join(", ")
+                    ),
+                ));
+            }
+            Some(current) if current != value => {
+                return Err(ApiError::invalid_field(
+                    field,
+                    format!("is read-only (it is {current}); send it unchanged or leave it out"),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
 /// Changes what the admin sets on a Product (kept through hide and
-/// restore). Its APIs follow its policy in the provider.
+/// restore). Its APIs follow its policy in the provider. The other fields
+/// of its view may be sent back unchanged.
 #[utoipa::path(put, path = "/portal-api/products/{id}", tag = "products", security(("api_key" = [])),
     params(("id" = uuid::Uuid, Path)), request_body = DisplayUpdate,
     responses((status = 200, body = ProductView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn update_product(
     State(s): State<ApiState>,
     Path(id): Path<String>,
-    Json(update): Json<DisplayUpdate>,
+    Json(body): Json<Value>,
 ) -> Result<Json<ProductView>, ApiError> {
+    let (update, rest) = DisplayUpdate::split(body)?;
     if update.auto_approve.is_some() {
         return Err(invalid(field(
             "auto_approve",
@@ -553,6 +613,7 @@ async fn update_product(
                 .product(&id)
                 .cloned()
                 .ok_or_else(|| missing::<Product>(&id))?;
+            unchanged(&rest, &json!(product_view(state, &p)))?;
             update.apply(&mut p.display, p.hidden)?;
             p.updated_at_ms = meridian_kit::time::now_ms();
             Ok(p)
@@ -694,15 +755,17 @@ async fn get_plan(
 }
 
 /// Changes what the admin sets on a Plan, auto-approval included (kept
-/// through hide and restore). Its limits follow its policy.
+/// through hide and restore). Its limits follow its policy. The other
+/// fields of its view may be sent back unchanged.
 #[utoipa::path(put, path = "/portal-api/plans/{id}", tag = "plans", security(("api_key" = [])),
     params(("id" = uuid::Uuid, Path)), request_body = DisplayUpdate,
     responses((status = 200, body = PlanView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn update_plan(
     State(s): State<ApiState>,
     Path(id): Path<String>,
-    Json(update): Json<DisplayUpdate>,
+    Json(body): Json<Value>,
 ) -> Result<Json<PlanView>, ApiError> {
+    let (update, rest) = DisplayUpdate::split(body)?;
     s.find(|state| state.plan(&id).map(drop))
         .await
         .ok_or_else(|| missing::<Plan>(&id))?;
@@ -712,6 +775,7 @@ async fn update_plan(
                 .plan(&id)
                 .cloned()
                 .ok_or_else(|| missing::<Plan>(&id))?;
+            unchanged(&rest, &json!(plan_view(&p)))?;
             update.apply(&mut p.display, p.hidden)?;
             if let Some(auto) = update.auto_approve {
                 p.auto_approve = auto;
