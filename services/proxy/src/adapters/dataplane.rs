@@ -267,35 +267,22 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Rewrites the request to its normalised path (see [`crate::domain::path`]),
-/// or answers the 400 that refuses it. Allocates only when the path changes.
-fn normalize_path(req: &mut Request<Incoming>) -> Result<(), Response<Body>> {
+/// or says why it is refused (a 400). Allocates only when the path changes.
+fn normalize_path(req: &mut Request<Incoming>) -> Result<(), String> {
+    const UNFORWARDABLE: &str = "The request path cannot be forwarded";
     let normalized = match path::normalize(req.uri().path()) {
         Ok(std::borrow::Cow::Borrowed(_)) => return Ok(()),
         Ok(std::borrow::Cow::Owned(p)) => p,
-        Err(refusal) => {
-            return Err(error_response(
-                StatusCode::BAD_REQUEST,
-                &refusal.to_string(),
-            ));
-        }
+        Err(refusal) => return Err(refusal.to_string()),
     };
     let target = match req.uri().query() {
         Some(q) => format!("{normalized}?{q}"),
         None => normalized,
     };
     let mut parts = req.uri().clone().into_parts();
-    parts.path_and_query = Some(PathAndQuery::try_from(target).map_err(|_| {
-        error_response(
-            StatusCode::BAD_REQUEST,
-            "The request path cannot be forwarded",
-        )
-    })?);
-    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| {
-        error_response(
-            StatusCode::BAD_REQUEST,
-            "The request path cannot be forwarded",
-        )
-    })?;
+    parts.path_and_query =
+        Some(PathAndQuery::try_from(target).map_err(|_| UNFORWARDABLE.to_owned())?);
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| UNFORWARDABLE.to_owned())?;
     Ok(())
 }
 
@@ -385,9 +372,9 @@ impl DataPlane {
     /// Answers one request of the client connection `client`.
     pub async fn handle(&self, req: Request<Incoming>, client: &ClientConn) -> Response<Body> {
         let mut req = req;
-        if let Err(refused) = normalize_path(&mut req) {
+        if let Err(why) = normalize_path(&mut req) {
             self.count("", StatusCode::BAD_REQUEST);
-            return refused;
+            return error_response(StatusCode::BAD_REQUEST, &why);
         }
         if let Some(name) = repeated_singleton(req.headers(), None) {
             self.count("", StatusCode::BAD_REQUEST);
