@@ -768,6 +768,14 @@ async fn malformed_gateway_api_requests_get_documented_answers() {
         body["message"],
         "Request malformed: body: is not valid JSON: trailing comma (line 3, column 1)"
     );
+    let (status, _) = admin
+        .post(
+            "/tyk/apis",
+            &json!({"api_id": "x", "name": "x", "use_oauth2": true,
+                "proxy": {"listen_path": "/x/", "target_url": "http://127.0.0.1:9"}}),
+        )
+        .await;
+    assert_eq!(status, 200);
     let (status, _) = keys
         .post(
             "/tyk/oauth/clients/create",

@@ -105,18 +105,28 @@ async fn keys_round_trip_as_tyk_answers_them() {
     let (_, reset) = tyk.get(&format!("/tyk/keys/{key}")).await;
     assert_eq!(reset["quota_remaining"], 500, "without it, a new period");
 
-    // A custom key; too short ones and existing ones are refused.
+    // A custom key; a POST to an existing one overwrites it, as Tyk; one
+    // shorter than Tyk's default minimum (3) is refused.
     let (status, custom) = tyk.post("/tyk/keys/my-custom-key-1", &session).await;
     assert_eq!(
         (status, custom["key"].as_str()),
         (200, Some("my-custom-key-1"))
     );
-    let (status, again) = tyk.post("/tyk/keys/my-custom-key-1", &session).await;
+    let mut replaced = session.clone();
+    replaced["alias"] = json!("replaced");
+    let (status, again) = tyk.post("/tyk/keys/my-custom-key-1", &replaced).await;
     assert_eq!(
-        (status, again["message"].as_str()),
-        (400, Some("Key already exists"))
+        (status, again["action"].as_str()),
+        (200, Some("added")),
+        "{again}"
     );
-    let (status, short) = tyk.post("/tyk/keys/abc", &session).await;
+    assert_eq!(
+        tyk.get("/tyk/keys/my-custom-key-1").await.1["alias"],
+        "replaced"
+    );
+    let (status, _) = tyk.post("/tyk/keys/abc", &session).await;
+    assert_eq!(status, 200, "three characters is Tyk's minimum");
+    let (status, short) = tyk.post("/tyk/keys/ab", &session).await;
     assert_eq!(status, 400);
     assert!(
         short["message"].as_str().unwrap().contains("keyID"),
@@ -151,7 +161,8 @@ async fn keys_round_trip_as_tyk_answers_them() {
     let (status, gone) = tyk.put(&format!("/tyk/keys/{key}"), &session).await;
     assert_eq!(
         (status, gone["message"].as_str()),
-        (404, Some("Key not found"))
+        (404, Some("Key is not found")),
+        "Tyk's PUT says it so"
     );
     ki.stop().await;
 }
@@ -176,8 +187,25 @@ async fn policies_shape_the_effective_session_the_proxy_reads() {
     assert_eq!(status, 200);
     let generated_id = generated["key"].as_str().unwrap().to_owned();
     assert_eq!(generated_id.len(), 24, "a generated id, as Tyk's");
+    // A POST with an existing id replaces it, as Tyk; so does a POST to
+    // /tyk/policies/{polID}.
     let (status, dup) = tyk.post("/tyk/policies", &gold("pets")).await;
-    assert_eq!(status, 400, "{dup}");
+    assert_eq!(
+        (status, dup["action"].as_str()),
+        (200, Some("added")),
+        "{dup}"
+    );
+    let mut silver = gold("pets");
+    silver["id"] = json!("");
+    silver["name"] = json!("Silver");
+    let (status, at) = tyk.post("/tyk/policies/silver", &silver).await;
+    assert_eq!(
+        (status, at["key"].as_str(), at["action"].as_str()),
+        (200, Some("silver"), Some("added")),
+        "{at}"
+    );
+    assert_eq!(tyk.get("/tyk/policies/silver").await.1["name"], "Silver");
+    assert_eq!(tyk.delete("/tyk/policies/silver").await.0, 200);
     let (status, list) = tyk.get("/tyk/policies").await;
     assert_eq!((status, list.as_array().unwrap().len()), (200, 2));
     let (status, shown) = tyk.get("/tyk/policies/gold").await;
@@ -190,8 +218,9 @@ async fn policies_shape_the_effective_session_the_proxy_reads() {
         json!(["Default"])
     );
 
-    // A key that applies the policy: as stored it has no limits of its
-    // own; its effective session has the policy's.
+    // A key that applies the policy: as stored (`stored=true`) it has no
+    // limits of its own; a plain GET answers it merged with the policy, as
+    // Tyk does (its own API tests expect the policy's quota there).
     let (_, created) = tyk
         .post(
             "/tyk/keys",
@@ -199,9 +228,9 @@ async fn policies_shape_the_effective_session_the_proxy_reads() {
         )
         .await;
     let key = created["key"].as_str().unwrap().to_owned();
-    let (_, stored) = tyk.get(&format!("/tyk/keys/{key}")).await;
+    let (_, stored) = tyk.get(&format!("/tyk/keys/{key}?stored=true")).await;
     assert_eq!(stored["rate"].as_f64(), Some(0.0));
-    let (status, effective) = tyk.get(&format!("/tyk/keys/{key}?effective=true")).await;
+    let (status, effective) = tyk.get(&format!("/tyk/keys/{key}")).await;
     assert_eq!(status, 200, "{effective}");
     assert_eq!(
         (effective["rate"].as_f64(), effective["per"].as_f64()),
@@ -227,7 +256,7 @@ async fn policies_shape_the_effective_session_the_proxy_reads() {
         (status, modified["action"].as_str()),
         (200, Some("modified"))
     );
-    let (_, effective) = tyk.get(&format!("/tyk/keys/{key}?effective=true")).await;
+    let (_, effective) = tyk.get(&format!("/tyk/keys/{key}")).await;
     assert_eq!(effective["rate"].as_f64(), Some(500.0));
 
     // A second policy: rights are the union, the most generous limits win.
@@ -250,7 +279,7 @@ async fn policies_shape_the_effective_session_the_proxy_reads() {
         (200, Some("updated")),
         "{set}"
     );
-    let (_, effective) = tyk.get(&format!("/tyk/keys/{key}?effective=true")).await;
+    let (_, effective) = tyk.get(&format!("/tyk/keys/{key}")).await;
     let apis: Vec<&String> = effective["access_rights"]
         .as_object()
         .unwrap()
@@ -274,27 +303,60 @@ async fn policies_shape_the_effective_session_the_proxy_reads() {
             .unwrap()
             .starts_with("Request ID does not match")
     );
-    // A key may only name policies that exist.
+    // A policy that does not exist is skipped, as Tyk's merge skips it:
+    // the key is stored (the gateway refuses it while that is its only
+    // policy), and beside a real policy it gets that one's limits.
     let (status, unknown) = tyk
         .post("/tyk/keys", &json!({"apply_policies": ["nope"]}))
         .await;
-    assert_eq!(status, 400);
-    assert!(
-        unknown["message"]
-            .as_str()
-            .unwrap()
-            .contains("apply_policies"),
-        "{unknown}"
+    assert_eq!(status, 200, "{unknown}");
+    let (status, mixed) = tyk
+        .post("/tyk/keys", &json!({"apply_policies": ["nope", "gold"]}))
+        .await;
+    assert_eq!(status, 200, "{mixed}");
+    let (_, merged) = tyk
+        .get(&format!("/tyk/keys/{}", mixed["key"].as_str().unwrap()))
+        .await;
+    assert_eq!(merged["rate"].as_f64(), Some(500.0));
+    // Per-API and partitioned policies can never be applied together:
+    // refused at creation, as Tyk.
+    for (id, body) in [
+        (
+            "per-api",
+            json!({"partitions": {"per_api": true}, "access_rights": {"pets": {}}}),
+        ),
+        (
+            "quota-part",
+            json!({"quota_max": 5, "partitions": {"quota": true}, "access_rights": {"pets": {}}}),
+        ),
+    ] {
+        assert_eq!(tyk.put(&format!("/tyk/policies/{id}"), &body).await.0, 200);
+    }
+    let (status, refused) = tyk
+        .post(
+            "/tyk/keys",
+            &json!({"apply_policies": ["per-api", "quota-part"]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(
+        refused["message"],
+        "Failed to create key - cannot apply multiple policies when some have per_api set and some are partitioned"
     );
 
     // Deleting the policies leaves the key without access: the proxy
-    // refuses it, and the effective view says why.
-    for id in ["gold", generated_id.as_str()] {
+    // refuses it, and a GET answers it as stored (as Tyk, whose merge
+    // fails the same way).
+    for id in ["gold", generated_id.as_str(), "per-api", "quota-part"] {
         let (status, _) = tyk.delete(&format!("/tyk/policies/{id}")).await;
         assert_eq!(status, 200);
     }
-    let (status, refused) = tyk.get(&format!("/tyk/keys/{key}?effective=true")).await;
-    assert_eq!(status, 409, "{refused}");
+    let (status, as_stored) = tyk.get(&format!("/tyk/keys/{key}")).await;
+    assert_eq!(
+        (status, as_stored["rate"].as_f64()),
+        (200, Some(0.0)),
+        "{as_stored}"
+    );
     let (status, gone) = tyk.get("/tyk/policies/gold").await;
     assert_eq!(
         (status, gone["message"].as_str()),
@@ -373,13 +435,16 @@ async fn organisation_sessions_limit_or_block_an_organisation() {
         .await;
     assert_eq!(status, 400);
     assert!(mismatch["message"].as_str().unwrap().contains("org_id"));
-    let (status, missing) = tyk
+    // A PUT for an organisation with no session yet writes it, as Tyk.
+    let (status, created) = tyk
         .put("/tyk/org/keys/initech", &json!({"rate": 1, "per": 1}))
         .await;
     assert_eq!(
-        (status, missing["message"].as_str()),
-        (404, Some("Org not found"))
+        (status, created["action"].as_str()),
+        (200, Some("modified")),
+        "{created}"
     );
+    assert_eq!(tyk.get("/tyk/org/keys/initech").await.1["rate"], 1.0);
     let (status, _) = tyk.delete("/tyk/org/keys/acme").await;
     assert_eq!(status, 200);
     let (status, gone) = tyk.get("/tyk/org/keys/acme").await;
@@ -419,12 +484,76 @@ fn token(client: &str, api: &str, refresh: bool, expires_in_ms: i64) -> TokenRec
     }
 }
 
+/// A gateway with these APIs (id, `use_oauth2`), for OAuth clients: Tyk
+/// refuses a client for an API it does not have or that does not use
+/// OAuth 2.0.
+async fn gateway_with(nats: &Nats, apis: &[(&str, bool)]) -> meridian_tests::tyk::Proxy {
+    let proxy = meridian_tests::tyk::start_proxy(nats, |_| {}).await;
+    let admin = Tyk::new(&proxy.admin.url);
+    for (id, oauth) in apis {
+        let (status, body) = admin
+            .post(
+                "/tyk/apis",
+                &json!({"api_id": id, "name": id, "use_oauth2": oauth,
+                    "proxy": {"listen_path": format!("/{id}/"), "target_url": "http://127.0.0.1:9"}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    proxy
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oauth_clients_their_secrets_and_their_tokens() {
     let nats = Nats::start().await;
     let (ki, state) = start_key_issuer(&nats, |_| {}).await;
+    let _gateway = gateway_with(
+        &nats,
+        &[
+            ("pets", true),
+            ("owners", true),
+            ("other-api", true),
+            ("plain", false),
+        ],
+    )
+    .await;
     let tyk = Tyk::new(&ki.url);
     tyk.post("/tyk/policies", &gold("pets")).await;
+
+    // Tyk's refusals: an API the gateway does not have, one without
+    // OAuth 2.0, a policy that does not exist; metadata may be any JSON.
+    for (body, message) in [
+        (json!({"api_id": "nowhere"}), "API doesn't exist"),
+        (json!({"api_id": "plain"}), "API is not OAuth2"),
+        (
+            json!({"policy_id": "no-such-policy"}),
+            "Policy doesn't exist",
+        ),
+    ] {
+        let (status, refused) = tyk.post("/tyk/oauth/clients/create", &body).await;
+        assert_eq!(
+            (status, refused["message"].as_str()),
+            (400, Some(message)),
+            "{body}"
+        );
+    }
+    let (status, nested) = tyk
+        .post(
+            "/tyk/oauth/clients/create",
+            &json!({"api_id": "other-api", "meta_data": {"team": {"name": "m", "size": 3}, "tags": ["a"]}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{nested}");
+    assert_eq!(nested["meta_data"]["team"]["size"], 3);
+    let nested_id = nested["client_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        tyk.delete(&format!("/tyk/oauth/clients/other-api/{nested_id}"))
+            .await
+            .0,
+        200
+    );
+    let (status, unknown) = tyk.get("/tyk/oauth/clients/nowhere").await;
+    assert_eq!(status, 404, "{unknown}");
 
     let (status, created) = tyk
         .post("/tyk/oauth/clients/create", &json!({"api_id": "pets", "policy_id": "gold",
@@ -669,7 +798,7 @@ async fn bad_input_gets_tyks_errors_and_stores_nothing() {
         ),
         (
             "/tyk/keys",
-            r#"{"access_rights": {"a": {"limit": {"per": -1}}}}"#,
+            r#"{"access_rights": {"a": {"limit": {"per": -2}}}}"#,
             "access_rights.a.limit.per",
         ),
         ("/tyk/keys", r#"{"alias": "no rights"}"#, "Access Rights"),
@@ -791,7 +920,7 @@ async fn two_replicas_writing_one_key_lose_no_update() {
     // Both replicas read what the log's last event says.
     let last = sessions.last().unwrap();
     for t in [&ta, &tb] {
-        let (_, shown) = t.get(&format!("/tyk/keys/{key}")).await;
+        let (_, shown) = t.get(&format!("/tyk/keys/{key}?stored=true")).await;
         assert_eq!(&shown, last);
     }
     let (_, da) = ta.get("/api/keys/digest").await;
@@ -834,6 +963,7 @@ async fn listing_follows_hashing_and_its_switch() {
 async fn changes_become_public_events_without_secrets() {
     let nats = Nats::start().await;
     let (ki, _) = start_key_issuer(&nats, |_| {}).await;
+    let _gateway = gateway_with(&nats, &[("pets", true)]).await;
     let tyk = Tyk::new(&ki.url);
     tyk.post("/tyk/policies", &gold("pets")).await;
     let (_, created) = tyk
@@ -913,6 +1043,7 @@ async fn raw_payloads(js: &async_nats::jetstream::Context, stream: &str) -> Vec<
 async fn restart_and_rebuild_give_the_same_view_and_publish_nothing_twice() {
     let nats = Nats::start().await;
     let (ki, _) = start_key_issuer(&nats, |_| {}).await;
+    let _gateway = gateway_with(&nats, &[("pets", true)]).await;
     let tyk = Tyk::new(&ki.url);
     tyk.post("/tyk/policies", &gold("pets")).await;
     for i in 0..5 {

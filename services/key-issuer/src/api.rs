@@ -4,11 +4,12 @@
 //! store it through the [`Writer`]; reads come from the fold, after a
 //! catch-up with the log before any "not found".
 //!
-//! Where Meridian differs from Tyk, on purpose: keys and client secrets are
-//! stored only as hashes, so listings show hashes, a client's secret is
-//! shown only when it is created or rotated, and a token listing's `code`
-//! is the token's hash; deleting a missing policy is a 404 (Tyk answers
-//! 500); bad input is always a 4xx naming the field.
+//! Where Meridian differs from Tyk, on purpose (the README keeps the
+//! complete list): keys and client secrets are stored only as hashes, so
+//! listings show hashes, a client's secret is shown only when it is created
+//! or rotated, and a token listing's `code` is the token's hash; bad input
+//! is always a 4xx naming the field (Tyk answers some with a 500); a key's
+//! own `is_inactive` blocks it even with policies.
 
 mod keys;
 mod oauth;
@@ -34,6 +35,8 @@ pub struct ApiState {
     pub hashed_listing: bool,
     /// `MIN_KEY_LENGTH`: shortest custom key accepted.
     pub min_key_length: usize,
+    /// The gateway's APIs (which exist, which take OAuth).
+    pub apis: crate::adapters::apis::SharedApis,
 }
 
 /// The routes with their OpenAPI description (behind the secret: see

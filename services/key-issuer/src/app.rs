@@ -19,6 +19,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::adapters::apis::{GatewayApis, SharedApis};
 use crate::adapters::fold::{Shared, read};
 use crate::adapters::writer::Writer;
 use crate::adapters::{relay, tokens};
@@ -62,8 +63,9 @@ fn default_http_addr() -> String {
 fn yes() -> bool {
     true
 }
+/// Tyk's default `min_token_length`.
 fn default_min_key_length() -> usize {
-    8
+    3
 }
 
 impl Config {
@@ -106,16 +108,19 @@ pub struct App {
     js: async_nats::jetstream::Context,
     runner: Runner<InMemory<KeysState>>,
     progress: Progress,
+    apis_runner: Runner<InMemory<GatewayApis>>,
+    apis: SharedApis,
+    apis_progress: Progress,
     writer: Writer,
     secret: ApiKey,
     config: Config,
     metrics: Metrics,
 }
 
-fn spec(id: &str) -> ProjectionSpec {
+fn spec(id: &str, stream: &'static str) -> ProjectionSpec {
     ProjectionSpec {
         id: id.into(),
-        stream: streams::KEYS,
+        stream,
         consumer: ConsumerKind::Ordered,
         batch: 512,
         batch_bytes: usize::MAX,
@@ -136,17 +141,32 @@ impl App {
         )
         .await?;
         let js = async_nats::jetstream::new(client.clone());
-        bus::ensure_streams(&js, &[streams::KEYS]).await?;
+        bus::ensure_streams(&js, &[streams::KEYS, streams::APIS]).await?;
         bus::ensure_public_stream(&js).await?;
         let state: Shared = Arc::new(RwLock::new(KeysState::default()));
-        let (runner, progress) =
-            Runner::in_memory(js.clone(), state.clone(), spec("key-issuer-keys"), metrics);
+        let (runner, progress) = Runner::in_memory(
+            js.clone(),
+            state.clone(),
+            spec("key-issuer-keys", streams::KEYS),
+            metrics,
+        );
+        let gateway_apis = Arc::new(RwLock::new(GatewayApis::default()));
+        let (apis_runner, apis_progress) = Runner::in_memory(
+            js.clone(),
+            gateway_apis.clone(),
+            spec("key-issuer-apis", streams::APIS),
+            metrics,
+        );
+        let apis = SharedApis::new(gateway_apis, apis_progress.clone());
         let writer = Writer::new(Publisher::new(js.clone(), metrics), state, progress.clone());
         Ok(Self {
             client,
             js,
             runner,
             progress,
+            apis_runner,
+            apis,
+            apis_progress,
             writer,
             secret,
             config,
@@ -173,6 +193,7 @@ impl App {
             hash_keys: self.config.hash_keys,
             hashed_listing: self.config.enable_hashed_keys_listing,
             min_key_length: self.config.min_key_length,
+            apis: self.apis.clone(),
         };
         let digest = OpenApiRouter::new()
             .routes(routes!(digest))
@@ -185,6 +206,7 @@ impl App {
         vec![
             http::nats_ready(self.client.clone()),
             http::projection_ready("keys", self.progress.clone()),
+            http::projection_ready("gateway apis", self.apis_progress.clone()),
         ]
     }
 
@@ -201,8 +223,12 @@ impl App {
             self.writer.clone(),
             stop.clone(),
         ));
-        let folded = self.runner.run_until_stopped(stop.clone()).await;
+        let (folded, apis_folded) = tokio::join!(
+            self.runner.run_until_stopped(stop.clone()),
+            self.apis_runner.run_until_stopped(stop.clone()),
+        );
         stop.cancel();
+        apis_folded?;
         let _ = relay.await;
         let answered = responder.await.unwrap_or(Ok(()));
         folded?;
@@ -266,7 +292,12 @@ pub async fn rebuild(nats_url: &str) -> Result<DigestView, AppError> {
     let js = async_nats::jetstream::new(client);
     bus::ensure_streams(&js, &[streams::KEYS]).await?;
     let state: Shared = Arc::new(RwLock::new(KeysState::default()));
-    let (runner, _) = Runner::in_memory(js, state.clone(), spec("key-issuer-rebuild"), &metrics);
+    let (runner, _) = Runner::in_memory(
+        js,
+        state.clone(),
+        spec("key-issuer-rebuild", streams::KEYS),
+        &metrics,
+    );
     let position = runner.run_until_caught_up().await?;
     let digest = read(&state).digest();
     Ok(DigestView { digest, position })

@@ -74,24 +74,19 @@ pub fn check_id(field: &str, id: &str) -> Result<(), Invalid> {
 }
 
 fn check_limit(field: &str, l: &Limit) -> Result<(), Invalid> {
-    check_limits(
-        field,
-        l.rate,
-        l.per,
-        l.quota_max,
-        l.quota_renewal_rate,
-        l.throttle_interval,
-    )
+    check_limits(field, l)
 }
 
-fn check_limits(
-    prefix: &str,
-    rate: f64,
-    per: f64,
-    quota_max: i64,
-    quota_renewal_rate: i64,
-    throttle_interval: f64,
-) -> Result<(), Invalid> {
+fn check_limits(prefix: &str, l: &Limit) -> Result<(), Invalid> {
+    let Limit {
+        rate,
+        per,
+        quota_max,
+        quota_renewal_rate,
+        throttle_interval,
+        throttle_retry_limit,
+        ..
+    } = *l;
     let at = |name: &str| {
         if prefix.is_empty() {
             name.to_owned()
@@ -99,20 +94,34 @@ fn check_limits(
             format!("{prefix}.{name}")
         }
     };
+    // -1 is Tyk's "unlimited" or "off" for each of these; Tyk's own
+    // fixtures and most exported keys carry it.
     for (name, v) in [
         ("rate", rate),
         ("per", per),
         ("throttle_interval", throttle_interval),
     ] {
-        if !(v.is_finite() && v >= 0.0) {
-            return Err(invalid(at(name), "must be a number of at least 0"));
+        if !(v.is_finite() && (v >= 0.0 || v == -1.0)) {
+            return Err(invalid(
+                at(name),
+                "must be a number of at least 0, or -1 (unlimited)",
+            ));
         }
     }
     if quota_max < -1 {
         return Err(invalid(at("quota_max"), "must be -1 (unlimited) or more"));
     }
-    if quota_renewal_rate < 0 {
-        return Err(invalid(at("quota_renewal_rate"), "must be at least 0"));
+    if quota_renewal_rate < -1 {
+        return Err(invalid(
+            at("quota_renewal_rate"),
+            "must be -1 (never renews) or more",
+        ));
+    }
+    if throttle_retry_limit < -1 {
+        return Err(invalid(
+            at("throttle_retry_limit"),
+            "must be -1 (no throttling) or more",
+        ));
     }
     Ok(())
 }
@@ -139,14 +148,7 @@ fn check_rights(rights: &mut model::AccessRights) -> Result<(), Invalid> {
 /// Checks a key's or an organisation's session and fills what the API
 /// derives (each right's `api_id` from its map key).
 pub fn check_session(s: &mut Session) -> Result<(), Invalid> {
-    check_limits(
-        "",
-        s.rate,
-        s.per,
-        s.quota_max,
-        s.quota_renewal_rate,
-        s.throttle_interval,
-    )?;
+    check_limits("", &s.limit())?;
     if s.expires < 0 {
         return Err(invalid("expires", "must be 0 (never) or a Unix time"));
     }
@@ -159,14 +161,7 @@ pub fn check_session(s: &mut Session) -> Result<(), Invalid> {
 
 /// Checks a policy, as [`check_session`] does a session.
 pub fn check_policy(p: &mut Policy) -> Result<(), Invalid> {
-    check_limits(
-        "",
-        p.rate,
-        p.per,
-        p.quota_max,
-        p.quota_renewal_rate,
-        p.throttle_interval,
-    )?;
+    check_limits("", &p.limit())?;
     if p.key_expires_in < 0 {
         return Err(invalid("key_expires_in", "must be at least 0"));
     }
@@ -207,8 +202,20 @@ pub fn stamp(
     }
     match (quota, old) {
         (Quota::Keep, Some(old)) => {
+            // As Tyk's `suppress_reset=1`: the counters and the rate
+            // window's start (`last_updated`) stay, per API too.
             new.quota_remaining = old.quota_remaining;
             new.quota_renews = old.quota_renews;
+            new.last_updated.clone_from(&old.last_updated);
+            for (api, right) in &mut new.access_rights {
+                if let Some(was) = old.access_rights.get(api)
+                    && !was.limit.is_empty()
+                    && !right.limit.is_empty()
+                {
+                    right.limit.quota_renews = was.limit.quota_renews;
+                    right.limit.quota_remaining = was.limit.quota_remaining;
+                }
+            }
         }
         _ => {
             new.quota_remaining = new.quota_max;
@@ -268,11 +275,27 @@ mod tests {
 
     #[test]
     fn bad_limits_name_their_field() {
-        let mut s = session(r#"{"access_rights": {"a": {"limit": {"rate": -1}}}}"#);
+        let mut s = session(r#"{"access_rights": {"a": {"limit": {"rate": -2}}}}"#);
         assert_eq!(
             check_session(&mut s).unwrap_err().field,
             "access_rights.a.limit.rate"
         );
+        // -1 is Tyk's unlimited / off, wherever Tyk reads it so.
+        let mut s = session(
+            r#"{"rate": -1, "per": -1, "throttle_interval": -1, "throttle_retry_limit": -1,
+                "quota_max": -1, "quota_renewal_rate": -1,
+                "access_rights": {"a": {"limit": {"rate": -1, "per": -1, "quota_renewal_rate": -1}}}}"#,
+        );
+        check_session(&mut s).unwrap();
+        for bad in [
+            "per",
+            "throttle_interval",
+            "throttle_retry_limit",
+            "quota_renewal_rate",
+        ] {
+            let mut s = session(&format!(r#"{{"{bad}": -2}}"#));
+            assert_eq!(check_session(&mut s).unwrap_err().field, bad);
+        }
         let mut s = session(r#"{"quota_max": -2}"#);
         assert_eq!(check_session(&mut s).unwrap_err().field, "quota_max");
         let mut s = session(r#"{"access_rights": {"a": {"api_id": "b"}}}"#);
@@ -326,6 +349,10 @@ mod tests {
         assert_eq!(
             kept.date_created, "2026-01-01T00:00:00Z",
             "creation date kept"
+        );
+        assert_eq!(
+            kept.last_updated, "1000",
+            "suppress_reset keeps last_updated, as Tyk"
         );
         let reset = stamp(
             session(r#"{"quota_max": 200, "quota_renewal_rate": 60}"#),

@@ -19,6 +19,8 @@
 //! Modules: [`domain`] (pure), [`adapters`] (fold, writer, relay, token
 //! records), [`api`] (REST), [`app`] (wiring).
 
+#![cfg_attr(test, recursion_limit = "1024")] // the json! fixture of Tyk's merge table
+
 pub mod adapters;
 pub mod api;
 pub mod app;

@@ -406,7 +406,8 @@ async function keysPage(main) {
     if (!keys) return;
     const rows = [];
     for (const hash of keys.keys || []) {
-      const s = await act(() => api('GET', `/tyk/keys/${hash}?hashed=true`));
+      // As stored (not merged with its policies): it is written back below.
+      const s = await act(() => api('GET', `/tyk/keys/${encodeURIComponent(hash)}?hashed=true&stored=true`));
       if (!s) continue;
       rows.push(h('tr', { 'data-key': s.alias || hash },
         h('td', {}, h('code', {}, hash.slice(0, 16) + '…'), h('div', { class: 'muted' }, s.alias || '')),
@@ -415,7 +416,7 @@ async function keysPage(main) {
         h('td', {}, h('div', { class: 'actions' },
           h('button', { type: 'button', class: 'secondary', on: { click: async () => {
             s.is_inactive = !s.is_inactive;
-            if (await act(() => api('PUT', `/tyk/keys/${hash}?hashed=true&suppress_reset=1`, s), s.is_inactive ? 'Key inactivated' : 'Key activated')) refresh();
+            if (await act(() => api('PUT', `/tyk/keys/${encodeURIComponent(hash)}?hashed=true&suppress_reset=1`, s), s.is_inactive ? 'Key inactivated' : 'Key activated')) refresh();
           } } }, s.is_inactive ? 'Activate' : 'Inactivate'),
           confirmed('Delete', 'Really delete this key?', { 'data-action': 'delete-key' }, async () => { if (await act(() => api('DELETE', `/tyk/keys/${encodeURIComponent(hash)}?hashed=true`), 'Key deleted')) refresh(); })))));
     }

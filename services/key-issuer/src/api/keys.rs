@@ -12,7 +12,7 @@ use super::{
     AllKeys, ApiState, Filter, ModifyKey, invalid, now, random_hex, to_json, write_failed,
 };
 use crate::adapters::fold::read;
-use crate::domain::{self, KeysState, Quota, Session, check_id, hash_secret, is_hash};
+use crate::domain::{self, KeysState, MergeError, Quota, Session, check_id, hash_secret, is_hash};
 
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -26,20 +26,32 @@ pub fn routes() -> OpenApiRouter<ApiState> {
 /// Query parameters of a key's routes.
 #[derive(Debug, Default, Deserialize)]
 pub struct KeyQuery {
-    /// `true`: the path names the key by its hash.
+    /// Any value: the path names the key by its hash (as Tyk reads it).
     #[serde(default)]
     hashed: Option<String>,
-    /// `1`: keep the quota counters on update.
+    /// `1` (only): keep the quota counters on update.
     #[serde(default)]
     suppress_reset: Option<String>,
-    /// `true`: answer the effective session (the key merged with its
-    /// policies) instead of the key as stored (a Meridian extension).
+    /// `true`: answer the key as stored, without its policies applied (a
+    /// Meridian extension; Tyk answers the merged key).
     #[serde(default)]
-    effective: Option<String>,
+    stored: Option<String>,
 }
 
 fn flag(v: &Option<String>) -> bool {
     matches!(v.as_deref(), Some("true" | "1" | "yes"))
+}
+
+impl KeyQuery {
+    /// `hashed`, as Tyk reads it: any value but an empty one.
+    fn hashed(&self) -> bool {
+        self.hashed.as_deref().is_some_and(|v| !v.is_empty())
+    }
+
+    /// `suppress_reset`, as Tyk reads it: exactly `1`.
+    fn suppress_reset(&self) -> bool {
+        self.suppress_reset.as_deref() == Some("1")
+    }
 }
 
 /// `Session` as a JSON body; the schema documents it loosely (any object):
@@ -77,48 +89,63 @@ impl ApiState {
     }
 }
 
-/// Checks a session for a write: its fields, and that its policies exist.
+/// Checks a session for a write: its fields, and that its policies can be
+/// applied together. A policy that does not exist is skipped, as Tyk's
+/// merge skips it (the key is stored; the gateway refuses it while its
+/// only policy is missing); policies that can never be applied together
+/// (per-API beside partitioned ones) are refused, as Tyk refuses them.
 fn check(session: &mut Session, state: &KeysState) -> Result<(), TykError> {
     domain::check_session(session).map_err(invalid)?;
-    for id in session.policy_ids() {
-        if state.policy(&id).is_none() {
-            return Err(TykError::bad_request(format!(
-                "Request malformed: apply_policies: policy {id:?} not found"
-            )));
+    match domain::effective(session, |id| state.policy(id).map(|p| p.value.as_ref())) {
+        Err(e @ (MergeError::MixedPerApiAndPartitions | MergeError::PerApiWithPartitions(_))) => {
+            Err(TykError::bad_request(format!("Failed to create key - {e}")))
         }
+        _ => Ok(()),
     }
-    Ok(())
 }
 
-/// Stores a new key under `hash`.
-async fn create(s: &ApiState, hash: &str, session: Session) -> Result<(), TykError> {
+/// Stores `session` under `hash`: a new key, or (`upsert`) a replacement
+/// of the key stored there, as Tyk's `POST /tyk/keys/{keyID}` does. Says
+/// whether it created the key.
+async fn save(
+    s: &ApiState,
+    hash: &str,
+    session: Session,
+    upsert: bool,
+    quota: Quota,
+) -> Result<bool, TykError> {
     let change_id = Uuid::new_v4();
     let (now_s, date) = now();
-    s.writer
+    let (created, _) = s
+        .writer
         .write(KeysEntity::Key, hash, |state| {
-            if state.key(hash).is_some() {
+            let old = state.key(hash);
+            if old.is_some() && !upsert {
                 return Err(TykError::bad_request("Key already exists"));
             }
             let mut session = session.clone();
             check(&mut session, state)?;
             domain::check_has_access(&session).map_err(|e| TykError::bad_request(e.message))?;
-            let stored = domain::stamp(session, None, Quota::Reset, now_s, &date);
+            let old = old.map(|o| o.value.as_ref());
+            let stored = domain::stamp(session, old, quota, now_s, &date);
+            let created = old.is_none();
             let event = KeysEvent::KeySaved {
                 key_hash: hash.to_owned(),
                 session: to_json(&stored),
-                created: true,
+                created,
                 change_id,
                 at_ms: now_s * 1000,
             };
-            Ok((event, ()))
+            Ok((event, created))
         })
         .await
         .map_err(write_failed)?;
-    Ok(())
+    Ok(created)
 }
 
-/// Replaces a stored key with what `change` makes of it (decided on the
-/// view at each attempt, so a concurrent change is not lost).
+/// Replaces a stored key with what `change` makes of it, decided on the
+/// view at each attempt, so a concurrent change is not lost (a missing key
+/// is `Key is not found`, Tyk's `PUT` wording).
 async fn replace(
     s: &ApiState,
     hash: &str,
@@ -131,7 +158,7 @@ async fn replace(
         .write(KeysEntity::Key, hash, |state| {
             let old = state
                 .key(hash)
-                .ok_or_else(|| TykError::not_found("Key not found"))?;
+                .ok_or_else(|| TykError::not_found("Key is not found"))?;
             let mut session = change(&old.value);
             check(&mut session, state)?;
             let stored = domain::stamp(session, Some(&old.value), quota, now_s, &date);
@@ -155,7 +182,7 @@ async fn generated(s: ApiState, session: Session) -> Result<axum::Json<ModifyKey
     // Tyk's form: the organisation id followed by 32 random hex characters.
     let key = format!("{}{}", session.org_id, random_hex(16)?);
     let hash = hash_secret(&key);
-    create(&s, &hash, session).await?;
+    save(&s, &hash, session, false, Quota::Reset).await?;
     tracing::info!("key created");
     Ok(axum::Json(s.answer(key, "added", &hash)))
 }
@@ -275,34 +302,34 @@ async fn set_policies(
     Ok(axum::Json(s.answer(key_id, "updated", &hash)))
 }
 
-/// A key as stored, or (`effective=true`) merged with its policies.
+/// A key merged with its policies, as Tyk answers it (its quota counters
+/// included); `stored=true` (a Meridian extension) answers it as stored,
+/// which is what a read-modify-write should send back. A key whose
+/// policies cannot be applied is answered as stored, as Tyk does.
 #[utoipa::path(get, path = "/tyk/keys/{keyID}", tag = "keys", security(("tyk_secret" = [])),
-    params(("keyID" = String, Path), ("hashed" = Option<bool>, Query), ("effective" = Option<bool>, Query,
-        description = "Meridian extension: the session the proxy enforces")),
-    responses((status = 200, body = Object, description = "A SessionState"),
-        (status = 409, body = StatusMessage, description = "effective=true, and the key's policies cannot be applied")))]
+    params(("keyID" = String, Path), ("hashed" = Option<bool>, Query), ("stored" = Option<bool>, Query,
+        description = "Meridian extension: the key as stored, without its policies applied")),
+    responses((status = 200, body = Object, description = "A SessionState")))]
 async fn get_key(
     State(s): State<ApiState>,
     TykPath(key_id): TykPath<String>,
     TykQuery(q): TykQuery<KeyQuery>,
 ) -> Result<axum::Json<Session>, TykError> {
-    let hash = s.key_hash(&key_id, flag(&q.hashed))?;
+    let hash = s.key_hash(&key_id, q.hashed())?;
     let stored = s.find_key(&hash, "Key not found").await?;
-    if !flag(&q.effective) {
+    if flag(&q.stored) {
         return Ok(axum::Json(stored));
     }
     let state = read(s.writer.state());
     match state.effective(&hash) {
         Some(Ok(merged)) => Ok(axum::Json(merged.as_ref().clone())),
-        Some(Err(e)) => Err(TykError::conflict(format!(
-            "the key's policies cannot be applied: {e}"
-        ))),
-        None => Err(TykError::not_found("Key not found")),
+        _ => Ok(axum::Json(stored)),
     }
 }
 
 /// Creates a key with the id given (Tyk's custom keys; at least
-/// `MIN_KEY_LENGTH` characters).
+/// `MIN_KEY_LENGTH` characters), or replaces the key stored under it, as
+/// Tyk does (its quota starts a new period unless `suppress_reset=1`).
 #[utoipa::path(post, path = "/tyk/keys/{keyID}", tag = "keys", security(("tyk_secret" = [])),
     params(("keyID" = String, Path), ("hashed" = Option<bool>, Query), ("suppress_reset" = Option<String>, Query)),
     request_body(content = Object, description = "A SessionState"),
@@ -313,7 +340,7 @@ async fn create_custom_key(
     TykQuery(q): TykQuery<KeyQuery>,
     TykJson(session): SessionBody,
 ) -> Result<axum::Json<ModifyKey>, TykError> {
-    if flag(&q.hashed) {
+    if q.hashed() {
         return Err(TykError::bad_request(
             "Request malformed: hashed: a key is created from the key itself, not its hash",
         ));
@@ -326,8 +353,13 @@ async fn create_custom_key(
         )));
     }
     let hash = hash_secret(&key_id);
-    create(&s, &hash, session).await?;
-    tracing::info!("custom key created");
+    let quota = if q.suppress_reset() {
+        Quota::Keep
+    } else {
+        Quota::Reset
+    };
+    let created = save(&s, &hash, session, true, quota).await?;
+    tracing::info!(created, "custom key saved");
     Ok(axum::Json(s.answer(key_id, "added", &hash)))
 }
 
@@ -343,9 +375,9 @@ async fn update_key(
     TykQuery(q): TykQuery<KeyQuery>,
     TykJson(session): SessionBody,
 ) -> Result<axum::Json<ModifyKey>, TykError> {
-    let hash = s.key_hash(&key_id, flag(&q.hashed))?;
-    s.find_key(&hash, "Key not found").await?;
-    let quota = if flag(&q.suppress_reset) {
+    let hash = s.key_hash(&key_id, q.hashed())?;
+    s.find_key(&hash, "Key is not found").await?;
+    let quota = if q.suppress_reset() {
         Quota::Keep
     } else {
         Quota::Reset
@@ -365,7 +397,7 @@ async fn delete_key(
     TykQuery(q): TykQuery<KeyQuery>,
 ) -> Result<axum::Json<ModifyKey>, TykError> {
     const MISSING: &str = "There is no such key found";
-    let hash = s.key_hash(&key_id, flag(&q.hashed))?;
+    let hash = s.key_hash(&key_id, q.hashed())?;
     s.find_key(&hash, MISSING).await?;
     let change_id = Uuid::new_v4();
     let (now_s, _) = now();

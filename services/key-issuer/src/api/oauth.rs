@@ -2,9 +2,9 @@
 //! A client's secret is shown when it is created or rotated and stored only
 //! as its hash; tokens are known only by their hashes (a listing's `code`).
 
-use std::collections::BTreeMap;
-
 use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse as _;
 use meridian_kit::time::now_ms;
 use meridian_kit::tyk::{StatusMessage, TykError, TykForm, TykJson, TykPath, TykQuery};
 use meridian_schemas::keys::KeysEvent;
@@ -52,13 +52,13 @@ pub struct ClientBody {
     pub policy_id: String,
     /// A description.
     pub description: String,
-    /// Free-form metadata.
-    #[serde(deserialize_with = "nullable")]
-    pub meta_data: BTreeMap<String, String>,
-}
-
-fn nullable<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
-    Ok(Option::deserialize(d)?.unwrap_or_default())
+    /// Free-form metadata: any JSON, as Tyk takes it (`{}` when left out).
+    #[schema(value_type = Object)]
+    #[serde(
+        default = "crate::domain::model::empty_object",
+        deserialize_with = "crate::domain::model::null_as_empty_object"
+    )]
+    pub meta_data: serde_json::Value,
 }
 
 fn view(c: &OAuthClient, secret: Option<String>) -> ClientBody {
@@ -84,12 +84,9 @@ fn check_client(c: &OAuthClient, state: &KeysState) -> Result<(), TykError> {
         check_id("api_id", &c.api_id).map_err(invalid)?;
     }
     if !c.policy_id.is_empty() {
-        let policy = state.policy(&c.policy_id).ok_or_else(|| {
-            TykError::bad_request(format!(
-                "Request malformed: policy_id: policy {:?} not found",
-                c.policy_id
-            ))
-        })?;
+        let policy = state
+            .policy(&c.policy_id)
+            .ok_or_else(|| TykError::bad_request("Policy doesn't exist"))?;
         if !c.api_id.is_empty() && !policy.value.access_rights.contains_key(&c.api_id) {
             return Err(TykError::bad_request(
                 "Policy access rights doesn't contain API this OAuth client belongs to",
@@ -97,6 +94,45 @@ fn check_client(c: &OAuthClient, state: &KeysState) -> Result<(), TykError> {
         }
     }
     Ok(())
+}
+
+/// Tyk's checks of the APIs a client is for, against the gateway's
+/// definitions: its API must exist and use OAuth 2.0; a client given by
+/// policy needs every API of the policy to exist and one of them to use
+/// OAuth 2.0 (or JWT).
+async fn check_gateway_apis(s: &ApiState, c: &OAuthClient) -> Result<(), TykError> {
+    const NO_API: &str = "API doesn't exist";
+    const NOT_OAUTH: &str = "API is not OAuth2";
+    if !c.api_id.is_empty() {
+        let api = s
+            .apis
+            .find(&c.api_id)
+            .await
+            .ok_or_else(|| TykError::bad_request(NO_API))?;
+        return if api.oauth2 {
+            Ok(())
+        } else {
+            Err(TykError::bad_request(NOT_OAUTH))
+        };
+    }
+    let policy = s
+        .find(|state| state.policy(&c.policy_id).map(|p| p.value.clone()))
+        .await
+        .ok_or_else(|| TykError::bad_request("Policy doesn't exist"))?;
+    let mut any_oauth = false;
+    for api_id in policy.access_rights.keys() {
+        let api = s
+            .apis
+            .find(api_id)
+            .await
+            .ok_or_else(|| TykError::bad_request(NO_API))?;
+        any_oauth |= api.oauth2 || api.jwt;
+    }
+    if any_oauth {
+        Ok(())
+    } else {
+        Err(TykError::bad_request(NOT_OAUTH))
+    }
 }
 
 /// 400 when a form field is missing.
@@ -193,6 +229,12 @@ async fn create_client(
         description: body.description,
         meta_data: body.meta_data,
     };
+    if wanted.api_id.is_empty() && wanted.policy_id.is_empty() {
+        return Err(TykError::bad_request(
+            "Request malformed: api_id: an OAuth client needs an api_id or a policy_id",
+        ));
+    }
+    check_gateway_apis(&s, &wanted).await?;
     s.writer.catch_up().await;
     let client = s
         .save_client(&client_id, false, |old| match old {
@@ -206,23 +248,28 @@ async fn create_client(
     Ok(axum::Json(view(&client, Some(secret))))
 }
 
-/// The clients of an API (none for an API nobody registered a client for).
+/// The clients of an API (none for an API nobody registered a client for;
+/// 404 for an API the gateway does not have, as Tyk).
 #[utoipa::path(get, path = "/tyk/oauth/clients/{apiID}", tag = "oauth", security(("tyk_secret" = [])),
-    params(("apiID" = String, Path)), responses((status = 200, body = Vec<ClientBody>)))]
+    params(("apiID" = String, Path)), responses((status = 200, body = Vec<ClientBody>),
+        (status = 404, description = "The gateway has no such API (no body, as Tyk answers)")))]
 async fn list_clients(
     State(s): State<ApiState>,
     TykPath(api_id): TykPath<String>,
-) -> Result<axum::Json<Vec<ClientBody>>, TykError> {
+) -> Result<axum::response::Response, TykError> {
     check_id("apiID", &api_id).map_err(invalid)?;
+    if s.apis.find(&api_id).await.is_none() {
+        // Tyk answers this 404 without a message.
+        return Ok((StatusCode::NOT_FOUND, ()).into_response());
+    }
     s.writer.catch_up().await;
     let state = read(s.writer.state());
-    Ok(axum::Json(
-        state
-            .clients_of_api(&api_id)
-            .into_iter()
-            .map(|c| view(&c.value, None))
-            .collect(),
-    ))
+    let clients: Vec<ClientBody> = state
+        .clients_of_api(&api_id)
+        .into_iter()
+        .map(|c| view(&c.value, None))
+        .collect();
+    Ok(axum::Json(clients).into_response())
 }
 
 /// One client of an API.
@@ -252,7 +299,17 @@ async fn update_client(
             "Request malformed: client_id: does not match the path's",
         ));
     }
-    s.find_client(&api_id, &client_id).await?;
+    let current = s.find_client(&api_id, &client_id).await?;
+    let asked = OAuthClient {
+        api_id: if body.api_id.is_empty() {
+            current.api_id.clone()
+        } else {
+            body.api_id.clone()
+        },
+        policy_id: body.policy_id.clone(),
+        ..current
+    };
+    check_gateway_apis(&s, &asked).await?;
     let new_secret = (!body.secret.is_empty()).then(|| hash_secret(&body.secret));
     let client = s
         .save_client(&client_id, new_secret.is_some(), |old| {

@@ -75,13 +75,7 @@ async fn get_org(
         .ok_or_else(|| TykError::not_found(MISSING))
 }
 
-async fn save(
-    s: &ApiState,
-    id: &str,
-    session: Session,
-    quota: Quota,
-    must_exist: bool,
-) -> Result<(), TykError> {
+async fn save(s: &ApiState, id: &str, session: Session, quota: Quota) -> Result<(), TykError> {
     check_id("keyID", id).map_err(invalid)?;
     let mut session = session;
     domain::check_session(&mut session).map_err(invalid)?;
@@ -93,18 +87,11 @@ async fn save(
             session.org_id
         )));
     }
-    if must_exist && find(s, id).await.is_none() {
-        return Err(TykError::not_found(MISSING));
-    }
     let change_id = Uuid::new_v4();
     let (now_s, date) = now();
     s.writer
         .write(KeysEntity::Org, id, |state| {
-            let old = state.org(id);
-            if must_exist && old.is_none() {
-                return Err(TykError::not_found(MISSING));
-            }
-            let old = old.map(|o| o.value.as_ref());
+            let old = state.org(id).map(|o| o.value.as_ref());
             let stored = domain::stamp(session.clone(), old, quota, now_s, &date);
             Ok((
                 KeysEvent::OrgSaved {
@@ -134,11 +121,12 @@ async fn create_org(
     TykQuery(q): TykQuery<ResetQuota>,
     TykJson(session): TykJson<Session>,
 ) -> Result<axum::Json<ModifyKey>, TykError> {
-    save(&s, &id, session, q.quota(), false).await?;
+    save(&s, &id, session, q.quota()).await?;
     Ok(axum::Json(ModifyKey::new(id, "added")))
 }
 
-/// Replaces an organisation's session.
+/// Replaces an organisation's session, or creates it when there is none
+/// (as Tyk does).
 #[utoipa::path(put, path = "/tyk/org/keys/{keyID}", tag = "organisations", security(("tyk_secret" = [])),
     params(("keyID" = String, Path, description = "The organisation id"), ("reset_quota" = Option<String>, Query)),
     request_body(content = Object, description = "A SessionState"),
@@ -149,7 +137,7 @@ async fn update_org(
     TykQuery(q): TykQuery<ResetQuota>,
     TykJson(session): TykJson<Session>,
 ) -> Result<axum::Json<ModifyKey>, TykError> {
-    save(&s, &id, session, q.quota(), true).await?;
+    save(&s, &id, session, q.quota()).await?;
     Ok(axum::Json(ModifyKey::new(id, "modified")))
 }
 

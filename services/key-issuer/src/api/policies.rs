@@ -14,7 +14,12 @@ use crate::domain::{self, Policy, check_id};
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
         .routes(routes!(list_policies, create_policy))
-        .routes(routes!(get_policy, update_policy, delete_policy))
+        .routes(routes!(
+            get_policy,
+            create_policy_at,
+            update_policy,
+            delete_policy
+        ))
 }
 
 const MISSING: &str = "Policy not found";
@@ -28,19 +33,15 @@ async fn list_policies(State(s): State<ApiState>) -> axum::Json<Vec<Policy>> {
     axum::Json(state.policies().map(|p| p.value.as_ref().clone()).collect())
 }
 
-/// Stores a policy: `created` when `id` is new.
-async fn save(s: &ApiState, id: &str, policy: Policy, must_be_new: bool) -> Result<bool, TykError> {
+/// Stores a policy (creating or replacing it, as Tyk does on `POST` and
+/// `PUT`): `created` when `id` is new.
+async fn save(s: &ApiState, id: &str, policy: Policy) -> Result<bool, TykError> {
     let change_id = Uuid::new_v4();
     let (now_s, _) = now();
     let (created, _) = s
         .writer
         .write(KeysEntity::Policy, id, |state| {
             let created = state.policy(id).is_none();
-            if must_be_new && !created {
-                return Err(TykError::bad_request(format!(
-                    "a policy with id {id:?} already exists; PUT /tyk/policies/{id} replaces it"
-                )));
-            }
             let mut policy = policy.clone();
             policy.id = id.to_owned();
             policy.last_updated = now_s.to_string();
@@ -60,24 +61,55 @@ async fn save(s: &ApiState, id: &str, policy: Policy, must_be_new: bool) -> Resu
     Ok(created)
 }
 
-/// Creates a policy; without an `id`, one is generated.
+/// The id a `POST` stores a policy under: its own `id`, else the path's,
+/// else a generated one.
+fn post_id(policy: &Policy, path_id: Option<&str>) -> Result<String, TykError> {
+    match (policy.id.as_str(), path_id) {
+        ("", Some(id)) | (id, _) if !id.is_empty() => {
+            check_id("id", id).map_err(invalid)?;
+            Ok(id.to_owned())
+        }
+        _ => random_hex(12),
+    }
+}
+
+async fn post(
+    s: ApiState,
+    mut policy: Policy,
+    path_id: Option<&str>,
+) -> Result<axum::Json<ModifyKey>, TykError> {
+    domain::check_policy(&mut policy).map_err(invalid)?;
+    let id = post_id(&policy, path_id)?;
+    let created = save(&s, &id, policy).await?;
+    tracing::info!(policy = %id, created, "policy saved");
+    Ok(axum::Json(ModifyKey::new(id, "added")))
+}
+
+/// Creates a policy, or replaces the one with its `id` (as Tyk); without
+/// an `id`, one is generated.
 #[utoipa::path(post, path = "/tyk/policies", tag = "policies", security(("tyk_secret" = [])),
     request_body(content = Object, description = "A Policy"),
     responses((status = 200, body = ModifyKey)))]
 async fn create_policy(
     State(s): State<ApiState>,
-    TykJson(mut policy): TykJson<Policy>,
+    TykJson(policy): TykJson<Policy>,
 ) -> Result<axum::Json<ModifyKey>, TykError> {
-    domain::check_policy(&mut policy).map_err(invalid)?;
-    let id = if policy.id.is_empty() {
-        random_hex(12)?
-    } else {
-        check_id("id", &policy.id).map_err(invalid)?;
-        policy.id.clone()
-    };
-    save(&s, &id, policy, true).await?;
-    tracing::info!(policy = %id, "policy created");
-    Ok(axum::Json(ModifyKey::new(id, "added")))
+    post(s, policy, None).await
+}
+
+/// As `POST /tyk/policies`; the path names the policy when the body does
+/// not (Tyk's route; the body's `id` wins).
+#[utoipa::path(post, path = "/tyk/policies/{polID}", tag = "policies", security(("tyk_secret" = [])),
+    params(("polID" = String, Path)),
+    request_body(content = Object, description = "A Policy"),
+    responses((status = 200, body = ModifyKey)))]
+async fn create_policy_at(
+    State(s): State<ApiState>,
+    TykPath(id): TykPath<String>,
+    TykJson(policy): TykJson<Policy>,
+) -> Result<axum::Json<ModifyKey>, TykError> {
+    check_id("polID", &id).map_err(invalid)?;
+    post(s, policy, Some(&id)).await
 }
 
 /// A policy.
@@ -113,7 +145,7 @@ async fn update_policy(
         ));
     }
     domain::check_policy(&mut policy).map_err(invalid)?;
-    let created = save(&s, &id, policy, false).await?;
+    let created = save(&s, &id, policy).await?;
     tracing::info!(policy = %id, created, "policy saved");
     Ok(axum::Json(ModifyKey::new(id, "modified")))
 }

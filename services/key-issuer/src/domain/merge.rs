@@ -27,6 +27,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::model::{AccessRight, AccessRights, Limit, Policy, Session};
 
+mod json;
+#[cfg(test)]
+mod tyk_table;
+
 /// Why a key's policies cannot be applied (the proxy refuses the key).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MergeError {
@@ -64,6 +68,45 @@ fn more_generous(a: i64, b: i64) -> bool {
         return false;
     }
     a > b
+}
+
+/// Tyk's "no rate limit set": a rate or a window of 0. A rate of -1
+/// (unlimited) is set, and allows more than any number.
+fn rate_empty(l: &Limit) -> bool {
+    l.rate == 0.0 || l.per == 0.0
+}
+
+/// Tyk's `Duration`: time between two requests, 0 for unlimited (-1).
+fn duration(l: &Limit) -> f64 {
+    if l.rate <= 0.0 || l.per <= 0.0 {
+        0.0
+    } else {
+        l.per / l.rate
+    }
+}
+
+/// Tyk's `ApplyRateLimits`: the policy's rate goes to `api` and to the
+/// session's root when either is unset or allows fewer requests.
+fn apply_rate(p: &Policy, session: &mut Session, api: &mut Limit) {
+    let policy = p.limit();
+    if rate_empty(&policy) {
+        return;
+    }
+    let smoothing = policy_smoothing(p);
+    if rate_empty(api) || duration(api) > duration(&policy) {
+        api.rate = p.rate;
+        api.per = p.per;
+        copy_smoothing(api, &smoothing);
+    }
+    let own = session.limit();
+    if rate_empty(&own) || duration(&own) > duration(&policy) {
+        session.rate = p.rate;
+        session.per = p.per;
+        match p.other.get("smoothing") {
+            Some(s) => session.other.insert("smoothing".into(), s.clone()),
+            None => session.other.remove("smoothing"),
+        };
+    }
 }
 
 #[derive(Default)]
@@ -128,6 +171,22 @@ pub fn effective<'p>(
         if p.last_updated > session.last_updated {
             session.last_updated.clone_from(&p.last_updated);
         }
+        // What happens to the key once it expires: the last policy that
+        // says.
+        if let Some(action) = p.other.get("post_expiry_action")
+            && action.as_str().is_some_and(|a| !a.is_empty())
+        {
+            session
+                .other
+                .insert("post_expiry_action".into(), action.clone());
+        }
+        if let Some(grace) = p.other.get("post_expiry_grace_period")
+            && grace.as_i64().is_some_and(|g| g != 0)
+        {
+            session
+                .other
+                .insert("post_expiry_grace_period".into(), grace.clone());
+        }
     }
     let mut seen = BTreeSet::new();
     session.tags = key
@@ -138,11 +197,16 @@ pub fn effective<'p>(
         .cloned()
         .collect();
 
-    let distinct_acl: BTreeSet<&String> = applied.set_by.values().collect();
+    let distinct_acl: BTreeSet<&String> = applied
+        .set_by
+        .values()
+        .filter(|by| !by.is_empty())
+        .collect();
     let several_acls = distinct_acl.len() > 1;
     rights.retain(|api, _| applied.acl.contains(api));
     for (api, right) in &mut rights {
         if !applied.rate.contains(api) {
+            right.other.remove("endpoints");
             right.limit.rate = session.rate;
             right.limit.per = session.per;
             right.limit.throttle_interval = session.throttle_interval;
@@ -162,7 +226,7 @@ pub fn effective<'p>(
         }
         if several_acls
             && right.allowance_scope.is_empty()
-            && let Some(by) = applied.set_by.get(api)
+            && let Some(by) = applied.set_by.get(api).filter(|by| !by.is_empty())
         {
             right.allowance_scope.clone_from(by);
         }
@@ -226,15 +290,27 @@ fn apply_per_api(
             api.clone()
         };
         right.allowance_scope.clone_from(&scope);
-        applied.set_by.insert(api.clone(), scope);
-        if let Some(own) = key.access_rights.get(api)
-            && !own.limit.is_empty()
-        {
-            right.limit.quota_renews = own.limit.quota_renews;
+        let mut set_by = scope;
+        if let Some(own) = key.access_rights.get(api) {
+            if !own.limit.is_empty() {
+                right.limit.quota_renews = own.limit.quota_renews;
+            }
+            // Introspection the key turned off stays off.
+            if own.other.get("disable_introspection") == Some(&serde_json::Value::Bool(true)) {
+                right.other.insert(
+                    "disable_introspection".into(),
+                    serde_json::Value::Bool(true),
+                );
+            }
         }
         if let Some(current) = rights.get(api) {
-            right = more_generous_api(right, current);
+            let (merged, kept_current) = more_generous_api(right, current);
+            right = merged;
+            if kept_current && let Some(by) = applied.set_by.get(api) {
+                set_by.clone_from(by);
+            }
         }
+        applied.set_by.insert(api.clone(), set_by);
         rights.insert(api.clone(), right);
         applied.acl.insert(api.clone());
         applied.quota.insert(api.clone());
@@ -248,15 +324,21 @@ fn apply_per_api(
 }
 
 /// Two per-API policies for one API: the more generous limits win (Tyk's
-/// `applyAPILevelLimits`).
-fn more_generous_api(mut new: AccessRight, current: &AccessRight) -> AccessRight {
-    if new.limit.interval() > current.limit.interval() {
+/// `applyAPILevelLimits`), endpoint limits merged; says whether the earlier
+/// one's rate or quota was kept (its scope then stays).
+fn more_generous_api(mut new: AccessRight, current: &AccessRight) -> (AccessRight, bool) {
+    let mut kept_current = false;
+    if duration(&new.limit) > duration(&current.limit) {
         new.limit.rate = current.limit.rate;
         new.limit.per = current.limit.per;
         copy_smoothing(&mut new.limit, &current.limit);
+        kept_current = true;
     }
-    if more_generous(current.limit.quota_max, new.limit.quota_max) {
+    if current.limit.quota_max != new.limit.quota_max
+        && more_generous(current.limit.quota_max, new.limit.quota_max)
+    {
         new.limit.quota_max = current.limit.quota_max;
+        kept_current = true;
     }
     if more_generous(
         current.limit.quota_renewal_rate,
@@ -267,7 +349,13 @@ fn more_generous_api(mut new: AccessRight, current: &AccessRight) -> AccessRight
     if new.limit.quota_max == -1 {
         new.limit.quota_renewal_rate = 0;
     }
-    new
+    if kept_current {
+        new.allowance_scope.clone_from(&current.allowance_scope);
+    }
+    let endpoints =
+        json::merge_endpoints(new.other.get("endpoints"), current.other.get("endpoints"));
+    set_other(&mut new.other, "endpoints", endpoints);
+    (new, kept_current)
 }
 
 fn copy_smoothing(to: &mut Limit, from: &Limit) {
@@ -288,23 +376,25 @@ fn apply_partitions(
     if partitioned && applied.per_api {
         return Err(MergeError::MixedPerApiAndPartitions);
     }
-    let policy_limit = p.limit();
+    // Every API the policy names has a place (empty at first), so an ACL
+    // that comes after a limit-only policy still counts.
+    for api in p.access_rights.keys() {
+        rights.entry(api.clone()).or_insert_with(|| AccessRight {
+            api_id: api.clone(),
+            ..AccessRight::default()
+        });
+    }
     for (api, right) in &p.access_rights {
         let acl = !partitioned || p.partitions.acl;
-        // What earlier policies made of this API, else this policy's right
-        // (only its limits when this policy does not set the ACL).
-        let mut merged = match rights.get(api) {
-            Some(current) if acl => union_acl(current.clone(), right),
-            Some(current) => current.clone(),
-            None if acl => right.clone(),
-            None => AccessRight {
-                api_id: right.api_id.clone(),
-                api_name: right.api_name.clone(),
-                limit: right.limit.clone(),
-                ..AccessRight::default()
-            },
-        };
+        // What earlier policies made of this API: the ACL is merged into
+        // it, limits are raised on it; a policy's own per-API `limit` is not
+        // read outside `per_api` (as Tyk).
+        let mut merged = rights.get(api).cloned().unwrap_or_default();
         if acl {
+            merged = union_acl(merged, right);
+            if merged.api_name.is_empty() {
+                merged.api_name.clone_from(&right.api_name);
+            }
             applied.acl.insert(api.clone());
             applied.set_by.insert(api.clone(), p.id.clone());
         }
@@ -325,23 +415,10 @@ fn apply_partitions(
         }
         if !partitioned || p.partitions.rate_limit {
             applied.rate.insert(api.clone());
-            if policy_limit.interval() > 0.0 {
-                let api_limit = &mut merged.limit;
-                if api_limit.interval() == 0.0 || api_limit.interval() > policy_limit.interval() {
-                    api_limit.rate = p.rate;
-                    api_limit.per = p.per;
-                    copy_smoothing(api_limit, &policy_smoothing(p));
-                }
-                let own = session.limit();
-                if own.interval() == 0.0 || own.interval() > policy_limit.interval() {
-                    session.rate = p.rate;
-                    session.per = p.per;
-                    match p.other.get("smoothing") {
-                        Some(s) => session.other.insert("smoothing".into(), s.clone()),
-                        None => session.other.remove("smoothing"),
-                    };
-                }
-            }
+            apply_rate(p, session, &mut merged.limit);
+            let endpoints =
+                json::merge_endpoints(right.other.get("endpoints"), merged.other.get("endpoints"));
+            set_other(&mut merged.other, "endpoints", endpoints);
             if p.throttle_retry_limit > merged.limit.throttle_retry_limit {
                 merged.limit.throttle_retry_limit = p.throttle_retry_limit;
                 session.throttle_retry_limit =
@@ -397,7 +474,9 @@ fn policy_smoothing(p: &Policy) -> Limit {
 }
 
 /// Two policies' ACLs for one API: versions and allowed URLs (methods per
-/// URL) are merged.
+/// URL) are merged, GraphQL restricted and allowed types unioned per type,
+/// field limits merged (the deeper wins), introspection off if either says
+/// so; other fields of the earlier policy stay.
 fn union_acl(mut current: AccessRight, new: &AccessRight) -> AccessRight {
     for v in &new.versions {
         if !current.versions.contains(v) {
@@ -416,10 +495,37 @@ fn union_acl(mut current: AccessRight, new: &AccessRight) -> AccessRight {
             None => current.allowed_urls.push(url.clone()),
         }
     }
+    for field in ["restricted_types", "allowed_types"] {
+        let merged = json::union_types(current.other.get(field), new.other.get(field));
+        set_other(&mut current.other, field, merged);
+    }
+    let limits = json::merge_field_limits(
+        current.other.get("field_access_rights"),
+        new.other.get("field_access_rights"),
+    );
+    set_other(&mut current.other, "field_access_rights", limits);
+    if new.other.get("disable_introspection") == Some(&serde_json::Value::Bool(true)) {
+        current.other.insert(
+            "disable_introspection".into(),
+            serde_json::Value::Bool(true),
+        );
+    }
     for (k, v) in &new.other {
-        current.other.entry(k.clone()).or_insert_with(|| v.clone());
+        // Endpoint limits are rate limits: merged only by a policy that
+        // sets rates.
+        if k != "endpoints" {
+            current.other.entry(k.clone()).or_insert_with(|| v.clone());
+        }
     }
     current
+}
+
+/// Sets `field` of `other` to `value`, or removes it for `None`.
+fn set_other(other: &mut super::model::Other, field: &str, value: Option<serde_json::Value>) {
+    match value {
+        Some(v) => other.insert(field.to_owned(), v),
+        None => other.remove(field),
+    };
 }
 
 #[cfg(test)]

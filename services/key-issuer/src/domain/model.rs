@@ -301,7 +301,20 @@ pub struct OAuthClient {
     pub policy_id: String,
     /// A description.
     pub description: String,
-    /// Free-form metadata (strings).
-    #[serde(deserialize_with = "nullable")]
-    pub meta_data: BTreeMap<String, String>,
+    /// Free-form metadata: any JSON (Tyk's `interface{}`; `{}` when none).
+    #[serde(default = "empty_object", deserialize_with = "null_as_empty_object")]
+    pub meta_data: Value,
+}
+
+/// `{}`: the metadata of a client that was given none.
+pub fn empty_object() -> Value {
+    Value::Object(Map::new())
+}
+
+/// Reads `null` as `{}` and any other JSON as it is.
+pub fn null_as_empty_object<'de, D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::Null => empty_object(),
+        other => other,
+    })
 }
