@@ -9,6 +9,7 @@ mod election;
 mod events;
 mod hardening;
 mod hub;
+mod import;
 mod keys;
 mod observe;
 mod portal;

@@ -7,7 +7,8 @@
 //! subcommands call the hub's REST API.
 //!
 //! Modules: [`hub`] (in-process composition), [`up`] (the launcher),
-//! [`rebuild`] (`meridian rebuild`),
+//! [`rebuild`] (`meridian rebuild`), [`import`] (`meridian import`: a Tyk
+//! estate into Meridian),
 //! [`cli`] (REST client commands), [`events`] (`events tail`),
 //! [`route`] (`meridian route`: the hub URL in front of separately deployed
 //! services), [`console`] (the web console both serve at `/`), [`demo_provider`]. The demo agent is `meridian-agent`'s session with the
@@ -18,6 +19,7 @@ pub mod console;
 pub mod demo_provider;
 pub mod events;
 pub mod hub;
+pub mod import;
 pub mod rebuild;
 pub mod route;
 pub mod up;

@@ -114,6 +114,43 @@ enum Command {
         )]
         nats_url: String,
     },
+    /// Bring a Tyk estate over: API definitions, policies and keys, from a
+    /// tyk-sync dump, a gateway's folder or a live Tyk Gateway, into the
+    /// hub's gateway and key-issuer. Idempotent; --dry-run shows the plan.
+    Import {
+        /// A tyk-sync dump folder (with .tyk.json), or a gateway's folder
+        /// (apps/*.json, policies/policies.json).
+        #[arg(
+            required_unless_present = "from_gateway",
+            conflicts_with = "from_gateway"
+        )]
+        folder: Option<std::path::PathBuf>,
+        /// Read a live Tyk Gateway instead (its Gateway API URL).
+        #[arg(long)]
+        from_gateway: Option<String>,
+        /// That gateway's secret (x-tyk-authorization).
+        #[arg(
+            long,
+            env = "TYK_GW_SECRET",
+            hide_env_values = true,
+            default_value = ""
+        )]
+        from_secret: String,
+        /// Keys from a JSON export: {"<key>": <session>, ...}.
+        #[arg(long)]
+        keys: Option<std::path::PathBuf>,
+        /// Meridian's Gateway API secret.
+        #[arg(
+            long,
+            env = "MERIDIAN_GATEWAY_SECRET",
+            hide_env_values = true,
+            default_value = ""
+        )]
+        secret: String,
+        /// Print what would change; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Serve a demo Tyk-Dashboard-compatible provider with sample APIs.
     DemoProvider {
         /// Where to listen.
@@ -221,6 +258,44 @@ async fn main() -> anyhow::Result<()> {
                 })
             };
             route::serve(&listen, upstreams, console, stop).await
+        }
+        Command::Import {
+            folder,
+            from_gateway,
+            from_secret,
+            keys,
+            secret,
+            dry_run,
+        } => {
+            if secret.is_empty() {
+                anyhow::bail!(
+                    "set MERIDIAN_GATEWAY_SECRET (or pass --secret): the import writes through the Gateway API"
+                );
+            }
+            let source = match (folder, from_gateway) {
+                (Some(dir), _) => meridian::import::Source::Folder(dir),
+                (None, Some(url)) => meridian::import::Source::Gateway {
+                    url,
+                    secret: from_secret,
+                },
+                (None, None) => anyhow::bail!("name a folder or --from-gateway URL"),
+            };
+            let import = meridian::import::Import {
+                source,
+                keys_file: keys,
+                hub: cli.hub.clone(),
+                secret,
+                dry_run,
+            };
+            let report = meridian::import::run(&import).await?;
+            print!("{}", report.summary(dry_run));
+            if report.refused() > 0 {
+                anyhow::bail!(
+                    "{} item(s) were not imported (named above)",
+                    report.refused()
+                );
+            }
+            Ok(())
         }
         Command::DemoProvider { listen, key } => {
             let provider = meridian::demo_provider::DemoProvider::new(
