@@ -281,7 +281,7 @@ impl Tyk {
 pub async fn start_key_issuer(
     nats: &Nats,
     tweak: impl FnOnce(&mut meridian_key_issuer::Config),
-) -> (Running, meridian_key_issuer::adapters::fold::Shared) {
+) -> (Running, meridian_keys::fold::Shared) {
     let mut config = meridian_key_issuer::Config::new(&nats.url(), GATEWAY_SECRET);
     tweak(&mut config);
     let app = meridian_key_issuer::App::build(config, &Metrics::new())

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::header::{HeaderMap, NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, NATS_MESSAGE_ID};
-use meridian_key_issuer::adapters::fold::read;
-use meridian_key_issuer::domain::hash_secret;
+use meridian_keys::fold::read;
+use meridian_keys::hash_secret;
 use meridian_kit::bus::stream_config;
 use meridian_loadtest::raw_publish;
 use meridian_schemas::keys::KeysEvent;
@@ -204,7 +204,7 @@ async fn main() -> anyhow::Result<()> {
         }
         events
     };
-    let mut fresh = meridian_key_issuer::domain::KeysState::default();
+    let mut fresh = meridian_keys::KeysState::default();
     let apply_started = Instant::now();
     for (i, event) in events.iter().enumerate() {
         fresh.apply(event, i as u64 + 1)?;

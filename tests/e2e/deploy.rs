@@ -6,7 +6,10 @@
 //! - `compose.yaml` runs every service, and its variables, flags, ports,
 //!   health checks and cross-service URLs match what the binaries accept;
 //! - both use the nats-server version `scripts/setup` pins, and the
-//!   `Dockerfile` builds every binary they start.
+//!   `Dockerfile` builds every binary they start;
+//! - no service crate depends on another service crate (the launcher,
+//!   which runs them all in one process, excepted): what two services
+//!   share lives in a library crate (`schemas`, `kit`, `keys`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -306,6 +309,77 @@ fn strings(v: &Value) -> Vec<String> {
     v.as_array()
         .map(|a| a.iter().map(|x| interpolate(x.as_str().unwrap())).collect())
         .unwrap_or_default()
+}
+
+#[test]
+fn no_service_crate_depends_on_another_service() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args([
+            "metadata",
+            "--no-deps",
+            "--format-version",
+            "1",
+            "--offline",
+        ])
+        .current_dir(root())
+        .output()
+        .expect("run cargo metadata");
+    assert!(
+        out.status.success(),
+        "cargo metadata: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: Value = serde_json::from_slice(&out.stdout).expect("cargo metadata is JSON");
+    let packages = meta["packages"].as_array().expect("packages");
+    let services_dir = root().join("services").canonicalize().expect("services/");
+    // A service is a crate under services/ that builds a binary.
+    let is_service = |p: &Value| {
+        Path::new(p["manifest_path"].as_str().unwrap_or_default()).starts_with(&services_dir)
+            && p["targets"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t["kind"][0] == "bin"))
+    };
+    let services: BTreeSet<&str> = packages
+        .iter()
+        .filter(|p| is_service(p))
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    for name in [
+        "meridian-key-issuer",
+        "meridian-proxy",
+        "meridian-portal-sync",
+        "meridian",
+    ] {
+        assert!(
+            services.contains(name),
+            "{name} is found as a service: {services:?}"
+        );
+    }
+    assert!(
+        !services.contains("meridian-keys"),
+        "meridian-keys is a library"
+    );
+    let mut wrong = Vec::new();
+    for p in packages
+        .iter()
+        .filter(|p| is_service(p) && p["name"] != "meridian")
+    {
+        for d in p["dependencies"].as_array().into_iter().flatten() {
+            let dep = d["name"].as_str().unwrap_or_default();
+            if services.contains(dep) {
+                wrong.push(format!(
+                    "{} depends on {dep}",
+                    p["name"].as_str().unwrap_or("?")
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "a service crate depends on another service; move what they share into a library \
+         crate: {wrong:?}"
+    );
 }
 
 #[test]

@@ -12,7 +12,7 @@ use meridian_tests::*;
 use serde_json::{Value, json};
 
 fn sha256(s: &str) -> String {
-    meridian_key_issuer::domain::hash_secret(s)
+    meridian_keys::hash_secret(s)
 }
 
 /// A policy giving `api` 100 requests a minute and 1,000 a day.

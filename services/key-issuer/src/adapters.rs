@@ -1,4 +1,5 @@
-//! Everything that touches NATS: the fold of `KEYS` ([`fold`]), the writer
+//! Everything that touches NATS: the fold of `KEYS` ([`fold`], from the
+//! shared `meridian-keys` crate), the writer
 //! that turns a checked change into an event published as a
 //! compare-and-set on its entity ([`writer`]), the relay of changes to the
 //! public stream ([`relay`]) and the responder that records the OAuth
@@ -6,7 +7,7 @@
 //! gateway's API definitions (`APIS`, [`apis`]) for the OAuth client checks.
 
 pub mod apis;
-pub mod fold;
+pub use meridian_keys::fold;
 pub mod relay;
 pub mod tokens;
 pub mod writer;

@@ -16,6 +16,7 @@ mod oauth;
 mod orgs;
 mod policies;
 
+pub use meridian_kit::tyk::ModifyKey;
 use meridian_kit::tyk::{StatusMessage, TykError};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -47,33 +48,6 @@ pub fn router(state: ApiState) -> OpenApiRouter {
         .merge(orgs::routes())
         .merge(oauth::routes())
         .with_state(state)
-}
-
-/// Tyk's `ApiModifyKeySuccess`: the answer to a write.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ModifyKey {
-    /// The key (only a create answers with a generated key), policy,
-    /// organisation or client id, as the request named it.
-    pub key: String,
-    /// Always `ok`.
-    pub status: String,
-    /// `added`, `modified`, `updated` or `deleted`.
-    pub action: String,
-    /// SHA-256 (hex) of the key, when keys are hashed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub key_hash: Option<String>,
-}
-
-impl ModifyKey {
-    /// `{"key": key, "status": "ok", "action": action}`.
-    pub fn new(key: impl Into<String>, action: &str) -> Self {
-        Self {
-            key: key.into(),
-            status: "ok".into(),
-            action: action.into(),
-            key_hash: None,
-        }
-    }
 }
 
 /// Tyk's `ApiAllKeys`: ids or hashes.

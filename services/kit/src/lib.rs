@@ -19,12 +19,14 @@
 //!   shape, the Gateway API secret, bodies read as Tyk reads them.
 //! - [`writer`]: compare-and-set writes decided on an in-memory fold.
 //! - [`listen`]: a server's open-files limit and its listen backlog.
+//! - [`invalid`]: the refused-field type every domain answers with.
 //! - [`telemetry`], [`shutdown`], [`time`], [`hex`].
 
 pub mod bus;
 pub mod config;
 pub mod hex;
 pub mod http;
+pub mod invalid;
 pub mod listen;
 pub mod metrics;
 #[cfg(feature = "nats-server")]

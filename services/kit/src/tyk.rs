@@ -223,6 +223,33 @@ pub fn with_secret(
     api.layer(axum::middleware::from_fn_with_state(secret, require_secret))
 }
 
+/// Tyk's `ApiModifyKeySuccess`: the answer to a write.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ModifyKey {
+    /// The key (only a create answers with a generated key), policy,
+    /// organisation or client id, as the request named it.
+    pub key: String,
+    /// Always `ok`.
+    pub status: String,
+    /// `added`, `modified`, `updated` or `deleted`.
+    pub action: String,
+    /// SHA-256 (hex) of the key, when keys are hashed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_hash: Option<String>,
+}
+
+impl ModifyKey {
+    /// `{"key": key, "status": "ok", "action": action}`.
+    pub fn new(key: impl Into<String>, action: &str) -> Self {
+        Self {
+            key: key.into(),
+            status: "ok".into(),
+            action: action.into(),
+            key_hash: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

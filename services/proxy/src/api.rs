@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::State;
-use meridian_key_issuer::api::ModifyKey;
 use meridian_kit::projection::Progress;
+use meridian_kit::tyk::ModifyKey;
 use meridian_kit::tyk::{StatusMessage, TykError, TykJson, TykPath, TykQuery};
 use meridian_schemas::apis::ApisEvent;
 use meridian_schemas::streams;
@@ -108,7 +108,7 @@ fn write_failed(e: WriteError<TykError>) -> TykError {
 
 /// Checks a definition before it is stored.
 fn check(def: &ApiDefinition) -> Result<(), TykError> {
-    meridian_key_issuer::domain::check_id("api_id", &def.api_id).map_err(invalid)?;
+    meridian_keys::check_id("api_id", &def.api_id).map_err(invalid)?;
     compile(def).map(|_| ()).map_err(invalid)
 }
 

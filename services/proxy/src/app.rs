@@ -4,8 +4,8 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use meridian_key_issuer::adapters::fold::Shared as SharedKeys;
-use meridian_key_issuer::domain::KeysState;
+use meridian_keys::KeysState;
+use meridian_keys::fold::Shared as SharedKeys;
 use meridian_kit::CancellationToken;
 use meridian_kit::bus::{self, Publisher};
 use meridian_kit::config::{ConfigError, HumanDuration, Secret};

@@ -10,7 +10,7 @@ pub mod routes;
 pub mod state;
 
 /// A refused write: which field, and why (shared with key-issuer).
-pub use meridian_key_issuer::domain::Invalid;
+pub use meridian_kit::invalid::Invalid;
 
 pub use apidef::ApiDefinition;
 pub use routes::{Route, RouteTable};

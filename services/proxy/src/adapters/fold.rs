@@ -1,6 +1,6 @@
 //! `APIS` folded in memory by every replica, rebuilt from the log at each
 //! start. `KEYS` is folded by key-issuer's own fold
-//! ([`meridian_key_issuer::adapters::fold`]), in this process too.
+//! ([`meridian_keys::fold`]), in this process too.
 
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 

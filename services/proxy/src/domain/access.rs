@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 
 use hyper::StatusCode;
-use meridian_key_issuer::domain::{KeysState, Session};
+use meridian_keys::{KeysState, Session};
 use regex::Regex;
 
 use super::routes::{Route, VersionLocation, Versioning};
@@ -252,7 +252,7 @@ mod tests {
     use super::*;
     use crate::domain::apidef::ApiDefinition;
     use crate::domain::routes::compile;
-    use meridian_key_issuer::domain::hash_secret;
+    use meridian_keys::hash_secret;
     use meridian_schemas::keys::KeysEvent;
     use serde_json::{Value, json};
     use uuid::Uuid;

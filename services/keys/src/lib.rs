@@ -1,8 +1,17 @@
-//! Pure rules: the Gateway API objects ([`model`]), how a key and its
-//! policies merge into the session the proxy enforces ([`merge`]), the view
-//! folded from `KEYS` ([`state`]), and the checks and stamps a write gets
-//! before it becomes an event (here). No I/O, no clock: time comes in.
+//! # meridian-keys
+//!
+//! The keys domain both key-issuer (which writes `KEYS`) and the proxy
+//! (which enforces it) use, so that neither service depends on the other:
+//! the Gateway API objects ([`model`]: Tyk's `SessionState`, `Policy`,
+//! OAuth client), how a key and its policies merge into the session the
+//! proxy enforces ([`merge`], Tyk's rules, checked against Tyk's own table),
+//! the view folded from `KEYS` with each key's effective session kept
+//! current ([`state`]), its fold adapter ([`fold`]), key hashing, and the
+//! checks and stamps a write gets before it becomes an event (here).
+//! Everything but [`fold`] is pure: no I/O, no clock (time comes in).
+#![cfg_attr(test, recursion_limit = "1024")] // the json! fixture of Tyk's merge table
 
+pub mod fold;
 pub mod merge;
 pub mod model;
 pub mod state;
@@ -16,21 +25,10 @@ pub use state::{Effective, Entry, KeysState};
 /// Longest id accepted for a policy, organisation, OAuth client or custom key.
 pub const MAX_ID_BYTES: usize = 256;
 
-/// A refused write: which field, and why.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct Invalid {
-    /// The field at fault (`access_rights.api1.limit.rate`, `keyID`, ...).
-    pub field: String,
-    /// Why.
-    pub message: String,
-}
+pub use meridian_kit::invalid::Invalid;
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> Invalid {
-    Invalid {
-        field: field.into(),
-        message: message.into(),
-    }
+    Invalid::new(field, message)
 }
 
 /// SHA-256 (hex) of a key, token or secret: how the log and the view name it.

@@ -7,8 +7,7 @@ use meridian_kit::projection::{Fold, StoredEvent};
 use meridian_schemas::DecodeError;
 use meridian_schemas::keys::KeysEvent;
 
-use crate::domain::KeysState;
-use crate::domain::state::CorruptObject;
+use crate::state::{CorruptObject, KeysState};
 
 /// Why an event of `KEYS` could not be applied (the fold halts).
 #[derive(Debug, thiserror::Error)]
