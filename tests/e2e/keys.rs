@@ -784,7 +784,7 @@ async fn bad_input_gets_tyks_errors_and_stores_nothing() {
             json!({"status": "error", "message": "Attempted administrative access with invalid or missing key!"})
         );
     }
-    let cases: [(&str, &str, &str); 8] = [
+    let cases: [(&str, &str, &str); 10] = [
         ("/tyk/keys", "{not json", "body"),
         (
             "/tyk/keys",
@@ -816,6 +816,18 @@ async fn bad_input_gets_tyks_errors_and_stores_nothing() {
             "/tyk/oauth/clients/create",
             r#"{"description": "no api"}"#,
             "api_id",
+        ),
+        // An allowed URL that is no regular expression would refuse every
+        // request with a silent 403; it is refused on write instead.
+        (
+            "/tyk/keys",
+            r#"{"access_rights": {"a": {"allowed_urls": [{"url": "/ok"}, {"url": "/pets/(", "methods": ["GET"]}]}}}"#,
+            "access_rights.a.allowed_urls[1].url: is not a valid regular expression: unclosed group",
+        ),
+        (
+            "/tyk/policies",
+            r#"{"id": "p", "access_rights": {"a": {"allowed_urls": [{"url": "[z-a]"}]}}}"#,
+            "access_rights.a.allowed_urls[0].url",
         ),
     ];
     for (path, body, field) in cases {

@@ -139,8 +139,28 @@ fn check_rights(rights: &mut model::AccessRights) -> Result<(), Invalid> {
             ));
         }
         check_limit(&format!("access_rights.{api}.limit"), &right.limit)?;
+        for (i, allowed) in right.allowed_urls.iter().enumerate() {
+            if let Err(e) = model::Pattern::compile(&allowed.url) {
+                return Err(invalid(
+                    format!("access_rights.{api}.allowed_urls[{i}].url"),
+                    format!("is not a valid regular expression: {}", first_line(&e)),
+                ));
+            }
+        }
     }
     Ok(())
+}
+
+/// The first line of a regex error (the rest draws a caret under the pattern).
+fn first_line(e: &regex::Error) -> String {
+    let text = e.to_string();
+    text.lines()
+        .rev()
+        .find(|l| l.starts_with("error:"))
+        .map_or_else(
+            || text.clone(),
+            |l| l.trim_start_matches("error:").trim().to_owned(),
+        )
 }
 
 /// Checks a key's or an organisation's session and fills what the API

@@ -4,7 +4,9 @@
 //! they were sent. `null` where Tyk allows it (lists, maps) reads as empty.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use regex::Regex;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
@@ -68,6 +70,53 @@ impl Limit {
     }
 }
 
+/// An `allowed_urls` pattern, compiled once when the key or policy holding
+/// it is folded (see [`crate::state::KeysState`]); the proxy matches with
+/// it, never compiling on a request.
+#[derive(Clone, Default)]
+pub struct Pattern(pub(crate) Option<Arc<Regex>>);
+
+impl Pattern {
+    /// Compiles `url` as Tyk reads it: a regular expression, unanchored.
+    pub fn compile(url: &str) -> Result<Self, regex::Error> {
+        Regex::new(url).map(|r| Self(Some(Arc::new(r))))
+    }
+
+    /// Whether the pattern matches `path`. Not compiled (a pattern stored
+    /// before patterns were checked on write, that does not compile)
+    /// matches nothing: the request is refused, as Tyk refuses it.
+    pub fn is_match(&self, path: &str) -> bool {
+        self.0.as_ref().is_some_and(|r| r.is_match(path))
+    }
+
+    /// Whether the pattern is compiled.
+    pub fn is_compiled(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Whether anything but this handle holds the compiled pattern.
+    pub(crate) fn is_shared(&self) -> bool {
+        self.0.as_ref().is_some_and(|r| Arc::strong_count(r) > 1)
+    }
+}
+
+impl std::fmt::Debug for Pattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(r) => write!(f, "Pattern({:?})", r.as_str()),
+            None => f.write_str("Pattern(not compiled)"),
+        }
+    }
+}
+
+/// Two patterns are equal when both are compiled from the same text, or
+/// neither is compiled.
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_ref().map(|r| r.as_str()) == other.0.as_ref().map(|r| r.as_str())
+    }
+}
+
 /// One allowed URL of an API, with its methods (Tyk's `AccessSpec`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -77,6 +126,9 @@ pub struct AllowedUrl {
     /// HTTP methods allowed on it.
     #[serde(deserialize_with = "nullable")]
     pub methods: Vec<String>,
+    /// `url` compiled (set by the fold; not part of the JSON).
+    #[serde(skip)]
+    pub pattern: Pattern,
     /// Anything else sent.
     #[serde(flatten)]
     pub other: Other,

@@ -12,7 +12,7 @@ use meridian_schemas::streams::KeysEntity;
 use sha2::{Digest, Sha256};
 
 use super::merge::{MergeError, effective};
-use super::model::{OAuthClient, Policy, Session};
+use super::model::{AccessRights, OAuthClient, Pattern, Policy, Session};
 
 /// A stored object and the sequence of the event that stored it.
 #[derive(Clone, Debug, PartialEq)]
@@ -53,7 +53,43 @@ pub struct KeysState {
     by_policy: HashMap<String, BTreeSet<String>>,
     /// Last sequence on each entity's subject, deletions included.
     last: HashMap<(KeysEntity, String), u64>,
+    patterns: Patterns,
     position: u64,
+}
+
+/// `allowed_urls` patterns by their text, each compiled once and shared by
+/// every key, policy and effective session that names it.
+#[derive(Debug, Default)]
+struct Patterns {
+    compiled: HashMap<String, Pattern>,
+    /// How many were left at the last pruning.
+    kept: usize,
+}
+
+impl Patterns {
+    /// Gives every allowed URL in `rights` its compiled pattern.
+    fn fill(&mut self, rights: &mut AccessRights) {
+        for allowed in rights.values_mut().flat_map(|r| r.allowed_urls.iter_mut()) {
+            allowed.pattern = self.get(&allowed.url);
+        }
+    }
+
+    fn get(&mut self, url: &str) -> Pattern {
+        if let Some(found) = self.compiled.get(url) {
+            return found.clone();
+        }
+        // Drop the patterns nothing holds any more once the table has
+        // doubled since the last pruning: amortised O(1) per new pattern.
+        if self.compiled.len() >= 2 * self.kept.max(64) {
+            self.compiled.retain(|_, p| p.is_shared());
+            self.kept = self.compiled.len();
+        }
+        // Checked on write; one stored before that which does not compile
+        // matches nothing.
+        let pattern = Pattern::compile(url).unwrap_or_default();
+        self.compiled.insert(url.to_owned(), pattern.clone());
+        pattern
+    }
 }
 
 fn parse<T: serde::de::DeserializeOwned>(
@@ -78,7 +114,8 @@ impl KeysState {
             KeysEvent::KeySaved {
                 key_hash, session, ..
             } => {
-                let session: Session = parse("a key's session", session, seq)?;
+                let mut session: Session = parse("a key's session", session, seq)?;
+                self.patterns.fill(&mut session.access_rights);
                 self.index_policies(key_hash, Some(&session));
                 self.keys.insert(
                     key_hash.clone(),
@@ -97,7 +134,8 @@ impl KeysState {
             KeysEvent::PolicySaved {
                 policy_id, policy, ..
             } => {
-                let policy: Policy = parse("a policy", policy, seq)?;
+                let mut policy: Policy = parse("a policy", policy, seq)?;
+                self.patterns.fill(&mut policy.access_rights);
                 self.policies.insert(
                     policy_id.clone(),
                     Entry {
@@ -355,4 +393,188 @@ impl KeysState {
 /// is a `BTreeMap` in this build).
 fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("stored objects serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::json;
+    use uuid::Uuid;
+
+    use super::*;
+
+    /// A change to keys and policies, over small pools of each so that
+    /// keys share policies and policies come and go under them.
+    #[derive(Clone, Debug)]
+    enum Op {
+        SaveKey {
+            key: u8,
+            policies: Vec<u8>,
+            rate: u8,
+        },
+        DeleteKey {
+            key: u8,
+        },
+        SavePolicy {
+            policy: u8,
+            rate: u8,
+            quota: i8,
+            apis: Vec<u8>,
+            partitioned: bool,
+            per_api: bool,
+        },
+        DeletePolicy {
+            policy: u8,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0..6u8, proptest::collection::vec(0..4u8, 0..3), 0..50u8)
+                .prop_map(|(key, policies, rate)| Op::SaveKey { key, policies, rate }),
+            1 => (0..6u8).prop_map(|key| Op::DeleteKey { key }),
+            3 => (0..4u8, 0..50u8, -1..20i8, proptest::collection::vec(0..3u8, 0..3), any::<bool>(), any::<bool>())
+                .prop_map(|(policy, rate, quota, apis, partitioned, per_api)| Op::SavePolicy {
+                    policy, rate, quota, apis, partitioned, per_api,
+                }),
+            1 => (0..4u8).prop_map(|policy| Op::DeletePolicy { policy }),
+        ]
+    }
+
+    fn access(apis: &[u8]) -> serde_json::Value {
+        let rights: serde_json::Map<String, serde_json::Value> = apis
+            .iter()
+            .map(|a| {
+                let id = format!("api{a}");
+                (id.clone(), json!({"api_id": id, "versions": ["Default"]}))
+            })
+            .collect();
+        serde_json::Value::Object(rights)
+    }
+
+    fn event(op: &Op) -> KeysEvent {
+        let change_id = Uuid::nil();
+        match op {
+            Op::SaveKey { key, policies, rate } => KeysEvent::KeySaved {
+                key_hash: format!("key{key}"),
+                session: json!({
+                    "rate": rate, "per": 10,
+                    "apply_policies": policies.iter().map(|p| format!("pol{p}")).collect::<Vec<_>>(),
+                    "access_rights": access(&[0]),
+                })
+                .to_string(),
+                created: true,
+                change_id,
+                at_ms: 0,
+            },
+            Op::DeleteKey { key } => KeysEvent::KeyDeleted {
+                key_hash: format!("key{key}"),
+                org_id: String::new(),
+                alias: String::new(),
+                change_id,
+                at_ms: 0,
+            },
+            Op::SavePolicy { policy, rate, quota, apis, partitioned, per_api } => {
+                let mut rights = access(apis);
+                if *per_api {
+                    for right in rights.as_object_mut().into_iter().flat_map(|m| m.values_mut()) {
+                        right["limit"] = json!({"rate": rate, "per": 5, "quota_max": quota});
+                    }
+                }
+                KeysEvent::PolicySaved {
+                    policy_id: format!("pol{policy}"),
+                    policy: json!({
+                        "id": format!("pol{policy}"),
+                        "rate": rate, "per": 10, "quota_max": quota, "quota_renewal_rate": 60,
+                        "access_rights": rights,
+                        "partitions": {"rate_limit": partitioned, "per_api": per_api},
+                    })
+                    .to_string(),
+                    created: true,
+                    change_id,
+                    at_ms: 0,
+                }
+            }
+            Op::DeletePolicy { policy } => KeysEvent::PolicyDeleted {
+                policy_id: format!("pol{policy}"),
+                org_id: String::new(),
+                change_id,
+                at_ms: 0,
+            },
+        }
+    }
+
+    fn key_with_urls(hash: &str, urls: &[&str], seq: u64, state: &mut KeysState) {
+        let allowed: Vec<_> = urls
+            .iter()
+            .map(|u| json!({"url": u, "methods": ["GET"]}))
+            .collect();
+        let session = json!({"access_rights": {"a": {"api_id": "a", "allowed_urls": allowed}}});
+        let event = KeysEvent::KeySaved {
+            key_hash: hash.into(),
+            session: session.to_string(),
+            created: true,
+            change_id: Uuid::nil(),
+            at_ms: 0,
+        };
+        state.apply(&event, seq).expect("valid JSON");
+    }
+
+    fn pattern(state: &KeysState, hash: &str, i: usize) -> Pattern {
+        let session = state.effective(hash).unwrap().as_ref().unwrap();
+        session.access_rights["a"].allowed_urls[i].pattern.clone()
+    }
+
+    #[test]
+    fn allowed_urls_are_compiled_once_when_folded() {
+        let mut state = KeysState::default();
+        key_with_urls("k1", &["^/pets/[0-9]+$", "/owners("], 1, &mut state);
+        key_with_urls("k2", &["^/pets/[0-9]+$"], 2, &mut state);
+        let first = pattern(&state, "k1", 0);
+        assert!(first.is_match("/pets/12") && !first.is_match("/pets/x"));
+        // One compiled pattern, shared by both keys and their sessions.
+        let (Some(a), Some(b)) = (&first.0, &pattern(&state, "k2", 0).0) else {
+            panic!("compiled")
+        };
+        assert!(Arc::ptr_eq(a, b));
+        // Stored before patterns were checked on write: matches nothing.
+        let broken = pattern(&state, "k1", 1);
+        assert!(!broken.is_compiled() && !broken.is_match("/owners("));
+    }
+
+    #[test]
+    fn patterns_nothing_holds_are_dropped_as_the_table_grows() {
+        let mut state = KeysState::default();
+        for i in 0..1000u64 {
+            // One key, its pattern replaced each time.
+            key_with_urls("k", &[&format!("^/v{i}/")], i + 1, &mut state);
+        }
+        let table = state.patterns.compiled.len();
+        assert!(table <= 128, "{table} patterns kept for one live one");
+        assert!(pattern(&state, "k", 0).is_match("/v999/x"));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+        /// The effective sessions kept current event by event equal every
+        /// key merged from scratch with the policies as they are then.
+        #[test]
+        fn effective_index_equals_a_merge_from_scratch(ops in proptest::collection::vec(op(), 1..40)) {
+            let mut state = KeysState::default();
+            for (i, op) in ops.iter().enumerate() {
+                state.apply(&event(op), i as u64 + 1).expect("valid JSON");
+                let hashes = state.key_hashes();
+                prop_assert_eq!(state.effective.len(), hashes.len(), "one effective session per key");
+                for hash in hashes {
+                    let key = state.key(hash).expect("listed");
+                    let from_scratch = state.merge(&key.value);
+                    prop_assert_eq!(
+                        state.effective(hash), Some(&from_scratch),
+                        "key {} after {:?}", hash, op
+                    );
+                }
+            }
+        }
+    }
 }

@@ -37,8 +37,7 @@ use super::fold::{SharedApis, read};
 use super::upstream::{Affinity, ClientBody, Http1Pool, caused_by_client_body, client_body};
 use crate::domain::Route;
 use crate::domain::access::{
-    KeyInput, Patterns, Refusal, VersionInput, check_key, first_segment, key_from_header,
-    resolve_version,
+    KeyInput, Refusal, VersionInput, check_key, first_segment, key_from_header, resolve_version,
 };
 use crate::domain::path;
 use crate::domain::routes::{VersionLocation, Versioning, join_path};
@@ -90,7 +89,6 @@ impl ClientConn {
 pub struct DataPlane {
     apis: SharedApis,
     keys: SharedKeys,
-    patterns: Patterns,
     plain: Arc<Http1Pool>,
     http: Client<HttpsConnector<HttpConnector>, ClientBody>,
     h2c: Client<HttpConnector, ClientBody>,
@@ -322,7 +320,6 @@ impl DataPlane {
         Ok(Self {
             apis,
             keys,
-            patterns: Patterns::default(),
             plain: Http1Pool::new(timeouts.connect),
             http: http.build(tls_connector(timeouts, extra_ca)?),
             h2c: h2c.build(connector(timeouts)),
@@ -458,7 +455,7 @@ impl DataPlane {
                 method: req.method().as_str(),
                 now_s: now,
             };
-            check_key(&read_keys(&self.keys), route, &input, &self.patterns)?;
+            check_key(&read_keys(&self.keys), route, &input)?;
         }
         let strip_segment = match &route.versioning {
             Versioning::By {

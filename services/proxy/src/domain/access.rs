@@ -3,12 +3,8 @@
 //! in, with Tyk's refusals (status and message) so clients written for Tyk
 //! read them unchanged.
 
-use std::collections::HashMap;
-use std::sync::RwLock;
-
 use hyper::StatusCode;
 use meridian_keys::{KeysState, Session};
-use regex::Regex;
 
 use super::routes::{Route, VersionLocation, Versioning};
 
@@ -140,35 +136,6 @@ pub fn key_from_header(value: &str) -> Option<&str> {
     (!key.is_empty()).then_some(key)
 }
 
-/// Compiled `allowed_urls` patterns, shared by every request of a replica
-/// (a pattern is compiled the first time a key using it is checked).
-#[derive(Debug, Default)]
-pub struct Patterns {
-    compiled: RwLock<HashMap<String, Option<Regex>>>,
-}
-
-impl Patterns {
-    /// Whether `pattern` (a regular expression, unanchored, as Tyk reads
-    /// it) matches `path`. A pattern that does not compile matches nothing.
-    pub fn matches(&self, pattern: &str, path: &str) -> bool {
-        if let Some(found) = self
-            .compiled
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(pattern)
-        {
-            return found.as_ref().is_some_and(|r| r.is_match(path));
-        }
-        let regex = Regex::new(pattern).ok();
-        let hit = regex.as_ref().is_some_and(|r| r.is_match(path));
-        self.compiled
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(pattern.to_owned(), regex);
-        hit
-    }
-}
-
 /// What the key check reads from a request.
 pub struct KeyInput<'a> {
     /// SHA-256 (hex) of the key sent.
@@ -186,19 +153,14 @@ pub struct KeyInput<'a> {
 /// Checks a key against the API, in Tyk's order: known, active, not
 /// expired, organisation active, access to the API and version, then
 /// `allowed_urls`.
-pub fn check_key(
-    keys: &KeysState,
-    route: &Route,
-    input: &KeyInput<'_>,
-    patterns: &Patterns,
-) -> Result<(), Refusal> {
+pub fn check_key(keys: &KeysState, route: &Route, input: &KeyInput<'_>) -> Result<(), Refusal> {
     let session = match keys.effective(input.key_hash) {
         Some(Ok(session)) => session,
         // Unknown key, or its policies cannot be applied (Tyk refuses both
         // the same way).
         _ => return Err(Refusal::Disallowed),
     };
-    check_session(keys, session, route, input, patterns)
+    check_session(keys, session, route, input)
 }
 
 fn check_session(
@@ -206,7 +168,6 @@ fn check_session(
     session: &Session,
     route: &Route,
     input: &KeyInput<'_>,
-    patterns: &Patterns,
 ) -> Result<(), Refusal> {
     if session.is_inactive {
         return Err(Refusal::KeyInactive);
@@ -235,7 +196,7 @@ fn check_session(
     }
     if !right.allowed_urls.is_empty()
         && !right.allowed_urls.iter().any(|allowed| {
-            patterns.matches(&allowed.url, input.path)
+            allowed.pattern.is_match(input.path)
                 && allowed
                     .methods
                     .iter()
@@ -310,7 +271,7 @@ mod tests {
             method,
             now_s: 1_000,
         };
-        check_key(state, r, &input, &Patterns::default())
+        check_key(state, r, &input)
     }
 
     #[test]
