@@ -42,6 +42,13 @@ pub const CONSOLE_REVOKED_SUBJECT: &str = "console.session.revoked";
 /// hours, so an older revocation has nothing left to refuse.
 pub const CONSOLE_RETENTION: std::time::Duration = std::time::Duration::from_secs(13 * 3600);
 
+/// The key-value bucket of the gateway's rate-limit and quota counters
+/// (one JSON record per budget, see `meridian_keys::limits`): written by
+/// every proxy replica with revision-checked updates, read by key-issuer to
+/// show a key's quota. Operational state, not an event log: one revision
+/// kept per counter.
+pub const LIMITS_BUCKET: &str = "GATEWAY_LIMITS";
+
 /// Subject filter that captures a whole stream.
 pub fn stream_subjects(stream: &str) -> &'static str {
     match stream {

@@ -696,7 +696,7 @@ async fn keys_are_checked_as_tyk_checks_them() {
         (
             403,
             refused(
-                "This organisation access has been disabled, please contact your API administrator"
+                "this organisation access has been disabled, please contact your API administrator"
             )
         )
     );

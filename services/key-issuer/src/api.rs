@@ -17,6 +17,9 @@ mod orgs;
 mod policies;
 
 pub use meridian_kit::tyk::ModifyKey;
+use std::time::Duration;
+
+use meridian_keys::limits::{Counter, Kind, counter_key};
 use meridian_kit::tyk::{StatusMessage, TykError};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -38,6 +41,9 @@ pub struct ApiState {
     pub min_key_length: usize,
     /// The gateway's APIs (which exist, which take OAuth).
     pub apis: crate::adapters::apis::SharedApis,
+    /// The gateway's rate-limit and quota counters (what a key's `GET`
+    /// shows as `quota_remaining`).
+    pub counters: async_nats::jetstream::kv::Store,
 }
 
 /// The routes with their OpenAPI description (behind the secret: see
@@ -48,6 +54,42 @@ pub fn router(state: ApiState) -> OpenApiRouter {
         .merge(orgs::routes())
         .merge(oauth::routes())
         .with_state(state)
+}
+
+impl ApiState {
+    /// The quota counters of `id` (a key's hash or an organisation id) for
+    /// each allowance scope in `scopes`, as the gateway replicas left
+    /// them. One that cannot be read is left out (the stored figures are
+    /// shown for it).
+    async fn quota_counters(
+        &self,
+        kind: Kind,
+        id: &str,
+        scopes: &[String],
+    ) -> std::collections::HashMap<String, Counter> {
+        let mut found = std::collections::HashMap::new();
+        for scope in scopes {
+            let key = counter_key(kind, id, scope);
+            match tokio::time::timeout(Duration::from_millis(500), self.counters.get(&key)).await {
+                Ok(Ok(Some(body))) => match serde_json::from_slice::<Counter>(&body) {
+                    Ok(c) => {
+                        found.insert(scope.clone(), c);
+                    }
+                    Err(e) => {
+                        tracing::warn!(counter = %key, error = %e, "a quota counter does not parse")
+                    }
+                },
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(counter = %key, error = %e, "cannot read a quota counter: showing the stored quota")
+                }
+                Err(_) => {
+                    tracing::warn!(counter = %key, "reading a quota counter timed out: showing the stored quota")
+                }
+            }
+        }
+        found
+    }
 }
 
 /// Tyk's `ApiAllKeys`: ids or hashes.

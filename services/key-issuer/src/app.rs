@@ -112,6 +112,7 @@ pub struct App {
     apis: SharedApis,
     apis_progress: Progress,
     writer: Writer,
+    counters: async_nats::jetstream::kv::Store,
     secret: ApiKey,
     config: Config,
     metrics: Metrics,
@@ -143,6 +144,12 @@ impl App {
         let js = async_nats::jetstream::new(client.clone());
         bus::ensure_streams(&js, &[streams::KEYS, streams::APIS]).await?;
         bus::ensure_public_stream(&js).await?;
+        let counters = bus::ensure_bucket(
+            &js,
+            streams::LIMITS_BUCKET,
+            "Rate-limit and quota counters the gateway replicas share",
+        )
+        .await?;
         let state: Shared = Arc::new(RwLock::new(KeysState::default()));
         let (runner, progress) = Runner::in_memory(
             js.clone(),
@@ -168,6 +175,7 @@ impl App {
             apis,
             apis_progress,
             writer,
+            counters,
             secret,
             config,
             metrics: metrics.clone(),
@@ -194,6 +202,7 @@ impl App {
             hashed_listing: self.config.enable_hashed_keys_listing,
             min_key_length: self.config.min_key_length,
             apis: self.apis.clone(),
+            counters: self.counters.clone(),
         };
         let digest = OpenApiRouter::new()
             .routes(routes!(digest))

@@ -12,6 +12,7 @@
 #![cfg_attr(test, recursion_limit = "1024")] // the json! fixture of Tyk's merge table
 
 pub mod fold;
+pub mod limits;
 pub mod merge;
 pub mod model;
 pub mod state;
@@ -20,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 pub use merge::{MergeError, effective};
 pub use model::{AccessRight, Limit, OAuthClient, Partitions, Policy, Session};
-pub use state::{Effective, Entry, KeysState};
+pub use state::{Effective, Enforced, Entry, KeysState};
 
 /// Longest id accepted for a policy, organisation, OAuth client or custom key.
 pub const MAX_ID_BYTES: usize = 256;

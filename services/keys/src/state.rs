@@ -26,6 +26,17 @@ pub struct Entry<T> {
 /// A key's effective session, or why its policies cannot be applied.
 pub type Effective = Result<Arc<Session>, MergeError>;
 
+/// What the gateway reads for a key on every request, in one lookup.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Enforced {
+    /// The effective session.
+    pub effective: Effective,
+    /// The key's own `last_updated` (not its policies'): a write that
+    /// resets the quota changes it, so a quota counter started before it
+    /// is over (see [`crate::limits::Counter`]).
+    pub quota_reset: Arc<str>,
+}
+
 /// An object in an event that does not parse: the stream holds something
 /// this build cannot read (only key-issuer writes it, after parsing).
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +55,7 @@ pub struct CorruptObject {
 #[derive(Debug, Default)]
 pub struct KeysState {
     keys: HashMap<String, Entry<Session>>,
-    effective: HashMap<String, Effective>,
+    effective: HashMap<String, Enforced>,
     policies: BTreeMap<String, Entry<Policy>>,
     orgs: BTreeMap<String, Entry<Session>>,
     clients: BTreeMap<String, Entry<OAuthClient>>,
@@ -228,8 +239,11 @@ impl KeysState {
 
     fn refresh(&mut self, key_hash: &str) {
         if let Some(key) = self.keys.get(key_hash) {
-            let merged = self.merge(&key.value);
-            self.effective.insert(key_hash.to_owned(), merged);
+            let enforced = Enforced {
+                effective: self.merge(&key.value),
+                quota_reset: Arc::from(key.value.last_updated.as_str()),
+            };
+            self.effective.insert(key_hash.to_owned(), enforced);
         }
     }
 
@@ -271,6 +285,12 @@ impl KeysState {
     /// A key's effective session (what the proxy enforces): one hash-map
     /// read, merged when the key or one of its policies changed.
     pub fn effective(&self, hash: &str) -> Option<&Effective> {
+        self.effective.get(hash).map(|e| &e.effective)
+    }
+
+    /// A key's effective session and its quota's reset marker, in one
+    /// hash-map read (the gateway's per-request lookup).
+    pub fn enforced(&self, hash: &str) -> Option<&Enforced> {
         self.effective.get(hash)
     }
 

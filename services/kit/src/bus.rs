@@ -265,6 +265,27 @@ pub async fn ensure_streams(js: &jetstream::Context, names: &[&str]) -> Result<(
     Ok(())
 }
 
+/// Creates the key-value bucket `bucket` (file storage, one revision kept
+/// per key), or updates it to that configuration, and opens it.
+pub async fn ensure_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    description: &str,
+) -> Result<jetstream::kv::Store, BusError> {
+    js.create_or_update_key_value(jetstream::kv::Config {
+        bucket: bucket.to_owned(),
+        description: description.to_owned(),
+        history: 1,
+        storage: jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| BusError::Stream {
+        stream: format!("KV_{bucket}"),
+        message: e.to_string(),
+    })
+}
+
 /// Publishes events with `Nats-Msg-Id` set to their dedup id, awaiting acks.
 #[derive(Clone)]
 pub struct Publisher {

@@ -1,10 +1,12 @@
 //! I/O around the domain: the folds of `APIS` and `KEYS` ([`fold`]), the
 //! writer of `APIS` ([`writer`]), the replicas' announcements of what they
-//! applied ([`replicas`]), the data plane ([`dataplane`]) and its kept
-//! upstream connections ([`upstream`]).
+//! applied ([`replicas`]), the data plane ([`dataplane`]) with its kept
+//! upstream connections ([`upstream`]) and its leases on the shared
+//! rate-limit and quota counters ([`limits`]).
 
 pub mod dataplane;
 pub mod fold;
+pub mod limits;
 pub mod replicas;
 pub mod upstream;
 pub mod writer;

@@ -20,12 +20,14 @@ use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use uuid::Uuid;
 
-use crate::adapters::dataplane::{DataPlane, Timeouts};
+use crate::adapters::dataplane::{DataPlane, Settings, Timeouts};
 use crate::adapters::fold::SharedApis;
+use crate::adapters::limits::Limiter;
 use crate::adapters::replicas::{self, Replicas};
 use crate::adapters::writer::Writer;
 use crate::api;
 use crate::domain::ApisState;
+use crate::domain::limits::HeaderSource;
 
 /// Environment prefix of the configuration.
 pub const ENV_PREFIX: &str = "MERIDIAN_PROXY__";
@@ -75,6 +77,12 @@ pub struct Config {
     /// confirmed (the replica keeps serving the keys it knows).
     #[serde(default = "default_key_view_stale_after")]
     pub key_view_stale_after: HumanDuration,
+    /// What `X-RateLimit-Limit`, `-Remaining` and `-Reset` describe (Tyk's
+    /// `rate_limit_response_headers`): `quotas` (Tyk's default: the key's
+    /// quota, on answers from the upstream) or `rate_limits` (the key's
+    /// rate limit, on every answer past the rate-limit step, 429s too).
+    #[serde(default)]
+    pub rate_limit_response_headers: HeaderSource,
 }
 
 fn default_listen() -> String {
@@ -118,6 +126,7 @@ impl Config {
             workers: 0,
             listen_backlog: default_backlog(),
             key_view_stale_after: default_key_view_stale_after(),
+            rate_limit_response_headers: HeaderSource::default(),
         }
     }
 }
@@ -157,6 +166,7 @@ pub struct App {
     replicas: Replicas,
     announcements: async_nats::Subscriber,
     plane: Arc<DataPlane>,
+    limiter: Arc<Limiter>,
     workers: usize,
     reload_timeout: Duration,
     key_view_stale_after: Duration,
@@ -210,20 +220,27 @@ impl App {
         );
         let replicas = Replicas::new(Uuid::new_v4());
         let announcements = replicas::subscribe(&client).await?;
-        let timeouts = Timeouts {
-            connect: config.upstream_connect_timeout.0,
-            read: config.upstream_read_timeout.0,
-        };
-        let plane = DataPlane::new(
-            apis,
-            keys,
-            timeouts,
-            config.upstream_ca_file.as_deref(),
-            metrics,
+        let counters = bus::ensure_bucket(
+            &js,
+            streams::LIMITS_BUCKET,
+            "Rate-limit and quota counters the gateway replicas share",
         )
-        .map_err(|e| ConfigError {
-            message: format!("{ENV_PREFIX}{e}"),
-        })?;
+        .await?;
+        let limiter = Arc::new(Limiter::new(counters, replicas.clone(), metrics));
+        let settings = Settings {
+            timeouts: Timeouts {
+                connect: config.upstream_connect_timeout.0,
+                read: config.upstream_read_timeout.0,
+            },
+            extra_ca: config.upstream_ca_file.as_deref(),
+            header_source: config.rate_limit_response_headers,
+        };
+        let plane =
+            DataPlane::new(apis, keys, limiter.clone(), settings, metrics).map_err(|e| {
+                ConfigError {
+                    message: format!("{ENV_PREFIX}{e}"),
+                }
+            })?;
         let plane = Arc::new(plane);
         let unconfirmed = metrics.gauge(
             "meridian_gateway_key_view_unconfirmed",
@@ -250,6 +267,7 @@ impl App {
             replicas,
             announcements,
             plane,
+            limiter,
             workers: config.workers,
             reload_timeout: config.reload_timeout.0,
             key_view_stale_after: config.key_view_stale_after.0,
@@ -304,6 +322,20 @@ impl App {
                 .clone()
                 .track_until_stopped(self.announcements, stop.clone()),
         );
+        let limiter = self.limiter.clone();
+        let limits_stop = stop.clone();
+        let give_back = tokio::spawn(async move {
+            // What leases unused hold goes back to the counters, and all of
+            // it at a clean stop.
+            let mut every = tokio::time::interval(Duration::from_millis(200));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = limits_stop.cancelled() => break,
+                    _ = every.tick() => limiter.give_back(meridian_kit::time::now_ms(), false).await,
+                }
+            }
+        });
         let announcer = tokio::spawn(replicas::announce_until_stopped(
             self.client.clone(),
             self.replicas.me(),
@@ -349,6 +381,10 @@ impl App {
         let _ = announcer.await;
         let _ = tracker.await;
         let served = plane.await.unwrap_or(Ok(()));
+        let _ = give_back.await;
+        self.limiter
+            .give_back(meridian_kit::time::now_ms(), true)
+            .await;
         apis?;
         keys?;
         served?;

@@ -12,6 +12,7 @@ use super::{
     AllKeys, ApiState, Filter, ModifyKey, invalid, now, random_hex, to_json, write_failed,
 };
 use crate::adapters::fold::read;
+use crate::domain::limits::{self, Kind};
 use crate::domain::{self, KeysState, MergeError, Quota, Session, check_id, hash_secret, is_hash};
 
 pub fn routes() -> OpenApiRouter<ApiState> {
@@ -317,14 +318,22 @@ async fn get_key(
 ) -> Result<axum::Json<Session>, TykError> {
     let hash = s.key_hash(&key_id, q.hashed())?;
     let stored = s.find_key(&hash, "Key not found").await?;
-    if flag(&q.stored) {
-        return Ok(axum::Json(stored));
+    let mut shown = if flag(&q.stored) {
+        stored.clone()
+    } else {
+        match read(s.writer.state()).effective(&hash) {
+            Some(Ok(merged)) => merged.as_ref().clone(),
+            _ => stored.clone(),
+        }
+    };
+    // The quota as the gateway counts it (within a lease of the truth).
+    let scopes = limits::quota_scopes(&shown);
+    if !scopes.is_empty() {
+        let counters = s.quota_counters(Kind::KeyQuota, &hash, &scopes).await;
+        let (now_s, _) = now();
+        limits::show_quotas(&mut shown, &stored.last_updated, &counters, now_s);
     }
-    let state = read(s.writer.state());
-    match state.effective(&hash) {
-        Some(Ok(merged)) => Ok(axum::Json(merged.as_ref().clone())),
-        _ => Ok(axum::Json(stored)),
-    }
+    Ok(axum::Json(shown))
 }
 
 /// Creates a key with the id given (Tyk's custom keys; at least

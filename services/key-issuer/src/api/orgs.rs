@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::{AllKeys, ApiState, Filter, ModifyKey, invalid, now, to_json, write_failed};
 use crate::adapters::fold::read;
+use crate::domain::limits::{self, Kind};
 use crate::domain::{self, Quota, Session, check_id};
 
 pub fn routes() -> OpenApiRouter<ApiState> {
@@ -69,10 +70,19 @@ async fn get_org(
     TykPath(id): TykPath<String>,
 ) -> Result<axum::Json<Session>, TykError> {
     check_id("keyID", &id).map_err(invalid)?;
-    find(&s, &id)
+    let mut org = find(&s, &id)
         .await
-        .map(axum::Json)
-        .ok_or_else(|| TykError::not_found(MISSING))
+        .ok_or_else(|| TykError::not_found(MISSING))?;
+    // The quota as the gateway counts it (within a lease of the truth).
+    if limits::quota_scopes(&org).iter().any(String::is_empty) {
+        let counters = s
+            .quota_counters(Kind::OrgQuota, &id, &[String::new()])
+            .await;
+        let (now_s, _) = now();
+        let reset = org.last_updated.clone();
+        limits::show_quotas(&mut org, &reset, &counters, now_s);
+    }
+    Ok(axum::Json(org))
 }
 
 async fn save(s: &ApiState, id: &str, session: Session, quota: Quota) -> Result<(), TykError> {

@@ -29,22 +29,37 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meridian_keys::fold::{Shared as SharedKeys, read as read_keys};
 use meridian_keys::hash_secret;
+use meridian_keys::limits::{Kind, key_budget, org_budget};
 use meridian_kit::CancellationToken;
 use meridian_kit::metrics::{Counter, Family, Labels, Metrics};
 use tracing::Instrument as _;
 
 use super::fold::{SharedApis, read};
+use super::limits::{Limit, Limiter, Refused};
 use super::upstream::{Affinity, ClientBody, Http1Pool, caused_by_client_body, client_body};
 use crate::domain::Route;
 use crate::domain::access::{
     KeyInput, Refusal, VersionInput, check_key, first_segment, key_from_header, resolve_version,
 };
+use crate::domain::limits::{HeaderSource, LimitHeaders, throttle};
 use crate::domain::path;
+use crate::domain::pipeline::{Context, Identity, Step};
 use crate::domain::routes::{VersionLocation, Versioning, join_path};
 
 /// What the data plane answers with: the upstream's streamed body, or one
 /// of its own small JSON errors.
 pub type Body = Either<Incoming, Full<Bytes>>;
+
+/// How a data plane talks to upstreams and answers.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings<'a> {
+    /// Timeouts towards upstreams.
+    pub timeouts: Timeouts,
+    /// A PEM file of CAs trusted for `https` upstreams, beside the system's.
+    pub extra_ca: Option<&'a str>,
+    /// What `X-RateLimit-*` describe.
+    pub header_source: HeaderSource,
+}
 
 /// Timeouts towards upstreams.
 #[derive(Clone, Copy, Debug)]
@@ -89,6 +104,10 @@ impl ClientConn {
 pub struct DataPlane {
     apis: SharedApis,
     keys: SharedKeys,
+    limiter: Arc<Limiter>,
+    header_source: HeaderSource,
+    /// `meridian_gateway_refused`, one counter per [`Refusal`].
+    refused: Vec<Counter>,
     plain: Arc<Http1Pool>,
     http: Client<HttpsConnector<HttpConnector>, ClientBody>,
     h2c: Client<HttpConnector, ClientBody>,
@@ -190,6 +209,19 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+/// Sets `X-RateLimit-Limit`, `-Remaining` (never negative) and `-Reset`.
+fn set_limit_headers(headers: &mut HeaderMap, h: LimitHeaders) {
+    headers.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(h.limit));
+    headers.insert(
+        X_RATELIMIT_REMAINING.clone(),
+        HeaderValue::from(h.remaining.max(0)),
+    );
+    headers.insert(X_RATELIMIT_RESET.clone(), HeaderValue::from(h.reset));
+}
 
 /// Request headers that may appear only once (RFC 9110 defines each as a
 /// single value, not a list): two of them are ambiguous (which one did the
@@ -292,10 +324,6 @@ fn repeated(name: &HeaderName) -> Response<Body> {
     )
 }
 
-fn now_s() -> i64 {
-    meridian_kit::time::now_ms() / 1000
-}
-
 impl DataPlane {
     /// A data plane over the replica's folds; `https` upstreams are checked
     /// against the system's CAs and `extra_ca`'s. Its counter of answers goes
@@ -303,10 +331,27 @@ impl DataPlane {
     pub fn new(
         apis: SharedApis,
         keys: SharedKeys,
-        timeouts: Timeouts,
-        extra_ca: Option<&str>,
+        limiter: Arc<Limiter>,
+        settings: Settings<'_>,
         metrics: &Metrics,
     ) -> Result<Self, TlsSetupError> {
+        let Settings {
+            timeouts,
+            extra_ca,
+            header_source,
+        } = settings;
+        let refused = metrics.counters(
+            "meridian_gateway_refused",
+            "Requests the gateway refused before the upstream, by reason (rate, quota, org_rate, org_quota, org_inactive, key_*, version_*, ...).",
+        );
+        let refused = Refusal::ALL
+            .iter()
+            .map(|r| {
+                refused
+                    .get_or_create(&vec![("reason", r.reason().to_owned())])
+                    .clone()
+            })
+            .collect();
         let pool = |b: &mut hyper_util::client::legacy::Builder| {
             b.pool_timer(TokioTimer::new())
                 .pool_idle_timeout(Duration::from_secs(90))
@@ -320,6 +365,9 @@ impl DataPlane {
         Ok(Self {
             apis,
             keys,
+            limiter,
+            header_source,
+            refused,
             plain: Http1Pool::new(timeouts.connect),
             http: http.build(tls_connector(timeouts, extra_ca)?),
             h2c: h2c.build(connector(timeouts)),
@@ -403,27 +451,106 @@ impl DataPlane {
                 req.headers_mut().insert(TRACEPARENT.clone(), tp);
             }
         }
-        let res = match self.admit(&req, &route) {
-            Ok(version_segment) => {
-                let forwarded = self.forward(req, &route, version_segment, client);
-                if span.is_disabled() {
+        let mut cx = Context::new(route, meridian_kit::time::now_ms());
+        let res = match self.request_phase(&mut cx, &req).await {
+            Ok(()) => {
+                let forwarded = self.forward(req, &cx, client);
+                let mut res = if span.is_disabled() {
                     forwarded.await
                 } else {
                     forwarded.instrument(span).await
-                }
+                };
+                self.response_phase(&cx, &mut res);
+                res
             }
-            Err(refusal) => error_response(refusal.status(), refusal.message()),
+            Err(refusal) => {
+                self.refused[refusal.index()].inc();
+                let mut res = error_response(refusal.status(), refusal.message());
+                if self.header_source == HeaderSource::RateLimits
+                    && let Some(h) = cx.rate_headers
+                {
+                    set_limit_headers(res.headers_mut(), h);
+                }
+                res
+            }
         };
-        self.count(&route.api_id, res.status());
+        self.count(&cx.route.api_id, res.status());
         res
     }
 
-    /// Version and key checks. Returns whether the version's path segment
-    /// is to be removed before forwarding.
-    fn admit(&self, req: &Request<Incoming>, route: &Route) -> Result<bool, Refusal> {
+    /// The request phase: the API's steps in order, each continuing or
+    /// refusing (see [`crate::domain::pipeline`]).
+    async fn request_phase(
+        &self,
+        cx: &mut Context,
+        req: &Request<Incoming>,
+    ) -> Result<(), Refusal> {
+        let route = cx.route.clone();
+        for step in &route.plan.steps {
+            match step {
+                Step::Org => self.org_step(cx).await?,
+                Step::Version => self.version_step(cx, req)?,
+                Step::Key => self.key_step(cx, req)?,
+                Step::KeyRate => self.key_rate_step(cx).await?,
+                Step::KeyQuota => self.key_quota_step(cx).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The API's organisation: inactive refuses; its rate limit and quota
+    /// count every request to its APIs.
+    async fn org_step(&self, cx: &mut Context) -> Result<(), Refusal> {
+        let org_id = cx.route.org_id.as_str();
+        let Some(org) = read_keys(&self.keys).org(org_id).map(|e| e.value.clone()) else {
+            return Ok(());
+        };
+        if org.is_inactive {
+            return Err(Refusal::OrgInactive);
+        }
+        let budget = org_budget(&org);
+        if let Some(window) = budget.window() {
+            let verdict = self
+                .limiter
+                .admit(
+                    Kind::OrgRate,
+                    org_id,
+                    "",
+                    Limit::Rate(window),
+                    "",
+                    cx.now_ms,
+                )
+                .await;
+            if verdict.admitted.is_err() {
+                return Err(Refusal::OrgRateLimited);
+            }
+        }
+        if let Some(quota) = budget.quota() {
+            let verdict = self
+                .limiter
+                .admit(
+                    Kind::OrgQuota,
+                    org_id,
+                    "",
+                    Limit::Quota(quota),
+                    &org.last_updated,
+                    cx.now_ms,
+                )
+                .await;
+            match verdict.admitted {
+                Ok(()) => {}
+                Err(Refused::Exhausted) => return Err(Refusal::OrgQuotaExceeded),
+                Err(Refused::Unavailable) => return Err(Refusal::QuotaUnavailable),
+            }
+        }
+        Ok(())
+    }
+
+    /// The version the request is for, and whether its path segment goes.
+    fn version_step(&self, cx: &mut Context, req: &Request<Incoming>) -> Result<(), Refusal> {
+        let route = &cx.route;
         let path = req.uri().path();
         let rest = &path[route.listen_path.len().min(path.len())..];
-        let now = now_s();
         let header = match &route.versioning {
             Versioning::By {
                 location: VersionLocation::Header(name),
@@ -438,26 +565,9 @@ impl DataPlane {
                 query: req.uri().query(),
                 rest,
             },
-            now,
+            cx.now_s(),
         )?;
-        if !route.keyless {
-            let key = req
-                .headers()
-                .get(&route.auth_header)
-                .and_then(|v| v.to_str().ok())
-                .and_then(key_from_header)
-                .ok_or(Refusal::KeyMissing)?;
-            let key_hash = hash_secret(key);
-            let input = KeyInput {
-                key_hash: &key_hash,
-                version: version.as_deref(),
-                path,
-                method: req.method().as_str(),
-                now_s: now,
-            };
-            check_key(&read_keys(&self.keys), route, &input)?;
-        }
-        let strip_segment = match &route.versioning {
+        cx.strip_segment = match &route.versioning {
             Versioning::By {
                 location: VersionLocation::Url,
                 strip: true,
@@ -467,7 +577,140 @@ impl DataPlane {
                 .is_some_and(|v| first_segment(rest) == Some(v)),
             _ => false,
         };
-        Ok(strip_segment)
+        cx.version = version;
+        Ok(())
+    }
+
+    /// Key auth: the key from the API's header, checked against its
+    /// effective session.
+    fn key_step(&self, cx: &mut Context, req: &Request<Incoming>) -> Result<(), Refusal> {
+        let key = req
+            .headers()
+            .get(&cx.route.auth_header)
+            .and_then(|v| v.to_str().ok())
+            .and_then(key_from_header)
+            .ok_or(Refusal::KeyMissing)?;
+        let key_hash = hash_secret(key);
+        let input = KeyInput {
+            key_hash: &key_hash,
+            version: cx.version.as_deref(),
+            path: req.uri().path(),
+            method: req.method().as_str(),
+            now_s: cx.now_s(),
+        };
+        let (session, quota_reset) = {
+            let keys = read_keys(&self.keys);
+            let enforced = check_key(&keys, &cx.route, &input)?;
+            let Ok(session) = &enforced.effective else {
+                return Err(Refusal::Disallowed);
+            };
+            (session.clone(), enforced.quota_reset.clone())
+        };
+        cx.identity = Some(Identity {
+            key_hash,
+            session,
+            quota_reset,
+        });
+        Ok(())
+    }
+
+    /// The key's rate limit on this API, throttled as its session says.
+    async fn key_rate_step(&self, cx: &mut Context) -> Result<(), Refusal> {
+        let Some(id) = &cx.identity else {
+            return Ok(());
+        };
+        let (budget, scope) = key_budget(&id.session, &cx.route.api_id);
+        let Some(window) = budget.window() else {
+            return Ok(());
+        };
+        let limit = Limit::Rate(window);
+        let mut verdict = self
+            .limiter
+            .admit(Kind::KeyRate, &id.key_hash, scope, limit, "", cx.now_ms)
+            .await;
+        if verdict.admitted.is_err()
+            && let Some((retries, pause)) = throttle(&budget)
+        {
+            for _ in 0..retries {
+                tokio::time::sleep(pause).await;
+                let now_ms = meridian_kit::time::now_ms();
+                verdict = self
+                    .limiter
+                    .admit(Kind::KeyRate, &id.key_hash, scope, limit, "", now_ms)
+                    .await;
+                if verdict.admitted.is_ok() {
+                    break;
+                }
+            }
+        }
+        cx.rate_headers = Some(verdict.headers);
+        verdict.admitted.map_err(|_| Refusal::RateLimited)
+    }
+
+    /// The key's quota on this API.
+    async fn key_quota_step(&self, cx: &mut Context) -> Result<(), Refusal> {
+        let Some(id) = &cx.identity else {
+            return Ok(());
+        };
+        let (budget, scope) = key_budget(&id.session, &cx.route.api_id);
+        let Some(quota) = budget.quota() else {
+            return Ok(());
+        };
+        let verdict = self
+            .limiter
+            .admit(
+                Kind::KeyQuota,
+                &id.key_hash,
+                scope,
+                Limit::Quota(quota),
+                &id.quota_reset,
+                cx.now_ms,
+            )
+            .await;
+        cx.quota_headers = Some(verdict.headers);
+        match verdict.admitted {
+            Ok(()) => Ok(()),
+            Err(Refused::Exhausted) => Err(Refusal::QuotaExceeded),
+            Err(Refused::Unavailable) => Err(Refusal::QuotaUnavailable),
+        }
+    }
+
+    /// The response phase: what the steps add to the upstream's answer.
+    /// `X-RateLimit-*` replace any the upstream sent, as Tyk's do: the
+    /// quota's by default (a key without a counted quota shows what its
+    /// session stores, a keyless API zeros), the rate limit's with
+    /// `rate_limits`.
+    fn response_phase(&self, cx: &Context, res: &mut Response<Body>) {
+        let headers = match self.header_source {
+            HeaderSource::Quotas => Some(cx.quota_headers.unwrap_or_else(|| {
+                cx.identity
+                    .as_ref()
+                    .map(|id| {
+                        let (limit, remaining, reset) =
+                            meridian_keys::limits::stored_quota(&id.session, &cx.route.api_id);
+                        LimitHeaders {
+                            limit,
+                            remaining,
+                            reset,
+                        }
+                    })
+                    .unwrap_or_default()
+            })),
+            HeaderSource::RateLimits => cx.rate_headers,
+        };
+        let out = res.headers_mut();
+        match headers {
+            Some(h) => set_limit_headers(out, h),
+            None => {
+                for name in [
+                    &X_RATELIMIT_LIMIT,
+                    &X_RATELIMIT_REMAINING,
+                    &X_RATELIMIT_RESET,
+                ] {
+                    out.remove(name);
+                }
+            }
+        }
     }
 
     /// The upstream path and query of a request.
@@ -502,13 +745,15 @@ impl DataPlane {
             .ok()
     }
 
+    /// The upstream-request phase (the forwarded request is written) and
+    /// the exchange with the upstream.
     async fn forward(
         &self,
         req: Request<Incoming>,
-        route: &Route,
-        strip_segment: bool,
+        cx: &Context,
         client: &ClientConn,
     ) -> Response<Body> {
+        let (route, strip_segment) = (&*cx.route, cx.strip_segment);
         let (mut parts, body) = req.into_parts();
         let body = client_body(body);
         let plain = !route.upstream.h2c && route.upstream.scheme == hyper::http::uri::Scheme::HTTP;

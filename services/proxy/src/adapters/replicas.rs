@@ -112,6 +112,19 @@ impl Replicas {
         live
     }
 
+    /// How many replicas are live (this one counted even before it has
+    /// heard itself: at least 1).
+    pub fn live_count(&self) -> usize {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let live = seen
+            .replicas
+            .iter()
+            .filter(|(_, (_, at))| now.duration_since(*at) <= live_within());
+        let (count, me) = live.fold((0, false), |(n, me), (id, _)| (n + 1, me || *id == self.me));
+        if me { count } else { count + 1 }
+    }
+
     /// Waits until every live replica (this one included) has applied
     /// `APIS` up to `apis` and `KEYS` up to `keys`; returns how many
     /// replicas that is.

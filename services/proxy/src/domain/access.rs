@@ -4,7 +4,7 @@
 //! read them unchanged.
 
 use hyper::StatusCode;
-use meridian_keys::{KeysState, Session};
+use meridian_keys::{Enforced, KeysState, Session};
 
 use super::routes::{Route, VersionLocation, Versioning};
 
@@ -30,6 +30,17 @@ pub enum Refusal {
     VersionUnknown,
     /// The version has expired.
     VersionExpired,
+    /// The key's rate limit is reached in this window (after any throttling).
+    RateLimited,
+    /// The key's quota for this period is spent.
+    QuotaExceeded,
+    /// The API's organisation's rate limit is reached.
+    OrgRateLimited,
+    /// The API's organisation's quota is spent.
+    OrgQuotaExceeded,
+    /// The shared quota counters cannot be reached and this replica has
+    /// spent what it had leased: refused rather than risk going over.
+    QuotaUnavailable,
 }
 
 impl Refusal {
@@ -37,6 +48,8 @@ impl Refusal {
     pub fn status(self) -> StatusCode {
         match self {
             Self::KeyMissing => StatusCode::UNAUTHORIZED,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::QuotaUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::FORBIDDEN,
         }
     }
@@ -48,8 +61,9 @@ impl Refusal {
             Self::Disallowed => "Access to this API has been disallowed",
             Self::KeyInactive => "Key is inactive, please renew",
             Self::KeyExpired => "Key has expired, please renew",
+            // Tyk's words, lower case included.
             Self::OrgInactive => {
-                "This organisation access has been disabled, please contact your API administrator"
+                "this organisation access has been disabled, please contact your API administrator"
             }
             Self::ResourceDisallowed => "Access to this resource has been disallowed",
             Self::VersionMissing => "Version information not found",
@@ -57,6 +71,58 @@ impl Refusal {
             Self::VersionExpired => {
                 "Api Version has expired, please check documentation or contact administrator"
             }
+            Self::RateLimited => "Rate Limit Exceeded",
+            Self::QuotaExceeded => "Quota exceeded",
+            Self::OrgRateLimited => {
+                "This organisation rate limit has been exceeded, please contact your API administrator"
+            }
+            Self::OrgQuotaExceeded => {
+                "This organisation quota has been exceeded, please contact your API administrator"
+            }
+            Self::QuotaUnavailable => "The quota cannot be checked now, please try again shortly",
+        }
+    }
+
+    /// Every refusal, in the order of [`Refusal::index`].
+    pub const ALL: [Self; 14] = [
+        Self::KeyMissing,
+        Self::Disallowed,
+        Self::KeyInactive,
+        Self::KeyExpired,
+        Self::OrgInactive,
+        Self::ResourceDisallowed,
+        Self::VersionMissing,
+        Self::VersionUnknown,
+        Self::VersionExpired,
+        Self::RateLimited,
+        Self::QuotaExceeded,
+        Self::OrgRateLimited,
+        Self::OrgQuotaExceeded,
+        Self::QuotaUnavailable,
+    ];
+
+    /// A small number per refusal (its counter's slot).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The `reason` label of `meridian_gateway_refused`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::KeyMissing => "key_missing",
+            Self::Disallowed => "key_disallowed",
+            Self::KeyInactive => "key_inactive",
+            Self::KeyExpired => "key_expired",
+            Self::OrgInactive => "org_inactive",
+            Self::ResourceDisallowed => "resource_disallowed",
+            Self::VersionMissing => "version_missing",
+            Self::VersionUnknown => "version_unknown",
+            Self::VersionExpired => "version_expired",
+            Self::RateLimited => "rate",
+            Self::QuotaExceeded => "quota",
+            Self::OrgRateLimited => "org_rate",
+            Self::OrgQuotaExceeded => "org_quota",
+            Self::QuotaUnavailable => "quota_unavailable",
         }
     }
 }
@@ -152,15 +218,21 @@ pub struct KeyInput<'a> {
 
 /// Checks a key against the API, in Tyk's order: known, active, not
 /// expired, organisation active, access to the API and version, then
-/// `allowed_urls`.
-pub fn check_key(keys: &KeysState, route: &Route, input: &KeyInput<'_>) -> Result<(), Refusal> {
-    let session = match keys.effective(input.key_hash) {
-        Some(Ok(session)) => session,
-        // Unknown key, or its policies cannot be applied (Tyk refuses both
-        // the same way).
-        _ => return Err(Refusal::Disallowed),
-    };
-    check_session(keys, session, route, input)
+/// `allowed_urls`. Returns what the gateway enforces for it.
+pub fn check_key<'a>(
+    keys: &'a KeysState,
+    route: &Route,
+    input: &KeyInput<'_>,
+) -> Result<&'a Enforced, Refusal> {
+    let enforced = keys.enforced(input.key_hash).ok_or(Refusal::Disallowed)?;
+    // A key whose policies cannot be applied is refused as an unknown one
+    // (as Tyk does).
+    let session = enforced
+        .effective
+        .as_ref()
+        .map_err(|_| Refusal::Disallowed)?;
+    check_session(keys, session, route, input)?;
+    Ok(enforced)
 }
 
 fn check_session(
@@ -271,7 +343,7 @@ mod tests {
             method,
             now_s: 1_000,
         };
-        check_key(state, r, &input)
+        check_key(state, r, &input).map(|_| ())
     }
 
     #[test]
@@ -322,6 +394,11 @@ mod tests {
         );
         assert_eq!(Refusal::KeyMissing.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(Refusal::KeyExpired.status(), StatusCode::FORBIDDEN);
+        assert_eq!(Refusal::RateLimited.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(Refusal::OrgRateLimited.status(), StatusCode::FORBIDDEN);
+        for (i, r) in Refusal::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?} is in its slot");
+        }
     }
 
     #[test]

@@ -43,6 +43,10 @@ pub struct ApiDefinition {
     pub active: bool,
     /// No key needed.
     pub use_keyless: bool,
+    /// Keys' rate limits are not enforced on this API.
+    pub disable_rate_limit: bool,
+    /// Keys' quotas are not enforced on this API.
+    pub disable_quota: bool,
     /// Where the key is read from.
     #[serde(deserialize_with = "nullable")]
     pub auth: Auth,

@@ -11,6 +11,7 @@ use hyper::http::uri::{Authority, Scheme};
 
 use super::Invalid;
 use super::apidef::{ApiDefinition, normalize_listen_path};
+use super::pipeline::{Plan, PlanInput};
 
 /// Where a request names its version.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +60,8 @@ pub struct Upstream {
 pub struct Route {
     /// The API id (what keys' access rights name).
     pub api_id: String,
+    /// The owning organisation (whose session's limits apply; empty: none).
+    pub org_id: String,
     /// The listen path, normalized (no trailing `/`).
     pub listen_path: String,
     /// No key needed.
@@ -73,13 +76,12 @@ pub struct Route {
     pub upstream: Upstream,
     /// Versions.
     pub versioning: Versioning,
+    /// The steps its requests go through.
+    pub plan: Plan,
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> Invalid {
-    Invalid {
-        field: field.into(),
-        message: message.into(),
-    }
+    Invalid::new(field, message)
 }
 
 /// Reads `2006-01-02 15:04` (Tyk's version expiry, UTC) as Unix seconds.
@@ -213,15 +215,25 @@ pub fn compile(def: &ApiDefinition) -> Result<Route, Invalid> {
             format!("{header:?} is not a header name"),
         )
     })?;
+    let versioning = versioning(def)?;
+    let plan = Plan::of(PlanInput {
+        has_org: !def.org_id.is_empty(),
+        versioned: versioning != Versioning::None,
+        keyless: def.use_keyless,
+        disable_rate_limit: def.disable_rate_limit,
+        disable_quota: def.disable_quota,
+    });
     Ok(Route {
         api_id: def.api_id.clone(),
+        org_id: def.org_id.clone(),
         listen_path: normalize_listen_path(listen).to_owned(),
         keyless: def.use_keyless,
         auth_header,
         strip_listen_path: def.proxy.strip_listen_path,
         preserve_host: def.proxy.preserve_host_header,
         upstream: parse_upstream(&def.proxy.target_url)?,
-        versioning: versioning(def)?,
+        versioning,
+        plan,
     })
 }
 
