@@ -11,6 +11,7 @@ mod hardening;
 mod hub;
 mod import;
 mod keys;
+mod limits;
 mod observe;
 mod portal;
 mod proxy;

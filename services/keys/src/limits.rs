@@ -185,11 +185,12 @@ pub struct Counter {
 
 impl Counter {
     /// The counter for the window `now_ms` falls in: `stored` if it is
-    /// that window's, else a fresh one.
+    /// that window's, or a later one (a replica whose clock runs ahead
+    /// moved it on: a counter never goes back), else a fresh one.
     pub fn rate_window(stored: Option<Self>, window: RateWindow, now_ms: i64) -> Self {
         let start = window.start_ms(now_ms);
         match stored {
-            Some(c) if c.period == start => c,
+            Some(c) if c.period >= start => c,
             _ => Self {
                 period: start,
                 ..Self::default()
@@ -376,6 +377,11 @@ mod tests {
         assert_eq!((c.period, c.used), (5_000, 0));
         let used = Counter { used: 7, ..c };
         assert_eq!(Counter::rate_window(Some(used.clone()), w, 5_999).used, 7);
+        assert_eq!(
+            Counter::rate_window(Some(used.clone()), w, 4_990).period,
+            5_000,
+            "a clock behind does not move the counter back"
+        );
         let next = Counter::rate_window(Some(used), w, 6_000);
         assert_eq!((next.period, next.used), (6_000, 0));
     }

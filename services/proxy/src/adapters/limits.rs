@@ -14,12 +14,13 @@
 //! - What a replica holds and stops using is given back (after
 //!   [`IDLE_RETURN`]), and everything it holds at a clean stop.
 //! - Counter unreachable (NATS away): rate limits count on this replica
-//!   alone, at an even share of the limit, and the count is added to the
+//!   alone, at an even share of the limit among the replicas live when a
+//!   counter was last reached (in an outage none hears another), and the count is added to the
 //!   counter when it is back; a quota admits only what was leased, then
 //!   refuses.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
@@ -117,18 +118,23 @@ pub struct Limiter {
     replicas: Replicas,
     me: String,
     next_lease: AtomicU64,
+    /// The live replicas when a counter was last reached: while NATS is
+    /// away no replica hears another, so the even share during an outage
+    /// is taken of this, not of the (then lonely) live count.
+    sharing: AtomicUsize,
     scopes: RwLock<HashMap<Box<str>, Vec<Arc<Scope>>>>,
     leases: Metric,
     unreachable: Metric,
 }
 
 /// The period a request at `now_ms` counts in, as far as the lease knows:
-/// a rate limit's window, or the quota period the lease holds if it is
-/// still running under the same reset marker (else `i64::MIN`: ask the
-/// counter).
+/// a rate limit's window (or the later one the lease holds, when another
+/// replica's clock moved the counter on), or the quota period the lease
+/// holds if it is still running under the same reset marker (else
+/// `i64::MIN`: ask the counter).
 fn period_of(lease: &Lease, limit: Limit, reset: &str, now_ms: i64) -> i64 {
     match limit {
-        Limit::Rate(w) => w.start_ms(now_ms),
+        Limit::Rate(w) => w.start_ms(now_ms).max(lease.period),
         Limit::Quota(q) => {
             let now_s = now_ms.div_euclid(1000);
             let running = if q.renewal_s > 0 {
@@ -179,6 +185,7 @@ impl Limiter {
             me: replicas.me().to_string(),
             replicas,
             next_lease: AtomicU64::new(0),
+            sharing: AtomicUsize::new(1),
             scopes: RwLock::default(),
             leases,
             unreachable,
@@ -235,12 +242,16 @@ impl Limiter {
         if let Some(verdict) = self.try_take(&s, limit, reset, now_ms) {
             return verdict;
         }
+        // Waiting for the fetch takes time: it and the second look go by
+        // the clock, not the arrival (a window may have ended meanwhile).
         {
             let mut known = s.known.lock().await;
+            let now_ms = now_ms.max(meridian_kit::time::now_ms());
             self.fetch(&s, &mut known, limit, reset, now_ms).await;
         }
         // The fetch leased, found the budget used up, or found the counter
         // unreachable: the second look decides.
+        let now_ms = now_ms.max(meridian_kit::time::now_ms());
         self.try_take(&s, limit, reset, now_ms)
             .unwrap_or_else(|| Verdict {
                 admitted: Err(match limit {
@@ -272,7 +283,11 @@ impl Limiter {
             Take::Fetch => match lease.unreachable_until {
                 Some(until) if now_ms < until => match limit {
                     Limit::Rate(w) => {
-                        let share = local_limit(w.limit, self.replicas.live_count());
+                        let replicas = self
+                            .replicas
+                            .live_count()
+                            .max(self.sharing.load(Ordering::Relaxed));
+                        let share = local_limit(w.limit, replicas);
                         if lease.take_locally(period, share) {
                             Ok(())
                         } else {
@@ -312,7 +327,15 @@ impl Limiter {
             let current = lease.period == period && lease.reset == reset;
             let settled = lease.exhausted_until.is_some_and(|t| now_ms < t)
                 || lease.unreachable_until.is_some_and(|t| now_ms < t);
-            if current && (lease.tokens > lease.last_block / 2 || settled) {
+            // Ahead of need: what is held lasts until the window ends.
+            let enough = match limit {
+                Limit::Rate(w) => {
+                    let left_s = (period + w.window_ms - now_ms).max(0) as f64 / 1000.0;
+                    lease.tokens > 0 && lease.tokens as f64 >= lease.demand * left_s
+                }
+                Limit::Quota(_) => false,
+            };
+            if current && (lease.tokens > lease.last_block / 2 || settled || enough) {
                 return;
             }
         }
@@ -327,8 +350,10 @@ impl Limiter {
             let (stored, revision) = match seen.take() {
                 Some((c, rev)) => (Some(c), rev),
                 None => match self.read(&s.name).await {
-                    Ok(Some((c, rev))) => (Some(c), rev),
-                    Ok(None) => (None, 0),
+                    Ok(found) => {
+                        self.sharing.store(replicas, Ordering::Relaxed);
+                        found.map_or((None, 0), |(c, rev)| (Some(c), rev))
+                    }
                     Err(why) => return self.unreachable(s, now_ms, &why),
                 },
             };
@@ -346,7 +371,13 @@ impl Limiter {
             };
             let used = counter.used.saturating_add(unreported);
             let remaining = limit.max().saturating_sub(used);
-            let block = block_size(demand, remaining, replicas);
+            let window_left = match limit {
+                Limit::Rate(w) => Some(Duration::from_millis(
+                    (counter.period + w.window_ms - now_ms).max(0) as u64,
+                )),
+                Limit::Quota(_) => None,
+            };
+            let block = block_size(demand, remaining, replicas, window_left);
             if block == 0 && unreported == 0 {
                 s.lease().used_up(
                     counter.period,

@@ -31,14 +31,22 @@ pub const UNREACHABLE_RETRY: Duration = Duration::from_secs(1);
 pub const IDLE_RETURN: Duration = Duration::from_millis(500);
 
 /// How many requests of a counter a replica leases at once: about
-/// [`LEASE_HORIZON`] of its demand (requests a second), at least one,
-/// never more than `remaining / (2 × replicas)` (but at least one), never
-/// more than `remaining`.
-pub fn block_size(demand_per_s: f64, remaining: u64, replicas: usize) -> u64 {
+/// [`LEASE_HORIZON`] of its demand (requests a second), or what it will
+/// need until its rate window ends (`window_left`) if that is less, at
+/// least one, never more than `remaining / (2 × replicas)` (but at least
+/// one), never more than `remaining`. So what a replica holds when a window
+/// ends unused is little.
+pub fn block_size(
+    demand_per_s: f64,
+    remaining: u64,
+    replicas: usize,
+    window_left: Option<Duration>,
+) -> u64 {
     if remaining == 0 {
         return 0;
     }
-    let want = (demand_per_s * LEASE_HORIZON.as_secs_f64()).ceil();
+    let horizon = window_left.map_or(LEASE_HORIZON, |left| left.min(LEASE_HORIZON));
+    let want = (demand_per_s * horizon.as_secs_f64()).ceil();
     let want = if want.is_finite() && want >= 1.0 {
         want.min(u64::MAX as f64) as u64
     } else {
@@ -187,10 +195,14 @@ impl Lease {
     }
 
     /// The counter has nothing left for `period`; ask again at `until_ms`.
+    /// What this replica still holds for that period it still admits (a
+    /// fetch ahead finds the counter used up while the lease has some).
     pub fn used_up(&mut self, period: i64, reset: &str, until_ms: i64) {
-        self.period = period;
-        reset.clone_into(&mut self.reset);
-        self.tokens = 0;
+        if self.period != period || self.reset != reset {
+            self.period = period;
+            reset.clone_into(&mut self.reset);
+            self.tokens = 0;
+        }
         self.shared_remaining = 0;
         self.exhausted_until = Some(until_ms);
     }
@@ -241,20 +253,23 @@ mod tests {
 
     #[test]
     fn blocks_follow_demand_and_shrink_as_the_budget_runs_out() {
-        // demand/s, remaining, replicas → block
+        // demand/s, remaining, replicas, ms left in the window → block
         let cases = [
-            (20_000.0, 1_000_000, 2, 1_000), // 50 ms of 20k/s
-            (20_000.0, 1_000, 2, 250),       // half an even share of 1,000
-            (10.0, 1_000, 3, 1),             // a quiet replica leases one at a time
-            (0.0, 100, 1, 1),                // no estimate yet: one
-            (5_000.0, 7, 3, 1),              // near the end: one at a time
-            (5_000.0, 1, 3, 1),
-            (5_000.0, 0, 3, 0),
-            (f64::INFINITY, 100, 1, 1),
+            (20_000.0, 1_000_000, 2, None, 1_000),   // 50 ms of 20k/s
+            (20_000.0, 1_000_000, 2, Some(10), 200), // only 10 ms of the window left
+            (20_000.0, 1_000_000, 2, Some(0), 1),
+            (20_000.0, 1_000, 2, None, 250), // half an even share of 1,000
+            (10.0, 1_000, 3, None, 1),       // a quiet replica leases one at a time
+            (0.0, 100, 1, None, 1),          // no estimate yet: one
+            (5_000.0, 7, 3, None, 1),        // near the end: one at a time
+            (5_000.0, 1, 3, None, 1),
+            (5_000.0, 0, 3, None, 0),
+            (f64::INFINITY, 100, 1, None, 1),
         ];
-        for (demand, remaining, replicas, want) in cases {
+        for (demand, remaining, replicas, left, want) in cases {
+            let left = left.map(Duration::from_millis);
             assert_eq!(
-                block_size(demand, remaining, replicas),
+                block_size(demand, remaining, replicas, left),
                 want,
                 "demand {demand}, remaining {remaining}, replicas {replicas}"
             );
@@ -300,8 +315,11 @@ mod tests {
         assert_eq!(l.take(1_000, "", 0), Take::Granted { prefetch: true });
         assert_eq!(l.served, 4);
         assert_eq!(l.take(1_000, "", 0), Take::Fetch);
-        // Used up: refused without asking until the re-check time.
+        // Used up: what is held is still admitted, then refused without
+        // asking until the re-check time.
+        l.leased(1_000, "", 1, 0);
         l.used_up(1_000, "", 50);
+        assert_eq!(l.take(1_000, "", 0), Take::Granted { prefetch: true });
         assert_eq!(l.take(1_000, "", 49), Take::Exhausted);
         assert_eq!(l.take(1_000, "", 50), Take::Fetch);
         // The next window: what was held or refused is void.

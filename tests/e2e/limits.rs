@@ -1,0 +1,807 @@
+//! Rate limits, quotas and organisation limits at the gateway, counted
+//! across replicas: real NATS, two or three proxy replicas (one of them a
+//! process, for SIGKILL), a real upstream. Assertions are on counts per
+//! window and per period, never on speed.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use meridian_tests::processes::free_port;
+use meridian_tests::tyk::{GATEWAY_SECRET, Proxy, Tyk, start_key_issuer, start_proxy};
+use meridian_tests::upstream::Upstream;
+use meridian_tests::*;
+use serde_json::{Value, json};
+
+fn api(id: &str, org: &str, keyless: bool) -> Value {
+    json!({"api_id": id, "name": format!("API {id}"), "org_id": org, "active": true,
+        "use_keyless": keyless, "auth": {"auth_header_name": "Authorization"},
+        "proxy": {"listen_path": format!("/{id}/"), "strip_listen_path": true},
+        "version_data": {"not_versioned": true}})
+}
+
+/// Posts the APIs through the first replica and waits until every live
+/// replica serves them.
+async fn add_apis(proxies: &[Proxy], upstream: &str, apis: &[Value]) {
+    let admin = Tyk::new(&proxies[0].admin.url);
+    for def in apis {
+        let mut def = def.clone();
+        def["proxy"]["target_url"] = json!(upstream);
+        let (status, body) = admin.post("/tyk/apis", &def).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    wait_applied(&admin, proxies.len()).await;
+}
+
+/// `/tyk/reload?block=true` until `replicas` replicas have applied
+/// everything (a replica joins the live set with its first announcement).
+async fn wait_applied(admin: &Tyk, replicas: usize) {
+    let heard = eventually(Duration::from_secs(10), || async {
+        let (_, hello) = admin.get("/hello").await;
+        let live = hello["details"]["replicas"]["output"].as_str()?.to_owned();
+        live.starts_with(&format!("{replicas} live")).then_some(())
+    })
+    .await;
+    assert!(
+        heard.is_some(),
+        "{replicas} replicas never heard of each other"
+    );
+    let (status, body) = admin.get("/tyk/reload?block=true").await;
+    assert_eq!(status, 200, "{body}");
+}
+
+async fn key(keys: &Tyk, session: Value) -> String {
+    let (status, body) = keys.post("/tyk/keys", &session).await;
+    assert_eq!(status, 200, "{body}");
+    body["key"].as_str().unwrap().to_owned()
+}
+
+/// One answer of the gateway.
+#[derive(Clone, Debug)]
+struct Answer {
+    /// When the request was sent (ms since the epoch).
+    sent_ms: i64,
+    status: u16,
+    /// `X-RateLimit-Reset`, when sent.
+    reset: Option<i64>,
+    /// `X-RateLimit-Remaining`, when sent.
+    remaining: Option<i64>,
+    /// `X-RateLimit-Limit`, when sent.
+    limit: Option<i64>,
+    body: String,
+}
+
+async fn call(client: &reqwest::Client, url: &str, key: Option<&str>) -> Answer {
+    let mut req = client.get(url);
+    if let Some(key) = key {
+        req = req.header("authorization", key);
+    }
+    let sent_ms = now_ms();
+    let res = req.send().await.expect("the gateway answers");
+    let header = |name: &str| {
+        res.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<i64>().ok())
+    };
+    let (reset, remaining, limit) = (
+        header("x-ratelimit-reset"),
+        header("x-ratelimit-remaining"),
+        header("x-ratelimit-limit"),
+    );
+    Answer {
+        sent_ms,
+        status: res.status().as_u16(),
+        reset,
+        remaining,
+        limit,
+        body: res.text().await.unwrap_or_default(),
+    }
+}
+
+/// Sends `rate` requests a second to `url` with `key` until `until`,
+/// each on a task of its own (a slow answer does not hold the next one
+/// back); returns every answer.
+async fn paced(url: String, key: Option<String>, rate: f64, until: Instant) -> Vec<Answer> {
+    let client = reqwest::Client::new();
+    let mut every = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut sent = tokio::task::JoinSet::new();
+    while Instant::now() < until {
+        every.tick().await;
+        let (client, url, key) = (client.clone(), url.clone(), key.clone());
+        sent.spawn(async move { call(&client, &url, key.as_deref()).await });
+    }
+    sent.join_all().await
+}
+
+/// Admitted requests per rate window, by the window's end (the
+/// `X-RateLimit-Reset` of `rate_limits` headers), for the windows that lay
+/// wholly between `from_ms` and `to_ms`.
+fn per_window(
+    answers: &[Answer],
+    window_ms: i64,
+    from_ms: i64,
+    to_ms: i64,
+) -> BTreeMap<i64, usize> {
+    let mut counts = BTreeMap::new();
+    for a in answers.iter().filter(|a| a.status == 200) {
+        let end = a.reset.expect("rate_limits headers on an admitted request") * 1000;
+        *counts.entry(end).or_insert(0) += 1;
+    }
+    counts.retain(|end, _| *end - window_ms >= from_ms && *end <= to_ms);
+    counts
+}
+
+fn now_ms() -> i64 {
+    meridian_kit::time::now_ms()
+}
+
+/// Three replicas, rate limits of 100 per 2 s, and traffic split
+/// unevenly between replicas, at 1.5x to 3x the limit: every whole window
+/// admits 95 to 100 (exactly 100 with one replica), where an even split
+/// of the limit between replicas (Tyk's DRL) would admit far fewer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rate_limits_hold_across_replicas_whatever_the_split() {
+    let nats = Nats::start().await;
+    let up = Upstream::start().await;
+    let (ki, _) = start_key_issuer(&nats, |_| {}).await;
+    let keys = Tyk::new(&ki.url);
+    let rate_headers = |c: &mut meridian_proxy::Config| {
+        c.rate_limit_response_headers = meridian_proxy::domain::limits::HeaderSource::RateLimits;
+    };
+    let proxies = vec![
+        start_proxy(&nats, rate_headers).await,
+        start_proxy(&nats, rate_headers).await,
+        start_proxy(&nats, rate_headers).await,
+    ];
+    add_apis(&proxies, &up.url(), &[api("lim", "", false)]).await;
+    let limited = json!({"rate": 100, "per": 2, "quota_max": -1,
+        "access_rights": {"lim": {"api_id": "lim"}}});
+    // (replica shares, load as a multiple of the limit)
+    let scenarios: [(&[f64], f64); 4] = [
+        (&[1.0], 1.5),
+        (&[0.9, 0.1], 1.5),
+        (&[0.7, 0.25, 0.05], 2.0),
+        (&[0.5, 0.5], 3.0),
+    ];
+    let started = now_ms();
+    let until = Instant::now() + Duration::from_millis(7_200);
+    let mut runs = Vec::new();
+    for (shares, load) in scenarios {
+        let k = key(&keys, limited.clone()).await;
+        let mut sends = Vec::new();
+        for (i, share) in shares.iter().enumerate() {
+            let rate = 50.0 * load * share; // the limit is 50 a second
+            let url = format!("{}/lim/x", proxies[i].gateway);
+            sends.push(tokio::spawn(paced(url, Some(k.clone()), rate, until)));
+        }
+        runs.push((shares, load, sends));
+    }
+    let mut report = Vec::new();
+    for (shares, load, sends) in runs {
+        let mut answers = Vec::new();
+        let mut per_replica = Vec::new();
+        for s in sends {
+            let got = s.await.unwrap();
+            per_replica.push(per_window(&got, 2_000, started, now_ms()));
+            answers.extend(got);
+        }
+        let refused: Vec<&Answer> = answers.iter().filter(|a| a.status != 200).collect();
+        for a in &refused {
+            assert_eq!(a.status, 429, "{a:?}");
+            assert_eq!(a.body, r#"{"error":"Rate Limit Exceeded"}"#);
+            assert!(a.reset.is_some(), "a 429 carries the rate headers: {a:?}");
+        }
+        let windows = per_window(&answers, 2_000, started, now_ms());
+        assert!(windows.len() >= 2, "{shares:?}: whole windows {windows:?}");
+        let mut sent: BTreeMap<i64, usize> = BTreeMap::new();
+        for a in &answers {
+            *sent
+                .entry(a.sent_ms - a.sent_ms.rem_euclid(2_000) + 2_000)
+                .or_insert(0) += 1;
+        }
+        sent.retain(|end, _| windows.contains_key(end));
+        report.push(format!(
+            "{shares:?} at {load}x: admitted {windows:?} of {sent:?} sent (per replica {per_replica:?})"
+        ));
+        for (end, admitted) in &windows {
+            if shares.len() == 1 {
+                assert_eq!(*admitted, 100, "one replica is exact: window ending {end}");
+            }
+            assert!(
+                (95..=105).contains(admitted),
+                "{shares:?} at {load}x: {admitted} admitted in the window ending {end} (all: {windows:?})"
+            );
+        }
+    }
+    println!("{}", report.join("\n"));
+}
+
+/// A quota of 300 over three replicas, one of them a process killed with
+/// SIGKILL mid-run: never more than 300 admitted, and what the killed one
+/// held (at most half an even share of what was left when it leased) is
+/// all that can be lost. key-issuer shows the rest as `quota_remaining`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_quota_is_never_exceeded_even_when_a_replica_is_killed() {
+    let nats = Nats::start().await;
+    let up = Upstream::start().await;
+    let (ki, _) = start_key_issuer(&nats, |_| {}).await;
+    let keys = Tyk::new(&ki.url);
+    let mut proxies = vec![
+        start_proxy(&nats, |_| {}).await,
+        start_proxy(&nats, |_| {}).await,
+    ];
+    add_apis(&proxies, &up.url(), &[api("q", "", false)]).await;
+    let (gateway, admin) = (free_port(), free_port());
+    let mut killed = tokio::process::Command::new(workspace_binary("meridian-proxy"))
+        .env("MERIDIAN_LOG", "warn")
+        .env("MERIDIAN_PROXY__NATS_URL", nats.url())
+        .env("MERIDIAN_PROXY__SECRET", GATEWAY_SECRET)
+        .env("MERIDIAN_PROXY__LISTEN", format!("127.0.0.1:{gateway}"))
+        .env("MERIDIAN_PROXY__HTTP_ADDR", format!("127.0.0.1:{admin}"))
+        .env("MERIDIAN_PROXY__WORKERS", "1")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start meridian-proxy");
+    let process_url = format!("http://127.0.0.1:{gateway}");
+    let admin_url = format!("http://127.0.0.1:{admin}");
+    let ready = eventually(Duration::from_secs(20), || async {
+        let r = reqwest::get(format!("{admin_url}/readyz")).await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "the proxy process became ready");
+    wait_applied(&Tyk::new(&proxies[0].admin.url), 3).await;
+    let k = key(
+        &keys,
+        json!({"quota_max": 300, "quota_renewal_rate": 3600,
+            "access_rights": {"q": {"api_id": "q"}}}),
+    )
+    .await;
+    let urls = [
+        format!("{}/q/x", proxies[0].gateway),
+        format!("{}/q/x", proxies[1].gateway),
+        format!("{process_url}/q/x"),
+    ];
+    // Eight clients per replica, as fast as they go, until the quota
+    // refuses them; the process is killed after 100 admissions.
+    let admitted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let kill_now = std::sync::Arc::new(tokio::sync::Notify::new());
+    let mut clients = tokio::task::JoinSet::new();
+    for (i, url) in urls.iter().enumerate() {
+        for _ in 0..8 {
+            let (url, k, admitted, kill_now) =
+                (url.clone(), k.clone(), admitted.clone(), kill_now.clone());
+            clients.spawn(async move {
+                let client = reqwest::Client::new();
+                let (mut ok, mut refused) = (0usize, 0usize);
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while refused < 20 && Instant::now() < deadline {
+                    let Ok(res) = client.get(&url).header("authorization", &k).send().await else {
+                        // The killed replica: its clients stop.
+                        break;
+                    };
+                    match res.status().as_u16() {
+                        200 => {
+                            ok += 1;
+                            if admitted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == 100
+                            {
+                                kill_now.notify_one();
+                            }
+                        }
+                        403 => {
+                            assert_eq!(res.text().await.unwrap(), r#"{"error":"Quota exceeded"}"#);
+                            refused += 1;
+                        }
+                        other => panic!("replica {i}: {other}"),
+                    }
+                }
+                ok
+            });
+        }
+    }
+    kill_now.notified().await;
+    killed.start_kill().expect("SIGKILL the proxy process");
+    let _ = killed.wait().await;
+    let total: usize = clients.join_all().await.into_iter().sum();
+    println!("admitted {total} of a quota of 300 with a replica killed after 100");
+    assert!(total <= 300, "{total} admitted: the quota was exceeded");
+    assert!(
+        total >= 300 - 300 / 6,
+        "{total} admitted: more was lost than the killed replica could hold"
+    );
+    // What key-issuer shows: what the counter says is left, never more
+    // than the truth (the killed replica's lease is spent as far as the
+    // counter knows), once the live replicas gave back what they hold.
+    let shown = eventually(Duration::from_secs(5), || async {
+        let (status, body) = keys.get(&format!("/tyk/keys/{k}")).await;
+        assert_eq!(status, 200);
+        let remaining = body["quota_remaining"].as_i64()?;
+        (remaining <= (300 - total) as i64).then_some(remaining)
+    })
+    .await;
+    let shown = shown.expect("quota_remaining within a lease of the truth");
+    assert!(
+        shown >= 0 && (300 - total) as i64 - shown <= 50,
+        "shown {shown}, truth {}",
+        300 - total
+    );
+    for p in proxies.drain(..) {
+        p.admin.stop().await;
+    }
+}
+
+/// NATS stopped mid-run and started again: known keys are still served,
+/// rate limits go on per replica (each an even share of the limit), a
+/// quota admits only what was leased and then answers 503, and within
+/// seconds of NATS coming back both count across replicas again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn limits_hold_through_a_nats_outage_and_reconcile_after() {
+    let mut nats = Nats::start().await;
+    let up = Upstream::start().await;
+    let (ki, _) = start_key_issuer(&nats, |_| {}).await;
+    let keys = Tyk::new(&ki.url);
+    let rate_headers = |c: &mut meridian_proxy::Config| {
+        c.rate_limit_response_headers = meridian_proxy::domain::limits::HeaderSource::RateLimits;
+    };
+    let proxies = vec![
+        start_proxy(&nats, rate_headers).await,
+        start_proxy(&nats, rate_headers).await,
+    ];
+    add_apis(&proxies, &up.url(), &[api("o", "", false)]).await;
+    let rated = key(
+        &keys,
+        json!({"rate": 40, "per": 2, "access_rights": {"o": {"api_id": "o"}}}),
+    )
+    .await;
+    let quota = key(
+        &keys,
+        json!({"quota_max": 200, "quota_renewal_rate": 3600, "access_rights": {"o": {"api_id": "o"}}}),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let urls: Vec<String> = proxies
+        .iter()
+        .map(|p| format!("{}/o/x", p.gateway))
+        .collect();
+    let mut quota_admitted = 0;
+    for url in &urls {
+        for _ in 0..5 {
+            assert_eq!(call(&client, url, Some(&rated)).await.status, 200);
+            assert_eq!(call(&client, url, Some(&quota)).await.status, 200);
+            quota_admitted += 1;
+        }
+    }
+
+    nats.server.stop();
+    // Rate: 30 a second at each replica (1.5x the limit in all); each
+    // admits at most its share, 20 a window.
+    let started = now_ms();
+    let until = Instant::now() + Duration::from_millis(4_500);
+    let outage: Vec<_> = urls
+        .iter()
+        .map(|u| tokio::spawn(paced(u.clone(), Some(rated.clone()), 30.0, until)))
+        .collect();
+    // Quota: what each replica still holds, then 503.
+    let mut unavailable = 0;
+    for url in &urls {
+        for _ in 0..60 {
+            let a = call(&client, url, Some(&quota)).await;
+            match a.status {
+                200 => quota_admitted += 1,
+                503 => {
+                    assert!(a.body.contains("The quota cannot be checked now"), "{a:?}");
+                    unavailable += 1;
+                }
+                other => panic!("quota during the outage: {other} {a:?}"),
+            }
+        }
+    }
+    assert!(
+        unavailable > 0,
+        "a quota refuses once what was leased is spent"
+    );
+    let mut during = Vec::new();
+    for o in outage {
+        during.extend(o.await.unwrap());
+    }
+    assert!(
+        during.iter().all(|a| a.status == 200 || a.status == 429),
+        "known keys are served"
+    );
+    let windows = per_window(&during, 2_000, started, now_ms());
+    assert!(!windows.is_empty());
+    for (end, admitted) in &windows {
+        assert!(
+            *admitted <= 40,
+            "{admitted} admitted in the window ending {end} during the outage"
+        );
+        assert!(
+            *admitted >= 30,
+            "each replica admits its share: {admitted} in the window ending {end}"
+        );
+    }
+
+    nats.server.restart().expect("nats-server restarts");
+    // Within seconds both count across replicas again.
+    let back = eventually(Duration::from_secs(15), || async {
+        let a = call(&client, &urls[0], Some(&quota)).await;
+        (a.status == 200).then_some(())
+    })
+    .await;
+    assert!(
+        back.is_some(),
+        "the quota is served again after NATS is back"
+    );
+    quota_admitted += 1;
+    let started = now_ms();
+    let until = Instant::now() + Duration::from_millis(4_500);
+    let after: Vec<_> = urls
+        .iter()
+        .map(|u| tokio::spawn(paced(u.clone(), Some(rated.clone()), 30.0, until)))
+        .collect();
+    let mut answers = Vec::new();
+    for a in after {
+        answers.extend(a.await.unwrap());
+    }
+    for (end, admitted) in per_window(&answers, 2_000, started, now_ms()) {
+        assert!(
+            (38..=40).contains(&admitted),
+            "{admitted} admitted in the window ending {end} after NATS came back"
+        );
+    }
+    // The quota, spent to the end: never more than 200 in all.
+    for _ in 0..400 {
+        let url = &urls[quota_admitted % 2];
+        match call(&client, url, Some(&quota)).await.status {
+            200 => quota_admitted += 1,
+            403 => break,
+            other => panic!("{other}"),
+        }
+    }
+    assert!(quota_admitted <= 200, "{quota_admitted} admitted of 200");
+    println!("quota: {quota_admitted} of 200 admitted across the outage");
+}
+
+/// An organisation's rate limit and quota count the traffic of all its
+/// keys (and keyless APIs) on every replica; `is_inactive` refuses before
+/// anything else; `reset_quota=1` starts the quota over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn organisation_limits_sum_their_keys_traffic() {
+    let nats = Nats::start().await;
+    let up = Upstream::start().await;
+    let (ki, _) = start_key_issuer(&nats, |_| {}).await;
+    let keys = Tyk::new(&ki.url);
+    let rate_headers = |c: &mut meridian_proxy::Config| {
+        c.rate_limit_response_headers = meridian_proxy::domain::limits::HeaderSource::RateLimits;
+    };
+    let proxies = vec![
+        start_proxy(&nats, rate_headers).await,
+        start_proxy(&nats, rate_headers).await,
+    ];
+    for (org, body) in [
+        ("rateorg", json!({"rate": 30, "per": 2})),
+        (
+            "quotaorg",
+            json!({"quota_max": 50, "quota_renewal_rate": 3600}),
+        ),
+    ] {
+        let (status, answer) = keys.post(&format!("/tyk/org/keys/{org}"), &body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    add_apis(
+        &proxies,
+        &up.url(),
+        &[api("r", "rateorg", false), api("free", "quotaorg", true)],
+    )
+    .await;
+    let rights = json!({"r": {"api_id": "r"}});
+    let k1 = key(&keys, json!({"org_id": "rateorg", "access_rights": rights})).await;
+    let k2 = key(&keys, json!({"org_id": "rateorg", "access_rights": rights})).await;
+
+    // Rate: two keys over two replicas at 2x the organisation's 15 a second.
+    let started = now_ms();
+    let until = Instant::now() + Duration::from_millis(6_500);
+    let mut sends = Vec::new();
+    for (i, k) in [&k1, &k2].into_iter().enumerate() {
+        for p in &proxies {
+            let url = format!("{}/r/x", p.gateway);
+            let rate = if i == 0 { 10.0 } else { 5.0 };
+            sends.push(tokio::spawn(paced(url, Some(k.clone()), rate, until)));
+        }
+    }
+    let mut answers = Vec::new();
+    for s in sends {
+        answers.extend(s.await.unwrap());
+    }
+    let org_rate = r#"{"error":"This organisation rate limit has been exceeded, please contact your API administrator"}"#;
+    for a in answers.iter().filter(|a| a.status != 200) {
+        assert_eq!((a.status, a.body.as_str()), (403, org_rate));
+    }
+    // The organisation step sends no rate headers (Tyk's does not): count
+    // by the window the request was sent in, a few ms before the gateway
+    // decided, so a window may gain or lose one at its edges.
+    let mut windows: BTreeMap<i64, usize> = BTreeMap::new();
+    for a in answers.iter().filter(|a| a.status == 200) {
+        *windows
+            .entry(a.sent_ms - a.sent_ms.rem_euclid(2_000))
+            .or_insert(0) += 1;
+    }
+    windows.retain(|start, _| *start >= started && *start + 2_000 <= now_ms());
+    assert!(windows.len() >= 2, "{windows:?}");
+    for (start, admitted) in &windows {
+        assert!(
+            (28..=32).contains(admitted),
+            "{admitted} admitted for the organisation in the window from {start} (all: {windows:?})"
+        );
+    }
+
+    // Quota: a keyless API of the organisation, over both replicas.
+    let client = reqwest::Client::new();
+    let mut free_admitted = 0;
+    let org_quota = r#"{"error":"This organisation quota has been exceeded, please contact your API administrator"}"#;
+    for i in 0..200 {
+        let a = call(&client, &format!("{}/free/x", proxies[i % 2].gateway), None).await;
+        match a.status {
+            200 => free_admitted += 1,
+            403 => assert_eq!(a.body, org_quota),
+            other => panic!("{other}: {a:?}"),
+        }
+    }
+    assert!(
+        (45..=50).contains(&free_admitted),
+        "{free_admitted} of an organisation quota of 50"
+    );
+    // reset_quota=1 starts it over.
+    let (status, _) = keys
+        .put(
+            "/tyk/org/keys/quotaorg?reset_quota=1",
+            &json!({"quota_max": 50, "quota_renewal_rate": 3600}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let reset = eventually(Duration::from_secs(5), || async {
+        let a = call(&client, &format!("{}/free/x", proxies[0].gateway), None).await;
+        (a.status == 200).then_some(())
+    })
+    .await;
+    assert!(
+        reset.is_some(),
+        "reset_quota=1 starts the organisation's quota over"
+    );
+
+    // Inactive: refused before the key is even looked at.
+    let (status, _) = keys
+        .put(
+            "/tyk/org/keys/rateorg",
+            &json!({"rate": 30, "per": 2, "is_inactive": true}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let inactive = r#"{"error":"this organisation access has been disabled, please contact your API administrator"}"#;
+    let refused = eventually(Duration::from_secs(5), || async {
+        let a = call(
+            &client,
+            &format!("{}/r/x", proxies[1].gateway),
+            Some("no-such-key"),
+        )
+        .await;
+        (a.status == 403 && a.body == inactive).then_some(())
+    })
+    .await;
+    assert!(
+        refused.is_some(),
+        "an inactive organisation refuses first, even an unknown key"
+    );
+    assert_eq!(
+        call(&client, &format!("{}/r/x", proxies[0].gateway), None)
+            .await
+            .body,
+        inactive,
+        "before the key check: no key at all gets the same answer"
+    );
+}
+
+/// One replica: a quota is exact, `X-RateLimit-*` describe it (Tyk's
+/// default), key-issuer shows what is left, `suppress_reset=1` keeps the
+/// count and a plain update starts a new period; throttling waits for the
+/// next window instead of refusing; per-API limits count per API; `-1`
+/// and `disable_rate_limit` turn limits off; `/metrics` counts refusals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_headers_throttling_and_switches_behave_as_tyk() {
+    let nats = Nats::start().await;
+    let up = Upstream::start().await;
+    let (ki, _) = start_key_issuer(&nats, |_| {}).await;
+    let keys = Tyk::new(&ki.url);
+    let proxies = vec![start_proxy(&nats, |_| {}).await];
+    let mut unlimited = api("nolimits", "", false);
+    unlimited["disable_rate_limit"] = json!(true);
+    unlimited["disable_quota"] = json!(true);
+    add_apis(
+        &proxies,
+        &up.url(),
+        &[
+            api("a", "", false),
+            api("b", "", false),
+            api("open", "", true),
+            unlimited,
+        ],
+    )
+    .await;
+    let gw = &proxies[0].gateway;
+    let client = reqwest::Client::new();
+
+    // A quota of 5: exact, with Tyk's headers.
+    let session = json!({"quota_max": 5, "quota_renewal_rate": 3600,
+        "access_rights": {"a": {"api_id": "a"}, "nolimits": {"api_id": "nolimits"}}});
+    let k = key(&keys, session.clone()).await;
+    let mut renews = None;
+    for i in 1..=5 {
+        let a = call(&client, &format!("{gw}/a/x"), Some(&k)).await;
+        assert_eq!(a.status, 200, "{a:?}");
+        assert_eq!(a.limit, Some(5));
+        assert!(a.remaining.unwrap() <= 5 - i, "{a:?}");
+        let reset = a.reset.unwrap();
+        assert!(
+            reset > now_ms() / 1000 + 3500 && renews.is_none_or(|r| r == reset),
+            "{a:?}"
+        );
+        renews = Some(reset);
+    }
+    let a = call(&client, &format!("{gw}/a/x"), Some(&k)).await;
+    assert_eq!(
+        (a.status, a.body.as_str()),
+        (403, r#"{"error":"Quota exceeded"}"#)
+    );
+    assert_eq!(a.reset, None, "a refusal carries no quota headers (Tyk's)");
+    let shown = keys.get(&format!("/tyk/keys/{k}")).await.1;
+    assert_eq!(
+        (
+            shown["quota_remaining"].as_i64(),
+            shown["quota_renews"].as_i64()
+        ),
+        (Some(0), renews)
+    );
+    // The API that switches limits off still serves it.
+    assert_eq!(
+        call(&client, &format!("{gw}/nolimits/x"), Some(&k))
+            .await
+            .status,
+        200
+    );
+    // suppress_reset=1 keeps the count; a plain update starts over.
+    let (status, _) = keys
+        .put(&format!("/tyk/keys/{k}?suppress_reset=1"), &session)
+        .await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await; // nothing to wait for: it must stay refused
+    let still = eventually(Duration::from_secs(2), || async {
+        let a = call(&client, &format!("{gw}/a/x"), Some(&k)).await;
+        (a.status == 403).then_some(())
+    })
+    .await;
+    assert!(still.is_some(), "suppress_reset=1 keeps the spent quota");
+    tokio::time::sleep(Duration::from_millis(1_100)).await; // last_updated is in seconds
+    let (status, _) = keys.put(&format!("/tyk/keys/{k}"), &session).await;
+    assert_eq!(status, 200);
+    let again = eventually(Duration::from_secs(5), || async {
+        let a = call(&client, &format!("{gw}/a/x"), Some(&k)).await;
+        (a.status == 200).then_some(a)
+    })
+    .await
+    .expect("an update without suppress_reset starts a new period");
+    assert_eq!(again.limit, Some(5));
+    // key-issuer shows what is left once the replica gave back what it holds.
+    let exact = eventually(Duration::from_secs(5), || async {
+        let shown = keys.get(&format!("/tyk/keys/{k}")).await.1;
+        (shown["quota_remaining"].as_i64() == Some(4)).then_some(())
+    })
+    .await;
+    assert!(
+        exact.is_some(),
+        "quota_remaining is 4 after one request of the new period"
+    );
+
+    // Keyless: Tyk's zeros.
+    let open = call(&client, &format!("{gw}/open/x"), None).await;
+    assert_eq!(
+        (open.status, open.limit, open.remaining, open.reset),
+        (200, Some(0), Some(0), Some(0))
+    );
+
+    // Throttling: the third request of a window waits for the next one.
+    let limited = |throttle: bool| {
+        let mut s = json!({"rate": 2, "per": 1, "access_rights": {"a": {"api_id": "a"}}});
+        if throttle {
+            s["throttle_interval"] = json!(0.4);
+            s["throttle_retry_limit"] = json!(5);
+        }
+        s
+    };
+    let throttled = key(&keys, limited(true)).await;
+    let plain = key(&keys, limited(false)).await;
+    // Start just after a window opens, so three requests share it.
+    while now_ms() % 1000 > 100 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut statuses = Vec::new();
+    for k in [&plain, &plain, &plain, &throttled, &throttled, &throttled] {
+        statuses.push(call(&client, &format!("{gw}/a/x"), Some(k)).await.status);
+    }
+    assert_eq!(
+        &statuses[..3],
+        &[200, 200, 429],
+        "without throttling the third is refused"
+    );
+    assert_eq!(
+        &statuses[3..],
+        &[200, 200, 200],
+        "with throttling the third waits and passes"
+    );
+
+    // Per-API limits (a per_api policy): each API counts apart.
+    let (status, body) = keys
+        .post(
+            "/tyk/policies",
+            &json!({"id": "split", "active": true, "partitions": {"per_api": true},
+                "access_rights": {
+                    "a": {"api_id": "a", "limit": {"rate": 1, "per": 60}},
+                    "b": {"api_id": "b", "limit": {"rate": 100, "per": 60}}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let split = key(&keys, json!({"apply_policies": ["split"]})).await;
+    assert_eq!(
+        call(&client, &format!("{gw}/a/x"), Some(&split))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        call(&client, &format!("{gw}/a/x"), Some(&split))
+            .await
+            .status,
+        429
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            call(&client, &format!("{gw}/b/x"), Some(&split))
+                .await
+                .status,
+            200,
+            "b counts apart"
+        );
+    }
+    // -1: unlimited.
+    let free = key(
+        &keys,
+        json!({"quota_max": -1, "rate": 0, "access_rights": {"a": {"api_id": "a"}}}),
+    )
+    .await;
+    for _ in 0..10 {
+        assert_eq!(
+            call(&client, &format!("{gw}/a/x"), Some(&free))
+                .await
+                .status,
+            200
+        );
+    }
+
+    // Refusals by reason.
+    let metrics = reqwest::get(format!("{}/metrics", proxies[0].admin.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |reason: &str| {
+        let line = format!("meridian_gateway_refused_total{{reason=\"{reason}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(count("quota") >= 1, "{metrics}");
+    assert!(count("rate") >= 2, "{metrics}");
+}
