@@ -292,6 +292,7 @@ async fn the_console_does_the_daily_work_in_a_real_browser() {
     b.fill("#policy-name", "Browser gold").await;
     b.fill("#policy-apis", "demo-catalogue").await;
     b.fill("#policy-tags", "portal").await;
+    b.fill("#policy-quota", "500").await;
     b.click("form[aria-label='Policy'] button").await;
     b.wait_text("tr[data-policy='browser-gold']", "demo-catalogue")
         .await;
@@ -308,6 +309,15 @@ async fn the_console_does_the_daily_work_in_a_real_browser() {
         .await;
     let key = b.text("#shown-secret").await;
     assert!(key.len() >= 16, "{key}");
+    // Its quota as the gateways count it: all of it left, and no period
+    // running before its first request.
+    b.wait_text("tr[data-key='browser-key'] td.quota", "500 of 500")
+        .await;
+    b.wait_text(
+        "tr[data-key='browser-key'] td.quota",
+        "a period starts with its next request",
+    )
+    .await;
     b.click("tr[data-key='browser-key'] button").await;
     b.wait_text("tr[data-key='browser-key']", "inactive").await;
     // A second key, deleted: asked first, then gone.

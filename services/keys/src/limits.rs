@@ -274,8 +274,7 @@ pub fn counter_key(kind: Kind, id: &str, scope: &str) -> String {
 
 /// A key's quota as Tyk's `GET /tyk/keys/{key}` shows it: `(remaining,
 /// renews)` from the shared counter when it holds the current period,
-/// `None` when no request has counted since the key was (re)set (what was
-/// stored is right then).
+/// `None` when no request has counted since the key was (re)set.
 pub fn shown_quota(
     counter: Option<&Counter>,
     quota: Quota,
@@ -309,30 +308,42 @@ pub fn quota_scopes(session: &Session) -> Vec<String> {
 /// Shows in `session` what its quota counters (by allowance scope, see
 /// [`quota_scopes`]) say is left and when it renews, where they hold the
 /// current period for the reset marker `reset` (the key's own
-/// `last_updated`); the rest stays as stored.
+/// `last_updated`). A quota no request has counted against since then has
+/// all of it left (Tyk's answer when it has no counter) and keeps its
+/// stored renewal time.
 pub fn show_quotas(
     session: &mut Session,
     reset: &str,
     counters: &std::collections::HashMap<String, Counter>,
     now_s: i64,
 ) {
-    if let Some(q) = Quota::of(session.quota_max, session.quota_renewal_rate)
-        && let Some((remaining, renews)) = shown_quota(counters.get(""), q, reset, now_s)
-    {
-        session.quota_remaining = remaining;
-        session.quota_renews = renews;
-    }
+    let show =
+        |max: i64, rate: i64, counter: Option<&Counter>, remaining: &mut i64, renews: &mut i64| {
+            let Some(q) = Quota::of(max, rate) else {
+                return;
+            };
+            match shown_quota(counter, q, reset, now_s) {
+                Some((left, at)) => (*remaining, *renews) = (left, at),
+                None => *remaining = max,
+            }
+        };
+    show(
+        session.quota_max,
+        session.quota_renewal_rate,
+        counters.get(""),
+        &mut session.quota_remaining,
+        &mut session.quota_renews,
+    );
     for right in session.access_rights.values_mut() {
         let l = &mut right.limit;
-        if l.is_empty() {
-            continue;
-        }
-        if let Some(q) = Quota::of(l.quota_max, l.quota_renewal_rate)
-            && let Some((remaining, renews)) =
-                shown_quota(counters.get(&right.allowance_scope), q, reset, now_s)
-        {
-            l.quota_remaining = remaining;
-            l.quota_renews = renews;
+        if !l.is_empty() {
+            show(
+                l.quota_max,
+                l.quota_renewal_rate,
+                counters.get(&right.allowance_scope),
+                &mut l.quota_remaining,
+                &mut l.quota_renews,
+            );
         }
     }
 }
@@ -497,10 +508,10 @@ mod tests {
         let a = &s.access_rights["a"].limit;
         assert_eq!(
             (a.quota_remaining, a.quota_renews),
-            (0, 0),
-            "a counter from before a reset is not shown"
+            (10, 0),
+            "a counter from before a reset is not shown: all of the quota is left"
         );
-        assert_eq!(stored_quota(&s, "a"), (10, 0, 0));
+        assert_eq!(stored_quota(&s, "a"), (10, 10, 0));
         assert_eq!(stored_quota(&s, "b"), (100, 70, 1_070));
     }
 

@@ -363,6 +363,15 @@ function eventsPage(main) {
 }
 
 // ---------- Keys and policies ----------
+// A key's quota as the gateways count it: what is left of how much, and when it renews.
+function quotaLeft(e) {
+  if (!e) return '—';
+  if (!(e.quota_max > 0)) return 'unlimited';
+  const renews = e.quota_renews * 1000 > Date.now() ? `renews ${when(new Date(e.quota_renews * 1000).toISOString())}`
+    : e.quota_renewal_rate > 0 ? 'a period starts with its next request' : 'never renews';
+  return h('span', {}, `${Math.max(e.quota_remaining, 0)} of ${e.quota_max}`, h('div', { class: 'muted' }, renews));
+}
+
 async function keysPage(main) {
   const shown = h('div', {});
   const policiesBox = h('div', {});
@@ -409,9 +418,12 @@ async function keysPage(main) {
       // As stored (not merged with its policies): it is written back below.
       const s = await act(() => api('GET', `/tyk/keys/${encodeURIComponent(hash)}?hashed=true&stored=true`));
       if (!s) continue;
+      // With its policies applied and the gateways' live counters: what it may still do.
+      const e = await act(() => api('GET', `/tyk/keys/${encodeURIComponent(hash)}?hashed=true`));
       rows.push(h('tr', { 'data-key': s.alias || hash },
         h('td', {}, h('code', {}, hash.slice(0, 16) + '…'), h('div', { class: 'muted' }, s.alias || '')),
         h('td', {}, (s.apply_policies || []).join(', ') || '—'),
+        h('td', { class: 'quota' }, quotaLeft(e)),
         h('td', {}, badge(s.is_inactive ? 'inactive' : 'active')),
         h('td', {}, h('div', { class: 'actions' },
           h('button', { type: 'button', class: 'secondary', on: { click: async () => {
@@ -420,7 +432,7 @@ async function keysPage(main) {
           } } }, s.is_inactive ? 'Activate' : 'Inactivate'),
           confirmed('Delete', 'Really delete this key?', { 'data-action': 'delete-key' }, async () => { if (await act(() => api('DELETE', `/tyk/keys/${encodeURIComponent(hash)}?hashed=true`), 'Key deleted')) refresh(); })))));
     }
-    keysBox.replaceChildren(rows.length ? table(['Key (hash)', 'Policies', 'State', ''], rows, 'Keys') : h('p', { class: 'muted' }, 'No keys.'));
+    keysBox.replaceChildren(rows.length ? table(['Key (hash)', 'Policies', 'Quota left', 'State', ''], rows, 'Keys') : h('p', { class: 'muted' }, 'No keys.'));
   }
   main.append(h('h1', {}, 'Keys and policies'), h('h2', {}, 'Policies'), policyForm, policiesBox, h('h2', {}, 'Keys'), keyForm, shown, keysBox);
   refresh();
