@@ -552,6 +552,27 @@ async fn organisation_limits_sum_their_keys_traffic() {
         (45..=50).contains(&free_admitted),
         "{free_admitted} of an organisation quota of 50"
     );
+    // A plain update keeps what was spent (key-issuer shows it), and the
+    // gateways keep refusing.
+    let (status, _) = keys
+        .put(
+            "/tyk/org/keys/quotaorg",
+            &json!({"quota_max": 50, "quota_renewal_rate": 3600}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, org) = keys.get("/tyk/org/keys/quotaorg").await;
+    let left = org["quota_remaining"].as_i64().expect("quota_remaining");
+    assert!(
+        (0..=5).contains(&left),
+        "{left} shown left of a spent quota: {org}"
+    );
+    let a = call(&client, &format!("{}/free/x", proxies[0].gateway), None).await;
+    assert_eq!(
+        (a.status, a.body.as_str()),
+        (403, org_quota),
+        "kept without reset_quota"
+    );
     // reset_quota=1 starts it over.
     let (status, _) = keys
         .put(
