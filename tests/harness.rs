@@ -5,6 +5,7 @@
 pub mod browser;
 pub mod fake_dashboard;
 pub mod fake_kube;
+pub mod load;
 pub mod pki;
 pub mod portal;
 pub mod processes;

@@ -9,11 +9,21 @@
 //!   connection's requests): the latency columns.
 //!
 //! Rows: the upstream direct, nginx, Meridian keyless, Meridian with key
-//! auth (a key of 10,000 in the view, looked up by hash on every request);
-//! then Meridian keyless at the same 50% rate while other APIs are added,
-//! changed and deleted, counting every error and non-2xx answer.
+//! auth (a key of 10,000 in the view, looked up by hash on every request),
+//! Meridian with key auth + rate limit + quota (limits too high to refuse,
+//! counted across replicas as always); then Meridian keyless at the same
+//! 50% rate while other APIs are added, changed and deleted, counting every
+//! error and non-2xx answer.
 //! Targets: Meridian with key auth >= 1.0x nginx's req/s; its p99 at 50%
-//! load <= nginx's p99 + 1 ms.
+//! load <= nginx's p99 + 1 ms; the all-checks row >= 0.95x the key-auth row.
+//!
+//! Then limit accuracy across replicas (three `meridian-proxy` processes,
+//! then two): a key's rate limit of [`RATE_LIMIT`] per 2 s with the traffic
+//! split unevenly (70/25/5 at 2x the limit, 90/10 at 1.5x, 50/50 at 3x):
+//! accepted per whole window / limit (target 0.95-1.05), beside what an
+//! even split of the limit between replicas (Tyk's distributed rate
+//! limiter) would accept of the same traffic; and a quota of [`QUOTA`]
+//! spent at the same split: accepted above it (target 0).
 //!
 //! Needs `nginx` and `wrk` (Debian's `nginx-light` and `wrk`; scripts/setup
 //! installs them when it can) and a release build of `meridian-proxy`:
@@ -22,8 +32,9 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use meridian_tests::load::{even_split_admitted, paced, per_window, sent_per_window};
 use meridian_tests::processes::{Group, Nginx, free_port, nginx_conf, which};
 use meridian_tests::tyk::{GATEWAY_SECRET, start_key_issuer};
 use meridian_tests::{Nats, eventually};
@@ -36,6 +47,12 @@ const CONNECTIONS: usize = 64;
 
 /// Keys in the view (one of them is used).
 const KEYS: usize = 10_000;
+
+/// The accuracy table's rate limit, per 2 s window.
+const RATE_LIMIT: usize = 1_000;
+
+/// The accuracy table's quota.
+const QUOTA: usize = 3_000;
 
 /// What one wrk run measured.
 #[derive(Clone, Copy, Debug, Default)]
@@ -167,7 +184,7 @@ async fn main() -> anyhow::Result<()> {
             format!("127.0.0.1:{admin_port}"),
         )
         .stdout(Stdio::null());
-    let _proxy = Group::spawn("meridian-proxy", command)?;
+    let mut proxy = Group::spawn("meridian-proxy", command)?;
     let admin = format!("http://127.0.0.1:{admin_port}");
     wait_http(&format!("{admin}/readyz")).await?;
     wait_http(&format!("http://127.0.0.1:{up_port}/")).await?;
@@ -199,6 +216,18 @@ async fn main() -> anyhow::Result<()> {
             key = answer["key"].as_str().unwrap_or_default().to_owned();
         }
     }
+    // Limits that never refuse here, counted as any others.
+    let r = post(
+        format!("{}/tyk/keys", key_issuer.url),
+        serde_json::json!({"org_id": "bench", "rate": 1_000_000_000, "per": 1,
+            "quota_max": 1_000_000_000_000i64, "quota_renewal_rate": 3600,
+            "access_rights": {"keyed": {"api_id": "keyed", "versions": ["Default"]}}}),
+    )
+    .await?;
+    let limited_key = r.json::<serde_json::Value>().await?["key"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let r = http
         .get(format!("{admin}/tyk/reload?block=true"))
         .header("x-tyk-authorization", GATEWAY_SECRET)
@@ -206,7 +235,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     anyhow::ensure!(r.status().is_success(), "reload: {}", r.text().await?);
 
-    let rows: [(&str, String, Option<&str>); 4] = [
+    let rows: [(&str, String, Option<&str>); 5] = [
         (
             "upstream direct",
             format!("http://127.0.0.1:{up_port}/x"),
@@ -227,6 +256,11 @@ async fn main() -> anyhow::Result<()> {
             format!("http://127.0.0.1:{gw_port}/keyed/x"),
             Some(key.as_str()),
         ),
+        (
+            "meridian with key auth + rate limit + quota",
+            format!("http://127.0.0.1:{gw_port}/keyed/x"),
+            Some(limited_key.as_str()),
+        ),
     ];
     // Every row answers 200 before it is timed.
     for (name, url, key) in &rows {
@@ -245,7 +279,7 @@ async fn main() -> anyhow::Result<()> {
     if let Ok(secs) = std::env::var("PROXY_BENCH_PROFILE") {
         let secs: u64 = secs.parse()?;
         let row: usize = std::env::var("PROXY_BENCH_ROW").map_or(Ok(3), |r| r.parse())?;
-        println!("meridian-proxy pid {}", _proxy.id());
+        println!("meridian-proxy pid {}", proxy.id());
         println!("nginx proxy pid {}", _nginx.id());
         let r = wrk(dir.path(), &rows[row].1, rows[row].2, secs, 0)?;
         println!("{}: {:.0} req/s", rows[row].0, r.rps);
@@ -345,10 +379,193 @@ async fn main() -> anyhow::Result<()> {
     );
     let ratio = full[3].rps / full[1].rps;
     let p99_gap = half[3].p99_ms - half[1].p99_ms;
+    let limits_cost = full[4].rps / full[3].rps;
     println!(
         "\nmeridian with key auth: {ratio:.2}x nginx's req/s (target >= 1.0: {}); p99 at 50% load {p99_gap:+.2} ms against nginx's (target <= +1 ms: {})",
         if ratio >= 1.0 { "met" } else { "missed" },
         if p99_gap <= 1.0 { "met" } else { "missed" }
     );
+    println!(
+        "with rate limit + quota: {limits_cost:.2}x the key-auth row's req/s (target >= 0.95: {})",
+        if limits_cost >= 0.95 { "met" } else { "missed" }
+    );
+
+    // Accuracy across replicas, on replicas of their own.
+    proxy.stop();
+    accuracy(&proxy_bin, &nats, &key_issuer.url, &http).await
+}
+
+/// Starts `meridian-proxy` replica processes sending the rate window in
+/// `X-RateLimit-*`; returns each with its gateway and admin URLs.
+async fn replicas(
+    proxy_bin: &Path,
+    nats: &Nats,
+    count: usize,
+) -> anyhow::Result<Vec<(Group, String, String)>> {
+    let mut started = Vec::new();
+    for i in 0..count {
+        let (gw, admin) = (free_port(), free_port());
+        let mut command = Command::new(proxy_bin);
+        command
+            .env("MERIDIAN_PROXY__WORKERS", "1")
+            .env("MERIDIAN_LOG", "warn")
+            .env("MERIDIAN_PROXY__NATS_URL", nats.url())
+            .env("MERIDIAN_PROXY__SECRET", GATEWAY_SECRET)
+            .env("MERIDIAN_PROXY__LISTEN", format!("127.0.0.1:{gw}"))
+            .env("MERIDIAN_PROXY__HTTP_ADDR", format!("127.0.0.1:{admin}"))
+            .env("MERIDIAN_PROXY__RATE_LIMIT_RESPONSE_HEADERS", "rate_limits")
+            .stdout(Stdio::null());
+        let group = Group::spawn(&format!("meridian-proxy replica {i}"), command)?;
+        let admin = format!("http://127.0.0.1:{admin}");
+        wait_http(&format!("{admin}/readyz")).await?;
+        started.push((group, format!("http://127.0.0.1:{gw}/keyed/x"), admin));
+    }
+    Ok(started)
+}
+
+/// Waits until the replica at `admin` hears `count` live replicas.
+async fn live(http: &reqwest::Client, admin: &str, count: usize) -> anyhow::Result<()> {
+    let heard = eventually(Duration::from_secs(15), || async {
+        let hello: serde_json::Value = http
+            .get(format!("{admin}/hello"))
+            .header("x-tyk-authorization", GATEWAY_SECRET)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let live = hello["details"]["replicas"]["output"].as_str()?.to_owned();
+        live.starts_with(&format!("{count} live")).then_some(())
+    })
+    .await;
+    heard.ok_or_else(|| anyhow::anyhow!("{count} replicas never heard of each other"))
+}
+
+/// The second table: rate-limit and quota accuracy with the load split
+/// unevenly between replicas.
+async fn accuracy(
+    proxy_bin: &Path,
+    nats: &Nats,
+    key_issuer: &str,
+    http: &reqwest::Client,
+) -> anyhow::Result<()> {
+    let mut running = replicas(proxy_bin, nats, 3).await?;
+    live(http, &running[0].2, 3).await?;
+    println!(
+        "\nlimits across replicas: a rate limit of {RATE_LIMIT} per 2 s and a quota of {QUOTA}, traffic split unevenly (meridian-proxy processes, 1 worker each)\n"
+    );
+    println!(
+        "| replicas | split | load | whole windows | accepted / limit per window | an even split of the limit (Tyk's DRL) would accept | quota accepted | quota overshoot |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let scenarios: [(&[f64], f64); 3] = [
+        (&[0.7, 0.25, 0.05], 2.0),
+        (&[0.9, 0.1], 1.5),
+        (&[0.5, 0.5], 3.0),
+    ];
+    for (shares, load) in scenarios {
+        while running.len() > shares.len() {
+            let (mut gone, _, _) = running.pop().expect("a replica");
+            gone.stop();
+            live(http, &running[0].2, running.len()).await?;
+        }
+        let key = |session: serde_json::Value| async move {
+            let r = http
+                .post(format!("{key_issuer}/tyk/keys"))
+                .header("x-tyk-authorization", GATEWAY_SECRET)
+                .json(&session)
+                .send()
+                .await?;
+            let body: serde_json::Value = r.json().await?;
+            anyhow::Ok(body["key"].as_str().unwrap_or_default().to_owned())
+        };
+        let rights = serde_json::json!({"keyed": {"api_id": "keyed", "versions": ["Default"]}});
+        let rated = key(
+            serde_json::json!({"org_id": "bench", "rate": RATE_LIMIT, "per": 2,
+            "access_rights": rights}),
+        )
+        .await?;
+        let quota = key(serde_json::json!({"org_id": "bench", "quota_max": QUOTA,
+            "quota_renewal_rate": 3600, "access_rights": rights}))
+        .await?;
+        let per_s = RATE_LIMIT as f64 / 2.0 * load;
+        // Both keys applied on every live replica.
+        let r = http
+            .get(format!("{}/tyk/reload?block=true", running[0].2))
+            .header("x-tyk-authorization", GATEWAY_SECRET)
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "reload: {}", r.text().await?);
+
+        // Rate: 11 s, five or so whole windows.
+        let started = meridian_kit::time::now_ms();
+        let until = Instant::now() + Duration::from_secs(11);
+        let sends: Vec<_> = running
+            .iter()
+            .zip(shares)
+            .map(|((_, url, _), share)| {
+                tokio::spawn(paced(
+                    url.clone(),
+                    Some(rated.clone()),
+                    per_s * share,
+                    until,
+                ))
+            })
+            .collect();
+        let mut answers = Vec::new();
+        let mut sent = Vec::new();
+        for s in sends {
+            let got = s.await?;
+            sent.push(sent_per_window(&got, 2_000));
+            answers.extend(got);
+        }
+        let windows = per_window(&answers, 2_000, started, meridian_kit::time::now_ms());
+        anyhow::ensure!(!windows.is_empty(), "no whole window");
+        let ratios: Vec<f64> = windows
+            .values()
+            .map(|n| *n as f64 / RATE_LIMIT as f64)
+            .collect();
+        let even: Vec<f64> = windows
+            .keys()
+            .map(|end| even_split_admitted(&sent, RATE_LIMIT, *end) as f64 / RATE_LIMIT as f64)
+            .collect();
+        let range = |v: &[f64]| {
+            let (lo, hi) = v
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+            format!("{lo:.3}-{hi:.3}")
+        };
+
+        // Quota: the same split until well past what it allows.
+        let secs = QUOTA as f64 / per_s * 1.5;
+        let until = Instant::now() + Duration::from_secs_f64(secs);
+        let sends: Vec<_> = running
+            .iter()
+            .zip(shares)
+            .map(|((_, url, _), share)| {
+                tokio::spawn(paced(
+                    url.clone(),
+                    Some(quota.clone()),
+                    per_s * share,
+                    until,
+                ))
+            })
+            .collect();
+        let mut admitted = 0;
+        for s in sends {
+            admitted += s.await?.iter().filter(|a| a.status == 200).count();
+        }
+        let split: Vec<String> = shares.iter().map(|s| format!("{:.0}", s * 100.0)).collect();
+        println!(
+            "| {} | {} | {load}x | {} | {} | {} | {admitted} of {QUOTA} | {} |",
+            shares.len(),
+            split.join("/"),
+            windows.len(),
+            range(&ratios),
+            range(&even),
+            admitted.saturating_sub(QUOTA)
+        );
+    }
     Ok(())
 }

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use meridian_tests::load::{Answer, call, paced, per_window, sent_per_window};
 use meridian_tests::processes::free_port;
 use meridian_tests::tyk::{GATEWAY_SECRET, Proxy, Tyk, start_key_issuer, start_proxy};
 use meridian_tests::upstream::Upstream;
@@ -53,83 +54,6 @@ async fn key(keys: &Tyk, session: Value) -> String {
     let (status, body) = keys.post("/tyk/keys", &session).await;
     assert_eq!(status, 200, "{body}");
     body["key"].as_str().unwrap().to_owned()
-}
-
-/// One answer of the gateway.
-#[derive(Clone, Debug)]
-struct Answer {
-    /// When the request was sent (ms since the epoch).
-    sent_ms: i64,
-    status: u16,
-    /// `X-RateLimit-Reset`, when sent.
-    reset: Option<i64>,
-    /// `X-RateLimit-Remaining`, when sent.
-    remaining: Option<i64>,
-    /// `X-RateLimit-Limit`, when sent.
-    limit: Option<i64>,
-    body: String,
-}
-
-async fn call(client: &reqwest::Client, url: &str, key: Option<&str>) -> Answer {
-    let mut req = client.get(url);
-    if let Some(key) = key {
-        req = req.header("authorization", key);
-    }
-    let sent_ms = now_ms();
-    let res = req.send().await.expect("the gateway answers");
-    let header = |name: &str| {
-        res.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<i64>().ok())
-    };
-    let (reset, remaining, limit) = (
-        header("x-ratelimit-reset"),
-        header("x-ratelimit-remaining"),
-        header("x-ratelimit-limit"),
-    );
-    Answer {
-        sent_ms,
-        status: res.status().as_u16(),
-        reset,
-        remaining,
-        limit,
-        body: res.text().await.unwrap_or_default(),
-    }
-}
-
-/// Sends `rate` requests a second to `url` with `key` until `until`,
-/// each on a task of its own (a slow answer does not hold the next one
-/// back); returns every answer.
-async fn paced(url: String, key: Option<String>, rate: f64, until: Instant) -> Vec<Answer> {
-    let client = reqwest::Client::new();
-    let mut every = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut sent = tokio::task::JoinSet::new();
-    while Instant::now() < until {
-        every.tick().await;
-        let (client, url, key) = (client.clone(), url.clone(), key.clone());
-        sent.spawn(async move { call(&client, &url, key.as_deref()).await });
-    }
-    sent.join_all().await
-}
-
-/// Admitted requests per rate window, by the window's end (the
-/// `X-RateLimit-Reset` of `rate_limits` headers), for the windows that lay
-/// wholly between `from_ms` and `to_ms`.
-fn per_window(
-    answers: &[Answer],
-    window_ms: i64,
-    from_ms: i64,
-    to_ms: i64,
-) -> BTreeMap<i64, usize> {
-    let mut counts = BTreeMap::new();
-    for a in answers.iter().filter(|a| a.status == 200) {
-        let end = a.reset.expect("rate_limits headers on an admitted request") * 1000;
-        *counts.entry(end).or_insert(0) += 1;
-    }
-    counts.retain(|end, _| *end - window_ms >= from_ms && *end <= to_ms);
-    counts
 }
 
 fn now_ms() -> i64 {
@@ -194,12 +118,7 @@ async fn rate_limits_hold_across_replicas_whatever_the_split() {
         }
         let windows = per_window(&answers, 2_000, started, now_ms());
         assert!(windows.len() >= 2, "{shares:?}: whole windows {windows:?}");
-        let mut sent: BTreeMap<i64, usize> = BTreeMap::new();
-        for a in &answers {
-            *sent
-                .entry(a.sent_ms - a.sent_ms.rem_euclid(2_000) + 2_000)
-                .or_insert(0) += 1;
-        }
+        let mut sent = sent_per_window(&answers, 2_000);
         sent.retain(|end, _| windows.contains_key(end));
         report.push(format!(
             "{shares:?} at {load}x: admitted {windows:?} of {sent:?} sent (per replica {per_replica:?})"
