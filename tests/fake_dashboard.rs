@@ -46,6 +46,12 @@ pub struct FakeDashboard {
     held: Arc<tokio::sync::watch::Sender<bool>>,
     /// Listing requests waiting now.
     waiting: Arc<tokio::sync::watch::Sender<usize>>,
+    /// While true, a custom key's creation stores the key and then holds
+    /// its answer (the window between a provider's write and the caller
+    /// hearing of it).
+    keys_held: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Key answers held now.
+    keys_waiting: Arc<tokio::sync::watch::Sender<usize>>,
     secret: Arc<str>,
     /// Its base URL.
     pub url: String,
@@ -82,6 +88,8 @@ impl FakeDashboard {
             store: Arc::default(),
             held: Arc::new(tokio::sync::watch::channel(false).0),
             waiting: Arc::new(tokio::sync::watch::channel(0).0),
+            keys_held: Arc::new(tokio::sync::watch::channel(false).0),
+            keys_waiting: Arc::new(tokio::sync::watch::channel(0).0),
             secret: secret.into(),
             url: format!("http://{}", listener.local_addr().unwrap()),
         };
@@ -90,7 +98,10 @@ impl FakeDashboard {
             .route("/api/portal/policies/{id}", delete(delete_policy))
             .route("/api/apis/{id}", get(get_api))
             .route("/api/keys", axum::routing::post(create_key))
-            .route("/api/keys/{hash}", delete(delete_key))
+            .route(
+                "/api/keys/{hash}",
+                delete(delete_key).post(create_custom_key),
+            )
             .with_state(fake.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -163,6 +174,22 @@ impl FakeDashboard {
     /// Lets held listing requests go on.
     pub fn release(&self) {
         self.held.send_replace(false);
+    }
+
+    /// Holds the answers of custom key creations (the key is stored first)
+    /// until [`FakeDashboard::release_keys`].
+    pub fn hold_keys(&self) {
+        self.keys_held.send_replace(true);
+    }
+
+    /// Lets held key answers go.
+    pub fn release_keys(&self) {
+        self.keys_held.send_replace(false);
+    }
+
+    /// Waits until `n` key answers are held.
+    pub async fn wait_keys_held(&self, n: usize) {
+        let _ = self.keys_waiting.subscribe().wait_for(|w| *w >= n).await;
     }
 
     /// Waits until `n` listing requests are held.
@@ -312,18 +339,59 @@ async fn create_key(
     Json(json!({"api_model": {}, "key_id": key, "data": session, "key_hash": hash})).into_response()
 }
 
+/// `POST /api/keys/{key}`: a custom key, created or written over (as
+/// Tyk's custom keys); with [`FakeDashboard::hold_keys`] the answer waits
+/// after the key is stored.
+async fn create_custom_key(
+    State(f): State<FakeDashboard>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    Json(session): Json<Value>,
+) -> Response {
+    if !f.authorised(&headers) {
+        return not_authorised();
+    }
+    let hash = sha256(&key);
+    {
+        let mut store = f.lock();
+        for p in session["apply_policies"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            if !store.policies.contains_key(p.as_str().unwrap_or_default()) {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    Json(json!({"Status": "Error", "Message": format!("policy {p} not found")})),
+                )
+                    .into_response();
+            }
+        }
+        store.keys.insert(hash.clone(), session.clone());
+    }
+    if *f.keys_held.borrow() {
+        f.keys_waiting.send_modify(|w| *w += 1);
+        let _ = f.keys_held.subscribe().wait_for(|h| !*h).await;
+        f.keys_waiting.send_modify(|w| *w -= 1);
+    }
+    Json(json!({"api_model": {}, "key_id": key, "data": session, "key_hash": hash})).into_response()
+}
+
+/// `DELETE /api/keys/{hash}?hashed=true`, or `/api/keys/{key}` by the key.
 async fn delete_key(
     State(f): State<FakeDashboard>,
     headers: HeaderMap,
-    Path(hash): Path<String>,
+    Path(key): Path<String>,
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Response {
     if !f.authorised(&headers) {
         return not_authorised();
     }
-    if q.get("hashed").map(String::as_str) != Some("true") {
-        return (StatusCode::BAD_REQUEST, "hashed=true expected").into_response();
-    }
+    let hash = if q.get("hashed").map(String::as_str) == Some("true") {
+        key
+    } else {
+        sha256(&key)
+    };
     match f.lock().keys.remove(&hash) {
         Some(_) => Json(json!({"Status": "OK", "Message": "Key deleted"})).into_response(),
         None => (

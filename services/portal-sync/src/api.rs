@@ -11,9 +11,13 @@ mod catalogue;
 mod providers;
 mod provisioning;
 
+pub use provisioning::recover_until_stopped;
+
 use std::sync::Arc;
+use std::time::Duration;
 
 use meridian_kit::http::{ApiError, ErrorCode};
+use meridian_kit::metrics::{Counter, Family, Labels};
 use meridian_kit::writer::{Expect, WriteError};
 use meridian_schemas::portal::{PortalEntity, PortalEvent};
 use utoipa_axum::router::OpenApiRouter;
@@ -35,6 +39,32 @@ pub struct ApiState {
     pub sealer: Arc<Sealer>,
     /// Runs syncs on demand.
     pub syncer: Syncer,
+    /// `meridian_portal_recoveries_total{action}`.
+    pub recoveries: Family<Labels, Counter>,
+    /// How long an approval or revocation may stay under way before any
+    /// replica finishes or undoes it.
+    pub intent_deadline: Duration,
+}
+
+/// How long a write whose publish had no answer is retried (the same
+/// event, so the same message id: stored once) before the caller is told
+/// its outcome is not known yet.
+const SETTLE_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Why a settled write stored nothing.
+enum Unsettled {
+    /// Refused, or no answer within [`SETTLE_PATIENCE`].
+    Failed(ApiError),
+    /// NATS gave no answer: the event may be stored later.
+    Unknown(ApiError),
+}
+
+impl Unsettled {
+    fn into_error(self) -> ApiError {
+        match self {
+            Self::Failed(e) | Self::Unknown(e) => e,
+        }
+    }
 }
 
 /// The routes with their OpenAPI description (behind the admin key: see
@@ -137,6 +167,84 @@ impl ApiState {
             .await
             .map(|(value, _)| value)
             .map_err(write_failed)
+    }
+
+    /// Counts one recovery action (`meridian_portal_recoveries_total`).
+    fn recovered(&self, action: &str) {
+        self.recoveries
+            .get_or_create(&vec![("action", action.to_owned())])
+            .inc();
+    }
+
+    /// Like [`ApiState::save`], for a write whose outcome must be known
+    /// before anything is compensated: when NATS gives no answer, the same
+    /// event (the same message id, so stored once) is published again
+    /// until it answers, for up to [`SETTLE_PATIENCE`]. `done` reads the
+    /// outcome from the fold: a refusal or a lost answer whose change is
+    /// found there (stored by the first publish, or by another replica
+    /// finishing the same work) is a success.
+    async fn save_settled<T: serde::Serialize>(
+        &self,
+        entity: PortalEntity,
+        id: &str,
+        change: &str,
+        decide: impl Fn(&PortalState) -> Result<T, ApiError>,
+        done: impl Fn(&PortalState) -> Option<T>,
+    ) -> Result<T, Unsettled> {
+        let change_id = Uuid::new_v4();
+        let deadline = tokio::time::Instant::now() + SETTLE_PATIENCE;
+        let mut unknown = false;
+        loop {
+            let written = self
+                .writer
+                .write(|state| {
+                    let value = decide(state)?;
+                    let event = PortalEvent::Saved {
+                        entity,
+                        id: id.to_owned(),
+                        body: serde_json::to_string(&value).expect("entities serialize"),
+                        change: change.to_owned(),
+                        change_id,
+                        at_ms: meridian_kit::time::now_ms(),
+                    };
+                    Ok((event, value, Expect::Subject(state.last_seq(entity, id))))
+                })
+                .await;
+            let e = match written {
+                Ok((value, _)) => {
+                    if unknown {
+                        self.recovered("settled_unknown");
+                        tracing::info!(%id, change, "a write whose publish had no answer is settled: stored once");
+                    }
+                    return Ok(value);
+                }
+                Err(e) => e,
+            };
+            if let Some(value) = done(&self.writer.read()) {
+                if unknown {
+                    self.recovered("settled_unknown");
+                    tracing::info!(%id, change, "a write whose publish had no answer is settled: found on the log");
+                }
+                return Ok(value);
+            }
+            match e {
+                WriteError::Bus(bus) => {
+                    unknown = true;
+                    if tokio::time::Instant::now() >= deadline {
+                        tracing::warn!(%id, change, error = %bus,
+                            "a write's outcome is not known yet; it stays recorded as under way and is finished later");
+                        return Err(Unsettled::Unknown(ApiError::unavailable(format!(
+                            "the event log did not answer within {SETTLE_PATIENCE:?}, so this change's outcome is not known yet; \
+                             nothing was undone, and a portal replica finishes it once the log is back: {bus}"
+                        ))));
+                    }
+                    tracing::debug!(%id, change, error = %bus, "publishing the same event again to settle it");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    self.writer.catch_up().await;
+                }
+                other => return Err(Unsettled::Failed(write_failed(other))),
+            }
+        }
     }
 
     /// Deletes entity `(entity, id)`; `decide` returns what it was (or

@@ -8,7 +8,7 @@ use meridian_kit::CancellationToken;
 use meridian_kit::bus::{self, Publisher};
 use meridian_kit::config::{ConfigError, HumanDuration, Secret, admin_key, parse_duration};
 use meridian_kit::http::{self, ApiError, ApiKey, ReadyCheck};
-use meridian_kit::metrics::Metrics;
+use meridian_kit::metrics::{Counter, Family, Labels, Metrics};
 use meridian_kit::projection::{
     ConsumerKind, InMemory, Progress, ProjectionError, ProjectionSpec, Runner,
 };
@@ -57,6 +57,15 @@ pub struct Config {
     /// provider whose sync never reported.
     #[serde(default = "default_lease")]
     pub sync_lease: HumanDuration,
+    /// How long an approval or revocation may stay under way (recorded,
+    /// its provider call not yet recorded) before any replica finishes or
+    /// undoes it.
+    #[serde(default = "default_intent_deadline")]
+    pub intent_deadline: HumanDuration,
+}
+
+fn default_intent_deadline() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
 }
 
 fn default_http_addr() -> String {
@@ -80,6 +89,7 @@ impl Config {
             seal_key: None,
             replica: None,
             sync_lease: default_lease(),
+            intent_deadline: default_intent_deadline(),
         }
     }
 }
@@ -136,6 +146,8 @@ pub struct App {
     syncer: Syncer,
     api_key: ApiKey,
     metrics: Metrics,
+    recoveries: Family<Labels, Counter>,
+    intent_deadline: Duration,
 }
 
 fn spec(id: &str) -> ProjectionSpec {
@@ -195,6 +207,10 @@ impl App {
         let writer =
             PortalWriter::new(Publisher::new(js.clone(), metrics), state, progress.clone());
         let sealer = Arc::new(Sealer::new(&seal_material));
+        let recoveries = metrics.counters(
+            "meridian_portal_recoveries",
+            "Writes finished or undone after a crash, an outage or a lost answer, by action (approval_finished, approval_undone, auto_approval_finished, revocation_finished, settled_unknown, sync_takeover)",
+        );
         let syncer = Syncer {
             writer: writer.clone(),
             sealer: sealer.clone(),
@@ -205,6 +221,7 @@ impl App {
                 "meridian_portal_syncs",
                 "Provider syncs run by this replica, by provider type and result (ok, failed)",
             ),
+            recoveries: recoveries.clone(),
         };
         tracing::info!(refresh = %meridian_kit::config::format_duration(refresh), "providers are synchronised at start and every refresh interval");
         Ok(Self {
@@ -217,6 +234,8 @@ impl App {
             syncer,
             api_key: ApiKey::new(key.expose()),
             metrics: metrics.clone(),
+            recoveries,
+            intent_deadline: config.intent_deadline.0,
         })
     }
 
@@ -234,11 +253,7 @@ impl App {
     /// admin key (`X-API-Key` or `Authorization`), with their OpenAPI
     /// description.
     pub fn api(&self) -> OpenApiRouter {
-        let state = api::ApiState {
-            writer: self.writer.clone(),
-            sealer: self.sealer.clone(),
-            syncer: self.syncer.clone(),
-        };
+        let state = self.api_state();
         let digest = OpenApiRouter::new()
             .routes(routes!(digest))
             .with_state(self.writer.clone());
@@ -248,6 +263,16 @@ impl App {
                 self.api_key.clone(),
                 http::require_api_key_or_authorization,
             ))
+    }
+
+    fn api_state(&self) -> api::ApiState {
+        api::ApiState {
+            writer: self.writer.clone(),
+            sealer: self.sealer.clone(),
+            syncer: self.syncer.clone(),
+            recoveries: self.recoveries.clone(),
+            intent_deadline: self.intent_deadline,
+        }
     }
 
     /// Ready when NATS is connected and the fold caught up.
@@ -278,10 +303,16 @@ impl App {
             }
             syncer.run_until_stopped(sync_stop).await;
         });
+        let recovery = tokio::spawn(api::recover_until_stopped(
+            self.api_state(),
+            self.progress.clone(),
+            stop.clone(),
+        ));
         let folded = self.runner.run_until_stopped(stop.clone()).await;
         stop.cancel();
         let _ = relay.await;
         let _ = scheduled.await;
+        let _ = recovery.await;
         folded?;
         Ok(())
     }

@@ -385,11 +385,65 @@ impl Connection {
         Ok(IssuedKey { key, key_ref })
     }
 
+    /// Creates the key `key` (a custom key: Tyk's `POST /api/keys/{key}`
+    /// and `POST /tyk/keys/{key}`), or writes the same session over it when
+    /// it exists: asking twice makes one key.
+    pub async fn put_key(
+        &self,
+        key: &str,
+        policies: &[String],
+        alias: &str,
+        meta: Value,
+    ) -> Result<IssuedKey, ProviderError> {
+        let path = match self.kind {
+            ProviderType::Tyk => format!("/api/keys/{}", segment(key)),
+            ProviderType::Meridian => format!("/tyk/keys/{}", segment(key)),
+        };
+        let mut session = json!({
+            "apply_policies": policies,
+            "alias": alias,
+            "meta_data": meta,
+            "access_rights": {},
+        });
+        if !self.org_id.is_empty() {
+            session["org_id"] = json!(self.org_id);
+        }
+        let answer = self
+            .call(Method::POST, &path, Some(&session), false)
+            .await?
+            .unwrap_or_default();
+        let key_ref = answer
+            .get("key_hash")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                self.garbage(
+                    &path,
+                    "the answer has no key_hash (the provider must hash keys for the portal to revoke them)",
+                )
+            })?
+            .to_owned();
+        Ok(IssuedKey {
+            key: key.to_owned(),
+            key_ref,
+        })
+    }
+
     /// Deletes a key by its hash (already gone is fine).
     pub async fn delete_key(&self, key_ref: &str) -> Result<(), ProviderError> {
         let path = match self.kind {
             ProviderType::Tyk => format!("/api/keys/{}?hashed=true", segment(key_ref)),
             ProviderType::Meridian => format!("/tyk/keys/{}?hashed=true", segment(key_ref)),
+        };
+        self.call(Method::DELETE, &path, None, true).await.map(drop)
+    }
+
+    /// Deletes the key `key` by the key itself (already gone is fine):
+    /// undoing a [`Connection::put_key`] whose answer was lost.
+    pub async fn delete_key_itself(&self, key: &str) -> Result<(), ProviderError> {
+        let path = match self.kind {
+            ProviderType::Tyk => format!("/api/keys/{}", segment(key)),
+            ProviderType::Meridian => format!("/tyk/keys/{}", segment(key)),
         };
         self.call(Method::DELETE, &path, None, true).await.map(drop)
     }

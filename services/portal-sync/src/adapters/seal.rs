@@ -11,9 +11,10 @@
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use sha2::{Digest, Sha256};
 
-/// Seals and opens provider secrets.
+/// Seals and opens provider secrets, and derives the keys of credentials.
 pub struct Sealer {
     key: LessSafeKey,
+    credentials: aws_lc_rs::hmac::Key,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -38,9 +39,23 @@ impl Sealer {
         h.update(b"meridian portal-sync provider secrets v1\0");
         h.update(material.as_bytes());
         let key = UnboundKey::new(&AES_256_GCM, &h.finalize()).expect("a 32-byte key");
+        let mut h = Sha256::new();
+        h.update(b"meridian portal-sync credential keys v1\0");
+        h.update(material.as_bytes());
         Self {
             key: LessSafeKey::new(key),
+            credentials: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &h.finalize()),
         }
+    }
+
+    /// The key of the credential a provisioning request's approval issues:
+    /// HMAC-SHA256 of the request id under a key derived from the same
+    /// material as the seal (128 bits, hex). Asking the provider for it
+    /// again (after a crash, a retry, a log outage) never makes a second
+    /// key, and only who holds `SEAL_KEY` (or the admin key) can derive it.
+    pub fn credential_key(&self, request_id: &str) -> String {
+        let tag = aws_lc_rs::hmac::sign(&self.credentials, request_id.as_bytes());
+        meridian_kit::hex::encode(&tag.as_ref()[..16])
     }
 
     /// Seals `secret` for provider `provider_id`.
@@ -105,5 +120,15 @@ mod tests {
         tampered.push('0');
         assert!(sealer.open("p1", &tampered).is_err() || tampered == sealed);
         assert!(sealer.open("p1", "garbage").is_err());
+    }
+
+    #[test]
+    fn a_credential_key_is_the_same_for_a_request_and_secret_to_others() {
+        let sealer = Sealer::new("the admin key");
+        let k = sealer.credential_key("request-1");
+        assert_eq!(k, sealer.credential_key("request-1"), "asked again: the same key");
+        assert_eq!(k.len(), 32);
+        assert_ne!(k, sealer.credential_key("request-2"));
+        assert_ne!(k, Sealer::new("another key").credential_key("request-1"));
     }
 }

@@ -48,6 +48,8 @@ pub struct Syncer {
     /// `meridian_portal_syncs_total{type,result}`: syncs run by this
     /// replica, by provider type and result (`ok`, `failed`).
     pub runs: Family<Labels, Counter>,
+    /// `meridian_portal_recoveries_total{action}` (`sync_takeover`).
+    pub recoveries: Family<Labels, Counter>,
 }
 
 /// Why a claim was not taken.
@@ -276,15 +278,40 @@ impl Syncer {
         Ok((counts, u32::try_from(tagged).unwrap_or(u32::MAX)))
     }
 
-    /// Waits (up to a lease) for the run `run` on `replica` to report.
+    /// Waits for the run `run` on `replica` to report, and answers only a
+    /// report of that run or of one claimed after it (so never one that
+    /// finished before the call). When its claim is replaced (its replica
+    /// died and another took over), waits for the new run; when the claim's
+    /// lease passes with no report, takes the sync over itself.
     async fn wait_for(&self, provider_id: &str, run: Uuid, replica: &str) -> SyncReport {
-        let deadline = tokio::time::Instant::now() + self.lease;
+        let (mut run, mut replica) = (run, replica.to_owned());
+        let mut deadline = tokio::time::Instant::now() + self.lease;
         loop {
             self.writer.catch_up().await;
             let slot = self.writer.read().sync(provider_id);
-            let still = slot.claim.as_ref().is_some_and(|(r, _, _)| *r == run);
-            if !still && let Some(last) = slot.last {
-                return last;
+            if let Some(report) = slot.last.as_ref().filter(|r| r.run_id == run.to_string()) {
+                return report.clone();
+            }
+            match &slot.claim {
+                Some((newer, by, _)) if *newer != run => {
+                    tracing::info!(provider = %provider_id, awaited = %run, replaced_by = %newer, replica = %by,
+                        "the awaited sync's claim was replaced; waiting for the new run");
+                    (run, replica) = (*newer, by.clone());
+                    deadline = tokio::time::Instant::now() + self.lease;
+                    continue;
+                }
+                _ => {}
+            }
+            if slot.running(now_ms()).is_none() {
+                // The awaited run's lease passed and it never reported.
+                self.recoveries
+                    .get_or_create(&vec![("action", "sync_takeover".to_owned())])
+                    .inc();
+                tracing::warn!(provider = %provider_id, awaited = %run, %replica,
+                    "the awaited sync's lease passed with no report; taking the sync over");
+                if let Some(report) = Box::pin(self.sync_one(provider_id)).await {
+                    return report;
+                }
             }
             if tokio::time::Instant::now() >= deadline {
                 let name = self

@@ -6,7 +6,7 @@
 //! credential deletes the key in the provider.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use meridian_kit::http::{ApiError, ErrorBody, Json, JsonOrEmpty, Query};
 use meridian_schemas::ids::MERIDIAN_NAMESPACE;
 use meridian_schemas::portal::PortalEntity;
@@ -16,10 +16,13 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::{ApiState, invalid, new_id, provider_failed, time};
+use super::{ApiState, Unsettled, invalid, new_id, provider_failed, time};
+use crate::adapters::providers::Connection;
 use crate::domain::PortalState;
 use crate::domain::hash_key;
-use crate::domain::model::{App, Credential, Request, Status, check_name, invalid as field};
+use crate::domain::model::{
+    App, Credential, Issuing, Request, Status, check_name, invalid as field,
+};
 
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -386,20 +389,62 @@ fn check_request(state: &PortalState, input: &RequestInput) -> Result<String, Ap
     Ok(product.provider_id.clone())
 }
 
+/// The header that makes a request's creation safe to retry.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The request id an `Idempotency-Key` stands for (per app): a retry with
+/// the same key names the same request.
+fn idempotent_id(headers: &HeaderMap, app_id: &str) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .ok_or_else(|| {
+            ApiError::invalid_field(
+                "Idempotency-Key",
+                "must be 1 to 255 visible ASCII characters",
+            )
+        })?;
+    Ok(Some(
+        Uuid::new_v5(
+            &MERIDIAN_NAMESPACE,
+            format!("portal:request:{app_id}:{key}").as_bytes(),
+        )
+        .to_string(),
+    ))
+}
+
 /// An app asks for a Product with a Plan. When the Plan approves
 /// automatically, the credential is issued at once and its key answered.
+/// With an `Idempotency-Key` header, asking again with the same key (after
+/// a timeout, a crash, a 503) answers the same request, and its key again
+/// when it was approved: never a second request or key.
 #[utoipa::path(post, path = "/portal-api/provisioning-requests", tag = "provisioning", security(("api_key" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry answer the same request (and key) instead of making another")),
     request_body = RequestInput,
-    responses((status = 201, body = Provisioned), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
+    responses((status = 201, body = Provisioned), (status = 200, body = Provisioned, description = "A retry with the same Idempotency-Key"), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn create_request(
     State(s): State<ApiState>,
+    headers: HeaderMap,
     Json(input): Json<RequestInput>,
 ) -> Result<(StatusCode, Json<Provisioned>), ApiError> {
     s.writer.catch_up().await;
-    let id = new_id();
+    let given = idempotent_id(&headers, &input.app_id)?;
+    if let Some(id) = &given
+        && let Some(existing) = s.find(|state| state.request(id).cloned()).await
+    {
+        return retried(&s, &existing, &input).await.map(|p| (StatusCode::OK, Json(p)));
+    }
+    let id = given.clone().unwrap_or_else(new_id);
     let now = meridian_kit::time::now_ms();
     let created = s
         .save(PortalEntity::Request, &id, "created", |state| {
+            if state.request(&id).is_some() {
+                return Err(ApiError::conflict("created by a retry meanwhile"));
+            }
             let provider_id = check_request(state, &input)?;
             Ok(Request {
                 id: id.clone(),
@@ -411,7 +456,18 @@ async fn create_request(
                 ..Request::default()
             })
         })
-        .await?;
+        .await;
+    let created = match (created, &given) {
+        (Ok(r), _) => r,
+        (Err(e), Some(id)) => {
+            // A retry with the same key won the race: answer its request.
+            let Some(existing) = s.find(|state| state.request(id).cloned()).await else {
+                return Err(e);
+            };
+            return retried(&s, &existing, &input).await.map(|p| (StatusCode::OK, Json(p)));
+        }
+        (Err(e), None) => return Err(e),
+    };
     let automatic = s
         .writer
         .read()
@@ -430,6 +486,56 @@ async fn create_request(
     Ok((StatusCode::CREATED, Json(provisioned)))
 }
 
+/// The answer to a retry of a request made with the same `Idempotency-Key`:
+/// the request as it is (with its key again while its credential is live);
+/// a pending one whose Plan approves automatically is approved now (or
+/// its approval under way finished, once it is past the deadline).
+async fn retried(
+    s: &ApiState,
+    existing: &Request,
+    input: &RequestInput,
+) -> Result<Provisioned, ApiError> {
+    if (&existing.app_id, &existing.product_id, &existing.plan_id)
+        != (&input.app_id, &input.product_id, &input.plan_id)
+    {
+        return Err(ApiError::conflict(
+            "this Idempotency-Key was used for another request (another app, Product or Plan); use a new key",
+        ));
+    }
+    let automatic = s
+        .writer
+        .read()
+        .plan(&existing.plan_id)
+        .is_some_and(|p| p.auto_approve);
+    match existing.status {
+        Status::Pending if automatic => match &existing.issuing {
+            None => approve(s, &existing.id, true).await,
+            Some(i) if meridian_kit::time::now_ms() - i.started_at_ms >= ms(s.intent_deadline) => {
+                finish_approval(s, existing).await
+            }
+            Some(_) => Err(ApiError::conflict(format!(
+                "an approval of provisioning request {:?} is under way; ask again in a moment",
+                existing.id
+            ))),
+        },
+        Status::Approved => {
+            let key = s.sealer.credential_key(&existing.id);
+            let live = existing
+                .credential
+                .as_ref()
+                .is_some_and(|c| c.revoked_at_ms == 0 && c.key_hash == hash_key(&key));
+            Ok(Provisioned {
+                request: request_view(existing),
+                key: live.then_some(key),
+            })
+        }
+        _ => Ok(Provisioned {
+            request: request_view(existing),
+            key: None,
+        }),
+    }
+}
+
 /// A provisioning request.
 #[utoipa::path(get, path = "/portal-api/provisioning-requests/{id}", tag = "provisioning", security(("api_key" = [])),
     params(("id" = uuid::Uuid, Path)),
@@ -445,8 +551,9 @@ async fn get_request(
 }
 
 /// Issues the credential of a pending request: a key in the provider with
-/// the Product's and the Plan's policies applied. If another admin decided
-/// the request meanwhile, the key just issued is deleted again.
+/// the Product's and the Plan's policies applied. The approval is recorded
+/// as under way first, then the provider is asked for the request's own
+/// key, then the approval is recorded; see [`finish_approval`].
 async fn approve(s: &ApiState, id: &str, automatic: bool) -> Result<Provisioned, ApiError> {
     let (request, product, plan, app) = s
         .find(|state| {
@@ -463,10 +570,7 @@ async fn approve(s: &ApiState, id: &str, automatic: bool) -> Result<Provisioned,
     if request.status != Status::Pending {
         return Err(ApiError::conflict(format!(
             "provisioning request {id:?} is {} already",
-            serde_json::to_value(request.status)
-                .expect("a status serializes")
-                .as_str()
-                .unwrap_or_default()
+            status_name(request.status)
         )));
     }
     let (Some(product), Some(plan), Some(app)) = (product, plan, app) else {
@@ -479,62 +583,190 @@ async fn approve(s: &ApiState, id: &str, automatic: bool) -> Result<Provisioned,
             "the Product or Plan is hidden (its policy is gone from the provider); approve once a sync finds it again",
         ));
     }
-    let (_, connection) = s.connect(&request.provider_id).await?;
-    let policies = vec![product.policy_id.clone(), plan.policy_id.clone()];
-    let alias = format!("{}-{}", app.name, id.chars().take(8).collect::<String>());
-    let issued = connection
-        .create_key(
-            &policies,
-            &alias,
-            json!({"portal_app_id": app.id, "portal_request_id": id, "portal_app_owner": app.owner}),
+    let issuing = Issuing {
+        alias: format!("{}-{}", app.name, id.chars().take(8).collect::<String>()),
+        policies: vec![product.policy_id.clone(), plan.policy_id.clone()],
+        automatic,
+        started_at_ms: meridian_kit::time::now_ms(),
+    };
+    let deadline = ms(s.intent_deadline);
+    let started = s
+        .save_settled(
+            PortalEntity::Request,
+            id,
+            "approval-started",
+            |state| {
+                let mut r = state.request(id).cloned().ok_or_else(|| no_request(id))?;
+                if r.status != Status::Pending {
+                    return Err(ApiError::conflict(format!(
+                        "provisioning request {id:?} was decided by someone else meanwhile"
+                    )));
+                }
+                if r.issuing.as_ref().is_some_and(|i| {
+                    meridian_kit::time::now_ms() - i.started_at_ms < deadline
+                }) {
+                    return Err(ApiError::conflict(format!(
+                        "an approval of provisioning request {id:?} is under way; ask again in a moment"
+                    )));
+                }
+                r.issuing = Some(issuing.clone());
+                Ok(r)
+            },
+            |state| {
+                state
+                    .request(id)
+                    .filter(|r| r.issuing.as_ref() == Some(&issuing))
+                    .cloned()
+            },
         )
         .await
-        .map_err(|e| provider_failed("issue the credential", &e))?;
-    let now = meridian_kit::time::now_ms();
+        .map_err(Unsettled::into_error)?;
+    finish_approval(s, &started).await
+}
+
+fn status_name(status: Status) -> String {
+    serde_json::to_value(status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Finishes an approval recorded as under way (`request.issuing`): asks
+/// the provider for the request's own key (creating it, or writing the same
+/// session over it when an earlier attempt made it), then records the
+/// approval, settling a publish with no answer before anything else. When
+/// the provider fails, or the request can no longer be approved, the key is
+/// deleted and the approval taken back; when that delete fails too, the
+/// approval stays under way for the next try. When the log gives no answer,
+/// nothing is undone: the approval stays recorded as under way, and a
+/// replica finishes it later.
+async fn finish_approval(s: &ApiState, request: &Request) -> Result<Provisioned, ApiError> {
+    let id = request.id.as_str();
+    let Some(issuing) = request.issuing.clone() else {
+        return Err(ApiError::conflict(format!(
+            "provisioning request {id:?} has no approval under way"
+        )));
+    };
+    let key = s.sealer.credential_key(id);
+    let key_hash = hash_key(&key);
+    let (_, connection) = s.connect(&request.provider_id).await?;
+    let app = s.find(|state| state.app(&request.app_id).cloned()).await;
+    let meta = json!({
+        "portal_app_id": request.app_id,
+        "portal_request_id": id,
+        "portal_app_owner": app.map(|a| a.owner).unwrap_or_default(),
+    });
+    let issued = match connection
+        .put_key(&key, &issuing.policies, &issuing.alias, meta)
+        .await
+    {
+        Ok(issued) => issued,
+        Err(e) => {
+            let failed = provider_failed("issue the credential", &e);
+            undo_approval(s, request, &connection, &key).await;
+            return Err(failed);
+        }
+    };
     let credential = Credential {
         id: Uuid::new_v5(
             &MERIDIAN_NAMESPACE,
             format!("portal:credential:{id}").as_bytes(),
         )
         .to_string(),
-        key_hash: hash_key(&issued.key),
+        key_hash: key_hash.clone(),
         provider_key_ref: issued.key_ref.clone(),
-        alias,
-        policies,
-        issued_at_ms: now,
+        alias: issuing.alias.clone(),
+        policies: issuing.policies.clone(),
+        issued_at_ms: meridian_kit::time::now_ms(),
         revoked_at_ms: 0,
+        revoking_at_ms: 0,
     };
-    let stored = s
-        .save(PortalEntity::Request, id, "approved", |state| {
-            let mut r = state.request(id).cloned().ok_or_else(|| no_request(id))?;
-            if r.status != Status::Pending {
-                return Err(ApiError::conflict(format!(
-                    "provisioning request {id:?} was decided by someone else meanwhile"
-                )));
-            }
-            r.status = Status::Approved;
-            r.automatic = automatic;
-            r.decided_at_ms = now;
-            r.credential = Some(credential.clone());
-            Ok(r)
-        })
+    let recorded = s
+        .save_settled(
+            PortalEntity::Request,
+            id,
+            "approved",
+            |state| {
+                let mut r = state.request(id).cloned().ok_or_else(|| no_request(id))?;
+                if r.status != Status::Pending || r.issuing.is_none() {
+                    return Err(ApiError::conflict(format!(
+                        "provisioning request {id:?} was decided by someone else meanwhile"
+                    )));
+                }
+                r.status = Status::Approved;
+                r.automatic = issuing.automatic;
+                r.decided_at_ms = meridian_kit::time::now_ms();
+                r.credential = Some(credential.clone());
+                r.issuing = None;
+                Ok(r)
+            },
+            |state| {
+                state
+                    .request(id)
+                    .filter(|r| {
+                        r.status == Status::Approved
+                            && r.credential.as_ref().is_some_and(|c| c.key_hash == key_hash)
+                    })
+                    .cloned()
+            },
+        )
         .await;
-    match stored {
+    match recorded {
         Ok(r) => {
-            tracing::info!(request = %id, app = %r.app_id, automatic, key_hash = %credential.key_hash, "provisioning request approved");
+            tracing::info!(request = %id, app = %r.app_id, automatic = r.automatic, key_hash = %key_hash, "provisioning request approved");
             Ok(Provisioned {
                 request: request_view(&r),
-                key: Some(issued.key),
+                key: Some(key),
             })
         }
-        Err(e) => {
-            // Nothing refers to the key: take it back.
-            if let Err(undo) = connection.delete_key(&issued.key_ref).await {
-                tracing::error!(request = %id, error = %undo,
-                    "a key issued for a request that was not approved could not be deleted; delete it in the provider");
-            }
+        Err(Unsettled::Unknown(e)) => Err(e),
+        Err(Unsettled::Failed(e)) => {
+            undo_approval(s, request, &connection, &key).await;
             Err(e)
         }
+    }
+}
+
+/// Takes back an approval that cannot be finished: deletes the request's
+/// key in the provider (already gone is fine), then records that no
+/// approval is under way. A delete that fails leaves the approval under way
+/// (a later try undoes or finishes it), and says so.
+async fn undo_approval(s: &ApiState, request: &Request, connection: &Connection, key: &str) {
+    let id = request.id.as_str();
+    if let Err(e) = connection.delete_key_itself(key).await {
+        tracing::error!(request = %id, error = %e,
+            "an approval that failed could not take its key back; it stays under way and is tried again");
+        return;
+    }
+    s.recovered("approval_undone");
+    tracing::warn!(request = %id, "approval undone: the request's key was deleted in the provider");
+    let cleared = s
+        .save_settled(
+            PortalEntity::Request,
+            id,
+            "approval-undone",
+            |state| {
+                let mut r = state.request(id).cloned().ok_or_else(|| no_request(id))?;
+                if r.status != Status::Pending || r.issuing.is_none() {
+                    return Err(ApiError::conflict("nothing under way"));
+                }
+                r.issuing = None;
+                Ok(r)
+            },
+            |state| {
+                state
+                    .request(id)
+                    .filter(|r| r.issuing.is_none())
+                    .cloned()
+            },
+        )
+        .await;
+    if let Err(e) = cleared {
+        tracing::warn!(request = %id, error = %e.into_error().message, "an undone approval is still recorded as under way; the next try clears it");
     }
 }
 
@@ -578,6 +810,11 @@ async fn reject_request(
                     "provisioning request {id:?} was decided already"
                 )));
             }
+            if r.issuing.is_some() {
+                return Err(ApiError::conflict(format!(
+                    "an approval of provisioning request {id:?} is under way (it is finished, or undone once its provider answers); ask again in a moment"
+                )));
+            }
             r.status = Status::Rejected;
             r.reason.clone_from(&rejection.reason);
             r.decided_at_ms = meridian_kit::time::now_ms();
@@ -602,40 +839,187 @@ async fn list_credentials(State(s): State<ApiState>) -> Json<Vec<CredentialView>
     )
 }
 
-/// Revokes a credential: its key is deleted in the provider, then the
-/// credential is marked revoked.
+/// Revokes a credential: the revocation is recorded as under way, the key
+/// is deleted in the provider, then the credential is marked revoked (see
+/// [`finish_revocation`]).
 async fn revoke(s: &ApiState, credential_id: &str) -> Result<Request, ApiError> {
     let not_found = || ApiError::not_found(format!("no credential {credential_id:?}"));
-    let owner = |state: &PortalState| {
-        state
-            .requests()
-            .find(|r| r.credential.as_ref().is_some_and(|c| c.id == credential_id))
-            .cloned()
-    };
-    let request = s.find(owner).await.ok_or_else(not_found)?;
+    let request = s
+        .find(|state| credential_owner(state, credential_id))
+        .await
+        .ok_or_else(not_found)?;
     let credential = request.credential.clone().ok_or_else(not_found)?;
     if credential.revoked_at_ms != 0 {
         return Err(ApiError::conflict(format!(
             "credential {credential_id:?} was revoked already"
         )));
     }
+    let started = if credential.revoking_at_ms != 0 {
+        request
+    } else {
+        s.save_settled(
+            PortalEntity::Request,
+            &request.id,
+            "revocation-started",
+            |state| {
+                let mut r = credential_owner(state, credential_id).ok_or_else(not_found)?;
+                match r.credential.as_mut() {
+                    Some(c) if c.revoked_at_ms == 0 => {
+                        if c.revoking_at_ms == 0 {
+                            c.revoking_at_ms = meridian_kit::time::now_ms();
+                        }
+                        Ok(r)
+                    }
+                    _ => Err(ApiError::conflict(format!(
+                        "credential {credential_id:?} was revoked already"
+                    ))),
+                }
+            },
+            |state| {
+                credential_owner(state, credential_id).filter(|r| {
+                    r.credential
+                        .as_ref()
+                        .is_some_and(|c| c.revoking_at_ms != 0 || c.revoked_at_ms != 0)
+                })
+            },
+        )
+        .await
+        .map_err(Unsettled::into_error)?
+    };
+    finish_revocation(s, &started).await
+}
+
+fn credential_owner(state: &PortalState, credential_id: &str) -> Option<Request> {
+    state
+        .requests()
+        .find(|r| r.credential.as_ref().is_some_and(|c| c.id == credential_id))
+        .cloned()
+}
+
+/// Finishes a revocation recorded as under way: deletes the key in the
+/// provider (already gone is fine: an earlier try deleted it) and marks the
+/// credential revoked, settling a publish with no answer. A provider that
+/// fails leaves the revocation under way for the next try.
+async fn finish_revocation(s: &ApiState, request: &Request) -> Result<Request, ApiError> {
+    let credential = request
+        .credential
+        .clone()
+        .ok_or_else(|| ApiError::conflict("no credential"))?;
+    let credential_id = credential.id.clone();
     let (_, connection) = s.connect(&request.provider_id).await?;
     connection
         .delete_key(&credential.provider_key_ref)
         .await
         .map_err(|e| provider_failed("delete the credential's key", &e))?;
-    let now = meridian_kit::time::now_ms();
     let r = s
-        .save(PortalEntity::Request, &request.id, "revoked", |state| {
-            let mut r = owner(state).ok_or_else(not_found)?;
-            if let Some(c) = r.credential.as_mut().filter(|c| c.revoked_at_ms == 0) {
-                c.revoked_at_ms = now;
-            }
-            Ok(r)
-        })
-        .await?;
+        .save_settled(
+            PortalEntity::Request,
+            &request.id,
+            "revoked",
+            |state| {
+                let mut r = credential_owner(state, &credential_id)
+                    .ok_or_else(|| ApiError::not_found(format!("no credential {credential_id:?}")))?;
+                match r.credential.as_mut() {
+                    Some(c) if c.revoked_at_ms == 0 => {
+                        c.revoked_at_ms = meridian_kit::time::now_ms();
+                        c.revoking_at_ms = 0;
+                        Ok(r)
+                    }
+                    _ => Err(ApiError::conflict("revoked already")),
+                }
+            },
+            |state| {
+                credential_owner(state, &credential_id)
+                    .filter(|r| r.credential.as_ref().is_some_and(|c| c.revoked_at_ms != 0))
+            },
+        )
+        .await
+        .map_err(Unsettled::into_error)?;
     tracing::info!(credential = %credential_id, key_hash = %credential.key_hash, "credential revoked");
     Ok(r)
+}
+
+/// Finishes on this replica what another left under way longer than the
+/// intent deadline (it crashed, or the log was away): approvals (finished,
+/// or undone when they cannot be), revocations, and requests whose Plan
+/// approves automatically but that are still pending. Runs once the fold
+/// has caught up, then every half deadline, until `stop`.
+pub async fn recover_until_stopped(
+    s: ApiState,
+    progress: meridian_kit::projection::Progress,
+    stop: meridian_kit::CancellationToken,
+) {
+    tokio::select! {
+        () = stop.cancelled() => return,
+        _ = progress.catch_up(std::time::Duration::from_secs(3600)) => {}
+    }
+    let every = (s.intent_deadline / 2).max(std::time::Duration::from_millis(100));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = recover(&s) => {}
+        }
+    }
+}
+
+/// One pass of [`recover_until_stopped`].
+async fn recover(s: &ApiState) {
+    let stale_before = meridian_kit::time::now_ms() - ms(s.intent_deadline);
+    let (approvals, automatic, revocations) = {
+        let state = s.writer.read();
+        let mut approvals = Vec::new();
+        let mut automatic = Vec::new();
+        let mut revocations = Vec::new();
+        for r in state.requests() {
+            match (&r.issuing, r.status, &r.credential) {
+                (Some(i), Status::Pending, _) if i.started_at_ms < stale_before => {
+                    approvals.push(r.clone());
+                }
+                (None, Status::Pending, _)
+                    if r.created_at_ms < stale_before
+                        && state.plan(&r.plan_id).is_some_and(|p| p.auto_approve) =>
+                {
+                    automatic.push(r.id.clone());
+                }
+                (_, Status::Approved, Some(c))
+                    if c.revoked_at_ms == 0
+                        && c.revoking_at_ms != 0
+                        && c.revoking_at_ms < stale_before =>
+                {
+                    revocations.push(r.clone());
+                }
+                _ => {}
+            }
+        }
+        (approvals, automatic, revocations)
+    };
+    for r in approvals {
+        tracing::warn!(request = %r.id, "an approval was left under way; finishing it here");
+        match finish_approval(s, &r).await {
+            Ok(_) => s.recovered("approval_finished"),
+            Err(e) => tracing::warn!(request = %r.id, error = %e.message, "a left approval could not be finished yet"),
+        }
+    }
+    for id in automatic {
+        tracing::warn!(request = %id, "a request whose Plan approves automatically was left pending; approving it here");
+        match approve(s, &id, true).await {
+            Ok(_) => s.recovered("auto_approval_finished"),
+            Err(e) => tracing::warn!(request = %id, error = %e.message, "a left automatic approval could not be finished yet"),
+        }
+    }
+    for r in revocations {
+        tracing::warn!(request = %r.id, "a revocation was left under way; finishing it here");
+        match finish_revocation(s, &r).await {
+            Ok(_) => s.recovered("revocation_finished"),
+            Err(e) => tracing::warn!(request = %r.id, error = %e.message, "a left revocation could not be finished yet"),
+        }
+    }
 }
 
 /// Revokes a credential: the key is deleted in the provider.

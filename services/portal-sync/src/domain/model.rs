@@ -226,6 +226,27 @@ pub struct Credential {
     pub issued_at_ms: i64,
     /// When it was revoked (ms since the epoch; 0: live).
     pub revoked_at_ms: i64,
+    /// When a revocation was started (its intent, recorded before the key
+    /// is deleted in the provider; 0: none under way).
+    pub revoking_at_ms: i64,
+}
+
+/// An approval under way: recorded on the log before the provider is asked
+/// for the key, so that a replica finding it later (the one that started it
+/// crashed, or the log was away) finishes it by asking the provider again
+/// rather than guessing. The key is the request's own (derived from its id,
+/// see `Sealer::credential_key`), so asking again never makes a second one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Issuing {
+    /// The key's alias in the provider.
+    pub alias: String,
+    /// The policies the key applies (Product's, then Plan's).
+    pub policies: Vec<String>,
+    /// Approved by the Plan's auto-approval.
+    pub automatic: bool,
+    /// When the approval started (ms since the epoch).
+    pub started_at_ms: i64,
 }
 
 /// An app's request for a Product with a Plan.
@@ -254,6 +275,8 @@ pub struct Request {
     pub created_at_ms: i64,
     /// When it was approved or rejected (ms since the epoch; 0: not yet).
     pub decided_at_ms: i64,
+    /// An approval under way (pending requests only).
+    pub issuing: Option<Issuing>,
 }
 
 /// A field at fault, for a 400.
