@@ -36,6 +36,54 @@ pub async fn start_portal_sync(
     PortalSync { running, state }
 }
 
+/// A `meridian-portal-sync` process (one SIGKILL away from a crash).
+pub struct PortalSyncProcess {
+    /// The process group.
+    pub group: crate::processes::Group,
+    /// A client of it.
+    pub portal: Portal,
+}
+
+/// Starts a `meridian-portal-sync` process on `nats`, named `replica`,
+/// with the test admin key, an hour between scheduled syncs and `settings`
+/// (`MERIDIAN_PORTAL_SYNC__` variables without the prefix); waits until it
+/// is ready.
+pub async fn start_portal_sync_process(
+    nats: &Nats,
+    replica: &str,
+    settings: &[(&str, &str)],
+) -> PortalSyncProcess {
+    let port = crate::processes::free_port();
+    let mut command = std::process::Command::new(crate::workspace_binary("meridian-portal-sync"));
+    command
+        .env("MERIDIAN_PORTAL_SYNC__NATS_URL", nats.url())
+        .env("MERIDIAN_PORTAL_SYNC__API_KEY", API_KEY)
+        .env(
+            "MERIDIAN_PORTAL_SYNC__HTTP_ADDR",
+            format!("127.0.0.1:{port}"),
+        )
+        .env("MERIDIAN_PORTAL_SYNC__REPLICA", replica)
+        .env("MERIDIAN_PORTAL_SYNC__REFRESH_INTERVAL", "1h")
+        .env("MERIDIAN_LOG", "warn")
+        .stdout(std::process::Stdio::null());
+    for (name, value) in settings {
+        command.env(format!("MERIDIAN_PORTAL_SYNC__{name}"), value);
+    }
+    let group = crate::processes::Group::spawn("meridian-portal-sync", command)
+        .expect("meridian-portal-sync starts");
+    let url = format!("http://127.0.0.1:{port}");
+    let ready = crate::eventually(std::time::Duration::from_secs(30), || async {
+        let r = reqwest::get(format!("{url}/readyz")).await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "meridian-portal-sync never became ready");
+    PortalSyncProcess {
+        group,
+        portal: Portal::new(&url),
+    }
+}
+
 /// A `/portal-api/` client.
 #[derive(Clone)]
 pub struct Portal {
@@ -94,9 +142,35 @@ impl Portal {
         body: Option<&Value>,
         header: Option<(&str, &str)>,
     ) -> (u16, Value) {
+        self.send(method, path, body, header, None).await
+    }
+
+    /// `POST` with an `Idempotency-Key` header (and the client's key).
+    pub async fn post_idempotent(&self, path: &str, body: &Value, key: &str) -> (u16, Value) {
+        self.send(
+            reqwest::Method::POST,
+            path,
+            Some(body),
+            None,
+            Some(("idempotency-key", key)),
+        )
+        .await
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        header: Option<(&str, &str)>,
+        extra: Option<(&str, &str)>,
+    ) -> (u16, Value) {
         let mut req = self
             .http
             .request(method.clone(), format!("{}{path}", self.base));
+        if let Some((name, value)) = extra {
+            req = req.header(name, value);
+        }
         match (header, &self.key) {
             (Some((name, value)), _) => req = req.header(name, value),
             (None, Some(key)) => req = req.header("x-api-key", key),

@@ -126,6 +126,13 @@ impl Group {
         });
         let _ = self.child.wait();
     }
+
+    /// Crashes the whole group: SIGKILL, no chance to finish anything.
+    /// Returns once the leader is reaped.
+    pub fn kill(&mut self) {
+        signal_group(self.child.id(), "KILL");
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Group {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use meridian_schemas::portal::PortalEvent;
 use meridian_schemas::streams;
 use meridian_tests::fake_dashboard::FakeDashboard;
-use meridian_tests::portal::{Portal, PortalSync, start_portal_sync};
+use meridian_tests::portal::{Portal, PortalSync, start_portal_sync, start_portal_sync_process};
 use meridian_tests::tyk::{GATEWAY_SECRET, Tyk, start_key_issuer, start_proxy};
 use meridian_tests::upstream::Upstream;
 use meridian_tests::*;
@@ -1142,4 +1142,329 @@ async fn replicas_share_one_sync_and_a_restart_or_rebuild_changes_nothing() {
         events.last().unwrap()["type"],
         "io.meridian.product.updated"
     );
+}
+
+/// A Product, an automatic and a manual Plan of `provider`, and an app:
+/// what a provisioning request names.
+async fn catalogue_for_requests(portal: &Portal, provider: &str) -> (Value, Value, Value, Value) {
+    let (status, product) = portal
+        .post(
+            "/portal-api/products",
+            &json!({"name": "Orders", "provider_id": provider, "apis": [{"api_id": "orders"}], "published": true}),
+        )
+        .await;
+    assert_eq!(status, 201, "{product}");
+    let plan = |name: &str, auto: bool| {
+        json!({"name": name, "provider_id": provider, "rate": 10, "per": 1,
+            "auto_approve": auto, "published": true})
+    };
+    let (_, auto) = portal.post("/portal-api/plans", &plan("Auto", true)).await;
+    let (_, manual) = portal
+        .post("/portal-api/plans", &plan("Manual", false))
+        .await;
+    let (status, app) = portal
+        .post(
+            "/portal-api/apps",
+            &json!({"name": "Shop", "owner": "dev@example.com"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{app}");
+    (product, auto, manual, app)
+}
+
+fn ask(app: &Value, product: &Value, plan: &Value) -> Value {
+    json!({"app_id": app["id"], "product_id": product["id"], "plan_id": plan["id"]})
+}
+
+/// The key hashes of live credentials, and whether any approval is still
+/// under way.
+async fn live_credentials(portal: &Portal) -> (std::collections::BTreeSet<String>, bool) {
+    let requests = list(portal, "/portal-api/provisioning-requests").await;
+    let live = requests
+        .iter()
+        .filter(|r| r["status"] == "approved" && r["credential"]["revoked_at"] == "")
+        .map(|r| r["credential"]["key_hash"].as_str().unwrap().to_owned())
+        .collect();
+    (live, requests.iter().any(|r| r["approving"] == true))
+}
+
+/// A replica SIGKILLed after the Dashboard made the key and before the
+/// approval was recorded: another replica finishes the approval (the
+/// request's Plan approves automatically), exactly one key and one
+/// credential afterwards; the app's retry with the same Idempotency-Key
+/// answers the same request and key, and makes no second key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crash_between_the_key_and_the_approval_leaves_one_key_and_one_credential() {
+    let nats = Nats::start().await;
+    let dash = empty_dashboard().await;
+    let mut a = start_portal_sync_process(&nats, "replica-a", &[("INTENT_DEADLINE", "2s")]).await;
+    let b = start_portal_sync(&nats, |c| {
+        c.replica = Some("replica-b".into());
+        c.intent_deadline = meridian_kit::config::HumanDuration(Duration::from_secs(2));
+    })
+    .await;
+    let (pa, pb) = (a.portal.clone(), Portal::new(&b.running.url));
+    let provider = add_provider(&pa, "Dashboard", &dash.url, DASH_SECRET, "portal").await;
+    let provider = provider["id"].as_str().unwrap().to_owned();
+    let (product, auto, _, app) = catalogue_for_requests(&pa, &provider).await;
+
+    dash.hold_keys();
+    let asking = {
+        let (pa, body) = (pa.clone(), ask(&app, &product, &auto));
+        tokio::spawn(async move {
+            let url = format!("{}/portal-api/provisioning-requests", pa.base);
+            // Raw: the answer never comes (the replica dies).
+            reqwest::Client::new()
+                .post(url)
+                .header("x-api-key", API_KEY)
+                .header("idempotency-key", "shop-order-1")
+                .json(&body)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    };
+    dash.wait_keys_held(1).await;
+    a.group.kill();
+    dash.release_keys();
+    assert!(
+        asking.await.unwrap().is_err(),
+        "the killed replica answered"
+    );
+    assert_eq!(dash.keys().len(), 1, "the Dashboard made the key");
+
+    // The other replica finishes it within the deadline and a pass.
+    let finished = eventually(Duration::from_secs(15), || async {
+        let (live, under_way) = live_credentials(&pb).await;
+        (!under_way && live.len() == 1).then_some(live)
+    })
+    .await
+    .expect("the approval left under way is finished");
+    let keys: std::collections::BTreeSet<String> = dash.keys().into_keys().collect();
+    assert_eq!(keys, finished, "one key, and it is the credential's");
+
+    // The app asks again with the same Idempotency-Key: the same request
+    // and the same key, no second one.
+    let (status, again) = pb
+        .post_idempotent(
+            "/portal-api/provisioning-requests",
+            &ask(&app, &product, &auto),
+            "shop-order-1",
+        )
+        .await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["request"]["status"], "approved");
+    let key = again["key"].as_str().expect("the key, again");
+    assert_eq!(finished.iter().next().unwrap(), &sha256(key));
+    assert_eq!(dash.keys().len(), 1, "a retry makes no second key");
+    assert_eq!(
+        list(&pb, "/portal-api/provisioning-requests").await.len(),
+        1,
+        "nor a second request"
+    );
+    // The same key for another request is refused, naming the header.
+    let (status, reused) = pb
+        .post_idempotent(
+            "/portal-api/provisioning-requests",
+            &json!({"app_id": app["id"], "product_id": product["id"], "plan_id": "another"}),
+            "shop-order-1",
+        )
+        .await;
+    assert_eq!(status, 409, "{reused}");
+    assert!(
+        reused["message"]
+            .as_str()
+            .unwrap()
+            .contains("Idempotency-Key")
+    );
+
+    // A replica started now folds the same portal.
+    let c = start_portal_sync(&nats, |c| c.replica = Some("replica-c".into())).await;
+    assert_eq!(
+        digest(&Portal::new(&c.running.url)).await,
+        digest(&pb).await
+    );
+}
+
+/// NATS stopped while approvals wait on the Dashboard, for longer than a
+/// publish's timeout: the approvals answer 503 (their outcome not known
+/// yet) and take nothing back; once NATS is back every request ends
+/// approved with its live key, or pending with none, and nothing else is
+/// in the Dashboard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn approvals_through_a_nats_outage_end_with_a_key_each_or_none() {
+    let mut nats = Nats::start().await;
+    let dash = empty_dashboard().await;
+    let deadline = |c: &mut meridian_portal_sync::Config| {
+        c.intent_deadline = meridian_kit::config::HumanDuration(Duration::from_secs(2));
+    };
+    let a = start_portal_sync(&nats, deadline).await;
+    let b = start_portal_sync(&nats, deadline).await;
+    let (pa, pb) = (Portal::new(&a.running.url), Portal::new(&b.running.url));
+    let provider = add_provider(&pa, "Dashboard", &dash.url, DASH_SECRET, "portal").await;
+    let provider = provider["id"].as_str().unwrap().to_owned();
+    let (product, _, manual, app) = catalogue_for_requests(&pa, &provider).await;
+    let mut requests = Vec::new();
+    for _ in 0..3 {
+        let (status, r) = pa
+            .post(
+                "/portal-api/provisioning-requests",
+                &ask(&app, &product, &manual),
+            )
+            .await;
+        assert_eq!(status, 201, "{r}");
+        requests.push(r["request"]["id"].as_str().unwrap().to_owned());
+    }
+
+    dash.hold_keys();
+    let approvals: Vec<_> = requests
+        .iter()
+        .map(|id| {
+            let (pa, id) = (pa.clone(), id.clone());
+            tokio::spawn(async move {
+                pa.put(
+                    &format!("/portal-api/provisioning-requests/{id}/approve"),
+                    None,
+                )
+                .await
+            })
+        })
+        .collect();
+    dash.wait_keys_held(requests.len()).await;
+    nats.server.stop();
+    dash.release_keys();
+    for approval in approvals {
+        let (status, body) = approval.await.unwrap();
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("not known yet"),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        dash.keys().len(),
+        requests.len(),
+        "nothing was taken back while the outcome was unknown"
+    );
+    nats.server.restart().expect("nats-server restarts");
+
+    for portal in [&pa, &pb] {
+        let settled = eventually(Duration::from_secs(30), || async {
+            let (live, under_way) = live_credentials(portal).await;
+            (!under_way).then_some(live)
+        })
+        .await
+        .expect("no approval stays under way");
+        let keys: std::collections::BTreeSet<String> = dash.keys().into_keys().collect();
+        assert_eq!(
+            settled, keys,
+            "every live credential has its key and every key its credential"
+        );
+        assert_eq!(
+            settled.len(),
+            requests.len(),
+            "every approval was stored once"
+        );
+    }
+    assert_eq!(digest(&pa).await, digest(&pb).await);
+}
+
+/// A replica SIGKILLed while it holds a provider's sync: a sync asked of
+/// another replica meanwhile waits for that run; when the claim is
+/// replaced (its lease passed and a third replica took the sync over) it
+/// answers the new run's report, never the report of the run before its
+/// call, and that run found the policy added since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sync_waiting_on_a_replaced_claim_answers_a_later_run() {
+    let nats = Nats::start().await;
+    let dash = dashboard().await;
+    let short = |name: &'static str| {
+        move |c: &mut meridian_portal_sync::Config| {
+            c.replica = Some(name.into());
+            c.sync_lease = meridian_kit::config::HumanDuration(Duration::from_secs(2));
+        }
+    };
+    let b = start_portal_sync(&nats, short("replica-b")).await;
+    let c = start_portal_sync(&nats, short("replica-c")).await;
+    let (pb, pc) = (Portal::new(&b.running.url), Portal::new(&c.running.url));
+    let provider = add_provider(&pb, "Dashboard", &dash.url, DASH_SECRET, "portal").await;
+    let provider = provider["id"].as_str().unwrap().to_owned();
+    let before = pb.sync(&provider).await;
+    assert_eq!(before["status"], "ok", "{before}");
+    let claim = |ps: &PortalSync| ps.state.read().unwrap().sync(&provider).claim;
+
+    // Replica A claims the next sync and dies holding it (the Dashboard
+    // holds every listing from now on).
+    let mut a = start_portal_sync_process(&nats, "replica-a", &[("SYNC_LEASE", "2s")]).await;
+    dash.hold();
+    let held = {
+        let (pa, provider) = (a.portal.clone(), provider.clone());
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .put(format!(
+                    "{}/portal-api/providers/{provider}/synchronize",
+                    pa.base
+                ))
+                .header("x-api-key", API_KEY)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    };
+    dash.wait_held(1).await;
+    a.group.kill();
+    assert!(held.await.unwrap().is_err(), "the killed replica answered");
+    dash.put_policy(access("acc-new", &["portal"], "orders"));
+    let (a_run, _, a_until) = eventually(Duration::from_secs(5), || async {
+        claim(&b).filter(|(_, replica, _)| replica == "replica-a")
+    })
+    .await
+    .expect("replica B folds A's claim");
+
+    // B is asked while A's claim holds: it waits for A's run.
+    let mut b_call = tokio::spawn({
+        let (pb, provider) = (pb.clone(), provider.clone());
+        async move { pb.sync(&provider).await }
+    });
+    // Once A's lease has passed, C is asked: the claim is replaced by a
+    // run that is itself held at the Dashboard.
+    let lapsed = eventually(Duration::from_secs(10), || async {
+        (meridian_kit::time::now_ms() > a_until).then_some(())
+    })
+    .await;
+    assert!(lapsed.is_some());
+    let c_call = tokio::spawn({
+        let (pc, provider) = (pc.clone(), provider.clone());
+        async move { pc.sync(&provider).await }
+    });
+    let replaced = eventually(Duration::from_secs(10), || async {
+        claim(&b).filter(|(run, _, _)| *run != a_run)
+    })
+    .await;
+    assert!(replaced.is_some(), "nobody took A's claim over");
+    // B does not answer while the run that replaced A's is in progress.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut b_call)
+            .await
+            .is_err(),
+        "B answered while the run it waits for was still held"
+    );
+    dash.release();
+    let (rb, rc) = (b_call.await.unwrap(), c_call.await.unwrap());
+    for report in [&rb, &rc] {
+        assert_eq!(report["status"], "ok", "{report}");
+        assert_ne!(
+            report["run_id"], before["run_id"],
+            "a report from before the call: {report}"
+        );
+    }
+    assert_eq!(rb["run_id"], rc["run_id"], "one run for both calls");
+    assert_eq!(
+        counts(&rb),
+        (1, 0, 0, 0),
+        "the run found the policy added since: {rb}"
+    );
+    let products = list(&pb, "/portal-api/products").await;
+    by_policy(&products, "acc-new");
+    assert_eq!(digest(&pb).await, digest(&pc).await);
 }

@@ -126,7 +126,11 @@ mod tests {
     fn a_credential_key_is_the_same_for_a_request_and_secret_to_others() {
         let sealer = Sealer::new("the admin key");
         let k = sealer.credential_key("request-1");
-        assert_eq!(k, sealer.credential_key("request-1"), "asked again: the same key");
+        assert_eq!(
+            k,
+            sealer.credential_key("request-1"),
+            "asked again: the same key"
+        );
         assert_eq!(k.len(), 32);
         assert_ne!(k, sealer.credential_key("request-2"));
         assert_ne!(k, Sealer::new("another key").credential_key("request-1"));

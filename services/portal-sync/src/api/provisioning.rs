@@ -121,6 +121,10 @@ pub struct RequestView {
     pub created_at: String,
     /// RFC 3339; empty while pending.
     pub decided_at: String,
+    /// An approval is under way: recorded, its key asked of the provider,
+    /// not yet recorded as approved (a portal replica finishes or undoes
+    /// it).
+    pub approving: bool,
 }
 
 /// The answer to an approval (or to a request its Plan approved at once):
@@ -163,6 +167,7 @@ fn request_view(r: &Request) -> RequestView {
         credential: r.credential.as_ref().map(|c| credential_view(r, c)),
         created_at: time(r.created_at_ms),
         decided_at: time(r.decided_at_ms),
+        approving: r.issuing.is_some(),
     }
 }
 
@@ -436,7 +441,9 @@ async fn create_request(
     if let Some(id) = &given
         && let Some(existing) = s.find(|state| state.request(id).cloned()).await
     {
-        return retried(&s, &existing, &input).await.map(|p| (StatusCode::OK, Json(p)));
+        return retried(&s, &existing, &input)
+            .await
+            .map(|p| (StatusCode::OK, Json(p)));
     }
     let id = given.clone().unwrap_or_else(new_id);
     let now = meridian_kit::time::now_ms();
@@ -464,7 +471,9 @@ async fn create_request(
             let Some(existing) = s.find(|state| state.request(id).cloned()).await else {
                 return Err(e);
             };
-            return retried(&s, &existing, &input).await.map(|p| (StatusCode::OK, Json(p)));
+            return retried(&s, &existing, &input)
+                .await
+                .map(|p| (StatusCode::OK, Json(p)));
         }
         (Err(e), None) => return Err(e),
     };
@@ -709,7 +718,9 @@ async fn finish_approval(s: &ApiState, request: &Request) -> Result<Provisioned,
                     .request(id)
                     .filter(|r| {
                         r.status == Status::Approved
-                            && r.credential.as_ref().is_some_and(|c| c.key_hash == key_hash)
+                            && r.credential
+                                .as_ref()
+                                .is_some_and(|c| c.key_hash == key_hash)
                     })
                     .cloned()
             },
@@ -757,12 +768,7 @@ async fn undo_approval(s: &ApiState, request: &Request, connection: &Connection,
                 r.issuing = None;
                 Ok(r)
             },
-            |state| {
-                state
-                    .request(id)
-                    .filter(|r| r.issuing.is_none())
-                    .cloned()
-            },
+            |state| state.request(id).filter(|r| r.issuing.is_none()).cloned(),
         )
         .await;
     if let Err(e) = cleared {
@@ -917,8 +923,9 @@ async fn finish_revocation(s: &ApiState, request: &Request) -> Result<Request, A
             &request.id,
             "revoked",
             |state| {
-                let mut r = credential_owner(state, &credential_id)
-                    .ok_or_else(|| ApiError::not_found(format!("no credential {credential_id:?}")))?;
+                let mut r = credential_owner(state, &credential_id).ok_or_else(|| {
+                    ApiError::not_found(format!("no credential {credential_id:?}"))
+                })?;
                 match r.credential.as_mut() {
                     Some(c) if c.revoked_at_ms == 0 => {
                         c.revoked_at_ms = meridian_kit::time::now_ms();
@@ -1003,21 +1010,27 @@ async fn recover(s: &ApiState) {
         tracing::warn!(request = %r.id, "an approval was left under way; finishing it here");
         match finish_approval(s, &r).await {
             Ok(_) => s.recovered("approval_finished"),
-            Err(e) => tracing::warn!(request = %r.id, error = %e.message, "a left approval could not be finished yet"),
+            Err(e) => {
+                tracing::warn!(request = %r.id, error = %e.message, "a left approval could not be finished yet")
+            }
         }
     }
     for id in automatic {
         tracing::warn!(request = %id, "a request whose Plan approves automatically was left pending; approving it here");
         match approve(s, &id, true).await {
             Ok(_) => s.recovered("auto_approval_finished"),
-            Err(e) => tracing::warn!(request = %id, error = %e.message, "a left automatic approval could not be finished yet"),
+            Err(e) => {
+                tracing::warn!(request = %id, error = %e.message, "a left automatic approval could not be finished yet")
+            }
         }
     }
     for r in revocations {
         tracing::warn!(request = %r.id, "a revocation was left under way; finishing it here");
         match finish_revocation(s, &r).await {
             Ok(_) => s.recovered("revocation_finished"),
-            Err(e) => tracing::warn!(request = %r.id, error = %e.message, "a left revocation could not be finished yet"),
+            Err(e) => {
+                tracing::warn!(request = %r.id, error = %e.message, "a left revocation could not be finished yet")
+            }
         }
     }
 }
