@@ -46,12 +46,12 @@ pub struct FakeDashboard {
     held: Arc<tokio::sync::watch::Sender<bool>>,
     /// Listing requests waiting now.
     waiting: Arc<tokio::sync::watch::Sender<usize>>,
-    /// While true, a custom key's creation stores the key and then holds
-    /// its answer (the window between a provider's write and the caller
-    /// hearing of it).
-    keys_held: Arc<tokio::sync::watch::Sender<bool>>,
-    /// Key answers held now.
-    keys_waiting: Arc<tokio::sync::watch::Sender<usize>>,
+    /// While true, a custom key's or a policy's creation stores it and
+    /// then holds its answer (the window between a provider's write and the
+    /// caller hearing of it).
+    writes_held: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Write answers held now.
+    writes_waiting: Arc<tokio::sync::watch::Sender<usize>>,
     secret: Arc<str>,
     /// Its base URL.
     pub url: String,
@@ -88,8 +88,8 @@ impl FakeDashboard {
             store: Arc::default(),
             held: Arc::new(tokio::sync::watch::channel(false).0),
             waiting: Arc::new(tokio::sync::watch::channel(0).0),
-            keys_held: Arc::new(tokio::sync::watch::channel(false).0),
-            keys_waiting: Arc::new(tokio::sync::watch::channel(0).0),
+            writes_held: Arc::new(tokio::sync::watch::channel(false).0),
+            writes_waiting: Arc::new(tokio::sync::watch::channel(0).0),
             secret: secret.into(),
             url: format!("http://{}", listener.local_addr().unwrap()),
         };
@@ -176,20 +176,29 @@ impl FakeDashboard {
         self.held.send_replace(false);
     }
 
-    /// Holds the answers of custom key creations (the key is stored first)
-    /// until [`FakeDashboard::release_keys`].
-    pub fn hold_keys(&self) {
-        self.keys_held.send_replace(true);
+    /// Holds the answers of custom key and policy creations (what was
+    /// created is stored first) until [`FakeDashboard::release_writes`].
+    pub fn hold_writes(&self) {
+        self.writes_held.send_replace(true);
     }
 
-    /// Lets held key answers go.
-    pub fn release_keys(&self) {
-        self.keys_held.send_replace(false);
+    /// Lets held write answers go.
+    pub fn release_writes(&self) {
+        self.writes_held.send_replace(false);
     }
 
-    /// Waits until `n` key answers are held.
-    pub async fn wait_keys_held(&self, n: usize) {
-        let _ = self.keys_waiting.subscribe().wait_for(|w| *w >= n).await;
+    /// Waits until `n` write answers are held.
+    pub async fn wait_writes_held(&self, n: usize) {
+        let _ = self.writes_waiting.subscribe().wait_for(|w| *w >= n).await;
+    }
+
+    /// Holds here while [`FakeDashboard::hold_writes`] is on.
+    async fn held_write(&self) {
+        if *self.writes_held.borrow() {
+            self.writes_waiting.send_modify(|w| *w += 1);
+            let _ = self.writes_held.subscribe().wait_for(|h| !*h).await;
+            self.writes_waiting.send_modify(|w| *w -= 1);
+        }
     }
 
     /// Waits until `n` listing requests are held.
@@ -259,12 +268,16 @@ async fn create_policy(
         )
             .into_response();
     }
-    let mut store = f.lock();
-    store.next_id += 1;
-    let id = format!("portal{:04}", store.next_id);
-    policy["_id"] = json!(id);
-    dashboard_spelling(&mut policy);
-    store.policies.insert(id.clone(), policy);
+    let id = {
+        let mut store = f.lock();
+        store.next_id += 1;
+        let id = format!("portal{:04}", store.next_id);
+        policy["_id"] = json!(id);
+        dashboard_spelling(&mut policy);
+        store.policies.insert(id.clone(), policy);
+        id
+    };
+    f.held_write().await;
     Json(json!({"Status": "OK", "Message": id, "Meta": null})).into_response()
 }
 
@@ -340,7 +353,7 @@ async fn create_key(
 }
 
 /// `POST /api/keys/{key}`: a custom key, created or written over (as
-/// Tyk's custom keys); with [`FakeDashboard::hold_keys`] the answer waits
+/// Tyk's custom keys); with [`FakeDashboard::hold_writes`] the answer waits
 /// after the key is stored.
 async fn create_custom_key(
     State(f): State<FakeDashboard>,
@@ -369,11 +382,7 @@ async fn create_custom_key(
         }
         store.keys.insert(hash.clone(), session.clone());
     }
-    if *f.keys_held.borrow() {
-        f.keys_waiting.send_modify(|w| *w += 1);
-        let _ = f.keys_held.subscribe().wait_for(|h| !*h).await;
-        f.keys_waiting.send_modify(|w| *w -= 1);
-    }
+    f.held_write().await;
     Json(json!({"api_model": {}, "key_id": key, "data": session, "key_hash": hash})).into_response()
 }
 

@@ -33,6 +33,10 @@ pub enum PortalEntity {
     /// A request of an app for a Product with a Plan, and the credential its
     /// approval issued.
     Request,
+    /// A Product or Plan the portal is creating: recorded before its policy
+    /// is created in the provider, deleted once the Product or Plan is
+    /// stored (or the creation undone).
+    Creation,
 }
 
 impl PortalEntity {
@@ -44,6 +48,7 @@ impl PortalEntity {
             Self::Plan => "plan",
             Self::App => "app",
             Self::Request => "request",
+            Self::Creation => "creation",
         }
     }
 }

@@ -1208,7 +1208,7 @@ async fn a_crash_between_the_key_and_the_approval_leaves_one_key_and_one_credent
     let provider = provider["id"].as_str().unwrap().to_owned();
     let (product, auto, _, app) = catalogue_for_requests(&pa, &provider).await;
 
-    dash.hold_keys();
+    dash.hold_writes();
     let asking = {
         let (pa, body) = (pa.clone(), ask(&app, &product, &auto));
         tokio::spawn(async move {
@@ -1224,9 +1224,9 @@ async fn a_crash_between_the_key_and_the_approval_leaves_one_key_and_one_credent
                 .map(|r| r.status().as_u16())
         })
     };
-    dash.wait_keys_held(1).await;
+    dash.wait_writes_held(1).await;
     a.group.kill();
-    dash.release_keys();
+    dash.release_writes();
     assert!(
         asking.await.unwrap().is_err(),
         "the killed replica answered"
@@ -1316,7 +1316,7 @@ async fn approvals_through_a_nats_outage_end_with_a_key_each_or_none() {
         requests.push(r["request"]["id"].as_str().unwrap().to_owned());
     }
 
-    dash.hold_keys();
+    dash.hold_writes();
     let approvals: Vec<_> = requests
         .iter()
         .map(|id| {
@@ -1330,9 +1330,9 @@ async fn approvals_through_a_nats_outage_end_with_a_key_each_or_none() {
             })
         })
         .collect();
-    dash.wait_keys_held(requests.len()).await;
+    dash.wait_writes_held(requests.len()).await;
     nats.server.stop();
-    dash.release_keys();
+    dash.release_writes();
     for approval in approvals {
         let (status, body) = approval.await.unwrap();
         assert_eq!(status, 503, "{body}");
@@ -1467,4 +1467,70 @@ async fn a_sync_waiting_on_a_replaced_claim_answers_a_later_run() {
     let products = list(&pb, "/portal-api/products").await;
     by_policy(&products, "acc-new");
     assert_eq!(digest(&pb).await, digest(&pc).await);
+}
+
+/// A replica SIGKILLed after the Dashboard made a Product's policy and
+/// before the Product was stored: another replica stores the Product with
+/// that policy (found by the creation's marker), one policy and one
+/// Product afterwards; a creation the provider refuses leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crash_between_a_policy_and_its_product_leaves_one_of_each() {
+    let nats = Nats::start().await;
+    let dash = empty_dashboard().await;
+    let mut a = start_portal_sync_process(&nats, "replica-a", &[("INTENT_DEADLINE", "2s")]).await;
+    let b = start_portal_sync(&nats, |c| {
+        c.replica = Some("replica-b".into());
+        c.intent_deadline = meridian_kit::config::HumanDuration(Duration::from_secs(2));
+    })
+    .await;
+    let pb = Portal::new(&b.running.url);
+    let provider = add_provider(&a.portal, "Dashboard", &dash.url, DASH_SECRET, "portal").await;
+    let provider = provider["id"].as_str().unwrap().to_owned();
+    let product = json!({"name": "Orders", "provider_id": provider, "apis": [{"api_id": "orders"}], "published": true});
+
+    dash.hold_writes();
+    let creating = {
+        let (url, body) = (
+            format!("{}/portal-api/products", a.portal.base),
+            product.clone(),
+        );
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(url)
+                .header("x-api-key", API_KEY)
+                .json(&body)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    };
+    dash.wait_writes_held(1).await;
+    a.group.kill();
+    dash.release_writes();
+    assert!(
+        creating.await.unwrap().is_err(),
+        "the killed replica answered"
+    );
+    assert_eq!(dash.policies().len(), 1, "the Dashboard made the policy");
+
+    let stored = eventually(Duration::from_secs(15), || async {
+        let products = list(&pb, "/portal-api/products").await;
+        let left = b.state.read().unwrap().creations().count();
+        (products.len() == 1 && left == 0).then_some(products)
+    })
+    .await
+    .expect("the creation left under way is finished");
+    let policies = dash.policies();
+    assert_eq!(policies.len(), 1, "one policy");
+    assert_eq!(stored[0]["policy_id"], policies[0]["_id"]);
+    assert_eq!(stored[0]["name"], "Orders");
+
+    // Refused by the provider: nothing is left, here or there.
+    let mut refused = product.clone();
+    refused["name"] = json!("refuse-me");
+    let (status, body) = pb.post("/portal-api/products", &refused).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(dash.policies().len(), 1);
+    assert_eq!(list(&pb, "/portal-api/products").await.len(), 1);
+    assert_eq!(b.state.read().unwrap().creations().count(), 0);
 }

@@ -596,6 +596,12 @@ pub fn retrieved(p: &Value) -> Result<RetrievedPolicy, String> {
         acl: flag(&partitions, "acl"),
         quota: flag(&partitions, "quota"),
         rate_limit: flag(&partitions, "rate_limit"),
+        creation: p
+            .get("meta_data")
+            .and_then(|m| m.get(crate::domain::model::CREATION_MARKER))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
     })
 }
 

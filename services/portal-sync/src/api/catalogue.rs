@@ -12,12 +12,12 @@ use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{ApiState, invalid, provider_failed, time};
+use super::{ApiState, Unsettled, invalid, provider_failed, time};
 use crate::adapters::providers::Connection;
 use crate::domain::PortalState;
 use crate::domain::model::{
-    ApiAccess, Display, Limits, Origin, Plan, Product, Request, Status, check_name,
-    invalid as field,
+    ApiAccess, CREATION_MARKER, Creation, Display, Limits, Origin, Plan, Product, Request, Status,
+    check_name, invalid as field,
 };
 use crate::domain::sync::{Kind, Listed, catalogue_id};
 
@@ -275,21 +275,215 @@ impl DisplayUpdate {
     }
 }
 
-/// When the portal could not store what it created a policy for, the
-/// policy is deleted again (else the next sync would make a placeholder of
-/// it): nothing is left half-made.
-async fn undo_policy_unless_saved<T>(
+/// A Product or Plan as far as creating it with its policy goes.
+trait Created: Listing + serde::de::DeserializeOwned + Clone {
+    /// Which it is.
+    const KIND: Kind;
+    /// `product` or `plan` (a [`Creation`]'s kind).
+    const NAME: &'static str;
+    /// The draft with its id and the policy the provider made.
+    fn with_policy(self, id: String, policy_id: String) -> Self;
+    /// Its policy id.
+    fn policy(&self) -> &str;
+}
+
+impl Created for Product {
+    const KIND: Kind = Kind::Product;
+    const NAME: &'static str = "product";
+    fn with_policy(self, id: String, policy_id: String) -> Self {
+        Self {
+            id,
+            policy_id,
+            ..self
+        }
+    }
+    fn policy(&self) -> &str {
+        &self.policy_id
+    }
+}
+
+impl Created for Plan {
+    const KIND: Kind = Kind::Plan;
+    const NAME: &'static str = "plan";
+    fn with_policy(self, id: String, policy_id: String) -> Self {
+        Self {
+            id,
+            policy_id,
+            ..self
+        }
+    }
+    fn policy(&self) -> &str {
+        &self.policy_id
+    }
+}
+
+/// Creates `policy` in the provider for `draft` and stores the Product or
+/// Plan, as every write with a provider side effect here: the creation is
+/// recorded first (its id goes into the policy's `meta_data`), then the
+/// provider is asked, then the Product or Plan is stored and the creation
+/// deleted (see [`finish_creation`]). A provider that fails has the
+/// creation undone (a policy its lost answer made is found by the marker
+/// and deleted).
+async fn create_with_policy<T: Created>(
+    s: &ApiState,
+    provider_id: &str,
+    connection: &Connection,
+    mut policy: Value,
+    draft: &T,
+) -> Result<T, ApiError> {
+    let creation = Creation {
+        id: uuid::Uuid::new_v4().to_string(),
+        kind: T::NAME.to_owned(),
+        provider_id: provider_id.to_owned(),
+        entity: serde_json::to_string(draft).expect("entities serialize"),
+        started_at_ms: meridian_kit::time::now_ms(),
+    };
+    s.save_settled(
+        PortalEntity::Creation,
+        &creation.id,
+        "started",
+        |_| Ok(creation.clone()),
+        |state| state.creation(&creation.id).cloned(),
+    )
+    .await
+    .map_err(Unsettled::into_error)?;
+    policy["meta_data"] = json!({ CREATION_MARKER: creation.id });
+    match connection.create_policy(&policy).await {
+        Ok(policy_id) => finish_creation::<T>(s, &creation, connection, &policy_id).await,
+        Err(e) => {
+            let failed = provider_failed(&format!("create the {}'s policy", T::WHAT), &e);
+            undo_creation(s, &creation, connection).await;
+            Err(failed)
+        }
+    }
+}
+
+/// Stores the Product or Plan of `creation` with the policy the provider
+/// made, then deletes the creation. When the log gives no answer nothing is
+/// undone (a replica finishes it later); when the store is refused the
+/// policy is deleted again.
+async fn finish_creation<T: Created>(
+    s: &ApiState,
+    creation: &Creation,
     connection: &Connection,
     policy_id: &str,
-    saved: Result<T, ApiError>,
 ) -> Result<T, ApiError> {
-    if saved.is_err()
-        && let Err(e) = connection.delete_policy(policy_id).await
-    {
-        tracing::error!(policy = %policy_id, error = %e,
-            "a policy created for a Product or Plan that was not stored could not be deleted; delete it in the provider");
+    let draft: T = serde_json::from_str(&creation.entity).map_err(|e| {
+        ApiError::conflict(format!(
+            "creation {:?} holds no {}: {e}",
+            creation.id,
+            T::WHAT
+        ))
+    })?;
+    let id = catalogue_id(T::KIND, &creation.provider_id, policy_id);
+    let entity = draft.with_policy(id.clone(), policy_id.to_owned());
+    let saved = s
+        .save_settled(
+            T::ENTITY,
+            &id,
+            "created",
+            |state| {
+                if T::find(state, &id).is_some() {
+                    return Err(ApiError::conflict("stored already"));
+                }
+                Ok(entity.clone())
+            },
+            |state| T::find(state, &id).cloned(),
+        )
+        .await;
+    match saved {
+        Ok(saved) => {
+            forget_creation(s, &creation.id).await;
+            Ok(saved)
+        }
+        Err(Unsettled::Unknown(e)) => Err(e),
+        Err(Unsettled::Failed(e)) => {
+            undo_creation(s, creation, connection).await;
+            Err(e)
+        }
     }
-    saved
+}
+
+/// Takes back a creation: deletes the policy carrying its marker when the
+/// provider has one (found by listing: the answer that named it may have
+/// been lost), then the creation. A provider that cannot be asked leaves
+/// the creation for the next try.
+async fn undo_creation(s: &ApiState, creation: &Creation, connection: &Connection) {
+    match made_for(connection, creation).await {
+        Ok(Some(policy_id)) => {
+            if let Err(e) = connection.delete_policy(&policy_id).await {
+                tracing::error!(creation = %creation.id, policy = %policy_id, error = %e,
+                    "a policy made for a Product or Plan that was not stored could not be deleted; tried again later");
+                return;
+            }
+            s.recovered("creation_undone");
+            tracing::warn!(creation = %creation.id, policy = %policy_id, "creation undone: its policy was deleted in the provider");
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(creation = %creation.id, error = %e,
+                "the provider could not be asked whether a creation made its policy; tried again later");
+            return;
+        }
+    }
+    forget_creation(s, &creation.id).await;
+}
+
+/// The policy the provider holds for `creation`, by its marker.
+async fn made_for(
+    connection: &Connection,
+    creation: &Creation,
+) -> Result<Option<String>, crate::adapters::providers::ProviderError> {
+    Ok(connection
+        .policies()
+        .await?
+        .into_iter()
+        .find(|p| p.creation == creation.id)
+        .map(|p| p.id))
+}
+
+/// Deletes a finished or undone creation (a failure leaves it for the next
+/// recovery pass, which finds its work done).
+async fn forget_creation(s: &ApiState, id: &str) {
+    let deleted = s
+        .delete(PortalEntity::Creation, id, |state| {
+            state
+                .creation(id)
+                .cloned()
+                .ok_or_else(|| ApiError::not_found("gone already"))
+        })
+        .await;
+    if let Err(e) = deleted
+        && e.code != meridian_kit::http::ErrorCode::NotFound
+    {
+        tracing::warn!(creation = %id, error = %e.message, "a finished creation is still recorded; the next recovery pass deletes it");
+    }
+}
+
+/// Finishes or undoes, on this replica, a creation another left under way
+/// longer than the deadline: the Product or Plan is stored when the
+/// provider holds its policy (by its marker), else the creation is dropped.
+pub(super) async fn recover_creation(s: &ApiState, creation: &Creation) -> Result<(), ApiError> {
+    let (_, connection) = s.connect(&creation.provider_id).await?;
+    let made = made_for(&connection, creation)
+        .await
+        .map_err(|e| provider_failed("list its policies", &e))?;
+    match (made, creation.kind.as_str()) {
+        (None, _) => {
+            tracing::warn!(creation = %creation.id, "a creation left under way made no policy; dropping it");
+            forget_creation(s, &creation.id).await;
+        }
+        (Some(policy_id), "plan") => {
+            let plan: Plan = finish_creation(s, creation, &connection, &policy_id).await?;
+            tracing::warn!(creation = %creation.id, plan = %plan.id, policy = %plan.policy(), "a Plan left under way is stored");
+        }
+        (Some(policy_id), _) => {
+            let product: Product = finish_creation(s, creation, &connection, &policy_id).await?;
+            tracing::warn!(creation = %creation.id, product = %product.id, policy = %product.policy(), "a Product left under way is stored");
+        }
+    }
+    s.recovered("creation_finished");
+    Ok(())
 }
 
 /// What the Product and Plan handlers share: one list, one delete.
@@ -506,16 +700,9 @@ async fn create_product(
         "active": true,
         "rate": 0, "per": 0, "quota_max": -1, "quota_renewal_rate": 0,
     });
-    let policy_id = connection
-        .create_policy(&policy)
-        .await
-        .map_err(|e| provider_failed("create the Product's policy", &e))?;
     let now = meridian_kit::time::now_ms();
-    let id = catalogue_id(Kind::Product, &provider.id, &policy_id);
-    let product = Product {
-        id: id.clone(),
+    let draft = Product {
         provider_id: provider.id.clone(),
-        policy_id: policy_id.clone(),
         policy_name: input.name.clone(),
         display: Display {
             name: input.name.clone(),
@@ -531,13 +718,8 @@ async fn create_product(
         updated_at_ms: now,
         ..Product::default()
     };
-    let saved = s
-        .save(PortalEntity::Product, &id, "created", |_| {
-            Ok(product.clone())
-        })
-        .await;
-    let saved = undo_policy_unless_saved(&connection, &policy_id, saved).await?;
-    tracing::info!(product = %id, provider = %provider.name, policy = %policy_id, "Product created with its policy");
+    let saved = create_with_policy(&s, &provider.id, &connection, policy, &draft).await?;
+    tracing::info!(product = %saved.id, provider = %provider.name, policy = %saved.policy_id, "Product created with its policy");
     let state = s.writer.read();
     Ok((StatusCode::CREATED, Json(product_view(&state, &saved))))
 }
@@ -707,16 +889,9 @@ async fn create_plan(
         "rate": limits.rate, "per": limits.per,
         "quota_max": limits.quota_max, "quota_renewal_rate": limits.quota_renewal_rate,
     });
-    let policy_id = connection
-        .create_policy(&policy)
-        .await
-        .map_err(|e| provider_failed("create the Plan's policy", &e))?;
     let now = meridian_kit::time::now_ms();
-    let id = catalogue_id(Kind::Plan, &provider.id, &policy_id);
-    let plan = Plan {
-        id: id.clone(),
+    let draft = Plan {
         provider_id: provider.id.clone(),
-        policy_id: policy_id.clone(),
         policy_name: input.name.clone(),
         display: Display {
             name: input.name.clone(),
@@ -732,11 +907,8 @@ async fn create_plan(
         updated_at_ms: now,
         ..Plan::default()
     };
-    let saved = s
-        .save(PortalEntity::Plan, &id, "created", |_| Ok(plan.clone()))
-        .await;
-    let saved = undo_policy_unless_saved(&connection, &policy_id, saved).await?;
-    tracing::info!(plan = %id, provider = %provider.name, policy = %policy_id, "Plan created with its policy");
+    let saved = create_with_policy(&s, &provider.id, &connection, policy, &draft).await?;
+    tracing::info!(plan = %saved.id, provider = %provider.name, policy = %saved.policy_id, "Plan created with its policy");
     Ok((StatusCode::CREATED, Json(plan_view(&saved))))
 }
 

@@ -948,8 +948,9 @@ async fn finish_revocation(s: &ApiState, request: &Request) -> Result<Request, A
 
 /// Finishes on this replica what another left under way longer than the
 /// intent deadline (it crashed, or the log was away): approvals (finished,
-/// or undone when they cannot be), revocations, and requests whose Plan
-/// approves automatically but that are still pending. Runs once the fold
+/// or undone when they cannot be), Products and Plans being created with
+/// their policies, revocations, and requests whose Plan approves
+/// automatically but that are still pending. Runs once the fold
 /// has caught up, then every half deadline, until `stop`.
 pub async fn recover_until_stopped(
     s: ApiState,
@@ -1022,6 +1023,19 @@ async fn recover(s: &ApiState) {
             Err(e) => {
                 tracing::warn!(request = %id, error = %e.message, "a left automatic approval could not be finished yet")
             }
+        }
+    }
+    let creations: Vec<_> = s
+        .writer
+        .read()
+        .creations()
+        .filter(|c| c.started_at_ms < stale_before)
+        .cloned()
+        .collect();
+    for c in creations {
+        tracing::warn!(creation = %c.id, "a Product or Plan creation was left under way; finishing or undoing it here");
+        if let Err(e) = super::catalogue::recover_creation(s, &c).await {
+            tracing::warn!(creation = %c.id, error = %e.message, "a left creation could not be settled yet");
         }
     }
     for r in revocations {

@@ -249,6 +249,31 @@ pub struct Issuing {
     pub started_at_ms: i64,
 }
 
+/// A Product or Plan the portal is creating, with its policy in the
+/// provider: recorded before the provider is asked, so that a replica
+/// finding it later (the one that started it crashed, or the log was away)
+/// asks the provider whether the policy exists (by `meta_data`
+/// [`CREATION_MARKER`]) and finishes or undoes it rather than guessing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Creation {
+    /// Its id (also the marker in the policy's `meta_data`).
+    pub id: String,
+    /// `product` or `plan`.
+    pub kind: String,
+    /// The provider asked.
+    pub provider_id: String,
+    /// The Product or Plan to store once the policy exists (JSON, without
+    /// its id and policy id).
+    pub entity: String,
+    /// When it started (ms since the epoch).
+    pub started_at_ms: i64,
+}
+
+/// The `meta_data` field of a policy the portal created, naming its
+/// [`Creation`].
+pub const CREATION_MARKER: &str = "meridian_portal_creation";
+
 /// An app's request for a Product with a Plan.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::model::{App, Plan, Product, Provider, Request};
+use super::model::{App, Creation, Plan, Product, Provider, Request};
 
 /// An entity and the sequence of its newest change.
 #[derive(Clone, Debug, PartialEq)]
@@ -87,6 +87,7 @@ pub struct PortalState {
     plans: BTreeMap<String, Versioned<Plan>>,
     apps: BTreeMap<String, Versioned<App>>,
     requests: BTreeMap<String, Versioned<Request>>,
+    creations: BTreeMap<String, Versioned<Creation>>,
     /// Newest sequence of every entity subject, deleted ones included.
     last: BTreeMap<(PortalEntity, String), u64>,
     syncs: BTreeMap<String, SyncSlot>,
@@ -142,6 +143,9 @@ impl PortalState {
                     PortalEntity::Request => {
                         put(&mut self.requests, id, parse(*entity, id, body)?, seq);
                     }
+                    PortalEntity::Creation => {
+                        put(&mut self.creations, id, parse(*entity, id, body)?, seq);
+                    }
                 }
                 self.last.insert((*entity, id.clone()), seq);
             }
@@ -152,6 +156,7 @@ impl PortalState {
                     PortalEntity::Plan => drop(self.plans.remove(id)),
                     PortalEntity::App => drop(self.apps.remove(id)),
                     PortalEntity::Request => drop(self.requests.remove(id)),
+                    PortalEntity::Creation => drop(self.creations.remove(id)),
                 }
                 self.last.insert((*entity, id.clone()), seq);
             }
@@ -242,6 +247,14 @@ impl PortalState {
     pub fn requests(&self) -> impl Iterator<Item = &Request> {
         self.requests.values().map(|v| &v.value)
     }
+    /// A Product or Plan being created, by its creation id.
+    pub fn creation(&self, id: &str) -> Option<&Creation> {
+        self.creations.get(id).map(|v| &v.value)
+    }
+    /// Every creation under way, by id.
+    pub fn creations(&self) -> impl Iterator<Item = &Creation> {
+        self.creations.values().map(|v| &v.value)
+    }
     /// A provider's sync slot.
     pub fn sync(&self, provider_id: &str) -> SyncSlot {
         self.syncs.get(provider_id).cloned().unwrap_or_default()
@@ -272,6 +285,7 @@ impl PortalState {
         each(&mut part, "plan", &self.plans);
         each(&mut part, "app", &self.apps);
         each(&mut part, "request", &self.requests);
+        each(&mut part, "creation", &self.creations);
         for ((entity, id), seq) in &self.last {
             part(entity.as_str().as_bytes());
             part(id.as_bytes());

@@ -33,6 +33,8 @@ pub struct RetrievedPolicy {
     pub quota: bool,
     /// See `acl`.
     pub rate_limit: bool,
+    /// The portal creation that made it (its `meta_data` marker), if any.
+    pub creation: String,
 }
 
 /// What a tagged policy becomes.
