@@ -209,7 +209,7 @@ impl App {
         let sealer = Arc::new(Sealer::new(&seal_material));
         let recoveries = metrics.counters(
             "meridian_portal_recoveries",
-            "Writes finished or undone after a crash, an outage or a lost answer, by action (approval_finished, approval_undone, auto_approval_finished, revocation_finished, settled_unknown, sync_takeover)",
+            "Writes finished or undone after a crash, an outage or a lost answer, by action (approval_finished, approval_undone, auto_approval_finished, revocation_finished, creation_finished, creation_undone, settled_unknown, sync_takeover)",
         );
         let syncer = Syncer {
             writer: writer.clone(),
