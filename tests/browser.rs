@@ -143,6 +143,24 @@ impl Browser {
         el.send_keys(text).await.unwrap();
     }
 
+    /// Types `text` into the field matching `css`, then Enter: the field
+    /// may be replaced by what the Enter does before the browser has
+    /// answered the key press (a stale element then is the expected end).
+    pub async fn fill_and_enter(&self, css: &str, text: &str) {
+        self.fill(css, text).await;
+        let el = self
+            .client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"));
+        match el.send_keys("\u{E007}").await {
+            Ok(()) => {}
+            Err(fantoccini::error::CmdError::Standard(e))
+                if e.error == fantoccini::error::ErrorStatus::StaleElementReference => {}
+            Err(e) => panic!("{css}: Enter: {e}"),
+        }
+    }
+
     /// Goes to `url` (a hash change keeps the page and its session).
     pub async fn goto(&self, url: &str) {
         self.client.goto(url).await.unwrap();

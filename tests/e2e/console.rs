@@ -130,7 +130,7 @@ async fn the_console_does_the_daily_work_in_a_real_browser() {
     b.click("form.signin button[type=submit]").await;
     b.wait_text("#message", "not the admin key").await;
     // By keyboard: the key field has the focus; Enter signs in.
-    b.fill("#admin-key", &format!("{API_KEY}\u{E007}")).await;
+    b.fill_and_enter("#admin-key", API_KEY).await;
     b.wait_text("h1", "Agents").await;
     let cookies = b
         .client
@@ -174,7 +174,7 @@ async fn the_console_does_the_daily_work_in_a_real_browser() {
     b.wait_text("tr[data-agent='temporary']", "INACTIVE").await;
     b.click("tr[data-agent='temporary'] [data-action=rename]")
         .await;
-    b.fill("tr[data-agent='temporary'] input", "renamed\u{E007}")
+    b.fill_and_enter("tr[data-agent='temporary'] input", "renamed")
         .await;
     b.wait_text("tr[data-agent='renamed']", "INACTIVE").await;
     b.click("tr[data-agent='renamed'] [data-action=delete]")

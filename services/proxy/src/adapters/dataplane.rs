@@ -474,8 +474,13 @@ impl DataPlane {
                 res
             }
         };
-        self.count(&cx.route.api_id, res.status());
+        self.done_phase(&cx, &res);
         res
+    }
+
+    /// The done phase: what is counted once the answer is decided.
+    fn done_phase(&self, cx: &Context, res: &Response<Body>) {
+        self.count(&cx.route.api_id, res.status());
     }
 
     /// The request phase: the API's steps in order, each continuing or
@@ -745,14 +750,14 @@ impl DataPlane {
             .ok()
     }
 
-    /// The upstream-request phase (the forwarded request is written) and
-    /// the exchange with the upstream.
-    async fn forward(
-        &self,
+    /// The upstream-request phase: the request to forward, written from the
+    /// client's (the upstream path, `Host`, hop-by-hop headers dropped,
+    /// `X-Forwarded-For` and `-Proto`), or the answer when it cannot be.
+    fn upstream_request_phase(
         req: Request<Incoming>,
         cx: &Context,
         client: &ClientConn,
-    ) -> Response<Body> {
+    ) -> Result<(Request<ClientBody>, bool), Response<Body>> {
         let (route, strip_segment) = (&*cx.route, cx.strip_segment);
         let (mut parts, body) = req.into_parts();
         let body = client_body(body);
@@ -763,10 +768,10 @@ impl DataPlane {
             Self::upstream_uri(route, &parts.uri, strip_segment)
         };
         let Some(uri) = uri else {
-            return error_response(
+            return Err(error_response(
                 StatusCode::BAD_REQUEST,
                 "The request path cannot be forwarded",
-            );
+            ));
         };
         parts.uri = uri;
         let headers = &mut parts.headers;
@@ -791,7 +796,22 @@ impl DataPlane {
         if !headers.contains_key(&X_FORWARDED_PROTO) {
             headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
         }
-        let mut req = Request::from_parts(parts, body);
+        Ok((Request::from_parts(parts, body), plain))
+    }
+
+    /// The exchange with the upstream: the upstream-request phase, then
+    /// the request sent and its answer read (502 and 504 on failure).
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        cx: &Context,
+        client: &ClientConn,
+    ) -> Response<Body> {
+        let route = &*cx.route;
+        let (mut req, plain) = match Self::upstream_request_phase(req, cx, client) {
+            Ok(written) => written,
+            Err(answer) => return answer,
+        };
         let read = self.timeouts.read;
         type Failure = Box<dyn std::error::Error + Send + Sync>;
         let sent = if plain {

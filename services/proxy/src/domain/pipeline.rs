@@ -4,11 +4,13 @@
 //! none), and the per-request [`Context`] they fill in.
 //!
 //! A request moves through four phases, after Cloudflare pingora's
-//! `ProxyHttp`: *request* (the steps below, each continuing or refusing
-//! with Tyk's status and message), *upstream request* (the forwarded
-//! request is written: path, headers), *response* (the upstream's answer
-//! is passed back with what the steps add, such as `X-RateLimit-*`), and
-//! *done* (metrics). Each step's decision is a pure function of its state
+//! `ProxyHttp`, each a method of the data plane
+//! (`crate::adapters::dataplane`): *request* (`request_phase`: the steps
+//! below, each continuing or refusing with Tyk's status and message),
+//! *upstream request* (`upstream_request_phase`: the forwarded request is
+//! written: path, headers), *response* (`response_phase`: the upstream's
+//! answer is passed back with what the steps add, such as `X-RateLimit-*`),
+//! and *done* (`done_phase`: what is counted once the answer is decided). Each step's decision is a pure function of its state
 //! and the request's facts ([`super::access`], [`super::limits`],
 //! [`meridian_keys::limits`]); counters and clocks live in the adapters.
 
