@@ -752,12 +752,13 @@ impl DataPlane {
 
     /// The upstream-request phase: the request to forward, written from the
     /// client's (the upstream path, `Host`, hop-by-hop headers dropped,
-    /// `X-Forwarded-For` and `-Proto`), or the answer when it cannot be.
+    /// `X-Forwarded-For` and `-Proto`), and whether it goes over a plain
+    /// kept connection; `None` when its path cannot be forwarded.
     fn upstream_request_phase(
         req: Request<Incoming>,
         cx: &Context,
         client: &ClientConn,
-    ) -> Result<(Request<ClientBody>, bool), Response<Body>> {
+    ) -> Option<(Request<ClientBody>, bool)> {
         let (route, strip_segment) = (&*cx.route, cx.strip_segment);
         let (mut parts, body) = req.into_parts();
         let body = client_body(body);
@@ -767,13 +768,7 @@ impl DataPlane {
         } else {
             Self::upstream_uri(route, &parts.uri, strip_segment)
         };
-        let Some(uri) = uri else {
-            return Err(error_response(
-                StatusCode::BAD_REQUEST,
-                "The request path cannot be forwarded",
-            ));
-        };
-        parts.uri = uri;
+        parts.uri = uri?;
         let headers = &mut parts.headers;
         remove_hop_by_hop(headers);
         if !route.preserve_host || route.upstream.h2c {
@@ -796,7 +791,7 @@ impl DataPlane {
         if !headers.contains_key(&X_FORWARDED_PROTO) {
             headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
         }
-        Ok((Request::from_parts(parts, body), plain))
+        Some((Request::from_parts(parts, body), plain))
     }
 
     /// The exchange with the upstream: the upstream-request phase, then
@@ -808,9 +803,11 @@ impl DataPlane {
         client: &ClientConn,
     ) -> Response<Body> {
         let route = &*cx.route;
-        let (mut req, plain) = match Self::upstream_request_phase(req, cx, client) {
-            Ok(written) => written,
-            Err(answer) => return answer,
+        let Some((mut req, plain)) = Self::upstream_request_phase(req, cx, client) else {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "The request path cannot be forwarded",
+            );
         };
         let read = self.timeouts.read;
         type Failure = Box<dyn std::error::Error + Send + Sync>;
