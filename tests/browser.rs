@@ -161,6 +161,24 @@ impl Browser {
         }
     }
 
+    /// No markup from data became an element: no `img` with `src=x` in
+    /// the page, and no alert open (an alert would make this call fail).
+    pub async fn no_markup_ran(&self) {
+        let injected = self
+            .client
+            .execute(
+                "return document.querySelectorAll('img[src=\"x\"]').length",
+                vec![],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("the page ran injected markup (an alert is open?): {e}"));
+        assert_eq!(
+            injected,
+            serde_json::json!(0),
+            "markup from data became an element"
+        );
+    }
+
     /// Goes to `url` (a hash change keeps the page and its session).
     pub async fn goto(&self, url: &str) {
         self.client.goto(url).await.unwrap();

@@ -15,6 +15,9 @@ use meridian_tests::browser::Browser;
 use meridian_tests::*;
 use serde_json::json;
 
+/// A name that is markup: the console must show it as text.
+const XSS: &str = "<img src=x onerror=alert(1)>";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_does_the_daily_work_in_a_real_browser() {
     let nats = Nats::start().await;
@@ -50,6 +53,9 @@ async fn the_console_does_the_daily_work_in_a_real_browser() {
                 "parameters": [{"name": "owner", "in": "query", "description": "Only this owner's"}],
                 "responses": {"200": {"description": "The items"}}}}}}
     }));
+    // Names are data: markup in one is shown as text, never run.
+    apis.push(json!({"api_definition": meridian::demo_provider::tyk_api(
+        "xss", XSS, "/xss/", "http://xss.internal:8080", &[])}));
     let provider = DemoProvider::new(apis, "demo-key");
     let provider_url = serve_demo_provider(&provider).await;
 
@@ -168,6 +174,11 @@ async fn the_console_does_the_daily_work_in_a_real_browser() {
     b.click("#agent-token button").await;
     b.wait_text("#message", "Agent token").await;
 
+    // An agent whose name is markup: shown as text.
+    b.fill("#agent-name", XSS).await;
+    b.click("form[aria-label='New agent'] button").await;
+    b.wait_text("main table", XSS).await;
+    b.no_markup_ran().await;
     // Another agent, renamed, then deleted after a confirmation.
     b.fill("#agent-name", "temporary").await;
     b.click("form[aria-label='New agent'] button").await;
@@ -210,9 +221,11 @@ async fn the_console_does_the_daily_work_in_a_real_browser() {
         .map(|a| a["name"].as_str().unwrap().to_owned())
         .collect();
     names.push("Documented".into());
+    names.push(XSS.into());
     for name in &names {
         b.wait_text("main table", name).await;
     }
+    b.no_markup_ran().await;
     b.screenshot("repository").await;
 
     // An API deleted at the provider; Sync on the providers page; deleted.
@@ -320,6 +333,18 @@ async fn the_console_does_the_daily_work_in_a_real_browser() {
     .await;
     b.click("tr[data-key='browser-key'] button").await;
     b.wait_text("tr[data-key='browser-key']", "inactive").await;
+    // A key and an agent whose names are markup: shown as text.
+    b.fill("#key-alias", XSS).await;
+    b.client
+        .find(fantoccini::Locator::Css("#key-policies"))
+        .await
+        .unwrap()
+        .select_by_value("browser-gold")
+        .await
+        .unwrap();
+    b.click("form[aria-label='New key'] button").await;
+    b.wait_text("main table", XSS).await;
+    b.no_markup_ran().await;
     // A second key, deleted: asked first, then gone.
     b.fill("#key-alias", "doomed-key").await;
     b.client

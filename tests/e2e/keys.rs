@@ -958,6 +958,33 @@ async fn listing_follows_hashing_and_its_switch() {
         .get(&format!("/tyk/keys?filter={}", &sha256(key)[..6]))
         .await;
     assert_eq!(filtered["keys"].as_array().unwrap().len(), 1);
+    assert!(filtered.get("sessions").is_none(), "only when asked");
+    // ?sessions=true (Meridian's): each key as stored and its quota, in
+    // one answer.
+    let (_, quota_key) = Tyk::new(&listing.url)
+        .post(
+            "/tyk/keys",
+            &json!({"alias": "with-quota", "quota_max": 50, "quota_renewal_rate": 60,
+                "access_rights": {"pets": {}}}),
+        )
+        .await;
+    let (status, detailed) = Tyk::new(&listing.url).get("/tyk/keys?sessions=true").await;
+    assert_eq!(status, 200, "{detailed}");
+    let sessions = detailed["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 2, "{detailed}");
+    let with_quota = sessions
+        .iter()
+        .find(|k| k["key_hash"] == quota_key["key_hash"])
+        .expect("the key with a quota");
+    assert_eq!(with_quota["session"]["alias"], "with-quota");
+    assert_eq!(
+        (
+            with_quota["quota"]["quota_max"].clone(),
+            with_quota["quota"]["quota_remaining"].clone(),
+            with_quota["quota"]["quota_renewal_rate"].clone()
+        ),
+        (json!(50), json!(50), json!(60))
+    );
     // Without hashing (as Tyk's hash_keys: false) answers carry no
     // key_hash and the listing is on; it still lists hashes, since keys are
     // never stored in clear.
@@ -965,7 +992,7 @@ async fn listing_follows_hashing_and_its_switch() {
     assert!(created.get("key_hash").is_none(), "{created}");
     let (status, listed) = Tyk::new(&plain.url).get("/tyk/keys").await;
     assert_eq!(status, 200);
-    assert_eq!(listed["keys"].as_array().unwrap().len(), 2);
+    assert_eq!(listed["keys"].as_array().unwrap().len(), 3);
     listing.stop().await;
     plain.stop().await;
 }

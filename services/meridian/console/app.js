@@ -4,7 +4,10 @@
 // allows only this script, so no inline handlers or styles.
 'use strict';
 
-const state = { csrf: null, agentUrl: '', timers: [], page: null };
+const state = { csrf: null, agentUrl: '', timers: [], page: null, generation: 0 };
+
+// Ids in URLs are always encoded: an id is data, never a path.
+const enc = encodeURIComponent;
 
 function h(tag, attrs, ...children) {
   const el = document.createElement(tag);
@@ -77,9 +80,16 @@ async function act(fn, okText) {
   }
 }
 
+// Runs `fn` now and again `ms` after each run has ended (so two runs never
+// overlap), for as long as the page that started it is shown.
 function every(ms, fn) {
-  fn();
-  state.timers.push(setInterval(fn, ms));
+  const generation = state.generation;
+  const run = async () => {
+    try { await fn(); } finally {
+      if (generation === state.generation) state.timers.push(setTimeout(run, ms));
+    }
+  };
+  run();
 }
 
 function badge(text) { return h('span', { class: 'badge ' + text, text }); }
@@ -148,13 +158,13 @@ function agentsPage(main) {
   const hold = (on) => { editing = on; };
   function row(a) {
     const del = confirmed('Delete', `Really delete ${a.name}?`, { 'data-action': 'delete' }, async () => {
-      if (await act(() => api('DELETE', `/api/agents/${encodeURIComponent(a.id)}`), `Agent ${a.name} deleted`) !== undefined) { editing = false; refresh(); }
+      if (await act(() => api('DELETE', `/api/agents/${enc(a.id)}`), `Agent ${a.name} deleted`) !== undefined) { editing = false; refresh(); }
     }, hold);
     const rename = h('button', { type: 'button', class: 'secondary', 'data-action': 'rename', on: { click: () => {
       const input = h('input', { 'aria-label': `New name for ${a.name}`, value: a.name });
       const save = h('form', { class: 'inline', on: { submit: async (e) => {
         e.preventDefault();
-        if (await act(() => api('PUT', `/api/agents/${a.id}`, { name: input.value }), 'Renamed')) { editing = false; refresh(); }
+        if (await act(() => api('PUT', `/api/agents/${enc(a.id)}`, { name: input.value }), 'Renamed')) { editing = false; refresh(); }
       } } }, input, h('button', { type: 'submit' }, 'Save'));
       editing = true; rename.replaceWith(save); input.focus();
     } } }, 'Rename');
@@ -166,9 +176,9 @@ function agentsPage(main) {
       h('td', {}, providers),
       h('td', {}, h('div', { class: 'actions' },
         confirmed('Token', `New token? ${a.name}'s current one stops working`, { 'data-action': 'token' }, () => token(a), hold),
-        h('button', { type: 'button', class: 'secondary', on: { click: () => act(() => api('POST', `/api/agents/${a.id}/sync`, {}), `Sync of every provider of ${a.name} started`) } }, 'Sync'),
+        h('button', { type: 'button', class: 'secondary', on: { click: () => act(() => api('POST', `/api/agents/${enc(a.id)}/sync`, {}), `Sync of every provider of ${a.name} started`) } }, 'Sync'),
         rename,
-        confirmed('Revoke token', `Really revoke ${a.name}'s token?`, { 'data-action': 'revoke' }, () => act(() => api('DELETE', `/api/auth/token/${encodeURIComponent(a.id)}`), `Token of ${a.name} revoked`), hold),
+        confirmed('Revoke token', `Really revoke ${a.name}'s token?`, { 'data-action': 'revoke' }, () => act(() => api('DELETE', `/api/auth/token/${enc(a.id)}`), `Token of ${a.name} revoked`), hold),
         del)));
   }
   async function refresh() {
@@ -205,7 +215,7 @@ function providersPage(main) {
         h('td', {}, `${p.api_count} live`, h('div', { class: 'muted' }, `${p.deleted_count} deleted`)),
         h('td', { class: 'sync-state' }, sync),
         h('td', {}, h('button', { type: 'button', on: { click: async () => {
-          const r = await act(() => api('POST', `/api/agents/${p.agent_id}/sync`, { provider: p.name }), `Sync of ${p.name} started`);
+          const r = await act(() => api('POST', `/api/agents/${enc(p.agent_id)}/sync`, { provider: p.name }), `Sync of ${p.name} started`);
           if (r && r.runs && r.runs[0]) { running[key] = r.runs[0].run_id; refresh(); }
         } } }, `Sync ${p.name}`)));
     }), 'API providers') : h('p', { class: 'muted' }, 'No providers have reported yet.'));
@@ -233,7 +243,7 @@ function apisPage(main) {
     const pages = Math.max(1, Math.ceil(page.total / 20));
     body.replaceChildren(
       table(['Name', 'Version', 'Provider', 'Status', 'Last seen'], page.apis.map((a) => h('tr', { 'data-api': a.name },
-        h('td', {}, h('a', { href: `#/api/${a.id}` }, a.name || a.provider_api_id)),
+        h('td', {}, h('a', { href: `#/api/${enc(a.id)}` }, a.name || a.provider_api_id)),
         h('td', {}, a.version), h('td', {}, a.provider), h('td', {}, badge(a.status)), h('td', {}, when(a.last_seen)))), 'APIs'),
       h('div', { class: 'pager' },
         h('button', { type: 'button', class: 'secondary', disabled: f.page <= 1, on: { click: () => { f.page -= 1; refresh(); } } }, 'Previous'),
@@ -269,7 +279,7 @@ function openapiDoc(doc) {
 }
 
 async function apiPage(main, id) {
-  const a = await act(() => api('GET', `/api/apis/${id}`));
+  const a = await act(() => api('GET', `/api/apis/${enc(id)}`));
   if (!a) return;
   const d = a.definition || {};
   main.append(
@@ -306,10 +316,10 @@ async function jobsPage(main) {
     e.preventDefault();
     const job = { provider: provider.value, repeat_every: every_.value };
     if (start.value) job.start_from = start.value;
-    if (await act(() => api('POST', `/api/agents/${pick.value}/sync-jobs`, job), 'Sync job created')) refresh();
+    if (await act(() => api('POST', `/api/agents/${enc(pick.value)}/sync-jobs`, job), 'Sync job created')) refresh();
   } } }, field('Agent', pick), field('Provider', provider), field('Repeat every', every_), field('Start from', start), h('button', { type: 'submit' }, 'Create job'));
   async function showRuns(job) {
-    const runs = await act(() => api('GET', `/api/agents/${pick.value}/sync-jobs/${job.id}/runs`));
+    const runs = await act(() => api('GET', `/api/agents/${enc(pick.value)}/sync-jobs/${enc(job.id)}/runs`));
     if (!runs) return;
     history.replaceChildren(h('h2', {}, `Runs of ${job.provider} every ${job.repeat_every}`),
       table(['Due', 'Fired', 'Late', 'Status', 'Results'], runs.map((r) => h('tr', {},
@@ -318,14 +328,14 @@ async function jobsPage(main) {
   }
   async function refresh() {
     if (!pick.value) { body.replaceChildren(h('p', { class: 'muted' }, 'No agents yet.')); return; }
-    const jobs = await act(() => api('GET', `/api/agents/${pick.value}/sync-jobs`));
+    const jobs = await act(() => api('GET', `/api/agents/${enc(pick.value)}/sync-jobs`));
     if (!jobs) return;
     body.replaceChildren(jobs.length ? table(['Provider', 'Every', 'Next run', 'State', ''], jobs.map((j) => h('tr', { 'data-job': j.provider },
       h('td', {}, j.provider), h('td', {}, j.repeat_every), h('td', {}, when(j.next_run_at)), h('td', {}, badge(j.paused ? 'paused' : 'active')),
       h('td', {}, h('div', { class: 'actions' },
-        h('button', { type: 'button', class: 'secondary', on: { click: async () => { if (await act(() => api('PUT', `/api/agents/${pick.value}/sync-jobs/${j.id}`, { paused: !j.paused }))) refresh(); } } }, j.paused ? 'Resume' : 'Pause'),
+        h('button', { type: 'button', class: 'secondary', on: { click: async () => { if (await act(() => api('PUT', `/api/agents/${enc(pick.value)}/sync-jobs/${enc(j.id)}`, { paused: !j.paused }))) refresh(); } } }, j.paused ? 'Resume' : 'Pause'),
         h('button', { type: 'button', class: 'secondary', on: { click: () => showRuns(j) } }, 'Runs'),
-        h('button', { type: 'button', class: 'danger', on: { click: async () => { if (await act(() => api('DELETE', `/api/agents/${pick.value}/sync-jobs/${j.id}`), 'Sync job deleted') !== undefined) refresh(); } } }, 'Delete'))))), 'Sync jobs')
+        h('button', { type: 'button', class: 'danger', on: { click: async () => { if (await act(() => api('DELETE', `/api/agents/${enc(pick.value)}/sync-jobs/${enc(j.id)}`), 'Sync job deleted') !== undefined) refresh(); } } }, 'Delete'))))), 'Sync jobs')
       : h('p', { class: 'muted' }, 'No sync jobs for this agent.'));
   }
   pick.addEventListener('change', refresh);
@@ -339,15 +349,25 @@ function eventsPage(main) {
   const provider = h('input', { id: 'event-provider' });
   const list = h('tbody', {});
   let after = null;
-  const form = h('form', { class: 'inline card', 'aria-label': 'Filter events', on: { submit: (e) => { e.preventDefault(); after = null; list.replaceChildren(); poll(); } } },
+  // A filter change starts a new listing; an answer to the old one is
+  // dropped. Polls run one after another (see `every`), and a filter's
+  // first poll waits for the one under way.
+  let listing = 0;
+  let running = Promise.resolve();
+  const form = h('form', { class: 'inline card', 'aria-label': 'Filter events', on: { submit: (e) => { e.preventDefault(); listing += 1; after = null; list.replaceChildren(); poll(); } } },
     field('Type', type), field('Provider', provider), h('button', { type: 'submit' }, 'Filter'));
-  async function poll() {
+  function poll() {
+    running = running.then(pollOnce, pollOnce);
+    return running;
+  }
+  async function pollOnce() {
+    const asked = listing;
     const qs = new URLSearchParams({ limit: 100 });
     if (type.value) qs.set('type', type.value);
     if (provider.value) qs.set('provider', provider.value);
     if (after !== null) qs.set('after', after); else qs.set('since', '7d');
     const page = await act(() => api('GET', `/api/events?${qs}`));
-    if (!page) return;
+    if (!page || asked !== listing) return;
     after = page.next_after;
     for (const e of page.events) {
       const d = e.data || {};
@@ -390,7 +410,7 @@ async function keysPage(main) {
     for (const id of apis.value.split(',').map((s) => s.trim()).filter(Boolean)) rights[id] = { api_id: id, versions: ['Default'] };
     const body = { id: pid.value, name: pname.value || pid.value, rate: Number(rate.value), per: Number(per.value), quota_max: Number(quota.value), quota_renewal_rate: Number(quota.value) > 0 ? 86400 : 0, access_rights: rights, tags: tags.value ? tags.value.split(',') : [], active: true };
     const exists = policies.some((p) => p.id === pid.value);
-    if (await act(() => exists ? api('PUT', `/tyk/policies/${encodeURIComponent(pid.value)}`, body) : api('POST', '/tyk/policies', body), exists ? 'Policy saved' : 'Policy created')) refresh();
+    if (await act(() => exists ? api('PUT', `/tyk/policies/${enc(pid.value)}`, body) : api('POST', '/tyk/policies', body), exists ? 'Policy saved' : 'Policy created')) refresh();
   } } }, field('Policy id', pid), field('Name', pname), field('Rate', rate), field('Per (s)', per), field('Quota (-1: none)', quota), field('API ids', apis), field('Tags', tags), h('button', { type: 'submit' }, 'Save policy'));
   const alias = h('input', { id: 'key-alias' });
   const applies = h('select', { id: 'key-policies', multiple: true, size: 3 });
@@ -411,26 +431,23 @@ async function keysPage(main) {
         pid.value = p.id; pname.value = p.name; rate.value = p.rate; per.value = p.per; quota.value = p.quota_max;
         apis.value = Object.keys(p.access_rights || {}).join(','); tags.value = (p.tags || []).join(','); pid.focus();
       } } }, 'Edit')))), 'Policies'));
-    const keys = await act(() => api('GET', '/tyk/keys'));
+    // Every key as stored (it is written back below) and its quota as the
+    // gateways count it, in one call.
+    const keys = await act(() => api('GET', '/tyk/keys?sessions=true'));
     if (!keys) return;
     const rows = [];
-    for (const hash of keys.keys || []) {
-      // As stored (not merged with its policies): it is written back below.
-      const s = await act(() => api('GET', `/tyk/keys/${encodeURIComponent(hash)}?hashed=true&stored=true`));
-      if (!s) continue;
-      // With its policies applied and the gateways' live counters: what it may still do.
-      const e = await act(() => api('GET', `/tyk/keys/${encodeURIComponent(hash)}?hashed=true`));
+    for (const { key_hash: hash, session: s, quota } of keys.sessions || []) {
       rows.push(h('tr', { 'data-key': s.alias || hash },
         h('td', {}, h('code', {}, hash.slice(0, 16) + '…'), h('div', { class: 'muted' }, s.alias || '')),
         h('td', {}, (s.apply_policies || []).join(', ') || '—'),
-        h('td', { class: 'quota' }, quotaLeft(e)),
+        h('td', { class: 'quota' }, quotaLeft(quota)),
         h('td', {}, badge(s.is_inactive ? 'inactive' : 'active')),
         h('td', {}, h('div', { class: 'actions' },
           h('button', { type: 'button', class: 'secondary', on: { click: async () => {
             s.is_inactive = !s.is_inactive;
-            if (await act(() => api('PUT', `/tyk/keys/${encodeURIComponent(hash)}?hashed=true&suppress_reset=1`, s), s.is_inactive ? 'Key inactivated' : 'Key activated')) refresh();
+            if (await act(() => api('PUT', `/tyk/keys/${enc(hash)}?hashed=true&suppress_reset=1`, s), s.is_inactive ? 'Key inactivated' : 'Key activated')) refresh();
           } } }, s.is_inactive ? 'Activate' : 'Inactivate'),
-          confirmed('Delete', 'Really delete this key?', { 'data-action': 'delete-key' }, async () => { if (await act(() => api('DELETE', `/tyk/keys/${encodeURIComponent(hash)}?hashed=true`), 'Key deleted')) refresh(); })))));
+          confirmed('Delete', 'Really delete this key?', { 'data-action': 'delete-key' }, async () => { if (await act(() => api('DELETE', `/tyk/keys/${enc(hash)}?hashed=true`), 'Key deleted')) refresh(); })))));
     }
     keysBox.replaceChildren(rows.length ? table(['Key (hash)', 'Policies', 'Quota left', 'State', ''], rows, 'Keys') : h('p', { class: 'muted' }, 'No keys.'));
   }
@@ -451,7 +468,7 @@ async function portalPage(main) {
     refresh();
   }
   const toggle = (kind, item) => h('button', { type: 'button', class: 'secondary', disabled: item.hidden, on: { click: async () => {
-    if (await act(() => api('PUT', `/portal-api/${kind}/${item.id}`, { published: !item.published }), item.published ? 'Unpublished' : 'Published')) refresh();
+    if (await act(() => api('PUT', `/portal-api/${enc(kind)}/${enc(item.id)}`, { published: !item.published }), item.published ? 'Unpublished' : 'Published')) refresh();
   } } }, item.published ? 'Unpublish' : 'Publish');
   const state_ = (item) => [badge(item.hidden ? 'hidden' : (item.published ? 'published' : 'draft'))];
   async function refresh() {
@@ -461,7 +478,7 @@ async function portalPage(main) {
     if (providers) boxes.providers.replaceChildren(table(['Provider', 'Type', 'Tags', 'Last sync', ''], providers.map((p) => h('tr', { 'data-portal-provider': p.name },
       h('td', {}, p.name, h('div', { class: 'muted' }, p.url)), h('td', {}, p.type), h('td', {}, p.policy_tags),
       h('td', {}, p.last_sync ? [badge(p.last_sync.status), ` ${when(p.last_sync.finished_at)}`] : 'never'),
-      h('td', {}, h('button', { type: 'button', on: { click: async () => showReport(await act(() => api('PUT', `/portal-api/providers/${p.id}/synchronize`))) } }, `Synchronize ${p.name}`)))), 'Portal providers'));
+      h('td', {}, h('button', { type: 'button', on: { click: async () => showReport(await act(() => api('PUT', `/portal-api/providers/${enc(p.id)}/synchronize`))) } }, `Synchronize ${p.name}`)))), 'Portal providers'));
     if (products) boxes.products.replaceChildren(table(['Product', 'APIs', 'State', ''], products.map((p) => h('tr', { 'data-product': p.name },
       h('td', {}, p.name, h('div', { class: 'muted' }, `policy ${p.policy_id}`)), h('td', {}, (p.apis || []).map((a) => a.api_name || a.api_id).join(', ')),
       h('td', {}, state_(p)), h('td', {}, toggle('products', p)))), 'Products'));
@@ -476,10 +493,10 @@ async function portalPage(main) {
         h('td', {}, badge(r.status), r.reason ? h('div', { class: 'muted' }, r.reason) : null),
         h('td', {}, r.status === 'pending' ? h('div', { class: 'actions' },
           h('button', { type: 'button', on: { click: async () => {
-            const out = await act(() => api('PUT', `/portal-api/provisioning-requests/${r.id}/approve`), 'Approved: the credential was issued');
+            const out = await act(() => api('PUT', `/portal-api/provisioning-requests/${enc(r.id)}/approve`), 'Approved: the credential was issued');
             if (out) { shown.replaceChildren(secret(out.key, 'Credential key')); refresh(); }
           } } }, 'Approve'),
-          h('button', { type: 'button', class: 'danger', on: { click: async () => { if (await act(() => api('PUT', `/portal-api/provisioning-requests/${r.id}/reject`, { reason: 'rejected in the console' }), 'Rejected')) refresh(); } } }, 'Reject')) : ''))), 'Provisioning requests')
+          h('button', { type: 'button', class: 'danger', on: { click: async () => { if (await act(() => api('PUT', `/portal-api/provisioning-requests/${enc(r.id)}/reject`, { reason: 'rejected in the console' }), 'Rejected')) refresh(); } } }, 'Reject')) : ''))), 'Provisioning requests')
         : h('p', { class: 'muted' }, 'No provisioning requests.'));
     }
   }
@@ -493,19 +510,26 @@ async function portalPage(main) {
 const pages = { agents: agentsPage, providers: providersPage, apis: apisPage, api: apiPage, jobs: jobsPage, events: eventsPage, keys: keysPage, portal: portalPage };
 
 function render() {
-  for (const t of state.timers) clearInterval(t);
+  state.generation += 1;
+  for (const t of state.timers) clearTimeout(t);
   state.timers = [];
   const main = document.getElementById('main');
-  main.replaceChildren();
-  if (!state.csrf) { main.append(...signIn()); document.getElementById('admin-key').focus(); return; }
+  // Each page draws into a view of its own: what an earlier page appends
+  // when its answers come late goes to a view no longer shown, so two
+  // pages never mix.
+  const view = h('div', { class: 'view' });
+  main.replaceChildren(view);
+  if (!state.csrf) { view.append(...signIn()); document.getElementById('admin-key').focus(); return; }
   document.getElementById('nav').hidden = false;
-  const [name, arg] = location.hash.replace(/^#\//, '').split('/');
+  const [name, raw] = location.hash.replace(/^#\//, '').split('/');
+  let arg = raw;
+  try { arg = raw && decodeURIComponent(raw); } catch (_) { /* a malformed hash: as typed */ }
   const page = pages[name] || agentsPage;
   for (const a of document.querySelectorAll('nav a')) {
     if (a.getAttribute('href') === `#/${name === 'api' ? 'apis' : name}`) a.setAttribute('aria-current', 'page'); else a.removeAttribute('aria-current');
   }
   say('');
-  page(main, arg);
+  page(view, arg);
   main.focus();
 }
 

@@ -156,6 +156,15 @@ impl Signer {
     fn csrf(&self, session: &str) -> String {
         self.sign(&format!("csrf|{session}"))
     }
+
+    /// Whether `token` is the CSRF token of `session`, compared in
+    /// constant time (the library's HMAC verification), so its timing says
+    /// nothing about how much of a guess was right.
+    fn csrf_ok(&self, session: &str, token: &str) -> bool {
+        meridian_kit::hex::decode(token).is_some_and(|mac| {
+            hmac::verify(&self.key, format!("csrf|{session}").as_bytes(), &mac).is_ok()
+        })
+    }
 }
 
 impl Shared {
@@ -307,7 +316,7 @@ async fn forward(State(s): State<Shared>, request: Request) -> Response {
             .headers()
             .get(CSRF_HEADER)
             .and_then(|v| v.to_str().ok());
-        if token != Some(s.signer.csrf(&value).as_str()) {
+        if !token.is_some_and(|t| s.signer.csrf_ok(&value, t)) {
             return secured(
                 ApiError::new(ErrorCode::Unauthenticated, "missing or wrong CSRF token")
                     .into_response(),
@@ -369,6 +378,11 @@ mod tests {
         assert!(!valid(&forged, 2_000), "a longer expiry is not signed");
         assert!(!valid("garbage", 2_000));
         assert_ne!(s.csrf(&session), s.csrf(&s.new_session(1_000)));
+        assert!(s.csrf_ok(&session, &s.csrf(&session)));
+        let other = s.csrf(&s.new_session(1_000));
+        for wrong in [other.as_str(), "", "zz", &s.csrf(&session)[..10]] {
+            assert!(!s.csrf_ok(&session, wrong), "{wrong:?} passed");
+        }
         let mut headers = HeaderMap::new();
         headers.insert(
             header::COOKIE,

@@ -4,13 +4,12 @@ use axum::extract::State;
 use meridian_kit::tyk::{StatusMessage, TykError, TykJson, TykPath, TykQuery};
 use meridian_schemas::keys::KeysEvent;
 use meridian_schemas::streams::KeysEntity;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::{
-    AllKeys, ApiState, Filter, ModifyKey, invalid, now, random_hex, to_json, write_failed,
-};
+use super::{ApiState, ModifyKey, invalid, now, random_hex, to_json, write_failed};
 use crate::adapters::fold::read;
 use crate::domain::limits::{self, Kind};
 use crate::domain::{self, KeysState, MergeError, Quota, Session, check_id, hash_secret, is_hash};
@@ -188,28 +187,130 @@ async fn generated(s: ApiState, session: Session) -> Result<axum::Json<ModifyKey
     Ok(axum::Json(s.answer(key, "added", &hash)))
 }
 
-/// Lists keys: their hashes, when hashed listing is enabled.
+/// `GET /tyk/keys`: `?filter=` a prefix of the hashes; `?sessions=true`
+/// (a Meridian extension) each key's stored session and quota too.
+#[derive(Debug, Default, Deserialize)]
+struct KeyList {
+    #[serde(default)]
+    filter: String,
+    #[serde(default)]
+    sessions: Option<String>,
+}
+
+/// Tyk's `ApiAllKeys`, and with `?sessions=true` every key's session.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct KeyListing {
+    /// The key hashes.
+    pub keys: Vec<String>,
+    /// With `?sessions=true`: each key as stored and its quota as the
+    /// gateways count it, in the order of `keys`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<Vec<KeySession>>,
+}
+
+/// One key of a `?sessions=true` listing.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct KeySession {
+    /// Its hash.
+    pub key_hash: String,
+    /// The key as stored (what a read-modify-write sends back).
+    #[schema(value_type = Object)]
+    pub session: Session,
+    /// Its quota with its policies applied, from the gateways' counters
+    /// (as a plain `GET /tyk/keys/{key}` shows it).
+    pub quota: ShownQuota,
+}
+
+/// A key's quota as shown: `quota_max`, what is left, when it renews.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ShownQuota {
+    /// -1: unlimited.
+    pub quota_max: i64,
+    /// Left in the current period.
+    pub quota_remaining: i64,
+    /// When the period ends (Unix seconds; 0: none running).
+    pub quota_renews: i64,
+    /// The period's length in seconds.
+    pub quota_renewal_rate: i64,
+}
+
+/// Lists keys: their hashes, when hashed listing is enabled; with
+/// `?sessions=true` each one's stored session and quota in the same answer
+/// (the console's key list: one call, not one per key).
 #[utoipa::path(get, path = "/tyk/keys", tag = "keys", security(("tyk_secret" = [])),
-    params(("filter" = Option<String>, Query, description = "Only hashes starting with this")),
-    responses((status = 200, body = AllKeys), (status = 404, body = StatusMessage,
+    params(("filter" = Option<String>, Query, description = "Only hashes starting with this"),
+        ("sessions" = Option<bool>, Query, description = "Meridian extension: each key's stored session and quota too")),
+    responses((status = 200, body = KeyListing), (status = 404, body = StatusMessage,
         description = "Keys are hashed and ENABLE_HASHED_KEYS_LISTING is off")))]
 async fn list_keys(
     State(s): State<ApiState>,
-    TykQuery(q): TykQuery<Filter>,
-) -> Result<axum::Json<AllKeys>, TykError> {
+    TykQuery(q): TykQuery<KeyList>,
+) -> Result<axum::Json<KeyListing>, TykError> {
     if s.hash_keys && !s.hashed_listing {
         return Err(TykError::not_found(
             "Hashed key listing is disabled in config (enable_hashed_keys_listing)",
         ));
     }
     s.writer.catch_up().await;
-    let keys = read(s.writer.state())
-        .key_hashes()
-        .into_iter()
-        .filter(|h| h.starts_with(&q.filter))
-        .map(str::to_owned)
-        .collect();
-    Ok(axum::Json(AllKeys { keys }))
+    let listed: Vec<(String, Option<Session>)> = {
+        let state = read(s.writer.state());
+        state
+            .key_hashes()
+            .into_iter()
+            .filter(|h| h.starts_with(&q.filter))
+            .map(|h| {
+                let stored = flag(&q.sessions)
+                    .then(|| state.key(h).map(|k| k.value.as_ref().clone()))
+                    .flatten();
+                (h.to_owned(), stored)
+            })
+            .collect()
+    };
+    let sessions = if flag(&q.sessions) {
+        let mut sessions = Vec::with_capacity(listed.len());
+        for (hash, stored) in &listed {
+            let Some(stored) = stored else { continue };
+            let shown = shown_key(&s, hash, stored, false).await;
+            sessions.push(KeySession {
+                key_hash: hash.clone(),
+                session: stored.clone(),
+                quota: ShownQuota {
+                    quota_max: shown.quota_max,
+                    quota_remaining: shown.quota_remaining,
+                    quota_renews: shown.quota_renews,
+                    quota_renewal_rate: shown.quota_renewal_rate,
+                },
+            });
+        }
+        Some(sessions)
+    } else {
+        None
+    };
+    Ok(axum::Json(KeyListing {
+        keys: listed.into_iter().map(|(h, _)| h).collect(),
+        sessions,
+    }))
+}
+
+/// The key `hash` as a `GET` shows it: merged with its policies (unless
+/// `as_stored`, or the merge fails), its quota from the gateways' counters.
+async fn shown_key(s: &ApiState, hash: &str, stored: &Session, as_stored: bool) -> Session {
+    let mut shown = if as_stored {
+        stored.clone()
+    } else {
+        match read(s.writer.state()).effective(hash) {
+            Some(Ok(merged)) => merged.as_ref().clone(),
+            _ => stored.clone(),
+        }
+    };
+    // The quota as the gateway counts it (within a lease of the truth).
+    let scopes = limits::quota_scopes(&shown);
+    if !scopes.is_empty() {
+        let counters = s.quota_counters(Kind::KeyQuota, hash, &scopes).await;
+        let (now_s, _) = now();
+        limits::show_quotas(&mut shown, &stored.last_updated, &counters, now_s);
+    }
+    shown
 }
 
 /// Creates a key with a generated id (the organisation id and 32 random
@@ -318,22 +419,9 @@ async fn get_key(
 ) -> Result<axum::Json<Session>, TykError> {
     let hash = s.key_hash(&key_id, q.hashed())?;
     let stored = s.find_key(&hash, "Key not found").await?;
-    let mut shown = if flag(&q.stored) {
-        stored.clone()
-    } else {
-        match read(s.writer.state()).effective(&hash) {
-            Some(Ok(merged)) => merged.as_ref().clone(),
-            _ => stored.clone(),
-        }
-    };
-    // The quota as the gateway counts it (within a lease of the truth).
-    let scopes = limits::quota_scopes(&shown);
-    if !scopes.is_empty() {
-        let counters = s.quota_counters(Kind::KeyQuota, &hash, &scopes).await;
-        let (now_s, _) = now();
-        limits::show_quotas(&mut shown, &stored.last_updated, &counters, now_s);
-    }
-    Ok(axum::Json(shown))
+    Ok(axum::Json(
+        shown_key(&s, &hash, &stored, flag(&q.stored)).await,
+    ))
 }
 
 /// Creates a key with the id given (Tyk's custom keys; at least
