@@ -56,7 +56,7 @@ async function api(method, path, body) {
     init.headers['content-type'] = 'application/json';
     init.body = JSON.stringify(body);
   }
-  const res = await fetch('/console/api' + path, init);
+  const res = await fetch(`/console/api${path}`, init);
   const text = await res.text();
   let json = null;
   try { json = text ? JSON.parse(text) : null; } catch (_) { json = text; }
@@ -92,7 +92,7 @@ function every(ms, fn) {
   run();
 }
 
-function badge(text) { return h('span', { class: 'badge ' + text, text }); }
+function badge(text) { return h('span', { class: `badge ${text}`, text }); }
 function table(headers, rows, label) {
   return h('div', { class: 'table-wrap' },
     h('table', { 'aria-label': label },
@@ -216,7 +216,7 @@ function providersPage(main) {
         h('td', { class: 'sync-state' }, sync),
         h('td', {}, h('button', { type: 'button', on: { click: async () => {
           const r = await act(() => api('POST', `/api/agents/${enc(p.agent_id)}/sync`, { provider: p.name }), `Sync of ${p.name} started`);
-          if (r && r.runs && r.runs[0]) { running[key] = r.runs[0].run_id; refresh(); }
+          if (r?.runs?.[0]) { running[key] = r.runs[0].run_id; refresh(); }
         } } }, `Sync ${p.name}`)));
     }), 'API providers') : h('p', { class: 'muted' }, 'No providers have reported yet.'));
   }
@@ -267,7 +267,7 @@ function openapiDoc(doc) {
     for (const [method, op] of Object.entries(item || {})) {
       if (!['get', 'put', 'post', 'delete', 'patch', 'head', 'options'].includes(method)) continue;
       const params = (op.parameters || []).map((p) => h('li', {}, h('code', {}, p.name || p.$ref || ''), ` (${p.in || ''}${p.required ? ', required' : ''}) ${p.description || ''}`));
-      const responses = Object.entries(op.responses || {}).map(([code, r]) => h('li', {}, h('code', {}, code), ` ${(r && r.description) || ''}`));
+      const responses = Object.entries(op.responses || {}).map(([code, r]) => h('li', {}, h('code', {}, code), ` ${(r?.description) || ''}`));
       out.push(h('div', { class: 'op' },
         h('div', {}, h('span', { class: `method ${method}` }, method), ' ', h('code', {}, path)),
         op.summary || op.description ? h('p', {}, op.summary || op.description) : null,
@@ -438,7 +438,7 @@ async function keysPage(main) {
     const rows = [];
     for (const { key_hash: hash, session: s, quota } of keys.sessions || []) {
       rows.push(h('tr', { 'data-key': s.alias || hash },
-        h('td', {}, h('code', {}, hash.slice(0, 16) + '…'), h('div', { class: 'muted' }, s.alias || '')),
+        h('td', {}, h('code', {}, `${hash.slice(0, 16)}…`), h('div', { class: 'muted' }, s.alias || '')),
         h('td', {}, (s.apply_policies || []).join(', ') || '—'),
         h('td', { class: 'quota' }, quotaLeft(quota)),
         h('td', {}, badge(s.is_inactive ? 'inactive' : 'active')),
@@ -487,7 +487,7 @@ async function portalPage(main) {
       h('td', {}, p.rate ? `${p.rate} / ${p.per}s` : '—', p.quota_max > 0 ? `, ${p.quota_max} per ${p.quota_renewal_rate}s` : ''),
       h('td', {}, state_(p)), h('td', {}, toggle('plans', p)))), 'Plans'));
     if (requests) {
-      const names = (list, id) => ((list || []).find((x) => x.id === id) || {}).name || id;
+      const names = (list, id) => (list || []).find((x) => x.id === id)?.name || id;
       boxes.requests.replaceChildren(requests.length ? table(['Request', 'Product', 'Plan', 'State', ''], requests.map((r) => h('tr', { 'data-request': r.id },
         h('td', {}, when(r.created_at), h('div', { class: 'muted' }, `app ${r.app_id}`)), h('td', {}, names(products, r.product_id)), h('td', {}, names(plans, r.plan_id)),
         h('td', {}, badge(r.status), r.reason ? h('div', { class: 'muted' }, r.reason) : null),
