@@ -165,12 +165,26 @@ async fn a_job_fires_on_aligned_due_times_and_its_history_joins_the_sync_log() {
     assert_eq!(paused["paused"], true);
     assert!(paused["next_run_at"].is_null());
     let before = runs(&api, &s.agent_id, id).await.len();
-    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    // A job firing every second meanwhile shows the scheduler went past
+    // the paused job's due times (two of them at least) without firing it.
+    let control = create_job(&api, &s.agent_id, "1s", aligned_start(0)).await;
+    let control = control["id"].as_str().unwrap().to_owned();
+    let passed = wait_for_firings(&api, &s.agent_id, &control, 5, |_| true).await;
+    let span = passed.iter().map(due_ms).max().unwrap() - passed.iter().map(due_ms).min().unwrap();
+    assert!(span >= 4_000, "five firings a second apart span {span} ms");
     assert_eq!(
         runs(&api, &s.agent_id, id).await.len(),
         before,
         "a paused job fired"
     );
+    let (code, _) = api
+        .call(
+            Method::DELETE,
+            &format!("/api/agents/{}/sync-jobs/{control}", s.agent_id),
+            None,
+        )
+        .await;
+    assert_eq!(code, 204);
     let (code, _) = api
         .call(
             Method::PATCH,

@@ -217,12 +217,21 @@ async fn agent_goes_inactive_after_missed_heartbeats_and_its_apis_stay() {
         }
     };
     assert!(status("ACTIVE").await.is_some());
-    // Still active a few intervals later: heartbeats keep it so.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(
-        api.get(&format!("/api/agents/{agent_id}")).await.1["status"],
-        "ACTIVE"
-    );
+    // Still active three heartbeats later: heartbeats keep it so.
+    let path = format!("/api/agents/{agent_id}");
+    let seen = std::sync::Mutex::new(vec![api.get(&path).await.1["last_heartbeat"].clone()]);
+    let later = eventually(Duration::from_secs(15), || async {
+        let (_, agent) = api.get(&path).await;
+        assert_eq!(agent["status"], "ACTIVE", "between heartbeats: {agent}");
+        let beat = agent["last_heartbeat"].clone();
+        let mut seen = seen.lock().unwrap();
+        if seen.last() != Some(&beat) {
+            seen.push(beat);
+        }
+        (seen.len() > 3).then_some(())
+    })
+    .await;
+    assert!(later.is_some(), "heartbeats stopped: {seen:?}");
     agent.stop().await;
     assert!(
         status("INACTIVE").await.is_some(),
