@@ -183,6 +183,17 @@ pub async fn start_scheduler(
     serve_on_free_port("scheduler", |http, stop| app.serve(http, stop)).await
 }
 
+/// The body of an answer a test relies on: a setup call that fails is a
+/// failure there, naming the call, not a confusing one further on.
+#[track_caller]
+pub fn expect_ok(method: &str, path: &str, (status, body): (u16, Value)) -> Value {
+    assert!(
+        (200..300).contains(&status),
+        "{method} {path} answered {status}: {body}"
+    );
+    body
+}
+
 /// Polls `f` every 50 ms until it returns `Some`, or `None` after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
 where
@@ -320,6 +331,7 @@ impl Api {
     }
 
     /// Sends a request; returns status and JSON body (Null when empty).
+    #[must_use]
     pub async fn call(
         &self,
         method: reqwest::Method,
@@ -348,14 +360,26 @@ impl Api {
     }
 
     /// GET.
+    #[must_use]
     pub async fn get(&self, path: &str) -> (u16, Value) {
         self.call(reqwest::Method::GET, path, None).await
     }
 
     /// POST JSON.
+    #[must_use]
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         self.call(reqwest::Method::POST, path, Some(&body.to_string()))
             .await
+    }
+
+    /// GET that must succeed (2xx); its body.
+    pub async fn get_ok(&self, path: &str) -> Value {
+        expect_ok("GET", path, self.get(path).await)
+    }
+
+    /// POST that must succeed (2xx); its body.
+    pub async fn post_ok(&self, path: &str, body: &Value) -> Value {
+        expect_ok("POST", path, self.post(path, body).await)
     }
 
     /// Asks the agent to sync now (one provider, or all); returns the run ids.

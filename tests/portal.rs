@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
-use crate::{API_KEY, Metrics, Nats, Running, answer_fits, path_template};
+use crate::{API_KEY, Metrics, Nats, Running, answer_fits, expect_ok, path_template};
 
 /// A running portal-sync replica.
 pub struct PortalSync {
@@ -135,6 +135,7 @@ impl Portal {
     /// Sends a request (with `header` instead of `X-API-Key` when given);
     /// returns status and JSON body (Null when empty), after checking the
     /// answer against the OpenAPI document.
+    #[must_use]
     pub async fn call_with(
         &self,
         method: reqwest::Method,
@@ -146,6 +147,7 @@ impl Portal {
     }
 
     /// `POST` with an `Idempotency-Key` header (and the client's key).
+    #[must_use]
     pub async fn post_idempotent(&self, path: &str, body: &Value, key: &str) -> (u16, Value) {
         self.send(
             reqwest::Method::POST,
@@ -205,6 +207,7 @@ impl Portal {
     }
 
     /// A request with the client's key.
+    #[must_use]
     pub async fn call(
         &self,
         method: reqwest::Method,
@@ -215,23 +218,47 @@ impl Portal {
     }
 
     /// GET.
+    #[must_use]
     pub async fn get(&self, path: &str) -> (u16, Value) {
         self.call(reqwest::Method::GET, path, None).await
     }
 
     /// POST JSON.
+    #[must_use]
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
     /// PUT JSON (None: no body).
+    #[must_use]
     pub async fn put(&self, path: &str, body: Option<&Value>) -> (u16, Value) {
         self.call(reqwest::Method::PUT, path, body).await
     }
 
     /// DELETE.
+    #[must_use]
     pub async fn delete(&self, path: &str) -> (u16, Value) {
         self.call(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// GET that must succeed (2xx); its body.
+    pub async fn get_ok(&self, path: &str) -> Value {
+        expect_ok("GET", path, self.get(path).await)
+    }
+
+    /// POST that must succeed (2xx); its body.
+    pub async fn post_ok(&self, path: &str, body: &Value) -> Value {
+        expect_ok("POST", path, self.post(path, body).await)
+    }
+
+    /// PUT that must succeed (2xx); its body.
+    pub async fn put_ok(&self, path: &str, body: Option<&Value>) -> Value {
+        expect_ok("PUT", path, self.put(path, body).await)
+    }
+
+    /// DELETE that must succeed (2xx); its body.
+    pub async fn delete_ok(&self, path: &str) -> Value {
+        expect_ok("DELETE", path, self.delete(path).await)
     }
 
     /// `PUT /portal-api/providers/{id}/synchronize`: the one report.

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::Value;
 
-use crate::{Metrics, Nats, Running, answer_fits, path_template, schema_fits};
+use crate::{Metrics, Nats, Running, answer_fits, expect_ok, path_template, schema_fits};
 
 /// The Gateway API secret every test key-issuer uses.
 pub const GATEWAY_SECRET: &str = "test-gateway-secret-0123456789";
@@ -22,7 +22,7 @@ pub fn contract_path() -> PathBuf {
 
 /// Answers where Meridian differs from Tyk on purpose (method, Tyk's path
 /// template, status); their bodies must still be Tyk's `ApiStatusMessage`.
-/// Documented in the key-issuer's API module and the README.
+/// Documented in the key-issuer's API module and docs/gateway.md.
 pub const DEVIATIONS: [(&str, &str, u16); 8] = [
     // A blocking reload that live gateway replicas did not confirm in time.
     ("get", "/tyk/reload", 504),
@@ -202,6 +202,7 @@ impl Tyk {
 
     /// Sends a request; returns status and JSON body (Null when empty),
     /// after checking the answer against both documents.
+    #[must_use]
     pub async fn call(&self, method: reqwest::Method, path: &str, body: Body<'_>) -> (u16, Value) {
         let mut req = self
             .http
@@ -248,29 +249,54 @@ impl Tyk {
     }
 
     /// GET.
+    #[must_use]
     pub async fn get(&self, path: &str) -> (u16, Value) {
         self.call(reqwest::Method::GET, path, Body::Raw("")).await
     }
 
     /// POST JSON.
+    #[must_use]
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         self.call(reqwest::Method::POST, path, Body::Json(body))
             .await
     }
 
     /// PUT JSON.
+    #[must_use]
     pub async fn put(&self, path: &str, body: &Value) -> (u16, Value) {
         self.call(reqwest::Method::PUT, path, Body::Json(body))
             .await
     }
 
     /// DELETE.
+    #[must_use]
     pub async fn delete(&self, path: &str) -> (u16, Value) {
         self.call(reqwest::Method::DELETE, path, Body::Raw(""))
             .await
     }
 
+    /// GET that must succeed (2xx); its body.
+    pub async fn get_ok(&self, path: &str) -> Value {
+        expect_ok("GET", path, self.get(path).await)
+    }
+
+    /// POST that must succeed (2xx); its body.
+    pub async fn post_ok(&self, path: &str, body: &Value) -> Value {
+        expect_ok("POST", path, self.post(path, body).await)
+    }
+
+    /// PUT that must succeed (2xx); its body.
+    pub async fn put_ok(&self, path: &str, body: &Value) -> Value {
+        expect_ok("PUT", path, self.put(path, body).await)
+    }
+
+    /// DELETE that must succeed (2xx); its body.
+    pub async fn delete_ok(&self, path: &str) -> Value {
+        expect_ok("DELETE", path, self.delete(path).await)
+    }
+
     /// POST a form.
+    #[must_use]
     pub async fn post_form(&self, path: &str, form: &str) -> (u16, Value) {
         self.call(reqwest::Method::POST, path, Body::Form(form))
             .await

@@ -99,7 +99,7 @@ instances:
     let probe_port = agent.probe;
 
     api.wait_for_total("active", 30, T).await;
-    let (_, shown) = api.get(&format!("/api/agents/{agent_id}")).await;
+    let shown = api.get_ok(&format!("/api/agents/{agent_id}")).await;
     assert_eq!(shown["status"], "ACTIVE");
     assert_eq!(
         shown["providers"],
@@ -110,7 +110,7 @@ instances:
         "tyk-main",
         "o1",
     );
-    let (_, oas) = api.get(&format!("/api/apis/{oas_id}")).await;
+    let oas = api.get_ok(&format!("/api/apis/{oas_id}")).await;
     assert_eq!(oas["version"], "2.1.0", "{oas}");
     assert_eq!(oas["definition"]["openapi"]["info"]["title"], "OAS One");
     assert_eq!(oas["definition"]["auth_methods"], json!(["bearerAuth"]));
@@ -137,7 +137,7 @@ instances:
     // Stopped: INACTIVE after the window, and its APIs stay.
     agent.child.kill().await.unwrap();
     let inactive = eventually(T, || async {
-        let (_, shown) = api.get(&format!("/api/agents/{agent_id}")).await;
+        let shown = api.get_ok(&format!("/api/agents/{agent_id}")).await;
         (shown["status"] == "INACTIVE").then_some(())
     })
     .await;

@@ -155,7 +155,7 @@ instances:
         "aws-main",
         first,
     );
-    let (_, shown) = api.get(&format!("/api/apis/{id}")).await;
+    let shown = api.get_ok(&format!("/api/apis/{id}")).await;
     assert_eq!(shown["name"], "rest-0");
     assert_eq!(shown["definition"]["stages"], json!(["prod"]));
     assert_eq!(shown["definition"]["auth_methods"], json!(["AWS_IAM"]));

@@ -12,7 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
 async fn repository_digest(api: &Api) -> String {
-    api.get("/api/repository/digest").await.1["digest"]
+    api.get_ok("/api/repository/digest").await["digest"]
         .as_str()
         .unwrap()
         .to_owned()
@@ -136,8 +136,8 @@ async fn bad_revoked_replaced_and_expired_tokens_are_unauthenticated() {
     );
 
     // A new token replaces the old one.
-    let (_, second) = api
-        .post("/api/auth/token/", &json!({"agent_id": agent_id}))
+    let second = api
+        .post_ok("/api/auth/token/", &json!({"agent_id": agent_id}))
         .await;
     let second = second["token"].as_str().unwrap().to_owned();
     let replaced = hello(&gw.grpc_url, &first, &p).await.unwrap_err();
@@ -156,8 +156,8 @@ async fn bad_revoked_replaced_and_expired_tokens_are_unauthenticated() {
     );
 
     // Expired (the gateway issues 1-second tokens in this test).
-    let (_, third) = api
-        .post("/api/auth/token/", &json!({"agent_id": agent_id}))
+    let third = api
+        .post_ok("/api/auth/token/", &json!({"agent_id": agent_id}))
         .await;
     let third = third["token"].as_str().unwrap().to_owned();
     assert!(
@@ -174,8 +174,8 @@ async fn bad_revoked_replaced_and_expired_tokens_are_unauthenticated() {
     assert!(expired.is_some(), "the 1-second token still works");
 
     // A deleted agent's token stops working.
-    let (_, fourth) = api
-        .post("/api/auth/token/", &json!({"agent_id": agent_id}))
+    let fourth = api
+        .post_ok("/api/auth/token/", &json!({"agent_id": agent_id}))
         .await;
     let fourth = fourth["token"].as_str().unwrap().to_owned();
     assert_eq!(
@@ -354,7 +354,7 @@ async fn bad_provider_names_and_oversized_messages_are_refused_and_store_nothing
         );
     }
     assert_eq!(
-        api.get(&format!("/api/agents/{agent_id}")).await.1["providers"],
+        api.get_ok(&format!("/api/agents/{agent_id}")).await["providers"],
         serde_json::Value::Null
     );
 
@@ -613,7 +613,7 @@ async fn hostile_rest_input_gets_a_4xx_naming_the_parameter() {
         before,
         "nothing stored changed"
     );
-    let (_, jobs_after) = api.get(&jobs).await;
+    let jobs_after = api.get_ok(&jobs).await;
     assert_eq!(jobs_after, json!([]), "no job was stored");
     scheduler.stop().await;
     gw.rest.stop().await;

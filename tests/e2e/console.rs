@@ -409,10 +409,10 @@ async fn the_console_does_the_daily_work_in_a_real_browser() {
     b.click("tr[data-plan='Browser free'] button").await;
     b.wait_text("tr[data-plan='Browser free']", "published")
         .await;
-    let products = portal.get("/portal-api/products").await.1;
-    let plans = portal.get("/portal-api/plans").await.1;
-    let (_, app) = portal
-        .post(
+    let products = portal.get_ok("/portal-api/products").await;
+    let plans = portal.get_ok("/portal-api/plans").await;
+    let app = portal
+        .post_ok(
             "/portal-api/apps",
             &json!({"name": "shop", "owner": "dev@example.com"}),
         )
@@ -434,8 +434,8 @@ async fn the_console_does_the_daily_work_in_a_real_browser() {
     b.wait_text(&format!("tr[data-request='{request}']"), "approved")
         .await;
     let credential = b.text("#shown-secret").await;
-    let (_, approved) = portal
-        .get(&format!("/portal-api/provisioning-requests/{request}"))
+    let approved = portal
+        .get_ok(&format!("/portal-api/provisioning-requests/{request}"))
         .await;
     assert_eq!(
         approved["credential"]["key_hash"],

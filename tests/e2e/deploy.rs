@@ -956,15 +956,38 @@ fn a_misspelt_manifest_field_is_caught() {
     assert!(message.contains("spec.ports[0].targetPrt"), "{message}");
 }
 
-/// The variables each service reads, as its config struct has them: its
-/// `--help` lists them (generated from the struct), and so must the README's
-/// table of services, with no name the struct does not have.
-#[test]
-fn help_and_readme_list_every_variable_of_each_service() {
+/// One service's variables as its config struct declares them: each field
+/// (in order) with its doc comment, read from the source file.
+fn documented_fields(source: &str) -> Vec<(String, String)> {
+    let text = read(source);
+    let body = text
+        .split("pub struct Config {")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{source} has no `pub struct Config`"));
+    let body = &body[..body.find("\n}").unwrap()];
+    let mut fields = Vec::new();
+    let mut doc = Vec::new();
+    for line in body.lines().map(str::trim) {
+        if let Some(d) = line.strip_prefix("///") {
+            doc.push(d.trim().to_owned());
+        } else if let Some(field) = line.strip_prefix("pub ") {
+            let name = field.split(':').next().unwrap().trim().to_owned();
+            fields.push((name, doc.join(" ")));
+            doc.clear();
+        }
+    }
+    fields
+}
+
+/// The configuration reference, generated from the six config structs: the
+/// variable names serde reads (the same list `--help` prints) and each
+/// field's doc comment, which says its default or that it is required.
+fn configuration_reference() -> String {
     use meridian_kit::config::{fields, variables_help};
-    let services: [(&str, &str, &[&str], String); 6] = [
+    let services: [(&str, &str, &str, &[&str], String); 6] = [
         (
             "meridian-agent-gateway",
+            "services/agent-gateway/src/app.rs",
             meridian_agent_gateway::app::ENV_PREFIX,
             fields::<meridian_agent_gateway::Config>(),
             variables_help::<meridian_agent_gateway::Config>(
@@ -973,56 +996,91 @@ fn help_and_readme_list_every_variable_of_each_service() {
         ),
         (
             "meridian-inventory",
+            "services/inventory/src/app.rs",
             meridian_inventory::app::ENV_PREFIX,
             fields::<meridian_inventory::Config>(),
             variables_help::<meridian_inventory::Config>(meridian_inventory::app::ENV_PREFIX),
         ),
         (
             "meridian-scheduler",
+            "services/scheduler/src/app.rs",
             meridian_scheduler::app::ENV_PREFIX,
             fields::<meridian_scheduler::Config>(),
             variables_help::<meridian_scheduler::Config>(meridian_scheduler::app::ENV_PREFIX),
         ),
         (
             "meridian-key-issuer",
+            "services/key-issuer/src/app.rs",
             meridian_key_issuer::app::ENV_PREFIX,
             fields::<meridian_key_issuer::Config>(),
             variables_help::<meridian_key_issuer::Config>(meridian_key_issuer::app::ENV_PREFIX),
         ),
         (
             "meridian-proxy",
+            "services/proxy/src/app.rs",
             meridian_proxy::app::ENV_PREFIX,
             fields::<meridian_proxy::Config>(),
             variables_help::<meridian_proxy::Config>(meridian_proxy::app::ENV_PREFIX),
         ),
         (
             "meridian-portal-sync",
+            "services/portal-sync/src/app.rs",
             meridian_portal_sync::app::ENV_PREFIX,
             fields::<meridian_portal_sync::Config>(),
             variables_help::<meridian_portal_sync::Config>(meridian_portal_sync::app::ENV_PREFIX),
         ),
     ];
-    let readme = read("README.md");
-    for (binary, prefix, fields, help) in services {
-        assert!(fields.len() >= 4, "{binary}: fields not read ({fields:?})");
-        let row = readme
-            .lines()
-            .find(|l| l.starts_with(&format!("| `{binary}` |")))
-            .unwrap_or_else(|| panic!("README has no row for {binary}"));
-        let variables = row.split(" | ").nth(1).unwrap();
-        assert!(variables.starts_with(&format!("`{prefix}`")), "{row}");
-        let named: BTreeSet<&str> = variables
-            .split('`')
-            .skip(3)
-            .step_by(2)
-            .filter(|w| w.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
-            .collect();
-        let expected: BTreeSet<String> = fields.iter().map(|f| f.to_uppercase()).collect();
-        let expected: BTreeSet<&str> = expected.iter().map(String::as_str).collect();
-        assert_eq!(named, expected, "README's row for {binary}");
-        for field in fields {
+    let mut out = String::from(
+        "# Configuration\n\n\
+         <!-- Generated from each service's `Config` struct by tests/e2e/deploy.rs \
+         (`MERIDIAN_BLESS=1 cargo test -p meridian-tests --test e2e configuration` rewrites it); \
+         edit the doc comments there, not this file. -->\n\n\
+         Each service is its own binary configured by environment variables, which is\n\
+         how compose and Kubernetes run them: the variable is the service's prefix\n\
+         followed by the name. Unknown variables under a service's prefix are\n\
+         rejected, and bad configuration exits with code 64 naming the variable.\n\
+         `MERIDIAN_API_KEY` is the admin key for all of them (key-issuer and the\n\
+         proxy take the Gateway API secret instead). Durations are written like\n\
+         `500ms`, `30s`, `5m`, `12h`, `30d`. Each binary's `--help` lists the same\n\
+         variables.\n",
+    );
+    for (binary, source, prefix, fields, help) in services {
+        let documented = documented_fields(source);
+        let names: Vec<&str> = documented.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names, fields,
+            "{source}: the fields read from the source are the ones serde reads"
+        );
+        out.push_str(&format!(
+            "\n## `{binary}`\n\n| variable | what it sets |\n| --- | --- |\n"
+        ));
+        for (field, doc) in &documented {
             let var = format!("{prefix}{}", field.to_uppercase());
             assert!(help.contains(&var), "{binary} --help lacks {var}");
+            assert!(
+                doc.to_lowercase().contains("default") || doc.contains("equired"),
+                "{source}: the doc comment of `{field}` says neither its default nor that it is required"
+            );
+            out.push_str(&format!("| `{var}` | {} |\n", doc.replace('|', "\\|")));
         }
     }
+    out
+}
+
+/// `docs/configuration.md` is what the config structs say today: a field
+/// added, renamed or documented differently fails here until the page is
+/// generated again.
+#[test]
+fn the_configuration_reference_is_generated_from_the_config_structs() {
+    let generated = configuration_reference();
+    let path = root().join("docs/configuration.md");
+    if std::env::var_os("MERIDIAN_BLESS").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let page = read("docs/configuration.md");
+    assert!(
+        page == generated,
+        "docs/configuration.md differs from the config structs; run \
+         MERIDIAN_BLESS=1 cargo test -p meridian-tests --test e2e configuration"
+    );
 }

@@ -116,7 +116,7 @@ async fn three_replicas_elect_one_leader_and_another_takes_over_when_it_dies() {
     );
     api.wait_for_total("active", sample_apis().len() as u64, T)
         .await;
-    let (_, shown) = api.get(&format!("/api/agents/{agent_id}")).await;
+    let shown = api.get_ok(&format!("/api/agents/{agent_id}")).await;
     assert_eq!(shown["status"], "ACTIVE");
     // Renewals go on; there is never a second leader: every write of the
     // Lease (the fake records them all) is the leader's, through several
@@ -506,8 +506,8 @@ async fn a_deposed_leaders_late_messages_are_refused_on_every_gateway_replica() 
     // Issuing a new agent token (which cuts off every holder of the old
     // one) resets the fence: the documented way back after a Lease is
     // deleted and recreated with its count at 0.
-    let (_, issued) = api
-        .post(
+    let issued = api
+        .post_ok(
             "/api/auth/token/",
             &serde_json::json!({"agent_id": agent_id}),
         )

@@ -58,20 +58,20 @@ async fn dot_segments_never_pass_a_key_check_or_reach_the_upstream() {
     let admin = Tyk::new(&proxy.admin.url);
     let up = format!("http://127.0.0.1:{port}");
     admin
-        .post(
+        .post_ok(
             "/tyk/apis",
             &api("open", "/open/", &format!("{up}/open-up/"), true),
         )
         .await;
     admin
-        .post(
+        .post_ok(
             "/tyk/apis",
             &api("keyed", "/keyed/", &format!("{up}/keyed-up/"), false),
         )
         .await;
     let mut acl = api("acl", "/acl/", &up, false);
     acl["proxy"]["strip_listen_path"] = json!(false);
-    admin.post("/tyk/apis", &acl).await;
+    admin.post_ok("/tyk/apis", &acl).await;
     let (status, key) = Tyk::new(&ki.url)
         .post(
             "/tyk/keys",
@@ -178,13 +178,13 @@ async fn repeated_single_valued_headers_are_refused_not_forwarded() {
     let admin = Tyk::new(&proxy.admin.url);
     let mut host = api("host", "/host", &up.url(), true);
     host["proxy"]["preserve_host_header"] = json!(true);
-    admin.post("/tyk/apis", &host).await;
+    admin.post_ok("/tyk/apis", &host).await;
     admin
-        .post("/tyk/apis", &api("keyed", "/keyed", &up.url(), false))
+        .post_ok("/tyk/apis", &api("keyed", "/keyed", &up.url(), false))
         .await;
     let mut custom = api("custom", "/custom", &up.url(), false);
     custom["auth"]["auth_header_name"] = json!("x-api-key");
-    admin.post("/tyk/apis", &custom).await;
+    admin.post_ok("/tyk/apis", &custom).await;
     let (status, key) = Tyk::new(&ki.url)
         .post(
             "/tyk/keys",
@@ -302,10 +302,10 @@ async fn framing_faults_are_blamed_on_whoever_made_them() {
     let proxy = start_proxy(&nats, |_| {}).await;
     let admin = Tyk::new(&proxy.admin.url);
     admin
-        .post("/tyk/apis", &api("echo", "/echo", &up.url(), true))
+        .post_ok("/tyk/apis", &api("echo", "/echo", &up.url(), true))
         .await;
     admin
-        .post("/tyk/apis", &api("twice", "/twice", &twice, true))
+        .post_ok("/tyk/apis", &api("twice", "/twice", &twice, true))
         .await;
     reload(&admin).await;
     let gw = host_port(&proxy.gateway);
@@ -415,7 +415,7 @@ async fn a_thousand_idle_connections_under_a_soft_limit_of_1024_stop_nothing() {
         eprintln!("SKIPPED the idle-connection part: the hard open-files limit here is {hard}");
         return;
     }
-    tyk.post("/tyk/apis", &api("open", "/open", &up.url(), true))
+    tyk.post_ok("/tyk/apis", &api("open", "/open", &up.url(), true))
         .await;
     reload(&tyk).await;
 
@@ -488,7 +488,7 @@ async fn a_restarted_replica_answers_nothing_from_a_view_that_is_behind() {
     let keys = Tyk::new(&ki.url);
     let first_proxy = start_proxy(&nats, |_| {}).await;
     Tyk::new(&first_proxy.admin.url)
-        .post("/tyk/apis", &api("pets", "/pets", &up.url(), false))
+        .post_ok("/tyk/apis", &api("pets", "/pets", &up.url(), false))
         .await;
     // A long log: thousands of keys, then the policy and the key asked for.
     let made: Vec<u16> = futures_util::stream::iter(0..3_000)
@@ -622,10 +622,10 @@ async fn after_nats_was_away_ten_seconds_a_deleted_key_is_refused_everywhere_wit
     let b = start_proxy(&nats, stale_after).await;
     let admin = Tyk::new(&a.admin.url);
     admin
-        .post("/tyk/apis", &api("pets", "/pets", &up.url(), false))
+        .post_ok("/tyk/apis", &api("pets", "/pets", &up.url(), false))
         .await;
-    let (_, key) = keys
-        .post(
+    let key = keys
+        .post_ok(
             "/tyk/keys",
             &json!({"org_id": "acme", "access_rights": {"pets": {"api_id": "pets"}}}),
         )

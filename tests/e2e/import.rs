@@ -215,7 +215,8 @@ async fn a_tyk_sync_dump_and_a_key_export_come_over_once() {
     let after_first = counts(&hub.nats).await;
 
     // Twice: nothing changes, nothing is written.
-    let (_, out) = import(&hub, &[folder, "--keys", keys_arg]).await;
+    let (code, out) = import(&hub, &[folder, "--keys", keys_arg]).await;
+    assert_ne!(code, 0, "the OAS API and the template are still refused");
     assert!(
         out.contains("APIs: 0 created, 0 updated, 2 unchanged, 2 refused"),
         "{out}"
@@ -238,15 +239,17 @@ async fn a_tyk_sync_dump_and_a_key_export_come_over_once() {
         "api-pets.json",
         &json!({"api_definition": pets}),
     );
-    let (_, out) = import(&hub, &[folder, "--dry-run"]).await;
+    let (code, out) = import(&hub, &[folder, "--dry-run"]).await;
+    assert_ne!(code, 0, "the OAS API and the template are still refused");
     assert!(out.contains("would update API pets"), "{out}");
     assert_eq!(counts(&hub.nats).await, after_first);
-    let (_, out) = import(&hub, &[folder]).await;
+    let (code, out) = import(&hub, &[folder]).await;
+    assert_ne!(code, 0, "the OAS API and the template are still refused");
     assert!(
         out.contains("APIs: 0 created, 1 updated, 1 unchanged"),
         "{out}"
     );
-    assert_eq!(tyk.get("/tyk/apis/pets").await.1["name"], "Pets, renamed");
+    assert_eq!(tyk.get_ok("/tyk/apis/pets").await["name"], "Pets, renamed");
 
     // A malformed file stops the import, named, before anything is written.
     std::fs::write(
@@ -262,7 +265,7 @@ async fn a_tyk_sync_dump_and_a_key_export_come_over_once() {
     assert_ne!(code, 0);
     assert!(out.contains("policy-5f1c.json is not valid JSON"), "{out}");
     assert_eq!(counts(&hub.nats).await, before, "nothing written");
-    assert_eq!(tyk.get("/tyk/apis/orders").await.1["name"], "API orders");
+    assert_eq!(tyk.get_ok("/tyk/apis/orders").await["name"], "API orders");
     hub.stop.cancel();
 }
 
@@ -290,7 +293,7 @@ async fn a_file_based_gateways_folder_comes_over() {
         "{out}"
     );
     let tyk = Tyk::new(&hub.url);
-    assert_eq!(tyk.get("/tyk/policies/silver").await.1["rate"], 10.0);
+    assert_eq!(tyk.get_ok("/tyk/policies/silver").await["rate"], 10.0);
     hub.stop.cancel();
 }
 
@@ -376,7 +379,7 @@ async fn a_live_tyk_gateway_comes_over_twice_changing_nothing_the_second_time() 
     assert!(out.contains("APIs: 1 created"), "{out}");
     assert!(out.contains("keys: 1 created"), "{out}");
     let tyk = Tyk::new(&hub.url);
-    let (_, key) = tyk.get("/tyk/keys/live-key-0001").await;
+    let key = tyk.get_ok("/tyk/keys/live-key-0001").await;
     assert_eq!(key["rate"].as_f64(), Some(5.0), "{key}");
     let before = counts(&hub.nats).await;
     let (code, out) = import(&hub, &args).await;

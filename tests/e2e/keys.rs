@@ -91,7 +91,7 @@ async fn keys_round_trip_as_tyk_answers_them() {
         .put(&format!("/tyk/keys/{key}?suppress_reset=1"), &changed)
         .await;
     assert_eq!((status, answer["action"].as_str()), (200, Some("modified")));
-    let (_, kept) = tyk.get(&format!("/tyk/keys/{key}")).await;
+    let kept = tyk.get_ok(&format!("/tyk/keys/{key}")).await;
     assert_eq!(
         (kept["alias"].as_str(), kept["quota_max"].as_i64()),
         (Some("mobile-2"), Some(500))
@@ -101,8 +101,8 @@ async fn keys_round_trip_as_tyk_answers_them() {
     // limits::quotas_headers_throttling_and_switches_behave_as_tyk).
     assert_eq!(kept["quota_remaining"], 500);
     assert_eq!(kept["date_created"], shown["date_created"]);
-    tyk.put(&format!("/tyk/keys/{key}"), &changed).await;
-    let (_, reset) = tyk.get(&format!("/tyk/keys/{key}")).await;
+    tyk.put_ok(&format!("/tyk/keys/{key}"), &changed).await;
+    let reset = tyk.get_ok(&format!("/tyk/keys/{key}")).await;
     assert_eq!(reset["quota_remaining"], 500, "without it, a new period");
 
     // A custom key; a POST to an existing one overwrites it, as Tyk; one
@@ -121,7 +121,7 @@ async fn keys_round_trip_as_tyk_answers_them() {
         "{again}"
     );
     assert_eq!(
-        tyk.get("/tyk/keys/my-custom-key-1").await.1["alias"],
+        tyk.get_ok("/tyk/keys/my-custom-key-1").await["alias"],
         "replaced"
     );
     let (status, _) = tyk.post("/tyk/keys/abc", &session).await;
@@ -204,7 +204,7 @@ async fn policies_shape_the_effective_session_the_proxy_reads() {
         (200, Some("silver"), Some("added")),
         "{at}"
     );
-    assert_eq!(tyk.get("/tyk/policies/silver").await.1["name"], "Silver");
+    assert_eq!(tyk.get_ok("/tyk/policies/silver").await["name"], "Silver");
     assert_eq!(tyk.delete("/tyk/policies/silver").await.0, 200);
     let (status, list) = tyk.get("/tyk/policies").await;
     assert_eq!((status, list.as_array().unwrap().len()), (200, 2));
@@ -221,14 +221,14 @@ async fn policies_shape_the_effective_session_the_proxy_reads() {
     // A key that applies the policy: as stored (`stored=true`) it has no
     // limits of its own; a plain GET answers it merged with the policy, as
     // Tyk does (its own API tests expect the policy's quota there).
-    let (_, created) = tyk
-        .post(
+    let created = tyk
+        .post_ok(
             "/tyk/keys",
             &json!({"org_id": "acme", "alias": "partner", "apply_policies": ["gold"]}),
         )
         .await;
     let key = created["key"].as_str().unwrap().to_owned();
-    let (_, stored) = tyk.get(&format!("/tyk/keys/{key}?stored=true")).await;
+    let stored = tyk.get_ok(&format!("/tyk/keys/{key}?stored=true")).await;
     assert_eq!(stored["rate"].as_f64(), Some(0.0));
     let (status, effective) = tyk.get(&format!("/tyk/keys/{key}")).await;
     assert_eq!(status, 200, "{effective}");
@@ -256,7 +256,7 @@ async fn policies_shape_the_effective_session_the_proxy_reads() {
         (status, modified["action"].as_str()),
         (200, Some("modified"))
     );
-    let (_, effective) = tyk.get(&format!("/tyk/keys/{key}")).await;
+    let effective = tyk.get_ok(&format!("/tyk/keys/{key}")).await;
     assert_eq!(effective["rate"].as_f64(), Some(500.0));
 
     // A second policy: rights are the union, the most generous limits win.
@@ -279,7 +279,7 @@ async fn policies_shape_the_effective_session_the_proxy_reads() {
         (200, Some("updated")),
         "{set}"
     );
-    let (_, effective) = tyk.get(&format!("/tyk/keys/{key}")).await;
+    let effective = tyk.get_ok(&format!("/tyk/keys/{key}")).await;
     let apis: Vec<&String> = effective["access_rights"]
         .as_object()
         .unwrap()
@@ -314,8 +314,8 @@ async fn policies_shape_the_effective_session_the_proxy_reads() {
         .post("/tyk/keys", &json!({"apply_policies": ["nope", "gold"]}))
         .await;
     assert_eq!(status, 200, "{mixed}");
-    let (_, merged) = tyk
-        .get(&format!("/tyk/keys/{}", mixed["key"].as_str().unwrap()))
+    let merged = tyk
+        .get_ok(&format!("/tyk/keys/{}", mixed["key"].as_str().unwrap()))
         .await;
     assert_eq!(merged["rate"].as_f64(), Some(500.0));
     // Per-API and partitioned policies can never be applied together:
@@ -394,11 +394,11 @@ async fn organisation_sessions_limit_or_block_an_organisation() {
         ),
         (200, Some("acme"), Some(10))
     );
-    tyk.post("/tyk/org/keys/globex", &json!({"rate": 5, "per": 1}))
+    tyk.post_ok("/tyk/org/keys/globex", &json!({"rate": 5, "per": 1}))
         .await;
-    let (_, list) = tyk.get("/tyk/org/keys").await;
+    let list = tyk.get_ok("/tyk/org/keys").await;
     assert_eq!(list["keys"], json!(["acme", "globex"]));
-    let (_, filtered) = tyk.get("/tyk/org/keys?filter=gl").await;
+    let filtered = tyk.get_ok("/tyk/org/keys?filter=gl").await;
     assert_eq!(filtered["keys"], json!(["globex"]));
 
     // is_inactive blocks every key of the organisation at the proxy.
@@ -412,17 +412,17 @@ async fn organisation_sessions_limit_or_block_an_organisation() {
         (status, modified["action"].as_str()),
         (200, Some("modified"))
     );
-    let (_, shown) = tyk.get("/tyk/org/keys/acme").await;
+    let shown = tyk.get_ok("/tyk/org/keys/acme").await;
     assert_eq!(shown["is_inactive"], true);
     // Nothing counted against it yet: all of it is left (a spent one kept
     // without reset_quota: limits::organisation_limits_sum_their_keys_traffic).
     assert_eq!(shown["quota_remaining"], 20);
-    tyk.put(
+    tyk.put_ok(
         "/tyk/org/keys/acme?reset_quota=1",
         &json!({"quota_max": 20, "is_inactive": true}),
     )
     .await;
-    let (_, shown) = tyk.get("/tyk/org/keys/acme").await;
+    let shown = tyk.get_ok("/tyk/org/keys/acme").await;
     assert_eq!(
         shown["quota_remaining"], 20,
         "reset_quota=1 starts a new period"
@@ -443,7 +443,7 @@ async fn organisation_sessions_limit_or_block_an_organisation() {
         (200, Some("modified")),
         "{created}"
     );
-    assert_eq!(tyk.get("/tyk/org/keys/initech").await.1["rate"], 1.0);
+    assert_eq!(tyk.get_ok("/tyk/org/keys/initech").await["rate"], 1.0);
     let (status, _) = tyk.delete("/tyk/org/keys/acme").await;
     assert_eq!(status, 200);
     let (status, gone) = tyk.get("/tyk/org/keys/acme").await;
@@ -517,7 +517,7 @@ async fn oauth_clients_their_secrets_and_their_tokens() {
     )
     .await;
     let tyk = Tyk::new(&ki.url);
-    tyk.post("/tyk/policies", &gold("pets")).await;
+    tyk.post_ok("/tyk/policies", &gold("pets")).await;
 
     // Tyk's refusals: an API the gateway does not have, one without
     // OAuth 2.0, a policy that does not exist; metadata may be any JSON.
@@ -579,11 +579,13 @@ async fn oauth_clients_their_secrets_and_their_tokens() {
         (200, Some("https://app.example/cb"))
     );
     assert!(shown.get("secret").is_none(), "{shown}");
-    let (_, list) = tyk.get("/tyk/oauth/clients/pets").await;
+    let list = tyk.get_ok("/tyk/oauth/clients/pets").await;
     assert_eq!(list.as_array().unwrap().len(), 1);
-    let (_, none) = tyk.get("/tyk/oauth/clients/other-api").await;
+    let none = tyk.get_ok("/tyk/oauth/clients/other-api").await;
     assert_eq!(none, json!([]));
-    let (_, apis) = tyk.get(&format!("/tyk/oauth/clients/apis/{client}")).await;
+    let apis = tyk
+        .get_ok(&format!("/tyk/oauth/clients/apis/{client}"))
+        .await;
     assert_eq!(apis, json!(["pets"]));
     // A client for an API its policy does not cover is refused.
     let (status, refused) = tyk
@@ -639,8 +641,8 @@ async fn oauth_clients_their_secrets_and_their_tokens() {
         .collect();
     assert_eq!(codes.len(), 3);
     assert!(codes.contains(&sha256(&access[0]).as_str()));
-    let (_, page) = tyk
-        .get(&format!("/tyk/oauth/clients/pets/{client}/tokens?page=1"))
+    let page = tyk
+        .get_ok(&format!("/tyk/oauth/clients/pets/{client}/tokens?page=1"))
         .await;
     assert_eq!(page["Pagination"]["page_num"], 1);
     assert_eq!(page["Tokens"].as_array().unwrap().len(), 3);
@@ -680,8 +682,8 @@ async fn oauth_clients_their_secrets_and_their_tokens() {
         )
         .await;
     assert_eq!(status, 200);
-    let (_, tokens) = tyk
-        .get(&format!("/tyk/oauth/clients/pets/{client}/tokens"))
+    let tokens = tyk
+        .get_ok(&format!("/tyk/oauth/clients/pets/{client}/tokens"))
         .await;
     assert_eq!(tokens, json!([]));
     assert!(
@@ -718,8 +720,8 @@ async fn oauth_clients_their_secrets_and_their_tokens() {
             .is_some()
     );
     let lapsed = eventually(Duration::from_secs(5), || async {
-        let (_, tokens) = tyk
-            .get(&format!("/tyk/oauth/clients/pets/{client}/tokens"))
+        let tokens = tyk
+            .get_ok(&format!("/tyk/oauth/clients/pets/{client}/tokens"))
             .await;
         (tokens == json!([])).then_some(())
     })
@@ -772,7 +774,7 @@ async fn bad_input_gets_tyks_errors_and_stores_nothing() {
     let nats = Nats::start().await;
     let (ki, _) = start_key_issuer(&nats, |_| {}).await;
     let tyk = Tyk::new(&ki.url);
-    tyk.post("/tyk/policies", &gold("pets")).await;
+    tyk.post_ok("/tyk/policies", &gold("pets")).await;
     let before = stream_count(&nats.js, streams::KEYS).await;
 
     for secret in [None, Some("wrong-secret-0123456789")] {
@@ -873,10 +875,10 @@ async fn two_replicas_writing_one_key_lose_no_update() {
     for p in ["p1", "p2"] {
         let mut policy = gold("pets");
         policy["id"] = json!(p);
-        ta.post("/tyk/policies", &policy).await;
+        ta.post_ok("/tyk/policies", &policy).await;
     }
     let key = "shared-key-0001";
-    ta.post(
+    ta.post_ok(
         &format!("/tyk/keys/{key}"),
         &json!({"alias": "v0", "apply_policies": ["p1"]}),
     )
@@ -931,11 +933,11 @@ async fn two_replicas_writing_one_key_lose_no_update() {
     // Both replicas read what the log's last event says.
     let last = sessions.last().unwrap();
     for t in [&ta, &tb] {
-        let (_, shown) = t.get(&format!("/tyk/keys/{key}?stored=true")).await;
+        let shown = t.get_ok(&format!("/tyk/keys/{key}?stored=true")).await;
         assert_eq!(&shown, last);
     }
-    let (_, da) = ta.get("/api/keys/digest").await;
-    let (_, db) = tb.get("/api/keys/digest").await;
+    let da = ta.get_ok("/api/keys/digest").await;
+    let db = tb.get_ok("/api/keys/digest").await;
     assert_eq!(da, db, "the two replicas hold the same view");
     a.stop().await;
     b.stop().await;
@@ -947,22 +949,22 @@ async fn listing_follows_hashing_and_its_switch() {
     let (listing, _) = start_key_issuer(&nats, |c| c.enable_hashed_keys_listing = true).await;
     let (plain, _) = start_key_issuer(&nats, |c| c.hash_keys = false).await;
     let session = json!({"access_rights": {"pets": {}}});
-    let (_, created) = Tyk::new(&listing.url).post("/tyk/keys", &session).await;
+    let created = Tyk::new(&listing.url).post_ok("/tyk/keys", &session).await;
     let key = created["key"].as_str().unwrap();
     let (status, listed) = Tyk::new(&listing.url).get("/tyk/keys").await;
     assert_eq!(
         (status, listed["keys"].clone()),
         (200, json!([sha256(key)]))
     );
-    let (_, filtered) = Tyk::new(&listing.url)
-        .get(&format!("/tyk/keys?filter={}", &sha256(key)[..6]))
+    let filtered = Tyk::new(&listing.url)
+        .get_ok(&format!("/tyk/keys?filter={}", &sha256(key)[..6]))
         .await;
     assert_eq!(filtered["keys"].as_array().unwrap().len(), 1);
     assert!(filtered.get("sessions").is_none(), "only when asked");
     // ?sessions=true (Meridian's): each key as stored and its quota, in
     // one answer.
-    let (_, quota_key) = Tyk::new(&listing.url)
-        .post(
+    let quota_key = Tyk::new(&listing.url)
+        .post_ok(
             "/tyk/keys",
             &json!({"alias": "with-quota", "quota_max": 50, "quota_renewal_rate": 60,
                 "access_rights": {"pets": {}}}),
@@ -988,7 +990,7 @@ async fn listing_follows_hashing_and_its_switch() {
     // Without hashing (as Tyk's hash_keys: false) answers carry no
     // key_hash and the listing is on; it still lists hashes, since keys are
     // never stored in clear.
-    let (_, created) = Tyk::new(&plain.url).post("/tyk/keys", &session).await;
+    let created = Tyk::new(&plain.url).post_ok("/tyk/keys", &session).await;
     assert!(created.get("key_hash").is_none(), "{created}");
     let (status, listed) = Tyk::new(&plain.url).get("/tyk/keys").await;
     assert_eq!(status, 200);
@@ -1003,27 +1005,27 @@ async fn changes_become_public_events_without_secrets() {
     let (ki, _) = start_key_issuer(&nats, |_| {}).await;
     let _gateway = gateway_with(&nats, &[("pets", true)]).await;
     let tyk = Tyk::new(&ki.url);
-    tyk.post("/tyk/policies", &gold("pets")).await;
-    let (_, created) = tyk
-        .post(
+    tyk.post_ok("/tyk/policies", &gold("pets")).await;
+    let created = tyk
+        .post_ok(
             "/tyk/keys",
             &json!({"org_id": "acme", "alias": "partner", "apply_policies": ["gold"]}),
         )
         .await;
     let key = created["key"].as_str().unwrap().to_owned();
-    tyk.put(
+    tyk.put_ok(
         &format!("/tyk/keys/{key}"),
         &json!({"org_id": "acme", "alias": "partner-2", "apply_policies": ["gold"]}),
     )
     .await;
-    let (_, client) = tyk
-        .post(
+    let client = tyk
+        .post_ok(
             "/tyk/oauth/clients/create",
             &json!({"api_id": "pets", "policy_id": "gold"}),
         )
         .await;
     let secret = client["secret"].as_str().unwrap().to_owned();
-    tyk.delete(&format!("/tyk/keys/{key}")).await;
+    tyk.delete_ok(&format!("/tyk/keys/{key}")).await;
 
     let keys = wait_for_public(&nats.js, "events.key.>", 3).await;
     let kinds: Vec<&str> = keys.iter().map(|e| e["type"].as_str().unwrap()).collect();
@@ -1083,21 +1085,21 @@ async fn restart_and_rebuild_give_the_same_view_and_publish_nothing_twice() {
     let (ki, _) = start_key_issuer(&nats, |_| {}).await;
     let _gateway = gateway_with(&nats, &[("pets", true)]).await;
     let tyk = Tyk::new(&ki.url);
-    tyk.post("/tyk/policies", &gold("pets")).await;
+    tyk.post_ok("/tyk/policies", &gold("pets")).await;
     for i in 0..5 {
-        tyk.post(
+        tyk.post_ok(
             &format!("/tyk/keys/restart-key-{i}"),
             &json!({"apply_policies": ["gold"]}),
         )
         .await;
     }
-    tyk.post("/tyk/org/keys/acme", &json!({"rate": 1, "per": 1}))
+    tyk.post_ok("/tyk/org/keys/acme", &json!({"rate": 1, "per": 1}))
         .await;
-    tyk.post("/tyk/oauth/clients/create", &json!({"api_id": "pets"}))
+    tyk.post_ok("/tyk/oauth/clients/create", &json!({"api_id": "pets"}))
         .await;
     // 1 policy + 5 keys + 1 client, published once the relay caught up.
     wait_for_public(&nats.js, "events.>", 7).await;
-    let (_, before) = tyk.get("/api/keys/digest").await;
+    let before = tyk.get_ok("/api/keys/digest").await;
     ki.stop().await;
 
     let rebuilt = meridian_key_issuer::rebuild(&nats.url()).await.unwrap();
@@ -1106,11 +1108,11 @@ async fn restart_and_rebuild_give_the_same_view_and_publish_nothing_twice() {
 
     let (again, _) = start_key_issuer(&nats, |_| {}).await;
     let tyk = Tyk::new(&again.url);
-    let (_, after) = tyk.get("/api/keys/digest").await;
+    let after = tyk.get_ok("/api/keys/digest").await;
     assert_eq!(after, before, "a restarted replica folds the same view");
     // A change after the restart is published once the relay has gone past
     // everything before it: then the stream holds exactly one more event.
-    tyk.post(
+    tyk.post_ok(
         "/tyk/keys/restart-key-9",
         &json!({"apply_policies": ["gold"]}),
     )
@@ -1151,27 +1153,27 @@ async fn the_raw_key_is_in_no_log_line_and_no_file_of_the_data_directory() {
     .await;
     assert!(ready.is_some(), "the key-issuer binary did not start");
     let tyk = Tyk::new(&base);
-    tyk.post("/tyk/policies", &gold("pets")).await;
-    let (_, created) = tyk
-        .post(
+    tyk.post_ok("/tyk/policies", &gold("pets")).await;
+    let created = tyk
+        .post_ok(
             "/tyk/keys",
             &json!({"alias": "logged?", "apply_policies": ["gold"]}),
         )
         .await;
     let key = created["key"].as_str().unwrap().to_owned();
     let custom = "a-custom-key-nobody-may-see";
-    tyk.post(
+    tyk.post_ok(
         &format!("/tyk/keys/{custom}"),
         &json!({"apply_policies": ["gold"]}),
     )
     .await;
-    tyk.get(&format!("/tyk/keys/{key}")).await;
-    tyk.put(
+    tyk.get_ok(&format!("/tyk/keys/{key}")).await;
+    tyk.put_ok(
         &format!("/tyk/keys/{custom}"),
         &json!({"apply_policies": ["gold"]}),
     )
     .await;
-    tyk.delete(&format!("/tyk/keys/{key}")).await;
+    tyk.delete_ok(&format!("/tyk/keys/{key}")).await;
     let pid = child.id().unwrap().to_string();
     std::process::Command::new("kill")
         .args(["-TERM", &pid])

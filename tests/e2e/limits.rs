@@ -37,7 +37,7 @@ async fn add_apis(proxies: &[Proxy], upstream: &str, apis: &[Value]) {
 /// everything (a replica joins the live set with its first announcement).
 async fn wait_applied(admin: &Tyk, replicas: usize) {
     let heard = eventually(Duration::from_secs(10), || async {
-        let (_, hello) = admin.get("/hello").await;
+        let hello = admin.get_ok("/hello").await;
         let live = hello["details"]["replicas"]["output"].as_str()?.to_owned();
         live.starts_with(&format!("{replicas} live")).then_some(())
     })
@@ -480,7 +480,7 @@ async fn organisation_limits_sum_their_keys_traffic() {
         )
         .await;
     assert_eq!(status, 200);
-    let (_, org) = keys.get("/tyk/org/keys/quotaorg").await;
+    let org = keys.get_ok("/tyk/org/keys/quotaorg").await;
     let left = org["quota_remaining"].as_i64().expect("quota_remaining");
     assert!(
         (0..=5).contains(&left),
@@ -594,7 +594,7 @@ async fn quotas_headers_throttling_and_switches_behave_as_tyk() {
         (403, r#"{"error":"Quota exceeded"}"#)
     );
     assert_eq!(a.reset, None, "a refusal carries no quota headers (Tyk's)");
-    let shown = keys.get(&format!("/tyk/keys/{k}")).await.1;
+    let shown = keys.get_ok(&format!("/tyk/keys/{k}")).await;
     assert_eq!(
         (
             shown["quota_remaining"].as_i64(),
@@ -614,13 +614,18 @@ async fn quotas_headers_throttling_and_switches_behave_as_tyk() {
         .put(&format!("/tyk/keys/{k}?suppress_reset=1"), &session)
         .await;
     assert_eq!(status, 200);
-    tokio::time::sleep(Duration::from_millis(200)).await; // nothing to wait for: it must stay refused
-    let still = eventually(Duration::from_secs(2), || async {
-        let a = call(&client, &format!("{gw}/a/x"), Some(&k)).await;
-        (a.status == 403).then_some(())
+    // The update is on KEYS before its 200: once the proxy says it applied
+    // all of KEYS, the key it serves is the updated one, and still refused.
+    let admin = Tyk::new(&proxies[0].admin.url).with_secret(None);
+    let applied = eventually(Duration::from_secs(5), || async {
+        let hello = admin.get_ok("/hello").await;
+        let keys = hello["details"]["keys"]["output"].as_str()?.to_owned();
+        keys.starts_with("lag 0 ").then_some(())
     })
     .await;
-    assert!(still.is_some(), "suppress_reset=1 keeps the spent quota");
+    assert!(applied.is_some(), "the proxy never applied the update");
+    let a = call(&client, &format!("{gw}/a/x"), Some(&k)).await;
+    assert_eq!(a.status, 403, "suppress_reset=1 keeps the spent quota");
     tokio::time::sleep(Duration::from_millis(1_100)).await; // last_updated is in seconds
     let (status, _) = keys.put(&format!("/tyk/keys/{k}"), &session).await;
     assert_eq!(status, 200);
@@ -633,7 +638,7 @@ async fn quotas_headers_throttling_and_switches_behave_as_tyk() {
     assert_eq!(again.limit, Some(5));
     // key-issuer shows what is left once the replica gave back what it holds.
     let exact = eventually(Duration::from_secs(5), || async {
-        let shown = keys.get(&format!("/tyk/keys/{k}")).await.1;
+        let shown = keys.get_ok(&format!("/tyk/keys/{k}")).await;
         (shown["quota_remaining"].as_i64() == Some(4)).then_some(())
     })
     .await;

@@ -191,16 +191,16 @@ async fn every_service_serves_its_metrics() {
     // key-issuer: its requests, what it published to KEYS and folded back.
     let (key_issuer, _) = tyk::start_key_issuer(&nats, |_| {}).await;
     let tyk = tyk::Tyk::new(&key_issuer.url);
-    tyk.post(
+    tyk.post_ok(
         "/tyk/policies",
         &serde_json::json!({"id": "p", "access_rights": {"a": {}}}),
     )
     .await;
     for _ in 0..3 {
-        tyk.post("/tyk/keys", &serde_json::json!({"apply_policies": ["p"]}))
+        tyk.post_ok("/tyk/keys", &serde_json::json!({"apply_policies": ["p"]}))
             .await;
     }
-    tyk.get("/api/keys/digest").await;
+    tyk.get_ok("/api/keys/digest").await;
     let keys = stream_count(&nats.js, streams::KEYS).await as f64;
     assert_eq!(keys, 4.0, "a policy and three keys");
     let text = scrape(&key_issuer.url).await;

@@ -212,9 +212,9 @@ async fn tagged_policies_become_products_and_plans_that_hide_and_come_back() {
     // Read-modify-write: what GET answered goes back with one field
     // changed; the fields the admin cannot set pass when unchanged, and a
     // change of one is refused naming it.
-    let (_, mut shown) = s
+    let mut shown = s
         .portal
-        .get(&format!("/portal-api/products/{product_id}"))
+        .get_ok(&format!("/portal-api/products/{product_id}"))
         .await;
     shown["docs"] = json!("# Orders, with examples");
     let (status, body) = s
@@ -223,7 +223,10 @@ async fn tagged_policies_become_products_and_plans_that_hide_and_come_back() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["docs"], "# Orders, with examples");
-    let (_, mut plan_shown) = s.portal.get(&format!("/portal-api/plans/{plan_id}")).await;
+    let mut plan_shown = s
+        .portal
+        .get_ok(&format!("/portal-api/plans/{plan_id}"))
+        .await;
     plan_shown["published"] = json!(true);
     let (status, body) = s
         .portal
@@ -269,9 +272,9 @@ async fn tagged_policies_become_products_and_plans_that_hide_and_come_back() {
     let shown = list(&s.portal, "/portal-api/products").await;
     assert_eq!(shown.len(), 9);
     assert!(shown.iter().all(|p| p["id"] != product_id.as_str()));
-    let (_, hidden) = s
+    let hidden = s
         .portal
-        .get(&format!("/portal-api/products/{product_id}"))
+        .get_ok(&format!("/portal-api/products/{product_id}"))
         .await;
     assert_eq!(
         (hidden["hidden"].clone(), hidden["published"].clone()),
@@ -301,16 +304,19 @@ async fn tagged_policies_become_products_and_plans_that_hide_and_come_back() {
     s.dash.set_tags("acc-01", &["portal"]);
     s.dash.put_policy(lim1);
     assert_eq!(counts(&s.portal.sync(&s.provider).await), (0, 0, 0, 2));
-    let (_, back) = s
+    let back = s
         .portal
-        .get(&format!("/portal-api/products/{product_id}"))
+        .get_ok(&format!("/portal-api/products/{product_id}"))
         .await;
     assert_eq!(back["hidden"], false);
     assert_eq!(back["published"], true);
     assert_eq!(back["description"], "Orders for partners");
     assert_eq!(back["docs"], "# Orders");
     assert_eq!(back["catalogues"], json!(["public"]));
-    let (_, plan) = s.portal.get(&format!("/portal-api/plans/{plan_id}")).await;
+    let plan = s
+        .portal
+        .get_ok(&format!("/portal-api/plans/{plan_id}"))
+        .await;
     assert_eq!(
         (
             plan["hidden"].clone(),
@@ -322,9 +328,9 @@ async fn tagged_policies_become_products_and_plans_that_hide_and_come_back() {
     );
 
     // The provider shows its last sync; the public stream has every change.
-    let (_, provider) = s
+    let provider = s
         .portal
-        .get(&format!("/portal-api/providers/{}", s.provider))
+        .get_ok(&format!("/portal-api/providers/{}", s.provider))
         .await;
     assert_eq!(provider["last_sync"]["status"], "ok");
     assert_eq!(provider["secret"], "********");
@@ -412,7 +418,7 @@ async fn a_failed_or_partial_fetch_hides_nothing() {
     nothing_hidden().await;
     // Back to the right secret; a change without a secret keeps it.
     s.portal
-        .put(
+        .put_ok(
             &path,
             Some(
                 &json!({"name": "Dashboard EU", "url": s.dash.url, "secret": DASH_SECRET,
@@ -612,9 +618,9 @@ async fn stream_text(js: &async_nats::jetstream::Context, stream: &str) -> Strin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provisioning_requests_become_credentials_by_hand_or_automatically() {
     let s = setup(empty_dashboard().await).await;
-    let (_, product) = s
+    let product = s
         .portal
-        .post(
+        .post_ok(
             "/portal-api/products",
             &json!({"name": "Orders", "provider_id": s.provider, "apis": [{"api_id": "orders"}], "published": true}),
         )
@@ -623,17 +629,17 @@ async fn provisioning_requests_become_credentials_by_hand_or_automatically() {
         json!({"name": name, "provider_id": s.provider, "rate": 10, "per": 1,
             "auto_approve": auto, "published": published})
     };
-    let (_, manual) = s
+    let manual = s
         .portal
-        .post("/portal-api/plans", &plan("Manual", false, true))
+        .post_ok("/portal-api/plans", &plan("Manual", false, true))
         .await;
-    let (_, auto) = s
+    let auto = s
         .portal
-        .post("/portal-api/plans", &plan("Auto", true, true))
+        .post_ok("/portal-api/plans", &plan("Auto", true, true))
         .await;
-    let (_, draft) = s
+    let draft = s
         .portal
-        .post("/portal-api/plans", &plan("Draft", true, false))
+        .post_ok("/portal-api/plans", &plan("Draft", true, false))
         .await;
     let (status, app) = s
         .portal
@@ -700,9 +706,9 @@ async fn provisioning_requests_become_credentials_by_hand_or_automatically() {
     assert!(s.dash.keys().contains_key(&sha256(&auto_key)));
 
     // Rejected; an unpublished Plan is refused.
-    let (_, third) = s
+    let third = s
         .portal
-        .post("/portal-api/provisioning-requests", &ask(&manual))
+        .post_ok("/portal-api/provisioning-requests", &ask(&manual))
         .await;
     let third = id(&third["request"]);
     let (status, rejected) = s
@@ -737,9 +743,9 @@ async fn provisioning_requests_become_credentials_by_hand_or_automatically() {
 
     // A Product and a Plan of two providers: one credential cannot hold both.
     let other = add_provider(&s.portal, "Second", &s.dash.url, DASH_SECRET, "second").await;
-    let (_, other_plan) = s
+    let other_plan = s
         .portal
-        .post(
+        .post_ok(
             "/portal-api/plans",
             &json!({"name": "Other", "provider_id": other["id"], "published": true}),
         )
@@ -901,7 +907,7 @@ async fn providers_are_checked_and_their_secret_never_shown() {
     assert_eq!(status, 409, "{body}");
     let product = &list(&portal, "/portal-api/products").await[0];
     portal
-        .delete(&format!(
+        .delete_ok(&format!(
             "/portal-api/products/{}",
             product["id"].as_str().unwrap()
         ))
@@ -991,8 +997,8 @@ async fn a_meridian_provider_issues_keys_the_proxy_honours() {
         (0, 0, 0, 0),
         "both recognised"
     );
-    let (_, app) = portal
-        .post(
+    let app = portal
+        .post_ok(
             "/portal-api/apps",
             &json!({"name": "Shop", "owner": "dev@example.com"}),
         )
@@ -1055,9 +1061,9 @@ async fn replicas_share_one_sync_and_a_restart_or_rebuild_changes_nothing() {
     let portal_b = Portal::new(&b.running.url);
     // Its start-up sync found the provider unsynced, and ran.
     let first = eventually(Duration::from_secs(30), || async {
-        let (_, p) = s
+        let p = s
             .portal
-            .get(&format!("/portal-api/providers/{}", s.provider))
+            .get_ok(&format!("/portal-api/providers/{}", s.provider))
             .await;
         (p["last_sync"]["status"] == "ok").then_some(p["last_sync"].clone())
     })
@@ -1131,7 +1137,7 @@ async fn replicas_share_one_sync_and_a_restart_or_rebuild_changes_nothing() {
         .unwrap()
         .to_owned();
     portal
-        .put(
+        .put_ok(
             &format!("/portal-api/products/{product}"),
             Some(&json!({"description": "after restart"})),
         )
@@ -1158,9 +1164,11 @@ async fn catalogue_for_requests(portal: &Portal, provider: &str) -> (Value, Valu
         json!({"name": name, "provider_id": provider, "rate": 10, "per": 1,
             "auto_approve": auto, "published": true})
     };
-    let (_, auto) = portal.post("/portal-api/plans", &plan("Auto", true)).await;
-    let (_, manual) = portal
-        .post("/portal-api/plans", &plan("Manual", false))
+    let auto = portal
+        .post_ok("/portal-api/plans", &plan("Auto", true))
+        .await;
+    let manual = portal
+        .post_ok("/portal-api/plans", &plan("Manual", false))
         .await;
     let (status, app) = portal
         .post(

@@ -96,7 +96,7 @@ async fn api_definitions_round_trip_as_tyk_answers_them() {
     assert_eq!(status, 200, "{body}");
     let generated = body["key"].as_str().unwrap().to_owned();
     assert_eq!(generated.len(), 32);
-    let (_, listed) = tyk.get("/tyk/apis").await;
+    let listed = tyk.get_ok("/tyk/apis").await;
     let mut ids: Vec<&str> = listed
         .as_array()
         .unwrap()
@@ -118,7 +118,7 @@ async fn api_definitions_round_trip_as_tyk_answers_them() {
             json!({"key": "pets", "status": "ok", "action": "modified"})
         )
     );
-    assert_eq!(tyk.get("/tyk/apis/pets").await.1["name"], "Pets v2");
+    assert_eq!(tyk.get_ok("/tyk/apis/pets").await["name"], "Pets v2");
     let (status, body) = tyk.delete(&format!("/tyk/apis/{generated}")).await;
     assert_eq!(
         (status, body),
@@ -276,13 +276,13 @@ async fn requests_are_routed_rewritten_and_streamed() {
     let gw = &proxy.gateway;
     let target = format!("{}/base", up.url());
 
-    tyk.post("/tyk/apis", &api("root", "/", &other.url(), true))
+    tyk.post_ok("/tyk/apis", &api("root", "/", &other.url(), true))
         .await;
-    tyk.post("/tyk/apis", &api("pets", "/pets/", &target, true))
+    tyk.post_ok("/tyk/apis", &api("pets", "/pets/", &target, true))
         .await;
     let mut cats = api("cats", "/pets/cats", &up.url(), true);
     cats["proxy"]["strip_listen_path"] = json!(false);
-    tyk.post("/tyk/apis", &cats).await;
+    tyk.post_ok("/tyk/apis", &cats).await;
     reload(&tyk).await;
 
     // Longest listen path wins; strip or keep it; the query passes.
@@ -292,11 +292,14 @@ async fn requests_are_routed_rewritten_and_streamed() {
         (seen["path"].as_str(), seen["query"].as_str()),
         (Some("/pets/cats/1"), Some("a=b"))
     );
-    let (_, seen) = get(&format!("{gw}/pets/1"), &[]).await;
+    let (status, seen) = get(&format!("{gw}/pets/1"), &[]).await;
+    assert_eq!(status, 200, "/pets/1");
     assert_eq!(seen["path"], "/base/1");
-    let (_, seen) = get(&format!("{gw}/pets"), &[]).await;
+    let (status, seen) = get(&format!("{gw}/pets"), &[]).await;
+    assert_eq!(status, 200, "/pets");
     assert_eq!(seen["path"], "/base");
-    let (_, seen) = get(&format!("{gw}/petshop"), &[]).await;
+    let (status, seen) = get(&format!("{gw}/petshop"), &[]).await;
+    assert_eq!(status, 200, "/petshop");
     assert_eq!(seen["path"], "/petshop", "the root API, not /pets");
 
     // Forwarding headers set, hop-by-hop ones dropped both ways, Host the
@@ -332,13 +335,14 @@ async fn requests_are_routed_rewritten_and_streamed() {
             "versions": {"v1": {"name": "v1"}, "v2": {"name": "v2"}, "old": {"name": "old", "expires": "2001-01-01 00:00"}}});
         v
     };
-    tyk.post("/tyk/apis", &versioned("vh", "/vh", "header"))
+    tyk.post_ok("/tyk/apis", &versioned("vh", "/vh", "header"))
         .await;
-    tyk.post("/tyk/apis", &versioned("vu", "/vu", "url")).await;
+    tyk.post_ok("/tyk/apis", &versioned("vu", "/vu", "url"))
+        .await;
     let mut vq = versioned("vq", "/vq", "url-param");
     vq["definition"]["key"] = json!("version");
     vq["version_data"]["default_version"] = json!("v1");
-    tyk.post("/tyk/apis", &vq).await;
+    tyk.post_ok("/tyk/apis", &vq).await;
     reload(&tyk).await;
     assert_eq!(
         get(&format!("{gw}/vh/x"), &[("x-api-version", "v1")])
@@ -376,7 +380,7 @@ async fn requests_are_routed_rewritten_and_streamed() {
     );
 
     // HTTP/2 without TLS to the upstream.
-    tyk.post(
+    tyk.post_ok(
         "/tyk/apis",
         &api("h2", "/h2", &format!("h2c://{}", up.addr), true),
     )
@@ -398,7 +402,7 @@ async fn requests_are_routed_rewritten_and_streamed() {
     })
     .await;
     let tls_target = format!("https://localhost:{}", secure.addr.port());
-    tyk.post("/tyk/apis", &api("tls", "/tls", &tls_target, true))
+    tyk.post_ok("/tyk/apis", &api("tls", "/tls", &tls_target, true))
         .await;
     reload(&tyk).await;
     let (status, seen) = get(&format!("{}/tls/x", trusting.gateway), &[]).await;
@@ -416,7 +420,7 @@ async fn requests_are_routed_rewritten_and_streamed() {
     // An unknown path: 404 in the data plane's shape.
     let nothing = start_proxy(&nats, |_| {}).await;
     let empty_tyk = Tyk::new(&nothing.admin.url);
-    empty_tyk.delete("/tyk/apis/root").await;
+    empty_tyk.delete_ok("/tyk/apis/root").await;
     reload(&empty_tyk).await;
     let (status, body) = get(&format!("{}/nowhere", nothing.gateway), &[]).await;
     assert_eq!(status, 404);
@@ -463,7 +467,7 @@ async fn large_bodies_stream_through_a_separate_proxy_process() {
     })
     .await;
     assert!(ready.is_some(), "meridian-proxy did not become ready");
-    tyk.post("/tyk/apis", &api("files", "/files", &up.url(), true))
+    tyk.post_ok("/tyk/apis", &api("files", "/files", &up.url(), true))
         .await;
     reload(&tyk).await;
 
@@ -513,7 +517,7 @@ async fn a_dead_or_slow_upstream_is_a_502_or_504() {
     })
     .await;
     let tyk = Tyk::new(&proxy.admin.url);
-    tyk.post(
+    tyk.post_ok(
         "/tyk/apis",
         &api(
             "dead",
@@ -523,9 +527,9 @@ async fn a_dead_or_slow_upstream_is_a_502_or_504() {
         ),
     )
     .await;
-    tyk.post("/tyk/apis", &api("slow", "/slow", &up.url(), false))
+    tyk.post_ok("/tyk/apis", &api("slow", "/slow", &up.url(), false))
         .await;
-    tyk.post("/tyk/apis", &api("fine", "/fine", &up.url(), true))
+    tyk.post_ok("/tyk/apis", &api("fine", "/fine", &up.url(), true))
         .await;
     reload(&tyk).await;
     assert_eq!(
@@ -537,7 +541,7 @@ async fn a_dead_or_slow_upstream_is_a_502_or_504() {
     );
     let mut slow = api("slow", "/slow", &up.url(), true);
     slow["proxy"]["strip_listen_path"] = json!(false);
-    tyk.put("/tyk/apis/slow", &slow).await;
+    tyk.put_ok("/tyk/apis/slow", &slow).await;
     reload(&tyk).await;
     assert_eq!(
         get(&format!("{}/slow/x", proxy.gateway), &[]).await,
@@ -568,14 +572,14 @@ async fn keyed_setup() -> KeyedSetup {
     let proxy = start_proxy(&nats, |_| {}).await;
     let admin = Tyk::new(&proxy.admin.url);
     admin
-        .post("/tyk/apis", &api("pets", "/pets", &up.url(), false))
+        .post_ok("/tyk/apis", &api("pets", "/pets", &up.url(), false))
         .await;
     admin
-        .post("/tyk/apis", &api("open", "/open", &up.url(), true))
+        .post_ok("/tyk/apis", &api("open", "/open", &up.url(), true))
         .await;
     let mut custom = api("custom", "/custom", &up.url(), false);
     custom["auth"]["auth_header_name"] = json!("x-api-key");
-    admin.post("/tyk/apis", &custom).await;
+    admin.post_ok("/tyk/apis", &custom).await;
     KeyedSetup {
         keys: Tyk::new(&ki.url),
         _nats: nats,
@@ -770,7 +774,7 @@ async fn a_revoked_key_stops_working_on_an_open_connection_within_a_second() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let mut session = s.keys.get(&format!("/tyk/keys/{parked}")).await.1;
+    let mut session = s.keys.get_ok(&format!("/tyk/keys/{parked}")).await;
     session["is_inactive"] = json!(true);
     assert_eq!(
         s.keys.put(&format!("/tyk/keys/{parked}"), &session).await.0,
@@ -798,7 +802,7 @@ async fn two_replicas_serve_a_change_once_a_blocking_reload_returned() {
     let tyk_b = Tyk::new(&b.admin.url);
     // Both replicas are heard before the first blocking reload counts them.
     let both = eventually(Duration::from_secs(5), || async {
-        let (_, hello) = tyk_a.with_secret(None).get("/hello").await;
+        let hello = tyk_a.with_secret(None).get_ok("/hello").await;
         (hello["status"] == "pass").then_some(())
     })
     .await;
@@ -806,7 +810,7 @@ async fn two_replicas_serve_a_change_once_a_blocking_reload_returned() {
     for round in 0..10 {
         let id = format!("new{round}");
         tyk_a
-            .post("/tyk/apis", &api(&id, &format!("/{id}"), &up.url(), true))
+            .post_ok("/tyk/apis", &api(&id, &format!("/{id}"), &up.url(), true))
             .await;
         reload(&tyk_a).await;
         // No retry: once the reload returned, both replicas serve it.
@@ -817,7 +821,7 @@ async fn two_replicas_serve_a_change_once_a_blocking_reload_returned() {
                 "{gw} round {round}"
             );
         }
-        tyk_b.delete(&format!("/tyk/apis/{id}")).await;
+        tyk_b.delete_ok(&format!("/tyk/apis/{id}")).await;
         reload(&tyk_b).await;
         for gw in [&a.gateway, &b.gateway] {
             assert_eq!(
@@ -873,14 +877,14 @@ async fn two_replicas_serve_a_change_once_a_blocking_reload_returned() {
     .await;
     let tyk_slow = Tyk::new(&slow.admin.url);
     let heard = eventually(Duration::from_secs(5), || async {
-        let (_, hello) = tyk_slow.with_secret(None).get("/hello").await;
+        let hello = tyk_slow.with_secret(None).get_ok("/hello").await;
         let live = hello["details"]["replicas"]["output"].as_str()?.to_owned();
         live.contains(&laggard.to_string()).then_some(())
     })
     .await;
     assert!(heard.is_some(), "the lagging replica is live on /hello");
     tyk_slow
-        .post("/tyk/apis", &api("lagging", "/lagging", &up.url(), true))
+        .post_ok("/tyk/apis", &api("lagging", "/lagging", &up.url(), true))
         .await;
     let (status, body) = tyk_slow.get("/tyk/reload?block=true").await;
     assert_eq!(status, 504, "{body}");
@@ -900,7 +904,7 @@ async fn two_replicas_serve_a_change_once_a_blocking_reload_returned() {
     // not wait for it.
     b.admin.stop().await;
     tyk_a
-        .post("/tyk/apis", &api("after", "/after", &up.url(), true))
+        .post_ok("/tyk/apis", &api("after", "/after", &up.url(), true))
         .await;
     let started = tokio::time::Instant::now();
     reload(&tyk_a).await;
@@ -915,7 +919,7 @@ async fn reloads_under_load_drop_no_request() {
     let a = start_proxy(&nats, |_| {}).await;
     let b = start_proxy(&nats, |_| {}).await;
     let tyk = Tyk::new(&a.admin.url);
-    tyk.post("/tyk/apis", &api("steady", "/steady", &up.url(), true))
+    tyk.post_ok("/tyk/apis", &api("steady", "/steady", &up.url(), true))
         .await;
     reload(&tyk).await;
 
@@ -942,19 +946,19 @@ async fn reloads_under_load_drop_no_request() {
     }
     for round in 0..20 {
         let id = format!("churn{round}");
-        tyk.post(
+        tyk.post_ok(
             "/tyk/apis",
             &api(&id, &format!("/churn{round}"), &up.url(), true),
         )
         .await;
         let mut changed = api(&id, &format!("/churn{round}/v2"), &up.url(), true);
         changed["name"] = json!("changed");
-        tyk.put(&format!("/tyk/apis/{id}"), &changed).await;
+        tyk.put_ok(&format!("/tyk/apis/{id}"), &changed).await;
         reload(&tyk).await;
         for gw in [&a.gateway, &b.gateway] {
             assert_eq!(get(&format!("{gw}/churn{round}/v2/x"), &[]).await.0, 200);
         }
-        tyk.delete(&format!("/tyk/apis/{id}")).await;
+        tyk.delete_ok(&format!("/tyk/apis/{id}")).await;
     }
     stop.cancel();
     for task in load {

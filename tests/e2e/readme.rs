@@ -1,5 +1,6 @@
-//! The README's shell examples, run as written against a hub started the way
-//! the README starts it (`meridian up`, here on free ports with its own data
+//! The shell examples of the README and of every page under `docs/`, run as
+//! written, in the README's order, against a hub started the way the README
+//! starts it (`meridian up`, here on free ports with its own data
 //! directory), so the README cannot drift from what the hub does.
 //!
 //! Each command of a `sh` block runs in `sh` from a directory whose
@@ -34,11 +35,59 @@ const SKIPPED: [&str; 7] = [
     "scripts/setup && ",
 ];
 
-/// The commands of the README's `sh` blocks, continuation lines joined,
+/// The pages whose examples run, in the order the README lists them (each
+/// page's examples may use what an earlier one made).
+const PAGES: [&str; 9] = [
+    "README.md",
+    "docs/running.md",
+    "docs/configuration.md",
+    "docs/hub.md",
+    "docs/gateway.md",
+    "docs/portal.md",
+    "docs/console.md",
+    "docs/events.md",
+    "docs/benchmarks.md",
+];
+
+/// The commands of the `sh` blocks of every page, continuation lines joined,
 /// comments and blank lines left out.
 fn readme_commands() -> Vec<String> {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
-        .unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut commands = Vec::new();
+    for page in PAGES {
+        let text =
+            std::fs::read_to_string(root.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        commands.extend(sh_commands(&text));
+    }
+    commands
+}
+
+/// Every page under `docs/` is one whose examples run: a new page not
+/// listed in `PAGES` would have its examples silently untested.
+#[test]
+fn every_page_of_the_docs_is_run() {
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+    for entry in std::fs::read_dir(&docs).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.ends_with(".md") {
+            let page = format!("docs/{name}");
+            assert!(
+                PAGES.contains(&page.as_str()),
+                "{page} is not in readme.rs's PAGES: its examples would not run"
+            );
+        }
+    }
+    let readme = std::fs::read_to_string(docs.join("../README.md")).unwrap();
+    for page in &PAGES[1..] {
+        assert!(
+            readme.contains(&format!("]({page})")),
+            "the README does not link {page}"
+        );
+    }
+}
+
+/// The commands of one page's `sh` blocks.
+fn sh_commands(text: &str) -> Vec<String> {
     let mut commands = Vec::new();
     let mut in_sh = false;
     let mut pending = String::new();
@@ -308,13 +357,13 @@ async fn every_readme_example_works_as_written() {
 
     // Stopped the way the README says (Ctrl-C), the hub says so; the
     // README's rebuild then reproduces its digest.
-    let (_, digest) = api.get("/api/repository/digest").await;
+    let digest = api.get_ok("/api/repository/digest").await;
     let secret = std::fs::read_to_string(dir.path().join(".meridian/gateway-secret")).unwrap();
-    let (_, keys_digest) = tyk::Tyk::new(hub_url)
+    let keys_digest = tyk::Tyk::new(hub_url)
         .with_secret(Some(secret.trim()))
-        .get("/api/keys/digest")
+        .get_ok("/api/keys/digest")
         .await;
-    let (_, portal_digest) = api.get("/api/portal/digest").await;
+    let portal_digest = api.get_ok("/api/portal/digest").await;
     let pid = hub.id().unwrap().to_string();
     assert!(
         std::process::Command::new("kill")

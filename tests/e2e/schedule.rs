@@ -32,7 +32,7 @@ async fn setup() -> Setup {
     let source = MemorySource::new(vec![api_def("a", "A", "v1"), api_def("b", "B", "v1")]);
     let agent = Agent::start(&gw.grpc_url, &token, vec![(PROVIDER, "tyk", source)]);
     let connected = eventually(T, || async {
-        let (_, shown) = api.get(&format!("/api/agents/{agent_id}")).await;
+        let shown = api.get_ok(&format!("/api/agents/{agent_id}")).await;
         (!shown["providers"].is_null()).then_some(())
     })
     .await;
@@ -337,15 +337,43 @@ async fn an_offline_agent_is_reported_and_a_deleted_agents_jobs_stop() {
         .call(Method::DELETE, &format!("/api/agents/{}", s.agent_id), None)
         .await;
     assert_eq!(code, 204);
-    // Let a firing that was under way finish, then nothing more fires.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let count = fired_events(&s.nats).await.len();
-    tokio::time::sleep(Duration::from_millis(3_000)).await;
-    assert_eq!(
-        fired_events(&s.nats).await.len(),
-        count,
-        "a deleted agent's job fired"
+    let deleted_ms = chrono::Utc::now().timestamp_millis();
+    // A job of another agent, firing every second, shows the scheduler went
+    // three due times past the deletion; a firing of the deleted agent's job
+    // already under way when it was deleted (due within a second of it) may
+    // land, none later.
+    let (other, token) = api.register_agent("control").await;
+    let source = MemorySource::new(vec![api_def("c", "C", "v1")]);
+    let control_agent = Agent::start(&s.gw.grpc_url, &token, vec![(PROVIDER, "tyk", source)]);
+    let connected = eventually(T, || async {
+        let shown = api.get_ok(&format!("/api/agents/{other}")).await;
+        (!shown["providers"].is_null()).then_some(())
+    })
+    .await;
+    assert!(connected.is_some(), "the control agent never connected");
+    let control = create_job(&api, &other, "1s", aligned_start(0)).await;
+    let control = control["id"].as_str().unwrap().to_owned();
+    wait_for_firings(&api, &other, &control, 1, |f| {
+        due_ms(f) >= deleted_ms + 3_000
+    })
+    .await;
+    let late: Vec<i64> = fired_events(&s.nats)
+        .await
+        .into_iter()
+        .filter_map(|e| match e {
+            ScheduleEvent::Fired { job_id, due_ms, .. }
+                if job_id.to_string() == id && due_ms > deleted_ms + 1_000 =>
+            {
+                Some(due_ms)
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(
+        late.is_empty(),
+        "a deleted agent's job fired for due times {late:?} (deleted at {deleted_ms})"
     );
+    control_agent.stop().await;
     let (code, body) = api
         .get(&format!("/api/agents/{}/sync-jobs/{id}", s.agent_id))
         .await;
@@ -439,7 +467,7 @@ async fn bad_job_requests_are_refused_naming_the_field_and_store_nothing() {
         .post(&jobs, &json!({"repeat_every": "1h", "provider": PROVIDER}))
         .await;
     assert_eq!(code, 401);
-    let (_, list) = api.get(&jobs).await;
+    let list = api.get_ok(&jobs).await;
     assert_eq!(list, json!([]), "a refused request stored a job");
 
     // A bad update changes nothing; an unknown job is 404.
@@ -455,7 +483,7 @@ async fn bad_job_requests_are_refused_naming_the_field_and_store_nothing() {
             .unwrap()
             .starts_with("repeat_every")
     );
-    let (_, unchanged) = api.get(&path).await;
+    let unchanged = api.get_ok(&path).await;
     assert_eq!(unchanged, job);
     let (code, _) = api.get(&format!("{jobs}/{}", uuid::Uuid::new_v4())).await;
     assert_eq!(code, 404);

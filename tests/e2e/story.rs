@@ -47,7 +47,7 @@ async fn sync_create_delete_fail_restore_update() {
 
     // A new connection syncs at once.
     api.wait_for_total("active", 3, T).await;
-    let (_, shown) = api.get(&format!("/api/agents/{agent_id}")).await;
+    let shown = api.get_ok(&format!("/api/agents/{agent_id}")).await;
     assert_eq!(shown["status"], "ACTIVE");
     assert_eq!(
         shown["providers"],
@@ -211,7 +211,7 @@ async fn agent_goes_inactive_after_missed_heartbeats_and_its_apis_stay() {
         let path = format!("/api/agents/{agent_id}");
         async move {
             eventually(Duration::from_secs(15), || async {
-                (api.get(&path).await.1["status"] == s).then_some(())
+                (api.get_ok(&path).await["status"] == s).then_some(())
             })
             .await
         }
@@ -219,9 +219,9 @@ async fn agent_goes_inactive_after_missed_heartbeats_and_its_apis_stay() {
     assert!(status("ACTIVE").await.is_some());
     // Still active three heartbeats later: heartbeats keep it so.
     let path = format!("/api/agents/{agent_id}");
-    let seen = std::sync::Mutex::new(vec![api.get(&path).await.1["last_heartbeat"].clone()]);
+    let seen = std::sync::Mutex::new(vec![api.get_ok(&path).await["last_heartbeat"].clone()]);
     let later = eventually(Duration::from_secs(15), || async {
-        let (_, agent) = api.get(&path).await;
+        let agent = api.get_ok(&path).await;
         assert_eq!(agent["status"], "ACTIVE", "between heartbeats: {agent}");
         let beat = agent["last_heartbeat"].clone();
         let mut seen = seen.lock().unwrap();
@@ -237,7 +237,7 @@ async fn agent_goes_inactive_after_missed_heartbeats_and_its_apis_stay() {
         status("INACTIVE").await.is_some(),
         "agent should turn INACTIVE after 4 missed heartbeats"
     );
-    let (_, providers) = api.get("/api/providers").await;
+    let providers = api.get_ok("/api/providers").await;
     assert_eq!(providers[0]["agent_status"], "INACTIVE");
     assert_eq!(
         api.apis("active").await.len(),

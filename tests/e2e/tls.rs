@@ -139,7 +139,7 @@ instances:
     let probe_port = agent.probe;
     api.wait_for_total("active", sample_apis().len() as u64, T)
         .await;
-    let (_, shown) = api.get(&format!("/api/agents/{agent_id}")).await;
+    let shown = api.get_ok(&format!("/api/agents/{agent_id}")).await;
     assert_eq!(shown["status"], "ACTIVE");
     assert_eq!(
         agent_readiness(probe_port).await,

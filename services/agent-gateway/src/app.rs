@@ -34,43 +34,46 @@ pub const ENV_PREFIX: &str = "MERIDIAN_AGENT_GATEWAY__";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// NATS server URL.
+    /// NATS server URL. Default: `nats://127.0.0.1:4222`.
     #[serde(default = "meridian_kit::config::default_nats_url")]
     pub nats_url: String,
-    /// Address of the standalone REST server.
+    /// Address of the standalone REST server. Default: `127.0.0.1:8081`.
     #[serde(default = "default_http_addr")]
     pub http_addr: String,
-    /// Address of the agents' gRPC endpoint.
+    /// Address of the agents' gRPC endpoint. Default: `127.0.0.1:50051`.
     #[serde(default = "default_grpc_addr")]
     pub grpc_addr: String,
     /// Admin key; defaults to `MERIDIAN_API_KEY`.
     pub api_key: Option<Secret>,
     /// Secret that signs agent tokens (at least 32 bytes). Required.
     pub jwt_secret: Option<Secret>,
-    /// Lifetime of issued tokens.
+    /// Lifetime of issued tokens. Default: `30d`.
     #[serde(default = "default_token_ttl")]
     pub token_ttl: HumanDuration,
-    /// How often agents send heartbeats.
+    /// How often agents send heartbeats. Default: `10s`.
     #[serde(default = "default_heartbeat")]
     pub heartbeat_interval: HumanDuration,
-    /// Missed heartbeats before an agent is `INACTIVE`.
+    /// Missed heartbeats before an agent is `INACTIVE`. Default: `3`.
     #[serde(default = "default_missed")]
     pub missed_heartbeats: u32,
     /// Largest API definition accepted from an agent, in bytes.
+    /// Default: `1000000`.
     #[serde(default = "default_max_api_bytes")]
     pub max_api_bytes: usize,
     /// PEM certificate chain for TLS on the gRPC endpoint (with `TLS_KEY`).
+    /// Default: none (plain gRPC).
     #[serde(default)]
     pub tls_cert: Option<String>,
-    /// PEM private key of `TLS_CERT`.
+    /// PEM private key of `TLS_CERT`. Default: none.
     #[serde(default)]
     pub tls_key: Option<String>,
     /// PEM CA bundle: when set, agents must present a client certificate
     /// signed by it (mTLS). Needs `TLS_CERT`.
+    /// Default: none (no client certificates).
     #[serde(default)]
     pub tls_client_ca: Option<String>,
     /// How often runs open for longer than this are checked for a live
-    /// sync stream holding them; those nobody holds are failed.
+    /// sync stream holding them; those nobody holds are failed. Default: `30s`.
     #[serde(default = "default_run_check")]
     pub run_check_interval: HumanDuration,
 }
@@ -212,6 +215,8 @@ pub enum AppError {
     #[error("HTTP server: {0}")]
     Http(#[from] std::io::Error),
 }
+
+meridian_kit::config_failure!(AppError);
 
 /// A built agent-gateway, ready to run.
 pub struct App {

@@ -24,21 +24,23 @@ pub const ENV_PREFIX: &str = "MERIDIAN_INVENTORY__";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// NATS server URL.
+    /// NATS server URL. Default: `nats://127.0.0.1:4222`.
     #[serde(default = "meridian_kit::config::default_nats_url")]
     pub nats_url: String,
-    /// Address the standalone HTTP server binds.
+    /// Address the standalone HTTP server binds. Default: `127.0.0.1:8082`.
     #[serde(default = "default_http_addr")]
     pub http_addr: String,
     /// Where the repository (the local store) lives.
+    /// Default: `.meridian/inventory`.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     /// Admin key; defaults to `MERIDIAN_API_KEY`.
     pub api_key: Option<Secret>,
-    /// Most `SYNC` messages applied per transaction.
+    /// Most `SYNC` messages applied per transaction. Default: `1024`.
     #[serde(default = "default_batch")]
     pub batch: usize,
     /// How long the public stream `MERIDIAN_EVENTS` keeps events.
+    /// Default: `30d`.
     #[serde(default = "default_events_retention")]
     pub events_retention: HumanDuration,
 }
@@ -99,6 +101,8 @@ pub enum AppError {
     #[error("HTTP server: {0}")]
     Http(#[from] std::io::Error),
 }
+
+meridian_kit::config_failure!(AppError);
 
 const TREE: &str = "repository";
 

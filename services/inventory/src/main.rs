@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use meridian_inventory::{App, Config, app::ENV_PREFIX};
-use meridian_kit::{config, shutdown, telemetry};
+use meridian_kit::{config, service};
 
 /// The API Repository: serves it, or rebuilds it from the log.
 #[derive(Parser)]
@@ -27,27 +27,23 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init("meridian-inventory");
-    let config: Config = config::from_env_or_exit(ENV_PREFIX);
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => {
-            let listener = tokio::net::TcpListener::bind(&config.http_addr).await?;
-            tracing::info!(addr = %listener.local_addr()?, "inventory listening");
-            let app = match App::build(config, &meridian_kit::metrics::Metrics::new()).await {
-                Ok(app) => app,
-                Err(meridian_inventory::app::AppError::Config(e)) => {
-                    eprintln!("{e}");
-                    std::process::exit(config::EXIT_BAD_CONFIG);
+    service::main(
+        "meridian-inventory",
+        ENV_PREFIX,
+        |config: Config, metrics, stop| async move {
+            match cli.command.unwrap_or(Command::Serve) {
+                Command::Serve => {
+                    let http = tokio::net::TcpListener::bind(&config.http_addr).await?;
+                    tracing::info!(addr = %http.local_addr()?, "inventory listening");
+                    App::build(config, &metrics).await?.serve(http, stop).await
                 }
-                Err(e) => return Err(e.into()),
-            };
-            app.serve(listener, shutdown::on_signal()).await?;
-        }
-        Command::Rebuild => {
-            let report = meridian_inventory::rebuild(config).await?;
-            println!("{report}");
-        }
-    }
-    meridian_kit::telemetry::shutdown();
+                Command::Rebuild => {
+                    println!("{}", meridian_inventory::rebuild(config).await?);
+                    Ok(())
+                }
+            }
+        },
+    )
+    .await?;
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! store it through the [`Writer`]; reads come from the fold, after a
 //! catch-up with the log before any "not found".
 //!
-//! Where Meridian differs from Tyk, on purpose (the README keeps the
+//! Where Meridian differs from Tyk, on purpose (docs/gateway.md keeps the
 //! complete list): keys and client secrets are stored only as hashes, so
 //! listings show hashes, a client's secret is shown only when it is created
 //! or rotated, and a token listing's `code` is the token's hash; bad input

@@ -36,10 +36,10 @@ pub use meridian_kit::tyk::MIN_SECRET_BYTES;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// NATS server URL.
+    /// NATS server URL. Default: `nats://127.0.0.1:4222`.
     #[serde(default = "meridian_kit::config::default_nats_url")]
     pub nats_url: String,
-    /// Address of the standalone REST server.
+    /// Address of the standalone REST server. Default: `127.0.0.1:8084`.
     #[serde(default = "default_http_addr")]
     pub http_addr: String,
     /// The Gateway API secret (`x-tyk-authorization`); required, at least
@@ -47,12 +47,14 @@ pub struct Config {
     pub secret: Option<Secret>,
     /// Answers carry `key_hash`, and `GET /tyk/keys` lists only when
     /// `ENABLE_HASHED_KEYS_LISTING` is on. Keys are stored hashed either way.
+    /// Default: `true`.
     #[serde(default = "yes")]
     pub hash_keys: bool,
-    /// `GET /tyk/keys` lists key hashes.
+    /// `GET /tyk/keys` lists key hashes. Default: `false`.
     #[serde(default)]
     pub enable_hashed_keys_listing: bool,
     /// Shortest custom key accepted (`POST /tyk/keys/{keyID}`).
+    /// Default: `3` (Tyk's).
     #[serde(default = "default_min_key_length")]
     pub min_key_length: usize,
 }
@@ -101,6 +103,8 @@ pub enum AppError {
     #[error("HTTP server: {0}")]
     Http(#[from] std::io::Error),
 }
+
+meridian_kit::config_failure!(AppError);
 
 /// A built key-issuer, ready to run.
 pub struct App {

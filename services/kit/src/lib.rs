@@ -24,6 +24,7 @@
 
 pub mod bus;
 pub mod config;
+pub mod headers;
 pub mod hex;
 pub mod http;
 pub mod invalid;
@@ -35,6 +36,7 @@ pub mod projection;
 pub mod relay;
 pub mod report;
 pub mod retry;
+pub mod service;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

@@ -10,10 +10,11 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use meridian_kit::CancellationToken;
+use meridian_kit::headers::remove_hop_by_hop;
 use meridian_kit::http::{self as kit_http, ApiError};
 use meridian_kit::retry::{Backoff, retry};
 use utoipa::openapi::OpenApi;
@@ -180,22 +181,6 @@ async fn ready(State(routes): State<Routes>) -> (StatusCode, axum::Json<serde_js
     }
 }
 
-/// Hop-by-hop headers, which a proxy must not pass on.
-fn hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "transfer-encoding"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "host"
-            | "content-length"
-    )
-}
-
 async fn forward(State(routes): State<Routes>, request: Request) -> Response {
     let path = request.uri().path().to_owned();
     let Some(upstream) = routes.pick(&path) else {
@@ -219,12 +204,11 @@ async fn forward(State(routes): State<Routes>, request: Request) -> Response {
                 .into_response();
         }
     };
-    let mut headers = HeaderMap::new();
-    for (name, value) in &parts.headers {
-        if !hop_by_hop(name) {
-            headers.append(name.clone(), value.clone());
-        }
-    }
+    // The body is sent whole, so its length and Host are the client's to set.
+    let mut headers = parts.headers;
+    remove_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    headers.remove(header::CONTENT_LENGTH);
     let sent = routes
         .http
         .request(parts.method, &target)
@@ -241,10 +225,11 @@ async fn forward(State(routes): State<Routes>, request: Request) -> Response {
     };
     let status = response.status();
     let mut out = Response::builder().status(status);
-    for (name, value) in response.headers() {
-        if !hop_by_hop(name) {
-            out = out.header(name, value);
-        }
+    let mut answered = response.headers().clone();
+    remove_hop_by_hop(&mut answered);
+    answered.remove(header::CONTENT_LENGTH);
+    if let Some(headers) = out.headers_mut() {
+        headers.extend(answered);
     }
     let bytes: Bytes = match response.bytes().await {
         Ok(b) => b,

@@ -298,8 +298,9 @@ async fn start_demo(
 /// The id of the API `meridian up` defines on its gateway.
 pub const DEMO_GATEWAY_API: &str = "demo-catalogue";
 
-/// Defines (or redefines) the demo API on the hub's gateway: keyless,
-/// `/demo/` in front of the demo provider.
+/// Defines (or redefines) the demo API on the hub's gateway: keys required
+/// (the README's first example makes one, and the portal's demo Product
+/// grants it), `/demo/` in front of the demo provider.
 async fn demo_gateway_api(hub_url: &str, secret: &str, provider_url: &str) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let url = format!("{hub_url}/tyk/apis/{DEMO_GATEWAY_API}");
@@ -312,7 +313,7 @@ async fn demo_gateway_api(hub_url: &str, secret: &str, provider_url: &str) -> an
         "api_id": DEMO_GATEWAY_API,
         "name": "Demo catalogue",
         "org_id": "demo-org",
-        "use_keyless": true,
+        "use_keyless": false,
         "proxy": {"listen_path": "/demo/", "target_url": provider_url, "strip_listen_path": true},
         "version_data": {"not_versioned": true, "versions": {"Default": {"name": "Default"}}},
     });

@@ -36,10 +36,10 @@ pub const TYK_REFRESH_VAR: &str = "PORTAL_REFRESHINTERVAL";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// NATS server URL.
+    /// NATS server URL. Default: `nats://127.0.0.1:4222`.
     #[serde(default = "meridian_kit::config::default_nats_url")]
     pub nats_url: String,
-    /// Address of the standalone REST server.
+    /// Address of the standalone REST server. Default: `127.0.0.1:8086`.
     #[serde(default = "default_http_addr")]
     pub http_addr: String,
     /// Admin key; defaults to `MERIDIAN_API_KEY`.
@@ -54,12 +54,12 @@ pub struct Config {
     /// This replica's name in sync claims and reports (default: `HOSTNAME`).
     pub replica: Option<String>,
     /// How long a sync claim holds before another replica may take over a
-    /// provider whose sync never reported.
+    /// provider whose sync never reported. Default: `5m`.
     #[serde(default = "default_lease")]
     pub sync_lease: HumanDuration,
     /// How long an approval or revocation may stay under way (recorded,
     /// its provider call not yet recorded) before any replica finishes or
-    /// undoes it.
+    /// undoes it. Default: `30s`.
     #[serde(default = "default_intent_deadline")]
     pub intent_deadline: HumanDuration,
 }
@@ -134,6 +134,8 @@ pub enum AppError {
     #[error("HTTP server: {0}")]
     Http(#[from] std::io::Error),
 }
+
+meridian_kit::config_failure!(AppError);
 
 /// A built portal-sync, ready to run.
 pub struct App {

@@ -36,32 +36,33 @@ pub const ENV_PREFIX: &str = "MERIDIAN_PROXY__";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// NATS server URL.
+    /// NATS server URL. Default: `nats://127.0.0.1:4222`.
     #[serde(default = "meridian_kit::config::default_nats_url")]
     pub nats_url: String,
-    /// The data plane: where API clients connect.
+    /// The data plane: where API clients connect. Default: `127.0.0.1:8080`.
     #[serde(default = "default_listen")]
     pub listen: String,
     /// The admin API (`/tyk/apis`, `/tyk/reload`, `/hello`), health and
-    /// metrics.
+    /// metrics. Default: `127.0.0.1:8085`.
     #[serde(default = "default_http_addr")]
     pub http_addr: String,
     /// The Gateway API secret (`x-tyk-authorization`), the same as
     /// key-issuer's; required, at least 16 bytes.
     pub secret: Option<Secret>,
     /// How long opening a connection to an upstream may take (502 after).
+    /// Default: `5s`.
     #[serde(default = "default_connect_timeout")]
     pub upstream_connect_timeout: HumanDuration,
     /// How long an upstream may take to answer with its headers (504 after;
-    /// Tyk's `proxy_default_timeout`).
+    /// Tyk's `proxy_default_timeout`). Default: `30s`.
     #[serde(default = "default_read_timeout")]
     pub upstream_read_timeout: HumanDuration,
     /// A PEM file of CA certificates trusted for `https` upstreams, beside
-    /// the system's.
+    /// the system's. Default: none (the system's CAs only).
     #[serde(default)]
     pub upstream_ca_file: Option<String>,
     /// How long `/tyk/reload?block=true` waits for every live replica
-    /// before answering 504.
+    /// before answering 504. Default: `10s`.
     #[serde(default = "default_reload_timeout")]
     pub reload_timeout: HumanDuration,
     /// Threads serving API traffic, each with a runtime of its own (one per
@@ -69,12 +70,12 @@ pub struct Config {
     #[serde(default = "default_workers")]
     pub workers: usize,
     /// Connections the kernel queues on the data-plane port before they are
-    /// accepted (4,096; the kernel caps it at `net.core.somaxconn`).
+    /// accepted (default 4,096; the kernel caps it at `net.core.somaxconn`).
     #[serde(default = "default_backlog")]
     pub listen_backlog: u32,
     /// How long NATS may be away before `/hello` and
     /// `meridian_gateway_key_view_unconfirmed` say the key view cannot be
-    /// confirmed (the replica keeps serving the keys it knows).
+    /// confirmed (the replica keeps serving the keys it knows). Default: `5s`.
     #[serde(default = "default_key_view_stale_after")]
     pub key_view_stale_after: HumanDuration,
     /// What `X-RateLimit-Limit`, `-Remaining` and `-Reset` describe (Tyk's
@@ -150,6 +151,8 @@ pub enum AppError {
     #[error("HTTP server: {0}")]
     Http(#[from] std::io::Error),
 }
+
+meridian_kit::config_failure!(AppError);
 
 /// How long open client connections may finish their requests at shutdown.
 const GRACE: Duration = Duration::from_secs(10);

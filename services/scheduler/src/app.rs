@@ -26,22 +26,22 @@ pub const ENV_PREFIX: &str = "MERIDIAN_SCHEDULER__";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// NATS server URL.
+    /// NATS server URL. Default: `nats://127.0.0.1:4222`.
     #[serde(default = "meridian_kit::config::default_nats_url")]
     pub nats_url: String,
-    /// Address of the standalone REST server.
+    /// Address of the standalone REST server. Default: `127.0.0.1:8083`.
     #[serde(default = "default_http_addr")]
     pub http_addr: String,
     /// Admin key; defaults to `MERIDIAN_API_KEY`.
     pub api_key: Option<Secret>,
-    /// Shortest `repeat_every` a job may have.
+    /// Shortest `repeat_every` a job may have. Default: `1m`.
     #[serde(default = "default_min_interval")]
     pub min_interval: HumanDuration,
     /// This replica's name in the run history (default: `HOSTNAME`, which is
     /// the pod name on Kubernetes).
     pub replica: Option<String>,
     /// How long to wait for agent-gateway to answer a sync request before
-    /// reporting the agent offline.
+    /// reporting the agent offline. Default: `5s`.
     #[serde(default = "default_request_timeout")]
     pub request_timeout: HumanDuration,
 }
@@ -92,6 +92,8 @@ pub enum AppError {
     #[error("HTTP server: {0}")]
     Http(#[from] std::io::Error),
 }
+
+meridian_kit::config_failure!(AppError);
 
 /// A built scheduler, ready to run.
 pub struct App {

@@ -2,7 +2,7 @@
 //! `testdata`, Tyk 5.x), as facts: the policies, the key, and what the
 //! merged session must be. Each case carries the name Tyk gives it. Where
 //! Meridian deliberately differs, the case says so and asserts Meridian's
-//! answer; the README lists the same deviations.
+//! answer; docs/gateway.md lists the same deviations.
 //!
 //! Not ported: the MCP and JSON-RPC primitive limits (`apply_mcp_test.go`;
 //! Meridian's gateway proxies neither) and the custom-policies hook of Tyk's

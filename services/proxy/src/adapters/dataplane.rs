@@ -31,6 +31,7 @@ use meridian_keys::fold::{Shared as SharedKeys, read as read_keys};
 use meridian_keys::hash_secret;
 use meridian_keys::limits::{Kind, key_budget, org_budget};
 use meridian_kit::CancellationToken;
+use meridian_kit::headers::remove_hop_by_hop;
 use meridian_kit::metrics::{Counter, Family, Labels, Metrics};
 use tracing::Instrument as _;
 
@@ -207,7 +208,6 @@ pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
@@ -256,44 +256,6 @@ pub fn repeated_singleton<'a>(
         .iter()
         .chain(also)
         .find(|name| headers.get_all(*name).iter().nth(1).is_some())
-}
-
-/// Hop-by-hop headers (RFC 9110 7.6.1, and what proxies commonly drop).
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-/// Removes hop-by-hop headers, and those the `Connection` header names.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(connection) = headers.get(header::CONNECTION)
-        && connection.as_bytes().eq_ignore_ascii_case(b"keep-alive")
-        && headers.get_all(header::CONNECTION).iter().count() == 1
-    {
-        // The common case: nothing named but keep-alive itself.
-        for name in &HOP_BY_HOP {
-            headers.remove(name);
-        }
-        headers.remove(&PROXY_CONNECTION);
-        return;
-    }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
-    headers.remove(&PROXY_CONNECTION);
 }
 
 /// Rewrites the request to its normalised path (see [`crate::domain::path`]),
@@ -984,7 +946,7 @@ impl AcceptFailures {
 
     fn failed(&mut self, error: &std::io::Error) -> Duration {
         if self.count == 0 {
-            tracing::warn!(%error, "cannot accept connections (out of file descriptors? see the README's operations part); backing off");
+            tracing::warn!(%error, "cannot accept connections (out of file descriptors? see docs/running.md, operations); backing off");
             self.pause = Self::FIRST;
         } else {
             self.pause = (self.pause * 2).min(Self::MOST);
@@ -1032,26 +994,6 @@ mod tests {
         assert_eq!(*pauses.last().unwrap(), AcceptFailures::MOST);
         f.recovered();
         assert_eq!(f.failed(&e), AcceptFailures::FIRST);
-    }
-
-    #[test]
-    fn hop_by_hop_headers_and_those_connection_names_go() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret-hop"),
-        );
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("x-secret-hop", HeaderValue::from_static("1"));
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert("x-kept", HeaderValue::from_static("1"));
-        remove_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-kept"));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! [`meridian_keys::limits`]): each replica leases blocks of a counter with
 //! revision-checked updates and admits from what it holds, with no I/O on
 //! the request path while it holds some (the design and its error bound
-//! are in [`crate::domain::limits`] and the README).
+//! are in [`crate::domain::limits`] and docs/gateway.md).
 //!
 //! - One fetch per counter at a time on a replica (requests that find the
 //!   lease empty wait for it, one round trip); the next block is fetched

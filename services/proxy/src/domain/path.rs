@@ -2,7 +2,7 @@
 //! or access decision; routing, version detection, `allowed_urls` and the
 //! path sent upstream all read it, so what is checked is what is forwarded.
 //!
-//! The rules (documented in the README's gateway part):
+//! The rules (documented in docs/gateway.md):
 //! - percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`) are
 //!   decoded, once; every other escape is kept, its hex upper-cased
 //!   (RFC 3986 section 6.2.2), so `%2e%2E` is `..` but `%252e` stays
