@@ -25,8 +25,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::adapters::writer::{WriteError, Writer};
-use crate::domain::Invalid;
+use crate::adapters::writer::Writer;
 
 /// Handler state.
 #[derive(Clone)]
@@ -116,21 +115,6 @@ impl ApiState {
         }
         self.writer.catch_up().await;
         f(&crate::adapters::fold::read(self.writer.state()))
-    }
-}
-
-fn invalid(e: Invalid) -> TykError {
-    TykError::bad_request(format!("Request malformed: {e}"))
-}
-
-/// A write's failure as Tyk answers it.
-fn write_failed(e: WriteError<TykError>) -> TykError {
-    match e {
-        WriteError::Refused(e) => e,
-        WriteError::Conflict => {
-            TykError::conflict(format!("{e}; another writer keeps changing it, try again"))
-        }
-        WriteError::Bus(e) => TykError::unavailable(format!("the event log is not available: {e}")),
     }
 }
 

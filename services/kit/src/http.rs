@@ -143,6 +143,21 @@ impl ApiError {
     }
 }
 
+impl From<crate::invalid::Invalid> for ApiError {
+    fn from(e: crate::invalid::Invalid) -> Self {
+        Self::invalid_field(&e.field, e.message)
+    }
+}
+
+impl crate::writer::Answer for ApiError {
+    fn conflict(message: String) -> Self {
+        Self::conflict(message)
+    }
+    fn unavailable(message: String) -> Self {
+        Self::unavailable(message)
+    }
+}
+
 impl From<ApiError> for tonic::Status {
     fn from(e: ApiError) -> Self {
         tonic::Status::new(e.code.grpc_code(), e.message)

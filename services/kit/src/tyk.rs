@@ -111,6 +111,22 @@ impl TykError {
     }
 }
 
+/// A refused field as Tyk says it: "Request malformed", then which field and why.
+impl From<crate::invalid::Invalid> for TykError {
+    fn from(e: crate::invalid::Invalid) -> Self {
+        Self::bad_request(format!("Request malformed: {e}"))
+    }
+}
+
+impl crate::writer::Answer for TykError {
+    fn conflict(message: String) -> Self {
+        Self::conflict(message)
+    }
+    fn unavailable(message: String) -> Self {
+        Self::unavailable(message)
+    }
+}
+
 impl From<ApiError> for TykError {
     fn from(e: ApiError) -> Self {
         let message = match e.code {

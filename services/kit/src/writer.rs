@@ -51,6 +51,29 @@ pub enum WriteError<R> {
     Bus(#[from] BusError),
 }
 
+/// An answer a write's failure can be given: a 409 when other writers kept
+/// changing the same thing, a 503 when the log is away.
+pub trait Answer {
+    /// 409.
+    fn conflict(message: String) -> Self;
+    /// 503.
+    fn unavailable(message: String) -> Self;
+}
+
+impl<R: Answer> WriteError<R> {
+    /// The answer to the caller: a refusal is its own answer.
+    pub fn answer(self) -> R {
+        match self {
+            Self::Refused(refusal) => refusal,
+            Self::Conflict => R::conflict(format!(
+                "{}; another writer keeps changing it, try again",
+                Self::Conflict
+            )),
+            Self::Bus(e) => R::unavailable(format!("the event log is not available: {e}")),
+        }
+    }
+}
+
 /// Decides and publishes changes over the fold `S`; see the module
 /// documentation.
 pub struct Writer<S> {

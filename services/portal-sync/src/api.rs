@@ -28,7 +28,7 @@ use crate::adapters::providers::{Connection, ProviderError};
 use crate::adapters::seal::Sealer;
 use crate::adapters::syncer::Syncer;
 use crate::domain::PortalState;
-use crate::domain::model::{Invalid, Provider};
+use crate::domain::model::Provider;
 
 /// Handler state.
 #[derive(Clone)]
@@ -74,21 +74,6 @@ pub fn router(state: ApiState) -> OpenApiRouter {
         .merge(catalogue::routes())
         .merge(provisioning::routes())
         .with_state(state)
-}
-
-fn invalid(e: Invalid) -> ApiError {
-    ApiError::invalid_field(&e.field, e.why)
-}
-
-/// A write's failure as answered.
-fn write_failed(e: WriteError<ApiError>) -> ApiError {
-    match e {
-        WriteError::Refused(e) => e,
-        WriteError::Conflict => {
-            ApiError::conflict(format!("{e}: another admin keeps changing it, try again"))
-        }
-        WriteError::Bus(e) => ApiError::unavailable(format!("the event log is not available: {e}")),
-    }
 }
 
 /// A provider's failure while doing `what` for the caller.
@@ -166,7 +151,7 @@ impl ApiState {
             })
             .await
             .map(|(value, _)| value)
-            .map_err(write_failed)
+            .map_err(WriteError::<ApiError>::answer)
     }
 
     /// Counts one recovery action (`meridian_portal_recoveries_total`).
@@ -242,7 +227,7 @@ impl ApiState {
                     tokio::time::sleep(Duration::from_millis(250)).await;
                     self.writer.catch_up().await;
                 }
-                other => return Err(Unsettled::Failed(write_failed(other))),
+                other => return Err(Unsettled::Failed(WriteError::<ApiError>::answer(other))),
             }
         }
     }
@@ -270,7 +255,7 @@ impl ApiState {
             })
             .await
             .map(|(value, _)| value)
-            .map_err(write_failed)
+            .map_err(WriteError::<ApiError>::answer)
     }
 }
 

@@ -1,8 +1,10 @@
 //! Pure rules: the portal's entities and the checks on what an admin sends
-//! ([`model`]), the fold of `PORTAL` ([`state`]) and what a provider sync
+//! ([`model`]), the write rules of provisioning and the catalogue ([`rules`]),
+//! the fold of `PORTAL` ([`state`]) and what a provider sync
 //! decides ([`sync`]). No I/O, no clock: time comes in as a value.
 
 pub mod model;
+pub mod rules;
 pub mod state;
 pub mod sync;
 

@@ -29,7 +29,7 @@ use crate::adapters::fold::read;
 use crate::adapters::replicas::Replicas;
 use crate::adapters::writer::{WriteError, Writer};
 use crate::domain::routes::compile;
-use crate::domain::{ApiDefinition, ApisState, Invalid};
+use crate::domain::{ApiDefinition, ApisState};
 
 /// Handler state.
 #[derive(Clone)]
@@ -92,24 +92,10 @@ pub fn open_router(state: ApiState) -> OpenApiRouter {
 
 const MISSING: &str = "API not found";
 
-fn invalid(e: Invalid) -> TykError {
-    TykError::bad_request(format!("Request malformed: {e}"))
-}
-
-fn write_failed(e: WriteError<TykError>) -> TykError {
-    match e {
-        WriteError::Refused(e) => e,
-        WriteError::Conflict => TykError::conflict(format!(
-            "{e}; another writer keeps changing them, try again"
-        )),
-        WriteError::Bus(e) => TykError::unavailable(format!("the event log is not available: {e}")),
-    }
-}
-
 /// Checks a definition before it is stored.
 fn check(def: &ApiDefinition) -> Result<(), TykError> {
-    meridian_keys::check_id("api_id", &def.api_id).map_err(invalid)?;
-    compile(def).map(|_| ()).map_err(invalid)
+    meridian_keys::check_id("api_id", &def.api_id)?;
+    compile(def).map(|_| ()).map_err(TykError::from)
 }
 
 /// Refuses an active definition whose listen path another active API holds.
@@ -157,7 +143,7 @@ async fn save(s: &ApiState, def: ApiDefinition, must_be_new: bool) -> Result<(),
             ))
         })
         .await
-        .map_err(write_failed)
+        .map_err(WriteError::<TykError>::answer)
 }
 
 /// Every API definition.
@@ -260,7 +246,7 @@ async fn delete_api(
             ))
         })
         .await
-        .map_err(write_failed)?;
+        .map_err(WriteError::<TykError>::answer)?;
     tracing::info!(api = %id, "API deleted");
     Ok(axum::Json(ModifyKey::new(id, "deleted")))
 }

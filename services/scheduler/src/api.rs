@@ -155,7 +155,7 @@ fn parse_interval(raw: &str, min: Duration) -> Result<u64, ApiError> {
     let ms = u64::try_from(d.as_millis())
         .map_err(|_| ApiError::invalid_field("repeat_every", "too long"))?;
     let min_ms = u64::try_from(min.as_millis()).unwrap_or(u64::MAX);
-    domain::check_interval(ms, min_ms).map_err(invalid)?;
+    domain::check_interval(ms, min_ms)?;
     Ok(ms)
 }
 
@@ -172,10 +172,6 @@ fn parse_time(raw: &str) -> Result<i64, ApiError> {
 
 /// How long a read waits for a fold to catch up before "not found".
 const CATCH_UP: Duration = Duration::from_secs(3);
-
-fn invalid(e: domain::Invalid) -> ApiError {
-    ApiError::invalid_field(e.field, e.message)
-}
 
 impl ApiState {
     /// The agent's reported providers, or 404. An agent the fold does not
@@ -321,7 +317,7 @@ async fn create_job(
         s.catch_up_agents().await;
         info = s.agent(agent).await?;
     }
-    domain::check_provider(agent, &info, &provider).map_err(invalid)?;
+    domain::check_provider(agent, &info, &provider)?;
     let job_id = JobId::new_random();
     let event = ScheduleEvent::JobCreated {
         job_id,

@@ -353,21 +353,10 @@ pub struct NewJob {
     pub cadence: Cadence,
 }
 
-/// Why a request was refused, naming the field.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct Invalid {
-    /// The field.
-    pub field: &'static str,
-    /// Why.
-    pub message: String,
-}
+pub use meridian_kit::invalid::Invalid;
 
 fn invalid(field: &'static str, message: impl Into<String>) -> Invalid {
-    Invalid {
-        field,
-        message: message.into(),
-    }
+    Invalid::new(field, message)
 }
 
 /// Checks an interval against the configured minimum.

@@ -9,10 +9,11 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::{ApiState, ModifyKey, invalid, now, random_hex, to_json, write_failed};
+use super::{ApiState, ModifyKey, now, random_hex, to_json};
 use crate::adapters::fold::read;
 use crate::domain::limits::{self, Kind};
 use crate::domain::{self, KeysState, MergeError, Quota, Session, check_id, hash_secret, is_hash};
+use meridian_kit::writer::WriteError;
 
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -69,7 +70,7 @@ impl ApiState {
             }
             return Ok(key_id.to_owned());
         }
-        check_id("keyID", key_id).map_err(invalid)?;
+        check_id("keyID", key_id)?;
         Ok(hash_secret(key_id))
     }
 
@@ -95,7 +96,7 @@ impl ApiState {
 /// only policy is missing); policies that can never be applied together
 /// (per-API beside partitioned ones) are refused, as Tyk refuses them.
 fn check(session: &mut Session, state: &KeysState) -> Result<(), TykError> {
-    domain::check_session(session).map_err(invalid)?;
+    domain::check_session(session)?;
     match domain::effective(session, |id| state.policy(id).map(|p| p.value.as_ref())) {
         Err(e @ (MergeError::MixedPerApiAndPartitions | MergeError::PerApiWithPartitions(_))) => {
             Err(TykError::bad_request(format!("Failed to create key - {e}")))
@@ -139,7 +140,7 @@ async fn save(
             Ok((event, created))
         })
         .await
-        .map_err(write_failed)?;
+        .map_err(WriteError::<TykError>::answer)?;
     Ok(created)
 }
 
@@ -174,7 +175,7 @@ async fn replace(
             ))
         })
         .await
-        .map_err(write_failed)?;
+        .map_err(WriteError::<TykError>::answer)?;
     Ok(())
 }
 
@@ -379,7 +380,7 @@ async fn set_policies(
     TykPath(key_id): TykPath<String>,
     TykJson(update): TykJson<PolicyUpdate>,
 ) -> Result<axum::Json<ModifyKey>, TykError> {
-    check_id("keyID", &key_id).map_err(invalid)?;
+    check_id("keyID", &key_id)?;
     let mut hash = if is_hash(&key_id) {
         key_id.clone()
     } else {
@@ -442,7 +443,7 @@ async fn create_custom_key(
             "Request malformed: hashed: a key is created from the key itself, not its hash",
         ));
     }
-    check_id("keyID", &key_id).map_err(invalid)?;
+    check_id("keyID", &key_id)?;
     if key_id.chars().count() < s.min_key_length {
         return Err(TykError::bad_request(format!(
             "Request malformed: keyID: must be at least {} characters (MIN_KEY_LENGTH)",
@@ -515,7 +516,7 @@ async fn delete_key(
             ))
         })
         .await
-        .map_err(write_failed)?;
+        .map_err(WriteError::<TykError>::answer)?;
     tracing::info!("key deleted");
     let mut answer = s.answer(key_id, "deleted", &hash);
     answer.key_hash = None;

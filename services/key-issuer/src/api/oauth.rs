@@ -14,9 +14,10 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::{ApiState, ModifyKey, invalid, ok, random_hex, to_json, write_failed};
+use super::{ApiState, ModifyKey, ok, random_hex, to_json};
 use crate::adapters::fold::read;
 use crate::domain::{KeysState, OAuthClient, check_id, hash_secret};
+use meridian_kit::writer::WriteError;
 
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -81,7 +82,7 @@ fn check_client(c: &OAuthClient, state: &KeysState) -> Result<(), TykError> {
         ));
     }
     if !c.api_id.is_empty() {
-        check_id("api_id", &c.api_id).map_err(invalid)?;
+        check_id("api_id", &c.api_id)?;
     }
     if !c.policy_id.is_empty() {
         let policy = state
@@ -196,7 +197,7 @@ impl ApiState {
                 ))
             })
             .await
-            .map_err(write_failed)?;
+            .map_err(WriteError::<TykError>::answer)?;
         Ok(client)
     }
 }
@@ -212,7 +213,7 @@ async fn create_client(
     let client_id = if body.client_id.is_empty() {
         random_hex(16)?
     } else {
-        check_id("client_id", &body.client_id).map_err(invalid)?;
+        check_id("client_id", &body.client_id)?;
         body.client_id.clone()
     };
     let secret = if body.secret.is_empty() {
@@ -257,7 +258,7 @@ async fn list_clients(
     State(s): State<ApiState>,
     TykPath(api_id): TykPath<String>,
 ) -> Result<axum::response::Response, TykError> {
-    check_id("apiID", &api_id).map_err(invalid)?;
+    check_id("apiID", &api_id)?;
     if s.apis.find(&api_id).await.is_none() {
         // Tyk answers this 404 without a message.
         return Ok((StatusCode::NOT_FOUND, ()).into_response());
@@ -384,7 +385,7 @@ async fn delete_client(
             ))
         })
         .await
-        .map_err(write_failed)?;
+        .map_err(WriteError::<TykError>::answer)?;
     tracing::info!(client = %client_id, "OAuth client deleted");
     Ok(axum::Json(ModifyKey::new(client_id, "deleted")))
 }
@@ -484,7 +485,7 @@ async fn client_apis(
     State(s): State<ApiState>,
     TykPath(client_id): TykPath<String>,
 ) -> Result<axum::Json<Vec<String>>, TykError> {
-    check_id("appID", &client_id).map_err(invalid)?;
+    check_id("appID", &client_id)?;
     s.writer.catch_up().await;
     let state = read(s.writer.state());
     Ok(axum::Json(
@@ -564,7 +565,7 @@ async fn revoke_all(
 ) -> Result<axum::Json<StatusMessage>, TykError> {
     required("client_id", &form.client_id)?;
     required("client_secret", &form.client_secret)?;
-    check_id("client_id", &form.client_id).map_err(invalid)?;
+    check_id("client_id", &form.client_id)?;
     s.writer.catch_up().await;
     let secret_hash = read(s.writer.state())
         .client(&form.client_id)
@@ -653,7 +654,7 @@ async fn invalidate_refresh(
     if api_id.is_empty() {
         return Err(TykError::bad_request("Missing parameter api_id"));
     }
-    check_id("keyName", &token).map_err(invalid)?;
+    check_id("keyName", &token)?;
     let hash = hash_secret(&token);
     s.writer.catch_up().await;
     let known = read(s.writer.state())

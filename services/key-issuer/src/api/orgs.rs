@@ -9,10 +9,11 @@ use serde::Deserialize;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::{AllKeys, ApiState, Filter, ModifyKey, invalid, now, to_json, write_failed};
+use super::{AllKeys, ApiState, Filter, ModifyKey, now, to_json};
 use crate::adapters::fold::read;
 use crate::domain::limits::{self, Kind};
 use crate::domain::{self, Quota, Session, check_id};
+use meridian_kit::writer::WriteError;
 
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -69,7 +70,7 @@ async fn get_org(
     State(s): State<ApiState>,
     TykPath(id): TykPath<String>,
 ) -> Result<axum::Json<Session>, TykError> {
-    check_id("keyID", &id).map_err(invalid)?;
+    check_id("keyID", &id)?;
     let mut org = find(&s, &id)
         .await
         .ok_or_else(|| TykError::not_found(MISSING))?;
@@ -86,9 +87,9 @@ async fn get_org(
 }
 
 async fn save(s: &ApiState, id: &str, session: Session, quota: Quota) -> Result<(), TykError> {
-    check_id("keyID", id).map_err(invalid)?;
+    check_id("keyID", id)?;
     let mut session = session;
-    domain::check_session(&mut session).map_err(invalid)?;
+    domain::check_session(&mut session)?;
     if session.org_id.is_empty() {
         session.org_id = id.to_owned();
     } else if session.org_id != id {
@@ -115,7 +116,7 @@ async fn save(s: &ApiState, id: &str, session: Session, quota: Quota) -> Result<
             ))
         })
         .await
-        .map_err(write_failed)?;
+        .map_err(WriteError::<TykError>::answer)?;
     tracing::info!(org = %id, "organisation session saved");
     Ok(())
 }
@@ -160,7 +161,7 @@ async fn delete_org(
     State(s): State<ApiState>,
     TykPath(id): TykPath<String>,
 ) -> Result<axum::Json<ModifyKey>, TykError> {
-    check_id("keyID", &id).map_err(invalid)?;
+    check_id("keyID", &id)?;
     if find(&s, &id).await.is_none() {
         return Err(TykError::not_found(MISSING));
     }
@@ -179,7 +180,7 @@ async fn delete_org(
             ))
         })
         .await
-        .map_err(write_failed)?;
+        .map_err(WriteError::<TykError>::answer)?;
     tracing::info!(org = %id, "organisation session deleted");
     Ok(axum::Json(ModifyKey::new(id, "deleted")))
 }

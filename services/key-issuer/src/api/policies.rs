@@ -7,9 +7,10 @@ use meridian_schemas::streams::KeysEntity;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::{ApiState, ModifyKey, invalid, now, random_hex, to_json, write_failed};
+use super::{ApiState, ModifyKey, now, random_hex, to_json};
 use crate::adapters::fold::read;
 use crate::domain::{self, Policy, check_id};
+use meridian_kit::writer::WriteError;
 
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -57,7 +58,7 @@ async fn save(s: &ApiState, id: &str, policy: Policy) -> Result<bool, TykError> 
             ))
         })
         .await
-        .map_err(write_failed)?;
+        .map_err(WriteError::<TykError>::answer)?;
     Ok(created)
 }
 
@@ -66,7 +67,7 @@ async fn save(s: &ApiState, id: &str, policy: Policy) -> Result<bool, TykError> 
 fn post_id(policy: &Policy, path_id: Option<&str>) -> Result<String, TykError> {
     match (policy.id.as_str(), path_id) {
         ("", Some(id)) | (id, _) if !id.is_empty() => {
-            check_id("id", id).map_err(invalid)?;
+            check_id("id", id)?;
             Ok(id.to_owned())
         }
         _ => random_hex(12),
@@ -78,7 +79,7 @@ async fn post(
     mut policy: Policy,
     path_id: Option<&str>,
 ) -> Result<axum::Json<ModifyKey>, TykError> {
-    domain::check_policy(&mut policy).map_err(invalid)?;
+    domain::check_policy(&mut policy)?;
     let id = post_id(&policy, path_id)?;
     let created = save(&s, &id, policy).await?;
     tracing::info!(policy = %id, created, "policy saved");
@@ -108,7 +109,7 @@ async fn create_policy_at(
     TykPath(id): TykPath<String>,
     TykJson(policy): TykJson<Policy>,
 ) -> Result<axum::Json<ModifyKey>, TykError> {
-    check_id("polID", &id).map_err(invalid)?;
+    check_id("polID", &id)?;
     post(s, policy, Some(&id)).await
 }
 
@@ -120,7 +121,7 @@ async fn get_policy(
     State(s): State<ApiState>,
     TykPath(id): TykPath<String>,
 ) -> Result<axum::Json<Policy>, TykError> {
-    check_id("polID", &id).map_err(invalid)?;
+    check_id("polID", &id)?;
     s.find(|state| state.policy(&id).map(|p| p.value.as_ref().clone()))
         .await
         .map(axum::Json)
@@ -138,13 +139,13 @@ async fn update_policy(
     TykPath(id): TykPath<String>,
     TykJson(mut policy): TykJson<Policy>,
 ) -> Result<axum::Json<ModifyKey>, TykError> {
-    check_id("polID", &id).map_err(invalid)?;
+    check_id("polID", &id)?;
     if !policy.id.is_empty() && policy.id != id {
         return Err(TykError::bad_request(
             "Request ID does not match that in policy! For Update operations these must match",
         ));
     }
-    domain::check_policy(&mut policy).map_err(invalid)?;
+    domain::check_policy(&mut policy)?;
     let created = save(&s, &id, policy).await?;
     tracing::info!(policy = %id, created, "policy saved");
     Ok(axum::Json(ModifyKey::new(id, "modified")))
@@ -159,7 +160,7 @@ async fn delete_policy(
     State(s): State<ApiState>,
     TykPath(id): TykPath<String>,
 ) -> Result<axum::Json<ModifyKey>, TykError> {
-    check_id("polID", &id).map_err(invalid)?;
+    check_id("polID", &id)?;
     if read(s.writer.state()).policy(&id).is_none() {
         s.writer.catch_up().await;
     }
@@ -181,7 +182,7 @@ async fn delete_policy(
             ))
         })
         .await
-        .map_err(write_failed)?;
+        .map_err(WriteError::<TykError>::answer)?;
     tracing::info!(policy = %id, "policy deleted");
     Ok(axum::Json(ModifyKey::new(id, "deleted")))
 }

@@ -12,13 +12,14 @@ use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{ApiState, Unsettled, invalid, provider_failed, time};
+use super::{ApiState, Unsettled, provider_failed, time};
 use crate::adapters::providers::Connection;
 use crate::domain::PortalState;
 use crate::domain::model::{
     ApiAccess, CREATION_MARKER, Creation, Display, Limits, Origin, Plan, Product, Request, Status,
     check_name, invalid as field,
 };
+use crate::domain::rules::{self, ApiAsked, ApiFound};
 use crate::domain::sync::{Kind, Listed, catalogue_id};
 
 pub fn routes() -> OpenApiRouter<ApiState> {
@@ -251,7 +252,7 @@ impl DisplayUpdate {
 
     fn apply(&self, display: &mut Display, hidden: bool) -> Result<(), ApiError> {
         if let Some(name) = &self.name {
-            check_name("name", name).map_err(invalid)?;
+            check_name("name", name)?;
             display.name.clone_from(name);
         }
         if let Some(d) = &self.description {
@@ -613,93 +614,35 @@ async fn create_product(
     State(s): State<ApiState>,
     Json(input): Json<ProductInput>,
 ) -> Result<(StatusCode, Json<ProductView>), ApiError> {
-    check_name("name", &input.name).map_err(invalid)?;
-    if input.provider_id.is_empty() {
-        return Err(invalid(field(
-            "provider_id",
-            "must name the Product's one provider",
-        )));
-    }
-    if input.apis.is_empty() {
-        return Err(invalid(field("apis", "must name at least one API")));
-    }
-    for (i, api) in input.apis.iter().enumerate() {
-        if api.api_id.is_empty() {
-            return Err(invalid(field(
-                &format!("apis[{i}].api_id"),
-                "must not be empty",
-            )));
-        }
-        if let Some(other) = api
-            .provider_id
-            .as_ref()
-            .filter(|p| **p != input.provider_id)
-        {
-            return Err(invalid(field(
-                &format!("apis[{i}].provider_id"),
-                format!(
-                    "{other:?} is not the Product's provider {:?}: a Product's APIs all come from one provider",
-                    input.provider_id
-                ),
-            )));
-        }
-    }
+    let asked: Vec<ApiAsked> = input
+        .apis
+        .iter()
+        .map(|a| ApiAsked {
+            api_id: a.api_id.clone(),
+            versions: a.versions.clone(),
+            provider_id: a.provider_id.clone(),
+        })
+        .collect();
+    rules::check_product(&input.name, &input.provider_id, &asked)?;
     let (provider, connection) = s.connect(&input.provider_id).await?;
-    // Every API must exist in the provider, and all share one auth method.
-    let mut apis = Vec::with_capacity(input.apis.len());
-    let mut methods: Vec<(String, String)> = Vec::new();
-    for (i, choice) in input.apis.iter().enumerate() {
+    let mut found = Vec::with_capacity(asked.len());
+    for choice in &asked {
         let info = connection
             .api(&choice.api_id)
             .await
-            .map_err(|e| provider_failed("look the API up", &e))?
-            .ok_or_else(|| {
-                invalid(field(
-                    &format!("apis[{i}].api_id"),
-                    format!(
-                        "provider {:?} has no API {:?}",
-                        provider.name, choice.api_id
-                    ),
-                ))
-            })?;
-        methods.push((choice.api_id.clone(), info.auth_type.clone()));
-        apis.push(ApiAccess {
-            api_id: choice.api_id.clone(),
-            api_name: info.name,
-            versions: if choice.versions.is_empty() {
-                vec!["Default".into()]
-            } else {
-                choice.versions.clone()
-            },
-        });
+            .map_err(|e| provider_failed("look the API up", &e))?;
+        found.push(info.map(|i| ApiFound {
+            name: i.name,
+            auth_type: i.auth_type,
+        }));
     }
-    if let Some((first_api, first)) = methods.first()
-        && let Some((api, other)) = methods.iter().find(|(_, m)| m != first)
-    {
-        return Err(invalid(field(
-            "apis",
-            format!(
-                "{first_api:?} uses {first} and {api:?} uses {other}: all APIs of a Product must use one authentication method, so that one credential works for all"
-            ),
-        )));
-    }
-    let access_rights: serde_json::Map<String, Value> = apis
-        .iter()
-        .map(|a| {
-            (
-                a.api_id.clone(),
-                json!({"api_id": a.api_id, "api_name": a.api_name, "versions": a.versions}),
-            )
-        })
-        .collect();
-    let policy = json!({
-        "name": input.name,
-        "tags": provider.policy_tags,
-        "access_rights": access_rights,
-        "partitions": {"acl": true, "quota": false, "rate_limit": false, "complexity": false},
-        "active": true,
-        "rate": 0, "per": 0, "quota_max": -1, "quota_renewal_rate": 0,
-    });
+    let (apis, auth_type, policy) = rules::product_access(
+        &input.name,
+        &provider.name,
+        &provider.policy_tags,
+        &asked,
+        &found,
+    )?;
     let now = meridian_kit::time::now_ms();
     let draft = Product {
         provider_id: provider.id.clone(),
@@ -712,7 +655,7 @@ async fn create_product(
             published: input.published,
         },
         apis,
-        auth_type: methods.first().map(|(_, m)| m.clone()).unwrap_or_default(),
+        auth_type,
         origin: Origin::Portal,
         created_at_ms: now,
         updated_at_ms: now,
@@ -781,7 +724,7 @@ async fn update_product(
 ) -> Result<Json<ProductView>, ApiError> {
     let (update, rest) = DisplayUpdate::split(body)?;
     if update.auto_approve.is_some() {
-        return Err(invalid(field(
+        return Err(ApiError::from(field(
             "auto_approve",
             "is a Plan's setting, not a Product's",
         )));
@@ -844,51 +787,16 @@ async fn create_plan(
     State(s): State<ApiState>,
     Json(input): Json<PlanInput>,
 ) -> Result<(StatusCode, Json<PlanView>), ApiError> {
-    check_name("name", &input.name).map_err(invalid)?;
-    if input.provider_id.is_empty() {
-        return Err(invalid(field(
-            "provider_id",
-            "must name the Plan's one provider",
-        )));
-    }
-    if !(input.rate >= 0.0 && input.rate.is_finite()) {
-        return Err(invalid(field("rate", "must be 0 or more")));
-    }
-    if !(input.per >= 0.0 && input.per.is_finite()) || (input.rate > 0.0 && input.per <= 0.0) {
-        return Err(invalid(field(
-            "per",
-            "must be more than 0 seconds when rate is set",
-        )));
-    }
-    let quota_max = input.quota_max.unwrap_or(-1);
-    if quota_max < -1 {
-        return Err(invalid(field(
-            "quota_max",
-            "must be -1 (unlimited) or more",
-        )));
-    }
-    if input.quota_renewal_rate < 0 || (quota_max > 0 && input.quota_renewal_rate == 0) {
-        return Err(invalid(field(
-            "quota_renewal_rate",
-            "must be more than 0 seconds when quota_max is set",
-        )));
-    }
+    let limits = rules::check_plan(
+        &input.name,
+        &input.provider_id,
+        input.rate,
+        input.per,
+        input.quota_max,
+        input.quota_renewal_rate,
+    )?;
     let (provider, connection) = s.connect(&input.provider_id).await?;
-    let limits = Limits {
-        rate: input.rate,
-        per: input.per,
-        quota_max,
-        quota_renewal_rate: input.quota_renewal_rate,
-    };
-    let policy = json!({
-        "name": input.name,
-        "tags": provider.policy_tags,
-        "access_rights": {},
-        "partitions": {"acl": false, "quota": true, "rate_limit": true, "complexity": false},
-        "active": true,
-        "rate": limits.rate, "per": limits.per,
-        "quota_max": limits.quota_max, "quota_renewal_rate": limits.quota_renewal_rate,
-    });
+    let policy = rules::plan_policy(&input.name, &provider.policy_tags, &limits);
     let now = meridian_kit::time::now_ms();
     let draft = Plan {
         provider_id: provider.id.clone(),

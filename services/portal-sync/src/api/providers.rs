@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{ApiState, invalid, new_id, time};
+use super::{ApiState, new_id, time};
 use crate::adapters::providers::{Connection, ConnectionTest};
 use crate::domain::model::{
     Provider, ProviderType, check_name, check_url, invalid as field, parse_policy_tags,
@@ -117,14 +117,14 @@ fn build(
     old: Option<&Provider>,
     now: i64,
 ) -> Result<Provider, ApiError> {
-    check_name("name", &input.name).map_err(invalid)?;
-    check_url("url", &input.url, true).map_err(invalid)?;
-    check_url("baseline_url", &input.baseline_url, false).map_err(invalid)?;
-    let policy_tags = parse_policy_tags(&input.policy_tags).map_err(invalid)?;
+    check_name("name", &input.name)?;
+    check_url("url", &input.url, true)?;
+    check_url("baseline_url", &input.baseline_url, false)?;
+    let policy_tags = parse_policy_tags(&input.policy_tags)?;
     let sealed_secret = match (&input.secret, old) {
         (Some(secret), _) if !secret.is_empty() => s.sealer.seal(id, secret),
         (Some(_), _) | (None, None) => {
-            return Err(invalid(field(
+            return Err(ApiError::from(field(
                 "secret",
                 "must not be empty (the provider's API credential)",
             )));

@@ -16,13 +16,12 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::{ApiState, Unsettled, invalid, new_id, provider_failed, time};
+use super::{ApiState, Unsettled, new_id, provider_failed, time};
 use crate::adapters::providers::Connection;
 use crate::domain::PortalState;
 use crate::domain::hash_key;
-use crate::domain::model::{
-    App, Credential, Issuing, Request, Status, check_name, invalid as field,
-};
+use crate::domain::model::{App, Credential, Issuing, Request, Status, check_name};
+use crate::domain::rules;
 
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -197,8 +196,8 @@ fn no_request(id: &str) -> ApiError {
 }
 
 fn check_app(input: &AppInput) -> Result<(), ApiError> {
-    check_name("name", &input.name).map_err(invalid)?;
-    check_name("owner", &input.owner).map_err(invalid)
+    check_name("name", &input.name)?;
+    check_name("owner", &input.owner).map_err(ApiError::from)
 }
 
 /// Every app, by name.
@@ -349,51 +348,6 @@ pub struct RequestInput {
     pub plan_id: String,
 }
 
-/// Checks a request against the portal: the app exists, the Product and
-/// Plan exist, are shown and published, and share one provider.
-fn check_request(state: &PortalState, input: &RequestInput) -> Result<String, ApiError> {
-    if state.app(&input.app_id).is_none() {
-        return Err(invalid(field(
-            "app_id",
-            format!("no app {:?}", input.app_id),
-        )));
-    }
-    let product = state.product(&input.product_id).ok_or_else(|| {
-        invalid(field(
-            "product_id",
-            format!("no Product {:?}", input.product_id),
-        ))
-    })?;
-    let plan = state
-        .plan(&input.plan_id)
-        .ok_or_else(|| invalid(field("plan_id", format!("no Plan {:?}", input.plan_id))))?;
-    for (name, hidden, published) in [
-        ("product_id", product.hidden, product.display.published),
-        ("plan_id", plan.hidden, plan.display.published),
-    ] {
-        if hidden || !published {
-            return Err(invalid(field(
-                name,
-                if hidden {
-                    "is hidden: its policy is gone from the provider"
-                } else {
-                    "is not published"
-                },
-            )));
-        }
-    }
-    if product.provider_id != plan.provider_id {
-        return Err(invalid(field(
-            "plan_id",
-            format!(
-                "the Plan comes from provider {:?} and the Product from {:?}: a credential is issued by one provider",
-                plan.provider_id, product.provider_id
-            ),
-        )));
-    }
-    Ok(product.provider_id.clone())
-}
-
 /// The header that makes a request's creation safe to retry.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
@@ -452,7 +406,8 @@ async fn create_request(
             if state.request(&id).is_some() {
                 return Err(ApiError::conflict("created by a retry meanwhile"));
             }
-            let provider_id = check_request(state, &input)?;
+            let provider_id =
+                rules::check_request(state, &input.app_id, &input.product_id, &input.plan_id)?;
             Ok(Request {
                 id: id.clone(),
                 app_id: input.app_id.clone(),

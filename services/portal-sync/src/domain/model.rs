@@ -304,22 +304,11 @@ pub struct Request {
     pub issuing: Option<Issuing>,
 }
 
-/// A field at fault, for a 400.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {why}")]
-pub struct Invalid {
-    /// The field.
-    pub field: String,
-    /// Why.
-    pub why: String,
-}
+pub use meridian_kit::invalid::Invalid;
 
 /// A 400 naming `field`.
 pub fn invalid(field: &str, why: impl Into<String>) -> Invalid {
-    Invalid {
-        field: field.to_owned(),
-        why: why.into(),
-    }
+    Invalid::new(field, why)
 }
 
 /// Parses policy tags as Tyk documents them: comma-separated, no spaces
@@ -416,7 +405,7 @@ mod tests {
         assert!(
             parse_policy_tags("tag1, tag2")
                 .unwrap_err()
-                .why
+                .message
                 .contains("no spaces")
         );
     }
