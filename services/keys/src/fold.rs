@@ -3,30 +3,17 @@
 
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use meridian_kit::projection::{Fold, StoredEvent};
-use meridian_schemas::DecodeError;
+use meridian_kit::projection::EventFold;
 use meridian_schemas::keys::KeysEvent;
 
 use crate::state::{CorruptObject, KeysState};
 
-/// Why an event of `KEYS` could not be applied (the fold halts).
-#[derive(Debug, thiserror::Error)]
-pub enum FoldError {
-    /// The envelope or event does not decode.
-    #[error(transparent)]
-    Decode(#[from] DecodeError),
-    /// An object inside the event does not parse.
-    #[error(transparent)]
-    Corrupt(#[from] CorruptObject),
-}
+impl EventFold for KeysState {
+    type Event = KeysEvent;
+    type Corrupt = CorruptObject;
 
-impl Fold for KeysState {
-    type Error = FoldError;
-
-    fn apply(&mut self, stored: &StoredEvent) -> Result<(), FoldError> {
-        let event: KeysEvent = stored.envelope.open()?;
-        KeysState::apply(self, &event, stored.seq)?;
-        Ok(())
+    fn apply_event(&mut self, event: &KeysEvent, seq: u64) -> Result<(), CorruptObject> {
+        KeysState::apply(self, event, seq)
     }
 }
 

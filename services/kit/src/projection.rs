@@ -183,6 +183,42 @@ pub trait Fold: Send + Sync + 'static {
     fn apply(&mut self, event: &StoredEvent) -> Result<(), Self::Error>;
 }
 
+/// In-memory state folded event by event: [`Fold`] for it opens each
+/// envelope as [`EventFold::Event`] and applies it at its sequence. The
+/// key-issuer, proxy and portal-sync folds are this.
+pub trait EventFold: Send + Sync + 'static {
+    /// The stream's event type.
+    type Event: meridian_schemas::Event;
+    /// What a decoded event can still be refused for (an entity inside it
+    /// that does not parse).
+    type Corrupt: std::error::Error + Send + Sync + 'static;
+
+    /// Applies one event stored at `seq`; applying one at or below the
+    /// state's position changes nothing.
+    fn apply_event(&mut self, event: &Self::Event, seq: u64) -> Result<(), Self::Corrupt>;
+}
+
+/// Why an event could not be applied by an [`EventFold`] (the fold halts).
+#[derive(Debug, thiserror::Error)]
+pub enum EventFoldError<C: std::error::Error + 'static> {
+    /// The envelope or event does not decode.
+    #[error(transparent)]
+    Decode(#[from] meridian_schemas::DecodeError),
+    /// Something inside the event does not parse.
+    #[error(transparent)]
+    Corrupt(C),
+}
+
+impl<T: EventFold> Fold for T {
+    type Error = EventFoldError<T::Corrupt>;
+
+    fn apply(&mut self, stored: &StoredEvent) -> Result<(), Self::Error> {
+        let event: T::Event = stored.envelope.open()?;
+        self.apply_event(&event, stored.seq)
+            .map_err(EventFoldError::Corrupt)
+    }
+}
+
 /// How the projection reads its stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConsumerKind {

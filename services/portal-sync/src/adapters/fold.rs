@@ -1,31 +1,18 @@
 //! `PORTAL` folded in memory by every replica (rebuilt from the log at each
 //! start); the writer decides on it.
 
-use meridian_kit::projection::{Fold, StoredEvent};
-use meridian_schemas::DecodeError;
+use meridian_kit::projection::EventFold;
 use meridian_schemas::portal::PortalEvent;
 
 use crate::domain::PortalState;
 use crate::domain::state::CorruptObject;
 
-/// Why an event of `PORTAL` could not be applied (the fold halts).
-#[derive(Debug, thiserror::Error)]
-pub enum FoldError {
-    /// The envelope or event does not decode.
-    #[error(transparent)]
-    Decode(#[from] DecodeError),
-    /// An entity inside the event does not parse.
-    #[error(transparent)]
-    Corrupt(#[from] CorruptObject),
-}
+impl EventFold for PortalState {
+    type Event = PortalEvent;
+    type Corrupt = CorruptObject;
 
-impl Fold for PortalState {
-    type Error = FoldError;
-
-    fn apply(&mut self, stored: &StoredEvent) -> Result<(), FoldError> {
-        let event: PortalEvent = stored.envelope.open()?;
-        PortalState::apply(self, &event, stored.seq)?;
-        Ok(())
+    fn apply_event(&mut self, event: &PortalEvent, seq: u64) -> Result<(), CorruptObject> {
+        PortalState::apply(self, event, seq)
     }
 }
 

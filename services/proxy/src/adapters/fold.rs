@@ -4,31 +4,18 @@
 
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use meridian_kit::projection::{Fold, StoredEvent};
-use meridian_schemas::DecodeError;
+use meridian_kit::projection::EventFold;
 use meridian_schemas::apis::ApisEvent;
 
 use crate::domain::ApisState;
 use crate::domain::state::CorruptDefinition;
 
-/// Why an event of `APIS` could not be applied (the fold halts).
-#[derive(Debug, thiserror::Error)]
-pub enum FoldError {
-    /// The envelope or event does not decode.
-    #[error(transparent)]
-    Decode(#[from] DecodeError),
-    /// A definition inside does not parse or compile.
-    #[error(transparent)]
-    Corrupt(#[from] CorruptDefinition),
-}
+impl EventFold for ApisState {
+    type Event = ApisEvent;
+    type Corrupt = CorruptDefinition;
 
-impl Fold for ApisState {
-    type Error = FoldError;
-
-    fn apply(&mut self, stored: &StoredEvent) -> Result<(), FoldError> {
-        let event: ApisEvent = stored.envelope.open()?;
-        ApisState::apply(self, &event, stored.seq)?;
-        Ok(())
+    fn apply_event(&mut self, event: &ApisEvent, seq: u64) -> Result<(), CorruptDefinition> {
+        ApisState::apply(self, event, seq)
     }
 }
 
