@@ -2,6 +2,7 @@
 //! `/api/repository/digest`. Every route needs the admin key.
 
 use axum::extract::{Path, State};
+use meridian_kit::http::DigestView;
 use meridian_kit::http::{ApiError, ErrorBody, Json, Query, read_last};
 use meridian_kit::time::{NEVER, now_ms, rfc3339};
 use meridian_schemas::agents::{AgentStatus, Heartbeat};
@@ -274,15 +275,6 @@ pub struct ProviderView {
     pub last_sync_at: Option<String>,
     /// The last run that ended.
     pub last_sync: Option<SyncView>,
-}
-
-/// The repository digest.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct DigestView {
-    /// SHA-256 over the repository state.
-    pub digest: String,
-    /// Last `SYNC` sequence applied.
-    pub position: u64,
 }
 
 fn parse_status(s: Option<&str>) -> Result<StatusFilter, ApiError> {

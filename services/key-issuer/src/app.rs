@@ -7,15 +7,13 @@ use std::time::Duration;
 use meridian_kit::CancellationToken;
 use meridian_kit::bus::{self, Publisher};
 use meridian_kit::config::{ConfigError, Secret};
+use meridian_kit::http::DigestView;
 use meridian_kit::http::{self, ApiKey, ReadyCheck};
 use meridian_kit::metrics::Metrics;
-use meridian_kit::projection::{
-    ConsumerKind, InMemory, Progress, ProjectionError, ProjectionSpec, Runner,
-};
+use meridian_kit::projection::{InMemory, Progress, ProjectionError, ProjectionSpec, Runner};
 use meridian_kit::tyk::{self, TykError};
 use meridian_schemas::streams;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -122,17 +120,6 @@ pub struct App {
     metrics: Metrics,
 }
 
-fn spec(id: &str, stream: &'static str) -> ProjectionSpec {
-    ProjectionSpec {
-        id: id.into(),
-        stream,
-        consumer: ConsumerKind::Ordered,
-        batch: 512,
-        batch_bytes: usize::MAX,
-        filter_subject: None,
-    }
-}
-
 impl App {
     /// Checks configuration, connects, creates the streams. Series go to
     /// `metrics` (one per service instance; the hub shares one).
@@ -158,14 +145,14 @@ impl App {
         let (runner, progress) = Runner::in_memory(
             js.clone(),
             state.clone(),
-            spec("key-issuer-keys", streams::KEYS),
+            ProjectionSpec::ordered("key-issuer-keys", streams::KEYS),
             metrics,
         );
         let gateway_apis = Arc::new(RwLock::new(GatewayApis::default()));
         let (apis_runner, apis_progress) = Runner::in_memory(
             js.clone(),
             gateway_apis.clone(),
-            spec("key-issuer-apis", streams::APIS),
+            ProjectionSpec::ordered("key-issuer-apis", streams::APIS),
             metrics,
         );
         let apis = SharedApis::new(gateway_apis, apis_progress.clone());
@@ -266,16 +253,6 @@ impl App {
     }
 }
 
-/// The view's digest and position.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct DigestView {
-    /// SHA-256 over the whole view (keys, policies, organisations,
-    /// clients, tokens): equal on every replica that folded the same log.
-    pub digest: String,
-    /// The `KEYS` sequence it reflects.
-    pub position: u64,
-}
-
 /// The digest of this replica's view, after catching up with the log.
 #[utoipa::path(get, path = "/api/keys/digest", tag = "keys", security(("tyk_secret" = [])),
     responses((status = 200, body = DigestView)))]
@@ -308,7 +285,7 @@ pub async fn rebuild(nats_url: &str) -> Result<DigestView, AppError> {
     let (runner, _) = Runner::in_memory(
         js,
         state.clone(),
-        spec("key-issuer-rebuild", streams::KEYS),
+        ProjectionSpec::ordered("key-issuer-rebuild", streams::KEYS),
         &metrics,
     );
     let position = runner.run_until_caught_up().await?;

@@ -28,4 +28,5 @@ pub mod app;
 /// (which must not depend on this service): model, merge, state, checks.
 pub use meridian_keys as domain;
 
-pub use app::{App, Config, DigestView, rebuild};
+pub use app::{App, Config, rebuild};
+pub use meridian_kit::http::DigestView;

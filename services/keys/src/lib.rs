@@ -11,6 +11,7 @@
 //! Everything but [`fold`] is pure: no I/O, no clock (time comes in).
 #![cfg_attr(test, recursion_limit = "1024")] // the json! fixture of Tyk's merge table
 
+pub mod clients;
 pub mod fold;
 pub mod limits;
 pub mod merge;

@@ -143,6 +143,16 @@ impl ApiError {
     }
 }
 
+/// A folded view's digest and the stream position it reflects: equal on
+/// every replica, and on a rebuild, that folded the same log as far.
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct DigestView {
+    /// SHA-256 over the whole view.
+    pub digest: String,
+    /// The last stream sequence the view reflects.
+    pub position: u64,
+}
+
 impl From<crate::invalid::Invalid> for ApiError {
     fn from(e: crate::invalid::Invalid) -> Self {
         Self::invalid_field(&e.field, e.message)

@@ -247,6 +247,29 @@ pub struct ProjectionSpec {
     pub filter_subject: Option<&'static str>,
 }
 
+impl ProjectionSpec {
+    /// An in-memory fold's reading: an ordered consumer over the whole
+    /// stream, 512 messages a batch.
+    pub fn ordered(id: &str, stream: &'static str) -> Self {
+        Self {
+            id: id.into(),
+            stream,
+            consumer: ConsumerKind::Ordered,
+            batch: 512,
+            batch_bytes: usize::MAX,
+            filter_subject: None,
+        }
+    }
+
+    /// Only the stream's messages on `subject` (a NATS wildcard).
+    pub fn filtered(self, subject: Option<&'static str>) -> Self {
+        Self {
+            filter_subject: subject,
+            ..self
+        }
+    }
+}
+
 /// Why a projection stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {

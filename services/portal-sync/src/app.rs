@@ -7,14 +7,12 @@ use std::time::Duration;
 use meridian_kit::CancellationToken;
 use meridian_kit::bus::{self, Publisher};
 use meridian_kit::config::{ConfigError, HumanDuration, Secret, admin_key, parse_duration};
+use meridian_kit::http::DigestView;
 use meridian_kit::http::{self, ApiError, ApiKey, ReadyCheck};
 use meridian_kit::metrics::{Counter, Family, Labels, Metrics};
-use meridian_kit::projection::{
-    ConsumerKind, InMemory, Progress, ProjectionError, ProjectionSpec, Runner,
-};
+use meridian_kit::projection::{InMemory, Progress, ProjectionError, ProjectionSpec, Runner};
 use meridian_schemas::streams;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -152,17 +150,6 @@ pub struct App {
     intent_deadline: Duration,
 }
 
-fn spec(id: &str) -> ProjectionSpec {
-    ProjectionSpec {
-        id: id.into(),
-        stream: streams::PORTAL,
-        consumer: ConsumerKind::Ordered,
-        batch: 512,
-        batch_bytes: usize::MAX,
-        filter_subject: None,
-    }
-}
-
 impl App {
     /// Checks configuration, connects, creates the streams. Series go to
     /// `metrics` (one per service instance; the hub shares one).
@@ -204,8 +191,12 @@ impl App {
         bus::ensure_streams(&js, &[streams::PORTAL]).await?;
         bus::ensure_public_stream(&js).await?;
         let state = Arc::new(RwLock::new(PortalState::default()));
-        let (runner, progress) =
-            Runner::in_memory(js.clone(), state.clone(), spec("portal-sync"), metrics);
+        let (runner, progress) = Runner::in_memory(
+            js.clone(),
+            state.clone(),
+            ProjectionSpec::ordered("portal-sync", streams::PORTAL),
+            metrics,
+        );
         let writer =
             PortalWriter::new(Publisher::new(js.clone(), metrics), state, progress.clone());
         let sealer = Arc::new(Sealer::new(&seal_material));
@@ -336,16 +327,6 @@ impl App {
     }
 }
 
-/// The view's digest and position.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct DigestView {
-    /// SHA-256 over the whole portal (providers, Products, Plans, apps,
-    /// requests, syncs): equal on every replica that folded the same log.
-    pub digest: String,
-    /// The `PORTAL` sequence it reflects.
-    pub position: u64,
-}
-
 /// The digest of this replica's view, after catching up with the log.
 #[utoipa::path(get, path = "/api/portal/digest", tag = "portal", security(("api_key" = [])),
     responses((status = 200, body = DigestView)))]
@@ -374,7 +355,12 @@ pub async fn rebuild(nats_url: &str) -> Result<DigestView, AppError> {
     let js = async_nats::jetstream::new(client);
     bus::ensure_streams(&js, &[streams::PORTAL]).await?;
     let state = Arc::new(RwLock::new(PortalState::default()));
-    let (runner, _) = Runner::in_memory(js, state.clone(), spec("portal-sync-rebuild"), &metrics);
+    let (runner, _) = Runner::in_memory(
+        js,
+        state.clone(),
+        ProjectionSpec::ordered("portal-sync-rebuild", streams::PORTAL),
+        &metrics,
+    );
     let position = runner.run_until_caught_up().await?;
     let digest = meridian_kit::writer::read(&state).digest();
     Ok(DigestView { digest, position })

@@ -27,4 +27,5 @@ pub mod api;
 pub mod app;
 pub mod domain;
 
-pub use app::{App, Config, DigestView, rebuild};
+pub use app::{App, Config, rebuild};
+pub use meridian_kit::http::DigestView;

@@ -11,9 +11,7 @@ use meridian_kit::bus::{self, Publisher};
 use meridian_kit::config::{ConfigError, HumanDuration, Secret};
 use meridian_kit::http::{self, ApiKey, ReadyCheck};
 use meridian_kit::metrics::Metrics;
-use meridian_kit::projection::{
-    ConsumerKind, InMemory, Progress, ProjectionError, ProjectionSpec, Runner,
-};
+use meridian_kit::projection::{InMemory, Progress, ProjectionError, ProjectionSpec, Runner};
 use meridian_kit::tyk;
 use meridian_schemas::streams;
 use serde::Deserialize;
@@ -177,17 +175,6 @@ pub struct App {
     metrics: Metrics,
 }
 
-fn spec(id: &str, stream: &'static str) -> ProjectionSpec {
-    ProjectionSpec {
-        id: id.into(),
-        stream,
-        consumer: ConsumerKind::Ordered,
-        batch: 512,
-        batch_bytes: usize::MAX,
-        filter_subject: None,
-    }
-}
-
 impl App {
     /// Checks configuration, connects, creates the streams, and starts
     /// listening to the other replicas. Series go to `metrics`.
@@ -207,13 +194,13 @@ impl App {
         let (apis_runner, apis_progress) = Runner::in_memory(
             js.clone(),
             apis.clone(),
-            spec("proxy-apis", streams::APIS),
+            ProjectionSpec::ordered("proxy-apis", streams::APIS),
             metrics,
         );
         let (keys_runner, keys_progress) = Runner::in_memory(
             js.clone(),
             keys.clone(),
-            spec("proxy-keys", streams::KEYS),
+            ProjectionSpec::ordered("proxy-keys", streams::KEYS),
             metrics,
         );
         let writer = Writer::new(

@@ -7,9 +7,7 @@ use meridian_kit::bus::{self, Publisher};
 use meridian_kit::config::{ConfigError, HumanDuration, Secret, admin_key};
 use meridian_kit::http::{self, ApiKey, ReadyCheck};
 use meridian_kit::metrics::Metrics;
-use meridian_kit::projection::{
-    ConsumerKind, InMemory, Progress, ProjectionError, ProjectionSpec, Runner,
-};
+use meridian_kit::projection::{InMemory, Progress, ProjectionError, ProjectionSpec, Runner};
 use meridian_schemas::streams;
 use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
@@ -113,17 +111,6 @@ struct Runners {
     runs: Runner<InMemory<Runs>>,
 }
 
-fn spec(id: &str, stream: &'static str, filter_subject: Option<&'static str>) -> ProjectionSpec {
-    ProjectionSpec {
-        id: id.into(),
-        stream,
-        consumer: ConsumerKind::Ordered,
-        batch: 512,
-        batch_bytes: usize::MAX,
-        filter_subject,
-    }
-}
-
 impl App {
     /// Checks configuration, connects, creates streams. Its series go to
     /// `metrics` (one per service instance; the hub shares one).
@@ -162,23 +149,20 @@ impl App {
         let (jobs, jobs_progress) = Runner::in_memory(
             js.clone(),
             state.jobs.clone(),
-            spec("scheduler-jobs", streams::SCHEDULE, None),
+            ProjectionSpec::ordered("scheduler-jobs", streams::SCHEDULE),
             metrics,
         );
         let (agents, agents_progress) = Runner::in_memory(
             js.clone(),
             state.agents.clone(),
-            spec("scheduler-agents", streams::AGENTS, None),
+            ProjectionSpec::ordered("scheduler-agents", streams::AGENTS),
             metrics,
         );
         let (runs, runs_progress) = Runner::in_memory(
             js.clone(),
             state.runs.clone(),
-            spec(
-                "scheduler-runs",
-                streams::SYNC,
-                Some(streams::SYNC_RUN_EVENTS),
-            ),
+            ProjectionSpec::ordered("scheduler-runs", streams::SYNC)
+                .filtered(Some(streams::SYNC_RUN_EVENTS)),
             metrics,
         );
         let firer = Firer {

@@ -16,6 +16,9 @@ use uuid::Uuid;
 
 use super::{ApiState, ModifyKey, ok, random_hex, to_json};
 use crate::adapters::fold::read;
+use std::collections::BTreeMap;
+
+use crate::domain::clients::{self, ClientRefusal, GatewayApi};
 use crate::domain::{KeysState, OAuthClient, check_id, hash_secret};
 use meridian_kit::writer::WriteError;
 
@@ -74,66 +77,34 @@ fn view(c: &OAuthClient, secret: Option<String>) -> ClientBody {
     }
 }
 
-/// Checks a client's API and policy against the view.
-fn check_client(c: &OAuthClient, state: &KeysState) -> Result<(), TykError> {
-    if c.api_id.is_empty() && c.policy_id.is_empty() {
-        return Err(TykError::bad_request(
-            "Request malformed: api_id: an OAuth client needs an api_id or a policy_id",
-        ));
-    }
-    if !c.api_id.is_empty() {
-        check_id("api_id", &c.api_id)?;
-    }
-    if !c.policy_id.is_empty() {
-        let policy = state
-            .policy(&c.policy_id)
-            .ok_or_else(|| TykError::bad_request("Policy doesn't exist"))?;
-        if !c.api_id.is_empty() && !policy.value.access_rights.contains_key(&c.api_id) {
-            return Err(TykError::bad_request(
-                "Policy access rights doesn't contain API this OAuth client belongs to",
-            ));
-        }
-    }
-    Ok(())
+/// A client refused as Tyk refuses it: a 400 with Tyk's message.
+fn refused(e: ClientRefusal) -> TykError {
+    TykError::bad_request(e.to_string())
 }
 
-/// Tyk's checks of the APIs a client is for, against the gateway's
-/// definitions: its API must exist and use OAuth 2.0; a client given by
-/// policy needs every API of the policy to exist and one of them to use
-/// OAuth 2.0 (or JWT).
+/// The gateway's definitions of the APIs a client is for (each found after
+/// catching up with `APIS`), checked by [`clients::check_gateway_apis`].
 async fn check_gateway_apis(s: &ApiState, c: &OAuthClient) -> Result<(), TykError> {
-    const NO_API: &str = "API doesn't exist";
-    const NOT_OAUTH: &str = "API is not OAuth2";
-    if !c.api_id.is_empty() {
-        let api = s
-            .apis
-            .find(&c.api_id)
-            .await
-            .ok_or_else(|| TykError::bad_request(NO_API))?;
-        return if api.oauth2 {
-            Ok(())
-        } else {
-            Err(TykError::bad_request(NOT_OAUTH))
-        };
-    }
-    let policy = s
-        .find(|state| state.policy(&c.policy_id).map(|p| p.value.clone()))
-        .await
-        .ok_or_else(|| TykError::bad_request("Policy doesn't exist"))?;
-    let mut any_oauth = false;
-    for api_id in policy.access_rights.keys() {
-        let api = s
-            .apis
-            .find(api_id)
-            .await
-            .ok_or_else(|| TykError::bad_request(NO_API))?;
-        any_oauth |= api.oauth2 || api.jwt;
-    }
-    if any_oauth {
-        Ok(())
+    // Only a client given by policy alone is checked through its policy.
+    let policy = if !c.api_id.is_empty() || c.policy_id.is_empty() {
+        None
     } else {
-        Err(TykError::bad_request(NOT_OAUTH))
+        s.find(|state| state.policy(&c.policy_id).map(|p| p.value.clone()))
+            .await
+    };
+    let mut found = BTreeMap::new();
+    for api_id in clients::apis_to_check(c, policy.as_deref()) {
+        if let Some(api) = s.apis.find(&api_id).await {
+            found.insert(
+                api_id,
+                GatewayApi {
+                    oauth2: api.oauth2,
+                    jwt: api.jwt,
+                },
+            );
+        }
     }
+    clients::check_gateway_apis(c, policy.as_deref(), &found).map_err(refused)
 }
 
 /// 400 when a form field is missing.
@@ -183,7 +154,7 @@ impl ApiState {
             .write(KeysEntity::Client, client_id, |state| {
                 let old = state.client(client_id).map(|c| c.value.as_ref());
                 let client = decide(old)?;
-                check_client(&client, state)?;
+                clients::check_client(&client, state).map_err(refused)?;
                 Ok((
                     KeysEvent::ClientSaved {
                         client_id: client_id.to_owned(),
