@@ -76,6 +76,17 @@ pub fn router(state: ApiState) -> OpenApiRouter {
         .with_state(state)
 }
 
+/// A provisioning decision refused: 404 for what is not there, 409 for
+/// what was decided already or is under way.
+impl From<crate::domain::rules::Refusal> for ApiError {
+    fn from(e: crate::domain::rules::Refusal) -> Self {
+        match e {
+            crate::domain::rules::Refusal::NotFound(m) => ApiError::not_found(m),
+            crate::domain::rules::Refusal::Conflict(m) => ApiError::conflict(m),
+        }
+    }
+}
+
 /// A provider's failure while doing `what` for the caller.
 fn provider_failed(what: &str, e: &ProviderError) -> ApiError {
     if e.refused_input() {

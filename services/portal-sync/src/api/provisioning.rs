@@ -21,7 +21,7 @@ use crate::adapters::providers::Connection;
 use crate::domain::PortalState;
 use crate::domain::hash_key;
 use crate::domain::model::{App, Credential, Issuing, Request, Status, check_name};
-use crate::domain::rules;
+use crate::domain::rules::{self, credential_owner};
 
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -560,21 +560,13 @@ async fn approve(s: &ApiState, id: &str, automatic: bool) -> Result<Provisioned,
             id,
             "approval-started",
             |state| {
-                let mut r = state.request(id).cloned().ok_or_else(|| no_request(id))?;
-                if r.status != Status::Pending {
-                    return Err(ApiError::conflict(format!(
-                        "provisioning request {id:?} was decided by someone else meanwhile"
-                    )));
-                }
-                if r.issuing.as_ref().is_some_and(|i| {
-                    meridian_kit::time::now_ms() - i.started_at_ms < deadline
-                }) {
-                    return Err(ApiError::conflict(format!(
-                        "an approval of provisioning request {id:?} is under way; ask again in a moment"
-                    )));
-                }
-                r.issuing = Some(issuing.clone());
-                Ok(r)
+                Ok(rules::start_approval(
+                    state,
+                    id,
+                    &issuing,
+                    meridian_kit::time::now_ms(),
+                    deadline,
+                )?)
             },
             |state| {
                 state
@@ -765,21 +757,12 @@ async fn reject_request(
         .ok_or_else(|| no_request(&id))?;
     let r = s
         .save(PortalEntity::Request, &id, "rejected", |state| {
-            let mut r = state.request(&id).cloned().ok_or_else(|| no_request(&id))?;
-            if r.status != Status::Pending {
-                return Err(ApiError::conflict(format!(
-                    "provisioning request {id:?} was decided already"
-                )));
-            }
-            if r.issuing.is_some() {
-                return Err(ApiError::conflict(format!(
-                    "an approval of provisioning request {id:?} is under way (it is finished, or undone once its provider answers); ask again in a moment"
-                )));
-            }
-            r.status = Status::Rejected;
-            r.reason.clone_from(&rejection.reason);
-            r.decided_at_ms = meridian_kit::time::now_ms();
-            Ok(r)
+            Ok(rules::reject(
+                state,
+                &id,
+                &rejection.reason,
+                meridian_kit::time::now_ms(),
+            )?)
         })
         .await?;
     tracing::info!(request = %id, "provisioning request rejected");
@@ -823,18 +806,11 @@ async fn revoke(s: &ApiState, credential_id: &str) -> Result<Request, ApiError> 
             &request.id,
             "revocation-started",
             |state| {
-                let mut r = credential_owner(state, credential_id).ok_or_else(not_found)?;
-                match r.credential.as_mut() {
-                    Some(c) if c.revoked_at_ms == 0 => {
-                        if c.revoking_at_ms == 0 {
-                            c.revoking_at_ms = meridian_kit::time::now_ms();
-                        }
-                        Ok(r)
-                    }
-                    _ => Err(ApiError::conflict(format!(
-                        "credential {credential_id:?} was revoked already"
-                    ))),
-                }
+                Ok(rules::start_revocation(
+                    state,
+                    credential_id,
+                    meridian_kit::time::now_ms(),
+                )?)
             },
             |state| {
                 credential_owner(state, credential_id).filter(|r| {
@@ -848,13 +824,6 @@ async fn revoke(s: &ApiState, credential_id: &str) -> Result<Request, ApiError> 
         .map_err(Unsettled::into_error)?
     };
     finish_revocation(s, &started).await
-}
-
-fn credential_owner(state: &PortalState, credential_id: &str) -> Option<Request> {
-    state
-        .requests()
-        .find(|r| r.credential.as_ref().is_some_and(|c| c.id == credential_id))
-        .cloned()
 }
 
 /// Finishes a revocation recorded as under way: deletes the key in the

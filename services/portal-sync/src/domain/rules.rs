@@ -7,7 +7,7 @@
 use serde_json::{Value, json};
 
 use super::PortalState;
-use super::model::{ApiAccess, Invalid, Limits, check_name, invalid};
+use super::model::{ApiAccess, Invalid, Issuing, Limits, Request, Status, check_name, invalid};
 
 /// Checks a provisioning request against the portal: the app exists, the
 /// Product and the Plan exist, are shown and published, and come from one
@@ -220,6 +220,108 @@ pub fn plan_policy(name: &str, policy_tags: &[String], limits: &Limits) -> Value
     })
 }
 
+/// Why a provisioning decision was refused: the request or credential is
+/// not there (a 404), or its state does not allow it (a 409).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Nothing by that id.
+    #[error("{0}")]
+    NotFound(String),
+    /// Decided already, or another decision is under way.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// The request that owns a credential.
+pub fn credential_owner(state: &PortalState, credential_id: &str) -> Option<Request> {
+    state
+        .requests()
+        .find(|r| r.credential.as_ref().is_some_and(|c| c.id == credential_id))
+        .cloned()
+}
+
+/// Rejecting a pending request with no approval under way: the request as
+/// rejected at `now_ms`.
+pub fn reject(
+    state: &PortalState,
+    id: &str,
+    reason: &str,
+    now_ms: i64,
+) -> Result<Request, Refusal> {
+    let mut r = state
+        .request(id)
+        .cloned()
+        .ok_or_else(|| Refusal::NotFound(format!("no provisioning request {id:?}")))?;
+    if r.status != Status::Pending {
+        return Err(Refusal::Conflict(format!(
+            "provisioning request {id:?} was decided already"
+        )));
+    }
+    if r.issuing.is_some() {
+        return Err(Refusal::Conflict(format!(
+            "an approval of provisioning request {id:?} is under way (it is finished, or undone once its provider answers); ask again in a moment"
+        )));
+    }
+    r.status = Status::Rejected;
+    reason.clone_into(&mut r.reason);
+    r.decided_at_ms = now_ms;
+    Ok(r)
+}
+
+/// Starting an approval: the request, still pending, recorded with the key
+/// about to be issued (`issuing`), unless another approval started less
+/// than `deadline_ms` ago (an older one was left by a crash and is taken
+/// over).
+pub fn start_approval(
+    state: &PortalState,
+    id: &str,
+    issuing: &Issuing,
+    now_ms: i64,
+    deadline_ms: i64,
+) -> Result<Request, Refusal> {
+    let mut r = state
+        .request(id)
+        .cloned()
+        .ok_or_else(|| Refusal::NotFound(format!("no provisioning request {id:?}")))?;
+    if r.status != Status::Pending {
+        return Err(Refusal::Conflict(format!(
+            "provisioning request {id:?} was decided by someone else meanwhile"
+        )));
+    }
+    if r.issuing
+        .as_ref()
+        .is_some_and(|i| now_ms - i.started_at_ms < deadline_ms)
+    {
+        return Err(Refusal::Conflict(format!(
+            "an approval of provisioning request {id:?} is under way; ask again in a moment"
+        )));
+    }
+    r.issuing = Some(issuing.clone());
+    Ok(r)
+}
+
+/// Starting a revocation: the credential's request, with the revocation
+/// recorded as under way since `now_ms` (or since it was first started).
+pub fn start_revocation(
+    state: &PortalState,
+    credential_id: &str,
+    now_ms: i64,
+) -> Result<Request, Refusal> {
+    let mut r = credential_owner(state, credential_id)
+        .ok_or_else(|| Refusal::NotFound(format!("no credential {credential_id:?}")))?;
+    match r.credential.as_mut() {
+        Some(c) if c.revoked_at_ms == 0 => {
+            if c.revoking_at_ms == 0 {
+                c.revoking_at_ms = now_ms;
+            }
+            Ok(r)
+        }
+        _ => Err(Refusal::Conflict(format!(
+            "credential {credential_id:?} was revoked already"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use meridian_schemas::portal::{PortalEntity, PortalEvent};
@@ -348,6 +450,114 @@ mod tests {
                 (expected, got) => panic!("{app}/{product}/{plan}: {got:?}, not {expected:?}"),
             }
         }
+    }
+
+    /// The portal after one request, pending or as changed by `edit`.
+    fn one_request(edit: impl FnOnce(&mut Request)) -> PortalState {
+        let mut r = Request {
+            id: "r1".into(),
+            ..Request::default()
+        };
+        edit(&mut r);
+        given(&[(PortalEntity::Request, "r1".into(), json!(r))])
+    }
+
+    #[test]
+    fn a_pending_request_is_rejected_once_and_not_while_an_approval_is_under_way() {
+        let rejected = reject(&one_request(|_| {}), "r1", "no", 7).unwrap();
+        assert_eq!(
+            (
+                rejected.status,
+                rejected.reason.as_str(),
+                rejected.decided_at_ms
+            ),
+            (Status::Rejected, "no", 7)
+        );
+        assert!(matches!(
+            reject(&one_request(|_| {}), "r2", "", 7),
+            Err(Refusal::NotFound(_))
+        ));
+        let decided = one_request(|r| r.status = Status::Approved);
+        assert!(
+            matches!(reject(&decided, "r1", "", 7), Err(Refusal::Conflict(m)) if m.contains("decided already"))
+        );
+        let issuing = one_request(|r| r.issuing = Some(Issuing::default()));
+        assert!(
+            matches!(reject(&issuing, "r1", "", 7), Err(Refusal::Conflict(m)) if m.contains("under way"))
+        );
+    }
+
+    #[test]
+    fn an_approval_starts_on_a_pending_request_or_takes_over_one_left_past_its_deadline() {
+        let key = Issuing {
+            alias: "shop-r1".into(),
+            policies: vec!["p".into(), "q".into()],
+            automatic: true,
+            started_at_ms: 1_000,
+        };
+        let started = start_approval(&one_request(|_| {}), "r1", &key, 1_000, 30_000).unwrap();
+        assert_eq!(started.issuing.as_ref(), Some(&key));
+        assert_eq!(
+            started.status,
+            Status::Pending,
+            "approved only once the key exists"
+        );
+        let earlier = |at: i64| {
+            one_request(move |r| {
+                r.issuing = Some(Issuing {
+                    started_at_ms: at,
+                    ..Issuing::default()
+                })
+            })
+        };
+        assert!(matches!(
+            start_approval(&earlier(0), "r1", &key, 29_999, 30_000),
+            Err(Refusal::Conflict(_))
+        ));
+        assert!(
+            start_approval(&earlier(0), "r1", &key, 30_000, 30_000).is_ok(),
+            "past its deadline: taken over"
+        );
+        let rejected = one_request(|r| r.status = Status::Rejected);
+        assert!(matches!(
+            start_approval(&rejected, "r1", &key, 0, 30_000),
+            Err(Refusal::Conflict(_))
+        ));
+        assert!(matches!(
+            start_approval(&rejected, "r9", &key, 0, 30_000),
+            Err(Refusal::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn a_revocation_starts_once_and_keeps_its_first_start() {
+        let with = |revoking: i64, revoked: i64| {
+            one_request(move |r| {
+                r.status = Status::Approved;
+                r.credential = Some(crate::domain::model::Credential {
+                    id: "c1".into(),
+                    revoking_at_ms: revoking,
+                    revoked_at_ms: revoked,
+                    ..Default::default()
+                });
+            })
+        };
+        let started = start_revocation(&with(0, 0), "c1", 5).unwrap();
+        assert_eq!(started.credential.unwrap().revoking_at_ms, 5);
+        let again = start_revocation(&with(3, 0), "c1", 5).unwrap();
+        assert_eq!(
+            again.credential.unwrap().revoking_at_ms,
+            3,
+            "the first start is kept"
+        );
+        assert!(matches!(
+            start_revocation(&with(3, 4), "c1", 5),
+            Err(Refusal::Conflict(_))
+        ));
+        assert!(matches!(
+            start_revocation(&with(0, 0), "c2", 5),
+            Err(Refusal::NotFound(_))
+        ));
     }
 
     #[test]
