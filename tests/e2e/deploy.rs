@@ -311,6 +311,72 @@ fn strings(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Domain modules decide; the edge speaks HTTP. No domain module (a
+/// service's `src/domain.rs` or `src/domain/`, and the keys crate, which is
+/// a domain) names axum, hyper or the http crate. One exception, named here
+/// so it cannot grow: the proxy's compiled routes keep hyper's `HeaderName`,
+/// `Scheme` and `Authority`, parsed once when a definition is folded, for the
+/// request path (moving them out changes the hot path, which needs its
+/// benchmark first).
+#[test]
+fn domain_modules_name_no_http_types() {
+    const EXCEPTIONS: [&str; 1] = ["services/proxy/src/domain/routes.rs"];
+    let mut files = Vec::new();
+    let services = root().join("services");
+    for service in std::fs::read_dir(&services).unwrap() {
+        let src = service.unwrap().path().join("src");
+        let domain = src.join("domain");
+        if src.join("domain.rs").is_file() {
+            files.push(src.join("domain.rs"));
+        }
+        if domain.is_dir() {
+            let mut stack = vec![domain];
+            while let Some(dir) = stack.pop() {
+                for entry in std::fs::read_dir(dir).unwrap() {
+                    let path = entry.unwrap().path();
+                    if path.is_dir() {
+                        stack.push(path);
+                    } else if path.extension().is_some_and(|e| e == "rs") {
+                        files.push(path);
+                    }
+                }
+            }
+        }
+    }
+    for entry in std::fs::read_dir(services.join("keys/src")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            files.push(path);
+        }
+    }
+    assert!(files.len() >= 15, "domain modules not found: {files:?}");
+    let mut found = Vec::new();
+    for file in &files {
+        let relative = file
+            .strip_prefix(root())
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        if EXCEPTIONS.contains(&relative.as_str()) {
+            continue;
+        }
+        for (n, line) in read(&relative).lines().enumerate() {
+            let code = line.split("//").next().unwrap_or_default();
+            if ["axum", "hyper::", "use hyper", "http::"]
+                .iter()
+                .any(|t| code.contains(t))
+            {
+                found.push(format!("{relative}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "HTTP types in domain modules:\n{}",
+        found.join("\n")
+    );
+}
+
 #[test]
 fn no_service_crate_depends_on_another_service() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

@@ -127,9 +127,14 @@ async fn rate_limits_hold_across_replicas_whatever_the_split() {
             if shares.len() == 1 {
                 assert_eq!(*admitted, 100, "one replica is exact: window ending {end}");
             }
+            // On a loaded machine the paced senders can fall behind and
+            // offer fewer than the limit in a window: then (nearly) all of
+            // what was offered must be admitted, and never over 105.
+            let offered = sent.get(end).copied().unwrap_or_default();
+            let lower = 95.min(offered * 95 / 100);
             assert!(
-                (95..=105).contains(admitted),
-                "{shares:?} at {load}x: {admitted} admitted in the window ending {end} (all: {windows:?})"
+                (lower..=105).contains(admitted),
+                "{shares:?} at {load}x: {admitted} admitted of {offered} offered in the window ending {end} (all: {windows:?}, sent {sent:?})"
             );
         }
     }

@@ -19,82 +19,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
-/// The kinds of failure a request can meet, shared by HTTP and gRPC.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorCode {
-    /// The request is malformed or a field is invalid.
-    InvalidArgument,
-    /// Missing or wrong credentials.
-    Unauthenticated,
-    /// The thing named does not exist.
-    NotFound,
-    /// The path exists, but not with this method.
-    MethodNotAllowed,
-    /// The request body is larger than the service accepts.
-    TooLarge,
-    /// The request conflicts with current state.
-    Conflict,
-    /// A dependency (NATS, the agent) is not available now.
-    Unavailable,
-    /// A service Meridian called on the caller's behalf (a provider) failed
-    /// or answered something unusable.
-    BadGateway,
-    /// A bug or an unexpected failure; details are in the log only.
-    Internal,
-}
-
-impl ErrorCode {
-    /// The HTTP status.
-    pub fn http_status(self) -> StatusCode {
-        match self {
-            Self::InvalidArgument => StatusCode::BAD_REQUEST,
-            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Self::NotFound => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Conflict => StatusCode::CONFLICT,
-            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Self::BadGateway => StatusCode::BAD_GATEWAY,
-            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    /// The gRPC status code.
-    pub fn grpc_code(self) -> tonic::Code {
-        match self {
-            Self::InvalidArgument => tonic::Code::InvalidArgument,
-            Self::Unauthenticated => tonic::Code::Unauthenticated,
-            Self::NotFound => tonic::Code::NotFound,
-            Self::MethodNotAllowed => tonic::Code::Unimplemented,
-            Self::TooLarge => tonic::Code::ResourceExhausted,
-            Self::Conflict => tonic::Code::FailedPrecondition,
-            Self::Unavailable | Self::BadGateway => tonic::Code::Unavailable,
-            Self::Internal => tonic::Code::Internal,
-        }
-    }
-
-    /// The snake-case name used in the `error` field.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::InvalidArgument => "invalid_argument",
-            Self::Unauthenticated => "unauthenticated",
-            Self::NotFound => "not_found",
-            Self::MethodNotAllowed => "method_not_allowed",
-            Self::TooLarge => "too_large",
-            Self::Conflict => "conflict",
-            Self::Unavailable => "unavailable",
-            Self::BadGateway => "bad_gateway",
-            Self::Internal => "internal",
-        }
-    }
-}
+pub use crate::error::ErrorCode;
 
 /// The JSON body of every error response.
 #[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// Machine-readable code: `invalid_argument`, `unauthenticated`,
     /// `not_found`, `method_not_allowed`, `too_large`, `conflict`,
-    /// `unavailable`, `bad_gateway` or `internal`.
+    /// `unavailable`, `bad_gateway`, `internal`, `permission_denied`,
+    /// `rate_limited` or `gateway_timeout`.
     pub error: String,
     /// What went wrong, naming the field where one is at fault.
     pub message: String,

@@ -24,6 +24,7 @@
 
 pub mod bus;
 pub mod config;
+pub mod error;
 pub mod headers;
 pub mod hex;
 pub mod http;

@@ -68,44 +68,49 @@ impl StatusMessage {
     }
 }
 
-/// An error answered in Tyk's shape.
+/// An error answered in Tyk's shape, of one of the shared kinds
+/// ([`ErrorCode`]: its HTTP status).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TykError {
-    /// The HTTP status.
-    pub status: StatusCode,
+    /// The kind, and so the HTTP status.
+    pub code: ErrorCode,
     /// The message.
     pub message: String,
 }
 
 impl TykError {
-    /// Any status.
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    /// Any kind.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            status,
+            code,
             message: message.into(),
         }
     }
+    /// The HTTP status it is answered with.
+    pub fn status(&self) -> StatusCode {
+        self.code.http_status()
+    }
     /// 400.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, message)
+        Self::new(ErrorCode::InvalidArgument, message)
     }
     /// 404.
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, message)
+        Self::new(ErrorCode::NotFound, message)
     }
     /// 409: another writer changed the same thing at the same time.
     pub fn conflict(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, message)
+        Self::new(ErrorCode::Conflict, message)
     }
     /// 503.
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
+        Self::new(ErrorCode::Unavailable, message)
     }
     /// 500: logs the cause, tells the caller only that it happened.
     pub fn internal(context: &str, cause: impl std::fmt::Display) -> Self {
         tracing::error!(%cause, "{context}");
         Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
             format!("{context}; see the service log"),
         )
     }
@@ -134,7 +139,7 @@ impl From<ApiError> for TykError {
             ErrorCode::InvalidArgument => format!("Request malformed: {}", e.message),
             _ => e.message,
         };
-        Self::new(e.code.http_status(), message)
+        Self::new(e.code, message)
     }
 }
 
@@ -144,7 +149,7 @@ impl IntoResponse for TykError {
             status: "error".into(),
             message: self.message,
         };
-        (self.status, axum::Json(body)).into_response()
+        (self.code.http_status(), axum::Json(body)).into_response()
     }
 }
 
@@ -227,7 +232,7 @@ fn parse_form<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, TykError> {
 pub async fn require_secret(State(secret): State<ApiKey>, req: Request, next: Next) -> Response {
     match req.headers().get(SECRET_HEADER).map(|v| v.to_str()) {
         Some(Ok(v)) if secret.matches(v) => next.run(req).await,
-        _ => TykError::new(StatusCode::FORBIDDEN, BAD_SECRET).into_response(),
+        _ => TykError::new(ErrorCode::PermissionDenied, BAD_SECRET).into_response(),
     }
 }
 
@@ -287,14 +292,14 @@ mod tests {
             }
         );
         let missing = parse_form::<Revoke>(b"client_id=c1").unwrap_err();
-        assert_eq!(missing.status, StatusCode::BAD_REQUEST);
+        assert_eq!(missing.status(), StatusCode::BAD_REQUEST);
         assert!(missing.message.contains("token"), "{}", missing.message);
     }
 
     #[test]
     fn field_errors_keep_tyk_words_and_name_the_field() {
         let e: TykError = ApiError::invalid_field("rate", "invalid type").into();
-        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
         assert_eq!(e.message, "Request malformed: rate: invalid type");
     }
 }

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::State;
+use meridian_kit::error::ErrorCode;
 use meridian_kit::projection::Progress;
 use meridian_kit::tyk::ModifyKey;
 use meridian_kit::tyk::{StatusMessage, TykError, TykJson, TykPath, TykQuery};
@@ -275,7 +276,7 @@ async fn reload_all(s: &ApiState, q: &ReloadQuery) -> Result<axum::Json<StatusMe
             .replicas
             .wait_applied(apis, keys, s.reload_timeout)
             .await
-            .map_err(|e| TykError::new(axum::http::StatusCode::GATEWAY_TIMEOUT, e.to_string()))?;
+            .map_err(|e| TykError::new(ErrorCode::GatewayTimeout, e.to_string()))?;
         tracing::debug!(
             replicas,
             apis,

@@ -544,7 +544,7 @@ async fn revoke_all(
         .ok_or_else(|| TykError::not_found(MISSING))?;
     if !matches_hash(&form.client_secret, &secret_hash) {
         return Err(TykError::new(
-            axum::http::StatusCode::UNAUTHORIZED,
+            meridian_kit::error::ErrorCode::Unauthenticated,
             "client secret is invalid",
         ));
     }

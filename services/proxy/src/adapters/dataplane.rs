@@ -427,7 +427,7 @@ impl DataPlane {
             }
             Err(refusal) => {
                 self.refused[refusal.index()].inc();
-                let mut res = error_response(refusal.status(), refusal.message());
+                let mut res = error_response(refusal.code().http_status(), refusal.message());
                 if self.header_source == HeaderSource::RateLimits
                     && let Some(h) = cx.rate_headers
                 {

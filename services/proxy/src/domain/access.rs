@@ -3,8 +3,8 @@
 //! in, with Tyk's refusals (status and message) so clients written for Tyk
 //! read them unchanged.
 
-use hyper::StatusCode;
 use meridian_keys::{Enforced, KeysState, Session};
+use meridian_kit::error::ErrorCode;
 
 use super::routes::{Route, VersionLocation, Versioning};
 
@@ -44,13 +44,14 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// Tyk's status for it.
-    pub fn status(self) -> StatusCode {
+    /// Its kind, as Tyk answers it (the edge makes it the status: 401,
+    /// 429, 503, and 403 for the rest).
+    pub fn code(self) -> ErrorCode {
         match self {
-            Self::KeyMissing => StatusCode::UNAUTHORIZED,
-            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Self::QuotaUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::FORBIDDEN,
+            Self::KeyMissing => ErrorCode::Unauthenticated,
+            Self::RateLimited => ErrorCode::RateLimited,
+            Self::QuotaUnavailable => ErrorCode::Unavailable,
+            _ => ErrorCode::PermissionDenied,
         }
     }
 
@@ -392,10 +393,11 @@ mod tests {
             c("urls", "/a/cats", "GET"),
             Err(Refusal::ResourceDisallowed)
         );
-        assert_eq!(Refusal::KeyMissing.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(Refusal::KeyExpired.status(), StatusCode::FORBIDDEN);
-        assert_eq!(Refusal::RateLimited.status(), StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(Refusal::OrgRateLimited.status(), StatusCode::FORBIDDEN);
+        assert_eq!(Refusal::KeyMissing.code(), ErrorCode::Unauthenticated);
+        assert_eq!(Refusal::KeyExpired.code(), ErrorCode::PermissionDenied);
+        assert_eq!(Refusal::RateLimited.code(), ErrorCode::RateLimited);
+        assert_eq!(Refusal::OrgRateLimited.code(), ErrorCode::PermissionDenied);
+        assert_eq!(Refusal::QuotaUnavailable.code(), ErrorCode::Unavailable);
         for (i, r) in Refusal::ALL.iter().enumerate() {
             assert_eq!(r.index(), i, "{r:?} is in its slot");
         }
