@@ -240,6 +240,21 @@ pub fn credential_owner(state: &PortalState, credential_id: &str) -> Option<Requ
         .cloned()
 }
 
+/// The request `id`, while it is pending (`decided`: what to say when it
+/// is not).
+fn pending(state: &PortalState, id: &str, decided: &str) -> Result<Request, Refusal> {
+    let r = state
+        .request(id)
+        .cloned()
+        .ok_or_else(|| Refusal::NotFound(format!("no provisioning request {id:?}")))?;
+    if r.status != Status::Pending {
+        return Err(Refusal::Conflict(format!(
+            "provisioning request {id:?} {decided}"
+        )));
+    }
+    Ok(r)
+}
+
 /// Rejecting a pending request with no approval under way: the request as
 /// rejected at `now_ms`.
 pub fn reject(
@@ -248,15 +263,7 @@ pub fn reject(
     reason: &str,
     now_ms: i64,
 ) -> Result<Request, Refusal> {
-    let mut r = state
-        .request(id)
-        .cloned()
-        .ok_or_else(|| Refusal::NotFound(format!("no provisioning request {id:?}")))?;
-    if r.status != Status::Pending {
-        return Err(Refusal::Conflict(format!(
-            "provisioning request {id:?} was decided already"
-        )));
-    }
+    let mut r = pending(state, id, "was decided already")?;
     if r.issuing.is_some() {
         return Err(Refusal::Conflict(format!(
             "an approval of provisioning request {id:?} is under way (it is finished, or undone once its provider answers); ask again in a moment"
@@ -279,15 +286,7 @@ pub fn start_approval(
     now_ms: i64,
     deadline_ms: i64,
 ) -> Result<Request, Refusal> {
-    let mut r = state
-        .request(id)
-        .cloned()
-        .ok_or_else(|| Refusal::NotFound(format!("no provisioning request {id:?}")))?;
-    if r.status != Status::Pending {
-        return Err(Refusal::Conflict(format!(
-            "provisioning request {id:?} was decided by someone else meanwhile"
-        )));
-    }
+    let mut r = pending(state, id, "was decided by someone else meanwhile")?;
     if r.issuing
         .as_ref()
         .is_some_and(|i| now_ms - i.started_at_ms < deadline_ms)
