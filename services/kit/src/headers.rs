@@ -18,6 +18,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// Removes hop-by-hop headers, and those the `Connection` header names.
+#[inline]
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     if let Some(connection) = headers.get(header::CONNECTION)
         && connection.as_bytes().eq_ignore_ascii_case(b"keep-alive")
