@@ -20,6 +20,7 @@ use async_nats::header::{HeaderMap, NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, NATS_ME
 use meridian_keys::fold::read;
 use meridian_keys::hash_secret;
 use meridian_kit::bus::stream_config;
+use meridian_kit::projection::Digested;
 use meridian_loadtest::raw_publish;
 use meridian_schemas::keys::KeysEvent;
 use meridian_schemas::{Envelope, EventMeta, streams};

@@ -320,7 +320,6 @@ fn strings(v: &Value) -> Vec<String> {
 /// benchmark first).
 #[test]
 fn domain_modules_name_no_http_types() {
-    const EXCEPTIONS: [&str; 1] = ["services/proxy/src/domain/routes.rs"];
     let mut files = Vec::new();
     let services = root().join("services");
     for service in std::fs::read_dir(&services).unwrap() {
@@ -357,9 +356,6 @@ fn domain_modules_name_no_http_types() {
             .unwrap()
             .to_string_lossy()
             .into_owned();
-        if EXCEPTIONS.contains(&relative.as_str()) {
-            continue;
-        }
         for (n, line) in read(&relative).lines().enumerate() {
             let code = line.split("//").next().unwrap_or_default();
             if ["axum", "hyper::", "use hyper", "http::"]

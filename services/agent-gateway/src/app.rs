@@ -356,25 +356,6 @@ impl App {
         })
     }
 
-    /// The REST routes (admin key required) with their OpenAPI description.
-    pub fn api(&self) -> OpenApiRouter {
-        let state = api::ApiState {
-            registry: self.registry.clone(),
-            tokens: self.tokens.clone(),
-            token_ttl: self.token_ttl,
-            client: self.client.clone(),
-        };
-        http::with_api_key(api::router(state), self.api_key.clone())
-    }
-
-    /// Ready when NATS is connected and the registry caught up.
-    pub fn ready_checks(&self) -> Vec<ReadyCheck> {
-        vec![
-            http::nats_ready(self.client.clone()),
-            http::projection_ready("agent registry", self.progress.clone()),
-        ]
-    }
-
     /// Follows the registry and serves agents on `grpc` until `stop`. Agents
     /// are accepted only once the registry has caught up, so no valid token
     /// is refused for want of history.
@@ -441,13 +422,36 @@ impl App {
         grpc: tokio::net::TcpListener,
         stop: CancellationToken,
     ) -> Result<(), AppError> {
-        let router = http::service_router(
-            self.api(),
-            self.ready_checks(),
-            "Meridian agent-gateway",
-            &self.metrics,
-        );
-        let work = self.run_until_stopped(grpc, stop.clone());
-        http::serve_while(http_listener, router, stop, work).await
+        http::serve_service(self, http_listener, stop, |app, stop| {
+            app.run_until_stopped(grpc, stop)
+        })
+        .await
+    }
+}
+
+impl http::Surface for App {
+    const TITLE: &'static str = "Meridian agent-gateway";
+
+    /// The REST routes (admin key required) with their OpenAPI description.
+    fn api(&self) -> OpenApiRouter {
+        let state = api::ApiState {
+            registry: self.registry.clone(),
+            tokens: self.tokens.clone(),
+            token_ttl: self.token_ttl,
+            client: self.client.clone(),
+        };
+        http::with_api_key(api::router(state), self.api_key.clone())
+    }
+
+    /// Ready when NATS is connected and the registry caught up.
+    fn ready_checks(&self) -> Vec<ReadyCheck> {
+        vec![
+            http::nats_ready(self.client.clone()),
+            http::projection_ready("agent registry", self.progress.clone()),
+        ]
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 }

@@ -241,24 +241,6 @@ impl App {
         })
     }
 
-    /// The REST routes (admin key required) with their OpenAPI description.
-    pub fn api(&self) -> OpenApiRouter {
-        let state = api::ApiState {
-            queries: store::Queries::new(self.tree.clone()),
-            js: self.publisher.context().clone(),
-            progress: self.progress.clone(),
-        };
-        http::with_api_key(api::router(state), self.api_key.clone())
-    }
-
-    /// Ready when NATS is connected and the repository caught up.
-    pub fn ready_checks(&self) -> Vec<ReadyCheck> {
-        vec![
-            http::nats_ready(self.client.clone()),
-            http::projection_ready("repository", self.progress.clone()),
-        ]
-    }
-
     /// Runs the projection, the lifecycle publisher, the public relay and the
     /// agent status watcher until `stop`.
     pub async fn run_until_stopped(self, stop: CancellationToken) -> Result<(), AppError> {
@@ -292,14 +274,36 @@ impl App {
         listener: tokio::net::TcpListener,
         stop: CancellationToken,
     ) -> Result<(), AppError> {
-        let router = http::service_router(
-            self.api(),
-            self.ready_checks(),
-            "Meridian inventory",
-            &self.metrics,
-        );
-        let work = self.run_until_stopped(stop.clone());
-        http::serve_while(listener, router, stop, work).await
+        http::serve_service(self, listener, stop, |app, stop| {
+            app.run_until_stopped(stop)
+        })
+        .await
+    }
+}
+
+impl http::Surface for App {
+    const TITLE: &'static str = "Meridian inventory";
+
+    /// The REST routes (admin key required) with their OpenAPI description.
+    fn api(&self) -> OpenApiRouter {
+        let state = api::ApiState {
+            queries: store::Queries::new(self.tree.clone()),
+            js: self.publisher.context().clone(),
+            progress: self.progress.clone(),
+        };
+        http::with_api_key(api::router(state), self.api_key.clone())
+    }
+
+    /// Ready when NATS is connected and the repository caught up.
+    fn ready_checks(&self) -> Vec<ReadyCheck> {
+        vec![
+            http::nats_ready(self.client.clone()),
+            http::projection_ready("repository", self.progress.clone()),
+        ]
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 }
 

@@ -11,14 +11,14 @@ use meridian_kit::http::DigestView;
 use meridian_kit::http::{self, ApiKey, ReadyCheck};
 use meridian_kit::metrics::Metrics;
 use meridian_kit::projection::{InMemory, Progress, ProjectionError, ProjectionSpec, Runner};
-use meridian_kit::tyk::{self, TykError};
+use meridian_kit::tyk;
 use meridian_schemas::streams;
 use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::adapters::apis::{GatewayApis, SharedApis};
-use crate::adapters::fold::{Shared, read};
+use crate::adapters::fold::Shared;
 use crate::adapters::writer::Writer;
 use crate::adapters::{relay, tokens};
 use crate::api;
@@ -184,32 +184,6 @@ impl App {
         self.progress.clone()
     }
 
-    /// The `/tyk/...` routes and `/api/keys/digest`, behind the Gateway API
-    /// secret, with their OpenAPI description.
-    pub fn api(&self) -> OpenApiRouter {
-        let state = api::ApiState {
-            writer: self.writer.clone(),
-            hash_keys: self.config.hash_keys,
-            hashed_listing: self.config.enable_hashed_keys_listing,
-            min_key_length: self.config.min_key_length,
-            apis: self.apis.clone(),
-            counters: self.counters.clone(),
-        };
-        let digest = OpenApiRouter::new()
-            .routes(routes!(digest))
-            .with_state(self.writer.clone());
-        tyk::with_secret(api::router(state).merge(digest), self.secret.clone())
-    }
-
-    /// Ready when NATS is connected and the fold caught up.
-    pub fn ready_checks(&self) -> Vec<ReadyCheck> {
-        vec![
-            http::nats_ready(self.client.clone()),
-            http::projection_ready("keys", self.progress.clone()),
-            http::projection_ready("gateway apis", self.apis_progress.clone()),
-        ]
-    }
-
     /// Folds `KEYS`, relays public events and records tokens until `stop`.
     pub async fn run_until_stopped(self, stop: CancellationToken) -> Result<(), AppError> {
         let relay = tokio::spawn(meridian_kit::relay::relay_until_stopped(
@@ -242,14 +216,44 @@ impl App {
         http_listener: tokio::net::TcpListener,
         stop: CancellationToken,
     ) -> Result<(), AppError> {
-        let router = http::service_router(
-            self.api(),
-            self.ready_checks(),
-            "Meridian key-issuer",
-            &self.metrics,
-        );
-        let work = self.run_until_stopped(stop.clone());
-        http::serve_while(http_listener, router, stop, work).await
+        http::serve_service(self, http_listener, stop, |app, stop| {
+            app.run_until_stopped(stop)
+        })
+        .await
+    }
+}
+
+impl http::Surface for App {
+    const TITLE: &'static str = "Meridian key-issuer";
+
+    /// The `/tyk/...` routes and `/api/keys/digest`, behind the Gateway API
+    /// secret, with their OpenAPI description.
+    fn api(&self) -> OpenApiRouter {
+        let state = api::ApiState {
+            writer: self.writer.clone(),
+            hash_keys: self.config.hash_keys,
+            hashed_listing: self.config.enable_hashed_keys_listing,
+            min_key_length: self.config.min_key_length,
+            apis: self.apis.clone(),
+            counters: self.counters.clone(),
+        };
+        let digest = OpenApiRouter::new()
+            .routes(routes!(digest))
+            .with_state(self.writer.clone());
+        tyk::with_secret(api::router(state).merge(digest), self.secret.clone())
+    }
+
+    /// Ready when NATS is connected and the fold caught up.
+    fn ready_checks(&self) -> Vec<ReadyCheck> {
+        vec![
+            http::nats_ready(self.client.clone()),
+            http::projection_ready("keys", self.progress.clone()),
+            http::projection_ready("gateway apis", self.apis_progress.clone()),
+        ]
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 }
 
@@ -258,37 +262,18 @@ impl App {
     responses((status = 200, body = DigestView)))]
 async fn digest(
     axum::extract::State(writer): axum::extract::State<Writer>,
-) -> Result<axum::Json<DigestView>, TykError> {
-    writer.catch_up().await;
-    let state = read(writer.state());
-    Ok(axum::Json(DigestView {
-        digest: state.digest(),
-        position: state.position(),
-    }))
+) -> axum::Json<DigestView> {
+    axum::Json(writer.digest_view().await)
 }
 
 /// Folds `KEYS` from its first message into a fresh view, as a restarted
 /// replica does, and returns its digest and position: what `/api/keys/digest`
 /// answers on a live replica that read as far.
 pub async fn rebuild(nats_url: &str) -> Result<DigestView, AppError> {
-    let metrics = Metrics::new();
-    let client = bus::connect(
+    meridian_kit::projection::rebuild_in_memory::<KeysState, _>(
         nats_url,
-        "meridian-key-issuer-rebuild",
-        Duration::from_secs(10),
-        &metrics,
+        "key-issuer",
+        streams::KEYS,
     )
-    .await?;
-    let js = async_nats::jetstream::new(client);
-    bus::ensure_streams(&js, &[streams::KEYS]).await?;
-    let state: Shared = Arc::new(RwLock::new(KeysState::default()));
-    let (runner, _) = Runner::in_memory(
-        js,
-        state.clone(),
-        ProjectionSpec::ordered("key-issuer-rebuild", streams::KEYS),
-        &metrics,
-    );
-    let position = runner.run_until_caught_up().await?;
-    let digest = read(&state).digest();
-    Ok(DigestView { digest, position })
+    .await
 }

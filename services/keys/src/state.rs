@@ -369,11 +369,19 @@ impl KeysState {
             .map(|(h, t)| (h, t.value.as_ref()))
             .collect()
     }
+}
 
+/// Canonical JSON of a stored object (maps are sorted: serde_json's `Map`
+/// is a `BTreeMap` in this build).
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("stored objects serialize")
+}
+
+impl meridian_kit::projection::Digested for KeysState {
     /// SHA-256 (hex) over the whole view in a canonical order: two replicas,
     /// or a replica before and after a rebuild, agree exactly when their
     /// views are equal.
-    pub fn digest(&self) -> String {
+    fn digest(&self) -> String {
         let mut h = Sha256::new();
         let mut put = |kind: &str, id: &str, seq: u64, json: String| {
             for part in [kind.as_bytes(), id.as_bytes(), json.as_bytes()] {
@@ -407,12 +415,10 @@ impl KeysState {
         }
         out
     }
-}
 
-/// Canonical JSON of a stored object (maps are sorted: serde_json's `Map`
-/// is a `BTreeMap` in this build).
-fn json<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).expect("stored objects serialize")
+    fn position(&self) -> u64 {
+        KeysState::position(self)
+    }
 }
 
 #[cfg(test)]

@@ -277,6 +277,22 @@ pub fn admin_key(own: Option<Secret>, own_var: &str) -> Result<Secret, ConfigErr
         })
 }
 
+/// This replica's name, as leases and logs show it: `configured` when set,
+/// else `HOSTNAME` (a pod's name on Kubernetes), else `{service}-` and
+/// eight random hex digits.
+pub fn replica_name(configured: Option<&str>, service: &str) -> String {
+    configured
+        .map(str::to_owned)
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| {
+            format!(
+                "{service}-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            )
+        })
+}
+
 /// Where services look for NATS unless told otherwise.
 pub fn default_nats_url() -> String {
     "nats://127.0.0.1:4222".into()

@@ -550,6 +550,41 @@ pub async fn serve_while<E: From<std::io::Error>>(
     result
 }
 
+/// What a service shows over HTTP: its REST routes with their OpenAPI
+/// description, and the checks that say it is ready. The hub merges every
+/// service's; a service on its own serves its own with [`serve_service`].
+pub trait Surface {
+    /// The title of its OpenAPI document ("Meridian key-issuer").
+    const TITLE: &'static str;
+
+    /// Its REST routes, behind its credentials.
+    fn api(&self) -> utoipa_axum::router::OpenApiRouter;
+
+    /// Ready when every one of these is.
+    fn ready_checks(&self) -> Vec<ReadyCheck>;
+
+    /// Where its series go.
+    fn metrics(&self) -> &Metrics;
+}
+
+/// Serves `app` on its own: its [`Surface`] (with health, metrics and the
+/// OpenAPI document, see [`service_router`]) on `listener` while
+/// `run(app, stop)` does its work, as [`serve_while`].
+pub async fn serve_service<A, E, W>(
+    app: A,
+    listener: tokio::net::TcpListener,
+    stop: CancellationToken,
+    run: impl FnOnce(A, CancellationToken) -> W,
+) -> Result<(), E>
+where
+    A: Surface,
+    E: From<std::io::Error>,
+    W: std::future::Future<Output = Result<(), E>>,
+{
+    let router = service_router(app.api(), app.ready_checks(), A::TITLE, app.metrics());
+    serve_while(listener, router, stop.clone(), run(app, stop)).await
+}
+
 /// Completes a generated OpenAPI document: title, version, license and
 /// contact, the `X-API-Key` security scheme the handlers refer to as
 /// `api_key`, and the error answers every operation of its kind can give

@@ -198,6 +198,51 @@ pub trait EventFold: Send + Sync + 'static {
     fn apply_event(&mut self, event: &Self::Event, seq: u64) -> Result<(), Self::Corrupt>;
 }
 
+/// A view that says what it holds and how far it has read: what
+/// `/api/.../digest` answers, compared between replicas and against a
+/// rebuild from the log.
+pub trait Digested {
+    /// SHA-256 (hex) over the whole view.
+    fn digest(&self) -> String;
+    /// The last stream sequence the view reflects.
+    fn position(&self) -> u64;
+}
+
+/// Folds `stream` from its first message into a fresh in-memory `S`, as a
+/// restarted replica does, and answers its digest and position: what a live
+/// replica that read as far answers. `service` names the NATS connection
+/// (`meridian-{service}-rebuild`) and the ordered consumer.
+pub async fn rebuild_in_memory<S, E>(
+    nats_url: &str,
+    service: &str,
+    stream: &'static str,
+) -> Result<crate::http::DigestView, E>
+where
+    S: Fold + Digested + Default,
+    E: From<crate::bus::BusError> + From<ProjectionError>,
+{
+    let metrics = crate::metrics::Metrics::new();
+    let client = crate::bus::connect(
+        nats_url,
+        &format!("meridian-{service}-rebuild"),
+        std::time::Duration::from_secs(10),
+        &metrics,
+    )
+    .await?;
+    let js = async_nats::jetstream::new(client);
+    crate::bus::ensure_streams(&js, &[stream]).await?;
+    let state = std::sync::Arc::new(std::sync::RwLock::new(S::default()));
+    let (runner, _) = Runner::in_memory(
+        js,
+        state.clone(),
+        ProjectionSpec::ordered(&format!("{service}-rebuild"), stream),
+        &metrics,
+    );
+    let position = runner.run_until_caught_up().await?;
+    let digest = crate::writer::read(&state).digest();
+    Ok(crate::http::DigestView { digest, position })
+}
+
 /// Why an event could not be applied by an [`EventFold`] (the fold halts).
 #[derive(Debug, thiserror::Error)]
 pub enum EventFoldError<C: std::error::Error + 'static> {

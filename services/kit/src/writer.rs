@@ -195,3 +195,16 @@ impl<S> Writer<S> {
         read(&self.state)
     }
 }
+
+/// What `/api/.../digest` answers.
+impl<S: crate::projection::Digested> Writer<S> {
+    /// The view's digest and position, after catching up with the log.
+    pub async fn digest_view(&self) -> crate::http::DigestView {
+        self.catch_up().await;
+        let state = self.read();
+        crate::http::DigestView {
+            digest: state.digest(),
+            position: state.position(),
+        }
+    }
+}

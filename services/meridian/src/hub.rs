@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use meridian_kit::CancellationToken;
-use meridian_kit::http;
+use meridian_kit::http::{self, Surface};
 use meridian_kit::metrics::Metrics;
 use tokio::task::JoinHandle;
 use utoipa_axum::router::OpenApiRouter;

@@ -8,7 +8,7 @@ use meridian_kit::CancellationToken;
 use meridian_kit::bus::{self, Publisher};
 use meridian_kit::config::{ConfigError, HumanDuration, Secret, admin_key, parse_duration};
 use meridian_kit::http::DigestView;
-use meridian_kit::http::{self, ApiError, ApiKey, ReadyCheck};
+use meridian_kit::http::{self, ApiKey, ReadyCheck};
 use meridian_kit::metrics::{Counter, Family, Labels, Metrics};
 use meridian_kit::projection::{InMemory, Progress, ProjectionError, ProjectionSpec, Runner};
 use meridian_schemas::streams;
@@ -169,17 +169,7 @@ impl App {
             Some(k) => k.expose().to_owned(),
             None => key.expose().to_owned(),
         };
-        let replica = config
-            .replica
-            .clone()
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .filter(|r| !r.is_empty())
-            .unwrap_or_else(|| {
-                format!(
-                    "portal-sync-{}",
-                    &uuid::Uuid::new_v4().simple().to_string()[..8]
-                )
-            });
+        let replica = meridian_kit::config::replica_name(config.replica.as_deref(), "portal-sync");
         let client = bus::connect(
             &config.nats_url,
             "meridian-portal-sync",
@@ -242,22 +232,6 @@ impl App {
         self.progress.clone()
     }
 
-    /// The `/portal-api/...` routes and `/api/portal/digest`, behind the
-    /// admin key (`X-API-Key` or `Authorization`), with their OpenAPI
-    /// description.
-    pub fn api(&self) -> OpenApiRouter {
-        let state = self.api_state();
-        let digest = OpenApiRouter::new()
-            .routes(routes!(digest))
-            .with_state(self.writer.clone());
-        api::router(state)
-            .merge(digest)
-            .layer(axum::middleware::from_fn_with_state(
-                self.api_key.clone(),
-                http::require_api_key_or_authorization,
-            ))
-    }
-
     fn api_state(&self) -> api::ApiState {
         api::ApiState {
             writer: self.writer.clone(),
@@ -266,14 +240,6 @@ impl App {
             recoveries: self.recoveries.clone(),
             intent_deadline: self.intent_deadline,
         }
-    }
-
-    /// Ready when NATS is connected and the fold caught up.
-    pub fn ready_checks(&self) -> Vec<ReadyCheck> {
-        vec![
-            http::nats_ready(self.client.clone()),
-            http::projection_ready("portal", self.progress.clone()),
-        ]
     }
 
     /// Folds `PORTAL`, syncs providers on schedule and relays public events
@@ -316,14 +282,42 @@ impl App {
         http_listener: tokio::net::TcpListener,
         stop: CancellationToken,
     ) -> Result<(), AppError> {
-        let router = http::service_router(
-            self.api(),
-            self.ready_checks(),
-            "Meridian portal-sync",
-            &self.metrics,
-        );
-        let work = self.run_until_stopped(stop.clone());
-        http::serve_while(http_listener, router, stop, work).await
+        http::serve_service(self, http_listener, stop, |app, stop| {
+            app.run_until_stopped(stop)
+        })
+        .await
+    }
+}
+
+impl http::Surface for App {
+    const TITLE: &'static str = "Meridian portal-sync";
+
+    /// The `/portal-api/...` routes and `/api/portal/digest`, behind the
+    /// admin key (`X-API-Key` or `Authorization`), with their OpenAPI
+    /// description.
+    fn api(&self) -> OpenApiRouter {
+        let state = self.api_state();
+        let digest = OpenApiRouter::new()
+            .routes(routes!(digest))
+            .with_state(self.writer.clone());
+        api::router(state)
+            .merge(digest)
+            .layer(axum::middleware::from_fn_with_state(
+                self.api_key.clone(),
+                http::require_api_key_or_authorization,
+            ))
+    }
+
+    /// Ready when NATS is connected and the fold caught up.
+    fn ready_checks(&self) -> Vec<ReadyCheck> {
+        vec![
+            http::nats_ready(self.client.clone()),
+            http::projection_ready("portal", self.progress.clone()),
+        ]
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 }
 
@@ -332,38 +326,19 @@ impl App {
     responses((status = 200, body = DigestView)))]
 async fn digest(
     axum::extract::State(writer): axum::extract::State<PortalWriter>,
-) -> Result<http::Json<DigestView>, ApiError> {
-    writer.catch_up().await;
-    let state = writer.read();
-    Ok(http::Json(DigestView {
-        digest: state.digest(),
-        position: state.position(),
-    }))
+) -> http::Json<DigestView> {
+    http::Json(writer.digest_view().await)
 }
 
 /// Folds `PORTAL` from its first message into a fresh view, as a restarted
 /// replica does, and returns its digest and position.
 pub async fn rebuild(nats_url: &str) -> Result<DigestView, AppError> {
-    let metrics = Metrics::new();
-    let client = bus::connect(
+    meridian_kit::projection::rebuild_in_memory::<PortalState, _>(
         nats_url,
-        "meridian-portal-sync-rebuild",
-        Duration::from_secs(10),
-        &metrics,
+        "portal-sync",
+        streams::PORTAL,
     )
-    .await?;
-    let js = async_nats::jetstream::new(client);
-    bus::ensure_streams(&js, &[streams::PORTAL]).await?;
-    let state = Arc::new(RwLock::new(PortalState::default()));
-    let (runner, _) = Runner::in_memory(
-        js,
-        state.clone(),
-        ProjectionSpec::ordered("portal-sync-rebuild", streams::PORTAL),
-        &metrics,
-    );
-    let position = runner.run_until_caught_up().await?;
-    let digest = meridian_kit::writer::read(&state).digest();
-    Ok(DigestView { digest, position })
+    .await
 }
 
 #[cfg(test)]

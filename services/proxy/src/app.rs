@@ -266,35 +266,6 @@ impl App {
         })
     }
 
-    /// The admin routes: `/tyk/apis` and `/tyk/reload` behind the Gateway
-    /// API secret, `/hello` open, with their OpenAPI description.
-    pub fn api(&self) -> OpenApiRouter {
-        let state = api::ApiState {
-            writer: self.writer.clone(),
-            replicas: self.replicas.clone(),
-            js: self.js.clone(),
-            client: self.client.clone(),
-            apis: self.apis_progress.clone(),
-            keys: self.keys_progress.clone(),
-            reload_timeout: self.reload_timeout,
-            staleness: api::KeyViewStaleness {
-                metrics: self.metrics.clone(),
-                after: self.key_view_stale_after,
-            },
-        };
-        tyk::with_secret(api::router(state.clone()), self.secret.clone())
-            .merge(api::open_router(state))
-    }
-
-    /// Ready when NATS is connected and both folds caught up.
-    pub fn ready_checks(&self) -> Vec<ReadyCheck> {
-        vec![
-            http::nats_ready(self.client.clone()),
-            http::projection_ready("apis", self.apis_progress.clone()),
-            http::projection_ready("gateway-keys", self.keys_progress.clone()),
-        ]
-    }
-
     /// This replica's id (what it announces itself as).
     pub fn replica(&self) -> Uuid {
         self.replicas.me()
@@ -389,13 +360,46 @@ impl App {
         admin: tokio::net::TcpListener,
         stop: CancellationToken,
     ) -> Result<(), AppError> {
-        let router = http::service_router(
-            self.api(),
-            self.ready_checks(),
-            "Meridian proxy",
-            &self.metrics,
-        );
-        let work = self.run_until_stopped(gateway, stop.clone());
-        http::serve_while(admin, router, stop, work).await
+        http::serve_service(self, admin, stop, |app, stop| {
+            app.run_until_stopped(gateway, stop)
+        })
+        .await
+    }
+}
+
+impl http::Surface for App {
+    const TITLE: &'static str = "Meridian proxy";
+
+    /// The admin routes: `/tyk/apis` and `/tyk/reload` behind the Gateway
+    /// API secret, `/hello` open, with their OpenAPI description.
+    fn api(&self) -> OpenApiRouter {
+        let state = api::ApiState {
+            writer: self.writer.clone(),
+            replicas: self.replicas.clone(),
+            js: self.js.clone(),
+            client: self.client.clone(),
+            apis: self.apis_progress.clone(),
+            keys: self.keys_progress.clone(),
+            reload_timeout: self.reload_timeout,
+            staleness: api::KeyViewStaleness {
+                metrics: self.metrics.clone(),
+                after: self.key_view_stale_after,
+            },
+        };
+        tyk::with_secret(api::router(state.clone()), self.secret.clone())
+            .merge(api::open_router(state))
+    }
+
+    /// Ready when NATS is connected and both folds caught up.
+    fn ready_checks(&self) -> Vec<ReadyCheck> {
+        vec![
+            http::nats_ready(self.client.clone()),
+            http::projection_ready("apis", self.apis_progress.clone()),
+            http::projection_ready("gateway-keys", self.keys_progress.clone()),
+        ]
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 }

@@ -123,17 +123,7 @@ impl App {
             }
             .into());
         }
-        let replica = config
-            .replica
-            .clone()
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .filter(|r| !r.is_empty())
-            .unwrap_or_else(|| {
-                format!(
-                    "scheduler-{}",
-                    &uuid::Uuid::new_v4().simple().to_string()[..8]
-                )
-            });
+        let replica = meridian_kit::config::replica_name(config.replica.as_deref(), "scheduler");
         let client = bus::connect(
             &config.nats_url,
             "meridian-scheduler",
@@ -185,29 +175,6 @@ impl App {
         })
     }
 
-    /// The REST routes (admin key required) with their OpenAPI description.
-    pub fn api(&self) -> OpenApiRouter {
-        let state = api::ApiState {
-            folds: self.state.clone(),
-            jobs_progress: self.progress[0].clone(),
-            agents_progress: self.progress[1].clone(),
-            publisher: self.firer.publisher.clone(),
-            min_interval: self.min_interval,
-        };
-        http::with_api_key(api::router(state), self.api_key.clone())
-    }
-
-    /// Ready when NATS is connected and every fold caught up.
-    pub fn ready_checks(&self) -> Vec<ReadyCheck> {
-        let [jobs, agents, runs] = self.progress.clone();
-        vec![
-            http::nats_ready(self.client.clone()),
-            http::projection_ready("sync jobs", jobs),
-            http::projection_ready("agent registry", agents),
-            http::projection_ready("sync runs", runs),
-        ]
-    }
-
     /// Follows the log and fires due jobs until `stop`. Firing starts only
     /// once every fold caught up, so no replica fires from a partial view.
     pub async fn run_until_stopped(self, stop: CancellationToken) -> Result<(), AppError> {
@@ -248,13 +215,40 @@ impl App {
         http_listener: tokio::net::TcpListener,
         stop: CancellationToken,
     ) -> Result<(), AppError> {
-        let router = http::service_router(
-            self.api(),
-            self.ready_checks(),
-            "Meridian scheduler",
-            &self.metrics,
-        );
-        let work = self.run_until_stopped(stop.clone());
-        http::serve_while(http_listener, router, stop, work).await
+        http::serve_service(self, http_listener, stop, |app, stop| {
+            app.run_until_stopped(stop)
+        })
+        .await
+    }
+}
+
+impl http::Surface for App {
+    const TITLE: &'static str = "Meridian scheduler";
+
+    /// The REST routes (admin key required) with their OpenAPI description.
+    fn api(&self) -> OpenApiRouter {
+        let state = api::ApiState {
+            folds: self.state.clone(),
+            jobs_progress: self.progress[0].clone(),
+            agents_progress: self.progress[1].clone(),
+            publisher: self.firer.publisher.clone(),
+            min_interval: self.min_interval,
+        };
+        http::with_api_key(api::router(state), self.api_key.clone())
+    }
+
+    /// Ready when NATS is connected and every fold caught up.
+    fn ready_checks(&self) -> Vec<ReadyCheck> {
+        let [jobs, agents, runs] = self.progress.clone();
+        vec![
+            http::nats_ready(self.client.clone()),
+            http::projection_ready("sync jobs", jobs),
+            http::projection_ready("agent registry", agents),
+            http::projection_ready("sync runs", runs),
+        ]
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 }

@@ -57,6 +57,11 @@ impl Writer {
         self.0.catch_up().await;
     }
 
+    /// The view's digest and position, after catching up with the log.
+    pub async fn digest_view(&self) -> meridian_kit::http::DigestView {
+        self.0.digest_view().await
+    }
+
     /// The fold.
     pub fn state(&self) -> &Shared {
         self.0.state()

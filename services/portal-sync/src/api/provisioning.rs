@@ -627,50 +627,27 @@ async fn finish_approval(s: &ApiState, request: &Request) -> Result<Provisioned,
             return Err(failed);
         }
     };
-    let credential = Credential {
-        id: Uuid::new_v5(
-            &MERIDIAN_NAMESPACE,
-            format!("portal:credential:{id}").as_bytes(),
-        )
-        .to_string(),
-        key_hash: key_hash.clone(),
-        provider_key_ref: issued.key_ref.clone(),
-        alias: issuing.alias.clone(),
-        policies: issuing.policies.clone(),
-        issued_at_ms: meridian_kit::time::now_ms(),
-        revoked_at_ms: 0,
-        revoking_at_ms: 0,
-    };
+    let credential = rules::credential(
+        id,
+        &issuing,
+        &key_hash,
+        &issued.key_ref,
+        meridian_kit::time::now_ms(),
+    );
     let recorded = s
         .save_settled(
             PortalEntity::Request,
             id,
             "approved",
             |state| {
-                let mut r = state.request(id).cloned().ok_or_else(|| no_request(id))?;
-                if r.status != Status::Pending || r.issuing.is_none() {
-                    return Err(ApiError::conflict(format!(
-                        "provisioning request {id:?} was decided by someone else meanwhile"
-                    )));
-                }
-                r.status = Status::Approved;
-                r.automatic = issuing.automatic;
-                r.decided_at_ms = meridian_kit::time::now_ms();
-                r.credential = Some(credential.clone());
-                r.issuing = None;
-                Ok(r)
+                Ok(rules::finish_approval(
+                    state,
+                    id,
+                    credential.clone(),
+                    meridian_kit::time::now_ms(),
+                )?)
             },
-            |state| {
-                state
-                    .request(id)
-                    .filter(|r| {
-                        r.status == Status::Approved
-                            && r.credential
-                                .as_ref()
-                                .is_some_and(|c| c.key_hash == key_hash)
-                    })
-                    .cloned()
-            },
+            |state| rules::approved_with(state, id, &key_hash),
         )
         .await;
     match recorded {
@@ -707,15 +684,8 @@ async fn undo_approval(s: &ApiState, request: &Request, connection: &Connection,
             PortalEntity::Request,
             id,
             "approval-undone",
-            |state| {
-                let mut r = state.request(id).cloned().ok_or_else(|| no_request(id))?;
-                if r.status != Status::Pending || r.issuing.is_none() {
-                    return Err(ApiError::conflict("nothing under way"));
-                }
-                r.issuing = None;
-                Ok(r)
-            },
-            |state| state.request(id).filter(|r| r.issuing.is_none()).cloned(),
+            |state| Ok(rules::undo_approval(state, id)?),
+            |state| rules::approval_cleared(state, id),
         )
         .await;
     if let Err(e) = cleared {
@@ -812,13 +782,7 @@ async fn revoke(s: &ApiState, credential_id: &str) -> Result<Request, ApiError> 
                     meridian_kit::time::now_ms(),
                 )?)
             },
-            |state| {
-                credential_owner(state, credential_id).filter(|r| {
-                    r.credential
-                        .as_ref()
-                        .is_some_and(|c| c.revoking_at_ms != 0 || c.revoked_at_ms != 0)
-                })
-            },
+            |state| rules::revocation_recorded(state, credential_id),
         )
         .await
         .map_err(Unsettled::into_error)?
@@ -847,22 +811,13 @@ async fn finish_revocation(s: &ApiState, request: &Request) -> Result<Request, A
             &request.id,
             "revoked",
             |state| {
-                let mut r = credential_owner(state, &credential_id).ok_or_else(|| {
-                    ApiError::not_found(format!("no credential {credential_id:?}"))
-                })?;
-                match r.credential.as_mut() {
-                    Some(c) if c.revoked_at_ms == 0 => {
-                        c.revoked_at_ms = meridian_kit::time::now_ms();
-                        c.revoking_at_ms = 0;
-                        Ok(r)
-                    }
-                    _ => Err(ApiError::conflict("revoked already")),
-                }
+                Ok(rules::finish_revocation(
+                    state,
+                    &credential_id,
+                    meridian_kit::time::now_ms(),
+                )?)
             },
-            |state| {
-                credential_owner(state, &credential_id)
-                    .filter(|r| r.credential.as_ref().is_some_and(|c| c.revoked_at_ms != 0))
-            },
+            |state| rules::revoked(state, &credential_id),
         )
         .await
         .map_err(Unsettled::into_error)?;

@@ -4,10 +4,13 @@
 //! maps an [`Invalid`] to a 400 once; the provider's answers come in as
 //! values.
 
+use meridian_schemas::ids::MERIDIAN_NAMESPACE;
 use serde_json::{Value, json};
 
 use super::PortalState;
-use super::model::{ApiAccess, Invalid, Issuing, Limits, Request, Status, check_name, invalid};
+use super::model::{
+    ApiAccess, Credential, Invalid, Issuing, Limits, Request, Status, check_name, invalid,
+};
 
 /// Checks a provisioning request against the portal: the app exists, the
 /// Product and the Plan exist, are shown and published, and come from one
@@ -321,6 +324,123 @@ pub fn start_revocation(
     }
 }
 
+/// The credential an approval issues: named after its request (a retried
+/// approval names the same one), for the key hashed as `key_hash` that the
+/// provider deletes by `provider_key_ref`, with the approval's alias and
+/// policies, issued at `now_ms`.
+pub fn credential(
+    request_id: &str,
+    issuing: &Issuing,
+    key_hash: &str,
+    provider_key_ref: &str,
+    now_ms: i64,
+) -> Credential {
+    Credential {
+        id: uuid::Uuid::new_v5(
+            &MERIDIAN_NAMESPACE,
+            format!("portal:credential:{request_id}").as_bytes(),
+        )
+        .to_string(),
+        key_hash: key_hash.to_owned(),
+        provider_key_ref: provider_key_ref.to_owned(),
+        alias: issuing.alias.clone(),
+        policies: issuing.policies.clone(),
+        issued_at_ms: now_ms,
+        revoked_at_ms: 0,
+        revoking_at_ms: 0,
+    }
+}
+
+/// Finishing an approval once the provider holds the key: the request,
+/// still pending with its approval under way, approved at `now_ms` with
+/// `credential` (automatic when the approval was).
+pub fn finish_approval(
+    state: &PortalState,
+    id: &str,
+    credential: Credential,
+    now_ms: i64,
+) -> Result<Request, Refusal> {
+    let mut r = pending(state, id, "was decided by someone else meanwhile")?;
+    let Some(issuing) = r.issuing.take() else {
+        return Err(Refusal::Conflict(format!(
+            "provisioning request {id:?} has no approval under way (it was undone meanwhile)"
+        )));
+    };
+    r.status = Status::Approved;
+    r.automatic = issuing.automatic;
+    r.decided_at_ms = now_ms;
+    r.credential = Some(credential);
+    Ok(r)
+}
+
+/// Whether the log holds the approval of `id` with the key hashed as
+/// `key_hash` (how a publish with no answer is settled).
+pub fn approved_with(state: &PortalState, id: &str, key_hash: &str) -> Option<Request> {
+    state
+        .request(id)
+        .filter(|r| {
+            r.status == Status::Approved
+                && r.credential
+                    .as_ref()
+                    .is_some_and(|c| c.key_hash == key_hash)
+        })
+        .cloned()
+}
+
+/// Taking back an approval that cannot be finished (its key was deleted
+/// in the provider): the request, still pending, with no approval under
+/// way.
+pub fn undo_approval(state: &PortalState, id: &str) -> Result<Request, Refusal> {
+    let mut r = pending(state, id, "was decided meanwhile; nothing to undo")?;
+    if r.issuing.take().is_none() {
+        return Err(Refusal::Conflict(format!(
+            "provisioning request {id:?} has no approval under way"
+        )));
+    }
+    Ok(r)
+}
+
+/// Whether the log shows no approval of `id` under way.
+pub fn approval_cleared(state: &PortalState, id: &str) -> Option<Request> {
+    state.request(id).filter(|r| r.issuing.is_none()).cloned()
+}
+
+/// Whether the log holds a revocation of the credential, started or done.
+pub fn revocation_recorded(state: &PortalState, credential_id: &str) -> Option<Request> {
+    credential_owner(state, credential_id).filter(|r| {
+        r.credential
+            .as_ref()
+            .is_some_and(|c| c.revoking_at_ms != 0 || c.revoked_at_ms != 0)
+    })
+}
+
+/// Finishing a revocation once the provider no longer holds the key: the
+/// credential's request with the credential revoked at `now_ms`.
+pub fn finish_revocation(
+    state: &PortalState,
+    credential_id: &str,
+    now_ms: i64,
+) -> Result<Request, Refusal> {
+    let mut r = credential_owner(state, credential_id)
+        .ok_or_else(|| Refusal::NotFound(format!("no credential {credential_id:?}")))?;
+    match r.credential.as_mut() {
+        Some(c) if c.revoked_at_ms == 0 => {
+            c.revoked_at_ms = now_ms;
+            c.revoking_at_ms = 0;
+            Ok(r)
+        }
+        _ => Err(Refusal::Conflict(format!(
+            "credential {credential_id:?} was revoked already"
+        ))),
+    }
+}
+
+/// Whether the log holds the credential as revoked.
+pub fn revoked(state: &PortalState, credential_id: &str) -> Option<Request> {
+    credential_owner(state, credential_id)
+        .filter(|r| r.credential.as_ref().is_some_and(|c| c.revoked_at_ms != 0))
+}
+
 #[cfg(test)]
 mod tests {
     use meridian_schemas::portal::{PortalEntity, PortalEvent};
@@ -526,6 +646,134 @@ mod tests {
             start_approval(&rejected, "r9", &key, 0, 30_000),
             Err(Refusal::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn an_approval_finishes_only_while_under_way_and_is_settled_by_its_key() {
+        let issuing = Issuing {
+            alias: "shop-r1".into(),
+            policies: vec!["p".into(), "q".into()],
+            automatic: true,
+            started_at_ms: 1_000,
+        };
+        let c = credential("r1", &issuing, "h1", "ref1", 2_000);
+        assert_eq!(
+            c,
+            credential("r1", &issuing, "h1", "ref1", 2_000),
+            "a retried approval names the same credential"
+        );
+        assert_ne!(c.id, credential("r2", &issuing, "h1", "ref1", 2_000).id);
+        assert_eq!(
+            (c.alias.as_str(), c.policies.as_slice(), c.issued_at_ms),
+            ("shop-r1", &["p".to_owned(), "q".to_owned()][..], 2_000)
+        );
+        let under_way = one_request(|r| r.issuing = Some(issuing.clone()));
+        let approved = finish_approval(&under_way, "r1", c.clone(), 3_000).unwrap();
+        assert_eq!(
+            (
+                approved.status,
+                approved.automatic,
+                approved.decided_at_ms,
+                approved.issuing.is_none()
+            ),
+            (Status::Approved, true, 3_000, true)
+        );
+        assert_eq!(approved.credential.as_ref(), Some(&c));
+        assert!(
+            matches!(finish_approval(&one_request(|_| {}), "r1", c.clone(), 3_000),
+                Err(Refusal::Conflict(m)) if m.contains("no approval under way")),
+            "undone meanwhile"
+        );
+        let decided = one_request(|r| {
+            r.status = Status::Rejected;
+            r.issuing = Some(Issuing::default());
+        });
+        assert!(matches!(
+            finish_approval(&decided, "r1", c.clone(), 3_000),
+            Err(Refusal::Conflict(_))
+        ));
+        assert!(matches!(
+            finish_approval(&under_way, "r9", c.clone(), 3_000),
+            Err(Refusal::NotFound(_))
+        ));
+        let logged = one_request(|r| *r = approved.clone());
+        assert!(approved_with(&logged, "r1", "h1").is_some());
+        assert!(
+            approved_with(&logged, "r1", "other").is_none(),
+            "approved with another key"
+        );
+        assert!(approved_with(&under_way, "r1", "h1").is_none());
+    }
+
+    #[test]
+    fn an_approval_is_undone_only_while_under_way() {
+        let under_way = one_request(|r| r.issuing = Some(Issuing::default()));
+        let undone = undo_approval(&under_way, "r1").unwrap();
+        assert_eq!(
+            (undone.status, undone.issuing.is_none()),
+            (Status::Pending, true)
+        );
+        assert!(approval_cleared(&under_way, "r1").is_none());
+        assert!(approval_cleared(&one_request(|_| {}), "r1").is_some());
+        assert!(matches!(
+            undo_approval(&one_request(|_| {}), "r1"),
+            Err(Refusal::Conflict(_))
+        ));
+        let approved = one_request(|r| {
+            r.status = Status::Approved;
+            r.issuing = Some(Issuing::default());
+        });
+        assert!(matches!(
+            undo_approval(&approved, "r1"),
+            Err(Refusal::Conflict(m)) if m.contains("decided meanwhile")
+        ));
+        assert!(matches!(
+            undo_approval(&under_way, "r9"),
+            Err(Refusal::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn a_revocation_finishes_once_and_the_log_shows_each_step() {
+        let with = |revoking: i64, revoked: i64| {
+            one_request(move |r| {
+                r.status = Status::Approved;
+                r.credential = Some(crate::domain::model::Credential {
+                    id: "c1".into(),
+                    revoking_at_ms: revoking,
+                    revoked_at_ms: revoked,
+                    ..Default::default()
+                });
+            })
+        };
+        let done = finish_revocation(&with(3, 0), "c1", 9).unwrap();
+        let c = done.credential.unwrap();
+        assert_eq!((c.revoked_at_ms, c.revoking_at_ms), (9, 0));
+        assert!(matches!(
+            finish_revocation(&with(3, 4), "c1", 9),
+            Err(Refusal::Conflict(m)) if m.contains("revoked already")
+        ));
+        assert!(matches!(
+            finish_revocation(&with(3, 0), "c2", 9),
+            Err(Refusal::NotFound(_))
+        ));
+        // (revoking, revoked) -> (a revocation recorded, revoked)
+        for ((revoking, revoked_at), expected) in [
+            ((0, 0), (false, false)),
+            ((3, 0), (true, false)),
+            ((0, 4), (true, true)),
+        ] {
+            let state = with(revoking, revoked_at);
+            assert_eq!(
+                (
+                    revocation_recorded(&state, "c1").is_some(),
+                    revoked(&state, "c1").is_some()
+                ),
+                expected,
+                "revoking {revoking}, revoked {revoked_at}"
+            );
+        }
+        assert!(revocation_recorded(&with(3, 0), "c2").is_none());
     }
 
     #[test]

@@ -259,10 +259,12 @@ impl PortalState {
     pub fn sync(&self, provider_id: &str) -> SyncSlot {
         self.syncs.get(provider_id).cloned().unwrap_or_default()
     }
+}
 
+impl meridian_kit::projection::Digested for PortalState {
     /// SHA-256 over every entity, sync slot and the position: equal on
     /// every replica that folded the same log.
-    pub fn digest(&self) -> String {
+    fn digest(&self) -> String {
         let mut h = Sha256::new();
         let mut part = |bytes: &[u8]| {
             h.update((bytes.len() as u64).to_le_bytes());
@@ -299,5 +301,9 @@ impl PortalState {
         }
         part(&self.position.to_le_bytes());
         format!("{:x}", h.finalize())
+    }
+
+    fn position(&self) -> u64 {
+        PortalState::position(self)
     }
 }

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::http::uri::PathAndQuery;
+use hyper::http::uri::{Authority, PathAndQuery, Scheme};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_rustls::HttpsConnector;
@@ -245,15 +245,13 @@ const SINGLETONS: [HeaderName; 14] = [
 
 /// The first of [`SINGLETONS`] (and `also`) that `headers` carries more
 /// than once. Free when no name repeats at all, the common case.
-pub fn repeated_singleton<'a>(
-    headers: &HeaderMap,
-    also: Option<&'a HeaderName>,
-) -> Option<&'a HeaderName> {
+pub fn repeated_singleton<'a>(headers: &HeaderMap, also: Option<&'a str>) -> Option<&'a str> {
     if headers.len() == headers.keys_len() {
         return None;
     }
     SINGLETONS
         .iter()
+        .map(HeaderName::as_str)
         .chain(also)
         .find(|name| headers.get_all(*name).iter().nth(1).is_some())
 }
@@ -279,7 +277,7 @@ fn normalize_path(req: &mut Request<Incoming>) -> Result<(), String> {
 }
 
 /// The 400 for a header that must appear once and came twice.
-fn repeated(name: &HeaderName) -> Response<Body> {
+fn repeated(name: &str) -> Response<Body> {
     error_response(
         StatusCode::BAD_REQUEST,
         &format!("The {name} header must appear only once"),
@@ -393,7 +391,7 @@ impl DataPlane {
             return error_response(StatusCode::NOT_FOUND, "No API listens on this path");
         };
         if !route.keyless
-            && let Some(name) = repeated_singleton(req.headers(), Some(&route.auth_header))
+            && let Some(name) = repeated_singleton(req.headers(), Some(route.auth_header.as_str()))
         {
             self.count(&route.api_id, StatusCode::BAD_REQUEST);
             return repeated(name);
@@ -522,7 +520,10 @@ impl DataPlane {
             Versioning::By {
                 location: VersionLocation::Header(name),
                 ..
-            } => req.headers().get(name).and_then(|v| v.to_str().ok()),
+            } => req
+                .headers()
+                .get(name.as_str())
+                .and_then(|v| v.to_str().ok()),
             _ => None,
         };
         let version = resolve_version(
@@ -553,7 +554,7 @@ impl DataPlane {
     fn key_step(&self, cx: &mut Context, req: &Request<Incoming>) -> Result<(), Refusal> {
         let key = req
             .headers()
-            .get(&cx.route.auth_header)
+            .get(cx.route.auth_header.as_str())
             .and_then(|v| v.to_str().ok())
             .and_then(key_from_header)
             .ok_or(Refusal::KeyMissing)?;
@@ -705,8 +706,12 @@ impl DataPlane {
     /// The absolute upstream URI of a request (for the pooled client).
     fn upstream_uri(route: &Route, uri: &Uri, strip_segment: bool) -> Option<Uri> {
         Uri::builder()
-            .scheme(route.upstream.scheme.clone())
-            .authority(route.upstream.authority.clone())
+            .scheme(if route.upstream.tls {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            })
+            .authority(Authority::from_maybe_shared(route.upstream.authority.clone()).ok()?)
             .path_and_query(Self::upstream_path(route, uri, strip_segment)?)
             .build()
             .ok()
@@ -724,7 +729,7 @@ impl DataPlane {
         let (route, strip_segment) = (&*cx.route, cx.strip_segment);
         let (mut parts, body) = req.into_parts();
         let body = client_body(body);
-        let plain = !route.upstream.h2c && route.upstream.scheme == hyper::http::uri::Scheme::HTTP;
+        let plain = !route.upstream.h2c && !route.upstream.tls;
         let uri = if plain {
             Self::upstream_path(route, &parts.uri, strip_segment).map(Uri::from)
         } else {
@@ -739,7 +744,7 @@ impl DataPlane {
         if plain && !headers.contains_key(header::HOST) {
             // The pooled client sets Host from the URI; a kept connection
             // is sent an origin-form URI, so it is set here.
-            if let Ok(host) = HeaderValue::from_str(route.upstream.authority.as_str()) {
+            if let Ok(host) = HeaderValue::from_maybe_shared(route.upstream.authority.clone()) {
                 headers.insert(header::HOST, host);
             }
         }
@@ -775,7 +780,7 @@ impl DataPlane {
         type Failure = Box<dyn std::error::Error + Send + Sync>;
         let sent = if plain {
             *req.version_mut() = Version::HTTP_11;
-            tokio::time::timeout(read, client.affinity.send(&route.upstream.authority, req))
+            tokio::time::timeout(read, client.affinity.send(&route.upstream, req))
                 .await
                 .map(|r| r.map_err(Failure::from))
         } else if route.upstream.h2c {
@@ -806,11 +811,11 @@ impl DataPlane {
                 error_response(StatusCode::BAD_REQUEST, CLIENT_BODY_FAILED)
             }
             Ok(Err(e)) => {
-                tracing::warn!(api = %route.api_id, upstream = %route.upstream.authority, error = %e, "upstream request failed");
+                tracing::warn!(api = %route.api_id, upstream = %route.upstream.authority_str(), error = %e, "upstream request failed");
                 error_response(StatusCode::BAD_GATEWAY, UPSTREAM_FAILED)
             }
             Err(_) => {
-                tracing::warn!(api = %route.api_id, upstream = %route.upstream.authority, timeout = ?read, "upstream did not answer in time");
+                tracing::warn!(api = %route.api_id, upstream = %route.upstream.authority_str(), timeout = ?read, "upstream did not answer in time");
                 error_response(StatusCode::GATEWAY_TIMEOUT, UPSTREAM_TIMED_OUT)
             }
         }
@@ -975,13 +980,13 @@ mod tests {
         h.append(header::HOST, HeaderValue::from_static("x"));
         assert_eq!(repeated_singleton(&h, None), None, "Accept is a list");
         h.append(header::HOST, HeaderValue::from_static("y"));
-        assert_eq!(repeated_singleton(&h, None), Some(&header::HOST));
+        assert_eq!(repeated_singleton(&h, None), Some("host"));
         let mut h = HeaderMap::new();
         let custom = HeaderName::from_static("x-api-key");
         h.append(&custom, HeaderValue::from_static("k1"));
         h.append(&custom, HeaderValue::from_static("k2"));
         assert_eq!(repeated_singleton(&h, None), None);
-        assert_eq!(repeated_singleton(&h, Some(&custom)), Some(&custom));
+        assert_eq!(repeated_singleton(&h, Some("x-api-key")), Some("x-api-key"));
     }
 
     #[test]

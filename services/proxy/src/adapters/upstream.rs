@@ -14,12 +14,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http_body_util::combinators::MapErr;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper::http::uri::Authority;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+
+use crate::domain::routes::Upstream;
 
 /// A client's request body on its way upstream, its failures marked as the
 /// client's ([`ClientBodyError`]): a malformed chunk or a cut body is the
@@ -59,8 +61,8 @@ pub enum UpstreamError {
     /// No connection could be opened (refused, unreachable, timed out).
     #[error("cannot connect to {authority}: {reason}")]
     Connect {
-        /// The upstream.
-        authority: Authority,
+        /// The upstream's host and port.
+        authority: String,
         /// Why.
         reason: String,
     },
@@ -71,7 +73,7 @@ pub enum UpstreamError {
 
 /// Idle upstream connections shared by every client connection.
 pub struct Http1Pool {
-    idle: Mutex<HashMap<Authority, Vec<SendRequest<ClientBody>>>>,
+    idle: Mutex<HashMap<Bytes, Vec<SendRequest<ClientBody>>>>,
     connect_timeout: Duration,
 }
 
@@ -84,9 +86,9 @@ impl Http1Pool {
         })
     }
 
-    fn take_idle(&self, authority: &Authority) -> Option<SendRequest<ClientBody>> {
+    fn take_idle(&self, upstream: &Upstream) -> Option<SendRequest<ClientBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.get_mut(authority)?;
+        let list = idle.get_mut(&upstream.authority)?;
         while let Some(sender) = list.pop() {
             if !sender.is_closed() {
                 return Some(sender);
@@ -95,7 +97,7 @@ impl Http1Pool {
         None
     }
 
-    fn put_idle(&self, authority: Authority, sender: SendRequest<ClientBody>) {
+    fn put_idle(&self, authority: Bytes, sender: SendRequest<ClientBody>) {
         if sender.is_closed() {
             return;
         }
@@ -107,15 +109,12 @@ impl Http1Pool {
         }
     }
 
-    async fn connect(
-        &self,
-        authority: &Authority,
-    ) -> Result<SendRequest<ClientBody>, UpstreamError> {
+    async fn connect(&self, upstream: &Upstream) -> Result<SendRequest<ClientBody>, UpstreamError> {
         let failed = |reason: String| UpstreamError::Connect {
-            authority: authority.clone(),
+            authority: upstream.authority_str().to_owned(),
             reason,
         };
-        let addr = (authority.host(), authority.port_u16().unwrap_or(80));
+        let addr = (upstream.host.as_str(), upstream.port);
         let stream =
             tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(addr))
                 .await
@@ -138,7 +137,7 @@ impl Http1Pool {
 /// pool when it is dropped.
 pub struct Affinity {
     pool: Arc<Http1Pool>,
-    held: Mutex<Vec<(Authority, SendRequest<ClientBody>)>>,
+    held: Mutex<Vec<(Bytes, SendRequest<ClientBody>)>>,
 }
 
 impl Affinity {
@@ -150,38 +149,38 @@ impl Affinity {
         }
     }
 
-    fn take(&self, authority: &Authority) -> Option<SendRequest<ClientBody>> {
+    fn take(&self, upstream: &Upstream) -> Option<SendRequest<ClientBody>> {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        let i = held.iter().position(|(a, _)| a == authority)?;
+        let i = held.iter().position(|(a, _)| *a == upstream.authority)?;
         Some(held.swap_remove(i).1)
     }
 
-    /// Sends `req` (origin-form URI, `Host` set) to `authority` on the
+    /// Sends `req` (origin-form URI, `Host` set) to `upstream` on the
     /// connection this client connection used last, an idle one of the
     /// pool, or a new one.
     pub async fn send(
         &self,
-        authority: &Authority,
+        upstream: &Upstream,
         req: Request<ClientBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let mut sender = match self
-            .take(authority)
-            .or_else(|| self.pool.take_idle(authority))
+            .take(upstream)
+            .or_else(|| self.pool.take_idle(upstream))
         {
             Some(s) => s,
-            None => self.pool.connect(authority).await?,
+            None => self.pool.connect(upstream).await?,
         };
         // A kept connection the upstream closed meanwhile: open another
         // (nothing has been sent yet, so nothing is sent twice).
         if sender.ready().await.is_err() {
-            sender = self.pool.connect(authority).await?;
+            sender = self.pool.connect(upstream).await?;
             sender.ready().await?;
         }
         let res = sender.send_request(req).await?;
         self.held
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((authority.clone(), sender));
+            .push((upstream.authority.clone(), sender));
         Ok(res)
     }
 }

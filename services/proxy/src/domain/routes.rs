@@ -6,8 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use hyper::header::HeaderName;
-use hyper::http::uri::{Authority, Scheme};
+use bytes::Bytes;
 
 use super::Invalid;
 use super::apidef::{ApiDefinition, normalize_listen_path};
@@ -16,8 +15,8 @@ use super::pipeline::{Plan, PlanInput};
 /// Where a request names its version.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VersionLocation {
-    /// A header (default `x-api-version`).
-    Header(HeaderName),
+    /// A header (default `x-api-version`), its name in lower case.
+    Header(String),
     /// A query parameter (default `version`).
     UrlParam(String),
     /// The first path segment after the listen path.
@@ -45,14 +44,27 @@ pub enum Versioning {
 /// The upstream of an API.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Upstream {
-    /// `http` or `https` (h2c is `http` with [`Upstream::h2c`]).
-    pub scheme: Scheme,
-    /// Host and port.
-    pub authority: Authority,
-    /// The target's path, without trailing `/` (empty for none).
-    pub base_path: String,
+    /// TLS (`https://`).
+    pub tls: bool,
     /// HTTP/2 with prior knowledge, no TLS (`h2c://`).
     pub h2c: bool,
+    /// Host and port as the target names them (the port only when it is
+    /// not the scheme's default): what `Host` says and what kept
+    /// connections are pooled by. ASCII.
+    pub authority: Bytes,
+    /// The host to connect to (an IPv6 address without brackets).
+    pub host: String,
+    /// The port to connect to (the scheme's default when none is named).
+    pub port: u16,
+    /// The target's path, without trailing `/` (empty for none).
+    pub base_path: String,
+}
+
+impl Upstream {
+    /// [`Upstream::authority`] as text (for logs).
+    pub fn authority_str(&self) -> &str {
+        std::str::from_utf8(&self.authority).unwrap_or_default()
+    }
 }
 
 /// One API as the data plane uses it.
@@ -66,8 +78,8 @@ pub struct Route {
     pub listen_path: String,
     /// No key needed.
     pub keyless: bool,
-    /// The header carrying the key.
-    pub auth_header: HeaderName,
+    /// The header carrying the key, its name in lower case.
+    pub auth_header: String,
     /// Remove the listen path before forwarding.
     pub strip_listen_path: bool,
     /// Forward the client's `Host`.
@@ -96,13 +108,12 @@ fn parse_upstream(target: &str) -> Result<Upstream, Invalid> {
     if target.is_empty() {
         return Err(invalid(FIELD, "is required (the upstream's URL)"));
     }
-    let uri: hyper::Uri = target
-        .parse()
+    let url = url::Url::parse(target)
         .map_err(|e| invalid(FIELD, format!("{target:?} is not a URL: {e}")))?;
-    let (scheme, h2c) = match uri.scheme_str() {
-        Some("http") => (Scheme::HTTP, false),
-        Some("https") => (Scheme::HTTPS, false),
-        Some("h2c") => (Scheme::HTTP, true),
+    let (tls, h2c) = match url.scheme() {
+        "http" => (false, false),
+        "https" => (true, false),
+        "h2c" => (false, true),
         _ => {
             return Err(invalid(
                 FIELD,
@@ -110,25 +121,45 @@ fn parse_upstream(target: &str) -> Result<Upstream, Invalid> {
             ));
         }
     };
-    let authority = uri
-        .authority()
-        .cloned()
-        .ok_or_else(|| invalid(FIELD, format!("{target:?} names no host")))?;
-    if authority.as_str().contains('@') {
+    let host = match url.host() {
+        Some(url::Host::Domain("")) | None => None,
+        Some(url::Host::Ipv6(address)) => Some(address.to_string()),
+        Some(host) => Some(host.to_string()),
+    }
+    .ok_or_else(|| invalid(FIELD, format!("{target:?} names no host")))?;
+    if !url.username().is_empty() || url.password().is_some() {
         return Err(invalid(
             FIELD,
             "must not carry credentials (user:password@); set them as upstream headers",
         ));
     }
-    if uri.query().is_some() {
+    if url.query().is_some() {
         return Err(invalid(FIELD, "must not carry a query string"));
     }
+    let named = url.host_str().unwrap_or_default();
+    let authority = match url.port() {
+        Some(port) => format!("{named}:{port}"),
+        None => named.to_owned(),
+    };
     Ok(Upstream {
-        scheme,
-        authority,
-        base_path: uri.path().trim_end_matches('/').to_owned(),
+        tls,
         h2c,
+        authority: Bytes::from(authority),
+        host,
+        port: url.port_or_known_default().unwrap_or(80),
+        base_path: url.path().trim_end_matches('/').to_owned(),
     })
+}
+
+/// `name` as a header name in lower case, when it is one (RFC 9110's
+/// token).
+fn header_name(name: &str) -> Option<String> {
+    const SYMBOLS: &[u8] = b"!#$%&'*+-.^_`|~";
+    let token = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || SYMBOLS.contains(&b));
+    token.then(|| name.to_ascii_lowercase())
 }
 
 fn versioning(def: &ApiDefinition) -> Result<Versioning, Invalid> {
@@ -157,8 +188,9 @@ fn versioning(def: &ApiDefinition) -> Result<Versioning, Invalid> {
     let key = def.definition.key.trim();
     let location = match def.definition.location.as_str() {
         "" | "header" => VersionLocation::Header(
-            HeaderName::try_from(if key.is_empty() { "x-api-version" } else { key })
-                .map_err(|_| invalid("definition.key", format!("{key:?} is not a header name")))?,
+            header_name(if key.is_empty() { "x-api-version" } else { key }).ok_or_else(|| {
+                invalid("definition.key", format!("{key:?} is not a header name"))
+            })?,
         ),
         "url-param" => {
             VersionLocation::UrlParam(if key.is_empty() { "version" } else { key }.to_owned())
@@ -209,7 +241,7 @@ pub fn compile(def: &ApiDefinition) -> Result<Route, Invalid> {
         ));
     }
     let header = def.auth_header();
-    let auth_header = HeaderName::try_from(header).map_err(|_| {
+    let auth_header = header_name(header).ok_or_else(|| {
         invalid(
             "auth.auth_header_name",
             format!("{header:?} is not a header name"),
@@ -401,7 +433,15 @@ mod tests {
         })))
         .unwrap();
         assert!(r.upstream.h2c);
-        assert_eq!(r.upstream.scheme, Scheme::HTTP);
+        assert!(!r.upstream.tls);
+        assert_eq!(
+            (
+                r.upstream.authority_str(),
+                r.upstream.host.as_str(),
+                r.upstream.port
+            ),
+            ("up:9", "up", 9)
+        );
         assert_eq!(r.upstream.base_path, "");
         assert_eq!(r.auth_header, "authorization");
         let Versioning::By {
@@ -418,6 +458,71 @@ mod tests {
         assert_eq!(versions["v1"], parse_expiry("2030-01-02 03:04"));
         assert_eq!(versions["v2"], None);
         assert_eq!(parse_expiry("1970-01-01 00:01"), Some(60));
+    }
+
+    #[test]
+    fn upstream_targets_are_parsed_once_into_what_the_data_plane_needs() {
+        // target -> (tls, h2c, authority, host, port, base path)
+        for (target, expected) in [
+            (
+                "http://127.0.0.1:8080/base/",
+                (false, false, "127.0.0.1:8080", "127.0.0.1", 8080, "/base"),
+            ),
+            (
+                "https://API.example.com",
+                (true, false, "api.example.com", "api.example.com", 443, ""),
+            ),
+            ("http://up", (false, false, "up", "up", 80, "")),
+            ("http://up:80/", (false, false, "up", "up", 80, "")),
+            ("h2c://up:9", (false, true, "up:9", "up", 9, "")),
+            (
+                "http://[::1]:9000/v1",
+                (false, false, "[::1]:9000", "::1", 9000, "/v1"),
+            ),
+        ] {
+            let u = parse_upstream(target).unwrap();
+            assert_eq!(
+                (
+                    u.tls,
+                    u.h2c,
+                    u.authority_str(),
+                    u.host.as_str(),
+                    u.port,
+                    u.base_path.as_str()
+                ),
+                expected,
+                "{target}"
+            );
+        }
+        for (target, why) in [
+            ("", "is required"),
+            ("up:80", "must start with"),
+            ("not a url", "is not a URL"),
+            ("ftp://up", "must start with"),
+            ("http://user:secret@up", "credentials"),
+            ("http://up/?a=1", "query string"),
+            ("h2c:///path", "names no host"),
+        ] {
+            let refused = parse_upstream(target).unwrap_err();
+            assert_eq!(refused.field, "proxy.target_url");
+            assert!(
+                refused.message.contains(why),
+                "{target}: {}",
+                refused.message
+            );
+        }
+    }
+
+    #[test]
+    fn header_names_are_tokens_kept_in_lower_case() {
+        assert_eq!(header_name("X-Api-Key").as_deref(), Some("x-api-key"));
+        assert_eq!(
+            header_name("Authorization").as_deref(),
+            Some("authorization")
+        );
+        for bad in ["", "x api", "x:y", "é", "x\r"] {
+            assert_eq!(header_name(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
