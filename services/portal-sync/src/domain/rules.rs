@@ -309,18 +309,25 @@ pub fn start_revocation(
     credential_id: &str,
     now_ms: i64,
 ) -> Result<Request, Refusal> {
-    let mut r = credential_owner(state, credential_id)
+    let mut r = live_credential(state, credential_id)?;
+    if let Some(c) = r.credential.as_mut()
+        && c.revoking_at_ms == 0
+    {
+        c.revoking_at_ms = now_ms;
+    }
+    Ok(r)
+}
+
+/// The request owning the credential, while the credential is not revoked.
+fn live_credential(state: &PortalState, credential_id: &str) -> Result<Request, Refusal> {
+    let r = credential_owner(state, credential_id)
         .ok_or_else(|| Refusal::NotFound(format!("no credential {credential_id:?}")))?;
-    match r.credential.as_mut() {
-        Some(c) if c.revoked_at_ms == 0 => {
-            if c.revoking_at_ms == 0 {
-                c.revoking_at_ms = now_ms;
-            }
-            Ok(r)
-        }
-        _ => Err(Refusal::Conflict(format!(
+    if r.credential.as_ref().is_some_and(|c| c.revoked_at_ms == 0) {
+        Ok(r)
+    } else {
+        Err(Refusal::Conflict(format!(
             "credential {credential_id:?} was revoked already"
-        ))),
+        )))
     }
 }
 
@@ -421,18 +428,12 @@ pub fn finish_revocation(
     credential_id: &str,
     now_ms: i64,
 ) -> Result<Request, Refusal> {
-    let mut r = credential_owner(state, credential_id)
-        .ok_or_else(|| Refusal::NotFound(format!("no credential {credential_id:?}")))?;
-    match r.credential.as_mut() {
-        Some(c) if c.revoked_at_ms == 0 => {
-            c.revoked_at_ms = now_ms;
-            c.revoking_at_ms = 0;
-            Ok(r)
-        }
-        _ => Err(Refusal::Conflict(format!(
-            "credential {credential_id:?} was revoked already"
-        ))),
+    let mut r = live_credential(state, credential_id)?;
+    if let Some(c) = r.credential.as_mut() {
+        c.revoked_at_ms = now_ms;
+        c.revoking_at_ms = 0;
     }
+    Ok(r)
 }
 
 /// Whether the log holds the credential as revoked.
@@ -733,28 +734,31 @@ mod tests {
         ));
     }
 
+    /// The portal after one approved request, its credential `c1` with a
+    /// revocation started at `revoking` and done at `revoked` (0: not).
+    fn one_credential(revoking: i64, revoked: i64) -> PortalState {
+        one_request(move |r| {
+            r.status = Status::Approved;
+            r.credential = Some(crate::domain::model::Credential {
+                id: "c1".into(),
+                revoking_at_ms: revoking,
+                revoked_at_ms: revoked,
+                ..Default::default()
+            });
+        })
+    }
+
     #[test]
     fn a_revocation_finishes_once_and_the_log_shows_each_step() {
-        let with = |revoking: i64, revoked: i64| {
-            one_request(move |r| {
-                r.status = Status::Approved;
-                r.credential = Some(crate::domain::model::Credential {
-                    id: "c1".into(),
-                    revoking_at_ms: revoking,
-                    revoked_at_ms: revoked,
-                    ..Default::default()
-                });
-            })
-        };
-        let done = finish_revocation(&with(3, 0), "c1", 9).unwrap();
+        let done = finish_revocation(&one_credential(3, 0), "c1", 9).unwrap();
         let c = done.credential.unwrap();
         assert_eq!((c.revoked_at_ms, c.revoking_at_ms), (9, 0));
         assert!(matches!(
-            finish_revocation(&with(3, 4), "c1", 9),
+            finish_revocation(&one_credential(3, 4), "c1", 9),
             Err(Refusal::Conflict(m)) if m.contains("revoked already")
         ));
         assert!(matches!(
-            finish_revocation(&with(3, 0), "c2", 9),
+            finish_revocation(&one_credential(3, 0), "c2", 9),
             Err(Refusal::NotFound(_))
         ));
         // (revoking, revoked) -> (a revocation recorded, revoked)
@@ -763,7 +767,7 @@ mod tests {
             ((3, 0), (true, false)),
             ((0, 4), (true, true)),
         ] {
-            let state = with(revoking, revoked_at);
+            let state = one_credential(revoking, revoked_at);
             assert_eq!(
                 (
                     revocation_recorded(&state, "c1").is_some(),
@@ -773,36 +777,25 @@ mod tests {
                 "revoking {revoking}, revoked {revoked_at}"
             );
         }
-        assert!(revocation_recorded(&with(3, 0), "c2").is_none());
+        assert!(revocation_recorded(&one_credential(3, 0), "c2").is_none());
     }
 
     #[test]
     fn a_revocation_starts_once_and_keeps_its_first_start() {
-        let with = |revoking: i64, revoked: i64| {
-            one_request(move |r| {
-                r.status = Status::Approved;
-                r.credential = Some(crate::domain::model::Credential {
-                    id: "c1".into(),
-                    revoking_at_ms: revoking,
-                    revoked_at_ms: revoked,
-                    ..Default::default()
-                });
-            })
-        };
-        let started = start_revocation(&with(0, 0), "c1", 5).unwrap();
+        let started = start_revocation(&one_credential(0, 0), "c1", 5).unwrap();
         assert_eq!(started.credential.unwrap().revoking_at_ms, 5);
-        let again = start_revocation(&with(3, 0), "c1", 5).unwrap();
+        let again = start_revocation(&one_credential(3, 0), "c1", 5).unwrap();
         assert_eq!(
             again.credential.unwrap().revoking_at_ms,
             3,
             "the first start is kept"
         );
         assert!(matches!(
-            start_revocation(&with(3, 4), "c1", 5),
+            start_revocation(&one_credential(3, 4), "c1", 5),
             Err(Refusal::Conflict(_))
         ));
         assert!(matches!(
-            start_revocation(&with(0, 0), "c2", 5),
+            start_revocation(&one_credential(0, 0), "c2", 5),
             Err(Refusal::NotFound(_))
         ));
     }
