@@ -184,7 +184,8 @@ function agentsPage(main) {
   async function refresh() {
     if (editing) return;
     const agents = await act(() => api('GET', '/api/agents/'));
-    if (!agents) return;
+    // A rename or confirmation may have started while the list was read.
+    if (!agents || editing) return;
     body.replaceChildren(agents.length
       ? table(['Agent', 'Status', 'Last heartbeat', 'Providers', ''], agents.map(row), 'Agents')
       : h('p', { class: 'muted' }, 'No agents yet.'));
