@@ -313,11 +313,10 @@ fn strings(v: &Value) -> Vec<String> {
 
 /// Domain modules decide; the edge speaks HTTP. No domain module (a
 /// service's `src/domain.rs` or `src/domain/`, and the keys crate, which is
-/// a domain) names axum, hyper or the http crate. One exception, named here
-/// so it cannot grow: the proxy's compiled routes keep hyper's `HeaderName`,
-/// `Scheme` and `Authority`, parsed once when a definition is folded, for the
-/// request path (moving them out changes the hot path, which needs its
-/// benchmark first).
+/// a domain) names axum, hyper or the http crate, with no exception: the
+/// proxy's compiled routes hold plain values (header names as lower-case
+/// text, the upstream's authority as shared bytes) that the data plane
+/// turns into hyper's types without copying.
 #[test]
 fn domain_modules_name_no_http_types() {
     let mut files = Vec::new();
