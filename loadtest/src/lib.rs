@@ -1,5 +1,7 @@
 //! What the benchmarks share.
 
+pub mod wrk;
+
 use std::time::Instant;
 
 use async_nats::header::{HeaderMap, NATS_MESSAGE_ID};

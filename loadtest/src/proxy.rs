@@ -34,16 +34,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use meridian_loadtest::wrk::{CONNECTIONS, half_load_delay, wait_http, wrk};
 use meridian_tests::load::{even_split_admitted, paced, per_window, sent_per_window};
-use meridian_tests::processes::{Group, Nginx, free_port, nginx_conf, which};
+use meridian_tests::processes::{Group, Nginx, free_port, nginx_conf};
 use meridian_tests::tyk::{GATEWAY_SECRET, start_key_issuer};
 use meridian_tests::{Nats, eventually};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Connections of every run.
-const CONNECTIONS: usize = 64;
 
 /// Keys in the view (one of them is used).
 const KEYS: usize = 10_000;
@@ -53,78 +51,6 @@ const RATE_LIMIT: usize = 1_000;
 
 /// The accuracy table's quota.
 const QUOTA: usize = 3_000;
-
-/// What one wrk run measured.
-#[derive(Clone, Copy, Debug, Default)]
-struct Run {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    p999_ms: f64,
-    errors: u64,
-}
-
-const SCRIPT: &str = r#"
-local rate_delay = tonumber(os.getenv("BENCH_DELAY_MS") or "0")
-local key = os.getenv("BENCH_KEY")
-if key and key ~= "" then wrk.headers["Authorization"] = key end
-if rate_delay > 0 then
-  function delay() return rate_delay end
-end
-function done(summary, latency, requests)
-  local errors = summary.errors.connect + summary.errors.read + summary.errors.write
-    + summary.errors.status + summary.errors.timeout
-  io.write(string.format("BENCH %f %f %f %f %d\n",
-    summary.requests / (summary.duration / 1e6),
-    latency:percentile(50) / 1000, latency:percentile(99) / 1000,
-    latency:percentile(99.9) / 1000, errors))
-end
-"#;
-
-/// Drives `url` with wrk on core 1 for `seconds`; `delay_ms` spaces each
-/// connection's requests (0: as fast as possible).
-fn wrk(
-    dir: &Path,
-    url: &str,
-    key: Option<&str>,
-    seconds: u64,
-    delay_ms: u64,
-) -> anyhow::Result<Run> {
-    let script = dir.join("bench.lua");
-    std::fs::write(&script, SCRIPT)?;
-    let out = Command::new("taskset")
-        .args(["-c", "1"])
-        .arg(which("wrk")?)
-        .args(["-t1", &format!("-c{CONNECTIONS}"), &format!("-d{seconds}s")])
-        .args(["-s", script.to_str().unwrap(), url])
-        .env("BENCH_DELAY_MS", delay_ms.to_string())
-        .env("BENCH_KEY", key.unwrap_or(""))
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find_map(|l| l.strip_prefix("BENCH "))
-        .ok_or_else(|| anyhow::anyhow!("wrk printed no result: {text}"))?;
-    let f: Vec<f64> = line
-        .split_whitespace()
-        .map(|v| v.parse().unwrap_or(0.0))
-        .collect();
-    Ok(Run {
-        rps: f[0],
-        p50_ms: f[1],
-        p99_ms: f[2],
-        p999_ms: f[3],
-        errors: f[4] as u64,
-    })
-}
-
-async fn wait_http(url: &str) -> anyhow::Result<()> {
-    let ok = eventually(Duration::from_secs(30), || async {
-        reqwest::get(url).await.ok().map(|_| ())
-    })
-    .await;
-    ok.ok_or_else(|| anyhow::anyhow!("{url} did not answer"))
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
@@ -295,15 +221,7 @@ async fn main() -> anyhow::Result<()> {
         full.push(wrk(dir.path(), url, *key, seconds, 0)?);
     }
     let half_rate = full[1].rps / 2.0;
-    // Each connection waits `delay_ms` between requests (wrk's delay() is in
-    // whole milliseconds): first as if answers took no time, then less by
-    // the time an answer took through nginx at that rate, so that nginx
-    // gets about half its maximum.
-    let per_request_ms = CONNECTIONS as f64 * 1000.0 / half_rate;
-    let first = per_request_ms.round().max(1.0) as u64;
-    let probe = wrk(dir.path(), &rows[1].1, None, seconds.min(5), first)?;
-    let answer_ms = (CONNECTIONS as f64 * 1000.0 / probe.rps - first as f64).max(0.0);
-    let delay_ms = (per_request_ms - answer_ms).round().max(1.0) as u64;
+    let delay_ms = half_load_delay(dir.path(), &rows[1].1, full[1].rps, seconds)?;
     let mut half = Vec::new();
     for (_, url, key) in &rows {
         half.push(wrk(dir.path(), url, *key, seconds, delay_ms)?);

@@ -1,0 +1,269 @@
+//! Issue 31's bake-off on the bare forwarding path: the smallest honest
+//! proxy of each candidate engine (keep-alive both ways, streaming bodies,
+//! hop-by-hop headers dropped, `X-Forwarded-For` appended), each run alone
+//! on core 0 with one thread, beside nginx's `proxy_pass` on the same core,
+//! all driven by the same wrk on core 1 (with the upstream, nginx answering
+//! a fixed 1 KB body). For each row: req/s and p50/p99/p99.9 at full speed
+//! and at about 50% of nginx's maximum, the CPU time per request of the
+//! proxy's processes split user/kernel (from `/proc`, over the full-speed
+//! run), and the lines of our code the candidate needs.
+//!
+//! `cargo run --release -p meridian-loadtest --bin forward-bakeoff [-- SECONDS]`
+//! (needs nginx and wrk, as proxy-bench).
+
+mod common;
+mod fastpath;
+mod hyper_local;
+mod hyper_spawned;
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use meridian_loadtest::wrk::{Run, half_load_delay, wait_http, wrk};
+use meridian_tests::processes::{Group, Nginx, free_port, nginx_conf};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The candidates: row name, how `serve` names it, its source (counted).
+const CANDIDATES: [(&str, &str, &[&str]); 3] = [
+    (
+        "hyper, upstream I/O in its own task (today's shape)",
+        "hyper-spawned",
+        &[include_str!("hyper_spawned.rs"), include_str!("common.rs")],
+    ),
+    (
+        "hyper tuned: upstream I/O in the client's task, writev",
+        "hyper-local",
+        &[include_str!("hyper_local.rs"), include_str!("common.rs")],
+    ),
+    (
+        "httparse fast path, bytes forwarded",
+        "fastpath",
+        &[include_str!("fastpath.rs")],
+    ),
+];
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("serve") {
+        let [_, _, candidate, listen, upstream] = &args[..] else {
+            anyhow::bail!("usage: forward-bakeoff serve CANDIDATE LISTEN_PORT UPSTREAM_PORT");
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let local = tokio::task::LocalSet::new();
+        return local.block_on(
+            &runtime,
+            serve(candidate.clone(), listen.parse()?, upstream.parse()?),
+        );
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(bench())
+}
+
+/// Runs one candidate on `listen`, forwarding to `upstream`, until killed.
+async fn serve(candidate: String, listen: u16, upstream: u16) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", listen)).await?;
+    let upstream = SocketAddr::from(([127, 0, 0, 1], upstream));
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        stream.set_nodelay(true)?;
+        match candidate.as_str() {
+            "hyper-spawned" => {
+                tokio::task::spawn_local(hyper_spawned::connection(stream, peer, upstream));
+            }
+            "hyper-local" => {
+                tokio::task::spawn_local(hyper_local::connection(stream, peer, upstream));
+            }
+            "fastpath" => {
+                tokio::task::spawn_local(fastpath::connection(stream, peer, upstream));
+            }
+            other => anyhow::bail!("no candidate {other:?}"),
+        }
+    }
+}
+
+/// User and kernel CPU time (clock ticks) of every process in group `pgid`.
+fn group_cpu(pgid: u32) -> (u64, u64) {
+    let mut total = (0, 0);
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid pgrp ... utime stime: fields 14 and 15.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        if fields.get(2) == Some(&pgid.to_string().as_str()) {
+            total.0 += fields
+                .get(11)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            total.1 += fields
+                .get(12)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total
+}
+
+/// Lines of code: neither blank nor only a comment.
+fn code_lines(sources: &[&str]) -> usize {
+    sources
+        .iter()
+        .flat_map(|s| s.lines())
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("//"))
+        .count()
+}
+
+/// One row of the table.
+struct Row {
+    name: String,
+    url: String,
+    /// The proxy's process group (none for the upstream itself).
+    pgid: Option<u32>,
+    lines: Option<usize>,
+    full: Run,
+    half: Run,
+    /// CPU µs per request at full speed: user, kernel.
+    cpu_us: Option<(f64, f64)>,
+}
+
+async fn bench() -> anyhow::Result<()> {
+    let seconds: u64 = meridian_tests::size_arg(10)? as u64;
+    let ticks_per_s: f64 =
+        String::from_utf8(Command::new("getconf").arg("CLK_TCK").output()?.stdout)?
+            .trim()
+            .parse()?;
+    let dir = tempfile::tempdir()?;
+    let (up_port, nginx_port) = (free_port(), free_port());
+    let body = "x".repeat(1024);
+    let _upstream = Nginx::start(
+        &nginx_conf(&format!(
+            "  server {{ listen 127.0.0.1:{up_port}; location / {{ default_type text/plain; return 200 '{body}'; }} }}"
+        )),
+        up_port,
+        Some(1),
+    )?;
+    let nginx = Nginx::start(
+        &nginx_conf(&format!(
+            "  upstream up {{ server 127.0.0.1:{up_port}; keepalive 64; keepalive_requests 1000000; }}\n\
+             server {{ listen 127.0.0.1:{nginx_port};\n\
+               location / {{ proxy_pass http://up; proxy_http_version 1.1;\n\
+                 proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}"
+        )),
+        nginx_port,
+        Some(0),
+    )?;
+    let me = std::env::current_exe()?;
+    let mut candidates = Vec::new();
+    for (name, id, sources) in CANDIDATES {
+        let port = free_port();
+        let mut command = Command::new("taskset");
+        command.args(["-c", "0"]).arg(&me).args([
+            "serve",
+            id,
+            &port.to_string(),
+            &up_port.to_string(),
+        ]);
+        candidates.push((name, port, code_lines(sources), Group::spawn(id, command)?));
+    }
+    let mut rows = vec![
+        Row::new(
+            "upstream direct",
+            format!("http://127.0.0.1:{up_port}/x"),
+            None,
+            None,
+        ),
+        Row::new(
+            "nginx proxy_pass",
+            format!("http://127.0.0.1:{nginx_port}/x"),
+            Some(nginx.id()),
+            None,
+        ),
+    ];
+    for (name, port, lines, group) in &candidates {
+        rows.push(Row::new(
+            name,
+            format!("http://127.0.0.1:{port}/x"),
+            Some(group.id()),
+            Some(*lines),
+        ));
+    }
+    for row in &rows {
+        wait_http(&row.url).await?;
+        let answer = reqwest::get(&row.url).await?;
+        anyhow::ensure!(
+            answer.status().is_success() && answer.text().await?.len() == 1024,
+            "{}: not the upstream's 1 KB answer",
+            row.name
+        );
+    }
+    println!(
+        "forwarding bake-off: wrk -t1 -c64 -d{seconds}s on core 1 with the upstream; each proxy alone on core 0, one thread\n"
+    );
+    for row in &mut rows {
+        wrk(dir.path(), &row.url, None, 2, 0)?;
+        let before = row.pgid.map(group_cpu);
+        row.full = wrk(dir.path(), &row.url, None, seconds, 0)?;
+        if let (Some(pgid), Some(before)) = (row.pgid, before) {
+            let after = group_cpu(pgid);
+            let requests = row.full.rps * seconds as f64;
+            let us = |ticks: u64| ticks as f64 / ticks_per_s * 1e6 / requests;
+            row.cpu_us = Some((us(after.0 - before.0), us(after.1 - before.1)));
+        }
+    }
+    let delay_ms = half_load_delay(dir.path(), &rows[1].url, rows[1].full.rps, seconds)?;
+    for row in &mut rows {
+        row.half = wrk(dir.path(), &row.url, None, seconds, delay_ms)?;
+    }
+    let nginx_rps = rows[1].full.rps;
+    println!(
+        "| row | req/s | x nginx | p50 | p99 | p99.9 | 50% load: req/s | p50 | p99 | p99.9 | CPU µs/req user | kernel | lines of our code | errors |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        let (user, kernel) = r.cpu_us.map_or(("-".into(), "-".into()), |(u, k)| {
+            (format!("{u:.1}"), format!("{k:.1}"))
+        });
+        println!(
+            "| {} | {:.0} | {:.2}x | {:.2} ms | {:.2} ms | {:.2} ms | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {user} | {kernel} | {} | {} |",
+            r.name,
+            r.full.rps,
+            r.full.rps / nginx_rps,
+            r.full.p50_ms,
+            r.full.p99_ms,
+            r.full.p999_ms,
+            r.half.rps,
+            r.half.p50_ms,
+            r.half.p99_ms,
+            r.half.p999_ms,
+            r.lines.map_or("-".into(), |l| l.to_string()),
+            r.full.errors + r.half.errors,
+        );
+    }
+    println!(
+        "\n50% load: each connection waits {delay_ms} ms between requests (about half nginx's maximum). CPU: /proc utime and stime of the proxy's processes over the full-speed run (nginx: master and worker)."
+    );
+    Ok(())
+}
+
+impl Row {
+    fn new(name: &str, url: String, pgid: Option<u32>, lines: Option<usize>) -> Self {
+        Self {
+            name: name.to_owned(),
+            url,
+            pgid,
+            lines,
+            full: Run::default(),
+            half: Run::default(),
+            cpu_us: None,
+        }
+    }
+}

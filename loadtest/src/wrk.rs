@@ -1,0 +1,108 @@
+//! wrk runs as the gateway benchmarks drive them: pinned to core 1, 64
+//! connections, a Lua script printing rate and latency percentiles.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use meridian_tests::eventually;
+use meridian_tests::processes::which;
+
+/// Connections of every run.
+pub const CONNECTIONS: usize = 64;
+
+/// What one wrk run measured.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Run {
+    /// Requests per second.
+    pub rps: f64,
+    /// Median latency.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+    /// Connect, read, write, timeout errors and non-2xx/3xx answers.
+    pub errors: u64,
+}
+
+const SCRIPT: &str = r#"
+local rate_delay = tonumber(os.getenv("BENCH_DELAY_MS") or "0")
+local key = os.getenv("BENCH_KEY")
+if key and key ~= "" then wrk.headers["Authorization"] = key end
+if rate_delay > 0 then
+  function delay() return rate_delay end
+end
+function done(summary, latency, requests)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.status + summary.errors.timeout
+  io.write(string.format("BENCH %f %f %f %f %d\n",
+    summary.requests / (summary.duration / 1e6),
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000,
+    latency:percentile(99.9) / 1000, errors))
+end
+"#;
+
+/// Drives `url` with wrk on core 1 for `seconds`; `delay_ms` spaces each
+/// connection's requests (0: as fast as possible).
+pub fn wrk(
+    dir: &Path,
+    url: &str,
+    key: Option<&str>,
+    seconds: u64,
+    delay_ms: u64,
+) -> anyhow::Result<Run> {
+    let script = dir.join("bench.lua");
+    std::fs::write(&script, SCRIPT)?;
+    let out = Command::new("taskset")
+        .args(["-c", "1"])
+        .arg(which("wrk")?)
+        .args(["-t1", &format!("-c{CONNECTIONS}"), &format!("-d{seconds}s")])
+        .args(["-s", script.to_str().unwrap(), url])
+        .env("BENCH_DELAY_MS", delay_ms.to_string())
+        .env("BENCH_KEY", key.unwrap_or(""))
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("BENCH "))
+        .ok_or_else(|| anyhow::anyhow!("wrk printed no result: {text}"))?;
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    Ok(Run {
+        rps: f[0],
+        p50_ms: f[1],
+        p99_ms: f[2],
+        p999_ms: f[3],
+        errors: f[4] as u64,
+    })
+}
+
+/// Waits up to 30 s until `url` answers at all.
+pub async fn wait_http(url: &str) -> anyhow::Result<()> {
+    let ok = eventually(Duration::from_secs(30), || async {
+        reqwest::get(url).await.ok().map(|_| ())
+    })
+    .await;
+    ok.ok_or_else(|| anyhow::anyhow!("{url} did not answer"))
+}
+
+/// The `delay_ms` that gives the proxy at `reference` (which served
+/// `max_rps` at full speed) about half its maximum: each connection waits
+/// that long between requests (wrk's delay() is in whole milliseconds),
+/// first as if answers took no time, then less by the time an answer took
+/// through it at that rate.
+pub fn half_load_delay(
+    dir: &Path,
+    reference: &str,
+    max_rps: f64,
+    seconds: u64,
+) -> anyhow::Result<u64> {
+    let per_request_ms = CONNECTIONS as f64 * 1000.0 / (max_rps / 2.0);
+    let first = per_request_ms.round().max(1.0) as u64;
+    let probe = wrk(dir, reference, None, seconds.min(5), first)?;
+    let answer_ms = (CONNECTIONS as f64 * 1000.0 / probe.rps - first as f64).max(0.0);
+    Ok((per_request_ms - answer_ms).round().max(1.0) as u64)
+}
