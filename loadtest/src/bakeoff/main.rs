@@ -6,10 +6,13 @@
 //! a fixed 1 KB body). For each row: req/s and p50/p99/p99.9 at full speed
 //! and at about 50% of nginx's maximum, the CPU time per request of the
 //! proxy's processes split user/kernel (from `/proc`, over the full-speed
-//! run), and the lines of our code the candidate needs.
+//! run), and the lines of our code the candidate needs. Last row: today's
+//! `meridian-proxy` (keyless API, one worker, same core), for where the
+//! product's path stands against its bare engine in the same run.
 //!
 //! `cargo run --release -p meridian-loadtest --bin forward-bakeoff [-- SECONDS]`
-//! (needs nginx and wrk, as proxy-bench).
+//! (needs nginx and wrk, and a release build of `meridian-proxy`, as
+//! proxy-bench).
 
 mod common;
 mod fastpath;
@@ -20,7 +23,9 @@ use std::net::SocketAddr;
 use std::process::Command;
 
 use meridian_loadtest::wrk::{Run, half_load_delay, wait_http, wrk};
+use meridian_tests::Nats;
 use meridian_tests::processes::{Group, Nginx, free_port, nginx_conf};
+use meridian_tests::tyk::GATEWAY_SECRET;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -196,6 +201,14 @@ async fn bench() -> anyhow::Result<()> {
             Some(*lines),
         ));
     }
+    // NATS outlives the proxy (dropped after it), so the proxy stops cleanly.
+    let (_nats, meridian) = meridian_proxy(&me, up_port).await?;
+    rows.push(Row::new(
+        "meridian-proxy keyless (today's whole path)",
+        meridian.1,
+        Some(meridian.0.id()),
+        None,
+    ));
     for row in &rows {
         wait_http(&row.url).await?;
         let answer = reqwest::get(&row.url).await?;
@@ -252,6 +265,66 @@ async fn bench() -> anyhow::Result<()> {
         "\n50% load: each connection waits {delay_ms} ms between requests (about half nginx's maximum). CPU: /proc utime and stime of the proxy's processes over the full-speed run (nginx: master and worker)."
     );
     Ok(())
+}
+
+/// Today's `meridian-proxy` beside this binary, one worker on core 0, with
+/// a keyless API forwarding to the upstream; answers it and the API's URL.
+async fn meridian_proxy(
+    me: &std::path::Path,
+    up_port: u16,
+) -> anyhow::Result<(Nats, (Group, String))> {
+    let bin = me.with_file_name("meridian-proxy");
+    anyhow::ensure!(
+        bin.exists(),
+        "{} is missing: cargo build --release --bin meridian-proxy",
+        bin.display()
+    );
+    let nats = Nats::start().await;
+    let (gw_port, admin_port) = (free_port(), free_port());
+    let mut command = Command::new("taskset");
+    command
+        .args(["-c", "0"])
+        .arg(&bin)
+        .env("TOKIO_WORKER_THREADS", "1")
+        .env("MERIDIAN_PROXY__WORKERS", "1")
+        .env("MERIDIAN_LOG", "warn")
+        .env("MERIDIAN_PROXY__NATS_URL", nats.url())
+        .env("MERIDIAN_PROXY__SECRET", GATEWAY_SECRET)
+        .env("MERIDIAN_PROXY__LISTEN", format!("127.0.0.1:{gw_port}"))
+        .env(
+            "MERIDIAN_PROXY__HTTP_ADDR",
+            format!("127.0.0.1:{admin_port}"),
+        )
+        .stdout(std::process::Stdio::null());
+    let group = Group::spawn("meridian-proxy", command)?;
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    wait_http(&format!("{admin}/readyz")).await?;
+    let http = reqwest::Client::new();
+    let def = serde_json::json!({"api_id": "open", "name": "open", "use_keyless": true,
+        "proxy": {"listen_path": "/open/", "target_url": format!("http://127.0.0.1:{up_port}"),
+            "strip_listen_path": true}});
+    for (method, url, body) in [
+        (
+            reqwest::Method::POST,
+            format!("{admin}/tyk/apis"),
+            Some(def),
+        ),
+        (
+            reqwest::Method::GET,
+            format!("{admin}/tyk/reload?block=true"),
+            None,
+        ),
+    ] {
+        let mut req = http
+            .request(method, &url)
+            .header("x-tyk-authorization", GATEWAY_SECRET);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let r = req.send().await?;
+        anyhow::ensure!(r.status().is_success(), "{url}: {}", r.text().await?);
+    }
+    Ok((nats, (group, format!("http://127.0.0.1:{gw_port}/open/x"))))
 }
 
 impl Row {
