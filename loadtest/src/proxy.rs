@@ -34,9 +34,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use meridian_loadtest::wrk::{CONNECTIONS, half_load_delay, wait_http, wrk};
+use meridian_loadtest::wrk::{
+    CONNECTIONS, half_load_delay, proxy_on_core_0, upstream_and_nginx, wait_http, wrk,
+};
 use meridian_tests::load::{even_split_admitted, paced, per_window, sent_per_window};
-use meridian_tests::processes::{Group, Nginx, free_port, nginx_conf};
+use meridian_tests::processes::{Group, free_port};
 use meridian_tests::tyk::{GATEWAY_SECRET, start_key_issuer};
 use meridian_tests::{Nats, eventually};
 
@@ -68,48 +70,15 @@ async fn main() -> anyhow::Result<()> {
     let (up_port, nginx_port, gw_port, admin_port) =
         (free_port(), free_port(), free_port(), free_port());
 
-    // The upstream: a fixed 1 KB answer, on core 1 (with the generator).
     // Every process started here is in a group of its own, ended (workers
     // included) when the benchmark ends, fails or panics.
-    let body = "x".repeat(1024);
-    let _upstream = Nginx::start(
-        &nginx_conf(&format!(
-            "  server {{ listen 127.0.0.1:{up_port}; location / {{ default_type text/plain; return 200 '{body}'; }} }}"
-        )),
-        up_port,
-        Some(1),
-    )?;
-    // nginx as the reference proxy, on core 0.
-    let _nginx = Nginx::start(
-        &nginx_conf(&format!(
-            "  upstream up {{ server 127.0.0.1:{up_port}; keepalive {CONNECTIONS}; keepalive_requests 1000000; }}\n\
-             server {{ listen 127.0.0.1:{nginx_port};\n\
-               location /api/ {{ proxy_pass http://up/; proxy_http_version 1.1;\n\
-                 proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}"
-        )),
-        nginx_port,
-        Some(0),
-    )?;
+    let (_upstream, _nginx) = upstream_and_nginx(up_port, nginx_port)?;
 
     // Meridian: NATS and key-issuer in this process (on no pinned core),
     // meridian-proxy as its own process with one worker thread on core 0.
     let nats = Nats::start().await;
     let (key_issuer, _) = start_key_issuer(&nats, |_| {}).await;
-    let mut command = Command::new("taskset");
-    command
-        .args(["-c", "0"])
-        .arg(&proxy_bin)
-        .env("TOKIO_WORKER_THREADS", "1")
-        .env("MERIDIAN_PROXY__WORKERS", "1")
-        .env("MERIDIAN_LOG", "warn")
-        .env("MERIDIAN_PROXY__NATS_URL", nats.url())
-        .env("MERIDIAN_PROXY__SECRET", GATEWAY_SECRET)
-        .env("MERIDIAN_PROXY__LISTEN", format!("127.0.0.1:{gw_port}"))
-        .env(
-            "MERIDIAN_PROXY__HTTP_ADDR",
-            format!("127.0.0.1:{admin_port}"),
-        )
-        .stdout(Stdio::null());
+    let command = proxy_on_core_0(&proxy_bin, &nats.url(), gw_port, admin_port);
     let mut proxy = Group::spawn("meridian-proxy", command)?;
     let admin = format!("http://127.0.0.1:{admin_port}");
     wait_http(&format!("{admin}/readyz")).await?;

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use meridian_tests::eventually;
-use meridian_tests::processes::which;
+use meridian_tests::processes::{Nginx, nginx_conf, which};
 
 /// Connections of every run.
 pub const CONNECTIONS: usize = 64;
@@ -105,4 +105,56 @@ pub fn half_load_delay(
     let probe = wrk(dir, reference, None, seconds.min(5), first)?;
     let answer_ms = (CONNECTIONS as f64 * 1000.0 / probe.rps - first as f64).max(0.0);
     Ok((per_request_ms - answer_ms).round().max(1.0) as u64)
+}
+
+/// `meridian-proxy` at `bin` pinned to core 0 with one worker, on
+/// `gateway_port` (admin on `admin_port`), reading the log at `nats_url`.
+pub fn proxy_on_core_0(bin: &Path, nats_url: &str, gateway_port: u16, admin_port: u16) -> Command {
+    let mut command = Command::new("taskset");
+    command
+        .args(["-c", "0"])
+        .arg(bin)
+        .env("TOKIO_WORKER_THREADS", "1")
+        .env("MERIDIAN_PROXY__WORKERS", "1")
+        .env("MERIDIAN_LOG", "warn")
+        .env("MERIDIAN_PROXY__NATS_URL", nats_url)
+        .env(
+            "MERIDIAN_PROXY__SECRET",
+            meridian_tests::tyk::GATEWAY_SECRET,
+        )
+        .env(
+            "MERIDIAN_PROXY__LISTEN",
+            format!("127.0.0.1:{gateway_port}"),
+        )
+        .env(
+            "MERIDIAN_PROXY__HTTP_ADDR",
+            format!("127.0.0.1:{admin_port}"),
+        )
+        .stdout(std::process::Stdio::null());
+    command
+}
+
+/// The upstream (nginx answering a fixed 1 KB body on `up_port`, on core 1
+/// with the generator) and nginx as the reference proxy (`proxy_pass` with
+/// kept connections, one worker on core 0, `/api/` on `nginx_port`).
+pub fn upstream_and_nginx(up_port: u16, nginx_port: u16) -> anyhow::Result<(Nginx, Nginx)> {
+    let body = "x".repeat(1024);
+    let upstream = Nginx::start(
+        &nginx_conf(&format!(
+            "  server {{ listen 127.0.0.1:{up_port}; location / {{ default_type text/plain; return 200 '{body}'; }} }}"
+        )),
+        up_port,
+        Some(1),
+    )?;
+    let nginx = Nginx::start(
+        &nginx_conf(&format!(
+            "  upstream up {{ server 127.0.0.1:{up_port}; keepalive {CONNECTIONS}; keepalive_requests 1000000; }}\n\
+             server {{ listen 127.0.0.1:{nginx_port};\n\
+               location /api/ {{ proxy_pass http://up/; proxy_http_version 1.1;\n\
+                 proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}"
+        )),
+        nginx_port,
+        Some(0),
+    )?;
+    Ok((upstream, nginx))
 }

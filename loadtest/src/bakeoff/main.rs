@@ -22,9 +22,11 @@ mod hyper_spawned;
 use std::net::SocketAddr;
 use std::process::Command;
 
-use meridian_loadtest::wrk::{Run, half_load_delay, wait_http, wrk};
+use meridian_loadtest::wrk::{
+    Run, half_load_delay, proxy_on_core_0, upstream_and_nginx, wait_http, wrk,
+};
 use meridian_tests::Nats;
-use meridian_tests::processes::{Group, Nginx, free_port, nginx_conf};
+use meridian_tests::processes::{Group, free_port};
 use meridian_tests::tyk::GATEWAY_SECRET;
 
 #[global_allocator]
@@ -148,24 +150,7 @@ async fn bench() -> anyhow::Result<()> {
             .parse()?;
     let dir = tempfile::tempdir()?;
     let (up_port, nginx_port) = (free_port(), free_port());
-    let body = "x".repeat(1024);
-    let _upstream = Nginx::start(
-        &nginx_conf(&format!(
-            "  server {{ listen 127.0.0.1:{up_port}; location / {{ default_type text/plain; return 200 '{body}'; }} }}"
-        )),
-        up_port,
-        Some(1),
-    )?;
-    let nginx = Nginx::start(
-        &nginx_conf(&format!(
-            "  upstream up {{ server 127.0.0.1:{up_port}; keepalive 64; keepalive_requests 1000000; }}\n\
-             server {{ listen 127.0.0.1:{nginx_port};\n\
-               location / {{ proxy_pass http://up; proxy_http_version 1.1;\n\
-                 proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}"
-        )),
-        nginx_port,
-        Some(0),
-    )?;
+    let (_upstream, nginx) = upstream_and_nginx(up_port, nginx_port)?;
     let me = std::env::current_exe()?;
     let mut candidates = Vec::new();
     for (name, id, sources) in CANDIDATES {
@@ -188,7 +173,7 @@ async fn bench() -> anyhow::Result<()> {
         ),
         Row::new(
             "nginx proxy_pass",
-            format!("http://127.0.0.1:{nginx_port}/x"),
+            format!("http://127.0.0.1:{nginx_port}/api/x"),
             Some(nginx.id()),
             None,
         ),
@@ -281,21 +266,7 @@ async fn meridian_proxy(
     );
     let nats = Nats::start().await;
     let (gw_port, admin_port) = (free_port(), free_port());
-    let mut command = Command::new("taskset");
-    command
-        .args(["-c", "0"])
-        .arg(&bin)
-        .env("TOKIO_WORKER_THREADS", "1")
-        .env("MERIDIAN_PROXY__WORKERS", "1")
-        .env("MERIDIAN_LOG", "warn")
-        .env("MERIDIAN_PROXY__NATS_URL", nats.url())
-        .env("MERIDIAN_PROXY__SECRET", GATEWAY_SECRET)
-        .env("MERIDIAN_PROXY__LISTEN", format!("127.0.0.1:{gw_port}"))
-        .env(
-            "MERIDIAN_PROXY__HTTP_ADDR",
-            format!("127.0.0.1:{admin_port}"),
-        )
-        .stdout(std::process::Stdio::null());
+    let command = proxy_on_core_0(&bin, &nats.url(), gw_port, admin_port);
     let group = Group::spawn("meridian-proxy", command)?;
     let admin = format!("http://127.0.0.1:{admin_port}");
     wait_http(&format!("{admin}/readyz")).await?;
