@@ -16,8 +16,11 @@
 
 mod common;
 mod fastpath;
+mod http1;
 mod hyper_local;
 mod hyper_spawned;
+mod pingora;
+mod uring;
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -33,7 +36,7 @@ use meridian_tests::tyk::GATEWAY_SECRET;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The candidates: row name, how `serve` names it, its source (counted).
-const CANDIDATES: [(&str, &str, &[&str]); 3] = [
+const CANDIDATES: [(&str, &str, &[&str]); 5] = [
     (
         "hyper, upstream I/O in its own task (today's shape)",
         "hyper-spawned",
@@ -47,7 +50,17 @@ const CANDIDATES: [(&str, &str, &[&str]); 3] = [
     (
         "httparse fast path, bytes forwarded",
         "fastpath",
-        &[include_str!("fastpath.rs")],
+        &[include_str!("fastpath.rs"), include_str!("http1.rs")],
+    ),
+    (
+        "httparse fast path on monoio (io_uring)",
+        "uring",
+        &[include_str!("uring.rs"), include_str!("http1.rs")],
+    ),
+    (
+        "pingora as a library",
+        "pingora",
+        &[include_str!("pingora.rs")],
     ),
 ];
 
@@ -57,14 +70,22 @@ fn main() -> anyhow::Result<()> {
         let [_, _, candidate, listen, upstream] = &args[..] else {
             anyhow::bail!("usage: forward-bakeoff serve CANDIDATE LISTEN_PORT UPSTREAM_PORT");
         };
+        let (listen, upstream): (u16, u16) = (listen.parse()?, upstream.parse()?);
+        let upstream_addr = SocketAddr::from(([127, 0, 0, 1], upstream));
+        match candidate.as_str() {
+            "pingora" => pingora::run(listen, upstream_addr),
+            "uring" => {
+                return monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                    .build()?
+                    .block_on(serve_uring(listen, upstream_addr));
+            }
+            _ => {}
+        }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let local = tokio::task::LocalSet::new();
-        return local.block_on(
-            &runtime,
-            serve(candidate.clone(), listen.parse()?, upstream.parse()?),
-        );
+        return local.block_on(&runtime, serve(candidate.clone(), listen, upstream));
     }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -92,6 +113,16 @@ async fn serve(candidate: String, listen: u16, upstream: u16) -> anyhow::Result<
             }
             other => anyhow::bail!("no candidate {other:?}"),
         }
+    }
+}
+
+/// Runs the io_uring candidate on `listen` until killed.
+async fn serve_uring(listen: u16, upstream: SocketAddr) -> anyhow::Result<()> {
+    let listener = monoio::net::TcpListener::bind(("127.0.0.1", listen))?;
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        stream.set_nodelay(true)?;
+        monoio::spawn(uring::connection(stream, peer, upstream));
     }
 }
 
