@@ -58,6 +58,8 @@ impl ProxyHttp for Forward {
 pub fn run(listen: u16, upstream: SocketAddr) -> ! {
     let conf = ServerConf {
         threads: 1,
+        // A single-threaded runtime per thread, as the other candidates.
+        work_stealing: false,
         // Stopped at once when the bake-off ends.
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(0),
