@@ -110,12 +110,28 @@ pub fn half_load_delay(
 /// `meridian-proxy` at `bin` pinned to core 0 with one worker, on
 /// `gateway_port` (admin on `admin_port`), reading the log at `nats_url`.
 pub fn proxy_on_core_0(bin: &Path, nats_url: &str, gateway_port: u16, admin_port: u16) -> Command {
+    proxy_on_cores(bin, nats_url, gateway_port, admin_port, 1)
+}
+
+/// `meridian-proxy` with `workers` data-plane threads pinned to cores 0 to
+/// `workers - 1`, otherwise as [`proxy_on_core_0`].
+pub fn proxy_on_cores(
+    bin: &Path,
+    nats_url: &str,
+    gateway_port: u16,
+    admin_port: u16,
+    workers: usize,
+) -> Command {
+    let cores = (0..workers)
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     let mut command = Command::new("taskset");
     command
-        .args(["-c", "0"])
+        .args(["-c", &cores])
         .arg(bin)
         .env("TOKIO_WORKER_THREADS", "1")
-        .env("MERIDIAN_PROXY__WORKERS", "1")
+        .env("MERIDIAN_PROXY__WORKERS", workers.to_string())
         .env("MERIDIAN_LOG", "warn")
         .env("MERIDIAN_PROXY__NATS_URL", nats_url)
         .env(
@@ -146,15 +162,20 @@ pub fn upstream_and_nginx(up_port: u16, nginx_port: u16) -> anyhow::Result<(Ngin
         up_port,
         Some(1),
     )?;
-    let nginx = Nginx::start(
-        &nginx_conf(&format!(
-            "  upstream up {{ server 127.0.0.1:{up_port}; keepalive {CONNECTIONS}; keepalive_requests 1000000; }}\n\
-             server {{ listen 127.0.0.1:{nginx_port};\n\
-               location /api/ {{ proxy_pass http://up/; proxy_http_version 1.1;\n\
-                 proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}"
-        )),
-        nginx_port,
-        Some(0),
-    )?;
+    let nginx = nginx_proxy(up_port, nginx_port, 1)?;
     Ok((upstream, nginx))
+}
+
+/// nginx as the reference proxy of the upstream on `up_port`: `proxy_pass`
+/// with kept connections, `/api/` on `nginx_port`, `workers` worker
+/// processes (one is pinned to core 0; more run on any core).
+pub fn nginx_proxy(up_port: u16, nginx_port: u16, workers: usize) -> anyhow::Result<Nginx> {
+    let conf = nginx_conf(&format!(
+        "  upstream up {{ server 127.0.0.1:{up_port}; keepalive {CONNECTIONS}; keepalive_requests 1000000; }}\n\
+         server {{ listen 127.0.0.1:{nginx_port};\n\
+           location /api/ {{ proxy_pass http://up/; proxy_http_version 1.1;\n\
+             proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}"
+    ))
+    .replacen("worker_processes 1;", &format!("worker_processes {workers};"), 1);
+    Nginx::start(&conf, nginx_port, (workers == 1).then_some(0))
 }

@@ -10,7 +10,8 @@
 //! `meridian-proxy` (keyless API, one worker, same core), for where the
 //! product's path stands against its bare engine in the same run.
 //!
-//! `cargo run --release -p meridian-loadtest --bin forward-bakeoff [-- SECONDS]`
+//! `cargo run --release -p meridian-loadtest --bin forward-bakeoff --features engines [-- SECONDS]`
+//! (without `engines`, the monoio and pingora rows are left out).
 //! (needs nginx and wrk, and a release build of `meridian-proxy`, as
 //! proxy-bench).
 
@@ -19,14 +20,20 @@ mod fastpath;
 mod http1;
 mod hyper_local;
 mod hyper_spawned;
+// The two candidates with engines of their own: their crates (and cmake,
+// for pingora's zlib-ng) only with `--features engines`, so the everyday
+// build and CI's stay lean.
+#[cfg(feature = "engines")]
 mod pingora;
+#[cfg(feature = "engines")]
 mod uring;
 
 use std::net::SocketAddr;
 use std::process::Command;
 
 use meridian_loadtest::wrk::{
-    Run, half_load_delay, proxy_on_core_0, upstream_and_nginx, wait_http, wrk,
+    Run, half_load_delay, nginx_proxy, proxy_on_core_0, proxy_on_cores, upstream_and_nginx,
+    wait_http, wrk,
 };
 use meridian_tests::Nats;
 use meridian_tests::processes::{Group, free_port};
@@ -35,8 +42,11 @@ use meridian_tests::tyk::GATEWAY_SECRET;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// The candidates: row name, how `serve` names it, its source (counted).
-const CANDIDATES: [(&str, &str, &[&str]); 5] = [
+/// A candidate: its row's name, how `serve` names it, its sources (counted).
+type Candidate = (&'static str, &'static str, &'static [&'static str]);
+
+/// The candidates on tokio.
+const CANDIDATES: [Candidate; 3] = [
     (
         "hyper, upstream I/O in its own task (today's shape)",
         "hyper-spawned",
@@ -52,6 +62,11 @@ const CANDIDATES: [(&str, &str, &[&str]); 5] = [
         "fastpath",
         &[include_str!("fastpath.rs"), include_str!("http1.rs")],
     ),
+];
+
+/// The candidates with engines of their own.
+#[cfg(feature = "engines")]
+const ENGINES: &[Candidate] = &[
     (
         "httparse fast path on monoio (io_uring)",
         "uring",
@@ -63,6 +78,8 @@ const CANDIDATES: [(&str, &str, &[&str]); 5] = [
         &[include_str!("pingora.rs")],
     ),
 ];
+#[cfg(not(feature = "engines"))]
+const ENGINES: &[Candidate] = &[];
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -73,19 +90,17 @@ fn main() -> anyhow::Result<()> {
         let (listen, upstream): (u16, u16) = (listen.parse()?, upstream.parse()?);
         let upstream_addr = SocketAddr::from(([127, 0, 0, 1], upstream));
         match candidate.as_str() {
+            #[cfg(feature = "engines")]
             "pingora" => pingora::run(listen, upstream_addr),
-            "uring" => {
-                return monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-                    .build()?
-                    .block_on(serve_uring(listen, upstream_addr));
-            }
+            #[cfg(feature = "engines")]
+            "uring" => return uring::run(listen, upstream_addr),
             _ => {}
         }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let local = tokio::task::LocalSet::new();
-        return local.block_on(&runtime, serve(candidate.clone(), listen, upstream));
+        return local.block_on(&runtime, serve(candidate.clone(), listen, upstream_addr));
     }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -95,9 +110,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Runs one candidate on `listen`, forwarding to `upstream`, until killed.
-async fn serve(candidate: String, listen: u16, upstream: u16) -> anyhow::Result<()> {
+async fn serve(candidate: String, listen: u16, upstream: SocketAddr) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", listen)).await?;
-    let upstream = SocketAddr::from(([127, 0, 0, 1], upstream));
     loop {
         let (stream, peer) = listener.accept().await?;
         stream.set_nodelay(true)?;
@@ -113,16 +127,6 @@ async fn serve(candidate: String, listen: u16, upstream: u16) -> anyhow::Result<
             }
             other => anyhow::bail!("no candidate {other:?}"),
         }
-    }
-}
-
-/// Runs the io_uring candidate on `listen` until killed.
-async fn serve_uring(listen: u16, upstream: SocketAddr) -> anyhow::Result<()> {
-    let listener = monoio::net::TcpListener::bind(("127.0.0.1", listen))?;
-    loop {
-        let (stream, peer) = listener.accept().await?;
-        stream.set_nodelay(true)?;
-        monoio::spawn(uring::connection(stream, peer, upstream));
     }
 }
 
@@ -184,7 +188,12 @@ async fn bench() -> anyhow::Result<()> {
     let (_upstream, nginx) = upstream_and_nginx(up_port, nginx_port)?;
     let me = std::env::current_exe()?;
     let mut candidates = Vec::new();
-    for (name, id, sources) in CANDIDATES {
+    if ENGINES.is_empty() {
+        println!(
+            "(the monoio and pingora candidates are built with --features engines: they are not in this run)\n"
+        );
+    }
+    for (name, id, sources) in CANDIDATES.iter().chain(ENGINES) {
         let port = free_port();
         let mut command = Command::new("taskset");
         command.args(["-c", "0"]).arg(&me).args([
@@ -218,7 +227,7 @@ async fn bench() -> anyhow::Result<()> {
         ));
     }
     // NATS outlives the proxy (dropped after it), so the proxy stops cleanly.
-    let (_nats, meridian) = meridian_proxy(&me, up_port).await?;
+    let (nats, meridian) = meridian_proxy(&me, up_port).await?;
     rows.push(Row::new(
         "meridian-proxy keyless (today's whole path)",
         meridian.1,
@@ -238,15 +247,8 @@ async fn bench() -> anyhow::Result<()> {
         "forwarding bake-off: wrk -t1 -c64 -d{seconds}s on core 1 with the upstream; each proxy alone on core 0, one thread\n"
     );
     for row in &mut rows {
-        wrk(dir.path(), &row.url, None, 2, 0)?;
-        let before = row.pgid.map(group_cpu);
-        row.full = wrk(dir.path(), &row.url, None, seconds, 0)?;
-        if let (Some(pgid), Some(before)) = (row.pgid, before) {
-            let after = group_cpu(pgid);
-            let requests = row.full.rps * seconds as f64;
-            let us = |ticks: u64| ticks as f64 / ticks_per_s * 1e6 / requests;
-            row.cpu_us = Some((us(after.0 - before.0), us(after.1 - before.1)));
-        }
+        (row.full, row.cpu_us) =
+            at_full_speed(dir.path(), &row.url, row.pgid, seconds, ticks_per_s)?;
     }
     let delay_ms = half_load_delay(dir.path(), &rows[1].url, rows[1].full.rps, seconds)?;
     for row in &mut rows {
@@ -280,7 +282,86 @@ async fn bench() -> anyhow::Result<()> {
     println!(
         "\n50% load: each connection waits {delay_ms} ms between requests (about half nginx's maximum). CPU: /proc utime and stime of the proxy's processes over the full-speed run (nginx: master and worker)."
     );
+
+    // Scaling with cores: one worker, then two, for nginx and meridian-proxy.
+    let nginx_two_port = free_port();
+    let nginx_two = nginx_proxy(up_port, nginx_two_port, 2)?;
+    let (gw_port, admin_port) = (free_port(), free_port());
+    let meridian_two = Group::spawn(
+        "meridian-proxy",
+        proxy_on_cores(
+            &me.with_file_name("meridian-proxy"),
+            &nats.url(),
+            gw_port,
+            admin_port,
+            2,
+        ),
+    )?;
+    let two_url = format!("http://127.0.0.1:{gw_port}/open/x");
+    wait_http(&format!("http://127.0.0.1:{admin_port}/readyz")).await?;
+    let scaling = [
+        ("nginx proxy_pass", 1, rows[1].url.clone(), nginx.id()),
+        (
+            "nginx proxy_pass",
+            2,
+            format!("http://127.0.0.1:{nginx_two_port}/api/x"),
+            nginx_two.id(),
+        ),
+        (
+            "meridian-proxy keyless",
+            1,
+            rows[rows.len() - 1].url.clone(),
+            meridian.0.id(),
+        ),
+        ("meridian-proxy keyless", 2, two_url, meridian_two.id()),
+    ];
+    println!(
+        "\nscaling: the same wrk on core 1; one worker on core 0, two workers on cores 0 and 1 (the second shares core 1 with wrk and the upstream: 2 cores are all this machine has)\n"
+    );
+    println!(
+        "| proxy | workers | req/s | x its one-worker rate | p99 | CPU µs/req user | kernel |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let mut one = 0.0;
+    for (name, workers, url, pgid) in &scaling {
+        wait_http(url).await?;
+        let (run, cpu) = at_full_speed(dir.path(), url, Some(*pgid), seconds, ticks_per_s)?;
+        if *workers == 1 {
+            one = run.rps;
+        }
+        let (user, kernel) = cpu.unwrap_or_default();
+        println!(
+            "| {name} | {workers} | {:.0} | {:.2}x | {:.2} ms | {user:.1} | {kernel:.1} |",
+            run.rps,
+            run.rps / one,
+            run.p99_ms
+        );
+    }
     Ok(())
+}
+
+/// A short warm-up, then a full-speed run of `url`, with the CPU µs per
+/// request (user, kernel) of process group `pgid` over it.
+fn at_full_speed(
+    dir: &std::path::Path,
+    url: &str,
+    pgid: Option<u32>,
+    seconds: u64,
+    ticks_per_s: f64,
+) -> anyhow::Result<(Run, Option<(f64, f64)>)> {
+    wrk(dir, url, None, 2, 0)?;
+    let before = pgid.map(group_cpu);
+    let run = wrk(dir, url, None, seconds, 0)?;
+    let cpu = match (pgid, before) {
+        (Some(pgid), Some(before)) => {
+            let after = group_cpu(pgid);
+            let requests = run.rps * seconds as f64;
+            let us = |ticks: u64| ticks as f64 / ticks_per_s * 1e6 / requests;
+            Some((us(after.0 - before.0), us(after.1 - before.1)))
+        }
+        _ => None,
+    };
+    Ok((run, cpu))
 }
 
 /// Today's `meridian-proxy` beside this binary, one worker on core 0, with

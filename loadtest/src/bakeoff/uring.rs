@@ -11,6 +11,21 @@ use monoio::net::TcpStream;
 
 use super::http1::{Framing, Parsed, parse_request, parse_response, refusal};
 
+/// Serves on `listen`, forwarding to `upstream`, until killed: one thread,
+/// an io_uring driver.
+pub fn run(listen: u16, upstream: SocketAddr) -> anyhow::Result<()> {
+    monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+        .build()?
+        .block_on(async move {
+            let listener = monoio::net::TcpListener::bind(("127.0.0.1", listen))?;
+            loop {
+                let (stream, peer) = listener.accept().await?;
+                stream.set_nodelay(true)?;
+                monoio::spawn(connection(stream, peer, upstream));
+            }
+        })
+}
+
 /// Serves one client connection until it closes.
 pub async fn connection(mut client: TcpStream, peer: SocketAddr, upstream: SocketAddr) {
     let _ = serve(&mut client, &peer.ip().to_string(), upstream).await;
