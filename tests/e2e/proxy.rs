@@ -266,6 +266,48 @@ async fn api_definitions_round_trip_as_tyk_answers_them() {
     proxy.admin.stop().await;
 }
 
+/// A definition saved again unchanged is answered as any update and appends
+/// nothing to `APIS`; a changed one is stored (the bounded-log issue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_definition_saved_again_appends_nothing() {
+    let nats = Nats::start().await;
+    let proxy = start_proxy(&nats, |_| {}).await;
+    let tyk = Tyk::new(&proxy.admin.url);
+    let last = || async {
+        let stream = nats
+            .js
+            .get_stream(meridian_schemas::streams::APIS)
+            .await
+            .unwrap();
+        stream.get_info().await.unwrap().state.last_sequence
+    };
+    let pets = api("pets", "/pets/", "http://127.0.0.1:9", true);
+    tyk.post_ok("/tyk/apis", &pets).await;
+    let stored = last().await;
+    for _ in 0..3 {
+        assert_eq!(
+            tyk.put("/tyk/apis/pets", &pets).await,
+            (
+                200,
+                json!({"key": "pets", "status": "ok", "action": "modified"})
+            )
+        );
+    }
+    assert_eq!(
+        last().await,
+        stored,
+        "three unchanged saves appended nothing"
+    );
+    let mut renamed = pets.clone();
+    renamed["name"] = json!("pets, renamed");
+    tyk.put_ok("/tyk/apis/pets", &renamed).await;
+    assert_eq!(last().await, stored + 1, "a changed definition is stored");
+    assert_eq!(tyk.get_ok("/tyk/apis/pets").await["name"], "pets, renamed");
+    // Saved back as it was: a change again, stored.
+    tyk.put_ok("/tyk/apis/pets", &pets).await;
+    assert_eq!(last().await, stored + 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_are_routed_rewritten_and_streamed() {
     let nats = Nats::start().await;

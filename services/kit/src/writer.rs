@@ -35,6 +35,10 @@ pub enum Expect {
     Subject(u64),
     /// The whole stream ends at this sequence.
     Stream(u64),
+    /// The log already holds what the event would store (written at this
+    /// sequence): nothing is published, and the answer is given as if it
+    /// had been stored. A write that changes nothing appends nothing.
+    Unchanged(u64),
 }
 
 /// Why a write stored nothing.
@@ -138,6 +142,7 @@ impl<S> Writer<S> {
             };
             let (event, answer, expect) = decided.map_err(WriteError::Refused)?;
             let published = match expect {
+                Expect::Unchanged(seq) => return Ok((answer, seq)),
                 Expect::Subject(last) => {
                     self.publisher.publish_expecting(&event, meta(), last).await
                 }

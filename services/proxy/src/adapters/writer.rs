@@ -28,8 +28,10 @@ impl Writer {
 
     /// Decides with `decide` on the current table (the event to store and
     /// what to answer, or a refusal) and stores the event as a
-    /// compare-and-set on the whole stream. Returns the answer once this
-    /// replica's table includes the change.
+    /// compare-and-set on the whole stream, unless the table already holds
+    /// what it would store (a definition saved again unchanged: nothing is
+    /// appended). Returns the answer once this replica's table includes the
+    /// change.
     pub async fn write<A, R>(
         &self,
         decide: impl Fn(&ApisState) -> Result<(ApisEvent, A), R>,
@@ -37,7 +39,11 @@ impl Writer {
         self.0
             .write(|state| {
                 let (event, answer) = decide(state)?;
-                Ok((event, answer, Expect::Stream(state.position())))
+                let expect = match state.holds(&event) {
+                    Some(seq) => Expect::Unchanged(seq),
+                    None => Expect::Stream(state.position()),
+                };
+                Ok((event, answer, expect))
             })
             .await
             .map(|(answer, _)| answer)

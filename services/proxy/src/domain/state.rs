@@ -106,6 +106,20 @@ impl ApisState {
         self.apis.get(api_id)
     }
 
+    /// The sequence at which the table already holds what `event` would
+    /// store (the same definition saved again), if it does.
+    pub fn holds(&self, event: &ApisEvent) -> Option<u64> {
+        let ApisEvent::ApiSaved {
+            api_id, definition, ..
+        } = event
+        else {
+            return None;
+        };
+        let stored = self.apis.get(api_id)?;
+        let same = serde_json::to_string(&*stored.definition).is_ok_and(|s| s == *definition);
+        same.then_some(stored.seq)
+    }
+
     /// Every definition, by id.
     pub fn all(&self) -> impl Iterator<Item = &StoredApi> {
         self.apis.values()
@@ -145,6 +159,36 @@ mod tests {
             change_id: Uuid::new_v4(),
             at_ms: 0,
         }
+    }
+
+    #[test]
+    fn a_definition_saved_again_unchanged_is_held_already() {
+        let def: ApiDefinition = serde_json::from_value(serde_json::json!({
+            "api_id": "a", "name": "a",
+            "proxy": {"listen_path": "/a/", "target_url": "http://up:1"},
+            "custom_middleware": {"pre": [{"name": "kept"}]},
+        }))
+        .unwrap();
+        let event = |d: &ApiDefinition| ApisEvent::ApiSaved {
+            api_id: "a".into(),
+            definition: serde_json::to_string(d).unwrap(),
+            created: false,
+            change_id: Uuid::new_v4(),
+            at_ms: 0,
+        };
+        let mut s = ApisState::default();
+        assert_eq!(s.holds(&event(&def)), None, "not stored yet");
+        s.apply(&event(&def), 3).unwrap();
+        assert_eq!(s.holds(&event(&def)), Some(3));
+        let mut renamed = def.clone();
+        renamed.name = "b".into();
+        assert_eq!(s.holds(&event(&renamed)), None);
+        let delete = ApisEvent::ApiDeleted {
+            api_id: "a".into(),
+            change_id: Uuid::new_v4(),
+            at_ms: 0,
+        };
+        assert_eq!(s.holds(&delete), None, "a delete is always stored");
     }
 
     #[test]
