@@ -170,12 +170,17 @@ pub fn upstream_and_nginx(up_port: u16, nginx_port: u16) -> anyhow::Result<(Ngin
 /// with kept connections, `/api/` on `nginx_port`, `workers` worker
 /// processes (one is pinned to core 0; more run on any core).
 pub fn nginx_proxy(up_port: u16, nginx_port: u16, workers: usize) -> anyhow::Result<Nginx> {
-    let conf = nginx_conf(&format!(
+    let conf = nginx_proxy_conf(up_port, nginx_port, workers);
+    Nginx::start(&conf, nginx_port, (workers == 1).then_some(0))
+}
+
+/// The configuration [`nginx_proxy`] starts nginx with.
+pub fn nginx_proxy_conf(up_port: u16, nginx_port: u16, workers: usize) -> String {
+    nginx_conf(&format!(
         "  upstream up {{ server 127.0.0.1:{up_port}; keepalive {CONNECTIONS}; keepalive_requests 1000000; }}\n\
          server {{ listen 127.0.0.1:{nginx_port};\n\
            location /api/ {{ proxy_pass http://up/; proxy_http_version 1.1;\n\
              proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }}"
     ))
-    .replacen("worker_processes 1;", &format!("worker_processes {workers};"), 1);
-    Nginx::start(&conf, nginx_port, (workers == 1).then_some(0))
+    .replacen("worker_processes 1;", &format!("worker_processes {workers};"), 1)
 }
