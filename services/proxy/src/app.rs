@@ -82,6 +82,15 @@ pub struct Config {
     /// rate limit, on every answer past the rate-limit step, 429s too).
     #[serde(default)]
     pub rate_limit_response_headers: HeaderSource,
+    /// Plain HTTP/1.1 requests to `http` upstreams take the gateway's fast
+    /// path (one parse of the head, bytes passed through); anything else,
+    /// and everything when `false`, goes through hyper. Default: `true`.
+    #[serde(default = "default_true")]
+    pub http1_fast_path: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_listen() -> String {
@@ -126,6 +135,7 @@ impl Config {
             listen_backlog: default_backlog(),
             key_view_stale_after: default_key_view_stale_after(),
             rate_limit_response_headers: HeaderSource::default(),
+            http1_fast_path: true,
         }
     }
 }
@@ -224,6 +234,7 @@ impl App {
             },
             extra_ca: config.upstream_ca_file.as_deref(),
             header_source: config.rate_limit_response_headers,
+            fast_path: config.http1_fast_path,
         };
         let plane =
             DataPlane::new(apis, keys, limiter.clone(), settings, metrics).map_err(|e| {

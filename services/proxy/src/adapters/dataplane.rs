@@ -11,7 +11,6 @@
 //! header, ...) appearing twice is refused, not forwarded.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,12 +20,11 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::uri::{Authority, PathAndQuery, Scheme};
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use meridian_keys::fold::{Shared as SharedKeys, read as read_keys};
 use meridian_keys::hash_secret;
 use meridian_keys::limits::{Kind, key_budget, org_budget};
@@ -44,7 +42,7 @@ use crate::domain::access::{
 };
 use crate::domain::limits::{HeaderSource, LimitHeaders, throttle};
 use crate::domain::path;
-use crate::domain::pipeline::{Context, Identity, Step};
+use crate::domain::pipeline::{Context, Facts, Identity, Step};
 use crate::domain::routes::{VersionLocation, Versioning, join_path};
 
 /// What the data plane answers with: the upstream's streamed body, or one
@@ -60,6 +58,9 @@ pub struct Settings<'a> {
     pub extra_ca: Option<&'a str>,
     /// What `X-RateLimit-*` describe.
     pub header_source: HeaderSource,
+    /// Plain HTTP/1.1 requests take the fast path ([`super::fastpath`]);
+    /// without, hyper serves every connection.
+    pub fast_path: bool,
 }
 
 /// Timeouts towards upstreams.
@@ -101,12 +102,31 @@ impl ClientConn {
     }
 }
 
+/// A request hyper parsed, as the steps read it.
+struct HyperFacts<'a>(&'a Request<Incoming>);
+
+impl Facts for HyperFacts<'_> {
+    fn path(&self) -> &str {
+        self.0.uri().path()
+    }
+    fn query(&self) -> Option<&str> {
+        self.0.uri().query()
+    }
+    fn method(&self) -> &str {
+        self.0.method().as_str()
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.0.headers().get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
 /// The data plane of one replica.
 pub struct DataPlane {
     apis: SharedApis,
     keys: SharedKeys,
     limiter: Arc<Limiter>,
     header_source: HeaderSource,
+    fast_path: bool,
     /// `meridian_gateway_refused`, one counter per [`Refusal`].
     refused: Vec<Counter>,
     plain: Arc<Http1Pool>,
@@ -299,6 +319,7 @@ impl DataPlane {
             timeouts,
             extra_ca,
             header_source,
+            fast_path,
         } = settings;
         let refused = metrics.counters(
             "meridian_gateway_refused",
@@ -327,6 +348,7 @@ impl DataPlane {
             keys,
             limiter,
             header_source,
+            fast_path,
             refused,
             plain: Http1Pool::new(timeouts.connect),
             http: http.build(tls_connector(timeouts, extra_ca)?),
@@ -344,7 +366,22 @@ impl DataPlane {
         })
     }
 
-    fn count(&self, api: &str, status: StatusCode) {
+    /// The API listening on `path` (normalised).
+    pub(super) fn route(&self, path: &str) -> Option<Arc<Route>> {
+        read(&self.apis).table().lookup(path).cloned()
+    }
+
+    /// The timeouts towards upstreams.
+    pub(super) fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
+    /// The kept plain HTTP/1.1 upstream connections of the hyper path.
+    pub(super) fn http1_pool(&self) -> Arc<Http1Pool> {
+        self.plain.clone()
+    }
+
+    pub(super) fn count(&self, api: &str, status: StatusCode) {
         const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
         let class = usize::from((status.as_u16() / 100).clamp(1, 5) - 1);
         // Every worker thread counts: a shared read, a write only the first
@@ -385,7 +422,7 @@ impl DataPlane {
             self.count("", StatusCode::BAD_REQUEST);
             return repeated(name);
         }
-        let route = read(&self.apis).table().lookup(req.uri().path()).cloned();
+        let route = self.route(req.uri().path());
         let Some(route) = route else {
             self.count("", StatusCode::NOT_FOUND);
             return error_response(StatusCode::NOT_FOUND, "No API listens on this path");
@@ -412,7 +449,7 @@ impl DataPlane {
             }
         }
         let mut cx = Context::new(route, meridian_kit::time::now_ms());
-        let res = match self.request_phase(&mut cx, &req).await {
+        let res = match self.request_phase(&mut cx, &HyperFacts(&req)).await {
             Ok(()) => {
                 let forwarded = self.forward(req, &cx, client);
                 let mut res = if span.is_disabled() {
@@ -424,11 +461,9 @@ impl DataPlane {
                 res
             }
             Err(refusal) => {
-                self.refused[refusal.index()].inc();
-                let mut res = error_response(refusal.code().http_status(), refusal.message());
-                if self.header_source == HeaderSource::RateLimits
-                    && let Some(h) = cx.rate_headers
-                {
+                let (status, message, limits) = self.refusal_answer(&cx, refusal);
+                let mut res = error_response(status, message);
+                if let Some(h) = limits {
                     set_limit_headers(res.headers_mut(), h);
                 }
                 res
@@ -438,6 +473,20 @@ impl DataPlane {
         res
     }
 
+    /// A refusal counted, and answered with: its status, its message and,
+    /// when they describe the rate limit, the `X-RateLimit-*` values.
+    pub(super) fn refusal_answer(
+        &self,
+        cx: &Context,
+        refusal: Refusal,
+    ) -> (StatusCode, &'static str, Option<LimitHeaders>) {
+        self.refused[refusal.index()].inc();
+        let limits = cx
+            .rate_headers
+            .filter(|_| self.header_source == HeaderSource::RateLimits);
+        (refusal.code().http_status(), refusal.message(), limits)
+    }
+
     /// The done phase: what is counted once the answer is decided.
     fn done_phase(&self, cx: &Context, res: &Response<Body>) {
         self.count(&cx.route.api_id, res.status());
@@ -445,10 +494,10 @@ impl DataPlane {
 
     /// The request phase: the API's steps in order, each continuing or
     /// refusing (see [`crate::domain::pipeline`]).
-    async fn request_phase(
+    pub(super) async fn request_phase(
         &self,
         cx: &mut Context,
-        req: &Request<Incoming>,
+        req: &(dyn Facts + Sync),
     ) -> Result<(), Refusal> {
         let route = cx.route.clone();
         for step in &route.plan.steps {
@@ -512,25 +561,22 @@ impl DataPlane {
     }
 
     /// The version the request is for, and whether its path segment goes.
-    fn version_step(&self, cx: &mut Context, req: &Request<Incoming>) -> Result<(), Refusal> {
+    fn version_step(&self, cx: &mut Context, req: &(dyn Facts + Sync)) -> Result<(), Refusal> {
         let route = &cx.route;
-        let path = req.uri().path();
+        let path = req.path();
         let rest = &path[route.listen_path.len().min(path.len())..];
         let header = match &route.versioning {
             Versioning::By {
                 location: VersionLocation::Header(name),
                 ..
-            } => req
-                .headers()
-                .get(name.as_str())
-                .and_then(|v| v.to_str().ok()),
+            } => req.header(name),
             _ => None,
         };
         let version = resolve_version(
             route,
             &VersionInput {
                 header,
-                query: req.uri().query(),
+                query: req.query(),
                 rest,
             },
             cx.now_s(),
@@ -551,19 +597,17 @@ impl DataPlane {
 
     /// Key auth: the key from the API's header, checked against its
     /// effective session.
-    fn key_step(&self, cx: &mut Context, req: &Request<Incoming>) -> Result<(), Refusal> {
+    fn key_step(&self, cx: &mut Context, req: &(dyn Facts + Sync)) -> Result<(), Refusal> {
         let key = req
-            .headers()
-            .get(cx.route.auth_header.as_str())
-            .and_then(|v| v.to_str().ok())
+            .header(&cx.route.auth_header)
             .and_then(key_from_header)
             .ok_or(Refusal::KeyMissing)?;
         let key_hash = hash_secret(key);
         let input = KeyInput {
             key_hash: &key_hash,
             version: cx.version.as_deref(),
-            path: req.uri().path(),
-            method: req.method().as_str(),
+            path: req.path(),
+            method: req.method(),
             now_s: cx.now_s(),
         };
         let (session, quota_reset) = {
@@ -649,7 +693,25 @@ impl DataPlane {
     /// session stores, a keyless API zeros), the rate limit's with
     /// `rate_limits`.
     fn response_phase(&self, cx: &Context, res: &mut Response<Body>) {
-        let headers = match self.header_source {
+        let out = res.headers_mut();
+        match self.limit_headers(cx) {
+            Some(h) => set_limit_headers(out, h),
+            None => {
+                for name in [
+                    &X_RATELIMIT_LIMIT,
+                    &X_RATELIMIT_REMAINING,
+                    &X_RATELIMIT_RESET,
+                ] {
+                    out.remove(name);
+                }
+            }
+        }
+    }
+
+    /// The `X-RateLimit-*` values an upstream's answer carries (`None`: the
+    /// upstream's own are removed and none are sent).
+    pub(super) fn limit_headers(&self, cx: &Context) -> Option<LimitHeaders> {
+        match self.header_source {
             HeaderSource::Quotas => Some(cx.quota_headers.unwrap_or_else(|| {
                 cx.identity
                     .as_ref()
@@ -665,25 +727,28 @@ impl DataPlane {
                     .unwrap_or_default()
             })),
             HeaderSource::RateLimits => cx.rate_headers,
-        };
-        let out = res.headers_mut();
-        match headers {
-            Some(h) => set_limit_headers(out, h),
-            None => {
-                for name in [
-                    &X_RATELIMIT_LIMIT,
-                    &X_RATELIMIT_REMAINING,
-                    &X_RATELIMIT_RESET,
-                ] {
-                    out.remove(name);
-                }
-            }
         }
     }
 
     /// The upstream path and query of a request.
     fn upstream_path(route: &Route, uri: &Uri, strip_segment: bool) -> Option<PathAndQuery> {
-        let path = uri.path();
+        PathAndQuery::try_from(Self::upstream_target(
+            route,
+            uri.path(),
+            uri.query(),
+            strip_segment,
+        ))
+        .ok()
+    }
+
+    /// The upstream path and query of a request to `path` (normalised)
+    /// with `query`.
+    pub(super) fn upstream_target(
+        route: &Route,
+        path: &str,
+        query: Option<&str>,
+        strip_segment: bool,
+    ) -> String {
         let mut rest = &path[route.listen_path.len().min(path.len())..];
         if strip_segment && let Some(segment) = first_segment(rest) {
             rest = &rest[1 + segment.len()..];
@@ -696,11 +761,11 @@ impl DataPlane {
             full.push_str(rest);
             join_path(&route.upstream.base_path, &full)
         };
-        if let Some(q) = uri.query() {
+        if let Some(q) = query {
             target.push('?');
             target.push_str(q);
         }
-        PathAndQuery::try_from(target).ok()
+        target
     }
 
     /// The absolute upstream URI of a request (for the pooled client).
@@ -879,7 +944,7 @@ impl DataPlane {
         stop: CancellationToken,
         grace: Duration,
     ) {
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let connections = tokio_util::task::TaskTracker::new();
         let mut http = hyper::server::conn::http1::Builder::new();
         http.keep_alive(true).timer(TokioTimer::new());
         let mut failing = AcceptFailures::default();
@@ -901,30 +966,22 @@ impl DataPlane {
             };
             failing.recovered();
             let _ = stream.set_nodelay(true);
-            let plane = self.clone();
-            let client = Arc::new(ClientConn::new(peer, self.plain.clone()));
-            let service = service_fn(move |req| {
-                let plane = plane.clone();
-                let client = client.clone();
-                async move { Ok::<_, Infallible>(plane.handle(req, &client).await) }
-            });
-            let conn = http.serve_connection(TokioIo::new(stream), service);
-            let conn = graceful.watch(conn);
+            let (plane, stop, http) = (self.clone(), stop.clone(), http.clone());
             let open = self.open_connections.clone();
             open.inc();
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    if e.is_parse() || e.is_incomplete_message() {
-                        tracing::debug!(%peer, error = %e, "the client sent a malformed request");
-                    } else {
-                        tracing::debug!(%peer, error = %e, "client connection ended with an error");
-                    }
+            connections.spawn(async move {
+                if plane.fast_path {
+                    super::fastpath::serve(plane, stream, peer, stop, http).await;
+                } else {
+                    super::fastpath::hyper_only(plane, stream, peer, stop, http).await;
                 }
                 open.dec();
             });
         }
         drop(listener);
-        if tokio::time::timeout(grace, graceful.shutdown())
+        // Each connection finishes the request it is serving and closes.
+        connections.close();
+        if tokio::time::timeout(grace, connections.wait())
             .await
             .is_err()
         {

@@ -87,6 +87,29 @@ impl Plan {
     }
 }
 
+/// What the steps read off a request, whichever HTTP/1 code parsed it
+/// (the data plane's fast path or hyper).
+pub trait Facts {
+    /// The normalised path (see [`super::path`]).
+    fn path(&self) -> &str;
+    /// The query, without its `?`.
+    fn query(&self) -> Option<&str>;
+    /// The method.
+    fn method(&self) -> &str;
+    /// The first value of header `name` (lower case), when it is visible
+    /// ASCII (what `HeaderValue::to_str` accepts).
+    fn header(&self, name: &str) -> Option<&str>;
+}
+
+/// A header value as text: visible ASCII, spaces and tabs, or nothing.
+pub fn visible_ascii(value: &[u8]) -> Option<&str> {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+        .then(|| std::str::from_utf8(value).ok())
+        .flatten()
+}
+
 /// The key a request authenticated with.
 #[derive(Clone, Debug)]
 pub struct Identity {
