@@ -58,13 +58,33 @@ pub fn get(target: &str, headers: &[&str]) -> Vec<u8> {
 /// Sends `request` as it is to `addr` (`host:port`) and reads the answer
 /// until the server closes (the request should say `Connection: close`).
 pub async fn exchange(addr: &str, request: &[u8]) -> std::io::Result<Answer> {
+    parse(&exchange_bytes(addr, request).await?)
+}
+
+/// Sends `request` to `addr` and gives every byte that came back until the
+/// server closed.
+pub async fn exchange_bytes(addr: &str, request: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     stream.write_all(request).await?;
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
         .await
         .map_err(|_| std::io::Error::other("no complete answer within 30 s"))??;
-    parse(&raw)
+    Ok(raw)
+}
+
+/// The answer to a `HEAD`: its head alone (its `Content-Length` is the
+/// `GET`'s), refused when anything follows it.
+pub fn parse_head(raw: &[u8]) -> std::io::Result<Answer> {
+    let (status, headers, end) = head_of(raw)?;
+    if end != raw.len() {
+        return Err(bad("bytes after the head of an answer to HEAD"));
+    }
+    Ok(Answer {
+        status,
+        headers,
+        body: Vec::new(),
+    })
 }
 
 fn bad(what: &str) -> std::io::Error {
@@ -73,6 +93,23 @@ fn bad(what: &str) -> std::io::Error {
 
 /// Parses one HTTP/1.1 answer.
 pub fn parse(raw: &[u8]) -> std::io::Result<Answer> {
+    parse_one(raw).map(|(answer, _)| answer)
+}
+
+/// Parses the answers one connection carried, in order (all but the last
+/// must say how long they are).
+pub fn parse_all(mut raw: &[u8]) -> std::io::Result<Vec<Answer>> {
+    let mut answers = Vec::new();
+    while !raw.is_empty() {
+        let (answer, used) = parse_one(raw)?;
+        answers.push(answer);
+        raw = &raw[used..];
+    }
+    Ok(answers)
+}
+
+/// A head's status and headers, and where its body starts.
+fn head_of(raw: &[u8]) -> std::io::Result<(u16, Vec<(String, String)>, usize)> {
     let end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -88,28 +125,41 @@ pub fn parse(raw: &[u8]) -> std::io::Result<Answer> {
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
+    Ok((status, headers, end + 4))
+}
+
+/// One answer, and how many bytes it took.
+fn parse_one(raw: &[u8]) -> std::io::Result<(Answer, usize)> {
+    let (status, headers, body_at) = head_of(raw)?;
+    let end = body_at - 4;
     let rest = &raw[end + 4..];
     let chunked = headers
         .iter()
         .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
-    let body = if chunked {
+    let (body, used) = if chunked {
         dechunk(rest)?
     } else if let Some((_, len)) = headers.iter().find(|(n, _)| n == "content-length") {
         let len: usize = len.parse().map_err(|_| bad("bad content-length"))?;
-        rest.get(..len)
+        let body = rest
+            .get(..len)
             .ok_or_else(|| bad("body shorter than its length"))?
-            .to_vec()
+            .to_vec();
+        (body, len)
     } else {
-        rest.to_vec()
+        (rest.to_vec(), rest.len())
     };
-    Ok(Answer {
+    let answer = Answer {
         status,
         headers,
         body,
-    })
+    };
+    Ok((answer, end + 4 + used))
 }
 
-fn dechunk(mut rest: &[u8]) -> std::io::Result<Vec<u8>> {
+/// The body of a chunked message, and how many bytes it took (trailers
+/// skipped).
+fn dechunk(all: &[u8]) -> std::io::Result<(Vec<u8>, usize)> {
+    let mut rest = all;
     let mut body = Vec::new();
     loop {
         let line_end = rest
@@ -121,7 +171,14 @@ fn dechunk(mut rest: &[u8]) -> std::io::Result<Vec<u8>> {
             .map_err(|_| bad("chunk size"))?;
         rest = &rest[line_end + 2..];
         if size == 0 {
-            return Ok(body);
+            let trailers_end = if rest.starts_with(b"\r\n") {
+                2
+            } else {
+                rest.windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map_or(rest.len(), |i| i + 4)
+            };
+            return Ok((body, all.len() - rest.len() + trailers_end));
         }
         body.extend_from_slice(rest.get(..size).ok_or_else(|| bad("chunk cut short"))?);
         rest = rest.get(size + 2..).ok_or_else(|| bad("chunk cut short"))?;

@@ -7,6 +7,7 @@ mod console;
 mod deploy;
 mod election;
 mod events;
+mod fastpath;
 mod hardening;
 mod hub;
 mod import;

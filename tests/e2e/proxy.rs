@@ -514,21 +514,35 @@ async fn large_bodies_stream_through_a_separate_proxy_process() {
     reload(&tyk).await;
 
     // 256 MB up and 256 MB down: far more than the process ever holds.
+    // Up twice, each on a new connection: chunked (hyper's path) and with a
+    // Content-Length (the fast path's); down chunked, on the fast path.
     const SIZE: usize = 256 * 1024 * 1024;
-    let chunk = bytes::Bytes::from(vec![7u8; 1024 * 1024]);
-    let body = http_body_util::StreamBody::new(futures_util::stream::iter(
-        (0..SIZE / chunk.len())
-            .map(move |_| Ok::<_, std::io::Error>(hyper::body::Frame::data(chunk.clone()))),
-    ));
-    let res = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{gateway}/files/upload"))
-        .body(reqwest::Body::wrap(body))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let seen: Value = res.json().await.unwrap();
-    assert_eq!(seen["body_bytes"], SIZE as u64);
+    for framing in ["chunked", "content-length"] {
+        let chunk = bytes::Bytes::from(vec![7u8; 1024 * 1024]);
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(
+            (0..SIZE / chunk.len())
+                .map(move |_| Ok::<_, std::io::Error>(hyper::body::Frame::data(chunk.clone()))),
+        ));
+        let mut req = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{gateway}/files/upload"))
+            .body(reqwest::Body::wrap(body));
+        if framing == "content-length" {
+            req = req.header("content-length", SIZE);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), 200, "{framing}");
+        let seen: Value = res.json().await.unwrap();
+        assert_eq!(seen["body_bytes"], SIZE as u64, "{framing}");
+        let sent_as = &seen["headers"];
+        assert_eq!(
+            (
+                sent_as.get("content-length").is_some(),
+                sent_as.get("transfer-encoding").is_some()
+            ),
+            (framing == "content-length", framing == "chunked"),
+            "{seen}"
+        );
+    }
     let mut res = reqwest::get(format!("http://127.0.0.1:{gateway}/files/download/{SIZE}"))
         .await
         .unwrap();

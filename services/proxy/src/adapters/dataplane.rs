@@ -134,6 +134,9 @@ pub struct DataPlane {
     h2c: Client<HttpConnector, ClientBody>,
     timeouts: Timeouts,
     answered: Family<Labels, Counter>,
+    /// Client connections hyper served (from their first request, or from
+    /// one the fast path handed over).
+    handed_to_hyper: Counter,
     /// Client connections open now.
     open_connections: meridian_kit::metrics::Gauge,
     /// The counters of `answered` by API and status class, found without
@@ -355,6 +358,13 @@ impl DataPlane {
             h2c: h2c.build(connector(timeouts)),
             timeouts,
             counters: std::sync::RwLock::default(),
+            handed_to_hyper: metrics
+                .counters(
+                    "meridian_gateway_hyper_connections",
+                    "Client connections served by hyper rather than the HTTP/1.1 fast path (HTTP/1.0, chunked or upgraded requests, Expect, https and h2c upstreams, or the fast path turned off).",
+                )
+                .get_or_create(&vec![])
+                .clone(),
             open_connections: metrics.gauge(
                 "meridian_gateway_open_connections",
                 "Client connections the gateway's data plane holds open now.",
@@ -376,8 +386,10 @@ impl DataPlane {
         self.timeouts
     }
 
-    /// The kept plain HTTP/1.1 upstream connections of the hyper path.
-    pub(super) fn http1_pool(&self) -> Arc<Http1Pool> {
+    /// The kept plain HTTP/1.1 upstream connections of the hyper path,
+    /// for a connection hyper is about to serve (counted).
+    pub(super) fn hyper_connection(&self) -> Arc<Http1Pool> {
+        self.handed_to_hyper.inc();
         self.plain.clone()
     }
 

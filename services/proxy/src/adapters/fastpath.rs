@@ -1017,7 +1017,7 @@ impl Conn {
             prefix: inbuf.freeze(),
             io: client,
         };
-        let client = Arc::new(ClientConn::new(peer, plane.http1_pool()));
+        let client = Arc::new(ClientConn::new(peer, plane.hyper_connection()));
         let service = service_fn(move |req| {
             let plane = plane.clone();
             let client = client.clone();
