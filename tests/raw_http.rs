@@ -76,15 +76,11 @@ pub async fn exchange_bytes(addr: &str, request: &[u8]) -> std::io::Result<Vec<u
 /// The answer to a `HEAD`: its head alone (its `Content-Length` is the
 /// `GET`'s), refused when anything follows it.
 pub fn parse_head(raw: &[u8]) -> std::io::Result<Answer> {
-    let (status, headers, end) = head_of(raw)?;
+    let (answer, end) = head_of(raw)?;
     if end != raw.len() {
         return Err(bad("bytes after the head of an answer to HEAD"));
     }
-    Ok(Answer {
-        status,
-        headers,
-        body: Vec::new(),
-    })
+    Ok(answer)
 }
 
 fn bad(what: &str) -> std::io::Error {
@@ -108,8 +104,8 @@ pub fn parse_all(mut raw: &[u8]) -> std::io::Result<Vec<Answer>> {
     Ok(answers)
 }
 
-/// A head's status and headers, and where its body starts.
-fn head_of(raw: &[u8]) -> std::io::Result<(u16, Vec<(String, String)>, usize)> {
+/// A head (as an answer with no body yet), and where its body starts.
+fn head_of(raw: &[u8]) -> std::io::Result<(Answer, usize)> {
     let end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -125,12 +121,18 @@ fn head_of(raw: &[u8]) -> std::io::Result<(u16, Vec<(String, String)>, usize)> {
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    Ok((status, headers, end + 4))
+    let answer = Answer {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    Ok((answer, end + 4))
 }
 
 /// One answer, and how many bytes it took.
 fn parse_one(raw: &[u8]) -> std::io::Result<(Answer, usize)> {
-    let (status, headers, body_at) = head_of(raw)?;
+    let (head, body_at) = head_of(raw)?;
+    let (status, headers) = (head.status, head.headers);
     let end = body_at - 4;
     let rest = &raw[end + 4..];
     let chunked = headers
