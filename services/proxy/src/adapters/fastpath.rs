@@ -805,6 +805,10 @@ impl Conn {
         let timeouts = self.plane.timeouts();
         let limits = self.plane.limit_headers(cx);
         let bodiless = head.method() == "HEAD";
+        let idempotent = matches!(
+            head.method(),
+            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+        );
         let mut upbuf = BytesMut::with_capacity(8 * 1024);
         let mut client_head = Vec::with_capacity(512);
         let exchange = async {
@@ -832,10 +836,13 @@ impl Conn {
                     )
                     .await;
                 match sent {
-                    // A kept connection the upstream closed meanwhile, and
-                    // the whole request still at hand: once more on a new
-                    // one (nothing was answered, so nothing is done twice).
-                    Err(Failed::Upstream(_)) if reused && rest == 0 && upbuf.is_empty() => {
+                    // A kept connection the upstream closed meanwhile, with
+                    // no answer: once more on a new one, when the whole
+                    // request is still at hand and sending it twice is
+                    // harmless (RFC 9110 9.2.2; nginx retries the same).
+                    Err(Failed::Upstream(_))
+                        if reused && rest == 0 && upbuf.is_empty() && idempotent =>
+                    {
                         reused = false;
                         up = connect(route, timeouts.connect)
                             .await
