@@ -651,12 +651,14 @@ impl Conn {
                     () = stop.cancelled() => return None,
                 }
             }
+            // Through `AsyncRead` rather than `try_read`: a read that does
+            // not fill the buffer tells tokio the socket is drained, so the
+            // next wait goes straight to epoll instead of trying a read
+            // that can only say "would block" (one system call a request).
             self.inbuf.reserve(4096);
-            match self.client.try_read_buf(&mut self.inbuf) {
-                Ok(0) => return None,
+            match self.client.read_buf(&mut self.inbuf).await {
+                Ok(0) | Err(_) => return None,
                 Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => return None,
             }
         }
     }
