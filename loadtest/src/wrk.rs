@@ -184,3 +184,102 @@ pub fn nginx_proxy_conf(up_port: u16, nginx_port: u16, workers: usize) -> String
     ))
     .replacen("worker_processes 1;", &format!("worker_processes {workers};"), 1)
 }
+
+/// Connections of the memory table.
+pub const IDLE_CONNECTIONS: usize = 10_000;
+
+/// nginx as [`nginx_proxy`] (one worker on core 0), allowed the file
+/// descriptors and connections of the memory table.
+pub fn nginx_for_idle_connections(up_port: u16, nginx_port: u16) -> anyhow::Result<Nginx> {
+    Nginx::start(
+        &nginx_proxy_conf(up_port, nginx_port, 1)
+            .replacen("worker_connections 4096;", "worker_connections 16384;", 1)
+            .replacen(
+                "worker_processes 1;",
+                "worker_processes 1;\nworker_rlimit_nofile 20000;",
+                1,
+            ),
+        nginx_port,
+        Some(0),
+    )
+}
+
+/// Prints the memory table: for each `(name, port, path, process group)`,
+/// the group's resident memory idle, then holding [`IDLE_CONNECTIONS`]
+/// keep-alive connections that were each answered once (`path`).
+pub async fn memory_table(proxies: &[(&str, u16, &str, u32)]) -> anyhow::Result<()> {
+    println!(
+        "\nmemory: resident set of the proxy's processes, idle, then holding {IDLE_CONNECTIONS} keep-alive connections that were each answered once\n"
+    );
+    println!("| proxy | RSS idle | RSS with connections | per connection |");
+    println!("|---|---|---|---|");
+    for &(name, port, path, pgid) in proxies {
+        let idle = group_rss_kib(pgid);
+        let held = idle_connections(port, path, IDLE_CONNECTIONS).await?;
+        let loaded = group_rss_kib(pgid);
+        drop(held);
+        println!(
+            "| {name} | {:.1} MiB | {:.1} MiB | {:.1} KiB |",
+            idle as f64 / 1024.0,
+            loaded as f64 / 1024.0,
+            loaded.saturating_sub(idle) as f64 / IDLE_CONNECTIONS as f64
+        );
+    }
+    Ok(())
+}
+
+/// Resident memory (KiB) of every process in group `pgid`.
+pub fn group_rss_kib(pgid: u32) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let path = entry.path();
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        if after.split_whitespace().nth(2) != Some(pgid.to_string().as_str()) {
+            continue;
+        }
+        let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+        total += status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    total
+}
+
+/// Opens `n` connections to `port`, has one request on each answered
+/// (`path`, a 1 KB answer), and keeps them open.
+pub async fn idle_connections(
+    port: u16,
+    path: &str,
+    n: usize,
+) -> anyhow::Result<Vec<tokio::net::TcpStream>> {
+    use futures_util::StreamExt as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n");
+    let open = |_| {
+        let request = request.clone();
+        async move {
+            let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+            conn.write_all(request.as_bytes()).await?;
+            let mut got = Vec::with_capacity(2048);
+            // Head and the 1 KB body: read until the body's last byte.
+            while !got.ends_with(&[b'x'; 16]) {
+                if conn.read_buf(&mut got).await? == 0 {
+                    anyhow::bail!("connection closed before its answer");
+                }
+            }
+            Ok::<_, anyhow::Error>(conn)
+        }
+    };
+    futures_util::stream::iter(0..n)
+        .map(open)
+        .buffer_unordered(256)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}

@@ -32,11 +32,11 @@ use std::net::SocketAddr;
 use std::process::Command;
 
 use meridian_loadtest::wrk::{
-    Run, half_load_delay, nginx_proxy, nginx_proxy_conf, proxy_on_core_0, proxy_on_cores,
-    upstream_and_nginx, wait_http, wrk,
+    Run, half_load_delay, memory_table, nginx_for_idle_connections, nginx_proxy, proxy_on_core_0,
+    proxy_on_cores, upstream_and_nginx, wait_http, wrk,
 };
 use meridian_tests::Nats;
-use meridian_tests::processes::{Group, Nginx, free_port};
+use meridian_tests::processes::{Group, free_port};
 use meridian_tests::tyk::GATEWAY_SECRET;
 
 #[global_allocator]
@@ -341,23 +341,8 @@ async fn bench() -> anyhow::Result<()> {
     // Memory at 10,000 idle keep-alive connections, each having been
     // answered once.
     let nginx_big_port = free_port();
-    let nginx_big = Nginx::start(
-        &nginx_proxy_conf(up_port, nginx_big_port, 1)
-            .replacen("worker_connections 4096;", "worker_connections 16384;", 1)
-            .replacen(
-                "worker_processes 1;",
-                "worker_processes 1;\nworker_rlimit_nofile 20000;",
-                1,
-            ),
-        nginx_big_port,
-        Some(0),
-    )?;
-    println!(
-        "\nmemory: resident set of the proxy's processes, idle, then holding {IDLE_CONNECTIONS} keep-alive connections that were each answered once\n"
-    );
-    println!("| proxy | RSS idle | RSS with connections | per connection |");
-    println!("|---|---|---|---|");
-    for (name, port, path, pgid) in [
+    let nginx_big = nginx_for_idle_connections(up_port, nginx_big_port)?;
+    memory_table(&[
         ("nginx proxy_pass", nginx_big_port, "/api/x", nginx_big.id()),
         (
             "meridian-proxy keyless (one worker)",
@@ -365,23 +350,9 @@ async fn bench() -> anyhow::Result<()> {
             "/open/x",
             meridian.0.id(),
         ),
-    ] {
-        let idle = group_rss_kib(pgid);
-        let held = idle_connections(port, path, IDLE_CONNECTIONS).await?;
-        let loaded = group_rss_kib(pgid);
-        drop(held);
-        println!(
-            "| {name} | {:.1} MiB | {:.1} MiB | {:.1} KiB |",
-            idle as f64 / 1024.0,
-            loaded as f64 / 1024.0,
-            loaded.saturating_sub(idle) as f64 / IDLE_CONNECTIONS as f64
-        );
-    }
-    Ok(())
+    ])
+    .await
 }
-
-/// Connections of the memory table.
-const IDLE_CONNECTIONS: usize = 10_000;
 
 /// The port of the last row (today's meridian-proxy).
 fn meridian_port(rows: &[Row]) -> u16 {
@@ -390,62 +361,6 @@ fn meridian_port(rows: &[Row]) -> u16 {
     after[..after.find('/').unwrap_or(after.len())]
         .parse()
         .unwrap_or_default()
-}
-
-/// Resident memory (KiB) of every process in group `pgid`.
-fn group_rss_kib(pgid: u32) -> u64 {
-    let mut total = 0;
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let path = entry.path();
-        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
-            continue;
-        };
-        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        if after.split_whitespace().nth(2) != Some(pgid.to_string().as_str()) {
-            continue;
-        }
-        let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
-        total += status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    total
-}
-
-/// Opens `n` connections to `port`, has one request on each answered
-/// (`path`, a 1 KB answer), and keeps them open.
-async fn idle_connections(
-    port: u16,
-    path: &str,
-    n: usize,
-) -> anyhow::Result<Vec<tokio::net::TcpStream>> {
-    use futures_util::StreamExt as _;
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n");
-    let open = |_| {
-        let request = request.clone();
-        async move {
-            let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-            conn.write_all(request.as_bytes()).await?;
-            let mut got = Vec::with_capacity(2048);
-            // Head and the 1 KB body: read until the body's last byte.
-            while !got.ends_with(&[b'x'; 16]) {
-                if conn.read_buf(&mut got).await? == 0 {
-                    anyhow::bail!("connection closed before its answer");
-                }
-            }
-            Ok::<_, anyhow::Error>(conn)
-        }
-    };
-    futures_util::stream::iter(0..n)
-        .map(open)
-        .buffer_unordered(256)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect()
 }
 
 /// A short warm-up, then a full-speed run of `url`, with the CPU µs per
