@@ -28,6 +28,12 @@ use tracing_subscriber::util::SubscriberInitExt;
 /// The provider installed at start, flushed by [`shutdown`].
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 
+/// Whether spans are exported (an OTLP exporter, or a test's, installed):
+/// code on a hot path makes spans only then.
+pub fn exporting() -> bool {
+    PROVIDER.get().is_some()
+}
+
 /// Installs the global subscriber once; later calls do nothing.
 pub fn init(service: &str) {
     init_at(service, "info");

@@ -102,6 +102,17 @@ impl ClientConn {
     }
 }
 
+/// The span of one request to `api`: a real one only when spans are
+/// exported (logging alone does not need one: the gateway's log lines name
+/// the API themselves, and a span per request costs a formatted allocation).
+pub(super) fn request_span(api: &str, method: &str) -> tracing::Span {
+    if meridian_kit::telemetry::exporting() {
+        tracing::info_span!("gateway.request", api = %api, http.method = %method)
+    } else {
+        tracing::Span::none()
+    }
+}
+
 /// A request hyper parsed, as the steps read it.
 struct HyperFacts<'a>(&'a Request<Incoming>);
 
@@ -445,13 +456,9 @@ impl DataPlane {
             self.count(&route.api_id, StatusCode::BAD_REQUEST);
             return repeated(name);
         }
-        // One span per request (when spans are on), continuing the
+        // One span per request when spans are exported, continuing the
         // client's trace; the upstream is sent this span's `traceparent`.
-        let span = tracing::info_span!(
-            "gateway.request",
-            api = %route.api_id,
-            http.method = %req.method(),
-        );
+        let span = request_span(&route.api_id, req.method().as_str());
         if !span.is_disabled() {
             meridian_kit::telemetry::follow_http(&span, req.headers());
             if let Some(tp) = meridian_kit::telemetry::traceparent_of(&span)

@@ -129,21 +129,22 @@ impl Head {
             .map(|(_, v)| v)
     }
 
-    /// The first of [`SINGLETONS`] (and `also`) sent more than once.
+    /// The first of [`SINGLETONS`] (and `also`) sent more than once. Free
+    /// of allocation; the common case (no name repeated) is one pass over
+    /// the pairs of names.
     fn repeated_singleton<'a>(&self, also: Option<&'a str>) -> Option<&'a str> {
-        let names: Vec<&str> = self.headers().map(|(n, _)| n).collect();
-        let repeats = names
-            .iter()
-            .enumerate()
-            .any(|(i, a)| names[i + 1..].iter().any(|b| a.eq_ignore_ascii_case(b)));
+        let name = |i: usize| &self.bytes[self.headers[i].0.clone()];
+        let n = self.headers.len();
+        let repeats = (0..n).any(|i| (i + 1..n).any(|j| name(i).eq_ignore_ascii_case(name(j))));
         if !repeats {
             return None;
         }
-        SINGLETONS
-            .iter()
-            .copied()
-            .chain(also)
-            .find(|s| names.iter().filter(|n| n.eq_ignore_ascii_case(s)).count() > 1)
+        SINGLETONS.iter().copied().chain(also).find(|s| {
+            (0..n)
+                .filter(|&i| name(i).eq_ignore_ascii_case(s.as_bytes()))
+                .nth(1)
+                .is_some()
+        })
     }
 }
 
@@ -711,13 +712,9 @@ impl Conn {
             head: &head,
             path: &path,
         };
-        // One span per request (when spans are on), continuing the
+        // One span per request when spans are exported, continuing the
         // client's trace; the upstream is sent this span's `traceparent`.
-        let span = tracing::info_span!(
-            "gateway.request",
-            api = %route.api_id,
-            http.method = %head.method(),
-        );
+        let span = super::dataplane::request_span(&route.api_id, head.method());
         let traceparent = if span.is_disabled() {
             None
         } else {
