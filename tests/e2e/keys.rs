@@ -910,13 +910,9 @@ async fn two_replicas_writing_one_key_lose_no_update() {
         .into_iter()
         .filter(|e: &KeysEvent| e.subject() == subject)
         .collect();
-    assert_eq!(
-        events.len(),
-        1 + 2 * rounds,
-        "every write is in the log once"
-    );
     let sessions: Vec<Value> = events.iter().filter_map(saved_session).collect();
     let mut rmw_seen = 0;
+    let mut aliases = Vec::new();
     for pair in sessions.windows(2) {
         let (before, after) = (&pair[0], &pair[1]);
         if after["alias"] == before["alias"] {
@@ -924,11 +920,24 @@ async fn two_replicas_writing_one_key_lose_no_update() {
             rmw_seen += 1;
         } else {
             assert_eq!(after["apply_policies"], json!(["p1"]), "B's replacement");
+            aliases.push(after["alias"].clone());
         }
     }
+    // Every change is in the log once: each of B's replacements (each a
+    // new alias), and each of A's policy changes that changed something.
+    // A write that found the key already so (A setting `p1` after B's
+    // replacement set it) stores nothing; A setting `p2` always changes
+    // it, so at least the even rounds' are there.
+    let expected: Vec<Value> = (1..=rounds).map(|r| json!(format!("v{r}"))).collect();
+    assert_eq!(aliases, expected, "every replacement, once, in order");
     assert_eq!(
-        rmw_seen, rounds,
-        "each policy change kept the alias before it"
+        events.len(),
+        1 + rounds + rmw_seen,
+        "every change is in the log once"
+    );
+    assert!(
+        rmw_seen >= rounds.div_ceil(2) && rmw_seen <= rounds,
+        "{rmw_seen} policy changes stored, each keeping the alias before it"
     );
     // Both replicas read what the log's last event says.
     let last = sessions.last().unwrap();
@@ -1214,4 +1223,78 @@ async fn the_raw_key_is_in_no_log_line_and_no_file_of_the_data_directory() {
         }
     }
     assert!(searched > 0, "no file searched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_policies_and_organisations_saved_again_unchanged_append_nothing() {
+    let nats = Nats::start().await;
+    let (ki, _) = start_key_issuer(&nats, |_| {}).await;
+    let tyk = Tyk::new(&ki.url);
+    let last = || async {
+        let stream = nats.js.get_stream(streams::KEYS).await.unwrap();
+        stream.get_info().await.unwrap().state.last_sequence
+    };
+    let session = json!({"org_id": "acme", "rate": 10, "per": 1, "quota_max": 100,
+        "quota_renewal_rate": 3600, "meta_data": {"team": "a"},
+        "access_rights": {"pets": {"api_id": "pets", "versions": ["Default"]}}});
+    let (status, created) = tyk.post("/tyk/keys", &session).await;
+    assert_eq!(status, 200, "{created}");
+    let key = created["key"].as_str().unwrap().to_owned();
+    tyk.post_ok("/tyk/policies", &gold("pets")).await;
+    tyk.post_ok(
+        "/tyk/org/keys/acme",
+        &json!({"quota_max": 500, "quota_renewal_rate": 60}),
+    )
+    .await;
+    let stored = last().await;
+    let policy_time = tyk.get_ok("/tyk/policies/gold").await["last_updated"].clone();
+
+    // The same key (its quota kept, as `suppress_reset=1` says), the same
+    // policy, the same organisation session (its quota kept, the default):
+    // answered as any update, nothing appended.
+    for _ in 0..3 {
+        let (status, answer) = tyk
+            .put(&format!("/tyk/keys/{key}?suppress_reset=1"), &session)
+            .await;
+        assert_eq!(
+            (status, answer["action"].as_str()),
+            (200, Some("modified")),
+            "{answer}"
+        );
+        let (status, answer) = tyk.put("/tyk/policies/gold", &gold("pets")).await;
+        assert_eq!((status, answer["action"].as_str()), (200, Some("modified")));
+        tyk.put_ok(
+            "/tyk/org/keys/acme",
+            &json!({"quota_max": 500, "quota_renewal_rate": 60}),
+        )
+        .await;
+    }
+    assert_eq!(
+        last().await,
+        stored,
+        "nine unchanged saves appended nothing"
+    );
+    assert_eq!(
+        tyk.get_ok("/tyk/policies/gold").await["last_updated"],
+        policy_time,
+        "an unchanged policy keeps its time"
+    );
+
+    // Each change is stored, once.
+    let mut changed = session.clone();
+    changed["rate"] = json!(11);
+    tyk.put_ok(&format!("/tyk/keys/{key}?suppress_reset=1"), &changed)
+        .await;
+    assert_eq!(last().await, stored + 1);
+    assert_eq!(tyk.get_ok(&format!("/tyk/keys/{key}")).await["rate"], 11.0);
+    let mut faster = gold("pets");
+    faster["rate"] = json!(200);
+    tyk.put_ok("/tyk/policies/gold", &faster).await;
+    assert_eq!(last().await, stored + 2);
+    tyk.put_ok(
+        "/tyk/org/keys/acme",
+        &json!({"quota_max": 600, "quota_renewal_rate": 60}),
+    )
+    .await;
+    assert_eq!(last().await, stored + 3);
 }

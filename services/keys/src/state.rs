@@ -277,6 +277,43 @@ impl KeysState {
             .unwrap_or(0)
     }
 
+    /// Where the log already holds what `event` would store: the sequence
+    /// of the entity's last change when it saves a key, policy or
+    /// organisation exactly as stored now (a write that changes nothing,
+    /// which the writer then does not append). Any other event, or one
+    /// whose JSON does not parse, is a change.
+    pub fn holds(&self, event: &KeysEvent) -> Option<u64> {
+        fn same<T: serde::de::DeserializeOwned + PartialEq>(
+            stored: Option<&Entry<T>>,
+            json: &str,
+        ) -> bool {
+            stored.is_some_and(|e| serde_json::from_str::<T>(json).is_ok_and(|v| v == *e.value))
+        }
+        let unchanged = match event {
+            KeysEvent::KeySaved {
+                key_hash,
+                session,
+                created: false,
+                ..
+            } => same(self.key(key_hash), session),
+            KeysEvent::PolicySaved {
+                policy_id,
+                policy,
+                created: false,
+                ..
+            } => same(self.policy(policy_id), policy),
+            KeysEvent::OrgSaved {
+                org_id,
+                session,
+                created: false,
+                ..
+            } => same(self.org(org_id), session),
+            _ => false,
+        };
+        let (entity, id) = event.entity()?;
+        unchanged.then(|| self.last_seq(entity, id))
+    }
+
     /// A key, by the hash of the key.
     pub fn key(&self, hash: &str) -> Option<&Entry<Session>> {
         self.keys.get(hash)
@@ -578,6 +615,48 @@ mod tests {
         let table = state.patterns.compiled.len();
         assert!(table <= 128, "{table} patterns kept for one live one");
         assert!(pattern(&state, "k", 0).is_match("/v999/x"));
+    }
+
+    #[test]
+    fn a_save_of_what_is_stored_is_held_and_anything_else_is_a_change() {
+        let mut state = KeysState::default();
+        let saved = |session: serde_json::Value, created: bool| KeysEvent::KeySaved {
+            key_hash: "k".into(),
+            session: session.to_string(),
+            created,
+            change_id: Uuid::new_v4(),
+            at_ms: 0,
+        };
+        let session = json!({"rate": 5, "per": 1, "access_rights": access(&[0])});
+        assert_eq!(state.holds(&saved(session.clone(), true)), None, "new");
+        state.apply(&saved(session.clone(), true), 7).unwrap();
+        assert_eq!(
+            state.holds(&saved(session.clone(), false)),
+            Some(7),
+            "the same session, another change id, field order aside"
+        );
+        let mut other = session.clone();
+        other["rate"] = json!(6);
+        assert_eq!(state.holds(&saved(other, false)), None, "a changed field");
+        assert_eq!(state.holds(&saved(json!("not a session"), false)), None);
+        let policy = |rate: u32| KeysEvent::PolicySaved {
+            policy_id: "p".into(),
+            policy: json!({"id": "p", "rate": rate, "per": 1, "last_updated": "100"}).to_string(),
+            created: false,
+            change_id: Uuid::new_v4(),
+            at_ms: 0,
+        };
+        state.apply(&policy(1), 8).unwrap();
+        assert_eq!(state.holds(&policy(1)), Some(8));
+        assert_eq!(state.holds(&policy(2)), None);
+        let deleted = KeysEvent::KeyDeleted {
+            key_hash: "k".into(),
+            org_id: String::new(),
+            alias: String::new(),
+            change_id: Uuid::new_v4(),
+            at_ms: 0,
+        };
+        assert_eq!(state.holds(&deleted), None, "only saves are compared");
     }
 
     proptest! {

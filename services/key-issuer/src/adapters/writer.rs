@@ -30,8 +30,11 @@ impl Writer {
 
     /// Decides with `decide` on the current view (the event to store and
     /// what to answer, or a refusal) and stores the event as a
-    /// compare-and-set on `(entity, id)`. Returns the answer and the event's
-    /// sequence once this replica's view includes it.
+    /// compare-and-set on `(entity, id)`, unless the view already holds
+    /// what it would store (a key, policy or organisation saved again
+    /// unchanged: nothing is appended, the answer is the same). Returns the
+    /// answer and the event's sequence (or the unchanged entity's last one)
+    /// once this replica's view includes it.
     pub async fn write<A, R>(
         &self,
         entity: KeysEntity,
@@ -41,7 +44,11 @@ impl Writer {
         self.0
             .write(|state| {
                 let (event, answer) = decide(state)?;
-                Ok((event, answer, Expect::Subject(state.last_seq(entity, id))))
+                let expect = match state.holds(&event) {
+                    Some(seq) => Expect::Unchanged(seq),
+                    None => Expect::Subject(state.last_seq(entity, id)),
+                };
+                Ok((event, answer, expect))
             })
             .await
     }

@@ -42,10 +42,23 @@ async fn save(s: &ApiState, id: &str, policy: Policy) -> Result<bool, TykError> 
     let (created, _) = s
         .writer
         .write(KeysEntity::Policy, id, |state| {
-            let created = state.policy(id).is_none();
+            let old = state.policy(id);
+            let created = old.is_none();
             let mut policy = policy.clone();
             policy.id = id.to_owned();
-            policy.last_updated = now_s.to_string();
+            // Stamped when it changes: saved again as it is, it keeps its
+            // time, and the writer appends nothing.
+            policy.last_updated = match old {
+                Some(old)
+                    if Policy {
+                        last_updated: old.value.last_updated.clone(),
+                        ..policy.clone()
+                    } == *old.value =>
+                {
+                    old.value.last_updated.clone()
+                }
+                _ => now_s.to_string(),
+            };
             Ok((
                 KeysEvent::PolicySaved {
                     policy_id: id.to_owned(),
