@@ -15,19 +15,19 @@ use meridian_tests::*;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-fn api(id: &str, listen: &str, target: &str, keyless: bool) -> Value {
+pub(crate) fn api(id: &str, listen: &str, target: &str, keyless: bool) -> Value {
     json!({"api_id": id, "name": format!("API {id}"), "org_id": "acme", "active": true,
         "use_keyless": keyless, "auth": {"auth_header_name": "Authorization"},
         "proxy": {"listen_path": listen, "target_url": target, "strip_listen_path": true},
         "version_data": {"not_versioned": true, "versions": {"Default": {"name": "Default"}}}})
 }
 
-async fn reload(tyk: &Tyk) {
+pub(crate) async fn reload(tyk: &Tyk) {
     let (status, body) = tyk.get("/tyk/reload?block=true").await;
     assert_eq!(status, 200, "{body}");
 }
 
-fn host_port(proxy: &Proxy) -> String {
+pub(crate) fn host_port(proxy: &Proxy) -> String {
     proxy.gateway.trim_start_matches("http://").to_owned()
 }
 
@@ -35,7 +35,7 @@ fn host_port(proxy: &Proxy) -> String {
 /// a client reads (`date`, hyper's header order, and what is left of a
 /// quota, which each replica leases in its own blocks, aside), and the
 /// body, or for an upstream's echo what the upstream received.
-fn comparable(answer: &Answer) -> Value {
+pub(crate) fn comparable(answer: &Answer) -> Value {
     let mut headers: Vec<(String, String)> = answer
         .headers
         .iter()

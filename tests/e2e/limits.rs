@@ -755,3 +755,65 @@ async fn quotas_headers_throttling_and_switches_behave_as_tyk() {
     assert!(count("quota") >= 1, "{metrics}");
     assert!(count("rate") >= 2, "{metrics}");
 }
+
+/// Three replicas, thirty-two requests at once on each, against one quota,
+/// until it refuses them: a block a fetch leases is often drained by the
+/// requests beside it before the fetching one looks again. That is no
+/// reason to answer "the quota cannot be checked": every request is
+/// admitted or refused as exhausted, and exactly the quota is admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_that_find_their_leased_block_drained_fetch_again() {
+    use meridian_keys::limits::{Kind, Quota};
+    use meridian_proxy::adapters::limits::{Limit, Limiter, Refused};
+    let nats = Nats::start().await;
+    let bucket = meridian_kit::bus::ensure_bucket(
+        &nats.js,
+        meridian_schemas::streams::LIMITS_BUCKET,
+        "test",
+    )
+    .await
+    .unwrap();
+    const QUOTA: u64 = 3000;
+    let quota = Limit::Quota(Quota {
+        max: QUOTA,
+        renewal_s: 3600,
+    });
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        let replicas = meridian_proxy::adapters::replicas::Replicas::new(uuid::Uuid::new_v4());
+        let limiter = std::sync::Arc::new(Limiter::new(
+            bucket.clone(),
+            replicas,
+            &meridian_kit::metrics::Metrics::new(),
+        ));
+        for _ in 0..32 {
+            let limiter = limiter.clone();
+            clients.spawn(async move {
+                let (mut admitted, mut unavailable) = (0u64, 0u64);
+                loop {
+                    let now = meridian_kit::time::now_ms();
+                    let verdict = limiter
+                        .admit(Kind::KeyQuota, "drained", "", quota, "1", now)
+                        .await;
+                    match verdict.admitted {
+                        Ok(()) => admitted += 1,
+                        Err(Refused::Exhausted) => return (admitted, unavailable),
+                        Err(Refused::Unavailable) => {
+                            unavailable += 1;
+                            if unavailable > 100 {
+                                return (admitted, unavailable);
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    }
+    let (admitted, unavailable) = clients
+        .join_all()
+        .await
+        .into_iter()
+        .fold((0, 0), |(a, u), (x, y)| (a + x, u + y));
+    assert_eq!(unavailable, 0, "answered 'cannot be checked' with NATS up");
+    assert_eq!(admitted, QUOTA);
+}

@@ -13,6 +13,7 @@ mod hub;
 mod import;
 mod keys;
 mod limits;
+mod middleware;
 mod observe;
 mod portal;
 mod proxy;

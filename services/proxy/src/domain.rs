@@ -1,11 +1,12 @@
 //! Pure rules: API definitions ([`apidef`]), their checks and the routing
 //! table ([`routes`]), the fold of `APIS` ([`state`]), a request's one
-//! normalised path ([`path`]), the steps a request goes through
+//! normalised path ([`path`]), CORS ([`cors`]), the steps a request goes through
 //! ([`pipeline`]), what a request may do ([`access`]) and how limits are
 //! counted ([`limits`]). No I/O, no clock: time comes in.
 
 pub mod access;
 pub mod apidef;
+pub mod cors;
 pub mod limits;
 pub mod path;
 pub mod pipeline;

@@ -40,6 +40,7 @@ use crate::domain::Route;
 use crate::domain::access::{
     KeyInput, Refusal, VersionInput, check_key, first_segment, key_from_header, resolve_version,
 };
+use crate::domain::cors::{Added, Decision};
 use crate::domain::limits::{HeaderSource, LimitHeaders, throttle};
 use crate::domain::path;
 use crate::domain::pipeline::{Context, Facts, Identity, Step};
@@ -257,6 +258,22 @@ fn set_limit_headers(headers: &mut HeaderMap, h: LimitHeaders) {
     headers.insert(X_RATELIMIT_RESET.clone(), HeaderValue::from(h.reset));
 }
 
+/// Adds what CORS decided: `Vary` beside the upstream's, the others in
+/// place of any the upstream sent.
+fn add_cors_headers(headers: &mut HeaderMap, added: &Added) {
+    for (name, value) in added {
+        let Ok(value) = HeaderValue::try_from(value.as_str()) else {
+            continue;
+        };
+        let name = HeaderName::from_static(name);
+        if name == header::VARY {
+            headers.append(name, value);
+        } else {
+            headers.insert(name, value);
+        }
+    }
+}
+
 /// Request headers that may appear only once (RFC 9110 defines each as a
 /// single value, not a list): two of them are ambiguous (which one did the
 /// gateway check, which one will the upstream read?), so refused.
@@ -468,6 +485,12 @@ impl DataPlane {
             }
         }
         let mut cx = Context::new(route, meridian_kit::time::now_ms());
+        if let Some(preflight) = Self::cors_phase(&mut cx, &HyperFacts(&req)) {
+            let mut res = Response::new(Either::Right(Full::new(Bytes::new())));
+            add_cors_headers(res.headers_mut(), &preflight);
+            self.done_phase(&cx, &res);
+            return res;
+        }
         let res = match self.request_phase(&mut cx, &HyperFacts(&req)).await {
             Ok(()) => {
                 let forwarded = self.forward(req, &cx, client);
@@ -485,6 +508,7 @@ impl DataPlane {
                 if let Some(h) = limits {
                     set_limit_headers(res.headers_mut(), h);
                 }
+                add_cors_headers(res.headers_mut(), &cx.cors_headers);
                 res
             }
         };
@@ -723,6 +747,28 @@ impl DataPlane {
                 ] {
                     out.remove(name);
                 }
+            }
+        }
+        add_cors_headers(out, &cx.cors_headers);
+    }
+
+    /// CORS, before the request phase ([`crate::domain::cors`]): the
+    /// headers of a preflight answered here (200, no body), or `None` with
+    /// what CORS adds to the answer kept in `cx`.
+    pub(super) fn cors_phase(cx: &mut Context, req: &(dyn Facts + Sync)) -> Option<Added> {
+        let route = cx.route.clone();
+        let cors = route.cors.as_ref()?;
+        let decided = cors.decide(
+            req.method(),
+            req.header("origin"),
+            req.header("access-control-request-method"),
+            req.header("access-control-request-headers"),
+        );
+        match decided {
+            Decision::Preflight(headers) => Some(headers),
+            Decision::Continue(headers) => {
+                cx.cors_headers = headers;
+                None
             }
         }
     }

@@ -318,25 +318,57 @@ fn dropped(name: &str, named: &[&[u8]]) -> bool {
             .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
 }
 
-/// A whole JSON error answer in Tyk's data-plane shape.
+/// What the gateway adds to an answer, whoever made it: the
+/// `X-RateLimit-*` values (replacing the upstream's) and CORS's headers.
+#[derive(Clone, Copy, Debug, Default)]
+struct Adds<'a> {
+    limits: Option<LimitHeaders>,
+    cors: &'a [(&'static str, String)],
+}
+
+impl Adds<'_> {
+    /// Whether an upstream's header of this name is replaced.
+    fn replaces(&self, name: &str) -> bool {
+        (name.len() > 12 && name[..12].eq_ignore_ascii_case("x-ratelimit-"))
+            || self
+                .cors
+                .iter()
+                .any(|(n, _)| *n != "vary" && name.eq_ignore_ascii_case(n))
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        if let Some(h) = self.limits {
+            write_limits(out, h);
+        }
+        for (name, value) in self.cors {
+            write_header(out, name.as_bytes(), value.as_bytes());
+        }
+    }
+}
+
+/// A whole answer made here: a JSON error in Tyk's data-plane shape, or
+/// with no message an empty one (a CORS preflight's).
 fn write_error(
     out: &mut Vec<u8>,
     status: StatusCode,
-    message: &str,
-    limits: Option<LimitHeaders>,
+    message: Option<&str>,
+    adds: Adds<'_>,
     close: bool,
 ) {
-    let body = serde_json::json!({ "error": message }).to_string();
+    let body = message.map_or_else(String::new, |m| {
+        serde_json::json!({ "error": m }).to_string()
+    });
     let _ = write!(
         out,
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        "HTTP/1.1 {} {}\r\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
-        body.len()
     );
-    if let Some(h) = limits {
-        write_limits(out, h);
+    if message.is_some() {
+        out.extend_from_slice(b"content-type: application/json\r\n");
     }
+    let _ = write!(out, "content-length: {}\r\n", body.len());
+    adds.write(out);
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
@@ -375,7 +407,7 @@ struct BadAnswer;
 fn parse_answer(
     buf: &mut BytesMut,
     bodiless: bool,
-    limits: Option<LimitHeaders>,
+    adds: Adds<'_>,
     client_close: bool,
     out: &mut Vec<u8>,
 ) -> Result<Option<Answer>, BadAnswer> {
@@ -439,10 +471,9 @@ fn parse_answer(
         out.extend_from_slice(b"\r\n");
         let mut dated = false;
         for (name, value) in headers() {
-            let limit_header = name.len() > 12 && name[..12].eq_ignore_ascii_case("x-ratelimit-");
             let framed_by_chunks =
                 framing == Framing::Chunked && name.eq_ignore_ascii_case("content-length");
-            if dropped(name, &named) || limit_header || framed_by_chunks {
+            if dropped(name, &named) || adds.replaces(name) || framed_by_chunks {
                 continue;
             }
             dated |= name.eq_ignore_ascii_case("date");
@@ -451,9 +482,7 @@ fn parse_answer(
         if framing == Framing::Chunked {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n");
         }
-        if let Some(h) = limits {
-            write_limits(out, h);
-        }
+        adds.write(out);
         if !dated {
             write_date(out);
         }
@@ -673,7 +702,12 @@ impl Conn {
             Err(refusal) => {
                 plane.count("", StatusCode::BAD_REQUEST);
                 return Ok(self
-                    .refuse(&head, StatusCode::BAD_REQUEST, &refusal.to_string(), None)
+                    .refuse(
+                        &head,
+                        StatusCode::BAD_REQUEST,
+                        Some(&refusal.to_string()),
+                        Adds::default(),
+                    )
                     .await);
             }
         };
@@ -681,7 +715,12 @@ impl Conn {
             plane.count("", StatusCode::BAD_REQUEST);
             let message = format!("The {name} header must appear only once");
             return Ok(self
-                .refuse(&head, StatusCode::BAD_REQUEST, &message, None)
+                .refuse(
+                    &head,
+                    StatusCode::BAD_REQUEST,
+                    Some(&message),
+                    Adds::default(),
+                )
                 .await);
         }
         let route = plane.route(&path);
@@ -691,8 +730,8 @@ impl Conn {
                 .refuse(
                     &head,
                     StatusCode::NOT_FOUND,
-                    "No API listens on this path",
-                    None,
+                    Some("No API listens on this path"),
+                    Adds::default(),
                 )
                 .await);
         };
@@ -705,7 +744,12 @@ impl Conn {
             plane.count(&route.api_id, StatusCode::BAD_REQUEST);
             let message = format!("The {name} header must appear only once");
             return Ok(self
-                .refuse(&head, StatusCode::BAD_REQUEST, &message, None)
+                .refuse(
+                    &head,
+                    StatusCode::BAD_REQUEST,
+                    Some(&message),
+                    Adds::default(),
+                )
                 .await);
         }
         let facts = Request {
@@ -722,10 +766,22 @@ impl Conn {
             meridian_kit::telemetry::traceparent_of(&span)
         };
         let mut cx = Context::new(route, meridian_kit::time::now_ms());
+        if let Some(preflight) = DataPlane::cors_phase(&mut cx, &facts) {
+            plane.count(&cx.route.api_id, StatusCode::OK);
+            let adds = Adds {
+                limits: None,
+                cors: &preflight,
+            };
+            return Ok(self.refuse(&head, StatusCode::OK, None, adds).await);
+        }
         if let Err(refusal) = plane.request_phase(&mut cx, &facts).await {
             let (status, message, limits) = plane.refusal_answer(&cx, refusal);
             plane.count(&cx.route.api_id, status);
-            return Ok(self.refuse(&head, status, message, limits).await);
+            let adds = Adds {
+                limits,
+                cors: &cx.cors_headers,
+            };
+            return Ok(self.refuse(&head, status, Some(message), adds).await);
         }
         let target =
             DataPlane::upstream_target(&cx.route, &path, head.target.query(), cx.strip_segment);
@@ -739,14 +795,15 @@ impl Conn {
         Ok(next)
     }
 
-    /// Answers with a JSON error before the upstream. The request's body is
-    /// skipped when small enough, or the connection closed after.
+    /// Answers before the upstream: a JSON error, or with no message an
+    /// empty answer (a CORS preflight). The request's body is skipped when
+    /// small enough, or the connection closed after.
     async fn refuse(
         &mut self,
         head: &Head,
         status: StatusCode,
-        message: &str,
-        limits: Option<LimitHeaders>,
+        message: Option<&str>,
+        adds: Adds<'_>,
     ) -> Next {
         let buffered = self.inbuf.len() as u64;
         let mut close = head.close;
@@ -766,7 +823,7 @@ impl Conn {
             close = true;
         }
         let mut out = Vec::with_capacity(256);
-        write_error(&mut out, status, message, limits, close);
+        write_error(&mut out, status, message, adds, close);
         if write_all(&mut self.client, &out).await.is_none() || close {
             return Next::Close;
         }
@@ -788,8 +845,13 @@ impl Conn {
             let message = "The request path cannot be forwarded";
             return (
                 StatusCode::BAD_REQUEST,
-                self.refuse(head, StatusCode::BAD_REQUEST, message, None)
-                    .await,
+                self.refuse(
+                    head,
+                    StatusCode::BAD_REQUEST,
+                    Some(message),
+                    Adds::default(),
+                )
+                .await,
             );
         }
         let mut out = Vec::with_capacity(head.bytes.len() + 128);
@@ -802,7 +864,10 @@ impl Conn {
         self.inbuf.advance(buffered);
         let rest = head.body - buffered as u64;
         let timeouts = self.plane.timeouts();
-        let limits = self.plane.limit_headers(cx);
+        let adds = Adds {
+            limits: self.plane.limit_headers(cx),
+            cors: &cx.cors_headers,
+        };
         let bodiless = head.method() == "HEAD";
         let idempotent = matches!(
             head.method(),
@@ -829,7 +894,7 @@ impl Conn {
                         rest,
                         &mut upbuf,
                         bodiless,
-                        limits,
+                        adds,
                         head.close,
                         &mut client_head,
                     )
@@ -858,7 +923,7 @@ impl Conn {
         };
         let (up, answer) = match exchanged {
             Ok(done) => done,
-            Err(failed) => return self.failed(head, route, failed, timeouts.read).await,
+            Err(failed) => return self.failed(head, route, failed, timeouts.read, adds).await,
         };
         let status = answer.status;
         (
@@ -878,7 +943,7 @@ impl Conn {
         rest: u64,
         upbuf: &mut BytesMut,
         bodiless: bool,
-        limits: Option<LimitHeaders>,
+        adds: Adds<'_>,
         client_close: bool,
         client_head: &mut Vec<u8>,
     ) -> Result<Answer, Failed> {
@@ -896,7 +961,7 @@ impl Conn {
                 })?;
         }
         loop {
-            match parse_answer(upbuf, bodiless, limits, client_close, client_head) {
+            match parse_answer(upbuf, bodiless, adds, client_close, client_head) {
                 Ok(Some(answer)) => return Ok(answer),
                 Ok(None) => {}
                 Err(BadAnswer) => return Err(Failed::BadAnswer),
@@ -921,6 +986,7 @@ impl Conn {
         route: &Route,
         failed: Failed,
         read: Duration,
+        adds: Adds<'_>,
     ) -> (StatusCode, Next) {
         let (status, message) = match &failed {
             Failed::ClientBody(e) => {
@@ -943,7 +1009,7 @@ impl Conn {
         // The body may be only part-read: the connection cannot go on.
         let close = head.close || head.body > 0 || matches!(failed, Failed::ClientBody(_));
         let mut out = Vec::with_capacity(256);
-        write_error(&mut out, status, message, None, close);
+        write_error(&mut out, status, Some(message), adds, close);
         if write_all(&mut self.client, &out).await.is_none() || close {
             return (status, Next::Close);
         }
@@ -1329,7 +1395,11 @@ mod tests {
             remaining: -1,
             reset: 3,
         };
-        let answer = parse_answer(&mut buf, false, Some(limits), false, &mut out)
+        let adds = Adds {
+            limits: Some(limits),
+            cors: &[],
+        };
+        let answer = parse_answer(&mut buf, false, adds, false, &mut out)
             .ok()
             .flatten()
             .expect("an answer");
@@ -1344,7 +1414,7 @@ mod tests {
                 + "transfer-encoding: chunked\r\nx-ratelimit-limit: 10\r\nx-ratelimit-remaining: 0\r\nx-ratelimit-reset: 3\r\n\r\n"
         );
         let mut buf = BytesMut::from("HTTP/1.0 200 OK\r\n\r\n");
-        let answer = parse_answer(&mut buf, false, None, true, &mut out)
+        let answer = parse_answer(&mut buf, false, Adds::default(), true, &mut out)
             .ok()
             .flatten()
             .unwrap();
@@ -1352,9 +1422,9 @@ mod tests {
         assert!(out.ends_with(b"connection: close\r\n\r\n"));
         let mut buf =
             BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n");
-        assert!(parse_answer(&mut buf, false, None, false, &mut out).is_err());
+        assert!(parse_answer(&mut buf, false, Adds::default(), false, &mut out).is_err());
         let mut buf = BytesMut::from("HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n");
-        let answer = parse_answer(&mut buf, false, None, false, &mut out)
+        let answer = parse_answer(&mut buf, false, Adds::default(), false, &mut out)
             .ok()
             .flatten()
             .unwrap();

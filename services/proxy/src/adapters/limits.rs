@@ -41,6 +41,10 @@ pub const OP_TIMEOUT: Duration = Duration::from_millis(300);
 /// Updates that lost a race, in a row, before a fetch gives up for now.
 const MAX_ATTEMPTS: usize = 32;
 
+/// Fetches one request makes when others drain each block it leased
+/// before it could take from it.
+const FETCH_ROUNDS: usize = 8;
+
 /// A scope nothing was taken from for this long, holding nothing, is
 /// forgotten (its counter stays in the bucket).
 const FORGET_AFTER_MS: i64 = 10 * 60 * 1000;
@@ -242,17 +246,25 @@ impl Limiter {
         if let Some(verdict) = self.try_take(&s, limit, reset, now_ms) {
             return verdict;
         }
-        // Waiting for the fetch takes time: it and the second look go by
-        // the clock, not the arrival (a window may have ended meanwhile).
-        {
-            let mut known = s.known.lock().await;
+        // Waiting for the fetch takes time: it and the next look go by the
+        // clock, not the arrival (a window may have ended meanwhile).
+        for _ in 0..FETCH_ROUNDS {
+            {
+                let mut known = s.known.lock().await;
+                let now_ms = now_ms.max(meridian_kit::time::now_ms());
+                self.fetch(&s, &mut known, limit, reset, now_ms).await;
+            }
+            // The fetch leased, found the budget used up, or found the
+            // counter unreachable: the next look decides. Or requests
+            // waiting beside this one took everything it leased before it
+            // looked: then it fetches again (that is no reason to answer
+            // "cannot be checked").
             let now_ms = now_ms.max(meridian_kit::time::now_ms());
-            self.fetch(&s, &mut known, limit, reset, now_ms).await;
+            if let Some(verdict) = self.try_take(&s, limit, reset, now_ms) {
+                return verdict;
+            }
         }
-        // The fetch leased, found the budget used up, or found the counter
-        // unreachable: the second look decides.
-        let now_ms = now_ms.max(meridian_kit::time::now_ms());
-        self.try_take(&s, limit, reset, now_ms)
+        self.try_take(&s, limit, reset, now_ms.max(meridian_kit::time::now_ms()))
             .unwrap_or_else(|| Verdict {
                 admitted: Err(match limit {
                     Limit::Rate(_) => Refused::Exhausted,

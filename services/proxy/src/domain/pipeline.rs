@@ -3,6 +3,10 @@
 //! for the steps it enables: a keyless API with no organisation runs
 //! none), and the per-request [`Context`] they fill in.
 //!
+//! Before them, an API with CORS on has its CORS decided
+//! ([`super::cors`]): a preflight is answered there, before any step (it
+//! carries no key), and other requests go on with the headers CORS adds.
+//!
 //! A request moves through four phases, after Cloudflare pingora's
 //! `ProxyHttp`, each a method of the data plane
 //! (`crate::adapters::dataplane`): *request* (`request_phase`: the steps
@@ -138,6 +142,8 @@ pub struct Context {
     pub rate_headers: Option<LimitHeaders>,
     /// Now, ms since the epoch, read once when the request arrived.
     pub now_ms: i64,
+    /// What CORS adds to the answer, whatever it is ([`super::cors`]).
+    pub cors_headers: super::cors::Added,
 }
 
 impl Context {
@@ -151,6 +157,7 @@ impl Context {
             quota_headers: None,
             rate_headers: None,
             now_ms,
+            cors_headers: Vec::new(),
         }
     }
 

@@ -90,6 +90,8 @@ pub struct Route {
     pub versioning: Versioning,
     /// The steps its requests go through.
     pub plan: Plan,
+    /// CORS, when its definition enables it (decided before the steps).
+    pub cors: Option<super::cors::Cors>,
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> Invalid {
@@ -266,6 +268,7 @@ pub fn compile(def: &ApiDefinition) -> Result<Route, Invalid> {
         upstream: parse_upstream(&def.proxy.target_url)?,
         versioning,
         plan,
+        cors: super::cors::compile(def.other.get("CORS"))?,
     })
 }
 
