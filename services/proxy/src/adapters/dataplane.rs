@@ -756,9 +756,7 @@ impl DataPlane {
     /// headers of a preflight answered here (200, no body), or `None` with
     /// what CORS adds to the answer kept in `cx`.
     pub(super) fn cors_phase(cx: &mut Context, req: &(dyn Facts + Sync)) -> Option<Added> {
-        let route = cx.route.clone();
-        let cors = route.cors.as_ref()?;
-        let decided = cors.decide(
+        let decided = cx.route.cors.as_ref()?.decide(
             req.method(),
             req.header("origin"),
             req.header("access-control-request-method"),
