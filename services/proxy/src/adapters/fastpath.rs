@@ -702,7 +702,7 @@ impl Conn {
             Err(refusal) => {
                 plane.count("", StatusCode::BAD_REQUEST);
                 return Ok(self
-                    .refuse(
+                    .answer_here(
                         &head,
                         StatusCode::BAD_REQUEST,
                         Some(&refusal.to_string()),
@@ -715,7 +715,7 @@ impl Conn {
             plane.count("", StatusCode::BAD_REQUEST);
             let message = format!("The {name} header must appear only once");
             return Ok(self
-                .refuse(
+                .answer_here(
                     &head,
                     StatusCode::BAD_REQUEST,
                     Some(&message),
@@ -727,7 +727,7 @@ impl Conn {
         let Some(route) = route else {
             plane.count("", StatusCode::NOT_FOUND);
             return Ok(self
-                .refuse(
+                .answer_here(
                     &head,
                     StatusCode::NOT_FOUND,
                     Some("No API listens on this path"),
@@ -744,7 +744,7 @@ impl Conn {
             plane.count(&route.api_id, StatusCode::BAD_REQUEST);
             let message = format!("The {name} header must appear only once");
             return Ok(self
-                .refuse(
+                .answer_here(
                     &head,
                     StatusCode::BAD_REQUEST,
                     Some(&message),
@@ -772,7 +772,7 @@ impl Conn {
                 limits: None,
                 cors: &preflight,
             };
-            return Ok(self.refuse(&head, StatusCode::OK, None, adds).await);
+            return Ok(self.answer_here(&head, StatusCode::OK, None, adds).await);
         }
         if let Err(refusal) = plane.request_phase(&mut cx, &facts).await {
             let (status, message, limits) = plane.refusal_answer(&cx, refusal);
@@ -781,7 +781,7 @@ impl Conn {
                 limits,
                 cors: &cx.cors_headers,
             };
-            return Ok(self.refuse(&head, status, Some(message), adds).await);
+            return Ok(self.answer_here(&head, status, Some(message), adds).await);
         }
         let target =
             DataPlane::upstream_target(&cx.route, &path, head.target.query(), cx.strip_segment);
@@ -798,7 +798,7 @@ impl Conn {
     /// Answers before the upstream: a JSON error, or with no message an
     /// empty answer (a CORS preflight). The request's body is skipped when
     /// small enough, or the connection closed after.
-    async fn refuse(
+    async fn answer_here(
         &mut self,
         head: &Head,
         status: StatusCode,
@@ -845,7 +845,7 @@ impl Conn {
             let message = "The request path cannot be forwarded";
             return (
                 StatusCode::BAD_REQUEST,
-                self.refuse(
+                self.answer_here(
                     head,
                     StatusCode::BAD_REQUEST,
                     Some(message),
