@@ -17,6 +17,15 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
+/// Whether `name` (any case) is a hop-by-hop header (not counting those a
+/// `Connection` header names): for code that reads raw header names.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    name.eq_ignore_ascii_case(PROXY_CONNECTION.as_str())
+        || HOP_BY_HOP
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h.as_str()))
+}
+
 /// Removes hop-by-hop headers, and those the `Connection` header names.
 #[inline]
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {

@@ -277,7 +277,7 @@ fn add_cors_headers(headers: &mut HeaderMap, added: &Added) {
 /// Request headers that may appear only once (RFC 9110 defines each as a
 /// single value, not a list): two of them are ambiguous (which one did the
 /// gateway check, which one will the upstream read?), so refused.
-const SINGLETONS: [HeaderName; 14] = [
+pub(super) const SINGLETONS: [HeaderName; 14] = [
     header::HOST,
     header::AUTHORIZATION,
     header::PROXY_AUTHORIZATION,

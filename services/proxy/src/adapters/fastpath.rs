@@ -44,7 +44,7 @@ use tokio::net::TcpStream;
 use tracing::Instrument as _;
 
 use super::dataplane::{
-    CLIENT_BODY_FAILED, ClientConn, DataPlane, UPSTREAM_FAILED, UPSTREAM_TIMED_OUT,
+    CLIENT_BODY_FAILED, ClientConn, DataPlane, SINGLETONS, UPSTREAM_FAILED, UPSTREAM_TIMED_OUT,
 };
 use crate::domain::limits::LimitHeaders;
 use crate::domain::path;
@@ -63,38 +63,6 @@ const MAX_IDLE_PER_UPSTREAM: usize = 256;
 /// The largest request body skipped (read and dropped) after a refusal to
 /// keep the connection; a larger one closes it.
 const SKIP_BODY_UP_TO: u64 = 64 * 1024;
-
-/// Headers never forwarded, either way (RFC 9110 7.6.1, and
-/// `Proxy-Connection`), as `meridian_kit::headers::remove_hop_by_hop`.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// Request headers that must appear once (the hyper path's list).
-const SINGLETONS: [&str; 14] = [
-    "host",
-    "authorization",
-    "proxy-authorization",
-    "content-length",
-    "content-type",
-    "content-location",
-    "date",
-    "from",
-    "if-modified-since",
-    "if-unmodified-since",
-    "if-range",
-    "max-forwards",
-    "range",
-    "referer",
-];
 
 /// A request head the fast path serves: its bytes, and where its parts are.
 struct Head {
@@ -139,7 +107,8 @@ impl Head {
         if !repeats {
             return None;
         }
-        SINGLETONS.iter().copied().chain(also).find(|s| {
+        let singletons = SINGLETONS.iter().map(|s| s.as_str());
+        singletons.chain(also).find(|s| {
             (0..n)
                 .filter(|&i| name(i).eq_ignore_ascii_case(s.as_bytes()))
                 .nth(1)
@@ -312,7 +281,7 @@ fn connection_named<'a>(headers: impl Iterator<Item = (&'a str, &'a [u8])>) -> V
 
 /// Whether a header is not passed on: hop-by-hop, or named by `Connection`.
 fn dropped(name: &str, named: &[&[u8]]) -> bool {
-    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+    meridian_kit::headers::is_hop_by_hop(name)
         || named
             .iter()
             .any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
