@@ -233,6 +233,22 @@ async fn tagged_policies_become_products_and_plans_that_hide_and_come_back() {
         .put(&format!("/portal-api/plans/{plan_id}"), Some(&plan_shown))
         .await;
     assert_eq!(status, 200, "{body}");
+    // Sent back exactly as GET answered it: answered as an update, and
+    // nothing appended to PORTAL (the time it last changed is kept).
+    let stored = stream_count(&s.nats.js, streams::PORTAL).await;
+    for path in [
+        format!("/portal-api/products/{product_id}"),
+        format!("/portal-api/plans/{plan_id}"),
+    ] {
+        let same = s.portal.get_ok(&path).await;
+        let (status, body) = s.portal.put(&path, Some(&same)).await;
+        assert_eq!((status, &body), (200, &same), "{path}");
+    }
+    assert_eq!(
+        stream_count(&s.nats.js, streams::PORTAL).await,
+        stored,
+        "unchanged saves appended nothing"
+    );
     for (field, value) in [("policy_id", json!("another")), ("bogus", json!(1))] {
         let mut changed = shown.clone();
         changed[field] = value;

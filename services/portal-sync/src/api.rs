@@ -138,7 +138,8 @@ impl ApiState {
     }
 
     /// Stores `body` as entity `(entity, id)` with `change`, decided on the
-    /// current fold by `check` (which may refuse), as a compare-and-set.
+    /// current fold by `check` (which may refuse), as a compare-and-set;
+    /// an entity saved exactly as it is stored appends nothing.
     async fn save<T: serde::Serialize>(
         &self,
         entity: PortalEntity,
@@ -158,7 +159,11 @@ impl ApiState {
                     change_id,
                     at_ms: meridian_kit::time::now_ms(),
                 };
-                Ok((event, value, Expect::Subject(state.last_seq(entity, id))))
+                let expect = match state.holds(&event) {
+                    Some(seq) => Expect::Unchanged(seq),
+                    None => Expect::Subject(state.last_seq(entity, id)),
+                };
+                Ok((event, value, expect))
             })
             .await
             .map(|(value, _)| value)

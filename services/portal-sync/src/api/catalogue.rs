@@ -739,8 +739,13 @@ async fn update_product(
                 .cloned()
                 .ok_or_else(|| missing::<Product>(&id))?;
             unchanged(&rest, &json!(product_view(state, &p)))?;
+            let before = p.clone();
             update.apply(&mut p.display, p.hidden)?;
-            p.updated_at_ms = meridian_kit::time::now_ms();
+            // Stamped when it changes: sent again as it is, it keeps its
+            // time and nothing is appended.
+            if p != before {
+                p.updated_at_ms = meridian_kit::time::now_ms();
+            }
             Ok(p)
         })
         .await?;
@@ -856,11 +861,14 @@ async fn update_plan(
                 .cloned()
                 .ok_or_else(|| missing::<Plan>(&id))?;
             unchanged(&rest, &json!(plan_view(&p)))?;
+            let before = p.clone();
             update.apply(&mut p.display, p.hidden)?;
             if let Some(auto) = update.auto_approve {
                 p.auto_approve = auto;
             }
-            p.updated_at_ms = meridian_kit::time::now_ms();
+            if p != before {
+                p.updated_at_ms = meridian_kit::time::now_ms();
+            }
             Ok(p)
         })
         .await?;

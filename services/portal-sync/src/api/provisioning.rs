@@ -267,10 +267,13 @@ async fn update_app(
     let saved = s
         .save(PortalEntity::App, &id, "updated", |state| {
             let mut a = state.app(&id).cloned().ok_or_else(|| no_app(&id))?;
+            let before = a.clone();
             a.name.clone_from(&input.name);
             a.owner.clone_from(&input.owner);
             a.description.clone_from(&input.description);
-            a.updated_at_ms = meridian_kit::time::now_ms();
+            if a != before {
+                a.updated_at_ms = meridian_kit::time::now_ms();
+            }
             Ok(a)
         })
         .await?;

@@ -194,6 +194,36 @@ impl PortalState {
         Ok(())
     }
 
+    /// Where the log already holds what `event` would store: the entity's
+    /// last sequence when it saves an entity exactly as stored now (a write
+    /// that changes nothing, which the API then does not append). Anything
+    /// else, or a body that does not parse, is a change.
+    pub fn holds(&self, event: &PortalEvent) -> Option<u64> {
+        fn same<T: DeserializeOwned + PartialEq>(
+            map: &BTreeMap<String, Versioned<T>>,
+            id: &str,
+            body: &str,
+        ) -> bool {
+            map.get(id)
+                .is_some_and(|v| serde_json::from_str::<T>(body).is_ok_and(|b| b == v.value))
+        }
+        let PortalEvent::Saved {
+            entity, id, body, ..
+        } = event
+        else {
+            return None;
+        };
+        let unchanged = match entity {
+            PortalEntity::Provider => same(&self.providers, id, body),
+            PortalEntity::Product => same(&self.products, id, body),
+            PortalEntity::Plan => same(&self.plans, id, body),
+            PortalEntity::App => same(&self.apps, id, body),
+            PortalEntity::Request => same(&self.requests, id, body),
+            PortalEntity::Creation => same(&self.creations, id, body),
+        };
+        unchanged.then(|| self.last_seq(*entity, id))
+    }
+
     /// The sequence a write of `(entity, id)` expects (0: never written).
     pub fn last_seq(&self, entity: PortalEntity, id: &str) -> u64 {
         self.last
@@ -305,5 +335,44 @@ impl meridian_kit::projection::Digested for PortalState {
 
     fn position(&self) -> u64 {
         PortalState::position(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn saved(body: serde_json::Value) -> PortalEvent {
+        PortalEvent::Saved {
+            entity: PortalEntity::App,
+            id: "a1".into(),
+            body: body.to_string(),
+            change: "updated".into(),
+            change_id: Uuid::new_v4(),
+            at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_save_of_what_is_stored_is_held_and_anything_else_is_a_change() {
+        let mut state = PortalState::default();
+        let app = json!({"id": "a1", "name": "Shop", "owner": "dev@example", "updated_at_ms": 5});
+        assert_eq!(state.holds(&saved(app.clone())), None, "not stored yet");
+        state.apply(&saved(app.clone()), 3).unwrap();
+        assert_eq!(state.holds(&saved(app.clone())), Some(3));
+        let mut renamed = app.clone();
+        renamed["name"] = json!("Shop 2");
+        assert_eq!(state.holds(&saved(renamed)), None);
+        assert_eq!(state.holds(&saved(json!([1, 2]))), None, "does not parse");
+        let deleted = PortalEvent::Deleted {
+            entity: PortalEntity::App,
+            id: "a1".into(),
+            body: app.to_string(),
+            change_id: Uuid::new_v4(),
+            at_ms: 0,
+        };
+        assert_eq!(state.holds(&deleted), None, "only saves are compared");
     }
 }
