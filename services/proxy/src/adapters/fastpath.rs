@@ -669,39 +669,23 @@ impl Conn {
         let path = match path::normalize(head.target.path()) {
             Ok(p) => p,
             Err(refusal) => {
-                plane.count("", StatusCode::BAD_REQUEST);
+                let message = refusal.to_string();
                 return Ok(self
-                    .answer_here(
-                        &head,
-                        StatusCode::BAD_REQUEST,
-                        Some(&refusal.to_string()),
-                        Adds::default(),
-                    )
+                    .refused_early(&head, "", StatusCode::BAD_REQUEST, &message)
                     .await);
             }
         };
+        let repeated = |name: &str| format!("The {name} header must appear only once");
         if let Some(name) = head.repeated_singleton(None) {
-            plane.count("", StatusCode::BAD_REQUEST);
-            let message = format!("The {name} header must appear only once");
+            let message = repeated(name);
             return Ok(self
-                .answer_here(
-                    &head,
-                    StatusCode::BAD_REQUEST,
-                    Some(&message),
-                    Adds::default(),
-                )
+                .refused_early(&head, "", StatusCode::BAD_REQUEST, &message)
                 .await);
         }
-        let route = plane.route(&path);
-        let Some(route) = route else {
-            plane.count("", StatusCode::NOT_FOUND);
+        let Some(route) = plane.route(&path) else {
+            let message = "No API listens on this path";
             return Ok(self
-                .answer_here(
-                    &head,
-                    StatusCode::NOT_FOUND,
-                    Some("No API listens on this path"),
-                    Adds::default(),
-                )
+                .refused_early(&head, "", StatusCode::NOT_FOUND, message)
                 .await);
         };
         if route.upstream.tls || route.upstream.h2c {
@@ -710,15 +694,10 @@ impl Conn {
         if !route.keyless
             && let Some(name) = head.repeated_singleton(Some(route.auth_header.as_str()))
         {
-            plane.count(&route.api_id, StatusCode::BAD_REQUEST);
-            let message = format!("The {name} header must appear only once");
+            let message = repeated(name);
+            let api = route.api_id.as_str();
             return Ok(self
-                .answer_here(
-                    &head,
-                    StatusCode::BAD_REQUEST,
-                    Some(&message),
-                    Adds::default(),
-                )
+                .refused_early(&head, api, StatusCode::BAD_REQUEST, &message)
                 .await);
         }
         let facts = Request {
@@ -762,6 +741,20 @@ impl Conn {
         };
         plane.count(&cx.route.api_id, status);
         Ok(next)
+    }
+
+    /// A refusal before the pipeline (bad path, repeated header, no API),
+    /// counted against `api` (empty: none).
+    async fn refused_early(
+        &mut self,
+        head: &Head,
+        api: &str,
+        status: StatusCode,
+        message: &str,
+    ) -> Next {
+        self.plane.count(api, status);
+        self.answer_here(head, status, Some(message), Adds::default())
+            .await
     }
 
     /// Answers before the upstream: a JSON error, or with no message an
