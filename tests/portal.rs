@@ -13,7 +13,7 @@ pub struct PortalSync {
     /// Its REST server.
     pub running: Running,
     /// Its fold (for digests).
-    pub state: Arc<std::sync::RwLock<meridian_portal_sync::domain::PortalState>>,
+    pub state: Arc<meridian_kit::writer::Lock<meridian_portal_sync::domain::PortalState>>,
 }
 
 /// Starts portal-sync with the test admin key (refresh: an hour, so only

@@ -13,7 +13,8 @@
 //! Meridian with key auth + rate limit + quota (limits too high to refuse,
 //! counted across replicas as always); then Meridian keyless at the same
 //! 50% rate while other APIs are added, changed and deleted, counting every
-//! error and non-2xx answer.
+//! error and non-2xx answer. Then scaling with cores: nginx and each
+//! Meridian row with one worker, then two, with the CPU time per request.
 //! Targets: Meridian with key auth >= 1.0x nginx's req/s; its p99 at 50%
 //! load <= nginx's p99 + 1 ms; the all-checks row >= 0.95x the key-auth row
 //! and >= 1.0x nginx's req/s (stretch 1.2x). Then resident memory holding
@@ -38,8 +39,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use meridian_loadtest::wrk::{
-    CONNECTIONS, half_load_delay, memory_table, nginx_for_idle_connections, proxy_on_core_0,
-    upstream_and_nginx, wait_http, wrk,
+    CONNECTIONS, at_full_speed, clock_ticks_per_s, half_load_delay, memory_table,
+    nginx_for_idle_connections, nginx_proxy, proxy_on_core_0, proxy_on_cores, upstream_and_nginx,
+    wait_http, wrk,
 };
 use meridian_tests::load::{even_split_admitted, paced, per_window, sent_per_window};
 use meridian_tests::processes::{Group, free_port};
@@ -286,6 +288,33 @@ async fn main() -> anyhow::Result<()> {
         if all_checks >= 1.0 { "met" } else { "missed" }
     );
 
+    // Scaling with cores: every proxy row again with one worker, then two.
+    let nginx_two_port = free_port();
+    let nginx_two = nginx_proxy(up_port, nginx_two_port, 2)?;
+    let (gw_two, admin_two) = (free_port(), free_port());
+    let proxy_two = Group::spawn(
+        "meridian-proxy",
+        proxy_on_cores(&proxy_bin, &nats.url(), gw_two, admin_two, 2),
+    )?;
+    wait_http(&format!("http://127.0.0.1:{admin_two}/readyz")).await?;
+    let two = |url: &str| url.replacen(&format!(":{gw_port}/"), &format!(":{gw_two}/"), 1);
+    let mut scaling = vec![
+        ScalingRow::new("nginx proxy_pass", 1, &rows[1].1, None, _nginx.id()),
+        ScalingRow::new(
+            "nginx proxy_pass",
+            2,
+            &format!("http://127.0.0.1:{nginx_two_port}/api/x"),
+            None,
+            nginx_two.id(),
+        ),
+    ];
+    for (name, url, key) in &rows[2..] {
+        scaling.push(ScalingRow::new(name, 1, url, *key, proxy.id()));
+        scaling.push(ScalingRow::new(name, 2, &two(url), *key, proxy_two.id()));
+    }
+    scaling_table(dir.path(), &mut scaling, seconds)?;
+    drop((nginx_two, proxy_two));
+
     // Memory at 10,000 idle keep-alive connections, beside nginx's.
     let nginx_big_port = free_port();
     let nginx_big = nginx_for_idle_connections(up_port, nginx_big_port)?;
@@ -304,6 +333,70 @@ async fn main() -> anyhow::Result<()> {
     // Accuracy across replicas, on replicas of their own.
     proxy.stop();
     accuracy(&proxy_bin, &nats, &key_issuer.url, &http).await
+}
+
+/// One row of the scaling table.
+struct ScalingRow {
+    name: String,
+    workers: usize,
+    url: String,
+    key: Option<String>,
+    pgid: u32,
+}
+
+impl ScalingRow {
+    fn new(name: &str, workers: usize, url: &str, key: Option<&str>, pgid: u32) -> Self {
+        Self {
+            name: name.into(),
+            workers,
+            url: url.into(),
+            key: key.map(str::to_owned),
+            pgid,
+        }
+    }
+}
+
+/// Runs each row at full speed (nginx's rows first, each one-worker row
+/// before its two-worker row) and prints the table: req/s beside nginx's
+/// with as many workers and beside the row's own one-worker rate, p99, and
+/// the CPU µs per request of the proxy's processes.
+fn scaling_table(dir: &Path, rows: &mut [ScalingRow], seconds: u64) -> anyhow::Result<()> {
+    let ticks_per_s = clock_ticks_per_s()?;
+    println!(
+        "\nscaling: each proxy with one worker (core 0), then two (cores 0 and 1); the same wrk on core 1 with the upstream, so the second worker shares a core with them (this machine has 2 cores)\n"
+    );
+    println!(
+        "| row | workers | req/s | x nginx, same workers | x its one-worker rate | p99 | CPU µs/req user | kernel |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let (mut nginx, mut one) = ([0.0; 3], 0.0);
+    for row in rows.iter() {
+        let (run, cpu) = at_full_speed(
+            dir,
+            &row.url,
+            row.key.as_deref(),
+            Some(row.pgid),
+            seconds,
+            ticks_per_s,
+        )?;
+        if row.name.starts_with("nginx") {
+            nginx[row.workers] = run.rps;
+        }
+        if row.workers == 1 {
+            one = run.rps;
+        }
+        let (user, kernel) = cpu.unwrap_or_default();
+        println!(
+            "| {} | {} | {:.0} | {:.2}x | {:.2}x | {:.2} ms | {user:.1} | {kernel:.1} |",
+            row.name,
+            row.workers,
+            run.rps,
+            run.rps / nginx[row.workers],
+            run.rps / one,
+            run.p99_ms
+        );
+    }
+    Ok(())
 }
 
 /// Starts `meridian-proxy` replica processes sending the rate window in

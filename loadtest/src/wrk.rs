@@ -283,3 +283,61 @@ pub async fn idle_connections(
         .into_iter()
         .collect()
 }
+
+/// User and kernel CPU time (clock ticks) of every process in group `pgid`.
+pub fn group_cpu(pgid: u32) -> (u64, u64) {
+    let mut total = (0, 0);
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid pgrp ... utime stime: fields 14 and 15.
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        if fields.get(2) == Some(&pgid.to_string().as_str()) {
+            total.0 += fields
+                .get(11)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            total.1 += fields
+                .get(12)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total
+}
+
+/// The kernel's clock ticks per second (`/proc` CPU times are in them).
+pub fn clock_ticks_per_s() -> anyhow::Result<f64> {
+    Ok(
+        String::from_utf8(Command::new("getconf").arg("CLK_TCK").output()?.stdout)?
+            .trim()
+            .parse()?,
+    )
+}
+
+/// A short warm-up, then a full-speed run of `url` (with `key`), with the CPU µs per
+/// request (user, kernel) of process group `pgid` over it.
+pub fn at_full_speed(
+    dir: &Path,
+    url: &str,
+    key: Option<&str>,
+    pgid: Option<u32>,
+    seconds: u64,
+    ticks_per_s: f64,
+) -> anyhow::Result<(Run, Option<(f64, f64)>)> {
+    wrk(dir, url, key, 2, 0)?;
+    let before = pgid.map(group_cpu);
+    let run = wrk(dir, url, key, seconds, 0)?;
+    let cpu = match (pgid, before) {
+        (Some(pgid), Some(before)) => {
+            let after = group_cpu(pgid);
+            let requests = run.rps * seconds as f64;
+            let us = |ticks: u64| ticks as f64 / ticks_per_s * 1e6 / requests;
+            Some((us(after.0 - before.0), us(after.1 - before.1)))
+        }
+        _ => None,
+    };
+    Ok((run, cpu))
+}

@@ -784,6 +784,7 @@ async fn requests_that_find_their_leased_block_drained_fetch_again() {
         let limiter = std::sync::Arc::new(Limiter::new(
             bucket.clone(),
             replicas,
+            1,
             &meridian_kit::metrics::Metrics::new(),
         ));
         for _ in 0..32 {
@@ -816,4 +817,171 @@ async fn requests_that_find_their_leased_block_drained_fetch_again() {
         .fold((0, 0), |(a, u), (x, y)| (a + x, u + y));
     assert_eq!(unavailable, 0, "answered 'cannot be checked' with NATS up");
     assert_eq!(admitted, QUOTA);
+}
+
+/// The leases of a replica's gateway worker threads are their own (taking
+/// from one locks nothing another worker touches), and the budget still
+/// holds exactly: two replicas of two workers each spend a quota of 3,000
+/// from 8 tasks per worker; each worker leased blocks of its own, and
+/// exactly the quota is admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_worker_thread_leases_its_own_blocks_and_the_quota_holds() {
+    use meridian_keys::limits::{Kind, Quota};
+    use meridian_proxy::adapters::limits::{Limit, Limiter, Refused};
+    let nats = Nats::start().await;
+    let bucket = meridian_kit::bus::ensure_bucket(
+        &nats.js,
+        meridian_schemas::streams::LIMITS_BUCKET,
+        "test",
+    )
+    .await
+    .unwrap();
+    const QUOTA: u64 = 3000;
+    const WORKERS: usize = 2;
+    let quota = Limit::Quota(Quota {
+        max: QUOTA,
+        renewal_s: 3600,
+    });
+    let kept = |metrics: &meridian_kit::metrics::Metrics| -> u64 {
+        let text = metrics.render();
+        text.lines()
+            .find_map(|l| l.strip_prefix("meridian_gateway_limit_leases_kept "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut limiters = Vec::new();
+    for _ in 0..2 {
+        let metrics = meridian_kit::metrics::Metrics::new();
+        let replicas = meridian_proxy::adapters::replicas::Replicas::new(uuid::Uuid::new_v4());
+        let limiter =
+            std::sync::Arc::new(Limiter::new(bucket.clone(), replicas, WORKERS, &metrics));
+        // Worker 0 takes one, then worker 1: each keeps a lease of its own
+        // on the counter (one lease per replica would be one kept).
+        for worker in 0..WORKERS {
+            let limiter = limiter.clone();
+            std::thread::spawn(move || {
+                Limiter::set_worker(worker);
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let now = meridian_kit::time::now_ms();
+                    let v = limiter
+                        .admit(Kind::KeyQuota, "workers", "", quota, "1", now)
+                        .await;
+                    assert_eq!(v.admitted, Ok(()));
+                });
+            })
+            .join()
+            .unwrap();
+            assert_eq!(
+                kept(&metrics),
+                worker as u64 + 1,
+                "worker {worker} keeps a lease of its own"
+            );
+        }
+        limiters.push(limiter);
+    }
+    let mut threads = Vec::new();
+    for limiter in limiters {
+        for worker in 0..WORKERS {
+            let limiter = limiter.clone();
+            threads.push(std::thread::spawn(move || {
+                Limiter::set_worker(worker);
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let mut tasks = tokio::task::JoinSet::new();
+                    for _ in 0..8 {
+                        let limiter = limiter.clone();
+                        tasks.spawn(async move {
+                            let (mut admitted, mut unavailable) = (0u64, 0u64);
+                            loop {
+                                let now = meridian_kit::time::now_ms();
+                                let verdict = limiter
+                                    .admit(Kind::KeyQuota, "workers", "", quota, "1", now)
+                                    .await;
+                                match verdict.admitted {
+                                    Ok(()) => admitted += 1,
+                                    Err(Refused::Exhausted) => return (admitted, unavailable),
+                                    Err(Refused::Unavailable) => {
+                                        unavailable += 1;
+                                        if unavailable > 100 {
+                                            return (admitted, unavailable);
+                                        }
+                                    }
+                                }
+                            }
+                        });
+                    }
+                    tasks.join_all().await
+                })
+            }));
+        }
+    }
+    let (mut admitted, mut unavailable) = (2 * WORKERS as u64, 0);
+    for t in threads {
+        for (a, u) in t.join().unwrap() {
+            admitted += a;
+            unavailable += u;
+        }
+    }
+    assert_eq!(unavailable, 0, "answered 'cannot be checked' with NATS up");
+    assert_eq!(admitted, QUOTA);
+}
+
+/// A replica serving on two worker threads (each with leases of its own)
+/// holds a rate limit of 100 per 2 s as replicas do: traffic at 1.5x the
+/// limit over 8 clients' connections, spread over both workers, is
+/// admitted 95 to 100 per whole window, never more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_on_two_worker_threads_holds_a_rate_limit() {
+    let nats = Nats::start().await;
+    let up = Upstream::start().await;
+    let (ki, _) = start_key_issuer(&nats, |_| {}).await;
+    let keys = Tyk::new(&ki.url);
+    let proxy = start_proxy(&nats, |c| {
+        c.workers = 2;
+        c.rate_limit_response_headers = meridian_proxy::domain::limits::HeaderSource::RateLimits;
+    })
+    .await;
+    add_apis(
+        std::slice::from_ref(&proxy),
+        &up.url(),
+        &[api("lim", "", false)],
+    )
+    .await;
+    let k = key(
+        &keys,
+        json!({"rate": 100, "per": 2, "quota_max": -1, "access_rights": {"lim": {"api_id": "lim"}}}),
+    )
+    .await;
+    let started = now_ms();
+    let until = Instant::now() + Duration::from_millis(6_200);
+    let url = format!("{}/lim/x", proxy.gateway);
+    // 8 senders, each with a client (connections) of its own: 75/s in all.
+    let sends: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(paced(url.clone(), Some(k.clone()), 75.0 / 8.0, until)))
+        .collect();
+    let mut answers = Vec::new();
+    for s in sends {
+        answers.extend(s.await.unwrap());
+    }
+    for a in answers.iter().filter(|a| a.status != 200) {
+        assert_eq!(a.status, 429, "{a:?}");
+    }
+    let windows = per_window(&answers, 2_000, started, now_ms());
+    assert!(windows.len() >= 2, "whole windows {windows:?}");
+    let sent = sent_per_window(&answers, 2_000);
+    for (end, admitted) in &windows {
+        let offered = sent.get(end).copied().unwrap_or_default();
+        let lower = 95.min(offered * 95 / 100);
+        assert!(
+            (lower..=100).contains(admitted),
+            "{admitted} admitted of {offered} offered in the window ending {end} (all: {windows:?})"
+        );
+    }
 }

@@ -32,8 +32,9 @@ use std::net::SocketAddr;
 use std::process::Command;
 
 use meridian_loadtest::wrk::{
-    Run, half_load_delay, memory_table, nginx_for_idle_connections, nginx_proxy, proxy_on_core_0,
-    proxy_on_cores, upstream_and_nginx, wait_http, wrk,
+    Run, at_full_speed, clock_ticks_per_s, half_load_delay, memory_table,
+    nginx_for_idle_connections, nginx_proxy, proxy_on_core_0, proxy_on_cores, upstream_and_nginx,
+    wait_http, wrk,
 };
 use meridian_tests::Nats;
 use meridian_tests::processes::{Group, free_port};
@@ -130,30 +131,6 @@ async fn serve(candidate: String, listen: u16, upstream: SocketAddr) -> anyhow::
     }
 }
 
-/// User and kernel CPU time (clock ticks) of every process in group `pgid`.
-fn group_cpu(pgid: u32) -> (u64, u64) {
-    let mut total = (0, 0);
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid pgrp ... utime stime: fields 14 and 15.
-        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        if fields.get(2) == Some(&pgid.to_string().as_str()) {
-            total.0 += fields
-                .get(11)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-            total.1 += fields
-                .get(12)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    total
-}
-
 /// Lines of code: neither blank nor only a comment.
 fn code_lines(sources: &[&str]) -> usize {
     sources
@@ -179,10 +156,7 @@ struct Row {
 
 async fn bench() -> anyhow::Result<()> {
     let seconds: u64 = meridian_tests::size_arg(10)? as u64;
-    let ticks_per_s: f64 =
-        String::from_utf8(Command::new("getconf").arg("CLK_TCK").output()?.stdout)?
-            .trim()
-            .parse()?;
+    let ticks_per_s = clock_ticks_per_s()?;
     let dir = tempfile::tempdir()?;
     let (up_port, nginx_port) = (free_port(), free_port());
     let (_upstream, nginx) = upstream_and_nginx(up_port, nginx_port)?;
@@ -248,7 +222,7 @@ async fn bench() -> anyhow::Result<()> {
     );
     for row in &mut rows {
         (row.full, row.cpu_us) =
-            at_full_speed(dir.path(), &row.url, row.pgid, seconds, ticks_per_s)?;
+            at_full_speed(dir.path(), &row.url, None, row.pgid, seconds, ticks_per_s)?;
     }
     let delay_ms = half_load_delay(dir.path(), &rows[1].url, rows[1].full.rps, seconds)?;
     for row in &mut rows {
@@ -325,7 +299,7 @@ async fn bench() -> anyhow::Result<()> {
     let mut one = 0.0;
     for (name, workers, url, pgid) in &scaling {
         wait_http(url).await?;
-        let (run, cpu) = at_full_speed(dir.path(), url, Some(*pgid), seconds, ticks_per_s)?;
+        let (run, cpu) = at_full_speed(dir.path(), url, None, Some(*pgid), seconds, ticks_per_s)?;
         if *workers == 1 {
             one = run.rps;
         }
@@ -361,30 +335,6 @@ fn meridian_port(rows: &[Row]) -> u16 {
     after[..after.find('/').unwrap_or(after.len())]
         .parse()
         .unwrap_or_default()
-}
-
-/// A short warm-up, then a full-speed run of `url`, with the CPU µs per
-/// request (user, kernel) of process group `pgid` over it.
-fn at_full_speed(
-    dir: &std::path::Path,
-    url: &str,
-    pgid: Option<u32>,
-    seconds: u64,
-    ticks_per_s: f64,
-) -> anyhow::Result<(Run, Option<(f64, f64)>)> {
-    wrk(dir, url, None, 2, 0)?;
-    let before = pgid.map(group_cpu);
-    let run = wrk(dir, url, None, seconds, 0)?;
-    let cpu = match (pgid, before) {
-        (Some(pgid), Some(before)) => {
-            let after = group_cpu(pgid);
-            let requests = run.rps * seconds as f64;
-            let us = |ticks: u64| ticks as f64 / ticks_per_s * 1e6 / requests;
-            Some((us(after.0 - before.0), us(after.1 - before.1)))
-        }
-        _ => None,
-    };
-    Ok((run, cpu))
 }
 
 /// Today's `meridian-proxy` beside this binary, one worker on core 0, with

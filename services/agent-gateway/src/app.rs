@@ -1,6 +1,8 @@
 //! Wiring: configuration, NATS, the registry projection, gRPC and HTTP.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use meridian_kit::writer::Lock;
 use std::time::Duration;
 
 use meridian_kit::CancellationToken;
@@ -225,7 +227,7 @@ pub struct App {
     runner: Runner<projection::Stored<RegistryProjection>>,
     progress: Progress,
     /// The open runs of `SYNC`, and what the sweeper needs.
-    open_runs: Arc<RwLock<OpenRuns>>,
+    open_runs: Arc<Lock<OpenRuns>>,
     open_runs_runner: Runner<InMemory<OpenRuns>>,
     publisher: Publisher,
     run_check_interval: Duration,
@@ -303,7 +305,7 @@ impl App {
             spec,
             metrics,
         );
-        let open_runs = Arc::new(RwLock::new(OpenRuns::default()));
+        let open_runs = Arc::new(Lock::new(OpenRuns::default()));
         let (open_runs_runner, _) = Runner::in_memory(
             js.clone(),
             open_runs.clone(),

@@ -1,7 +1,9 @@
 //! Wiring: configuration, NATS, the fold of `KEYS`, the writer, the public
 //! relay, the token-record responder and HTTP.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use meridian_kit::writer::Lock;
 use std::time::Duration;
 
 use meridian_kit::CancellationToken;
@@ -141,14 +143,14 @@ impl App {
             "Rate-limit and quota counters the gateway replicas share",
         )
         .await?;
-        let state: Shared = Arc::new(RwLock::new(KeysState::default()));
+        let state: Shared = Arc::new(Lock::new(KeysState::default()));
         let (runner, progress) = Runner::in_memory(
             js.clone(),
             state.clone(),
             ProjectionSpec::ordered("key-issuer-keys", streams::KEYS),
             metrics,
         );
-        let gateway_apis = Arc::new(RwLock::new(GatewayApis::default()));
+        let gateway_apis = Arc::new(Lock::new(GatewayApis::default()));
         let (apis_runner, apis_progress) = Runner::in_memory(
             js.clone(),
             gateway_apis.clone(),

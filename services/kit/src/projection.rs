@@ -231,7 +231,7 @@ where
     .await?;
     let js = async_nats::jetstream::new(client);
     crate::bus::ensure_streams(&js, &[stream]).await?;
-    let state = std::sync::Arc::new(std::sync::RwLock::new(S::default()));
+    let state = std::sync::Arc::new(crate::writer::Lock::new(S::default()));
     let (runner, _) = Runner::in_memory(
         js,
         state.clone(),

@@ -1,7 +1,9 @@
 //! Wiring: configuration, NATS, the fold of `PORTAL`, the writer, the
 //! syncer, the public relay and HTTP.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use meridian_kit::writer::Lock;
 use std::time::Duration;
 
 use meridian_kit::CancellationToken;
@@ -180,7 +182,7 @@ impl App {
         let js = async_nats::jetstream::new(client.clone());
         bus::ensure_streams(&js, &[streams::PORTAL]).await?;
         bus::ensure_public_stream(&js).await?;
-        let state = Arc::new(RwLock::new(PortalState::default()));
+        let state = Arc::new(Lock::new(PortalState::default()));
         let (runner, progress) = Runner::in_memory(
             js.clone(),
             state.clone(),
@@ -223,7 +225,7 @@ impl App {
     }
 
     /// The fold.
-    pub fn state(&self) -> Arc<RwLock<PortalState>> {
+    pub fn state(&self) -> Arc<Lock<PortalState>> {
         self.writer.state().clone()
     }
 

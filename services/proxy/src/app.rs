@@ -1,7 +1,9 @@
 //! Wiring: configuration, NATS, the folds of `APIS` and `KEYS`, the writer,
 //! the replicas' announcements, the admin API and the data plane.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use meridian_kit::writer::Lock;
 use std::time::Duration;
 
 use meridian_keys::KeysState;
@@ -199,8 +201,8 @@ impl App {
         .await?;
         let js = async_nats::jetstream::new(client.clone());
         bus::ensure_streams(&js, &[streams::APIS, streams::KEYS]).await?;
-        let apis: SharedApis = Arc::new(RwLock::new(ApisState::default()));
-        let keys: SharedKeys = Arc::new(RwLock::new(KeysState::default()));
+        let apis: SharedApis = Arc::new(Lock::new(ApisState::default()));
+        let keys: SharedKeys = Arc::new(Lock::new(KeysState::default()));
         let (apis_runner, apis_progress) = Runner::in_memory(
             js.clone(),
             apis.clone(),
@@ -226,7 +228,12 @@ impl App {
             "Rate-limit and quota counters the gateway replicas share",
         )
         .await?;
-        let limiter = Arc::new(Limiter::new(counters, replicas.clone(), metrics));
+        let limiter = Arc::new(Limiter::new(
+            counters,
+            replicas.clone(),
+            config.workers,
+            metrics,
+        ));
         let settings = Settings {
             timeouts: Timeouts {
                 connect: config.upstream_connect_timeout.0,

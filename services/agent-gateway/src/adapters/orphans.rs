@@ -2,7 +2,9 @@
 //! fold of `SYNC`'s run starts and ends, and the loop that asks for each old
 //! open run whether a sync stream holds it, failing the ones nobody holds.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use meridian_kit::writer::Lock;
 use std::time::Duration;
 
 use meridian_kit::CancellationToken;
@@ -31,7 +33,7 @@ const PROBE_PATIENCE: Duration = Duration::from_secs(2);
 /// Every `interval`, fails the runs open for longer than it that no sync
 /// stream holds, until `stop`.
 pub async fn sweep_until_stopped(
-    open: Arc<RwLock<OpenRuns>>,
+    open: Arc<Lock<OpenRuns>>,
     client: async_nats::Client,
     publisher: Publisher,
     interval: Duration,

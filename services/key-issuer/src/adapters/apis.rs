@@ -5,7 +5,9 @@
 //! refuses it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use meridian_kit::writer::Lock;
 use std::time::Duration;
 
 use meridian_kit::projection::{Fold, Progress, StoredEvent};
@@ -71,13 +73,13 @@ impl Fold for GatewayApis {
 /// The fold, shared by its runner and the handlers, with its progress.
 #[derive(Clone)]
 pub struct SharedApis {
-    state: Arc<RwLock<GatewayApis>>,
+    state: Arc<Lock<GatewayApis>>,
     progress: Progress,
 }
 
 impl SharedApis {
     /// Wraps a fold and its runner's progress.
-    pub fn new(state: Arc<RwLock<GatewayApis>>, progress: Progress) -> Self {
+    pub fn new(state: Arc<Lock<GatewayApis>>, progress: Progress) -> Self {
         Self { state, progress }
     }
 

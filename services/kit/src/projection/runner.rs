@@ -3,8 +3,10 @@
 //! the next arrives, and moves the position (and the durable consumer's ack
 //! floor) once a batch is committed.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+
+use crate::writer::Lock;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, consumer::pull};
@@ -66,7 +68,7 @@ impl<P: Projection> Sink for Stored<P> {
 
 /// A [`Fold`] in memory.
 pub struct InMemory<F> {
-    state: Arc<RwLock<F>>,
+    state: Arc<Lock<F>>,
     checkpoint: AtomicU64,
 }
 
@@ -133,7 +135,7 @@ impl<F: Fold> Runner<InMemory<F>> {
     /// Prepares a runner that folds the stream from its start into `state`.
     pub fn in_memory(
         js: jetstream::Context,
-        state: Arc<RwLock<F>>,
+        state: Arc<Lock<F>>,
         spec: ProjectionSpec,
         metrics: &Metrics,
     ) -> (Self, Progress) {

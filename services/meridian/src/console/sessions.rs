@@ -16,7 +16,9 @@
 //! [`CONSOLE_RETENTION`]: meridian_schemas::streams::CONSOLE_RETENTION
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use meridian_kit::writer::Lock;
 use std::time::Duration;
 
 use meridian_kit::CancellationToken;
@@ -96,7 +98,7 @@ impl Sessions {
         .await?;
         let js = async_nats::jetstream::new(client);
         bus::ensure_streams(&js, &[streams::CONSOLE]).await?;
-        let state = Arc::new(RwLock::new(Revoked::default()));
+        let state = Arc::new(Lock::new(Revoked::default()));
         let (runner, progress): (Runner<InMemory<Revoked>>, _) = Runner::in_memory(
             js.clone(),
             state.clone(),

@@ -153,7 +153,7 @@ pub struct DataPlane {
     open_connections: meridian_kit::metrics::Gauge,
     /// The counters of `answered` by API and status class, found without
     /// building labels on every request.
-    counters: std::sync::RwLock<HashMap<String, [Option<Counter>; 5]>>,
+    counters: meridian_kit::writer::Lock<HashMap<String, [Option<Counter>; 5]>>,
 }
 
 fn connector(timeouts: Timeouts) -> HttpConnector {
@@ -385,7 +385,7 @@ impl DataPlane {
             http: http.build(tls_connector(timeouts, extra_ca)?),
             h2c: h2c.build(connector(timeouts)),
             timeouts,
-            counters: std::sync::RwLock::default(),
+            counters: meridian_kit::writer::Lock::default(),
             handed_to_hyper: metrics
                 .counters(
                     "meridian_gateway_hyper_connections",
@@ -975,6 +975,8 @@ impl DataPlane {
             std::thread::Builder::new()
                 .name(format!("gateway-{n}"))
                 .spawn(move || {
+                    // Its rate limits and quotas take from leases of its own.
+                    super::limits::Limiter::set_worker(n);
                     let served = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()

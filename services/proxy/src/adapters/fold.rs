@@ -2,7 +2,9 @@
 //! start. `KEYS` is folded by key-issuer's own fold
 //! ([`meridian_keys::fold`]), in this process too.
 
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::Arc;
+
+use meridian_kit::writer::{Lock, ReadGuard};
 
 use meridian_kit::projection::EventFold;
 use meridian_schemas::apis::ApisEvent;
@@ -20,10 +22,10 @@ impl EventFold for ApisState {
 }
 
 /// The fold, shared by its runner, the writer, the API and the data plane.
-pub type SharedApis = Arc<RwLock<ApisState>>;
+pub type SharedApis = Arc<Lock<ApisState>>;
 
 /// Reads the fold (a poisoned lock still holds the last consistent state:
 /// a panic while applying halts the runner).
-pub fn read(state: &RwLock<ApisState>) -> RwLockReadGuard<'_, ApisState> {
+pub fn read(state: &Lock<ApisState>) -> ReadGuard<'_, ApisState> {
     state.read().unwrap_or_else(|p| p.into_inner())
 }

@@ -5,7 +5,7 @@
 //! the request path while it holds some (the design and its error bound
 //! are in [`crate::domain::limits`] and docs/gateway.md).
 //!
-//! - One fetch per counter at a time on a replica (requests that find the
+//! - One fetch per counter at a time on a worker (requests that find the
 //!   lease empty wait for it, one round trip); the next block is fetched
 //!   ahead when the lease runs low.
 //! - An update whose answer is lost (a timeout) has an unknown outcome: the
@@ -13,20 +13,25 @@
 //!   it. A lost lease is capacity given up, never capacity taken twice.
 //! - What a replica holds and stops using is given back (after
 //!   [`IDLE_RETURN`]), and everything it holds at a clean stop.
+//! - Each gateway worker thread holds leases of its own (a worker is a
+//!   replica's share of the counter as a replica is the estate's): taking
+//!   from a lease locks nothing another worker touches.
 //! - Counter unreachable (NATS away): rate limits count on this replica
 //!   alone, at an even share of the limit among the replicas live when a
 //!   counter was last reached (in an outage none hears another), and the count is added to the
 //!   counter when it is back; a quota admits only what was leased, then
 //!   refuses.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use meridian_keys::limits::{Counter, Kind, Quota, RateWindow, counter_key};
-use meridian_kit::metrics::{Counter as Metric, Metrics};
+use meridian_kit::metrics::{Counter as Metric, Gauge, Metrics};
+use meridian_kit::writer::Lock;
 
 use super::replicas::Replicas;
 use crate::domain::limits::{
@@ -48,6 +53,12 @@ const FETCH_ROUNDS: usize = 8;
 /// A scope nothing was taken from for this long, holding nothing, is
 /// forgotten (its counter stays in the bucket).
 const FORGET_AFTER_MS: i64 = 10 * 60 * 1000;
+
+thread_local! {
+    /// The gateway worker this thread is (see [`Limiter::set_worker`]); 0
+    /// on any other thread.
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
 
 /// A budget as the limiter counts it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,6 +107,8 @@ struct Known {
 struct Scope {
     kind: Kind,
     scope: Box<str>,
+    /// The worker thread whose lease this is.
+    worker: usize,
     name: String,
     lease: Mutex<Lease>,
     known: Arc<tokio::sync::Mutex<Known>>,
@@ -122,13 +135,18 @@ pub struct Limiter {
     replicas: Replicas,
     me: String,
     next_lease: AtomicU64,
+    /// Gateway worker threads, each holding its own leases (1 when the
+    /// data plane runs on a shared runtime).
+    workers: usize,
     /// The live replicas when a counter was last reached: while NATS is
     /// away no replica hears another, so the even share during an outage
     /// is taken of this, not of the (then lonely) live count.
     sharing: AtomicUsize,
-    scopes: RwLock<HashMap<Box<str>, Vec<Arc<Scope>>>>,
+    scopes: Lock<HashMap<Box<str>, Vec<Arc<Scope>>>>,
     leases: Metric,
     unreachable: Metric,
+    /// Leases kept (one per counter per worker in use).
+    kept: Gauge,
 }
 
 /// The period a request at `now_ms` counts in, as far as the lease knows:
@@ -169,8 +187,9 @@ fn headers(limit: Limit, lease: &Lease) -> LimitHeaders {
 
 impl Limiter {
     /// A limiter over `kv` for replica `me`, sizing leases by the live
-    /// replicas `replicas` knows of.
-    pub fn new(kv: kv::Store, replicas: Replicas, metrics: &Metrics) -> Self {
+    /// replicas `replicas` knows of and the replica's `workers` (gateway
+    /// worker threads; 0 or 1: one set of leases for the whole replica).
+    pub fn new(kv: kv::Store, replicas: Replicas, workers: usize, metrics: &Metrics) -> Self {
         let counts = metrics.counters(
             "meridian_gateway_limit_leases",
             "Blocks of rate-limit and quota counters this replica leased (outcome: leased), and counters it could not reach (outcome: unreachable).",
@@ -184,22 +203,41 @@ impl Limiter {
         };
         let leases = outcome("leased");
         let unreachable = outcome("unreachable");
+        let kept = metrics.gauge(
+            "meridian_gateway_limit_leases_kept",
+            "Rate-limit and quota counters this replica keeps a lease on, once per gateway worker thread that uses it (forgotten after 10 minutes unused).",
+        );
         Self {
             kv,
             me: replicas.me().to_string(),
             replicas,
             next_lease: AtomicU64::new(0),
+            workers: workers.max(1),
             sharing: AtomicUsize::new(1),
-            scopes: RwLock::default(),
+            scopes: Lock::default(),
             leases,
             unreachable,
+            kept,
         }
     }
 
+    /// Marks the calling thread as gateway worker `n` (of the `workers`
+    /// the limiter was made for): its requests take from leases of its own.
+    pub fn set_worker(n: usize) {
+        WORKER.set(n);
+    }
+
+    /// Leases are held per worker: the counter is shared by this many
+    /// holders on each live replica.
+    fn holders(&self, replicas: usize) -> usize {
+        replicas.max(1).saturating_mul(self.workers)
+    }
+
     fn scope(&self, kind: Kind, id: &str, scope: &str) -> Arc<Scope> {
+        let worker = WORKER.get() % self.workers;
         let find = |list: &Vec<Arc<Scope>>| {
             list.iter()
-                .find(|s| s.kind == kind && &*s.scope == scope)
+                .find(|s| s.kind == kind && s.worker == worker && &*s.scope == scope)
                 .cloned()
         };
         if let Some(found) = self
@@ -219,6 +257,7 @@ impl Limiter {
         let made = Arc::new(Scope {
             kind,
             scope: scope.into(),
+            worker,
             name: counter_key(kind, id, scope),
             lease: Mutex::default(),
             known: Arc::default(),
@@ -226,6 +265,7 @@ impl Limiter {
             warned: AtomicBool::new(false),
         });
         list.push(made.clone());
+        self.kept.inc();
         made
     }
 
@@ -308,7 +348,7 @@ impl Limiter {
                             .replicas
                             .live_count()
                             .max(self.sharing.load(Ordering::Relaxed));
-                        let share = local_limit(w.limit, replicas);
+                        let share = local_limit(w.limit, self.holders(replicas));
                         if lease.take_locally(period, share) {
                             Ok(())
                         } else {
@@ -398,7 +438,7 @@ impl Limiter {
                 )),
                 Limit::Quota(_) => None,
             };
-            let block = block_size(demand, remaining, replicas, window_left);
+            let block = block_size(demand, remaining, self.holders(replicas), window_left);
             if block == 0 && unreported == 0 {
                 s.lease().used_up(
                     counter.period,
@@ -539,8 +579,12 @@ impl Limiter {
         let mut all_scopes = self.scopes.write().unwrap_or_else(|p| p.into_inner());
         all_scopes.retain(|_, list| {
             list.retain(|s| {
-                now_ms - s.last_used_ms.load(Ordering::Relaxed) < FORGET_AFTER_MS
-                    || s.lease().tokens > 0
+                let keep = now_ms - s.last_used_ms.load(Ordering::Relaxed) < FORGET_AFTER_MS
+                    || s.lease().tokens > 0;
+                if !keep {
+                    self.kept.dec();
+                }
+                keep
             });
             !list.is_empty()
         });

@@ -1,7 +1,9 @@
 //! The scheduler's state: three in-memory folds, rebuilt from the log at
 //! every start (`SCHEDULE`, `AGENTS`, and the run starts and ends of `SYNC`).
 
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::Arc;
+
+use meridian_kit::writer::{Lock, ReadGuard};
 
 use meridian_kit::projection::{Fold, StoredEvent};
 use meridian_schemas::DecodeError;
@@ -46,15 +48,15 @@ impl Fold for Runs {
 #[derive(Clone, Default)]
 pub struct State {
     /// Jobs and their firings.
-    pub jobs: Arc<RwLock<Jobs>>,
+    pub jobs: Arc<Lock<Jobs>>,
     /// Registered agents and their providers.
-    pub agents: Arc<RwLock<Agents>>,
+    pub agents: Arc<Lock<Agents>>,
     /// Sync runs.
-    pub runs: Arc<RwLock<Runs>>,
+    pub runs: Arc<Lock<Runs>>,
 }
 
 /// Reads a fold. A panic while a fold was being applied halts its runner
 /// anyway, so a poisoned lock still holds the last consistent state.
-pub fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+pub fn read<T>(lock: &Lock<T>) -> ReadGuard<'_, T> {
     lock.read().unwrap_or_else(|p| p.into_inner())
 }
