@@ -22,6 +22,45 @@ pub use prometheus_client::metrics::counter::Counter;
 pub use prometheus_client::metrics::family::Family;
 pub use prometheus_client::metrics::gauge::Gauge;
 
+/// Shards of a [`Spread`] counter.
+const SHARDS: usize = 8;
+
+std::thread_local! {
+    /// The [`Spread`] shard this thread adds to: threads take them in turn
+    /// as they first count.
+    static SHARD: usize = {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % SHARDS
+    };
+}
+
+/// A counter's value spread over per-thread shards, each on a cache line
+/// of its own: threads that count on every request (the gateway's workers)
+/// never write the same line; a scrape adds the shards up. Threads take
+/// shards in turn as they first count, so up to eight never meet.
+#[derive(Debug, Default)]
+pub struct Spread([crossbeam_utils::CachePadded<std::sync::atomic::AtomicU64>; SHARDS]);
+
+impl prometheus_client::metrics::counter::Atomic<u64> for Spread {
+    fn inc(&self) -> u64 {
+        self.inc_by(1)
+    }
+
+    fn inc_by(&self, v: u64) -> u64 {
+        SHARD.with(|&shard| self.0[shard].fetch_add(v, std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn get(&self) -> u64 {
+        self.0
+            .iter()
+            .map(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// A counter added to on every request by many threads (see [`Spread`]).
+pub type SpreadCounter = Counter<u64, Spread>;
+
 /// Latency buckets in seconds, 1 ms to 10 s.
 const BUCKETS: [f64; 12] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -155,6 +194,14 @@ impl Metrics {
     /// Registers a family of counters (`name` without `_total`: the format
     /// adds it).
     pub fn counters(&self, name: &str, help: &str) -> Family<Labels, Counter> {
+        let family = Family::default();
+        self.registry().register(name, help, family.clone());
+        family
+    }
+
+    /// Registers a family of [`SpreadCounter`]s: for counters every
+    /// request of a multi-threaded hot path adds to.
+    pub fn spread_counters(&self, name: &str, help: &str) -> Family<Labels, SpreadCounter> {
         let family = Family::default();
         self.registry().register(name, help, family.clone());
         family
@@ -333,6 +380,36 @@ pub async fn track_requests(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spread_counter_adds_up_what_every_thread_counted() {
+        let m = Metrics::new();
+        let family = m.spread_counters("spread", "Counted by many threads");
+        let counter = family.get_or_create(&vec![("api", "a".to_owned())]).clone();
+        // More threads than shards: some share one, and nothing is lost.
+        let threads: Vec<_> = (0..SHARDS + 3)
+            .map(|_| {
+                let counter = counter.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        counter.inc();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(counter.get(), 1000 * (SHARDS as u64 + 3));
+        assert!(
+            m.render().contains(&format!(
+                "spread_total{{api=\"a\"}} {}",
+                1000 * (SHARDS + 3)
+            )),
+            "{}",
+            m.render()
+        );
+    }
 
     #[test]
     fn renders_the_text_format() {

@@ -30,7 +30,7 @@ use meridian_keys::hash_secret;
 use meridian_keys::limits::{Kind, key_budget, org_budget};
 use meridian_kit::CancellationToken;
 use meridian_kit::headers::remove_hop_by_hop;
-use meridian_kit::metrics::{Counter, Family, Labels, Metrics};
+use meridian_kit::metrics::{Counter, Family, Labels, Metrics, SpreadCounter};
 use tracing::Instrument as _;
 
 use super::fold::{SharedApis, read};
@@ -145,7 +145,7 @@ pub struct DataPlane {
     http: Client<HttpsConnector<HttpConnector>, ClientBody>,
     h2c: Client<HttpConnector, ClientBody>,
     timeouts: Timeouts,
-    answered: Family<Labels, Counter>,
+    answered: Family<Labels, SpreadCounter>,
     /// Client connections hyper served (from their first request, or from
     /// one the fast path handed over).
     handed_to_hyper: Counter,
@@ -153,7 +153,7 @@ pub struct DataPlane {
     open_connections: meridian_kit::metrics::Gauge,
     /// The counters of `answered` by API and status class, found without
     /// building labels on every request.
-    counters: meridian_kit::writer::Lock<HashMap<String, [Option<Counter>; 5]>>,
+    counters: meridian_kit::writer::Lock<HashMap<String, [Option<SpreadCounter>; 5]>>,
 }
 
 fn connector(timeouts: Timeouts) -> HttpConnector {
@@ -397,7 +397,7 @@ impl DataPlane {
                 "meridian_gateway_open_connections",
                 "Client connections the gateway's data plane holds open now.",
             ),
-            answered: metrics.counters(
+            answered: metrics.spread_counters(
                 "meridian_gateway_requests",
                 "Requests answered by the gateway's data plane, by API (or none) and status class.",
             ),
