@@ -3,7 +3,9 @@
 //! counting request bodies as they stream in and streaming large answers
 //! out, without holding either in memory.
 //!
-//! - any path: `{"method", "path", "query", "version", "headers", "body_bytes"}`
+//! - any path: `{"method", "path", "query", "version", "headers", "body_bytes"}`,
+//!   with a header `Name: value` added to the answer for each
+//!   `respond-header=Name:value` in the query
 //! - `/slow/...`: the same after 3 s
 //! - `/download/<n>`: `n` bytes of `x`, streamed in 64 KiB chunks
 
@@ -61,6 +63,18 @@ async fn answer(req: Request<Incoming>) -> Response<Body> {
     // A hop-by-hop header the gateway must not pass on.
     res.headers_mut()
         .insert("keep-alive", "timeout=30".parse().unwrap());
+    for pair in query.split('&') {
+        if let Some((name, value)) = pair
+            .strip_prefix("respond-header=")
+            .and_then(|h| h.split_once(':'))
+            && let (Ok(name), Ok(value)) = (
+                hyper::header::HeaderName::try_from(name),
+                hyper::header::HeaderValue::try_from(value),
+            )
+        {
+            res.headers_mut().append(name, value);
+        }
+    }
     res
 }
 

@@ -1,6 +1,7 @@
 //! The gateway's middleware from Tyk's API definitions, on both HTTP/1.1
 //! engines (a replica with the fast path and one without answer alike):
-//! CORS, with preflights answered before the key check.
+//! CORS, with preflights answered before the key check; header injection
+//! both ways, with Tyk's variables; batch requests.
 
 use meridian_tests::raw_http::{self, exchange};
 use meridian_tests::tyk::{Tyk, start_key_issuer, start_proxy};
@@ -204,4 +205,296 @@ async fn cors_preflights_are_answered_before_the_key_check_and_answers_carry_cor
     let _: Value = admin.get_ok("/tyk/apis/shop").await;
     fast.admin.stop().await;
     hyper_only.admin.stop().await;
+}
+
+/// Header injection as Tyk's definitions ask for it, on both engines: the
+/// version's global headers, per-path entries (first match, by method),
+/// response headers and the `header_injector` processor, with
+/// `$tyk_context.` and `$tyk_meta.` variables; what is not served or not
+/// allowed is refused naming the field, and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_are_injected_and_removed_both_ways_as_tyk_does() {
+    let nats = Nats::start().await;
+    let up = Upstream::start().await;
+    let (ki, _) = start_key_issuer(&nats, |_| {}).await;
+    let fast = start_proxy(&nats, |_| {}).await;
+    let hyper_only = start_proxy(&nats, |c| c.http1_fast_path = false).await;
+    let admin = Tyk::new(&fast.admin.url);
+    let rules = json!({"name": "Default",
+        "global_headers": {"X-Team": "team=$tyk_meta.team", "X-Req": "$tyk_context.request_id",
+            "X-Ip": "$tyk_context.remote_addr", "X-Ua": "$tyk_context.headers_User_Agent",
+            "X-Color": "$tyk_context.request_data_color", "X-Unknown": "[$tyk_meta.nothing]"},
+        "global_headers_remove": ["X-Secret"],
+        "global_response_headers": {"X-Served-By": "meridian"},
+        "global_response_headers_remove": ["Content-Type"],
+        "extended_paths": {
+            "transform_headers": [
+                {"path": "/items/{id}", "method": "GET", "add_headers": {"X-Item": "one"}, "delete_headers": ["X-Drop"]},
+                {"path": "/items", "method": "GET", "add_headers": {"X-Item": "many"}}],
+            "transform_response_headers": [
+                {"path": "/items/{id}", "method": "GET", "add_headers": {"X-Path": "$tyk_context.path"}}]}});
+    let mut keyed = api("inj", "/inj/", &up.url(), false);
+    keyed["enable_context_vars"] = json!(true);
+    keyed["version_data"]["versions"]["Default"] = rules.clone();
+    keyed["response_processors"] = json!([{"name": "header_injector",
+        "options": {"add_headers": {"X-Processor": "$tyk_meta.team"}, "remove_headers": ["X-Upstream-Extra"]}}]);
+    admin.post_ok("/tyk/apis", &keyed).await;
+    // The same rules without enable_context_vars: context variables are
+    // empty, as in Tyk; metadata still resolves.
+    let mut plain = api("plainvars", "/plainvars/", &up.url(), false);
+    plain["version_data"]["versions"]["Default"] = rules;
+    admin.post_ok("/tyk/apis", &plain).await;
+    let (status, key) = Tyk::new(&ki.url)
+        .post(
+            "/tyk/keys",
+            &json!({"org_id": "acme", "meta_data": {"team": "blue"},
+                "access_rights": {"inj": {"api_id": "inj"}, "plainvars": {"api_id": "plainvars"}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{key}");
+    let key = key["key"].as_str().unwrap().to_owned();
+    reload(&admin).await;
+
+    let auth = format!("Authorization: {key}");
+    let asked = |path: &str, method: &str| {
+        format!(
+            "{method} {path}?color=red&respond-header=X-Upstream-Extra:1&respond-header=X-Kept:2 HTTP/1.1\r\n\
+             Host: g\r\n{auth}\r\nUser-Agent: probe/1\r\nX-Secret: s\r\nX-Drop: d\r\nX-Item: client\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .into_bytes()
+    };
+    for proxy in [&fast, &hyper_only] {
+        let one = exchange(&host_port(proxy), &asked("/inj/items/7", "GET"))
+            .await
+            .unwrap();
+        assert_eq!(one.status, 200, "{}", one.text());
+        let seen = &one.json()["headers"];
+        assert_eq!(seen["x-team"], "team=blue");
+        assert_eq!(seen["x-ip"], "127.0.0.1");
+        assert_eq!(seen["x-ua"], "probe/1");
+        assert_eq!(seen["x-color"], "red");
+        assert_eq!(seen["x-unknown"], "[]", "an unknown variable is empty");
+        let id = seen["x-req"].as_str().unwrap_or_default();
+        assert!(uuid::Uuid::parse_str(id).is_ok(), "a request id: {id:?}");
+        assert_eq!(
+            seen["x-item"], "one",
+            "the first matching entry, replacing the client's"
+        );
+        for gone in ["x-secret", "x-drop"] {
+            assert!(seen.get(gone).is_none(), "{gone} removed: {seen}");
+        }
+        assert_eq!(one.header("x-served-by"), Some("meridian"));
+        assert_eq!(one.header("x-path"), Some("/inj/items/7"));
+        assert_eq!(one.header("x-processor"), Some("blue"));
+        assert_eq!(one.header("x-kept"), Some("2"));
+        for gone in ["content-type", "x-upstream-extra"] {
+            assert_eq!(one.header(gone), None, "{gone} removed from the answer");
+        }
+
+        let many = exchange(&host_port(proxy), &asked("/inj/items", "GET"))
+            .await
+            .unwrap();
+        assert_eq!(many.json()["headers"]["x-item"], "many");
+        assert_eq!(many.header("x-path"), None, "no response entry for /items");
+        let post = exchange(&host_port(proxy), &asked("/inj/items/7", "POST"))
+            .await
+            .unwrap();
+        let seen = &post.json()["headers"];
+        assert_eq!(seen["x-item"], "client", "no entry for POST");
+        assert_eq!(seen["x-drop"], "d");
+
+        let off = exchange(&host_port(proxy), &asked("/plainvars/items/7", "GET"))
+            .await
+            .unwrap();
+        let seen = &off.json()["headers"];
+        assert_eq!(seen["x-team"], "team=blue");
+        for empty in ["x-ip", "x-ua", "x-color", "x-req"] {
+            assert_eq!(seen[empty], "", "{empty} without enable_context_vars");
+        }
+        assert_eq!(off.header("x-processor"), None, "no processor on this API");
+
+        // A refusal is the gateway's own answer: no response rules.
+        let refused = exchange(&host_port(proxy), &raw_http::get("/inj/items/7", &[]))
+            .await
+            .unwrap();
+        assert_eq!(refused.status, 401);
+        assert_eq!(refused.header("x-served-by"), None);
+    }
+
+    // What Meridian does not run, or the gateway owns, is refused naming
+    // the field; nothing is stored.
+    let cases = [
+        (
+            json!({"response_processors": [{"name": "response_body_transform", "options": {}}]}),
+            "response_processors[0].name",
+        ),
+        (
+            json!({"version_data": {"not_versioned": true, "versions": {"Default": {"name": "Default",
+                "global_headers": {"Content-Length": "5"}}}}}),
+            "version_data.versions.Default.global_headers",
+        ),
+        (
+            json!({"version_data": {"not_versioned": true, "versions": {"Default": {"name": "Default",
+                "extended_paths": {"transform_response": [{"path": "/x", "method": "GET", "template_data": {}}]}}}}}),
+            "version_data.versions.Default.extended_paths.transform_response",
+        ),
+    ];
+    for (i, (change, field)) in cases.into_iter().enumerate() {
+        let id = format!("bad{i}");
+        let mut bad = api(&id, &format!("/{id}/"), &up.url(), true);
+        for (k, v) in change.as_object().unwrap() {
+            bad[k] = v.clone();
+        }
+        let (status, body) = admin.post("/tyk/apis", &bad).await;
+        assert_eq!(status, 400, "{body}");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.contains(field), "{field}: {message}");
+        let (status, _) = admin.get(&format!("/tyk/apis/{id}")).await;
+        assert_eq!(status, 404, "nothing stored for {field}");
+    }
+}
+
+/// Batch requests on both engines: each request goes through the whole
+/// pipeline with its own key (counted against its rate limit), rebuilt
+/// under the API's listen path; the answer is Tyk's `[{relative_url, code,
+/// headers, body}]`, in the order asked; a body that is not a batch, or a
+/// request that would leave the API, is a 400 naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_requests_run_each_request_through_the_pipeline() {
+    let nats = Nats::start().await;
+    let up = Upstream::start().await;
+    let (ki, _) = start_key_issuer(&nats, |_| {}).await;
+    let fast = start_proxy(&nats, |_| {}).await;
+    let hyper_only = start_proxy(&nats, |c| c.http1_fast_path = false).await;
+    let admin = Tyk::new(&fast.admin.url);
+    let mut batched = api("bat", "/bat/", &up.url(), false);
+    batched["enable_batch_request_support"] = json!(true);
+    admin.post_ok("/tyk/apis", &batched).await;
+    admin
+        .post_ok("/tyk/apis", &api("nobatch", "/nobatch/", &up.url(), true))
+        .await;
+    let mut open = api("batopen", "/batopen/", &up.url(), true);
+    open["enable_batch_request_support"] = json!(true);
+    admin.post_ok("/tyk/apis", &open).await;
+    let keys = Tyk::new(&ki.url);
+    reload(&admin).await;
+
+    let post_to = |api: &str, body: &str| {
+        format!(
+            "POST /{api}/tyk/batch/ HTTP/1.1\r\nHost: g\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    };
+    let post = |body: &str| post_to("bat", body);
+    for proxy in [&fast, &hyper_only] {
+        // A key allowed three requests a minute, fresh for each engine.
+        let (status, key) = keys
+            .post(
+                "/tyk/keys",
+                &json!({"org_id": "acme", "rate": 3, "per": 60, "quota_max": -1,
+                    "access_rights": {"bat": {"api_id": "bat"}}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{key}");
+        let key = key["key"].as_str().unwrap().to_owned();
+        let with_key = json!({"authorization": key, "x-part": "batch"});
+        let batch = json!({"suppress_parallel_execution": true, "requests": [
+            {"method": "GET", "headers": with_key, "body": "", "relative_url": "items/1?full=true"},
+            {"method": "POST", "headers": with_key, "body": "{\"a\":1}", "relative_url": "items"},
+            {"method": "GET", "headers": {}, "body": "", "relative_url": "items/2"},
+            {"method": "GET", "headers": with_key, "body": "", "relative_url": "items/3"},
+            {"method": "GET", "headers": with_key, "body": "", "relative_url": "items/4"}]});
+        let answer = exchange(&host_port(proxy), &post(&batch.to_string()))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        let units = answer.json();
+        let units = units.as_array().expect("a list");
+        let codes: Vec<u64> = units.iter().map(|u| u["code"].as_u64().unwrap()).collect();
+        assert_eq!(
+            codes,
+            vec![200, 200, 401, 200, 429],
+            "in order; the key's three, then its rate limit; no key, a 401"
+        );
+        let urls: Vec<&str> = units
+            .iter()
+            .map(|u| u["relative_url"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            urls,
+            [
+                "items/1?full=true",
+                "items",
+                "items/2",
+                "items/3",
+                "items/4"
+            ]
+        );
+        let first: Value = serde_json::from_str(units[0]["body"].as_str().unwrap()).unwrap();
+        assert_eq!(first["path"], "/items/1", "under the listen path, stripped");
+        assert_eq!(first["query"], "full=true");
+        assert_eq!(first["headers"]["x-part"], "batch");
+        assert_eq!(
+            units[0]["headers"]["Content-Type"],
+            json!(["application/json"])
+        );
+        let second: Value = serde_json::from_str(units[1]["body"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            (second["method"].as_str(), second["body_bytes"].as_u64()),
+            (Some("POST"), Some(7))
+        );
+        assert!(
+            units[2]["body"]
+                .as_str()
+                .unwrap()
+                .contains("Authorization field missing"),
+            "{}",
+            units[2]
+        );
+
+        // Not a batch, or a request leaving the API: 400, nothing sent.
+        let bad = exchange(&host_port(proxy), &post("{not json"))
+            .await
+            .unwrap();
+        assert_eq!(bad.status, 400);
+        assert_eq!(
+            bad.json(),
+            json!({"status": "error", "message": "Batch request malformed"})
+        );
+        let escape = json!({"requests": [
+            {"method": "GET", "relative_url": "items"},
+            {"method": "GET", "relative_url": "../nobatch/x"}]});
+        let bad = exchange(&host_port(proxy), &post(&escape.to_string()))
+            .await
+            .unwrap();
+        assert_eq!(bad.status, 400);
+        let message = bad.json()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(message.contains("requests[1].relative_url"), "{message}");
+
+        // Without enable_batch_request_support the path is the upstream's.
+        let plain = exchange(&host_port(proxy), &post_to("nobatch", &batch.to_string()))
+            .await
+            .unwrap();
+        assert_eq!(plain.json()["path"], "/tyk/batch/");
+    }
+
+    // Answers over the cap (10 MiB in all) are not collected: a 400.
+    let big = json!({"requests": [
+        {"method": "GET", "relative_url": "download/6000000"},
+        {"method": "GET", "relative_url": "download/6000000"}]});
+    let answer = exchange(&host_port(&fast), &post_to("batopen", &big.to_string()))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 400);
+    let message = answer.json()["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(message.contains("10485760 bytes"), "{message}");
 }

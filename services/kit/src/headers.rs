@@ -26,6 +26,24 @@ pub fn is_hop_by_hop(name: &str) -> bool {
             .any(|h| name.eq_ignore_ascii_case(h.as_str()))
 }
 
+/// A header name as Go writes it (`Content-Type`, `X-Api-Key`): each
+/// letter after a `-` (and the first) in upper case, the rest in lower
+/// case. What Tyk's answers and its CORS library show.
+pub fn canonical(name: &str) -> String {
+    let mut upper = true;
+    name.chars()
+        .map(|c| {
+            let out = if upper {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            };
+            upper = c == '-';
+            out
+        })
+        .collect()
+}
+
 /// Removes hop-by-hop headers, and those the `Connection` header names.
 #[inline]
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {

@@ -1,9 +1,11 @@
-//! I/O around the domain: the folds of `APIS` and `KEYS` ([`fold`]), the
+//! I/O around the domain: batch requests sent back through the gateway
+//! ([`batch`]), the folds of `APIS` and `KEYS` ([`fold`]), the
 //! writer of `APIS` ([`writer`]), the replicas' announcements of what they
 //! applied ([`replicas`]), the data plane ([`dataplane`], its HTTP/1.1 fast path [`fastpath`]) with its kept
 //! upstream connections ([`upstream`]) and its leases on the shared
 //! rate-limit and quota counters ([`limits`]).
 
+pub mod batch;
 pub mod dataplane;
 pub mod fastpath;
 pub mod fold;

@@ -1,17 +1,20 @@
-//! Pure rules: API definitions ([`apidef`]), their checks and the routing
+//! Pure rules: API definitions ([`apidef`]), batch requests ([`batch`]), their checks and the routing
 //! table ([`routes`]), the fold of `APIS` ([`state`]), a request's one
 //! normalised path ([`path`]), CORS ([`cors`]), the steps a request goes through
-//! ([`pipeline`]), what a request may do ([`access`]) and how limits are
-//! counted ([`limits`]). No I/O, no clock: time comes in.
+//! ([`pipeline`]), what a request may do ([`access`]), how limits are
+//! counted ([`limits`]) and which headers are injected or removed
+//! ([`transforms`]). No I/O, no clock: time comes in.
 
 pub mod access;
 pub mod apidef;
+pub mod batch;
 pub mod cors;
 pub mod limits;
 pub mod path;
 pub mod pipeline;
 pub mod routes;
 pub mod state;
+pub mod transforms;
 
 /// A refused write: which field, and why (shared with key-issuer).
 pub use meridian_kit::invalid::Invalid;

@@ -45,6 +45,7 @@ use crate::domain::limits::{HeaderSource, LimitHeaders, throttle};
 use crate::domain::path;
 use crate::domain::pipeline::{Context, Facts, Identity, Step};
 use crate::domain::routes::{VersionLocation, Versioning, join_path};
+use crate::domain::transforms::{Rendered, Vars, meta_value};
 
 /// What the data plane answers with: the upstream's streamed body, or one
 /// of its own small JSON errors.
@@ -132,6 +133,100 @@ impl Facts for HyperFacts<'_> {
     }
 }
 
+/// Removes and sets headers as header injection rendered them (names
+/// and values were checked when the definition was compiled and
+/// rendered).
+fn apply_edits(headers: &mut HeaderMap, edits: &Rendered) {
+    for name in &edits.remove {
+        headers.remove(name.as_str());
+    }
+    for (name, value) in &edits.set {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
+            headers.append(name, value);
+        }
+    }
+}
+
+/// Tyk's variables for one request: `$tyk_context.NAME` (with
+/// `enable_context_vars`, as in Tyk: `request_id`, `remote_addr`, `path`,
+/// `path_parts`, `token`, `headers_NAME`, `cookies_NAME`,
+/// `request_data_NAME` from the query) and `$tyk_meta.KEY` (the key's
+/// session metadata).
+struct RequestVars<'a> {
+    req: &'a (dyn Facts + Sync),
+    cx: &'a Context,
+    peer_ip: &'a str,
+    context_vars: bool,
+    /// Made when first named, the same for every header of the request.
+    request_id: std::cell::OnceCell<String>,
+}
+
+impl Vars for RequestVars<'_> {
+    fn context(&self, name: &str) -> Option<String> {
+        if !self.context_vars {
+            return None;
+        }
+        let req = self.req;
+        match name {
+            "request_id" => Some(
+                self.request_id
+                    .get_or_init(|| uuid::Uuid::new_v4().to_string())
+                    .clone(),
+            ),
+            // Tyk's RealIP: X-Real-IP, else the first X-Forwarded-For,
+            // else the connection's address.
+            "remote_addr" => Some(
+                req.header("x-real-ip")
+                    .or_else(|| {
+                        req.header("x-forwarded-for")
+                            .and_then(|v| v.split(',').next())
+                    })
+                    .map_or(self.peer_ip, str::trim)
+                    .to_owned(),
+            ),
+            "path" => Some(req.path().to_owned()),
+            "path_parts" => Some(
+                req.path()
+                    .split('/')
+                    .filter(|p| !p.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            "token" => {
+                self.cx.identity.as_ref()?;
+                req.header(&self.cx.route.auth_header)
+                    .and_then(key_from_header)
+                    .map(str::to_owned)
+            }
+            _ => {
+                if let Some(header) = name.strip_prefix("headers_") {
+                    return req
+                        .header(&header.replace('_', "-").to_ascii_lowercase())
+                        .map(str::to_owned);
+                }
+                if let Some(cookie) = name.strip_prefix("cookies_") {
+                    return req.header("cookie")?.split(';').find_map(|pair| {
+                        let (n, v) = pair.trim().split_once('=')?;
+                        (n.replace('-', "_") == cookie).then(|| v.to_owned())
+                    });
+                }
+                let param = name.strip_prefix("request_data_")?;
+                form_urlencoded::parse(req.query()?.as_bytes())
+                    .find(|(n, _)| n.replace('-', "_") == param)
+                    .map(|(_, v)| v.into_owned())
+            }
+        }
+    }
+
+    fn meta(&self, key: &str) -> Option<String> {
+        let session = &self.cx.identity.as_ref()?.session;
+        session.meta_data.get(key).and_then(meta_value)
+    }
+}
+
 /// The data plane of one replica.
 pub struct DataPlane {
     apis: SharedApis,
@@ -151,6 +246,11 @@ pub struct DataPlane {
     handed_to_hyper: Counter,
     /// Client connections open now.
     open_connections: meridian_kit::metrics::Gauge,
+    /// Where this replica's gateway listens (batches send their requests
+    /// there), once it does.
+    listening: std::sync::OnceLock<SocketAddr>,
+    /// The client batches send with.
+    batches: super::batch::SelfClient,
     /// The counters of `answered` by API and status class, found without
     /// building labels on every request.
     counters: meridian_kit::writer::Lock<HashMap<String, [Option<SpreadCounter>; 5]>>,
@@ -231,8 +331,12 @@ fn tls_connector(
 
 /// A JSON error in Tyk's data-plane shape: `{"error": "..."}`.
 pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {
-    let body = serde_json::json!({ "error": message }).to_string();
-    let mut res = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    json_response(status, &serde_json::json!({ "error": message }))
+}
+
+/// A JSON answer.
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+    let mut res = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
     *res.status_mut() = status;
     res.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -386,6 +490,8 @@ impl DataPlane {
             h2c: h2c.build(connector(timeouts)),
             timeouts,
             counters: meridian_kit::writer::Lock::default(),
+            listening: std::sync::OnceLock::new(),
+            batches: super::batch::self_client(),
             handed_to_hyper: metrics
                 .counters(
                     "meridian_gateway_hyper_connections",
@@ -484,6 +590,14 @@ impl DataPlane {
                 req.headers_mut().insert(TRACEPARENT.clone(), tp);
             }
         }
+        if route.batch
+            && req.method() == hyper::Method::POST
+            && crate::domain::batch::is_batch_path(&route.listen_path, req.uri().path())
+        {
+            let res = self.batch(req, &route, client).await;
+            self.count(&route.api_id, res.status());
+            return res;
+        }
         let mut cx = Context::new(route, meridian_kit::time::now_ms());
         if let Some(preflight) = Self::cors_phase(&mut cx, &HyperFacts(&req)) {
             let mut res = Response::new(Either::Right(Full::new(Bytes::new())));
@@ -493,6 +607,8 @@ impl DataPlane {
         }
         let res = match self.request_phase(&mut cx, &HyperFacts(&req)).await {
             Ok(()) => {
+                let peer_ip = client.ip_header.to_str().unwrap_or_default();
+                Self::transform_phase(&mut cx, &HyperFacts(&req), peer_ip);
                 let forwarded = self.forward(req, &cx, client);
                 let mut res = if span.is_disabled() {
                     forwarded.await
@@ -514,6 +630,57 @@ impl DataPlane {
         };
         self.done_phase(&cx, &res);
         res
+    }
+
+    /// A batch ([`crate::domain::batch`]): its requests sent back through
+    /// this gateway, their answers in one. 400 for a body that is not a
+    /// batch (Tyk's `Batch request malformed`, naming the request at fault
+    /// when one is), 413 for one over the size cap.
+    async fn batch(
+        &self,
+        req: Request<Incoming>,
+        route: &Route,
+        client: &ClientConn,
+    ) -> Response<Body> {
+        use crate::domain::batch::{MAX_BODY, MAX_REPLY, parse};
+        let status_error = |status: StatusCode, message: &str| {
+            json_response(
+                status,
+                &serde_json::json!({"status": "error", "message": message}),
+            )
+        };
+        let body = http_body_util::Limited::new(req.into_body(), MAX_BODY);
+        let body = match http_body_util::BodyExt::collect(body).await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return status_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("A batch request's body is at most {MAX_BODY} bytes"),
+                );
+            }
+            Err(_) => return status_error(StatusCode::BAD_REQUEST, CLIENT_BODY_FAILED),
+        };
+        let (subs, serial) = match parse(&body, &route.listen_path) {
+            Ok(parsed) => parsed,
+            Err(message) => return status_error(StatusCode::BAD_REQUEST, &message),
+        };
+        let Some(addr) = self.listening.get().copied() else {
+            return status_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The gateway is not listening yet",
+            );
+        };
+        let timeout = self.timeouts.connect + self.timeouts.read + Duration::from_secs(1);
+        let ip = client.ip_header.to_str().unwrap_or_default();
+        match super::batch::run(&self.batches, addr, subs, serial, ip, timeout).await {
+            Ok(replies) => json_response(StatusCode::OK, &serde_json::json!(replies)),
+            Err(super::batch::Failed::TooLarge) => status_error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "The batch's answers would pass {MAX_REPLY} bytes; ask for fewer or smaller resources"
+                ),
+            ),
+        }
     }
 
     /// A refusal counted, and answered with: its status, its message and,
@@ -553,6 +720,28 @@ impl DataPlane {
             }
         }
         Ok(())
+    }
+
+    /// Header injection, once the steps passed: the API's rules rendered
+    /// for this request ([`crate::domain::transforms`]), kept in `cx` for
+    /// the upstream request and the answer. `peer_ip` is the client's
+    /// address.
+    pub(super) fn transform_phase(cx: &mut Context, req: &(dyn Facts + Sync), peer_ip: &str) {
+        let Some(transforms) = &cx.route.transforms else {
+            return;
+        };
+        let path = req.path();
+        let rest = &path[cx.route.listen_path.len().min(path.len())..];
+        let vars = RequestVars {
+            req,
+            cx,
+            peer_ip,
+            context_vars: transforms.context_vars,
+            request_id: std::cell::OnceCell::new(),
+        };
+        let rest = if rest.is_empty() { "/" } else { rest };
+        let edits = transforms.for_request(cx.version.as_deref(), req.method(), rest, &vars);
+        cx.edits = edits.map(Box::new);
     }
 
     /// The API's organisation: inactive refuses; its rate limit and quota
@@ -737,6 +926,9 @@ impl DataPlane {
     /// `rate_limits`.
     fn response_phase(&self, cx: &Context, res: &mut Response<Body>) {
         let out = res.headers_mut();
+        if let Some(edits) = &cx.edits {
+            apply_edits(out, &edits.response);
+        }
         match self.limit_headers(cx) {
             Some(h) => set_limit_headers(out, h),
             None => {
@@ -866,6 +1058,9 @@ impl DataPlane {
         parts.uri = uri?;
         let headers = &mut parts.headers;
         remove_hop_by_hop(headers);
+        if let Some(edits) = &cx.edits {
+            apply_edits(headers, &edits.request);
+        }
         if !route.preserve_host || route.upstream.h2c {
             headers.remove(header::HOST);
         }
@@ -962,6 +1157,16 @@ impl DataPlane {
         grace: Duration,
         workers: usize,
     ) -> std::io::Result<()> {
+        if let Ok(mut addr) = listener.local_addr() {
+            // Bound to every address: batches come back over loopback.
+            if addr.ip().is_unspecified() {
+                addr.set_ip(match addr {
+                    SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            let _ = self.listening.set(addr);
+        }
         if workers == 0 {
             self.accept_until_stopped(listener, stop, grace).await;
             return Ok(());

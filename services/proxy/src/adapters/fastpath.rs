@@ -50,6 +50,7 @@ use crate::domain::limits::LimitHeaders;
 use crate::domain::path;
 use crate::domain::pipeline::{Context, Facts, visible_ascii};
 use crate::domain::routes::Route;
+use crate::domain::transforms::Rendered;
 
 /// The largest head the fast path reads; a larger one goes to hyper.
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -288,11 +289,13 @@ fn dropped(name: &str, named: &[&[u8]]) -> bool {
 }
 
 /// What the gateway adds to an answer, whoever made it: the
-/// `X-RateLimit-*` values (replacing the upstream's) and CORS's headers.
+/// `X-RateLimit-*` values (replacing the upstream's) and CORS's headers;
+/// and to an upstream's answer, header injection's.
 #[derive(Clone, Copy, Debug, Default)]
 struct Adds<'a> {
     limits: Option<LimitHeaders>,
     cors: &'a [(&'static str, String)],
+    edits: Option<&'a Rendered>,
 }
 
 impl Adds<'_> {
@@ -303,9 +306,15 @@ impl Adds<'_> {
                 .cors
                 .iter()
                 .any(|(n, _)| *n != "vary" && name.eq_ignore_ascii_case(n))
+            || self.edits.is_some_and(|e| e.drops(name))
     }
 
     fn write(&self, out: &mut Vec<u8>) {
+        if let Some(edits) = self.edits {
+            for (name, value) in &edits.set {
+                write_header(out, name.as_bytes(), value.as_bytes());
+            }
+        }
         if let Some(h) = self.limits {
             write_limits(out, h);
         }
@@ -688,7 +697,12 @@ impl Conn {
                 .refused_early(&head, "", StatusCode::NOT_FOUND, message)
                 .await);
         };
-        if route.upstream.tls || route.upstream.h2c {
+        // hyper serves https and h2c upstreams, and batches (they read
+        // the whole body and answer from several exchanges).
+        let batch = route.batch
+            && head.method() == "POST"
+            && crate::domain::batch::is_batch_path(&route.listen_path, &path);
+        if route.upstream.tls || route.upstream.h2c || batch {
             return Err(head);
         }
         if !route.keyless
@@ -719,6 +733,7 @@ impl Conn {
             let adds = Adds {
                 limits: None,
                 cors: &preflight,
+                edits: None,
             };
             return Ok(self.answer_here(&head, StatusCode::OK, None, adds).await);
         }
@@ -728,9 +743,11 @@ impl Conn {
             let adds = Adds {
                 limits,
                 cors: &cx.cors_headers,
+                edits: None,
             };
             return Ok(self.answer_here(&head, status, Some(message), adds).await);
         }
+        DataPlane::transform_phase(&mut cx, &facts, &self.peer_ip);
         let target =
             DataPlane::upstream_target(&cx.route, &path, head.target.query(), cx.strip_segment);
         let forwarded = self.forward(&head, &cx, &target, traceparent.as_deref());
@@ -817,7 +834,16 @@ impl Conn {
             );
         }
         let mut out = Vec::with_capacity(head.bytes.len() + 128);
-        write_upstream_head(&mut out, head, route, target, &self.peer_ip, traceparent);
+        let edits = cx.edits.as_deref();
+        write_upstream_head(
+            &mut out,
+            head,
+            route,
+            target,
+            &self.peer_ip,
+            traceparent,
+            edits.map(|e| &e.request),
+        );
         let buffered = self
             .inbuf
             .len()
@@ -829,6 +855,7 @@ impl Conn {
         let adds = Adds {
             limits: self.plane.limit_headers(cx),
             cors: &cx.cors_headers,
+            edits: edits.map(|e| &e.response),
         };
         let bodiless = head.method() == "HEAD";
         let idempotent = matches!(
@@ -1093,8 +1120,8 @@ async fn connect(route: &Route, timeout: Duration) -> std::io::Result<TcpStream>
 
 /// Writes the request for the upstream: its target, the client's headers
 /// but hop-by-hop ones, `Host` the upstream's (unless `preserve_host`),
-/// `X-Forwarded-For` with the client appended, `X-Forwarded-Proto`, and the
-/// span's `traceparent` when traced.
+/// `X-Forwarded-For` with the client appended, `X-Forwarded-Proto`, the
+/// span's `traceparent` when traced, and header injection's `edits`.
 fn write_upstream_head(
     out: &mut Vec<u8>,
     head: &Head,
@@ -1102,6 +1129,7 @@ fn write_upstream_head(
     target: &str,
     peer_ip: &str,
     traceparent: Option<&str>,
+    edits: Option<&Rendered>,
 ) {
     out.extend_from_slice(head.method().as_bytes());
     out.push(b' ');
@@ -1126,8 +1154,16 @@ fn write_upstream_head(
         } else if name.eq_ignore_ascii_case("traceparent") && traceparent.is_some() {
             continue;
         }
+        if edits.is_some_and(|e| e.drops(name)) {
+            continue;
+        }
         proto |= name.eq_ignore_ascii_case("x-forwarded-proto");
         write_header(out, name.as_bytes(), value);
+    }
+    if let Some(edits) = edits {
+        for (name, value) in &edits.set {
+            write_header(out, name.as_bytes(), value.as_bytes());
+        }
     }
     if !host {
         write_header(out, b"host", &route.upstream.authority);
@@ -1360,6 +1396,7 @@ mod tests {
         let adds = Adds {
             limits: Some(limits),
             cors: &[],
+            edits: None,
         };
         let answer = parse_answer(&mut buf, false, adds, false, &mut out)
             .ok()

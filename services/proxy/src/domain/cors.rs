@@ -95,23 +95,6 @@ pub enum Decision {
     Continue(Added),
 }
 
-/// `content-type` as Go's `http.CanonicalHeaderKey` writes it:
-/// `Content-Type`.
-fn canonical(name: &str) -> String {
-    let mut upper = true;
-    name.chars()
-        .map(|c| {
-            let out = if upper {
-                c.to_ascii_uppercase()
-            } else {
-                c.to_ascii_lowercase()
-            };
-            upper = c == '-';
-            out
-        })
-        .collect()
-}
-
 /// Compiles a definition's `CORS` section (`None` when it is absent or
 /// not enabled); a malformed one is refused naming the field.
 pub fn compile(section: Option<&Value>) -> Result<Option<Cors>, Invalid> {
@@ -168,7 +151,10 @@ pub fn compile(section: Option<&Value>) -> Result<Option<Cors>, Invalid> {
     } else if headers.iter().any(|h| h == "*") {
         Headers::All
     } else {
-        let mut listed: Vec<String> = headers.iter().map(|h| canonical(h)).collect();
+        let mut listed: Vec<String> = headers
+            .iter()
+            .map(|h| meridian_kit::headers::canonical(h))
+            .collect();
         listed.push("Origin".into());
         Headers::Listed(listed)
     };
@@ -176,7 +162,7 @@ pub fn compile(section: Option<&Value>) -> Result<Option<Cors>, Invalid> {
         .exposed_headers
         .unwrap_or_default()
         .iter()
-        .map(|h| canonical(h))
+        .map(|h| meridian_kit::headers::canonical(h))
         .collect();
     Ok(Some(Cors {
         origins,
@@ -286,7 +272,7 @@ impl Cors {
             .split(',')
             .map(str::trim)
             .filter(|h| !h.is_empty())
-            .map(canonical)
+            .map(meridian_kit::headers::canonical)
             .collect();
         if !self.origin_allowed(origin)
             || !self.method_allowed(request_method)

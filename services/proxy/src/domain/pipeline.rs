@@ -144,6 +144,9 @@ pub struct Context {
     pub now_ms: i64,
     /// What CORS adds to the answer, whatever it is ([`super::cors`]).
     pub cors_headers: super::cors::Added,
+    /// Headers injected and removed both ways ([`super::transforms`]),
+    /// once the steps passed.
+    pub edits: Option<Box<super::transforms::RequestEdits>>,
 }
 
 impl Context {
@@ -158,6 +161,7 @@ impl Context {
             rate_headers: None,
             now_ms,
             cors_headers: Vec::new(),
+            edits: None,
         }
     }
 

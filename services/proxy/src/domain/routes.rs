@@ -92,6 +92,11 @@ pub struct Route {
     pub plan: Plan,
     /// CORS, when its definition enables it (decided before the steps).
     pub cors: Option<super::cors::Cors>,
+    /// Headers injected and removed, when its definition has any.
+    pub transforms: Option<super::transforms::Transforms>,
+    /// `enable_batch_request_support`: `POST {listen_path}/tyk/batch/`
+    /// runs a batch ([`super::batch`]).
+    pub batch: bool,
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> Invalid {
@@ -269,6 +274,12 @@ pub fn compile(def: &ApiDefinition) -> Result<Route, Invalid> {
         versioning,
         plan,
         cors: super::cors::compile(def.other.get("CORS"))?,
+        transforms: super::transforms::compile(def)?,
+        batch: def
+            .other
+            .get("enable_batch_request_support")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false),
     })
 }
 
