@@ -358,6 +358,33 @@ async fn limits_hold_through_a_nats_outage_and_reconcile_after() {
         "the quota is served again after NATS is back"
     );
     quota_admitted += 1;
+    // The replicas count together again once each has leased from the
+    // rate counter (which adds what it counted alone); until then one may
+    // still count alone beside one that leases (the documented second or
+    // so). Barrier: each replica's `leased` count moves after a rated call.
+    let leased = |admin: String| async move {
+        let text = reqwest::get(format!("{admin}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix("meridian_gateway_limit_leases_total{outcome=\"leased\"} ")
+            })
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    for (proxy, url) in proxies.iter().zip(&urls) {
+        let before = leased(proxy.admin.url.clone()).await.unwrap_or(0);
+        let together = eventually(Duration::from_secs(15), || async {
+            call(&client, url, Some(&rated)).await;
+            let now = leased(proxy.admin.url.clone()).await?;
+            (now > before).then_some(())
+        })
+        .await;
+        assert!(together.is_some(), "{url} leases from the counter again");
+    }
     let started = now_ms();
     let until = Instant::now() + Duration::from_millis(4_500);
     let after: Vec<_> = urls
