@@ -187,6 +187,11 @@ pub fn api_definition_subject(api_id: &str) -> String {
 /// `APIS` and `KEYS` (see [`crate::apis::ReplicaApplied`]).
 pub const PROXY_APPLIED_SUBJECT: &str = "meridian.proxy.applied";
 
+/// Core-NATS subject of response-cache purges (`DELETE /tyk/cache/{apiID}`):
+/// the payload is the API id, each proxy replica drops that API's kept
+/// answers and replies with its replica id.
+pub const PROXY_CACHE_PURGE_SUBJECT: &str = "meridian.proxy.cache.purge";
+
 /// The `PORTAL` subject of one entity (`id` escaped by [`escape_token`]).
 pub fn portal_subject(entity: crate::portal::PortalEntity, id: &str) -> String {
     format!("portal.{}.{}", entity.as_str(), escape_token(id))

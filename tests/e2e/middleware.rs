@@ -1,7 +1,7 @@
 //! The gateway's middleware from Tyk's API definitions, on both HTTP/1.1
 //! engines (a replica with the fast path and one without answer alike):
 //! CORS, with preflights answered before the key check; header injection
-//! both ways, with Tyk's variables; batch requests.
+//! both ways, with Tyk's variables; batch requests; the response cache.
 
 use meridian_tests::raw_http::{self, exchange};
 use meridian_tests::tyk::{Tyk, start_key_issuer, start_proxy};
@@ -497,4 +497,116 @@ async fn batch_requests_run_each_request_through_the_pipeline() {
         .unwrap_or_default()
         .to_owned();
     assert!(message.contains("10485760 bytes"), "{message}");
+}
+
+/// The response cache on two replicas: per key (one key never gets
+/// another's answer), only safe requests on cached paths, marked
+/// `X-Tyk-Cached-Response: 1`, 304 for a matching `If-None-Match`;
+/// concurrent misses go upstream once; `DELETE /tyk/cache/{apiID}` clears
+/// every live replica before it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_cached_per_key_and_purged_on_every_replica() {
+    let nats = Nats::start().await;
+    let up = Upstream::start().await;
+    let (ki, _) = start_key_issuer(&nats, |_| {}).await;
+    let fast = start_proxy(&nats, |_| {}).await;
+    let hyper_only = start_proxy(&nats, |c| c.http1_fast_path = false).await;
+    let admin = Tyk::new(&fast.admin.url);
+    let mut cached = api("cached", "/cached/", &up.url(), false);
+    cached["cache_options"] = json!({"enable_cache": true, "cache_timeout": 60,
+        "cache_all_safe_requests": false, "cache_response_codes": [200]});
+    cached["version_data"]["versions"]["Default"]["extended_paths"] = json!({
+        "cache": ["/items"],
+        "advance_cache_config": [{"method": "GET", "path": "/slow", "timeout": 60}]});
+    admin.post_ok("/tyk/apis", &cached).await;
+    let keys = Tyk::new(&ki.url);
+    let mut made = Vec::new();
+    for _ in 0..2 {
+        let (status, key) = keys
+            .post(
+                "/tyk/keys",
+                &json!({"org_id": "acme", "access_rights": {"cached": {"api_id": "cached"}}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{key}");
+        made.push(format!("Authorization: {}", key["key"].as_str().unwrap()));
+    }
+    let (a, b) = (made[0].as_str(), made[1].as_str());
+    reload(&admin).await;
+
+    let send = |proxy: &meridian_tests::tyk::Proxy, method: &str, path: &str, headers: &[&str]| {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: g\r\nConnection: close\r\n");
+        for h in headers {
+            req.push_str(h);
+            req.push_str("\r\n");
+        }
+        req.push_str("\r\n");
+        let addr = host_port(proxy);
+        async move { exchange(&addr, req.as_bytes()).await.unwrap() }
+    };
+    let cached_mark =
+        |answer: &raw_http::Answer| answer.header("x-tyk-cached-response") == Some("1");
+    for proxy in [&fast, &hyper_only] {
+        let first = send(proxy, "GET", "/cached/items/1?v=1", &[a]).await;
+        assert_eq!(first.status, 200);
+        assert!(!cached_mark(&first), "the first goes upstream");
+        let again = send(proxy, "GET", "/cached/items/1?v=1", &[a]).await;
+        assert!(cached_mark(&again), "then it is kept");
+        assert_eq!(again.json(), first.json(), "the same answer");
+        let other_key = send(proxy, "GET", "/cached/items/1?v=1", &[b]).await;
+        assert!(!cached_mark(&other_key), "never another key's answer");
+        assert!(cached_mark(
+            &send(proxy, "GET", "/cached/items/1?v=1", &[b]).await
+        ));
+        let other_query = send(proxy, "GET", "/cached/items/1?v=2", &[a]).await;
+        assert!(!cached_mark(&other_query));
+        for (method, path) in [("GET", "/cached/other"), ("POST", "/cached/items/1?v=1")] {
+            send(proxy, method, path, &[a]).await;
+            let twice = send(proxy, method, path, &[a]).await;
+            assert!(!cached_mark(&twice), "{method} {path} is not cached");
+        }
+        let no_key = send(proxy, "GET", "/cached/items/1?v=1", &[]).await;
+        assert_eq!(no_key.status, 401, "the key check comes before the cache");
+        // An ETag the client has: 304 from the cache.
+        let tagged = "/cached/items/e?respond-header=ETag:t1";
+        send(proxy, "GET", tagged, &[a]).await;
+        let not_modified = send(proxy, "GET", tagged, &[a, "If-None-Match: t1"]).await;
+        assert_eq!(not_modified.status, 304);
+        assert!(cached_mark(&not_modified));
+    }
+
+    // Ten at once for a cold entry whose upstream takes 3 s: one goes
+    // upstream, nine get what it kept.
+    let together =
+        futures_util::future::join_all((0..10).map(|_| send(&fast, "GET", "/cached/slow/x", &[a])))
+            .await;
+    assert!(together.iter().all(|r| r.status == 200));
+    let upstream = together.iter().filter(|r| !cached_mark(r)).count();
+    assert_eq!(upstream, 1, "concurrent misses go upstream once");
+
+    // A purge clears every live replica before it answers.
+    let (status, body) = admin.delete("/tyk/cache/cached").await;
+    assert_eq!(
+        (status, body),
+        (200, json!({"status": "ok", "message": "cache invalidated"}))
+    );
+    for proxy in [&fast, &hyper_only] {
+        let after = send(proxy, "GET", "/cached/items/1?v=1", &[a]).await;
+        assert!(!cached_mark(&after), "purged on {}", proxy.gateway);
+    }
+
+    // Caching keyed by request bodies is not served: refused, naming it.
+    let mut bad = api("badcache", "/badcache/", &up.url(), true);
+    bad["cache_options"] = json!({"enable_cache": true});
+    bad["version_data"]["versions"]["Default"]["extended_paths"] =
+        json!({"advance_cache_config": [{"method": "POST", "path": "/x"}]});
+    let (status, body) = admin.post("/tyk/apis", &bad).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("advance_cache_config[0].method"),
+        "{body}"
+    );
 }

@@ -81,6 +81,7 @@ pub fn router(state: ApiState) -> OpenApiRouter {
         .routes(routes!(get_api, update_api, delete_api))
         .routes(routes!(reload))
         .routes(routes!(reload_group))
+        .routes(routes!(invalidate_cache))
         .with_state(state)
 }
 
@@ -314,6 +315,34 @@ async fn reload_group(
     TykQuery(q): TykQuery<ReloadQuery>,
 ) -> Result<axum::Json<StatusMessage>, TykError> {
     reload_all(&s, &q).await
+}
+
+/// How long a purge waits for every live replica to confirm.
+const PURGE_WITHIN: Duration = Duration::from_secs(2);
+
+/// Drops the API's kept answers on every live gateway replica before it
+/// answers (each confirms); an API with nothing kept, or unknown, is
+/// answered the same, as in Tyk. 500 when a live replica did not confirm
+/// within 2 s (it is named in the log).
+#[utoipa::path(delete, path = "/tyk/cache/{apiID}", tag = "cache", security(("tyk_secret" = [])),
+    params(("apiID" = String, Path, description = "The API")),
+    responses((status = 200, body = StatusMessage),
+        (status = 500, body = StatusMessage, description = "A live replica did not confirm")))]
+async fn invalidate_cache(
+    State(s): State<ApiState>,
+    TykPath(api_id): TykPath<String>,
+) -> Result<axum::Json<StatusMessage>, TykError> {
+    let live = s.replicas.live().into_iter().map(|a| a.replica).collect();
+    match crate::adapters::cache::purge_everywhere(&s.client, &api_id, live, PURGE_WITHIN).await {
+        Ok(()) => Ok(axum::Json(StatusMessage::ok("cache invalidated"))),
+        Err(silent) => {
+            tracing::warn!(api = %api_id, replicas = ?silent, "live gateway replicas did not confirm a cache purge");
+            Err(TykError::new(
+                ErrorCode::Internal,
+                "Cache invalidation failed.",
+            ))
+        }
+    }
 }
 
 /// One component of the health check (Tyk's `HealthCheckItem`).

@@ -89,6 +89,15 @@ pub struct Config {
     /// and everything when `false`, goes through hyper. Default: `true`.
     #[serde(default = "default_true")]
     pub http1_fast_path: bool,
+    /// Bytes of answers the response cache keeps on this replica (APIs
+    /// with `cache_options.enable_cache`); the least used go first when it
+    /// is full. Default: 67108864 (64 MiB).
+    #[serde(default = "default_cache_max_bytes")]
+    pub cache_max_bytes: u64,
+}
+
+fn default_cache_max_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 fn default_true() -> bool {
@@ -138,6 +147,7 @@ impl Config {
             key_view_stale_after: default_key_view_stale_after(),
             rate_limit_response_headers: HeaderSource::default(),
             http1_fast_path: true,
+            cache_max_bytes: default_cache_max_bytes(),
         }
     }
 }
@@ -178,6 +188,7 @@ pub struct App {
     writer: Writer,
     replicas: Replicas,
     announcements: async_nats::Subscriber,
+    purges: async_nats::Subscriber,
     plane: Arc<DataPlane>,
     limiter: Arc<Limiter>,
     workers: usize,
@@ -222,6 +233,7 @@ impl App {
         );
         let replicas = Replicas::new(Uuid::new_v4());
         let announcements = replicas::subscribe(&client).await?;
+        let purges = crate::adapters::cache::subscribe(&client).await?;
         let counters = bus::ensure_bucket(
             &js,
             streams::LIMITS_BUCKET,
@@ -242,6 +254,7 @@ impl App {
             extra_ca: config.upstream_ca_file.as_deref(),
             header_source: config.rate_limit_response_headers,
             fast_path: config.http1_fast_path,
+            cache_max_bytes: config.cache_max_bytes,
         };
         let plane =
             DataPlane::new(apis, keys, limiter.clone(), settings, metrics).map_err(|e| {
@@ -274,6 +287,7 @@ impl App {
             writer,
             replicas,
             announcements,
+            purges,
             plane,
             limiter,
             workers: config.workers,
@@ -312,6 +326,21 @@ impl App {
                 tokio::select! {
                     () = limits_stop.cancelled() => break,
                     _ = every.tick() => limiter.give_back(meridian_kit::time::now_ms(), false).await,
+                }
+            }
+        });
+        let purges = tokio::spawn({
+            let answering = crate::adapters::cache::answer_purges(
+                self.client.clone(),
+                self.purges,
+                self.plane.response_cache(),
+                self.replicas.me(),
+            );
+            let stop = stop.clone();
+            async move {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = answering => {}
                 }
             }
         });
@@ -359,6 +388,7 @@ impl App {
         stop.cancel();
         let _ = announcer.await;
         let _ = tracker.await;
+        let _ = purges.await;
         let served = plane.await.unwrap_or(Ok(()));
         let _ = give_back.await;
         self.limiter

@@ -1,4 +1,4 @@
-//! Pure rules: API definitions ([`apidef`]), batch requests ([`batch`]), their checks and the routing
+//! Pure rules: API definitions ([`apidef`]), batch requests ([`batch`]), the response cache's rules ([`cache`]), their checks and the routing
 //! table ([`routes`]), the fold of `APIS` ([`state`]), a request's one
 //! normalised path ([`path`]), CORS ([`cors`]), the steps a request goes through
 //! ([`pipeline`]), what a request may do ([`access`]), how limits are
@@ -8,6 +8,7 @@
 pub mod access;
 pub mod apidef;
 pub mod batch;
+pub mod cache;
 pub mod cors;
 pub mod limits;
 pub mod path;

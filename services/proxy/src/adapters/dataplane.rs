@@ -63,6 +63,8 @@ pub struct Settings<'a> {
     /// Plain HTTP/1.1 requests take the fast path ([`super::fastpath`]);
     /// without, hyper serves every connection.
     pub fast_path: bool,
+    /// Bytes of answers the response cache keeps.
+    pub cache_max_bytes: u64,
 }
 
 /// Timeouts towards upstreams.
@@ -150,6 +152,17 @@ fn apply_edits(headers: &mut HeaderMap, edits: &Rendered) {
     }
 }
 
+/// The client's address as Tyk's `RealIP` reads it: `X-Real-IP`, else the
+/// first `X-Forwarded-For`, else the connection's.
+fn real_ip<'a>(req: &'a (dyn Facts + Sync), peer_ip: &'a str) -> &'a str {
+    req.header("x-real-ip")
+        .or_else(|| {
+            req.header("x-forwarded-for")
+                .and_then(|v| v.split(',').next())
+        })
+        .map_or(peer_ip, str::trim)
+}
+
 /// Tyk's variables for one request: `$tyk_context.NAME` (with
 /// `enable_context_vars`, as in Tyk: `request_id`, `remote_addr`, `path`,
 /// `path_parts`, `token`, `headers_NAME`, `cookies_NAME`,
@@ -178,15 +191,7 @@ impl Vars for RequestVars<'_> {
             ),
             // Tyk's RealIP: X-Real-IP, else the first X-Forwarded-For,
             // else the connection's address.
-            "remote_addr" => Some(
-                req.header("x-real-ip")
-                    .or_else(|| {
-                        req.header("x-forwarded-for")
-                            .and_then(|v| v.split(',').next())
-                    })
-                    .map_or(self.peer_ip, str::trim)
-                    .to_owned(),
-            ),
+            "remote_addr" => Some(real_ip(req, self.peer_ip).to_owned()),
             "path" => Some(req.path().to_owned()),
             "path_parts" => Some(
                 req.path()
@@ -251,6 +256,8 @@ pub struct DataPlane {
     listening: std::sync::OnceLock<SocketAddr>,
     /// The client batches send with.
     batches: super::batch::SelfClient,
+    /// Kept answers of APIs with the cache on.
+    cache: Arc<super::cache::ResponseCache>,
     /// The counters of `answered` by API and status class, found without
     /// building labels on every request.
     counters: meridian_kit::writer::Lock<HashMap<String, [Option<SpreadCounter>; 5]>>,
@@ -455,6 +462,7 @@ impl DataPlane {
             extra_ca,
             header_source,
             fast_path,
+            cache_max_bytes,
         } = settings;
         let refused = metrics.counters(
             "meridian_gateway_refused",
@@ -492,6 +500,7 @@ impl DataPlane {
             counters: meridian_kit::writer::Lock::default(),
             listening: std::sync::OnceLock::new(),
             batches: super::batch::self_client(),
+            cache: Arc::new(super::cache::ResponseCache::new(cache_max_bytes, metrics)),
             handed_to_hyper: metrics
                 .counters(
                     "meridian_gateway_hyper_connections",
@@ -513,6 +522,11 @@ impl DataPlane {
     /// The API listening on `path` (normalised).
     pub(super) fn route(&self, path: &str) -> Option<Arc<Route>> {
         read(&self.apis).table().lookup(path).cloned()
+    }
+
+    /// The replica's response cache (purges reach it through this).
+    pub fn response_cache(&self) -> Arc<super::cache::ResponseCache> {
+        self.cache.clone()
     }
 
     /// The timeouts towards upstreams.
@@ -609,7 +623,7 @@ impl DataPlane {
             Ok(()) => {
                 let peer_ip = client.ip_header.to_str().unwrap_or_default();
                 Self::transform_phase(&mut cx, &HyperFacts(&req), peer_ip);
-                let forwarded = self.forward(req, &cx, client);
+                let forwarded = self.cached_or_forwarded(req, &cx, client);
                 let mut res = if span.is_disabled() {
                     forwarded.await
                 } else {
@@ -1082,6 +1096,107 @@ impl DataPlane {
             headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
         }
         Some((Request::from_parts(parts, body), plain))
+    }
+
+    /// The cache phase, for requests the API's cache covers
+    /// ([`crate::domain::cache`]): a kept answer (marked
+    /// `X-Tyk-Cached-Response: 1`; 304 when `If-None-Match` names its
+    /// `ETag`), or the exchange with the upstream, whose answer is kept
+    /// when its rule says so and its body is small enough. Everything else
+    /// goes straight to the exchange.
+    async fn cached_or_forwarded(
+        &self,
+        req: Request<Incoming>,
+        cx: &Context,
+        client: &ClientConn,
+    ) -> Response<Body> {
+        use crate::domain::cache::{CACHED_HEADER, Caller, MAX_ENTRY};
+        let route = &*cx.route;
+        let Some(cache) = &route.cache else {
+            return self.forward(req, cx, client).await;
+        };
+        let path = req.uri().path();
+        let rest = &path[route.listen_path.len().min(path.len())..];
+        let method = req.method().as_str();
+        let Some(rule) = cache.rule(
+            cx.version.as_deref(),
+            method,
+            if rest.is_empty() { "/" } else { rest },
+        ) else {
+            return self.forward(req, cx, client).await;
+        };
+        let facts = HyperFacts(&req);
+        let address;
+        let caller = match &cx.identity {
+            Some(id) => Caller::Key(&id.key_hash),
+            None => {
+                address = real_ip(&facts, client.ip_header.to_str().unwrap_or_default()).to_owned();
+                Caller::Address(&address)
+            }
+        };
+        let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let key = cache.key(&route.api_id, &caller, method, target, |n| facts.header(n));
+        let if_none_match = facts.header("if-none-match").map(str::to_owned);
+        let miss = match self.cache.lookup(&key, cx.now_ms).await {
+            super::cache::Lookup::Hit(entry) => {
+                let not_modified = if_none_match.as_deref().is_some_and(|asked| {
+                    entry
+                        .headers
+                        .get(header::ETAG)
+                        .and_then(|t| t.to_str().ok())
+                        .is_some_and(|tag| asked.contains(tag))
+                });
+                let mut res = Response::new(Either::Right(Full::new(if not_modified {
+                    Bytes::new()
+                } else {
+                    entry.body.clone()
+                })));
+                *res.status_mut() = if not_modified {
+                    StatusCode::NOT_MODIFIED
+                } else {
+                    entry.status
+                };
+                *res.headers_mut() = entry.headers.clone();
+                res.headers_mut()
+                    .insert(CACHED_HEADER, HeaderValue::from_static("1"));
+                return res;
+            }
+            super::cache::Lookup::Miss(miss) => miss,
+        };
+        let res = self.forward(req, cx, client).await;
+        let length = res
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let headers: Vec<(&str, &str)> = res
+            .headers()
+            .iter()
+            .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?)))
+            .collect();
+        let keep = rule.keep_for(res.status().as_u16(), &headers, cx.now_s());
+        let (Some(ttl_s), Some(length)) = (keep, length.filter(|l| *l <= MAX_ENTRY)) else {
+            return res;
+        };
+        let (parts, body) = res.into_parts();
+        let Either::Left(body) = body else {
+            return Response::from_parts(parts, body);
+        };
+        let read = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, length));
+        let Ok(Ok(collected)) = tokio::time::timeout(self.timeouts.read, read).await else {
+            // The upstream cut the answer off: nothing kept, a 502.
+            drop(miss);
+            return error_response(StatusCode::BAD_GATEWAY, UPSTREAM_FAILED);
+        };
+        let entry = Arc::new(super::cache::Entry {
+            api_id: route.api_id.clone(),
+            status: parts.status,
+            headers: parts.headers.clone(),
+            body: collected.to_bytes(),
+            expires_ms: cx.now_ms + i64::try_from(ttl_s.saturating_mul(1000)).unwrap_or(i64::MAX),
+        });
+        miss.keep(entry.clone());
+        Response::from_parts(parts, Either::Right(Full::new(entry.body.clone())))
     }
 
     /// The exchange with the upstream: the upstream-request phase, then

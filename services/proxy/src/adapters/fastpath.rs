@@ -697,12 +697,13 @@ impl Conn {
                 .refused_early(&head, "", StatusCode::NOT_FOUND, message)
                 .await);
         };
-        // hyper serves https and h2c upstreams, and batches (they read
-        // the whole body and answer from several exchanges).
+        // hyper serves https and h2c upstreams, batches (they read the
+        // whole body and answer from several exchanges) and APIs with the
+        // response cache (answers kept whole).
         let batch = route.batch
             && head.method() == "POST"
             && crate::domain::batch::is_batch_path(&route.listen_path, &path);
-        if route.upstream.tls || route.upstream.h2c || batch {
+        if route.upstream.tls || route.upstream.h2c || batch || route.cache.is_some() {
             return Err(head);
         }
         if !route.keyless

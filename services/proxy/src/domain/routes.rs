@@ -97,6 +97,8 @@ pub struct Route {
     /// `enable_batch_request_support`: `POST {listen_path}/tyk/batch/`
     /// runs a batch ([`super::batch`]).
     pub batch: bool,
+    /// The response cache, when `cache_options` enables it.
+    pub cache: Option<super::cache::Cache>,
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> Invalid {
@@ -280,6 +282,7 @@ pub fn compile(def: &ApiDefinition) -> Result<Route, Invalid> {
             .get("enable_batch_request_support")
             .and_then(serde_json::Value::as_bool)
             .unwrap_or(false),
+        cache: super::cache::compile(def)?,
     })
 }
 

@@ -350,7 +350,7 @@ fn edits(
 /// Tyk's path pattern: `{name}` is one segment, `/*` anything below, the
 /// rest a regular expression found anywhere in the path (Tyk's default
 /// matching, without prefix or suffix anchoring).
-fn path_pattern(field: &str, path: &str) -> Result<regex::Regex, Invalid> {
+pub(super) fn path_pattern(field: &str, path: &str) -> Result<regex::Regex, Invalid> {
     let mut pattern = String::new();
     let mut rest = path;
     while let Some(open) = rest.find('{') {
@@ -507,7 +507,7 @@ fn processors(def: &ApiDefinition) -> Result<Edits, Invalid> {
 
 /// The version a request to an API that is not versioned is in: `Default`,
 /// else `default_version`, else the first by name.
-fn unversioned_name(def: &ApiDefinition) -> Option<String> {
+pub(super) fn unversioned_name(def: &ApiDefinition) -> Option<String> {
     let versions = &def.version_data.versions;
     if versions.contains_key("Default") {
         return Some("Default".into());
