@@ -516,7 +516,7 @@ async fn answers_are_cached_per_key_and_purged_on_every_replica() {
     cached["cache_options"] = json!({"enable_cache": true, "cache_timeout": 60,
         "cache_all_safe_requests": false, "cache_response_codes": [200]});
     cached["version_data"]["versions"]["Default"]["extended_paths"] = json!({
-        "cache": ["/items"],
+        "cache": ["/items", "/download"],
         "advance_cache_config": [{"method": "GET", "path": "/slow", "timeout": 60}]});
     admin.post_ok("/tyk/apis", &cached).await;
     let keys = Tyk::new(&ki.url);
@@ -583,6 +583,16 @@ async fn answers_are_cached_per_key_and_purged_on_every_replica() {
     assert!(together.iter().all(|r| r.status == 200));
     let upstream = together.iter().filter(|r| !cached_mark(r)).count();
     assert_eq!(upstream, 1, "concurrent misses go upstream once");
+    // An answer that may not be kept (streamed, no length): all go
+    // upstream, side by side after the first (a pass mark), none marked.
+    let streamed = futures_util::future::join_all(
+        (0..5).map(|_| send(&fast, "GET", "/cached/download/10", &[a])),
+    )
+    .await;
+    for r in &streamed {
+        assert_eq!((r.status, r.body.len()), (200, 10));
+        assert!(!cached_mark(r), "not kept");
+    }
 
     // A purge clears every live replica before it answers.
     let (status, body) = admin.delete("/tyk/cache/cached").await;

@@ -3,7 +3,10 @@
 //! least recently and least frequently used go first), looked up by the
 //! request's cache key. Concurrent misses for one key go upstream once:
 //! the first holds the entry's placeholder, the others wait for what it
-//! keeps (or, if it keeps nothing, try in turn).
+//! keeps. When its answer may not be kept (a 500, say), it leaves a
+//! short-lived pass mark instead ([`PASS_FOR_MS`], Varnish's hit-for-pass),
+//! so the requests waiting, and those in the next moment, go upstream side
+//! by side rather than one after another.
 //!
 //! A purge (`DELETE /tyk/cache/{apiID}`) is sent to every live replica on
 //! [`PROXY_CACHE_PURGE_SUBJECT`]; each drops the API's entries and
@@ -21,6 +24,9 @@ use quick_cache::sync::{Cache, DefaultLifecycle, PlaceholderGuard};
 /// A cache key ([`crate::domain::cache::Cache::key`]).
 pub type Key = [u8; 32];
 
+/// How long a pass mark sends a key's requests straight upstream.
+pub const PASS_FOR_MS: i64 = 1_000;
+
 /// One kept answer.
 #[derive(Debug)]
 pub struct Entry {
@@ -34,6 +40,22 @@ pub struct Entry {
     pub body: Bytes,
     /// When it stops being served, ms since the epoch.
     pub expires_ms: i64,
+    /// A pass mark: no answer, requests go upstream uncached.
+    pub pass: bool,
+}
+
+impl Entry {
+    /// A pass mark for `api_id` until `PASS_FOR_MS` after `now_ms`.
+    pub fn pass(api_id: &str, now_ms: i64) -> Self {
+        Self {
+            api_id: api_id.to_owned(),
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            expires_ms: now_ms + PASS_FOR_MS,
+            pass: true,
+        }
+    }
 }
 
 /// An entry's cost against the budget: its body, its headers and a little
@@ -80,6 +102,8 @@ pub enum Lookup<'a> {
     Hit(Arc<Entry>),
     /// Nothing: this request goes upstream (and may keep its answer).
     Miss(Miss<'a>),
+    /// A pass mark: this request goes upstream, nothing is kept.
+    Pass,
 }
 
 /// The replica's cache; see the module documentation.
@@ -120,6 +144,10 @@ impl ResponseCache {
         loop {
             match self.store.get_value_or_guard_async(key).await {
                 Ok(entry) if entry.expires_ms > now_ms => {
+                    if entry.pass {
+                        self.misses.inc();
+                        return Lookup::Pass;
+                    }
                     self.hits.inc();
                     return Lookup::Hit(entry);
                 }

@@ -1162,6 +1162,13 @@ impl DataPlane {
                 return res;
             }
             super::cache::Lookup::Miss(miss) => miss,
+            super::cache::Lookup::Pass => return self.forward(req, cx, client).await,
+        };
+        let pass = |miss: super::cache::Miss<'_>| {
+            miss.keep(Arc::new(super::cache::Entry::pass(
+                &route.api_id,
+                cx.now_ms,
+            )));
         };
         let res = self.forward(req, cx, client).await;
         let length = res
@@ -1176,16 +1183,18 @@ impl DataPlane {
             .collect();
         let keep = rule.keep_for(res.status().as_u16(), &headers, cx.now_s());
         let (Some(ttl_s), Some(length)) = (keep, length.filter(|l| *l <= MAX_ENTRY)) else {
+            pass(miss);
             return res;
         };
         let (parts, body) = res.into_parts();
         let Either::Left(body) = body else {
+            pass(miss);
             return Response::from_parts(parts, body);
         };
         let read = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, length));
         let Ok(Ok(collected)) = tokio::time::timeout(self.timeouts.read, read).await else {
             // The upstream cut the answer off: nothing kept, a 502.
-            drop(miss);
+            pass(miss);
             return error_response(StatusCode::BAD_GATEWAY, UPSTREAM_FAILED);
         };
         let entry = Arc::new(super::cache::Entry {
@@ -1194,6 +1203,7 @@ impl DataPlane {
             headers: parts.headers.clone(),
             body: collected.to_bytes(),
             expires_ms: cx.now_ms + i64::try_from(ttl_s.saturating_mul(1000)).unwrap_or(i64::MAX),
+            pass: false,
         });
         miss.keep(entry.clone());
         Response::from_parts(parts, Either::Right(Full::new(entry.body.clone())))
