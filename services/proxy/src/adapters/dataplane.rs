@@ -744,8 +744,7 @@ impl DataPlane {
         let Some(transforms) = &cx.route.transforms else {
             return;
         };
-        let path = req.path();
-        let rest = &path[cx.route.listen_path.len().min(path.len())..];
+        let rest = cx.route.relative_path(req.path());
         let vars = RequestVars {
             req,
             cx,
@@ -753,7 +752,6 @@ impl DataPlane {
             context_vars: transforms.context_vars,
             request_id: std::cell::OnceCell::new(),
         };
-        let rest = if rest.is_empty() { "/" } else { rest };
         let edits = transforms.for_request(cx.version.as_deref(), req.method(), rest, &vars);
         cx.edits = edits.map(Box::new);
     }
@@ -809,8 +807,7 @@ impl DataPlane {
     /// The version the request is for, and whether its path segment goes.
     fn version_step(&self, cx: &mut Context, req: &(dyn Facts + Sync)) -> Result<(), Refusal> {
         let route = &cx.route;
-        let path = req.path();
-        let rest = &path[route.listen_path.len().min(path.len())..];
+        let rest = route.rest_of(req.path());
         let header = match &route.versioning {
             Versioning::By {
                 location: VersionLocation::Header(name),
@@ -1018,7 +1015,7 @@ impl DataPlane {
         query: Option<&str>,
         strip_segment: bool,
     ) -> String {
-        let mut rest = &path[route.listen_path.len().min(path.len())..];
+        let mut rest = route.rest_of(path);
         if strip_segment && let Some(segment) = first_segment(rest) {
             rest = &rest[1 + segment.len()..];
         }
@@ -1115,14 +1112,9 @@ impl DataPlane {
         let Some(cache) = &route.cache else {
             return self.forward(req, cx, client).await;
         };
-        let path = req.uri().path();
-        let rest = &path[route.listen_path.len().min(path.len())..];
         let method = req.method().as_str();
-        let Some(rule) = cache.rule(
-            cx.version.as_deref(),
-            method,
-            if rest.is_empty() { "/" } else { rest },
-        ) else {
+        let rest = route.relative_path(req.uri().path());
+        let Some(rule) = cache.rule(cx.version.as_deref(), method, rest) else {
             return self.forward(req, cx, client).await;
         };
         let facts = HyperFacts(&req);

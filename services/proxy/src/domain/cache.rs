@@ -7,10 +7,11 @@
 //! - Cached: safe requests (`GET`, `HEAD`, `OPTIONS`) when
 //!   `cache_all_safe_requests`, else those matching a `cache` path or an
 //!   `advance_cache_config` entry of the request's version.
-//! - The key ([`Rule::key`]): the API, who asks (the key's hash; on a
+//! - The key ([`Cache::key`]): the API, who asks (the key's hash; on a
 //!   keyless API the client's address, as Tyk does), the method, the path
-//!   and query as forwarded, and the values of `cache_by_headers`. One
-//!   caller never gets an answer cached for another.
+//!   and query as asked (the path normalised), and the values of
+//!   `cache_by_headers`. One caller never gets an answer cached for
+//!   another.
 //! - Kept: answers whose status is in the rule's `cache_response_codes`
 //!   (none listed: 200 only) with a body of known length up to
 //!   [`MAX_ENTRY`], for `cache_timeout` seconds (60 when 0); with

@@ -101,6 +101,23 @@ pub struct Route {
     pub cache: Option<super::cache::Cache>,
 }
 
+impl Route {
+    /// What of the (normalised) `path` follows the listen path.
+    pub fn rest_of<'a>(&self, path: &'a str) -> &'a str {
+        &path[self.listen_path.len().min(path.len())..]
+    }
+
+    /// The path as an API's own rules match it (header injection, the
+    /// cache, as Tyk's path specs do): after the listen path, `/` when
+    /// nothing follows.
+    pub fn relative_path<'a>(&self, path: &'a str) -> &'a str {
+        match self.rest_of(path) {
+            "" => "/",
+            rest => rest,
+        }
+    }
+}
+
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> Invalid {
     Invalid::new(field, message)
 }
