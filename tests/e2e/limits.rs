@@ -783,6 +783,39 @@ async fn quotas_headers_throttling_and_switches_behave_as_tyk() {
     assert!(count("rate") >= 2, "{metrics}");
 }
 
+/// The limit counters' bucket on `nats`.
+async fn limits_bucket(nats: &Nats) -> async_nats::jetstream::kv::Store {
+    meridian_kit::bus::ensure_bucket(&nats.js, meridian_schemas::streams::LIMITS_BUCKET, "test")
+        .await
+        .unwrap()
+}
+
+/// Takes from `quota` for `id` until it is exhausted: what was admitted,
+/// and how often it answered "cannot be checked" (giving up after 100).
+async fn spend(
+    limiter: std::sync::Arc<meridian_proxy::adapters::limits::Limiter>,
+    id: &'static str,
+    quota: meridian_proxy::adapters::limits::Limit,
+) -> (u64, u64) {
+    use meridian_keys::limits::Kind;
+    use meridian_proxy::adapters::limits::Refused;
+    let (mut admitted, mut unavailable) = (0u64, 0u64);
+    loop {
+        let now = meridian_kit::time::now_ms();
+        let verdict = limiter.admit(Kind::KeyQuota, id, "", quota, "1", now).await;
+        match verdict.admitted {
+            Ok(()) => admitted += 1,
+            Err(Refused::Exhausted) => return (admitted, unavailable),
+            Err(Refused::Unavailable) => {
+                unavailable += 1;
+                if unavailable > 100 {
+                    return (admitted, unavailable);
+                }
+            }
+        }
+    }
+}
+
 /// Three replicas, thirty-two requests at once on each, against one quota,
 /// until it refuses them: a block a fetch leases is often drained by the
 /// requests beside it before the fetching one looks again. That is no
@@ -790,16 +823,10 @@ async fn quotas_headers_throttling_and_switches_behave_as_tyk() {
 /// admitted or refused as exhausted, and exactly the quota is admitted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requests_that_find_their_leased_block_drained_fetch_again() {
-    use meridian_keys::limits::{Kind, Quota};
-    use meridian_proxy::adapters::limits::{Limit, Limiter, Refused};
+    use meridian_keys::limits::Quota;
+    use meridian_proxy::adapters::limits::{Limit, Limiter};
     let nats = Nats::start().await;
-    let bucket = meridian_kit::bus::ensure_bucket(
-        &nats.js,
-        meridian_schemas::streams::LIMITS_BUCKET,
-        "test",
-    )
-    .await
-    .unwrap();
+    let bucket = limits_bucket(&nats).await;
     const QUOTA: u64 = 3000;
     let quota = Limit::Quota(Quota {
         max: QUOTA,
@@ -816,25 +843,7 @@ async fn requests_that_find_their_leased_block_drained_fetch_again() {
         ));
         for _ in 0..32 {
             let limiter = limiter.clone();
-            clients.spawn(async move {
-                let (mut admitted, mut unavailable) = (0u64, 0u64);
-                loop {
-                    let now = meridian_kit::time::now_ms();
-                    let verdict = limiter
-                        .admit(Kind::KeyQuota, "drained", "", quota, "1", now)
-                        .await;
-                    match verdict.admitted {
-                        Ok(()) => admitted += 1,
-                        Err(Refused::Exhausted) => return (admitted, unavailable),
-                        Err(Refused::Unavailable) => {
-                            unavailable += 1;
-                            if unavailable > 100 {
-                                return (admitted, unavailable);
-                            }
-                        }
-                    }
-                }
-            });
+            clients.spawn(spend(limiter, "drained", quota));
         }
     }
     let (admitted, unavailable) = clients
@@ -854,15 +863,9 @@ async fn requests_that_find_their_leased_block_drained_fetch_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_worker_thread_leases_its_own_blocks_and_the_quota_holds() {
     use meridian_keys::limits::{Kind, Quota};
-    use meridian_proxy::adapters::limits::{Limit, Limiter, Refused};
+    use meridian_proxy::adapters::limits::{Limit, Limiter};
     let nats = Nats::start().await;
-    let bucket = meridian_kit::bus::ensure_bucket(
-        &nats.js,
-        meridian_schemas::streams::LIMITS_BUCKET,
-        "test",
-    )
-    .await
-    .unwrap();
+    let bucket = limits_bucket(&nats).await;
     const QUOTA: u64 = 3000;
     const WORKERS: usize = 2;
     let quota = Limit::Quota(Quota {
@@ -924,25 +927,7 @@ async fn each_worker_thread_leases_its_own_blocks_and_the_quota_holds() {
                     let mut tasks = tokio::task::JoinSet::new();
                     for _ in 0..8 {
                         let limiter = limiter.clone();
-                        tasks.spawn(async move {
-                            let (mut admitted, mut unavailable) = (0u64, 0u64);
-                            loop {
-                                let now = meridian_kit::time::now_ms();
-                                let verdict = limiter
-                                    .admit(Kind::KeyQuota, "workers", "", quota, "1", now)
-                                    .await;
-                                match verdict.admitted {
-                                    Ok(()) => admitted += 1,
-                                    Err(Refused::Exhausted) => return (admitted, unavailable),
-                                    Err(Refused::Unavailable) => {
-                                        unavailable += 1;
-                                        if unavailable > 100 {
-                                            return (admitted, unavailable);
-                                        }
-                                    }
-                                }
-                            }
-                        });
+                        tasks.spawn(spend(limiter, "workers", quota));
                     }
                     tasks.join_all().await
                 })

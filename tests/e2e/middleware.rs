@@ -11,14 +11,46 @@ use serde_json::{Value, json};
 
 use super::fastpath::{api, comparable, host_port, reload};
 
+/// What every test here starts: NATS, an upstream, key-issuer, a replica
+/// with the fast path and one without, and the first's admin API.
+struct Engines {
+    nats: Nats,
+    up: Upstream,
+    ki: meridian_tests::Running,
+    fast: meridian_tests::tyk::Proxy,
+    hyper_only: meridian_tests::tyk::Proxy,
+    admin: Tyk,
+}
+
+impl Engines {
+    async fn start() -> Self {
+        let nats = Nats::start().await;
+        let up = Upstream::start().await;
+        let (ki, _) = start_key_issuer(&nats, |_| {}).await;
+        let fast = start_proxy(&nats, |_| {}).await;
+        let hyper_only = start_proxy(&nats, |c| c.http1_fast_path = false).await;
+        let admin = Tyk::new(&fast.admin.url);
+        Self {
+            nats,
+            up,
+            ki,
+            fast,
+            hyper_only,
+            admin,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cors_preflights_are_answered_before_the_key_check_and_answers_carry_cors() {
-    let nats = Nats::start().await;
-    let up = Upstream::start().await;
-    let (ki, _) = start_key_issuer(&nats, |_| {}).await;
-    let fast = start_proxy(&nats, |_| {}).await;
-    let hyper_only = start_proxy(&nats, |c| c.http1_fast_path = false).await;
-    let admin = Tyk::new(&fast.admin.url);
+    let Engines {
+        nats: _nats,
+        up,
+        ki,
+        fast,
+        hyper_only,
+        admin,
+    } = Engines::start().await;
     let mut keyed = api("shop", "/shop/", &up.url(), false);
     keyed["CORS"] = json!({"enable": true, "allowed_origins": ["https://app.example", "https://*.example.org"],
         "allowed_methods": ["GET", "PUT"], "allowed_headers": ["Authorization", "X-Trace"],
@@ -214,12 +246,14 @@ async fn cors_preflights_are_answered_before_the_key_check_and_answers_carry_cor
 /// allowed is refused naming the field, and nothing is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_are_injected_and_removed_both_ways_as_tyk_does() {
-    let nats = Nats::start().await;
-    let up = Upstream::start().await;
-    let (ki, _) = start_key_issuer(&nats, |_| {}).await;
-    let fast = start_proxy(&nats, |_| {}).await;
-    let hyper_only = start_proxy(&nats, |c| c.http1_fast_path = false).await;
-    let admin = Tyk::new(&fast.admin.url);
+    let Engines {
+        nats: _nats,
+        up,
+        ki,
+        fast,
+        hyper_only,
+        admin,
+    } = Engines::start().await;
     let rules = json!({"name": "Default",
         "global_headers": {"X-Team": "team=$tyk_meta.team", "X-Req": "$tyk_context.request_id",
             "X-Ip": "$tyk_context.remote_addr", "X-Ua": "$tyk_context.headers_User_Agent",
@@ -362,12 +396,14 @@ async fn headers_are_injected_and_removed_both_ways_as_tyk_does() {
 /// request that would leave the API, is a 400 naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_requests_run_each_request_through_the_pipeline() {
-    let nats = Nats::start().await;
-    let up = Upstream::start().await;
-    let (ki, _) = start_key_issuer(&nats, |_| {}).await;
-    let fast = start_proxy(&nats, |_| {}).await;
-    let hyper_only = start_proxy(&nats, |c| c.http1_fast_path = false).await;
-    let admin = Tyk::new(&fast.admin.url);
+    let Engines {
+        nats: _nats,
+        up,
+        ki,
+        fast,
+        hyper_only,
+        admin,
+    } = Engines::start().await;
     let mut batched = api("bat", "/bat/", &up.url(), false);
     batched["enable_batch_request_support"] = json!(true);
     admin.post_ok("/tyk/apis", &batched).await;
@@ -506,12 +542,14 @@ async fn batch_requests_run_each_request_through_the_pipeline() {
 /// every live replica before it answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_are_cached_per_key_and_purged_on_every_replica() {
-    let nats = Nats::start().await;
-    let up = Upstream::start().await;
-    let (ki, _) = start_key_issuer(&nats, |_| {}).await;
-    let fast = start_proxy(&nats, |_| {}).await;
-    let hyper_only = start_proxy(&nats, |c| c.http1_fast_path = false).await;
-    let admin = Tyk::new(&fast.admin.url);
+    let Engines {
+        nats: _nats,
+        up,
+        ki,
+        fast,
+        hyper_only,
+        admin,
+    } = Engines::start().await;
     let mut cached = api("cached", "/cached/", &up.url(), false);
     cached["cache_options"] = json!({"enable_cache": true, "cache_timeout": 60,
         "cache_all_safe_requests": false, "cache_response_codes": [200]});
