@@ -62,8 +62,9 @@ fn now_ms() -> i64 {
 
 /// Three replicas, rate limits of 100 per 2 s, and traffic split
 /// unevenly between replicas, at 1.5x to 3x the limit: every whole window
-/// admits 95 to 100 (exactly 100 with one replica), where an even split
-/// of the limit between replicas (Tyk's DRL) would admit far fewer.
+/// admits 100 less at most one block per replica (92 to 95 here, the
+/// documented bound) to 100, exactly 100 with one replica, where an even
+/// split of the limit between replicas (Tyk's DRL) would admit far fewer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rate_limits_hold_across_replicas_whatever_the_split() {
     let nats = Nats::start().await;
@@ -127,11 +128,18 @@ async fn rate_limits_hold_across_replicas_whatever_the_split() {
             if shares.len() == 1 {
                 assert_eq!(*admitted, 100, "one replica is exact: window ending {end}");
             }
-            // On a loaded machine the paced senders can fall behind and
-            // offer fewer than the limit in a window: then (nearly) all of
-            // what was offered must be admitted, and never over 105.
+            // What a window may lose is documented (docs/gateway.md): at
+            // most one block per replica, a block being at most 50 ms of
+            // that replica's traffic (rounded up, at least one). On a
+            // loaded machine the paced senders can fall behind and offer
+            // fewer than the limit in a window: then (nearly) all of what
+            // was offered must be admitted, and never over 105.
+            let lost: usize = shares
+                .iter()
+                .map(|share| ((50.0 * load * share * 0.05).ceil() as usize).max(1))
+                .sum();
             let offered = sent.get(end).copied().unwrap_or_default();
-            let lower = 95.min(offered * 95 / 100);
+            let lower = (100 - lost).min(offered * 95 / 100);
             assert!(
                 (lower..=105).contains(admitted),
                 "{shares:?} at {load}x: {admitted} admitted of {offered} offered in the window ending {end} (all: {windows:?}, sent {sent:?})"
