@@ -194,6 +194,24 @@ pub fn expect_ok(method: &str, path: &str, (status, body): (u16, Value)) -> Valu
     body
 }
 
+/// The value of one series (`name{labels}` as the text format writes it)
+/// on the `/metrics` of the service at `base`; `None` when it cannot be
+/// read.
+pub async fn metric(base: &str, series: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let prefix = format!("{series} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Polls `f` every 50 ms until it returns `Some`, or `None` after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
 where

@@ -466,17 +466,7 @@ async fn a_thousand_idle_connections_under_a_soft_limit_of_1024_stop_nothing() {
 
 /// `meridian_start_catch_up_seconds` of a service's `/metrics`.
 async fn catch_up_seconds(admin: &str) -> Option<f64> {
-    let text = reqwest::get(format!("{admin}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("meridian_start_catch_up_seconds "))?
-        .trim()
-        .parse()
-        .ok()
+    metric(admin, "meridian_start_catch_up_seconds").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -371,17 +371,12 @@ async fn limits_hold_through_a_nats_outage_and_reconcile_after() {
     // still count alone beside one that leases (the documented second or
     // so). Barrier: each replica's `leased` count moves after a rated call.
     let leased = |admin: String| async move {
-        let text = reqwest::get(format!("{admin}/metrics"))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix("meridian_gateway_limit_leases_total{outcome=\"leased\"} ")
-            })
-            .and_then(|v| v.parse::<u64>().ok())
+        metric(
+            &admin,
+            "meridian_gateway_limit_leases_total{outcome=\"leased\"}",
+        )
+        .await
+        .map(|v| v as u64)
     };
     for (proxy, url) in proxies.iter().zip(&urls) {
         let before = leased(proxy.admin.url.clone()).await.unwrap_or(0);
