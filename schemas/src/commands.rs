@@ -64,25 +64,39 @@ pub struct RunProbe {
     pub run_id: RunId,
 }
 
-/// The proxy records the OAuth tokens it issued (the token itself stays
-/// with the client: only its hash is sent). Sent on
+/// The proxy records the OAuth tokens and authorization codes it issued
+/// (the token itself stays with the client: only its hash is sent),
+/// redeeming the code or refresh token they were issued for. Sent on
 /// [`crate::streams::RECORD_TOKENS_SUBJECT`]; any key-issuer replica
-/// answers once the tokens are in `KEYS`.
+/// answers once they are in `KEYS`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordTokens {
     /// Chosen once by the sender: a retry of the same request stores nothing twice.
     pub request_id: uuid::Uuid,
     /// SHA-256 (hex) of each token, with its details.
     pub tokens: Vec<(String, crate::keys::TokenRecord)>,
+    /// SHA-256 (hex) of each authorization code, with its details.
+    pub codes: Vec<(String, crate::keys::CodeRecord)>,
+    /// SHA-256 (hex) of the authorization code or refresh token exchanged
+    /// for `tokens`: it must be live and the same client's, and it is
+    /// revoked before they are stored (once, whichever replica asks first).
+    pub redeem: Option<String>,
 }
 
 /// The answer to [`RecordTokens`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RecordTokensReply {
-    /// Every token is stored.
-    Recorded,
+    /// Everything is stored; `keys_seq` is the `KEYS` sequence that
+    /// includes it (what a gateway replica must have folded to know it).
+    Recorded {
+        /// The sequence.
+        keys_seq: u64,
+    },
     /// Nothing was stored, and why (an unknown client, a malformed hash).
     Refused(String),
+    /// The code or refresh token to redeem is unknown, expired, already
+    /// used or another client's (OAuth's `invalid_grant`); nothing stored.
+    GrantInvalid,
 }
 
 /// Encodes a command or reply (postcard).

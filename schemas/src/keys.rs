@@ -154,6 +154,16 @@ pub enum KeysEvent {
         /// When (ms since the epoch).
         at_ms: i64,
     },
+    /// The proxy issued an OAuth authorization code (the authorization-code
+    /// grant); a [`KeysEvent::TokenRevoked`] of its hash redeems it.
+    CodeIssued {
+        /// SHA-256 (hex) of the code.
+        code_hash: String,
+        /// The code's details.
+        code: CodeRecord,
+        /// See the module documentation.
+        change_id: Uuid,
+    },
 }
 
 /// An OAuth token as the proxy issued it.
@@ -169,9 +179,30 @@ pub struct TokenRecord {
     pub expires_ms: i64,
     /// When it was issued (ms since the epoch).
     pub issued_ms: i64,
-    /// SHA-256 (hex) of the key (session) the access token stands for;
-    /// empty for a refresh token.
+    /// SHA-256 (hex) of the key whose session the token carries (a user of
+    /// the password grant); empty: the session of the client's policy.
     pub key_hash: String,
+    /// For a refresh token: SHA-256 (hex) of the access token issued with
+    /// it (revoked when the refresh token is used); empty otherwise.
+    ///
+    /// Added with the gateway's token endpoint: no component issued a
+    /// token before it, so no `KEYS` stream holds a `TokenIssued` without it.
+    pub access_hash: String,
+}
+
+/// An OAuth authorization code as the proxy issued it (`/tyk/oauth/authorize-client/`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeRecord {
+    /// The client it was issued to.
+    pub client_id: String,
+    /// The API it was issued for.
+    pub api_id: String,
+    /// The redirect URI it was issued for: the token request must name the same.
+    pub redirect_uri: String,
+    /// When it expires (ms since the epoch).
+    pub expires_ms: i64,
+    /// When it was issued (ms since the epoch).
+    pub issued_ms: i64,
 }
 
 impl KeysEvent {
@@ -193,6 +224,7 @@ impl KeysEvent {
             Self::TokenIssued { token_hash, .. } | Self::TokenRevoked { token_hash, .. } => {
                 (KeysEntity::Token, token_hash)
             }
+            Self::CodeIssued { code_hash, .. } => (KeysEntity::Token, code_hash),
             Self::LapsedTokensPurged { .. } => return None,
         })
     }
@@ -210,7 +242,8 @@ impl KeysEvent {
             | Self::TokenIssued { change_id, .. }
             | Self::TokenRevoked { change_id, .. }
             | Self::ClientTokensRevoked { change_id, .. }
-            | Self::LapsedTokensPurged { change_id, .. } => *change_id,
+            | Self::LapsedTokensPurged { change_id, .. }
+            | Self::CodeIssued { change_id, .. } => *change_id,
         }
     }
 }
@@ -233,6 +266,7 @@ impl Event for KeysEvent {
             Self::TokenRevoked { .. } => "keys.token_revoked",
             Self::ClientTokensRevoked { .. } => "keys.client_tokens_revoked",
             Self::LapsedTokensPurged { .. } => "keys.lapsed_tokens_purged",
+            Self::CodeIssued { .. } => "keys.code_issued",
         }
     }
 

@@ -14,6 +14,7 @@ mod import;
 mod keys;
 mod limits;
 mod middleware;
+mod oauth;
 mod observe;
 mod portal;
 mod proxy;

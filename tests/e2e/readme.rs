@@ -5,7 +5,8 @@
 //!
 //! Each command of a `sh` block runs in `sh` from a directory whose
 //! `.meridian/` is the hub's data directory. What the README writes as a
-//! placeholder (`a51d...`, `e629...`, `<id>`, `9c0e...`, `5f0c...`) is replaced by the
+//! placeholder (`a51d...`, `e629...`, `<id>`, `9c0e...`, `5f0c...`, an OAuth
+//! client's `7d1f...` and `c2b0...`, its token `e3a9...`) is replaced by the
 //! id an earlier answer gave, the way a reader would; `scripts/meridian` is
 //! the built `meridian` binary. A `curl` must get a 2xx. Commands that start
 //! or deploy other things (the quick start, compose, Kubernetes, the nats
@@ -304,6 +305,16 @@ async fn every_readme_example_works_as_written() {
             }
             if command.contains("-X POST $H/tyk/keys ") {
                 ids.insert("5f0c...", answer["key"].as_str().unwrap().to_owned());
+            }
+            if command.contains("/tyk/oauth/clients/create ") {
+                ids.insert("7d1f...", answer["client_id"].as_str().unwrap().to_owned());
+                ids.insert("c2b0...", answer["secret"].as_str().unwrap().to_owned());
+            }
+            if command.contains("/oauth/token ") {
+                ids.insert(
+                    "e3a9...",
+                    answer["access_token"].as_str().unwrap().to_owned(),
+                );
             }
             // The portal's listings name the demo provider, Product and Plan.
             let find = |field: &str, value: &str| {

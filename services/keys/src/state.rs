@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use meridian_schemas::keys::{KeysEvent, TokenRecord};
+use meridian_schemas::keys::{CodeRecord, KeysEvent, TokenRecord};
 use meridian_schemas::streams::KeysEntity;
 use sha2::{Digest, Sha256};
 
@@ -60,7 +60,12 @@ pub struct KeysState {
     orgs: BTreeMap<String, Entry<Session>>,
     clients: BTreeMap<String, Entry<OAuthClient>>,
     tokens: HashMap<String, Entry<TokenRecord>>,
-    /// Policy id → hashes of the keys that apply it.
+    /// The sessions live access tokens carry, by token hash (their
+    /// effective sessions are in `effective`, beside the keys').
+    token_sessions: HashMap<String, Arc<Session>>,
+    /// Live authorization codes, by code hash.
+    codes: HashMap<String, Entry<CodeRecord>>,
+    /// Policy id → hashes of the keys (and access tokens) that apply it.
     by_policy: HashMap<String, BTreeSet<String>>,
     /// Last sequence on each entity's subject, deletions included.
     last: HashMap<(KeysEntity, String), u64>,
@@ -189,11 +194,12 @@ impl KeysState {
             }
             KeysEvent::ClientDeleted { client_id, .. } => {
                 self.clients.remove(client_id);
-                self.tokens.retain(|_, t| t.value.client_id != *client_id);
+                self.drop_tokens(|t| t.client_id == *client_id, |c| c.client_id == *client_id);
             }
             KeysEvent::TokenIssued {
                 token_hash, token, ..
             } => {
+                let session = self.token_session(token).map(Arc::new);
                 self.tokens.insert(
                     token_hash.clone(),
                     Entry {
@@ -201,29 +207,118 @@ impl KeysState {
                         seq,
                     },
                 );
+                if let Some(session) = session {
+                    self.index_policies(token_hash, Some(&session));
+                    self.token_sessions.insert(token_hash.clone(), session);
+                    self.refresh(token_hash);
+                }
             }
-            KeysEvent::TokenRevoked { token_hash, .. } => {
-                self.tokens.remove(token_hash);
+            KeysEvent::CodeIssued {
+                code_hash, code, ..
+            } => {
+                self.codes.insert(
+                    code_hash.clone(),
+                    Entry {
+                        value: Arc::new(code.clone()),
+                        seq,
+                    },
+                );
             }
+            KeysEvent::TokenRevoked { token_hash, .. } => self.drop_token(token_hash),
             KeysEvent::ClientTokensRevoked { client_id, .. } => {
-                self.tokens.retain(|_, t| t.value.client_id != *client_id);
+                self.drop_tokens(|t| t.client_id == *client_id, |_| false);
             }
             KeysEvent::LapsedTokensPurged { at_ms, .. } => {
-                self.tokens.retain(|_, t| t.value.expires_ms >= *at_ms);
+                self.drop_tokens(|t| t.expires_ms < *at_ms, |c| c.expires_ms < *at_ms);
             }
         }
         self.position = seq;
         Ok(())
     }
 
+    /// The session an access token carries, built when it is issued as Tyk
+    /// builds it: its user's session (the password grant) or else one
+    /// applying its client's policy; expiring with the token, naming the
+    /// client (`oauth_client_id`), with the client's metadata under the
+    /// session's own. `None` for a refresh token, or when the client (or
+    /// the user, or the client's policy) is gone: the token opens nothing.
+    fn token_session(&self, token: &TokenRecord) -> Option<Session> {
+        if token.refresh {
+            return None;
+        }
+        let client = &self.clients.get(&token.client_id)?.value;
+        let mut session = if token.key_hash.is_empty() {
+            if client.policy_id.is_empty() {
+                return None;
+            }
+            Session {
+                apply_policies: vec![client.policy_id.clone()],
+                ..Session::default()
+            }
+        } else {
+            let mut user = self.keys.get(&token.key_hash)?.value.as_ref().clone();
+            user.other.remove("basic_auth_data");
+            user
+        };
+        session.expires = token.expires_ms.div_euclid(1000);
+        session.other.insert(
+            "oauth_client_id".into(),
+            serde_json::Value::String(token.client_id.clone()),
+        );
+        if let serde_json::Value::Object(meta) = &client.meta_data {
+            for (k, v) in meta {
+                session
+                    .meta_data
+                    .entry(k.clone())
+                    .or_insert_with(|| v.clone());
+            }
+        }
+        Some(session)
+    }
+
+    /// Forgets a token or code (and the session a token carried).
+    fn drop_token(&mut self, hash: &str) {
+        self.tokens.remove(hash);
+        self.codes.remove(hash);
+        if self.token_sessions.contains_key(hash) {
+            self.index_policies(hash, None);
+            self.token_sessions.remove(hash);
+            self.effective.remove(hash);
+        }
+    }
+
+    /// Forgets every token and code that matches.
+    fn drop_tokens(
+        &mut self,
+        token: impl Fn(&TokenRecord) -> bool,
+        code: impl Fn(&CodeRecord) -> bool,
+    ) {
+        let tokens = self.tokens.iter().filter(|(_, t)| token(&t.value));
+        let codes = self.codes.iter().filter(|(_, c)| code(&c.value));
+        let gone: Vec<String> = tokens
+            .map(|(h, _)| h.clone())
+            .chain(codes.map(|(h, _)| h.clone()))
+            .collect();
+        for hash in gone {
+            self.drop_token(&hash);
+        }
+    }
+
+    /// The session stored under `hash`: a key's, or an access token's.
+    fn stored_session(&self, hash: &str) -> Option<&Arc<Session>> {
+        self.keys
+            .get(hash)
+            .map(|k| &k.value)
+            .or_else(|| self.token_sessions.get(hash))
+    }
+
     fn index_policies(&mut self, key_hash: &str, new: Option<&Session>) {
-        if let Some(old) = self.keys.get(key_hash) {
-            for id in old.value.policy_ids() {
-                if let Some(set) = self.by_policy.get_mut(&id) {
-                    set.remove(key_hash);
-                    if set.is_empty() {
-                        self.by_policy.remove(&id);
-                    }
+        let old = self.stored_session(key_hash).map(|s| s.policy_ids());
+        for id in old.unwrap_or_default() {
+            if let Some(set) = self.by_policy.get_mut(&id) {
+                set.remove(key_hash);
+                if set.is_empty() {
+                    self.by_policy.remove(&id);
                 }
             }
         }
@@ -238,10 +333,10 @@ impl KeysState {
     }
 
     fn refresh(&mut self, key_hash: &str) {
-        if let Some(key) = self.keys.get(key_hash) {
+        if let Some(session) = self.stored_session(key_hash) {
             let enforced = Enforced {
-                effective: self.merge(&key.value),
-                quota_reset: Arc::from(key.value.last_updated.as_str()),
+                effective: self.merge(session),
+                quota_reset: Arc::from(session.last_updated.as_str()),
             };
             self.effective.insert(key_hash.to_owned(), enforced);
         }
@@ -392,6 +487,11 @@ impl KeysState {
         self.tokens.get(hash)
     }
 
+    /// A live authorization code, by the hash of the code.
+    pub fn code(&self, hash: &str) -> Option<&Entry<CodeRecord>> {
+        self.codes.get(hash)
+    }
+
     /// A client's live tokens not expired at `now_ms`, oldest first.
     pub fn tokens_of_client(&self, client_id: &str, now_ms: i64) -> Vec<(&str, &TokenRecord)> {
         let mut found: Vec<(&str, &Entry<TokenRecord>)> = self
@@ -445,6 +545,11 @@ impl meridian_kit::projection::Digested for KeysState {
         tokens.sort_unstable_by_key(|(k, _)| *k);
         for (k, e) in tokens {
             put("token", k, e.seq, format!("{:?}", e.value));
+        }
+        let mut codes: Vec<_> = self.codes.iter().collect();
+        codes.sort_unstable_by_key(|(k, _)| *k);
+        for (k, e) in codes {
+            put("code", k, e.seq, format!("{:?}", e.value));
         }
         let mut out = String::with_capacity(64);
         for b in h.finalize() {
@@ -615,6 +720,94 @@ mod tests {
         let table = state.patterns.compiled.len();
         assert!(table <= 128, "{table} patterns kept for one live one");
         assert!(pattern(&state, "k", 0).is_match("/v999/x"));
+    }
+
+    #[test]
+    fn access_tokens_carry_their_clients_policy_until_revoked() {
+        let mut state = KeysState::default();
+        let policy = json!({"id": "gold", "rate": 5, "per": 1,
+            "access_rights": {"pets": {"api_id": "pets", "versions": ["Default"]}}});
+        let client = json!({"client_id": "app", "secret_hash": "x", "api_id": "pets",
+            "policy_id": "gold", "meta_data": {"team": "blue"}});
+        let token = |refresh: bool, key_hash: &str| TokenRecord {
+            client_id: "app".into(),
+            api_id: "pets".into(),
+            refresh,
+            expires_ms: 7_200_000,
+            issued_ms: 0,
+            key_hash: key_hash.into(),
+            access_hash: String::new(),
+        };
+        let events = [
+            KeysEvent::PolicySaved {
+                policy_id: "gold".into(),
+                policy: policy.to_string(),
+                created: true,
+                change_id: Uuid::new_v4(),
+                at_ms: 0,
+            },
+            KeysEvent::ClientSaved {
+                client_id: "app".into(),
+                client: client.to_string(),
+                created: true,
+                rotated: false,
+                change_id: Uuid::new_v4(),
+                at_ms: 0,
+            },
+            KeysEvent::TokenIssued {
+                token_hash: "a".repeat(64),
+                token: token(false, ""),
+                change_id: Uuid::new_v4(),
+            },
+            KeysEvent::TokenIssued {
+                token_hash: "b".repeat(64),
+                token: token(true, ""),
+                change_id: Uuid::new_v4(),
+            },
+        ];
+        for (i, e) in events.iter().enumerate() {
+            state.apply(e, i as u64 + 1).unwrap();
+        }
+        let access = state.effective(&"a".repeat(64)).unwrap().as_ref().unwrap();
+        assert_eq!((access.rate, access.expires), (5.0, 7_200));
+        assert_eq!(access.meta_data["team"], "blue");
+        assert_eq!(access.other["oauth_client_id"], "app");
+        assert!(access.access_rights.contains_key("pets"));
+        assert!(
+            state.effective(&"b".repeat(64)).is_none(),
+            "a refresh token opens nothing"
+        );
+        assert_eq!(state.key_count(), 0, "tokens are not keys");
+        // The policy changes: the token follows; it goes: the token opens nothing.
+        let mut faster = policy.clone();
+        faster["rate"] = json!(9);
+        let saved = KeysEvent::PolicySaved {
+            policy_id: "gold".into(),
+            policy: faster.to_string(),
+            created: false,
+            change_id: Uuid::new_v4(),
+            at_ms: 0,
+        };
+        state.apply(&saved, 5).unwrap();
+        let access = state.effective(&"a".repeat(64)).unwrap().as_ref().unwrap();
+        assert_eq!(access.rate, 9.0);
+        let deleted = KeysEvent::PolicyDeleted {
+            policy_id: "gold".into(),
+            org_id: String::new(),
+            change_id: Uuid::new_v4(),
+            at_ms: 0,
+        };
+        state.apply(&deleted, 6).unwrap();
+        assert!(state.effective(&"a".repeat(64)).unwrap().is_err());
+        let revoked = KeysEvent::TokenRevoked {
+            token_hash: "a".repeat(64),
+            change_id: Uuid::new_v4(),
+            at_ms: 0,
+        };
+        state.apply(&revoked, 7).unwrap();
+        assert!(state.effective(&"a".repeat(64)).is_none());
+        assert!(state.token(&"a".repeat(64)).is_none());
+        assert!(state.by_policy.is_empty(), "nothing left indexed");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! writer of `APIS` ([`writer`]), the replicas' announcements of what they
 //! applied ([`replicas`]), the data plane ([`dataplane`], its HTTP/1.1 fast path [`fastpath`]) with its kept
 //! upstream connections ([`upstream`]) and its leases on the shared
-//! rate-limit and quota counters ([`limits`]).
+//! rate-limit and quota counters ([`limits`]), and OAuth 2.0's endpoints
+//! ([`oauth`]).
 
 pub mod batch;
 pub mod cache;
@@ -11,6 +12,7 @@ pub mod dataplane;
 pub mod fastpath;
 pub mod fold;
 pub mod limits;
+pub mod oauth;
 pub mod replicas;
 pub mod upstream;
 pub mod writer;

@@ -94,6 +94,22 @@ pub struct Config {
     /// is full. Default: 67108864 (64 MiB).
     #[serde(default = "default_cache_max_bytes")]
     pub cache_max_bytes: u64,
+    /// How long OAuth access tokens live (Tyk's `oauth_token_expire`)
+    /// when the API's definition sets no `session_lifetime`. Default: `1h`.
+    #[serde(default = "default_oauth_token_expire")]
+    pub oauth_token_expire: HumanDuration,
+    /// How long OAuth refresh tokens live (Tyk's
+    /// `oauth_refresh_token_expire`). Default: `14d`.
+    #[serde(default = "default_oauth_refresh_token_expire")]
+    pub oauth_refresh_token_expire: HumanDuration,
+}
+
+fn default_oauth_token_expire() -> HumanDuration {
+    HumanDuration(Duration::from_secs(3600))
+}
+
+fn default_oauth_refresh_token_expire() -> HumanDuration {
+    HumanDuration(Duration::from_secs(14 * 24 * 3600))
 }
 
 fn default_cache_max_bytes() -> u64 {
@@ -148,6 +164,8 @@ impl Config {
             rate_limit_response_headers: HeaderSource::default(),
             http1_fast_path: true,
             cache_max_bytes: default_cache_max_bytes(),
+            oauth_token_expire: default_oauth_token_expire(),
+            oauth_refresh_token_expire: default_oauth_refresh_token_expire(),
         }
     }
 }
@@ -262,6 +280,14 @@ impl App {
                     message: format!("{ENV_PREFIX}{e}"),
                 }
             })?;
+        plane.issue_tokens_with(crate::adapters::oauth::Issuer {
+            client: client.clone(),
+            replicas: replicas.clone(),
+            secret: secret.clone(),
+            token_lifetime: config.oauth_token_expire.0,
+            refresh_lifetime: config.oauth_refresh_token_expire.0,
+            patience: config.reload_timeout.0,
+        });
         let plane = Arc::new(plane);
         let unconfirmed = metrics.gauge(
             "meridian_gateway_key_view_unconfirmed",

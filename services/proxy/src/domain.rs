@@ -2,8 +2,9 @@
 //! table ([`routes`]), the fold of `APIS` ([`state`]), a request's one
 //! normalised path ([`path`]), CORS ([`cors`]), the steps a request goes through
 //! ([`pipeline`]), what a request may do ([`access`]), how limits are
-//! counted ([`limits`]) and which headers are injected or removed
-//! ([`transforms`]). No I/O, no clock: time comes in.
+//! counted ([`limits`]), which headers are injected or removed
+//! ([`transforms`]) and OAuth 2.0's grants ([`oauth`]). No I/O, no
+//! clock: time comes in.
 
 pub mod access;
 pub mod apidef;
@@ -11,6 +12,7 @@ pub mod batch;
 pub mod cache;
 pub mod cors;
 pub mod limits;
+pub mod oauth;
 pub mod path;
 pub mod pipeline;
 pub mod routes;

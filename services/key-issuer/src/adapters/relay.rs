@@ -143,7 +143,8 @@ pub fn to_public(event: &KeysEvent, seq: u64, at_ms: i64) -> Result<Option<Publi
         | KeysEvent::TokenIssued { .. }
         | KeysEvent::TokenRevoked { .. }
         | KeysEvent::ClientTokensRevoked { .. }
-        | KeysEvent::LapsedTokensPurged { .. } => return Ok(None),
+        | KeysEvent::LapsedTokensPurged { .. }
+        | KeysEvent::CodeIssued { .. } => return Ok(None),
     }))
 }
 

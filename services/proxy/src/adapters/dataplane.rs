@@ -38,7 +38,8 @@ use super::limits::{Limit, Limiter, Refused};
 use super::upstream::{Affinity, ClientBody, Http1Pool, caused_by_client_body, client_body};
 use crate::domain::Route;
 use crate::domain::access::{
-    KeyInput, Refusal, VersionInput, check_key, first_segment, key_from_header, resolve_version,
+    KeyInput, Refusal, VersionInput, bearer_token, check_key, first_segment, key_from_header,
+    resolve_version,
 };
 use crate::domain::cors::{Added, Decision};
 use crate::domain::limits::{HeaderSource, LimitHeaders, throttle};
@@ -258,6 +259,8 @@ pub struct DataPlane {
     batches: super::batch::SelfClient,
     /// Kept answers of APIs with the cache on.
     cache: Arc<super::cache::ResponseCache>,
+    /// OAuth 2.0's endpoints, once the replica has NATS to record tokens.
+    oauth: std::sync::OnceLock<super::oauth::Issuer>,
     /// The counters of `answered` by API and status class, found without
     /// building labels on every request.
     counters: meridian_kit::writer::Lock<HashMap<String, [Option<SpreadCounter>; 5]>>,
@@ -342,7 +345,7 @@ pub fn error_response(status: StatusCode, message: &str) -> Response<Body> {
 }
 
 /// A JSON answer.
-fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+pub(super) fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
     let mut res = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
     *res.status_mut() = status;
     res.headers_mut().insert(
@@ -499,6 +502,7 @@ impl DataPlane {
             timeouts,
             counters: meridian_kit::writer::Lock::default(),
             listening: std::sync::OnceLock::new(),
+            oauth: std::sync::OnceLock::new(),
             batches: super::batch::self_client(),
             cache: Arc::new(super::cache::ResponseCache::new(cache_max_bytes, metrics)),
             handed_to_hyper: metrics
@@ -571,6 +575,11 @@ impl DataPlane {
             .or_default()[class] = Some(counter);
     }
 
+    /// Serves OAuth 2.0's endpoints with `issuer` (set once, at start).
+    pub fn issue_tokens_with(&self, issuer: super::oauth::Issuer) {
+        let _ = self.oauth.set(issuer);
+    }
+
     /// Answers one request of the client connection `client`.
     pub async fn handle(&self, req: Request<Incoming>, client: &ClientConn) -> Response<Body> {
         let mut req = req;
@@ -609,6 +618,23 @@ impl DataPlane {
             && crate::domain::batch::is_batch_path(&route.listen_path, req.uri().path())
         {
             let res = self.batch(req, &route, client).await;
+            self.count(&route.api_id, res.status());
+            return res;
+        }
+        if let Some(oauth) = &route.oauth
+            && let Some(endpoint) = crate::domain::oauth::endpoint(route.rest_of(req.uri().path()))
+        {
+            let res = match self.oauth.get() {
+                Some(issuer) => {
+                    issuer
+                        .answer(&self.keys, &route, oauth, endpoint, req)
+                        .await
+                }
+                None => error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "OAuth tokens cannot be issued by this replica",
+                ),
+            };
             self.count(&route.api_id, res.status());
             return res;
         }
@@ -841,10 +867,15 @@ impl DataPlane {
     /// Key auth: the key from the API's header, checked against its
     /// effective session.
     fn key_step(&self, cx: &mut Context, req: &(dyn Facts + Sync)) -> Result<(), Refusal> {
-        let key = req
-            .header(&cx.route.auth_header)
-            .and_then(key_from_header)
-            .ok_or(Refusal::KeyMissing)?;
+        let header = req.header(&cx.route.auth_header);
+        let oauth = cx.route.oauth.is_some();
+        let key = if oauth {
+            bearer_token(header)?
+        } else {
+            header
+                .and_then(key_from_header)
+                .ok_or(Refusal::KeyMissing)?
+        };
         let key_hash = hash_secret(key);
         let input = KeyInput {
             key_hash: &key_hash,
@@ -855,7 +886,13 @@ impl DataPlane {
         };
         let (session, quota_reset) = {
             let keys = read_keys(&self.keys);
-            let enforced = check_key(&keys, &cx.route, &input)?;
+            let enforced = match check_key(&keys, &cx.route, &input) {
+                // Tyk's OAuth middleware's answer for a token it does not know.
+                Err(Refusal::Disallowed) if oauth && keys.enforced(&key_hash).is_none() => {
+                    return Err(Refusal::TokenUnknown);
+                }
+                checked => checked?,
+            };
             let Ok(session) = &enforced.effective else {
                 return Err(Refusal::Disallowed);
             };

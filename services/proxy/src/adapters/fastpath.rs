@@ -698,12 +698,14 @@ impl Conn {
                 .await);
         };
         // hyper serves https and h2c upstreams, batches (they read the
-        // whole body and answer from several exchanges) and APIs with the
-        // response cache (answers kept whole).
+        // whole body and answer from several exchanges), APIs with the
+        // response cache (answers kept whole) and OAuth's endpoints.
         let batch = route.batch
             && head.method() == "POST"
             && crate::domain::batch::is_batch_path(&route.listen_path, &path);
-        if route.upstream.tls || route.upstream.h2c || batch || route.cache.is_some() {
+        let oauth =
+            route.oauth.is_some() && crate::domain::oauth::endpoint(route.rest_of(&path)).is_some();
+        if route.upstream.tls || route.upstream.h2c || batch || oauth || route.cache.is_some() {
             return Err(head);
         }
         if !route.keyless

@@ -41,6 +41,13 @@ pub enum Refusal {
     /// The shared quota counters cannot be reached and this replica has
     /// spent what it had leased: refused rather than risk going over.
     QuotaUnavailable,
+    /// An OAuth API's request has no `Bearer <token>` in its auth header
+    /// (no scheme and value).
+    BearerMissing,
+    /// An OAuth API's auth header names a scheme other than `Bearer`.
+    BearerMalformed,
+    /// An OAuth API's bearer token is not a live token or key.
+    TokenUnknown,
 }
 
 impl Refusal {
@@ -49,6 +56,7 @@ impl Refusal {
     pub fn code(self) -> ErrorCode {
         match self {
             Self::KeyMissing => ErrorCode::Unauthenticated,
+            Self::BearerMissing | Self::BearerMalformed => ErrorCode::InvalidArgument,
             Self::RateLimited => ErrorCode::RateLimited,
             Self::QuotaUnavailable => ErrorCode::Unavailable,
             _ => ErrorCode::PermissionDenied,
@@ -81,11 +89,15 @@ impl Refusal {
                 "This organisation quota has been exceeded, please contact your API administrator"
             }
             Self::QuotaUnavailable => "The quota cannot be checked now, please try again shortly",
+            // Tyk's OAuth middleware's words.
+            Self::BearerMissing => "Authorization field missing",
+            Self::BearerMalformed => "Bearer token malformed",
+            Self::TokenUnknown => "Key not authorised",
         }
     }
 
     /// Every refusal, in the order of [`Refusal::index`].
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 17] = [
         Self::KeyMissing,
         Self::Disallowed,
         Self::KeyInactive,
@@ -100,6 +112,9 @@ impl Refusal {
         Self::OrgRateLimited,
         Self::OrgQuotaExceeded,
         Self::QuotaUnavailable,
+        Self::BearerMissing,
+        Self::BearerMalformed,
+        Self::TokenUnknown,
     ];
 
     /// A small number per refusal (its counter's slot).
@@ -124,6 +139,9 @@ impl Refusal {
             Self::OrgRateLimited => "org_rate",
             Self::OrgQuotaExceeded => "org_quota",
             Self::QuotaUnavailable => "quota_unavailable",
+            Self::BearerMissing => "bearer_missing",
+            Self::BearerMalformed => "bearer_malformed",
+            Self::TokenUnknown => "token_unknown",
         }
     }
 }
@@ -201,6 +219,20 @@ pub fn key_from_header(value: &str) -> Option<&str> {
         value
     };
     (!key.is_empty()).then_some(key)
+}
+
+/// The token of an OAuth API's auth header, read as Tyk reads it: a
+/// scheme and a value separated by a space, the scheme `Bearer` in any
+/// case.
+pub fn bearer_token(value: Option<&str>) -> Result<&str, Refusal> {
+    let mut parts = value.unwrap_or_default().split(' ');
+    let (Some(scheme), Some(token)) = (parts.next(), parts.next()) else {
+        return Err(Refusal::BearerMissing);
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(Refusal::BearerMalformed);
+    }
+    Ok(token)
 }
 
 /// What the key check reads from a request.
@@ -478,5 +510,21 @@ mod tests {
         assert_eq!(key_from_header(""), None);
         assert_eq!(first_segment("/v1/x"), Some("v1"));
         assert_eq!(first_segment("/"), None);
+    }
+
+    #[test]
+    fn oauth_apis_want_a_bearer_token_as_tyk_reads_it() {
+        assert_eq!(bearer_token(Some("Bearer abc")), Ok("abc"));
+        assert_eq!(bearer_token(Some("bearer abc")), Ok("abc"));
+        assert_eq!(bearer_token(Some("abc")), Err(Refusal::BearerMissing));
+        assert_eq!(bearer_token(None), Err(Refusal::BearerMissing));
+        assert_eq!(
+            bearer_token(Some("Basic abc")),
+            Err(Refusal::BearerMalformed)
+        );
+        for r in [Refusal::BearerMissing, Refusal::BearerMalformed] {
+            assert_eq!(r.code().http_status(), 400);
+        }
+        assert_eq!(Refusal::TokenUnknown.code().http_status(), 403);
     }
 }

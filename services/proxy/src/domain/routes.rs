@@ -99,6 +99,9 @@ pub struct Route {
     pub batch: bool,
     /// The response cache, when `cache_options` enables it.
     pub cache: Option<super::cache::Cache>,
+    /// OAuth 2.0 (`use_oauth2`): its endpoints under the listen path
+    /// ([`super::oauth`]) and the bearer-token check of the key step.
+    pub oauth: Option<std::sync::Arc<super::oauth::OAuth>>,
 }
 
 impl Route {
@@ -300,6 +303,7 @@ pub fn compile(def: &ApiDefinition) -> Result<Route, Invalid> {
             .and_then(serde_json::Value::as_bool)
             .unwrap_or(false),
         cache: super::cache::compile(def)?,
+        oauth: super::oauth::compile(def)?.map(std::sync::Arc::new),
     })
 }
 
