@@ -2,8 +2,8 @@
 //! chromedriver) against a hub started as `meridian up` starts it, with a
 //! real agent binary and a fake Tyk Dashboard: sign-in, agents and their
 //! tokens, an agent turning ACTIVE and its APIs appearing without a reload,
-//! a deletion seen after pressing Sync, a sync job, a policy and a key, a
-//! portal sync and an approval. A screenshot of every page is written under
+//! a deletion seen after pressing Sync, a sync job, a policy and a key, the
+//! gateway's APIs and an OAuth token revoked, a portal sync and an approval. A screenshot of every page is written under
 //! `target/console-screenshots/`.
 
 use std::time::Duration;
@@ -41,6 +41,7 @@ async fn the_console_does_the_daily_work_in_a_real_browser() {
     .unwrap();
     let url = format!("http://{}", hub.http_addr);
     let grpc = format!("http://{}", hub.grpc_addr);
+    let gateway = format!("http://{}", hub.gateway_addr);
     let _running = tokio::spawn(hub.run_until_stopped(Duration::from_secs(5)));
     // The demo APIs, and one whose Dashboard entry has an OpenAPI document.
     let mut apis = sample_apis();
@@ -378,6 +379,97 @@ async fn the_console_does_the_daily_work_in_a_real_browser() {
     assert!(gone.is_some(), "the deleted key is still listed");
     b.screenshot("keys").await;
 
+    // The gateway page: APIs with the middleware each turns on; an OAuth
+    // API's clients and their tokens (by hash), a token revoked there and
+    // refused by the gateway.
+    let hub_tyk = tyk::Tyk::new(&url);
+    hub_tyk
+        .post_ok(
+            "/tyk/apis",
+            &json!({"api_id": "orders", "name": "Orders", "use_oauth2": true,
+                "oauth_meta": {"allowed_access_types": ["client_credentials"]},
+                "CORS": {"enable": true, "allowed_origins": ["https://app.example"]},
+                "cache_options": {"enable_cache": true, "cache_timeout": 60},
+                "proxy": {"listen_path": "/orders/", "target_url": url, "strip_listen_path": true},
+                "version_data": {"not_versioned": true}}),
+        )
+        .await;
+    hub_tyk
+        .post_ok(
+            "/tyk/policies",
+            &json!({"id": "orders-app", "name": "Orders app", "rate": 100, "per": 1,
+                "access_rights": {"orders": {"api_id": "orders", "versions": ["Default"]}}}),
+        )
+        .await;
+    let client = hub_tyk
+        .post_ok(
+            "/tyk/oauth/clients/create",
+            &json!({"api_id": "orders", "policy_id": "orders-app",
+                "redirect_uri": "https://app.example/cb", "description": "the shop"}),
+        )
+        .await;
+    let client_id = client["client_id"].as_str().unwrap().to_owned();
+    let (status, _) = hub_tyk.get("/tyk/reload?block=true").await;
+    assert_eq!(status, 200);
+    let granted: serde_json::Value = http
+        .post(format!("{gateway}/orders/oauth/token"))
+        .basic_auth(&client_id, client["secret"].as_str())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = granted["access_token"]
+        .as_str()
+        .expect("a token")
+        .to_owned();
+    let use_token = || async {
+        http.get(format!("{gateway}/orders/healthz"))
+            .header("authorization", format!("Bearer {token}"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(use_token().await, 200);
+    b.goto(&format!("{url}/#/gateway")).await;
+    b.wait_text(
+        "tr[data-gateway-api='orders'] td.middleware",
+        "OAuth 2.0, CORS, cache",
+    )
+    .await;
+    b.click("tr[data-gateway-api='orders'] a").await;
+    b.wait_text(&format!("tr[data-client='{client_id}']"), "orders-app")
+        .await;
+    b.click(&format!(
+        "tr[data-client='{client_id}'] [data-action=tokens]"
+    ))
+    .await;
+    let hash = meridian_keys::hash_secret(&token);
+    let row = format!("tr[data-token='{hash}']");
+    b.wait_text(&row, &hash).await;
+    b.screenshot("gateway").await;
+    b.click(&format!("{row} [data-action=revoke-token]")).await;
+    b.wait_text(
+        &format!("{row} [data-action=revoke-token]"),
+        "Really revoke",
+    )
+    .await;
+    b.click(&format!("{row} [data-action=revoke-token]")).await;
+    b.wait_text("#message", "Token revoked").await;
+    let refused = eventually(Duration::from_secs(1), || async {
+        (use_token().await == 403).then_some(())
+    })
+    .await;
+    assert!(
+        refused.is_some(),
+        "the gateway still takes a token revoked in the console"
+    );
+
     // The developer portal: the hub's key-issuer as a provider (the policy
     // above is tagged `portal`), synchronised from the console; a request
     // approved there.
@@ -455,7 +547,7 @@ async fn the_console_does_the_daily_work_in_a_real_browser() {
         .unwrap();
     assert_eq!(unlabelled, json!([]), "fields without a label");
     b.client.set_window_size(390, 844).await.unwrap();
-    for page in ["agents", "apis", "portal"] {
+    for page in ["agents", "apis", "gateway", "portal"] {
         b.goto(&format!("{url}/#/{page}")).await;
         b.wait_text("h1", "").await;
         let wide = b

@@ -456,6 +456,66 @@ async function keysPage(main) {
   refresh();
 }
 
+// ---------- Gateway ----------
+// The middleware a gateway API definition turns on, by the names the docs use.
+function middlewareOf(d) {
+  const some = (o, names) => names.some((n) => { const x = o?.[n]; return x && (Array.isArray(x) ? x.length : Object.keys(x).length); });
+  const versions = Object.values(d.version_data?.versions || {});
+  const on = [];
+  if (d.use_oauth2) on.push('OAuth 2.0');
+  if (d.CORS?.enable) on.push('CORS');
+  if (d.cache_options?.enable_cache) on.push('cache');
+  if (d.enable_batch_request_support) on.push('batch requests');
+  if (versions.some((v) => some(v, ['global_headers', 'global_headers_remove', 'global_response_headers', 'global_response_headers_remove'])
+    || some(v.extended_paths, ['transform_headers', 'transform_response_headers']))
+    || (d.response_processors || []).some((p) => p.name === 'header_injector')) on.push('header injection');
+  return on;
+}
+
+function gatewayPage(main, apiId) {
+  const apisBox = h('div', {});
+  const clientsBox = h('div', { id: 'oauth-clients' });
+  const tokensBox = h('div', { id: 'oauth-tokens' });
+  const auth = (d) => (d.use_keyless ? 'keyless' : (d.use_oauth2 ? 'OAuth 2.0 tokens (or keys)' : 'key'));
+  async function refresh() {
+    const apis = await act(() => api('GET', '/tyk/apis'));
+    if (!apis) return;
+    apisBox.replaceChildren(apis.length ? table(['API', 'Listen path', 'Authentication', 'Middleware on', 'State', ''], apis.map((d) => h('tr', { 'data-gateway-api': d.api_id },
+      h('td', {}, h('strong', {}, d.name || d.api_id), h('div', { class: 'muted' }, d.api_id)),
+      h('td', {}, h('code', {}, d.proxy?.listen_path || '')),
+      h('td', {}, auth(d)),
+      h('td', { class: 'middleware' }, middlewareOf(d).join(', ') || '—'),
+      h('td', {}, badge(d.active === false ? 'inactive' : 'active')),
+      h('td', {}, d.use_oauth2 ? h('a', { href: `#/gateway/${enc(d.api_id)}` }, 'OAuth clients') : ''))), 'Gateway APIs')
+      : h('p', { class: 'muted' }, 'No APIs on the gateway.'));
+  }
+  async function tokens(id, clientId) {
+    const list = await act(() => api('GET', `/tyk/oauth/clients/${enc(id)}/${enc(clientId)}/tokens`));
+    if (!list) return;
+    const expires = (s) => new Date(s * 1000).toISOString().replace('T', ' ').replace(/\.\d+Z$/, 'Z');
+    tokensBox.replaceChildren(h('h2', {}, `Live tokens of ${clientId}`), list.length ? table(['Token (SHA-256)', 'Expires', ''], list.map((t) => h('tr', { 'data-token': t.code },
+      h('td', {}, h('code', {}, t.code)), h('td', {}, expires(t.expires)),
+      h('td', {}, confirmed('Revoke', 'Really revoke this token?', { 'data-action': 'revoke-token' }, async () => {
+        if (await act(() => api('DELETE', `/api/keys/oauth/tokens/${enc(t.code)}`), 'Token revoked: every gateway replica refuses it') !== undefined) tokens(id, clientId);
+      })))), 'Tokens') : h('p', { class: 'muted' }, 'No live tokens.'));
+  }
+  async function clients(id) {
+    const list = await act(() => api('GET', `/tyk/oauth/clients/${enc(id)}`));
+    if (!list) return;
+    clientsBox.replaceChildren(h('h2', {}, `OAuth clients of ${id}`), list.length ? table(['Client', 'Policy', 'Redirect URI', ''], list.map((c) => h('tr', { 'data-client': c.client_id },
+      h('td', {}, h('code', {}, c.client_id), h('div', { class: 'muted' }, c.description || '')),
+      h('td', {}, c.policy_id || '—'), h('td', {}, c.redirect_uri || '—'),
+      h('td', {}, h('div', { class: 'actions' },
+        h('button', { type: 'button', class: 'secondary', 'data-action': 'tokens', on: { click: () => tokens(id, c.client_id) } }, 'Tokens'),
+        confirmed('Delete', `Really delete ${c.client_id}? Its tokens stop working`, { 'data-action': 'delete-client' }, async () => {
+          if (await act(() => api('DELETE', `/tyk/oauth/clients/${enc(id)}/${enc(c.client_id)}`), 'Client deleted: its tokens no longer work') !== undefined) { tokensBox.replaceChildren(); clients(id); }
+        }))))), 'OAuth clients') : h('p', { class: 'muted' }, 'No OAuth clients for this API.'));
+  }
+  main.append(h('h1', {}, 'Gateway'), apisBox, clientsBox, tokensBox);
+  refresh();
+  if (apiId) clients(apiId);
+}
+
 // ---------- Developer portal ----------
 async function portalPage(main) {
   const report = h('div', { id: 'sync-report' });
@@ -508,7 +568,7 @@ async function portalPage(main) {
   refresh();
 }
 
-const pages = { agents: agentsPage, providers: providersPage, apis: apisPage, api: apiPage, jobs: jobsPage, events: eventsPage, keys: keysPage, portal: portalPage };
+const pages = { agents: agentsPage, providers: providersPage, apis: apisPage, api: apiPage, jobs: jobsPage, events: eventsPage, keys: keysPage, gateway: gatewayPage, portal: portalPage };
 
 function render() {
   state.generation += 1;

@@ -34,6 +34,7 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(revoke_all))
         .routes(routes!(purge_tokens))
         .routes(routes!(invalidate_refresh))
+        .routes(routes!(revoke_by_hash))
 }
 
 const MISSING: &str = "OAuth Client ID not found";
@@ -642,4 +643,35 @@ async fn invalidate_refresh(
     s.append(&event).await?;
     tracing::info!(api = %api_id, "OAuth refresh token invalidated");
     Ok(axum::Json(ModifyKey::new(token, "deleted")))
+}
+
+/// Revokes one live token (access or refresh) by its SHA-256, as token
+/// listings show it: Meridian's own, for the console, beside Tyk's
+/// `POST /tyk/oauth/revoke` (which needs the token itself).
+#[utoipa::path(delete, path = "/api/keys/oauth/tokens/{tokenHash}", tag = "oauth", security(("tyk_secret" = [])),
+    params(("tokenHash" = String, Path, description = "SHA-256 (hex) of the token, as `code` in a token listing")),
+    responses((status = 200, body = StatusMessage), (status = 400, body = StatusMessage),
+        (status = 404, body = StatusMessage, description = "No live token has this hash")))]
+async fn revoke_by_hash(
+    State(s): State<ApiState>,
+    TykPath(hash): TykPath<String>,
+) -> Result<axum::Json<StatusMessage>, TykError> {
+    if !crate::domain::is_hash(&hash) {
+        return Err(TykError::bad_request(
+            "Request malformed: tokenHash: must be 64 lower-case hex characters (a SHA-256)",
+        ));
+    }
+    s.writer.catch_up().await;
+    let client = read(s.writer.state())
+        .token(&hash)
+        .map(|t| t.value.client_id.clone())
+        .ok_or_else(|| TykError::not_found("token not found"))?;
+    let event = KeysEvent::TokenRevoked {
+        token_hash: hash,
+        change_id: Uuid::new_v4(),
+        at_ms: now_ms(),
+    };
+    s.append(&event).await?;
+    tracing::info!(client = %client, "OAuth token revoked by its hash");
+    Ok(ok("token revoked"))
 }
