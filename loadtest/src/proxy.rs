@@ -12,7 +12,9 @@
 //! Rows: the upstream direct, nginx, Meridian keyless, Meridian with key
 //! auth (a key of 10,000 in the view, looked up by hash on every request),
 //! Meridian with key auth + rate limit + quota (limits too high to refuse,
-//! counted across replicas as always); then Meridian keyless at the same
+//! counted across replicas as always), Meridian answering from its response
+//! cache (a keyless API with `cache_options`, every request a hit; expected
+//! above nginx, which has no cache here); then Meridian keyless at the same
 //! 50% rate while other APIs are added, changed and deleted, counting every
 //! error and non-2xx answer. Then scaling with cores: nginx and each
 //! Meridian row with one worker, then two, with the CPU time per request.
@@ -108,11 +110,15 @@ async fn main() -> anyhow::Result<()> {
             .json(&body)
             .send()
     };
-    for (id, keyless) in [("open", true), ("keyed", false)] {
-        let def = serde_json::json!({"api_id": id, "name": id, "use_keyless": keyless,
+    for (id, keyless) in [("open", true), ("keyed", false), ("cached", true)] {
+        let mut def = serde_json::json!({"api_id": id, "name": id, "use_keyless": keyless,
             "proxy": {"listen_path": format!("/{id}/"), "target_url": format!("http://127.0.0.1:{up_port}"),
                 "strip_listen_path": true},
             "version_data": {"not_versioned": true, "versions": {"Default": {"name": "Default"}}}});
+        if id == "cached" {
+            def["cache_options"] = serde_json::json!({"enable_cache": true, "cache_timeout": 600,
+                "cache_all_safe_requests": true});
+        }
         let r = post(format!("{admin}/tyk/apis"), def).await?;
         anyhow::ensure!(r.status().is_success(), "API {id}: {}", r.text().await?);
     }
@@ -147,7 +153,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     anyhow::ensure!(r.status().is_success(), "reload: {}", r.text().await?);
 
-    let rows: [(&str, String, Option<&str>); 5] = [
+    let rows: [(&str, String, Option<&str>); 6] = [
         (
             "upstream direct",
             format!("http://127.0.0.1:{up_port}/x"),
@@ -172,6 +178,11 @@ async fn main() -> anyhow::Result<()> {
             "meridian with key auth + rate limit + quota",
             format!("http://127.0.0.1:{gw_port}/keyed/x"),
             Some(limited_key.as_str()),
+        ),
+        (
+            "meridian cache hit (keyless, cache_options)",
+            format!("http://127.0.0.1:{gw_port}/cached/x"),
+            None,
         ),
     ];
     // Every row answers 200 before it is timed.
@@ -328,6 +339,11 @@ async fn main() -> anyhow::Result<()> {
         per_round(3),
         per_round(4)
     );
+    let cached = full[5].rps / full[1].rps;
+    println!(
+        "cache hit: {cached:.2}x nginx's req/s (expected above nginx without a cache: {})",
+        if cached > 1.0 { "met" } else { "missed" }
+    );
 
     // Scaling with cores: every proxy row again with one worker, then two.
     let nginx_two_port = free_port();
@@ -349,7 +365,7 @@ async fn main() -> anyhow::Result<()> {
             nginx_two.id(),
         ),
     ];
-    for (name, url, key) in &rows[2..] {
+    for (name, url, key) in &rows[2..5] {
         scaling.push(ScalingRow::new(name, 1, url, *key, proxy.id()));
         scaling.push(ScalingRow::new(name, 2, &two(url), *key, proxy_two.id()));
     }
