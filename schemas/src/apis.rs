@@ -1,5 +1,6 @@
 //! Events of the `APIS` stream, written only by the proxy's admin side: the
-//! gateway's API definitions (Tyk's classic `APIDefinition`).
+//! gateway's API definitions (Tyk's classic `APIDefinition`, and Tyk OAS
+//! documents with the classic definition they are served as).
 //!
 //! A definition travels as the JSON the Gateway API takes and returns, in a
 //! string, so every field a client sent is kept, including those Meridian
@@ -37,19 +38,42 @@ pub enum ApisEvent {
         /// When (ms since the epoch).
         at_ms: i64,
     },
+    /// A Tyk OAS API was created or replaced (last: variants are
+    /// numbered in order in the stored events): the OpenAPI document with its
+    /// `x-tyk-api-gateway` extension, and the classic definition the
+    /// gateway serves it as (so readers that know only the classic format,
+    /// key-issuer's, read it as any other).
+    OasSaved {
+        /// The API id.
+        api_id: String,
+        /// The OpenAPI document as sent (JSON).
+        document: String,
+        /// The classic definition it converts to (Gateway API JSON).
+        definition: String,
+        /// `true` when the API did not exist before.
+        created: bool,
+        /// See the module documentation.
+        change_id: Uuid,
+        /// When (ms since the epoch).
+        at_ms: i64,
+    },
 }
 
 impl ApisEvent {
     /// The API the change is about.
     pub fn api_id(&self) -> &str {
         match self {
-            Self::ApiSaved { api_id, .. } | Self::ApiDeleted { api_id, .. } => api_id,
+            Self::ApiSaved { api_id, .. }
+            | Self::OasSaved { api_id, .. }
+            | Self::ApiDeleted { api_id, .. } => api_id,
         }
     }
 
     fn change_id(&self) -> Uuid {
         match self {
-            Self::ApiSaved { change_id, .. } | Self::ApiDeleted { change_id, .. } => *change_id,
+            Self::ApiSaved { change_id, .. }
+            | Self::OasSaved { change_id, .. }
+            | Self::ApiDeleted { change_id, .. } => *change_id,
         }
     }
 }
@@ -61,6 +85,7 @@ impl Event for ApisEvent {
     fn event_type(&self) -> &'static str {
         match self {
             Self::ApiSaved { .. } => "apis.api_saved",
+            Self::OasSaved { .. } => "apis.oas_saved",
             Self::ApiDeleted { .. } => "apis.api_deleted",
         }
     }

@@ -14,6 +14,7 @@ mod import;
 mod keys;
 mod limits;
 mod middleware;
+mod oas;
 mod oauth;
 mod observe;
 mod portal;

@@ -32,6 +32,8 @@ use crate::adapters::writer::{WriteError, Writer};
 use crate::domain::routes::compile;
 use crate::domain::{ApiDefinition, ApisState};
 
+mod oas;
+
 /// Handler state.
 #[derive(Clone)]
 pub struct ApiState {
@@ -82,6 +84,7 @@ pub fn router(state: ApiState) -> OpenApiRouter {
         .routes(routes!(reload))
         .routes(routes!(reload_group))
         .routes(routes!(invalidate_cache))
+        .merge(oas::routes())
         .with_state(state)
 }
 
@@ -131,6 +134,12 @@ async fn save(s: &ApiState, def: ApiDefinition, must_be_new: bool) -> Result<(),
             }
             if !must_be_new && !exists {
                 return Err(TykError::not_found(MISSING));
+            }
+            if state.get(&def.api_id).is_some_and(|a| a.document.is_some()) {
+                return Err(TykError::bad_request(format!(
+                    "API {:?} is a Tyk OAS API: change it with PUT /tyk/apis/oas/{}",
+                    def.api_id, def.api_id
+                )));
             }
             refuse_taken_path(state, &def)?;
             Ok((
@@ -230,17 +239,24 @@ async fn delete_api(
     State(s): State<ApiState>,
     TykPath(id): TykPath<String>,
 ) -> Result<axum::Json<ModifyKey>, TykError> {
+    delete_stored(&s, &id).await?;
+    tracing::info!(api = %id, "API deleted");
+    Ok(axum::Json(ModifyKey::new(id, "deleted")))
+}
+
+/// Deletes an API of either format (404 when there is none).
+async fn delete_stored(s: &ApiState, id: &str) -> Result<(), TykError> {
     s.writer.catch_up().await;
     let change_id = Uuid::new_v4();
     let at_ms = meridian_kit::time::now_ms();
     s.writer
         .write(|state| {
-            if state.get(&id).is_none() {
+            if state.get(id).is_none() {
                 return Err(TykError::not_found(MISSING));
             }
             Ok((
                 ApisEvent::ApiDeleted {
-                    api_id: id.clone(),
+                    api_id: id.to_owned(),
                     change_id,
                     at_ms,
                 },
@@ -248,9 +264,7 @@ async fn delete_api(
             ))
         })
         .await
-        .map_err(WriteError::<TykError>::answer)?;
-    tracing::info!(api = %id, "API deleted");
-    Ok(axum::Json(ModifyKey::new(id, "deleted")))
+        .map_err(WriteError::<TykError>::answer)
 }
 
 /// `?block=true`: answer once every live replica applied every change.

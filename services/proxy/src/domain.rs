@@ -3,7 +3,8 @@
 //! normalised path ([`path`]), CORS ([`cors`]), the steps a request goes through
 //! ([`pipeline`]), what a request may do ([`access`]), how limits are
 //! counted ([`limits`]), which headers are injected or removed
-//! ([`transforms`]) and OAuth 2.0's grants ([`oauth`]). No I/O, no
+//! ([`transforms`]), OAuth 2.0's grants ([`oauth`]) and Tyk OAS
+//! definitions ([`oas`]). No I/O, no
 //! clock: time comes in.
 
 pub mod access;
@@ -12,6 +13,7 @@ pub mod batch;
 pub mod cache;
 pub mod cors;
 pub mod limits;
+pub mod oas;
 pub mod oauth;
 pub mod path;
 pub mod pipeline;

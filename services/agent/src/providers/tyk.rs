@@ -5,7 +5,8 @@
 //! definition's `openapi`.
 //!
 //! Meridian's own gateway (and any Tyk Gateway) is read the same way
-//! through the Gateway API's `GET /tyk/apis` ([`MeridianGateway`]).
+//! through the Gateway API's `GET /tyk/apis` and `GET /tyk/apis/oas`
+//! ([`MeridianGateway`]).
 
 use futures_util::future::BoxFuture;
 use meridian_schemas::proto::ApiDefinition;
@@ -59,8 +60,11 @@ impl Source for TykDashboard {
 }
 
 /// Meridian's own gateway (or any Tyk Gateway): `GET /tyk/apis` with the
-/// Gateway API secret in `x-tyk-authorization`; one answer, the list of
-/// classic API definitions.
+/// Gateway API secret in `x-tyk-authorization` (every API, classic
+/// definitions), and `GET /tyk/apis/oas` (the Tyk OAS APIs' documents):
+/// an OAS API is reported with its OpenAPI document, without the
+/// gateway's extension, as a Dashboard reports it. A gateway without the
+/// OAS endpoints (404) has no OAS APIs.
 pub struct MeridianGateway {
     /// The hub's or the proxy's admin URL.
     pub url: String,
@@ -73,25 +77,49 @@ pub struct MeridianGateway {
 impl Source for MeridianGateway {
     fn list(&self) -> BoxFuture<'_, Result<Vec<ApiDefinition>, ProviderError>> {
         Box::pin(async move {
-            let url = format!("{}/tyk/apis", self.url.trim_end_matches('/'));
-            let body = get_json(
-                &self.http,
-                &url,
-                ("x-tyk-authorization", &self.secret),
-                "Gateway API",
-            )
-            .await?;
-            let garbage = |why: String| ProviderError::Garbage {
-                url: url.clone(),
+            let base = self.url.trim_end_matches('/');
+            let credential = ("x-tyk-authorization", self.secret.as_str());
+            let url = format!("{base}/tyk/apis");
+            let body = get_json(&self.http, &url, credential, "Gateway API").await?;
+            let garbage = |url: &str, why: String| ProviderError::Garbage {
+                url: url.to_owned(),
                 why,
             };
-            let apis = body
-                .as_array()
-                .ok_or_else(|| garbage("the answer is not a list of API definitions".into()))?;
+            let apis = body.as_array().ok_or_else(|| {
+                garbage(&url, "the answer is not a list of API definitions".into())
+            })?;
+            let oas_url = format!("{base}/tyk/apis/oas");
+            let documents = match get_json(&self.http, &oas_url, credential, "Gateway API").await {
+                Ok(docs) => docs,
+                Err(ProviderError::Status { status, .. })
+                    if status == reqwest::StatusCode::NOT_FOUND =>
+                {
+                    Value::Array(Vec::new())
+                }
+                Err(e) => return Err(e),
+            };
+            let documents = documents.as_array().ok_or_else(|| {
+                garbage(
+                    &oas_url,
+                    "the answer is not a list of OpenAPI documents".into(),
+                )
+            })?;
+            let mut by_id: std::collections::HashMap<&str, Value> = documents
+                .iter()
+                .filter_map(|doc| {
+                    let id = doc["x-tyk-api-gateway"]["info"]["id"].as_str()?;
+                    let mut public = doc.clone();
+                    public.as_object_mut()?.remove("x-tyk-api-gateway");
+                    Some((id, public))
+                })
+                .collect();
             apis.iter()
                 .map(|d| {
-                    normalize_tyk(&serde_json::json!({ "api_definition": d }))
-                        .map_err(|e| garbage(e.to_string()))
+                    let mut entry = serde_json::json!({ "api_definition": d });
+                    if let Some(doc) = d["api_id"].as_str().and_then(|id| by_id.remove(id)) {
+                        entry["oas"] = doc;
+                    }
+                    normalize_tyk(&entry).map_err(|e| garbage(&url, e.to_string()))
                 })
                 .collect()
         })

@@ -35,6 +35,9 @@ impl GatewayApis {
         match event {
             ApisEvent::ApiSaved {
                 api_id, definition, ..
+            }
+            | ApisEvent::OasSaved {
+                api_id, definition, ..
             } => {
                 // The proxy checked the definition before storing it; a
                 // field that does not read as a bool is false.

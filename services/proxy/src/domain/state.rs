@@ -21,6 +21,9 @@ pub struct StoredApi {
     /// The definition compiled for the data plane, once, when it was
     /// stored (every table rebuilt after it reuses it).
     route: Arc<Route>,
+    /// For a Tyk OAS API: its OpenAPI document as stored (`definition` is
+    /// what it converts to).
+    pub document: Option<Arc<serde_json::Value>>,
 }
 
 /// A definition in `APIS` that no longer parses or compiles: the stream
@@ -69,6 +72,29 @@ impl ApisState {
                         definition: Arc::new(def),
                         seq,
                         route,
+                        document: None,
+                    },
+                );
+            }
+            ApisEvent::OasSaved {
+                api_id, document, ..
+            } => {
+                let corrupt = |reason: String| CorruptDefinition {
+                    api_id: api_id.clone(),
+                    seq,
+                    reason,
+                };
+                let doc: serde_json::Value =
+                    serde_json::from_str(document).map_err(|e| corrupt(e.to_string()))?;
+                let def = super::oas::to_classic(&doc).map_err(|e| corrupt(e.to_string()))?;
+                let route = Arc::new(compile(&def).map_err(|e| corrupt(e.to_string()))?);
+                self.apis.insert(
+                    api_id.clone(),
+                    StoredApi {
+                        definition: Arc::new(def),
+                        seq,
+                        route,
+                        document: Some(Arc::new(doc)),
                     },
                 );
             }
@@ -109,15 +135,23 @@ impl ApisState {
     /// The sequence at which the table already holds what `event` would
     /// store (the same definition saved again), if it does.
     pub fn holds(&self, event: &ApisEvent) -> Option<u64> {
-        let ApisEvent::ApiSaved {
-            api_id, definition, ..
-        } = event
-        else {
-            return None;
+        let same = match event {
+            ApisEvent::ApiSaved {
+                api_id, definition, ..
+            } => {
+                let stored = self.apis.get(api_id)?;
+                stored.document.is_none()
+                    && serde_json::to_string(&*stored.definition).is_ok_and(|s| s == *definition)
+            }
+            ApisEvent::OasSaved {
+                api_id, document, ..
+            } => {
+                let stored = self.apis.get(api_id)?.document.as_ref()?;
+                serde_json::from_str::<serde_json::Value>(document).is_ok_and(|d| d == **stored)
+            }
+            ApisEvent::ApiDeleted { .. } => false,
         };
-        let stored = self.apis.get(api_id)?;
-        let same = serde_json::to_string(&*stored.definition).is_ok_and(|s| s == *definition);
-        same.then_some(stored.seq)
+        same.then(|| self.apis.get(event.api_id()).map(|a| a.seq))?
     }
 
     /// Every definition, by id.

@@ -1,0 +1,349 @@
+//! `/tyk/apis/oas...`: Tyk OAS API definitions (an OpenAPI document with
+//! `x-tyk-api-gateway`), as Tyk's Gateway API answers them. Stored on
+//! `APIS` beside classic definitions ([`ApisEvent::OasSaved`]), checked
+//! against the same table (one listen path, one API, whichever format),
+//! and served as the classic definition they convert to
+//! ([`crate::domain::oas`]).
+
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use meridian_kit::tyk::{ModifyKey, TykError, TykJson, TykPath, TykQuery};
+use meridian_schemas::apis::ApisEvent;
+use serde::Deserialize;
+use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::{ApiState, MISSING, refuse_taken_path};
+use crate::adapters::fold::read;
+use crate::adapters::writer::WriteError;
+use crate::domain::oas::{self, EXTENSION};
+use crate::domain::routes::compile;
+
+/// Tyk's answer for an OAS endpoint asked about a classic API.
+const CLASSIC: &str =
+    "the requested API definition is in Tyk classic format, please use old API endpoint";
+
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_oas, create_oas))
+        .routes(routes!(get_oas, update_oas, delete_oas))
+        .routes(routes!(export_one))
+        .routes(routes!(export_all))
+        .routes(routes!(import_oas))
+}
+
+/// `?mode=public`: without the extension.
+#[derive(Debug, Default, Deserialize)]
+struct Mode {
+    #[serde(default)]
+    mode: Option<String>,
+}
+
+impl Mode {
+    fn public(&self) -> Result<bool, TykError> {
+        match self.mode.as_deref() {
+            None | Some("") => Ok(false),
+            Some("public") => Ok(true),
+            Some(other) => Err(TykError::bad_request(format!(
+                "Request malformed: mode: {other:?} is not a mode (public, or none)"
+            ))),
+        }
+    }
+
+    fn shown(&self, doc: &Value) -> Result<Value, TykError> {
+        Ok(if self.public()? {
+            oas::public(doc)
+        } else {
+            doc.clone()
+        })
+    }
+}
+
+/// Checks a document and the definition it converts to.
+fn check(doc: &Value) -> Result<crate::domain::ApiDefinition, TykError> {
+    let def = oas::to_classic(doc)?;
+    meridian_keys::check_id("x-tyk-api-gateway.info.id", &def.api_id)?;
+    compile(&def)?;
+    Ok(def)
+}
+
+/// Stores a document; `must_be_new` for a creation, else a replacement of
+/// an OAS API.
+async fn save(s: &ApiState, doc: Value, must_be_new: bool) -> Result<String, TykError> {
+    let def = check(&doc)?;
+    let api_id = def.api_id.clone();
+    let change_id = Uuid::new_v4();
+    let at_ms = meridian_kit::time::now_ms();
+    let document = doc.to_string();
+    let definition = serde_json::to_string(&def).expect("definitions serialize");
+    s.writer
+        .write(|state| {
+            let stored = state.get(&api_id);
+            if must_be_new && stored.is_some() {
+                return Err(TykError::bad_request(format!(
+                    "API {api_id:?} already exists; PUT /tyk/apis/oas/{api_id} replaces it"
+                )));
+            }
+            match stored {
+                None if !must_be_new => return Err(TykError::not_found(MISSING)),
+                Some(a) if a.document.is_none() => return Err(TykError::bad_request(CLASSIC)),
+                _ => {}
+            }
+            refuse_taken_path(state, &def)?;
+            Ok((
+                ApisEvent::OasSaved {
+                    api_id: api_id.clone(),
+                    document: document.clone(),
+                    definition: definition.clone(),
+                    created: stored.is_none(),
+                    change_id,
+                    at_ms,
+                },
+                (),
+            ))
+        })
+        .await
+        .map_err(WriteError::<TykError>::answer)?;
+    Ok(api_id)
+}
+
+/// The stored document of an OAS API (catching up before "not found").
+async fn document(s: &ApiState, id: &str) -> Result<Value, TykError> {
+    let find = || {
+        read(s.writer.state())
+            .get(id)
+            .map(|a| a.document.as_deref().cloned())
+    };
+    let found = match find() {
+        Some(found) => Some(found),
+        None => {
+            s.writer.catch_up().await;
+            find()
+        }
+    };
+    match found {
+        None => Err(TykError::not_found(MISSING)),
+        Some(None) => Err(TykError::bad_request(CLASSIC)),
+        Some(Some(doc)) => Ok(doc),
+    }
+}
+
+/// Every Tyk OAS API (classic ones are listed by `GET /tyk/apis`).
+#[utoipa::path(get, path = "/tyk/apis/oas", tag = "apis", security(("tyk_secret" = [])),
+    params(("mode" = Option<String>, Query, description = "public: without x-tyk-api-gateway")),
+    responses((status = 200, body = Vec<Object>, description = "OpenAPI documents with x-tyk-api-gateway")))]
+async fn list_oas(
+    State(s): State<ApiState>,
+    TykQuery(mode): TykQuery<Mode>,
+) -> Result<axum::Json<Vec<Value>>, TykError> {
+    mode.public()?;
+    s.writer.catch_up().await;
+    let state = read(s.writer.state());
+    let docs = state
+        .all()
+        .filter_map(|a| a.document.as_deref())
+        .map(|d| mode.shown(d))
+        .collect::<Result<_, _>>()?;
+    Ok(axum::Json(docs))
+}
+
+/// Creates a Tyk OAS API (an id is generated when `x-tyk-api-gateway.info.id`
+/// is empty). Live on every replica once stored.
+#[utoipa::path(post, path = "/tyk/apis/oas", tag = "apis", security(("tyk_secret" = [])),
+    request_body(content = Object, description = "An OpenAPI 3 document with x-tyk-api-gateway"),
+    responses((status = 200, body = ModifyKey)))]
+async fn create_oas(
+    State(s): State<ApiState>,
+    TykJson(doc): TykJson<Value>,
+) -> Result<axum::Json<ModifyKey>, TykError> {
+    oas::extension(&doc)?;
+    let id = doc[EXTENSION]["info"]["id"].as_str().unwrap_or_default();
+    let doc = if id.is_empty() {
+        oas::with_id(doc.clone(), &Uuid::new_v4().simple().to_string())
+    } else {
+        doc
+    };
+    let id = save(&s, doc, true).await?;
+    tracing::info!(api = %id, "OAS API created");
+    Ok(axum::Json(ModifyKey::new(id, "added")))
+}
+
+/// A Tyk OAS API's document (400 for a classic API, as Tyk answers).
+#[utoipa::path(get, path = "/tyk/apis/oas/{apiID}", tag = "apis", security(("tyk_secret" = [])),
+    params(("apiID" = String, Path), ("mode" = Option<String>, Query, description = "public: without x-tyk-api-gateway")),
+    responses((status = 200, body = Object, description = "The OpenAPI document")))]
+async fn get_oas(
+    State(s): State<ApiState>,
+    TykPath(id): TykPath<String>,
+    TykQuery(mode): TykQuery<Mode>,
+) -> Result<axum::Json<Value>, TykError> {
+    mode.public()?;
+    Ok(axum::Json(mode.shown(&document(&s, &id).await?)?))
+}
+
+/// Replaces a Tyk OAS API's document; `x-tyk-api-gateway.info.id`, when
+/// given, must be the path's.
+#[utoipa::path(put, path = "/tyk/apis/oas/{apiID}", tag = "apis", security(("tyk_secret" = [])),
+    params(("apiID" = String, Path)),
+    request_body(content = Object, description = "An OpenAPI 3 document with x-tyk-api-gateway"),
+    responses((status = 200, body = ModifyKey)))]
+async fn update_oas(
+    State(s): State<ApiState>,
+    TykPath(id): TykPath<String>,
+    TykJson(doc): TykJson<Value>,
+) -> Result<axum::Json<ModifyKey>, TykError> {
+    oas::extension(&doc)?;
+    let given = doc[EXTENSION]["info"]["id"].as_str().unwrap_or_default();
+    if !given.is_empty() && given != id {
+        return Err(TykError::bad_request(
+            "Request APIID does not match that in Definition! For Update operations these must match.",
+        ));
+    }
+    let doc = oas::with_id(doc.clone(), &id);
+    s.writer.catch_up().await;
+    save(&s, doc, false).await?;
+    tracing::info!(api = %id, "OAS API replaced");
+    Ok(axum::Json(ModifyKey::new(id, "modified")))
+}
+
+/// Deletes a Tyk OAS API.
+#[utoipa::path(delete, path = "/tyk/apis/oas/{apiID}", tag = "apis", security(("tyk_secret" = [])),
+    params(("apiID" = String, Path)),
+    responses((status = 200, body = ModifyKey)))]
+async fn delete_oas(
+    State(s): State<ApiState>,
+    TykPath(id): TykPath<String>,
+) -> Result<axum::Json<ModifyKey>, TykError> {
+    document(&s, &id).await?;
+    super::delete_stored(&s, &id).await?;
+    tracing::info!(api = %id, "OAS API deleted");
+    Ok(axum::Json(ModifyKey::new(id, "deleted")))
+}
+
+/// A JSON file to download.
+fn attachment(body: &Value, name: &str) -> Response {
+    let mut res = body.to_string().into_response();
+    let headers = res.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(v) = HeaderValue::try_from(format!("attachment; filename=\"{name}\"")) {
+        headers.insert(header::CONTENT_DISPOSITION, v);
+    }
+    res
+}
+
+/// A Tyk OAS API's document as a file (`<apiID>.json`).
+#[utoipa::path(get, path = "/tyk/apis/oas/{apiID}/export", tag = "apis", security(("tyk_secret" = [])),
+    params(("apiID" = String, Path), ("mode" = Option<String>, Query, description = "public: without x-tyk-api-gateway")),
+    responses((status = 200, content_type = "application/octet-stream", description = "The OpenAPI document (JSON)")))]
+async fn export_one(
+    State(s): State<ApiState>,
+    TykPath(id): TykPath<String>,
+    TykQuery(mode): TykQuery<Mode>,
+) -> Result<Response, TykError> {
+    mode.public()?;
+    let doc = mode.shown(&document(&s, &id).await?)?;
+    let name = format!("{}.json", id.replace(['"', '/', '\\'], "_"));
+    Ok(attachment(&doc, &name))
+}
+
+/// Every Tyk OAS API's document, as one file (a JSON list).
+#[utoipa::path(get, path = "/tyk/apis/oas/export", tag = "apis", security(("tyk_secret" = [])),
+    params(("mode" = Option<String>, Query, description = "public: without x-tyk-api-gateway")),
+    responses((status = 200, content_type = "application/octet-stream", description = "A JSON list of OpenAPI documents")))]
+async fn export_all(
+    State(s): State<ApiState>,
+    TykQuery(mode): TykQuery<Mode>,
+) -> Result<Response, TykError> {
+    let axum::Json(docs) = list_oas(State(s), TykQuery(mode)).await?;
+    Ok(attachment(&Value::Array(docs), "apis.json"))
+}
+
+/// `POST /tyk/apis/oas/import` parameters.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ImportQuery {
+    #[serde(default)]
+    listen_path: Option<String>,
+    #[serde(default, rename = "upstreamURL")]
+    upstream_url: Option<String>,
+    #[serde(default)]
+    custom_domain: Option<String>,
+    #[serde(default)]
+    allow_list: Option<String>,
+    #[serde(default)]
+    validate_request: Option<String>,
+    #[serde(default)]
+    mock_response: Option<String>,
+    #[serde(default)]
+    authentication: Option<String>,
+}
+
+fn flag(field: &str, value: Option<&str>) -> Result<Option<bool>, TykError> {
+    match value {
+        None | Some("") => Ok(None),
+        Some("true" | "1") => Ok(Some(true)),
+        Some("false" | "0") => Ok(Some(false)),
+        Some(other) => Err(TykError::bad_request(format!(
+            "Request malformed: {field}: {other:?} is not true or false"
+        ))),
+    }
+}
+
+/// Imports a plain OpenAPI 3 document (no `x-tyk-api-gateway`): the
+/// extension is made from the parameters and the document (its title, its
+/// first server as the upstream, its security requirement as the
+/// authentication).
+#[utoipa::path(post, path = "/tyk/apis/oas/import", tag = "apis", security(("tyk_secret" = [])),
+    params(("listenPath" = Option<String>, Query), ("upstreamURL" = Option<String>, Query),
+        ("customDomain" = Option<String>, Query, description = "Not served: refused when given"),
+        ("allowList" = Option<bool>, Query, description = "Not served yet: refused when true"),
+        ("validateRequest" = Option<bool>, Query, description = "Not served yet: refused when true"),
+        ("mockResponse" = Option<bool>, Query, description = "Not served yet: refused when true"),
+        ("authentication" = Option<bool>, Query, description = "Check the document's security scheme (default: when the document has a security requirement)")),
+    request_body(content = Object, description = "An OpenAPI 3 document without x-tyk-api-gateway"),
+    responses((status = 200, body = ModifyKey)))]
+async fn import_oas(
+    State(s): State<ApiState>,
+    TykQuery(q): TykQuery<ImportQuery>,
+    TykJson(doc): TykJson<Value>,
+) -> Result<axum::Json<ModifyKey>, TykError> {
+    if doc.get(EXTENSION).is_some() {
+        return Err(TykError::bad_request(
+            "the import payload should not contain x-tyk-api-gateway",
+        ));
+    }
+    if q.custom_domain.as_deref().is_some_and(|d| !d.is_empty()) {
+        return Err(TykError::bad_request(
+            "Request malformed: customDomain: custom domains are not served by Meridian's gateway",
+        ));
+    }
+    for (field, value) in [
+        ("allowList", q.allow_list.as_deref()),
+        ("validateRequest", q.validate_request.as_deref()),
+        ("mockResponse", q.mock_response.as_deref()),
+    ] {
+        if flag(field, value)? == Some(true) {
+            return Err(TykError::bad_request(format!(
+                "Request malformed: {field}: not served by Meridian's gateway yet"
+            )));
+        }
+    }
+    let auth = flag("authentication", q.authentication.as_deref())?;
+    let id = Uuid::new_v4().simple().to_string();
+    let doc = oas::imported(
+        doc,
+        &id,
+        q.listen_path.as_deref(),
+        q.upstream_url.as_deref(),
+        auth,
+    )?;
+    let id = save(&s, doc, true).await?;
+    tracing::info!(api = %id, "OAS API imported");
+    Ok(axum::Json(ModifyKey::new(id, "added")))
+}

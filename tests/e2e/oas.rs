@@ -1,0 +1,305 @@
+//! Tyk OAS API definitions at the gateway: a hand-written Petstore document
+//! with `x-tyk-api-gateway`, stored, served (key auth, header injection),
+//! given back as stored (and without the extension with `mode=public`),
+//! replaced, exported, imported from a plain document, and held to the
+//! same listen-path rule as classic definitions. Real NATS, key-issuer, a
+//! proxy replica, a real upstream; answers checked against Tyk's document.
+
+use meridian_tests::tyk::{GATEWAY_SECRET, Tyk, start_key_issuer, start_proxy};
+use meridian_tests::upstream::Upstream;
+use meridian_tests::*;
+use serde_json::{Value, json};
+
+/// The Petstore, as a Tyk 5 user writes it: an API key in `X-Api-Key`, a
+/// header added to every request and one to `showPetById`'s answers.
+fn petstore(upstream: &str) -> Value {
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "Swagger Petstore", "version": "1.0.0", "license": {"name": "MIT"}},
+        "servers": [{"url": "http://petstore.swagger.io/v1"}],
+        "paths": {
+            "/pets": {
+                "get": {"summary": "List all pets", "operationId": "listPets", "tags": ["pets"],
+                    "parameters": [{"name": "limit", "in": "query", "required": false,
+                        "schema": {"type": "integer", "maximum": 100, "format": "int32"}}],
+                    "responses": {"200": {"description": "A paged array of pets",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Pets"}}}}}},
+                "post": {"summary": "Create a pet", "operationId": "createPets", "tags": ["pets"],
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Pet"}}}},
+                    "responses": {"201": {"description": "Null response"}}}
+            },
+            "/pets/{petId}": {
+                "get": {"summary": "Info for a specific pet", "operationId": "showPetById", "tags": ["pets"],
+                    "parameters": [{"name": "petId", "in": "path", "required": true, "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "Expected response to a valid request",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Pet"}}}}}}
+            }
+        },
+        "components": {
+            "schemas": {
+                "Pet": {"type": "object", "required": ["id", "name"],
+                    "properties": {"id": {"type": "integer", "format": "int64"}, "name": {"type": "string"}, "tag": {"type": "string"}}},
+                "Pets": {"type": "array", "maxItems": 100, "items": {"$ref": "#/components/schemas/Pet"}}
+            },
+            "securitySchemes": {"api_key": {"type": "apiKey", "in": "header", "name": "X-Api-Key"}}
+        },
+        "security": [{"api_key": []}],
+        "x-internal-owner": {"team": "pets", "pager": "#pets-oncall"},
+        "x-tyk-api-gateway": {
+            "info": {"id": "petstore", "name": "Petstore", "state": {"active": true}},
+            "upstream": {"url": upstream},
+            "server": {
+                "listenPath": {"value": "/petstore/", "strip": true},
+                "authentication": {"enabled": true, "securitySchemes": {"api_key": {"enabled": true}}}
+            },
+            "middleware": {
+                "global": {"transformRequestHeaders": {"enabled": true,
+                    "add": [{"name": "X-Served-By", "value": "meridian"}], "remove": ["X-Internal"]}},
+                "operations": {"showPetById": {"transformResponseHeaders": {"enabled": true,
+                    "add": [{"name": "X-Pet-Answer", "value": "yes"}]}}}
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_openapi_document_is_the_api_stored_served_and_given_back() {
+    let nats = Nats::start().await;
+    let up = Upstream::start().await;
+    let (ki, _) = start_key_issuer(&nats, |_| {}).await;
+    let proxy = start_proxy(&nats, |_| {}).await;
+    let admin = Tyk::new(&proxy.admin.url);
+    let keys = Tyk::new(&ki.url);
+    let http = reqwest::Client::new();
+
+    let doc = petstore(&up.url());
+    let created = admin.post_ok("/tyk/apis/oas", &doc).await;
+    assert_eq!(
+        (created["key"].as_str(), created["action"].as_str()),
+        (Some("petstore"), Some("added"))
+    );
+    // Given back as stored: vendor extensions and all.
+    assert_eq!(admin.get_ok("/tyk/apis/oas/petstore").await, doc);
+    let public = admin.get_ok("/tyk/apis/oas/petstore?mode=public").await;
+    assert!(public.get("x-tyk-api-gateway").is_none(), "{public}");
+    assert_eq!(public["x-internal-owner"], doc["x-internal-owner"]);
+    assert_eq!(admin.get_ok("/tyk/apis/oas").await, json!([doc]));
+    // The classic definition it is served as.
+    let classic = admin.get_ok("/tyk/apis/petstore").await;
+    assert_eq!(classic["proxy"]["listen_path"], "/petstore/");
+    assert_eq!(classic["auth"]["auth_header_name"], "X-Api-Key");
+
+    // Served: the document's API key in its header, the headers injected.
+    let key = keys
+        .post_ok(
+            "/tyk/keys",
+            &json!({"access_rights": {"petstore": {"api_id": "petstore", "versions": ["Default"]}}}),
+        )
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = admin.get("/tyk/reload?block=true").await;
+    assert_eq!(status, 200);
+    let call = |path: &str, key: Option<&str>| {
+        let mut req = http
+            .get(format!("{}/petstore{path}", proxy.gateway))
+            .header("x-internal", "secret");
+        if let Some(k) = key {
+            req = req.header("x-api-key", k);
+        }
+        req.send()
+    };
+    let res = call("/pets", None).await.unwrap();
+    assert_eq!(res.status(), 401);
+    let res = call("/pets/7", Some(&key)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["x-pet-answer"], "yes");
+    let seen: Value = res.json().await.unwrap();
+    assert_eq!(seen["path"], "/pets/7");
+    assert_eq!(seen["headers"]["x-served-by"], "meridian");
+    assert!(seen["headers"].get("x-internal").is_none(), "{seen}");
+    let res = call("/pets", Some(&key)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers().get("x-pet-answer").is_none(),
+        "only showPetById's answers"
+    );
+
+    // Fields the gateway does not serve are refused by name; the OAS
+    // endpoints and the classic ones keep to their own format.
+    let mut unserved = doc.clone();
+    unserved["x-tyk-api-gateway"]["server"]["customDomain"] =
+        json!({"enabled": true, "name": "pets.example"});
+    let (status, body) = admin.put("/tyk/apis/oas/petstore", &unserved).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("x-tyk-api-gateway.server.customDomain"),
+        "{body}"
+    );
+    let mut bare = doc.clone();
+    bare.as_object_mut().unwrap().remove("x-tyk-api-gateway");
+    let (status, body) = admin.post("/tyk/apis/oas", &bare).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("the payload should contain x-tyk-api-gateway")
+    );
+    let (status, body) = admin.put("/tyk/apis/petstore", &classic).await;
+    assert_eq!(
+        status, 400,
+        "a classic PUT does not turn an OAS API classic: {body}"
+    );
+    admin
+        .post_ok(
+            "/tyk/apis",
+            &json!({"api_id": "orders", "name": "Orders", "use_keyless": true,
+                "proxy": {"listen_path": "/orders/", "target_url": up.url()}}),
+        )
+        .await;
+    let (status, body) = admin.get("/tyk/apis/oas/orders").await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (
+            400,
+            Some(
+                "the requested API definition is in Tyk classic format, please use old API endpoint"
+            )
+        )
+    );
+    // One listen path, one API, whichever format.
+    let mut clash = doc.clone();
+    clash["x-tyk-api-gateway"]["info"]["id"] = json!("clash");
+    clash["x-tyk-api-gateway"]["server"]["listenPath"]["value"] = json!("/orders/");
+    let (status, body) = admin.post("/tyk/apis/oas", &clash).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("\"orders\""),
+        "{body}"
+    );
+    let (status, body) = admin
+        .post(
+            "/tyk/apis",
+            &json!({"api_id": "shadow", "use_keyless": true,
+                "proxy": {"listen_path": "/petstore/", "target_url": up.url()}}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("\"petstore\""),
+        "{body}"
+    );
+
+    // Replaced: a new listen path, served at once.
+    let mut moved = doc.clone();
+    moved["x-tyk-api-gateway"]["server"]["listenPath"]["value"] = json!("/pets-v2/");
+    let answer = admin.put_ok("/tyk/apis/oas/petstore", &moved).await;
+    assert_eq!(answer["action"], "modified");
+    let (status, _) = admin.get("/tyk/reload?block=true").await;
+    assert_eq!(status, 200);
+    let res = http
+        .get(format!("{}/pets-v2/pets", proxy.gateway))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = http
+        .get(format!("{}/petstore/pets", proxy.gateway))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+
+    // Exported as a file: the document as stored.
+    let export = http
+        .get(format!("{}/tyk/apis/oas/petstore/export", proxy.admin.url))
+        .header("x-tyk-authorization", GATEWAY_SECRET)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(export.status(), 200);
+    assert_eq!(
+        export.headers()["content-disposition"],
+        "attachment; filename=\"petstore.json\""
+    );
+    assert_eq!(export.json::<Value>().await.unwrap(), moved);
+
+    // Imported from a plain document: the extension is made for it.
+    let (status, imported) = admin
+        .post(
+            &format!(
+                "/tyk/apis/oas/import?listenPath=/imported/&upstreamURL={}&authentication=false",
+                up.url()
+            ),
+            &public,
+        )
+        .await;
+    assert_eq!(status, 200, "{imported}");
+    let id = imported["key"].as_str().unwrap().to_owned();
+    let stored = admin.get_ok(&format!("/tyk/apis/oas/{id}")).await;
+    assert_eq!(
+        stored["x-tyk-api-gateway"]["info"]["name"],
+        "Swagger Petstore"
+    );
+    assert_eq!(
+        stored["x-tyk-api-gateway"]["server"]["listenPath"]["value"],
+        "/imported/"
+    );
+    let (status, _) = admin.get("/tyk/reload?block=true").await;
+    assert_eq!(status, 200);
+    let res = http
+        .get(format!("{}/imported/pets", proxy.gateway))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "authentication=false: keyless");
+    let (status, body) = admin
+        .post("/tyk/apis/oas/import?validateRequest=true", &public)
+        .await;
+    assert_eq!(status, 400, "{body}");
+
+    // Governance: the agent's `meridian` provider reports the OAS API with
+    // its OpenAPI document (without the gateway's extension), the classic
+    // one without.
+    use meridian_agent::providers::Source as _;
+    let source = meridian_agent::providers::tyk::MeridianGateway {
+        url: proxy.admin.url.clone(),
+        secret: GATEWAY_SECRET.into(),
+        http: reqwest::Client::new(),
+    };
+    let reported = source.list().await.expect("the gateway lists its APIs");
+    let pets = reported
+        .iter()
+        .find(|a| a.provider_api_id == "petstore")
+        .expect("petstore reported");
+    let documented: Value = serde_json::from_str(&pets.openapi).unwrap();
+    let mut without = moved.clone();
+    without.as_object_mut().unwrap().remove("x-tyk-api-gateway");
+    assert_eq!(documented, without);
+    assert_eq!(
+        (pets.version.as_str(), pets.base_path.as_str()),
+        ("1.0.0", "/pets-v2/")
+    );
+    assert!(
+        pets.auth_methods.contains(&"api_key".to_owned()),
+        "{:?}",
+        pets.auth_methods
+    );
+    let orders = reported
+        .iter()
+        .find(|a| a.provider_api_id == "orders")
+        .expect("orders reported");
+    assert!(orders.openapi.is_empty());
+
+    // Deleted through either endpoint family.
+    admin.delete_ok("/tyk/apis/oas/petstore").await;
+    let (status, _) = admin.get("/tyk/apis/oas/petstore").await;
+    assert_eq!(status, 404);
+    ki.stop().await;
+}
