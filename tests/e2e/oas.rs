@@ -303,3 +303,111 @@ async fn an_openapi_document_is_the_api_stored_served_and_given_back() {
     assert_eq!(status, 404);
     ki.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_are_allowed_blocked_opened_and_mocked_by_operation_id() {
+    let nats = Nats::start().await;
+    let up = Upstream::start().await;
+    let (ki, _) = start_key_issuer(&nats, |_| {}).await;
+    let fast = start_proxy(&nats, |_| {}).await;
+    let hyper_only = start_proxy(&nats, |c| c.http1_fast_path = false).await;
+    let admin = Tyk::new(&fast.admin.url);
+    let http = reqwest::Client::new();
+
+    // Only listPets (open to all) and showPetById (mocked from the
+    // document's example, key needed) are served.
+    let mut allowed = petstore(&up.url());
+    allowed["paths"]["/pets/{petId}"]["get"]["responses"]["200"]["content"]["application/json"]["example"] =
+        json!({"id": 7, "name": "Rex"});
+    allowed["x-tyk-api-gateway"]["middleware"] = json!({"operations": {
+        "listPets": {"allow": {"enabled": true}, "ignoreAuthentication": {"enabled": true}},
+        "showPetById": {"allow": {"enabled": true},
+            "mockResponse": {"enabled": true, "fromOASExamples": {"enabled": true}}}
+    }});
+    admin.post_ok("/tyk/apis/oas", &allowed).await;
+    // Another API blocks one operation and serves the rest; one operation
+    // mocked from the section itself.
+    let mut blocked = petstore(&up.url());
+    blocked["x-tyk-api-gateway"]["info"]["id"] = json!("blocked");
+    blocked["x-tyk-api-gateway"]["server"]["listenPath"]["value"] = json!("/blocked/");
+    blocked["x-tyk-api-gateway"]["server"]["authentication"]["enabled"] = json!(false);
+    blocked["x-tyk-api-gateway"]["middleware"] = json!({"operations": {
+        "createPets": {"block": {"enabled": true}},
+        "showPetById": {"mockResponse": {"enabled": true, "code": 418, "body": "teapot",
+            "headers": [{"name": "X-Mocked", "value": "yes"}]}}
+    }});
+    admin.post_ok("/tyk/apis/oas", &blocked).await;
+    let key = Tyk::new(&ki.url)
+        .post_ok(
+            "/tyk/keys",
+            &json!({"access_rights": {"petstore": {"api_id": "petstore", "versions": ["Default"]}}}),
+        )
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = admin.get("/tyk/reload?block=true").await;
+    assert_eq!(status, 200);
+
+    for gateway in [&fast.gateway, &hyper_only.gateway] {
+        let send = |method: reqwest::Method, path: &str, key: Option<&str>| {
+            let mut req = http.request(method, format!("{gateway}{path}"));
+            if let Some(k) = key {
+                req = req.header("x-api-key", k);
+            }
+            req.send()
+        };
+        // Open: no key, forwarded.
+        let res = send(reqwest::Method::GET, "/petstore/pets", None)
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{gateway}");
+        let seen: Value = res.json().await.unwrap();
+        assert_eq!(seen["path"], "/pets", "forwarded to the upstream");
+        // Mocked from the document, after the key check.
+        let res = send(reqwest::Method::GET, "/petstore/pets/7", None)
+            .await
+            .unwrap();
+        assert_eq!(
+            res.status(),
+            401,
+            "{gateway}: the mocked operation still needs its key"
+        );
+        let res = send(reqwest::Method::GET, "/petstore/pets/7", Some(&key))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["content-type"], "application/json");
+        assert_eq!(
+            res.json::<Value>().await.unwrap(),
+            json!({"id": 7, "name": "Rex"})
+        );
+        // Not on the allow list: refused before the key check.
+        for (method, path) in [
+            (reqwest::Method::POST, "/petstore/pets"),
+            (reqwest::Method::GET, "/petstore/owners"),
+        ] {
+            let res = send(method, path, Some(&key)).await.unwrap();
+            assert_eq!(res.status(), 403, "{gateway} {path}");
+            let body: Value = res.json().await.unwrap();
+            assert_eq!(body["error"], "Requested endpoint is forbidden");
+        }
+        // The other API: one operation blocked, one mocked, the rest forwarded.
+        let res = send(reqwest::Method::POST, "/blocked/pets", None)
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 403);
+        let res = send(reqwest::Method::GET, "/blocked/pets/1", None)
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 418);
+        assert_eq!(res.headers()["x-mocked"], "yes");
+        assert_eq!(res.text().await.unwrap(), "teapot");
+        let res = send(reqwest::Method::GET, "/blocked/pets", None)
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.json::<Value>().await.unwrap()["path"], "/pets");
+    }
+    ki.stop().await;
+}

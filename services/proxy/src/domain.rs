@@ -12,6 +12,7 @@ pub mod apidef;
 pub mod batch;
 pub mod cache;
 pub mod cors;
+pub mod endpoints;
 pub mod limits;
 pub mod oas;
 pub mod oauth;

@@ -441,6 +441,21 @@ fn normalize_path(req: &mut Request<Incoming>) -> Result<(), String> {
     Ok(())
 }
 
+/// A mocked operation's answer ([`crate::domain::endpoints::Mock`]).
+fn mock_response(mock: &crate::domain::endpoints::Mock) -> Response<Body> {
+    let mut res = Response::new(Either::Right(Full::new(mock.body.clone())));
+    *res.status_mut() = StatusCode::from_u16(mock.code).unwrap_or(StatusCode::OK);
+    for (name, value) in &mock.headers {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
+            res.headers_mut().append(n, v);
+        }
+    }
+    res
+}
+
 /// The 400 for a header that must appear once and came twice.
 fn repeated(name: &str) -> Response<Body> {
     error_response(
@@ -646,6 +661,13 @@ impl DataPlane {
             return res;
         }
         let res = match self.request_phase(&mut cx, &HyperFacts(&req)).await {
+            Ok(()) if cx.mock.is_some() => {
+                let peer_ip = client.ip_header.to_str().unwrap_or_default();
+                Self::transform_phase(&mut cx, &HyperFacts(&req), peer_ip);
+                let mut res = mock_response(cx.mock.as_deref().expect("checked"));
+                self.response_phase(&cx, &mut res);
+                res
+            }
             Ok(()) => {
                 let peer_ip = client.ip_header.to_str().unwrap_or_default();
                 Self::transform_phase(&mut cx, &HyperFacts(&req), peer_ip);
@@ -754,6 +776,8 @@ impl DataPlane {
             match step {
                 Step::Org => self.org_step(cx).await?,
                 Step::Version => self.version_step(cx, req)?,
+                Step::Endpoint => Self::endpoint_step(cx, req)?,
+                Step::Key | Step::KeyRate | Step::KeyQuota if cx.skip_auth => {}
                 Step::Key => self.key_step(cx, req)?,
                 Step::KeyRate => self.key_rate_step(cx).await?,
                 Step::KeyQuota => self.key_quota_step(cx).await?,
@@ -862,6 +886,24 @@ impl DataPlane {
         };
         cx.version = version;
         Ok(())
+    }
+
+    /// A Tyk OAS API's operation rules ([`crate::domain::endpoints`]).
+    fn endpoint_step(cx: &mut Context, req: &(dyn Facts + Sync)) -> Result<(), Refusal> {
+        let route = cx.route.clone();
+        let Some(endpoints) = &route.endpoints else {
+            return Ok(());
+        };
+        let rest = route.relative_path(req.path());
+        match endpoints.decide(req.method(), rest) {
+            Err(_) => Err(Refusal::EndpointForbidden),
+            Ok(Some(rule)) => {
+                cx.skip_auth = rule.ignore_auth;
+                cx.mock.clone_from(&rule.mock);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+        }
     }
 
     /// Key auth: the key from the API's header, checked against its

@@ -20,7 +20,6 @@ use super::{ApiState, MISSING, refuse_taken_path};
 use crate::adapters::fold::read;
 use crate::adapters::writer::WriteError;
 use crate::domain::oas::{self, EXTENSION};
-use crate::domain::routes::compile;
 
 /// Tyk's answer for an OAS endpoint asked about a classic API.
 const CLASSIC: &str =
@@ -64,9 +63,8 @@ impl Mode {
 
 /// Checks a document and the definition it converts to.
 fn check(doc: &Value) -> Result<crate::domain::ApiDefinition, TykError> {
-    let def = oas::to_classic(doc)?;
+    let (def, _) = oas::compile(doc)?;
     meridian_keys::check_id("x-tyk-api-gateway.info.id", &def.api_id)?;
-    compile(&def)?;
     Ok(def)
 }
 

@@ -48,6 +48,8 @@ pub enum Refusal {
     BearerMalformed,
     /// An OAuth API's bearer token is not a live token or key.
     TokenUnknown,
+    /// A Tyk OAS API's operation is blocked, or not on its allow list.
+    EndpointForbidden,
 }
 
 impl Refusal {
@@ -93,11 +95,12 @@ impl Refusal {
             Self::BearerMissing => "Authorization field missing",
             Self::BearerMalformed => "Bearer token malformed",
             Self::TokenUnknown => "Key not authorised",
+            Self::EndpointForbidden => "Requested endpoint is forbidden",
         }
     }
 
     /// Every refusal, in the order of [`Refusal::index`].
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 18] = [
         Self::KeyMissing,
         Self::Disallowed,
         Self::KeyInactive,
@@ -115,6 +118,7 @@ impl Refusal {
         Self::BearerMissing,
         Self::BearerMalformed,
         Self::TokenUnknown,
+        Self::EndpointForbidden,
     ];
 
     /// A small number per refusal (its counter's slot).
@@ -142,6 +146,7 @@ impl Refusal {
             Self::BearerMissing => "bearer_missing",
             Self::BearerMalformed => "bearer_malformed",
             Self::TokenUnknown => "token_unknown",
+            Self::EndpointForbidden => "endpoint_forbidden",
         }
     }
 }

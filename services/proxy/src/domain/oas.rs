@@ -21,12 +21,17 @@
 //! - `middleware.global`: `cors`, `cache`, `transformRequestHeaders`,
 //!   `transformResponseHeaders`, `contextVariables`;
 //! - `middleware.operations`, keyed by the document's `operationId`:
-//!   `transformRequestHeaders`, `transformResponseHeaders`.
+//!   `transformRequestHeaders`, `transformResponseHeaders`, `allow`,
+//!   `block`, `ignoreAuthentication`, `mockResponse` ([`super::endpoints`]).
 
 use serde_json::{Map, Value, json};
 
+use std::sync::Arc;
+
 use super::Invalid;
 use super::apidef::ApiDefinition;
+use super::endpoints::Endpoints;
+use super::routes::Route;
 
 /// The extension's name.
 pub const EXTENSION: &str = "x-tyk-api-gateway";
@@ -404,6 +409,52 @@ fn authentication(
     Ok(())
 }
 
+/// What `middleware.operations.<operationId>` may set.
+const OPERATION_FIELDS: [&str; 6] = [
+    "transformRequestHeaders",
+    "transformResponseHeaders",
+    "allow",
+    "block",
+    "ignoreAuthentication",
+    "mockResponse",
+];
+
+/// The classic definition an OAS document converts to, and the route the
+/// gateway serves it with (the classic route, plus the operations' rules
+/// the classic format has no place for).
+pub fn compile(doc: &Value) -> Result<(ApiDefinition, Route), Invalid> {
+    let def = to_classic(doc)?;
+    let mut route = super::routes::compile(&def)?;
+    let root = doc
+        .as_object()
+        .expect("to_classic() checked it is an object");
+    let ops = extension(doc)?
+        .get("middleware")
+        .and_then(|m| m.get("operations"))
+        .and_then(Value::as_object);
+    let mut rules = Vec::new();
+    for (id, op) in ops.into_iter().flatten() {
+        let at = format!("{EXTENSION}.middleware.operations.{id}");
+        let (path, method) = operation(root, id).ok_or_else(|| {
+            Invalid::new(
+                &at,
+                format!("the document has no operation with operationId {id:?}"),
+            )
+        })?;
+        let section = op
+            .as_object()
+            .ok_or_else(|| Invalid::new(&at, "must be an object"))?;
+        if let Some(rule) = super::endpoints::rule(doc, (&path, &method), section, &at)? {
+            rules.push(rule);
+        }
+    }
+    if !rules.is_empty() {
+        route.endpoints = Some(Arc::new(Endpoints::new(rules)));
+        route.plan.with_endpoints();
+    }
+    Ok((def, route))
+}
+
 /// The classic definition an OAS document is served as.
 pub fn to_classic(doc: &Value) -> Result<ApiDefinition, Invalid> {
     let x = extension(doc)?;
@@ -520,11 +571,7 @@ pub fn to_classic(doc: &Value) -> Result<ApiDefinition, Invalid> {
                 let op = op
                     .as_object()
                     .ok_or_else(|| Invalid::new(&op_at, "must be an object"))?;
-                served_only(
-                    op,
-                    &op_at,
-                    &["transformRequestHeaders", "transformResponseHeaders"],
-                )?;
+                served_only(op, &op_at, &OPERATION_FIELDS)?;
                 let (path, method) = operation(root, id).ok_or_else(|| {
                     Invalid::new(
                         &op_at,

@@ -35,6 +35,10 @@ pub enum Step {
     Org,
     /// The version the request is for (versioned APIs only).
     Version,
+    /// A Tyk OAS API's operation rules ([`super::endpoints`]): an
+    /// operation not allowed, or blocked, is refused before the key check;
+    /// one that ignores authentication skips the key steps.
+    Endpoint,
     /// Key auth: the key from the API's auth header, and what its
     /// effective session allows (active, not expired, this API and
     /// version, `allowed_urls`).
@@ -88,6 +92,19 @@ impl Plan {
             }
         }
         Self { steps }
+    }
+}
+
+impl Plan {
+    /// The plan with the operation-rules step, after the organisation's
+    /// and the version's (where Tyk's version check decides them).
+    pub fn with_endpoints(&mut self) {
+        let at = self
+            .steps
+            .iter()
+            .take_while(|s| matches!(s, Step::Org | Step::Version))
+            .count();
+        self.steps.insert(at, Step::Endpoint);
     }
 }
 
@@ -147,6 +164,10 @@ pub struct Context {
     /// Headers injected and removed both ways ([`super::transforms`]),
     /// once the steps passed.
     pub edits: Option<Box<super::transforms::RequestEdits>>,
+    /// The operation needs no key (`ignoreAuthentication`).
+    pub skip_auth: bool,
+    /// The operation is answered by the gateway (`mockResponse`).
+    pub mock: Option<Arc<super::endpoints::Mock>>,
 }
 
 impl Context {
@@ -162,6 +183,8 @@ impl Context {
             now_ms,
             cors_headers: Vec::new(),
             edits: None,
+            skip_auth: false,
+            mock: None,
         }
     }
 
@@ -208,6 +231,23 @@ mod tests {
             }),
             vec![Step::Org],
             "an organisation's limits count keyless traffic too"
+        );
+        let mut p = Plan::of(PlanInput {
+            has_org: true,
+            versioned: true,
+            ..PlanInput::default()
+        });
+        p.with_endpoints();
+        assert_eq!(
+            p.steps,
+            vec![
+                Step::Org,
+                Step::Version,
+                Step::Endpoint,
+                Step::Key,
+                Step::KeyRate,
+                Step::KeyQuota
+            ]
         );
     }
 }

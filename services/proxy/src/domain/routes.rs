@@ -102,6 +102,8 @@ pub struct Route {
     /// OAuth 2.0 (`use_oauth2`): its endpoints under the listen path
     /// ([`super::oauth`]) and the bearer-token check of the key step.
     pub oauth: Option<std::sync::Arc<super::oauth::OAuth>>,
+    /// A Tyk OAS API's per-operation rules ([`super::endpoints`]).
+    pub endpoints: Option<std::sync::Arc<super::endpoints::Endpoints>>,
 }
 
 impl Route {
@@ -304,6 +306,7 @@ pub fn compile(def: &ApiDefinition) -> Result<Route, Invalid> {
             .unwrap_or(false),
         cache: super::cache::compile(def)?,
         oauth: super::oauth::compile(def)?.map(std::sync::Arc::new),
+        endpoints: None,
     })
 }
 

@@ -86,8 +86,8 @@ impl ApisState {
                 };
                 let doc: serde_json::Value =
                     serde_json::from_str(document).map_err(|e| corrupt(e.to_string()))?;
-                let def = super::oas::to_classic(&doc).map_err(|e| corrupt(e.to_string()))?;
-                let route = Arc::new(compile(&def).map_err(|e| corrupt(e.to_string()))?);
+                let (def, route) = super::oas::compile(&doc).map_err(|e| corrupt(e.to_string()))?;
+                let route = Arc::new(route);
                 self.apis.insert(
                     api_id.clone(),
                     StoredApi {
