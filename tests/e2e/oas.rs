@@ -411,3 +411,97 @@ async fn operations_are_allowed_blocked_opened_and_mocked_by_operation_id() {
     }
     ki.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_validated_against_the_operations_schemas() {
+    let nats = Nats::start().await;
+    let up = Upstream::start().await;
+    let fast = start_proxy(&nats, |_| {}).await;
+    let hyper_only = start_proxy(&nats, |c| c.http1_fast_path = false).await;
+    let admin = Tyk::new(&fast.admin.url);
+    let http = reqwest::Client::new();
+    let mut doc = petstore(&up.url());
+    doc["x-tyk-api-gateway"]["server"]["authentication"]["enabled"] = json!(false);
+    doc["x-tyk-api-gateway"]["middleware"] = json!({"operations": {
+        "createPets": {"validateRequest": {"enabled": true}},
+        "listPets": {"validateRequest": {"enabled": true, "errorResponseCode": 400}}
+    }});
+    admin.post_ok("/tyk/apis/oas", &doc).await;
+    let (status, _) = admin.get("/tyk/reload?block=true").await;
+    assert_eq!(status, 200);
+
+    for gateway in [&fast.gateway, &hyper_only.gateway] {
+        let post = |body: String, content_type: &str| {
+            http.post(format!("{gateway}/petstore/pets"))
+                .header("content-type", content_type)
+                .body(body)
+                .send()
+        };
+        let pet = json!({"id": 1, "name": "Rex", "tag": "dog"}).to_string();
+        let res = post(pet.clone(), "application/json").await.unwrap();
+        assert_eq!(res.status(), 200, "{gateway}");
+        let seen: Value = res.json().await.unwrap();
+        assert_eq!(
+            seen["body_bytes"],
+            pet.len(),
+            "the body read for checking is forwarded whole"
+        );
+        let refusals = [
+            (
+                json!({"id": 1}).to_string(),
+                "application/json",
+                "\"name\" is a required property",
+            ),
+            (
+                json!({"id": "one", "name": "Rex"}).to_string(),
+                "application/json",
+                "at /id",
+            ),
+            ("{".to_owned(), "application/json", "not JSON"),
+            (pet.clone(), "text/plain", "is not JSON"),
+        ];
+        for (body, content_type, expected) in refusals {
+            let res = post(body, content_type).await.unwrap();
+            assert_eq!(res.status(), 422, "{gateway} {expected}");
+            let answer: Value = res.json().await.unwrap();
+            let message = answer["error"].as_str().unwrap();
+            assert!(
+                message.starts_with("request validation error: request body"),
+                "{message}"
+            );
+            assert!(message.contains(expected), "{message}");
+        }
+        let res = post("x".repeat(2 * 1024 * 1024), "application/json")
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 413);
+        // Parameters, with the operation's own error code.
+        let res = http
+            .get(format!("{gateway}/petstore/pets?limit=1000"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400);
+        let answer: Value = res.json().await.unwrap();
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap()
+                .contains("query parameter \"limit\""),
+            "{answer}"
+        );
+        let res = http
+            .get(format!("{gateway}/petstore/pets?limit=10"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        // An operation without validateRequest is not checked.
+        let res = http
+            .get(format!("{gateway}/petstore/pets/x?whatever=1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+}

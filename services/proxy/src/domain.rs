@@ -21,6 +21,7 @@ pub mod pipeline;
 pub mod routes;
 pub mod state;
 pub mod transforms;
+pub mod validate;
 
 /// A refused write: which field, and why (shared with key-issuer).
 pub use meridian_kit::invalid::Invalid;

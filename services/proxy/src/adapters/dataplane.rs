@@ -119,9 +119,9 @@ pub(super) fn request_span(api: &str, method: &str) -> tracing::Span {
 }
 
 /// A request hyper parsed, as the steps read it.
-struct HyperFacts<'a>(&'a Request<Incoming>);
+struct HyperFacts<'a, B>(&'a Request<B>);
 
-impl Facts for HyperFacts<'_> {
+impl<B: Sync> Facts for HyperFacts<'_, B> {
     fn path(&self) -> &str {
         self.0.uri().path()
     }
@@ -661,16 +661,23 @@ impl DataPlane {
             return res;
         }
         let res = match self.request_phase(&mut cx, &HyperFacts(&req)).await {
-            Ok(()) if cx.mock.is_some() => {
-                let peer_ip = client.ip_header.to_str().unwrap_or_default();
-                Self::transform_phase(&mut cx, &HyperFacts(&req), peer_ip);
-                let mut res = mock_response(cx.mock.as_deref().expect("checked"));
-                self.response_phase(&cx, &mut res);
-                res
-            }
             Ok(()) => {
                 let peer_ip = client.ip_header.to_str().unwrap_or_default();
                 Self::transform_phase(&mut cx, &HyperFacts(&req), peer_ip);
+                let req = match Self::validate_phase(req, &cx).await {
+                    Ok(req) => req,
+                    Err(mut refused) => {
+                        add_cors_headers(refused.headers_mut(), &cx.cors_headers);
+                        self.done_phase(&cx, &refused);
+                        return refused;
+                    }
+                };
+                if let Some(mock) = cx.mock.as_deref() {
+                    let mut res = mock_response(mock);
+                    self.response_phase(&cx, &mut res);
+                    self.done_phase(&cx, &res);
+                    return res;
+                }
                 let forwarded = self.cached_or_forwarded(req, &cx, client);
                 let mut res = if span.is_disabled() {
                     forwarded.await
@@ -888,6 +895,59 @@ impl DataPlane {
         Ok(())
     }
 
+    /// `validateRequest` ([`crate::domain::validate`]), after the steps as
+    /// in Tyk: the parameters, then the body, read whole (at most
+    /// [`crate::domain::validate::MAX_BODY`]) and sent on as read. A
+    /// refusal is the operation's error status with Tyk's message.
+    async fn validate_phase(
+        req: Request<Incoming>,
+        cx: &Context,
+    ) -> Result<Request<ClientBody>, Response<Body>> {
+        use crate::domain::validate::MAX_BODY;
+        let Some((v, path_params)) = &cx.validate else {
+            return Ok(req.map(client_body));
+        };
+        let refuse = |status: u16, message: String| {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
+            error_response(status, &message)
+        };
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        };
+        let params: Vec<&str> = path_params.iter().map(String::as_str).collect();
+        v.check_params(req.uri().query(), &header, &params)
+            .map_err(|e| refuse(v.error_code, e.to_string()))?;
+        if !v.reads_body() {
+            return Ok(req.map(client_body));
+        }
+        let content_type = header("content-type");
+        let (parts, body) = req.into_parts();
+        let bytes =
+            match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, MAX_BODY))
+                .await
+            {
+                Ok(collected) => collected.to_bytes(),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                    return Err(refuse(
+                        413,
+                        format!(
+                            "request validation error: the body is larger than {MAX_BODY} bytes"
+                        ),
+                    ));
+                }
+                Err(_) => return Err(refuse(400, CLIENT_BODY_FAILED.to_owned())),
+            };
+        v.check_body(content_type.as_deref(), &bytes)
+            .map_err(|e| refuse(v.error_code, e.to_string()))?;
+        Ok(Request::from_parts(
+            parts,
+            ClientBody::Buffered(Some(bytes)),
+        ))
+    }
+
     /// A Tyk OAS API's operation rules ([`crate::domain::endpoints`]).
     fn endpoint_step(cx: &mut Context, req: &(dyn Facts + Sync)) -> Result<(), Refusal> {
         let route = cx.route.clone();
@@ -900,6 +960,14 @@ impl DataPlane {
             Ok(Some(rule)) => {
                 cx.skip_auth = rule.ignore_auth;
                 cx.mock.clone_from(&rule.mock);
+                if let Some(v) = &rule.validate {
+                    let params = rule
+                        .path_params(rest)
+                        .into_iter()
+                        .map(str::to_owned)
+                        .collect();
+                    cx.validate = Some((v.clone(), params));
+                }
                 Ok(())
             }
             Ok(None) => Ok(()),
@@ -1132,13 +1200,12 @@ impl DataPlane {
     /// `X-Forwarded-For` and `-Proto`), and whether it goes over a plain
     /// kept connection; `None` when its path cannot be forwarded.
     fn upstream_request_phase(
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         cx: &Context,
         client: &ClientConn,
     ) -> Option<(Request<ClientBody>, bool)> {
         let (route, strip_segment) = (&*cx.route, cx.strip_segment);
         let (mut parts, body) = req.into_parts();
-        let body = client_body(body);
         let plain = !route.upstream.h2c && !route.upstream.tls;
         let uri = if plain {
             Self::upstream_path(route, &parts.uri, strip_segment).map(Uri::from)
@@ -1182,7 +1249,7 @@ impl DataPlane {
     /// goes straight to the exchange.
     async fn cached_or_forwarded(
         &self,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         cx: &Context,
         client: &ClientConn,
     ) -> Response<Body> {
@@ -1284,7 +1351,7 @@ impl DataPlane {
     /// the request sent and its answer read (502 and 504 on failure).
     async fn forward(
         &self,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         cx: &Context,
         client: &ClientConn,
     ) -> Response<Body> {

@@ -700,13 +700,17 @@ impl Conn {
         // hyper serves https and h2c upstreams, batches (they read the
         // whole body and answer from several exchanges), APIs with the
         // response cache (answers kept whole), OAuth's endpoints and APIs
-        // with mocked operations (answered by the gateway).
+        // with mocked operations (answered by the gateway) or validated
+        // ones (their bodies read whole).
         let batch = route.batch
             && head.method() == "POST"
             && crate::domain::batch::is_batch_path(&route.listen_path, &path);
         let oauth =
             route.oauth.is_some() && crate::domain::oauth::endpoint(route.rest_of(&path)).is_some();
-        let mocks = route.endpoints.as_ref().is_some_and(|e| e.mocks());
+        let mocks = route
+            .endpoints
+            .as_ref()
+            .is_some_and(|e| e.reads_whole_requests());
         if route.upstream.tls
             || route.upstream.h2c
             || batch

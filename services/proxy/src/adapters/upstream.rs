@@ -26,7 +26,45 @@ use crate::domain::routes::Upstream;
 /// A client's request body on its way upstream, its failures marked as the
 /// client's ([`ClientBodyError`]): a malformed chunk or a cut body is the
 /// client's fault (400), never the upstream's (502).
-pub type ClientBody = MapErr<Incoming, fn(hyper::Error) -> ClientBodyError>;
+pub enum ClientBody {
+    /// Passed through as it comes.
+    Streamed(MapErr<Incoming, fn(hyper::Error) -> ClientBodyError>),
+    /// Read whole first (a validated request's), sent in one frame.
+    Buffered(Option<Bytes>),
+}
+
+impl hyper::body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, ClientBodyError>>> {
+        match self.get_mut() {
+            Self::Streamed(body) => std::pin::Pin::new(body).poll_frame(cx),
+            Self::Buffered(data) => {
+                std::task::Poll::Ready(data.take().map(|d| Ok(hyper::body::Frame::data(d))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Streamed(body) => body.is_end_stream(),
+            Self::Buffered(data) => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Self::Streamed(body) => body.size_hint(),
+            Self::Buffered(data) => {
+                hyper::body::SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}
 
 /// Reading the client's request body failed (bad framing, connection cut).
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +74,7 @@ pub struct ClientBodyError(#[source] pub hyper::Error);
 /// The client's body, marked (see [`ClientBody`]).
 pub fn client_body(body: Incoming) -> ClientBody {
     use http_body_util::BodyExt as _;
-    body.map_err(ClientBodyError as fn(hyper::Error) -> ClientBodyError)
+    ClientBody::Streamed(body.map_err(ClientBodyError as fn(hyper::Error) -> ClientBodyError))
 }
 
 /// Whether `error`, or anything that caused it, is the client's body

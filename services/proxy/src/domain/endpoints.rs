@@ -45,6 +45,18 @@ pub struct Rule {
     pub ignore_auth: bool,
     /// `mockResponse`.
     pub mock: Option<Arc<Mock>>,
+    /// `validateRequest`.
+    pub validate: Option<Arc<super::validate::Validation>>,
+}
+
+impl Rule {
+    /// The values of the path's `{...}` parameters in `path`, in order.
+    pub fn path_params<'a>(&self, path: &'a str) -> Vec<&'a str> {
+        self.path
+            .captures(path)
+            .map(|c| c.iter().skip(1).flatten().map(|m| m.as_str()).collect())
+            .unwrap_or_default()
+    }
 }
 
 /// An API's operation rules.
@@ -74,9 +86,12 @@ impl Endpoints {
         }
     }
 
-    /// Some operation is mocked (the gateway answers it).
-    pub fn mocks(&self) -> bool {
-        self.rules.iter().any(|r| r.mock.is_some())
+    /// Some operation is mocked (the gateway answers it) or validated
+    /// (its body is read whole): such APIs are served by hyper.
+    pub fn reads_whole_requests(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.mock.is_some() || r.validate.is_some())
     }
 
     /// No rule does anything.
@@ -94,7 +109,7 @@ fn template(field: &str, path: &str) -> Result<regex::Regex, Invalid> {
         let close = rest[open..]
             .find('}')
             .ok_or_else(|| Invalid::new(field, format!("{path:?}: a {{ without its }}")))?;
-        pattern.push_str("[^/]+");
+        pattern.push_str("([^/]+)");
         rest = &rest[open + close + 1..];
     }
     pattern.push_str(&regex::escape(rest));
@@ -360,6 +375,18 @@ pub fn rule(
             ));
         }
     };
+    let validate = match section.get("validateRequest") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(v)) => {
+            super::validate::compile(doc, path, op, v, &format!("{at}.validateRequest"))?
+        }
+        Some(_) => {
+            return Err(Invalid::new(
+                format!("{at}.validateRequest"),
+                "must be an object",
+            ));
+        }
+    };
     let r = Rule {
         method: method.to_ascii_uppercase(),
         path: template(at, path)?,
@@ -370,8 +397,10 @@ pub fn rule(
             &format!("{at}.ignoreAuthentication"),
         )?,
         mock: mock.map(Arc::new),
+        validate: validate.map(Arc::new),
     };
-    Ok((r.allow || r.block || r.ignore_auth || r.mock.is_some()).then_some(r))
+    let any = r.allow || r.block || r.ignore_auth || r.mock.is_some() || r.validate.is_some();
+    Ok(any.then_some(r))
 }
 
 impl Endpoints {
@@ -475,5 +504,9 @@ mod tests {
         assert!(!t.is_match("/pets/1/2/toys/ball"));
         assert!(!t.is_match("/pets/1/toys/ball/x"));
         assert!(template("f", "/pets/{id").is_err());
+        let r = rule_of(json!({"allow": {"enabled": true}}))
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.path_params("/pets/42"), ["42"]);
     }
 }

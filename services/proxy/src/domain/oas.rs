@@ -22,7 +22,8 @@
 //!   `transformResponseHeaders`, `contextVariables`;
 //! - `middleware.operations`, keyed by the document's `operationId`:
 //!   `transformRequestHeaders`, `transformResponseHeaders`, `allow`,
-//!   `block`, `ignoreAuthentication`, `mockResponse` ([`super::endpoints`]).
+//!   `block`, `ignoreAuthentication`, `mockResponse` ([`super::endpoints`]),
+//!   `validateRequest` ([`super::validate`]).
 
 use serde_json::{Map, Value, json};
 
@@ -410,13 +411,14 @@ fn authentication(
 }
 
 /// What `middleware.operations.<operationId>` may set.
-const OPERATION_FIELDS: [&str; 6] = [
+const OPERATION_FIELDS: [&str; 7] = [
     "transformRequestHeaders",
     "transformResponseHeaders",
     "allow",
     "block",
     "ignoreAuthentication",
     "mockResponse",
+    "validateRequest",
 ];
 
 /// The classic definition an OAS document converts to, and the route the
@@ -783,10 +785,10 @@ mod tests {
         );
         refused(
             &|d| {
-                d["x-tyk-api-gateway"]["middleware"]["operations"]["showPet"]["validateRequest"] =
+                d["x-tyk-api-gateway"]["middleware"]["operations"]["showPet"]["rateLimit"] =
                     json!({"enabled": true});
             },
-            "x-tyk-api-gateway.middleware.operations.showPet.validateRequest",
+            "x-tyk-api-gateway.middleware.operations.showPet.rateLimit",
         );
         refused(
             &|d| {

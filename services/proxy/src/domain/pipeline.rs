@@ -168,6 +168,9 @@ pub struct Context {
     pub skip_auth: bool,
     /// The operation is answered by the gateway (`mockResponse`).
     pub mock: Option<Arc<super::endpoints::Mock>>,
+    /// The operation's request is checked (`validateRequest`), with the
+    /// values of its path's parameters.
+    pub validate: Option<(Arc<super::validate::Validation>, Vec<String>)>,
 }
 
 impl Context {
@@ -185,6 +188,7 @@ impl Context {
             edits: None,
             skip_auth: false,
             mock: None,
+            validate: None,
         }
     }
 
