@@ -14,7 +14,9 @@
 //! Meridian with key auth + rate limit + quota (limits too high to refuse,
 //! counted across replicas as always), Meridian answering from its response
 //! cache (a keyless API with `cache_options`, every request a hit; expected
-//! above nginx, which has no cache here); then Meridian keyless at the same
+//! above nginx, which has no cache here), a Tyk OAS API with key auth and
+//! `validateRequest` on a 1 KB JSON body `POST`ed (target: at least 0.8x
+//! the key-auth row); then Meridian keyless at the same
 //! 50% rate while other APIs are added, changed and deleted, counting every
 //! error and non-2xx answer. Then scaling with cores: nginx and each
 //! Meridian row with one worker, then two, with the CPU time per request.
@@ -44,7 +46,7 @@ use std::time::{Duration, Instant};
 use meridian_loadtest::wrk::{
     CONNECTIONS, Run, at_full_speed, clock_ticks_per_s, half_load_delay, memory_table,
     nginx_for_idle_connections, nginx_proxy, proxy_on_core_0, proxy_on_cores, upstream_and_nginx,
-    wait_http, wrk,
+    wait_http, wrk, wrk_posting,
 };
 use meridian_tests::load::{even_split_admitted, paced, per_window, sent_per_window};
 use meridian_tests::processes::{Group, free_port};
@@ -53,6 +55,9 @@ use meridian_tests::{Nats, eventually};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The row of the OAS API with `validateRequest` (it `POST`s a body).
+const OAS_ROW: usize = 6;
 
 /// Full-speed rounds of the main table (each row's median is reported).
 const ROUNDS: usize = 3;
@@ -146,6 +151,46 @@ async fn main() -> anyhow::Result<()> {
         .as_str()
         .unwrap_or_default()
         .to_owned();
+    // A Tyk OAS API whose createPet operation validates its 1 KB JSON
+    // body (key auth as the key-auth row's).
+    let oas = serde_json::json!({
+        "openapi": "3.0.3", "info": {"title": "Pets", "version": "1.0.0"},
+        "paths": {"/pets": {"post": {"operationId": "createPet",
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Pet"}}}},
+            "responses": {"200": {"description": "ok"}}}}},
+        "components": {
+            "schemas": {"Pet": {"type": "object", "required": ["id", "name"], "properties": {
+                "id": {"type": "integer", "minimum": 1}, "name": {"type": "string", "maxLength": 64},
+                "tags": {"type": "array", "items": {"type": "string"}},
+                "notes": {"type": "string", "maxLength": 2048}}}},
+            "securitySchemes": {"key": {"type": "apiKey", "in": "header", "name": "Authorization"}}},
+        "security": [{"key": []}],
+        "x-tyk-api-gateway": {
+            "info": {"id": "oas", "name": "oas", "state": {"active": true}},
+            "upstream": {"url": format!("http://127.0.0.1:{up_port}")},
+            "server": {"listenPath": {"value": "/oas/", "strip": true},
+                "authentication": {"enabled": true, "securitySchemes": {"key": {"enabled": true}}}},
+            "middleware": {"operations": {"createPet": {"validateRequest": {"enabled": true}}}}}
+    });
+    let r = post(format!("{admin}/tyk/apis/oas"), oas).await?;
+    anyhow::ensure!(r.status().is_success(), "OAS API: {}", r.text().await?);
+    let r = post(
+        format!("{}/tyk/keys", key_issuer.url),
+        serde_json::json!({"org_id": "bench", "access_rights": {"oas": {"api_id": "oas", "versions": ["Default"]}}}),
+    )
+    .await?;
+    let oas_key = r.json::<serde_json::Value>().await?["key"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let pet = serde_json::json!({"id": 7, "name": "Rex", "tags": ["dog", "good"],
+        "notes": "n".repeat(920)})
+    .to_string();
+    anyhow::ensure!(
+        (1000..1100).contains(&pet.len()),
+        "the body is {} bytes",
+        pet.len()
+    );
     let r = http
         .get(format!("{admin}/tyk/reload?block=true"))
         .header("x-tyk-authorization", GATEWAY_SECRET)
@@ -153,7 +198,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     anyhow::ensure!(r.status().is_success(), "reload: {}", r.text().await?);
 
-    let rows: [(&str, String, Option<&str>); 6] = [
+    let rows: [(&str, String, Option<&str>); 7] = [
         (
             "upstream direct",
             format!("http://127.0.0.1:{up_port}/x"),
@@ -184,10 +229,23 @@ async fn main() -> anyhow::Result<()> {
             format!("http://127.0.0.1:{gw_port}/cached/x"),
             None,
         ),
+        (
+            "meridian OAS API, key auth + validateRequest on a 1 KB JSON body (POST)",
+            format!("http://127.0.0.1:{gw_port}/oas/pets"),
+            Some(oas_key.as_str()),
+        ),
     ];
+    // The rows that POST a body.
+    let body_of = |row: usize| (row == OAS_ROW).then_some(pet.as_str());
     // Every row answers 200 before it is timed.
-    for (name, url, key) in &rows {
-        let mut req = http.get(url);
+    for (i, (name, url, key)) in rows.iter().enumerate() {
+        let mut req = match body_of(i) {
+            Some(body) => http
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body.to_owned()),
+            None => http.get(url),
+        };
         if let Some(k) = key {
             req = req.header("authorization", *k);
         }
@@ -214,22 +272,29 @@ async fn main() -> anyhow::Result<()> {
     // Full speed: ROUNDS rounds, each row once per round, so that every
     // row meets the host's slow and fast minutes alike; each row's median
     // round is reported (rows moved by 10-20% between single runs).
-    for (_, url, key) in &rows {
+    for (i, (_, url, key)) in rows.iter().enumerate() {
         // A short warm-up fills connection pools.
-        wrk(dir.path(), url, *key, 2, 0)?;
+        wrk_posting(dir.path(), url, *key, body_of(i), 2, 0)?;
     }
     let mut rounds: Vec<Vec<Run>> = vec![Vec::new(); rows.len()];
     for _ in 0..ROUNDS {
-        for ((_, url, key), runs) in rows.iter().zip(&mut rounds) {
-            runs.push(wrk(dir.path(), url, *key, seconds, 0)?);
+        for (i, ((_, url, key), runs)) in rows.iter().zip(&mut rounds).enumerate() {
+            runs.push(wrk_posting(dir.path(), url, *key, body_of(i), seconds, 0)?);
         }
     }
     let full: Vec<Run> = rounds.iter().map(|runs| median(runs)).collect();
     let half_rate = full[1].rps / 2.0;
     let delay_ms = half_load_delay(dir.path(), &rows[1].1, full[1].rps, seconds)?;
     let mut half = Vec::new();
-    for (_, url, key) in &rows {
-        half.push(wrk(dir.path(), url, *key, seconds, delay_ms)?);
+    for (i, (_, url, key)) in rows.iter().enumerate() {
+        half.push(wrk_posting(
+            dir.path(),
+            url,
+            *key,
+            body_of(i),
+            seconds,
+            delay_ms,
+        )?);
     }
 
     // Reloads under load: the same 50% rate on the keyless API while other
@@ -343,6 +408,11 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "cache hit: {cached:.2}x nginx's req/s (expected above nginx without a cache: {})",
         if cached > 1.0 { "met" } else { "missed" }
+    );
+    let validated = full[OAS_ROW].rps / full[3].rps;
+    println!(
+        "OAS API with validateRequest on a 1 KB JSON body: {validated:.2}x the key-auth row's req/s (target >= 0.8: {})",
+        if validated >= 0.8 { "met" } else { "missed" }
     );
 
     // Scaling with cores: every proxy row again with one worker, then two.

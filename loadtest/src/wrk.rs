@@ -30,6 +30,12 @@ const SCRIPT: &str = r#"
 local rate_delay = tonumber(os.getenv("BENCH_DELAY_MS") or "0")
 local key = os.getenv("BENCH_KEY")
 if key and key ~= "" then wrk.headers["Authorization"] = key end
+local body = os.getenv("BENCH_BODY")
+if body and body ~= "" then
+  wrk.method = "POST"
+  wrk.body = body
+  wrk.headers["Content-Type"] = "application/json"
+end
 if rate_delay > 0 then
   function delay() return rate_delay end
 end
@@ -52,6 +58,18 @@ pub fn wrk(
     seconds: u64,
     delay_ms: u64,
 ) -> anyhow::Result<Run> {
+    wrk_posting(dir, url, key, None, seconds, delay_ms)
+}
+
+/// [`wrk`], each request a `POST` of the JSON `body` when one is given.
+pub fn wrk_posting(
+    dir: &Path,
+    url: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+    seconds: u64,
+    delay_ms: u64,
+) -> anyhow::Result<Run> {
     let script = dir.join("bench.lua");
     std::fs::write(&script, SCRIPT)?;
     let out = Command::new("taskset")
@@ -61,6 +79,7 @@ pub fn wrk(
         .args(["-s", script.to_str().unwrap(), url])
         .env("BENCH_DELAY_MS", delay_ms.to_string())
         .env("BENCH_KEY", key.unwrap_or(""))
+        .env("BENCH_BODY", body.unwrap_or(""))
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text
