@@ -130,17 +130,35 @@ impl Browser {
         }
     }
 
-    /// Types `text` into the field matching `css` (after clearing it).
+    /// Types `text` into the field matching `css` (after clearing it). A
+    /// field a page redraw replaced between finding and typing (stale) is
+    /// found again.
     pub async fn fill(&self, css: &str, text: &str) {
-        let el = self
-            .client
-            .wait()
-            .at_most(Duration::from_secs(30))
-            .for_element(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("{css}: {e}"));
-        el.clear().await.unwrap();
-        el.send_keys(text).await.unwrap();
+        for _ in 0..5 {
+            let el = self
+                .client
+                .wait()
+                .at_most(Duration::from_secs(30))
+                .for_element(Locator::Css(css))
+                .await
+                .unwrap_or_else(|e| panic!("{css}: {e}"));
+            match el.clear().await {
+                Ok(()) => {}
+                Err(fantoccini::error::CmdError::Standard(e))
+                    if e.error == fantoccini::error::ErrorStatus::StaleElementReference =>
+                {
+                    continue;
+                }
+                Err(e) => panic!("{css}: clear: {e}"),
+            }
+            match el.send_keys(text).await {
+                Ok(()) => return,
+                Err(fantoccini::error::CmdError::Standard(e))
+                    if e.error == fantoccini::error::ErrorStatus::StaleElementReference => {}
+                Err(e) => panic!("{css}: typing: {e}"),
+            }
+        }
+        panic!("{css}: replaced by every redraw, five times");
     }
 
     /// Types `text` into the field matching `css`, then Enter: the field

@@ -470,6 +470,63 @@ async fn the_console_does_the_daily_work_in_a_real_browser() {
         "the gateway still takes a token revoked in the console"
     );
 
+    // Tyk OAS APIs: one posted with operation middleware, its operations
+    // shown with what each has; one imported from the console's form (a
+    // pasted document), then exported.
+    hub_tyk
+        .post_ok(
+            "/tyk/apis/oas",
+            &json!({"openapi": "3.0.3", "info": {"title": "Shop", "version": "2.0.0"},
+                "paths": {"/items": {"get": {"operationId": "listItems", "summary": "The items"},
+                    "post": {"operationId": "addItem"}}},
+                "x-tyk-api-gateway": {"info": {"id": "shop-oas", "name": "Shop", "state": {"active": true}},
+                    "upstream": {"url": url}, "server": {"listenPath": {"value": "/shop-oas/", "strip": true}},
+                    "middleware": {"operations": {"listItems": {"allow": {"enabled": true},
+                        "ignoreAuthentication": {"enabled": true}}}}}}),
+        )
+        .await;
+    b.goto(&format!("{url}/#/gateway/shop-oas")).await;
+    b.wait_text("tr[data-gateway-api='shop-oas']", "Tyk OAS")
+        .await;
+    b.wait_text(
+        "tr[data-gateway-api='shop-oas'] td.middleware",
+        "operation rules (1)",
+    )
+    .await;
+    b.wait_text(
+        "tr[data-operation='listItems'] td.operation-middleware",
+        "allow, ignoreAuthentication",
+    )
+    .await;
+    b.wait_text("tr[data-operation='addItem'] td.operation-middleware", "—")
+        .await;
+    b.click("#oas-export").await;
+    b.wait_text("#message", "Exported shop-oas.json").await;
+    b.wait_text("#oas-download", "Save shop-oas.json").await;
+    b.fill(
+        "#oas-document",
+        &json!({"openapi": "3.0.3", "info": {"title": "Imported pets", "version": "1.0.0"},
+            "paths": {"/healthz": {"get": {"operationId": "health"}}}})
+        .to_string(),
+    )
+    .await;
+    b.fill("#oas-listen-path", "/imported-pets/").await;
+    b.fill("#oas-upstream", &url).await;
+    b.click("#oas-auth").await;
+    b.click("form[aria-label='Import an OpenAPI document'] button")
+        .await;
+    b.wait_text("#message", "API imported").await;
+    b.wait_text("tr[data-operation='health']", "health").await;
+    b.screenshot("gateway-oas").await;
+    let (status, _) = hub_tyk.get("/tyk/reload?block=true").await;
+    assert_eq!(status, 200);
+    let served = http
+        .get(format!("{gateway}/imported-pets/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200, "the imported API is served, keyless");
+
     // The developer portal: the hub's key-issuer as a provider (the policy
     // above is tagged `portal`), synchronised from the console; a request
     // approved there.

@@ -260,9 +260,47 @@ async fn an_openapi_document_is_the_api_stored_served_and_given_back() {
         .unwrap();
     assert_eq!(res.status(), 200, "authentication=false: keyless");
     let (status, body) = admin
-        .post("/tyk/apis/oas/import?validateRequest=true", &public)
+        .post("/tyk/apis/oas/import?customDomain=pets.example", &public)
         .await;
     assert_eq!(status, 400, "{body}");
+    // Patched: the document replaced, the stored extension kept, the
+    // parameters applied (every operation allowed and validated).
+    let mut renamed = public.clone();
+    renamed["info"]["title"] = json!("Petstore, patched");
+    let patched = admin
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/tyk/apis/oas/{id}?allowList=true&validateRequest=true"),
+            meridian_tests::tyk::Body::Json(&renamed),
+        )
+        .await;
+    assert_eq!(patched.0, 200, "{}", patched.1);
+    let stored = admin.get_ok(&format!("/tyk/apis/oas/{id}")).await;
+    assert_eq!(stored["info"]["title"], "Petstore, patched");
+    assert_eq!(
+        stored["x-tyk-api-gateway"]["server"]["listenPath"]["value"],
+        "/imported/"
+    );
+    assert_eq!(
+        stored["x-tyk-api-gateway"]["middleware"]["operations"]["createPets"],
+        json!({"allow": {"enabled": true}, "validateRequest": {"enabled": true}})
+    );
+    let (status, _) = admin.get("/tyk/reload?block=true").await;
+    assert_eq!(status, 200);
+    let res = http
+        .get(format!("{}/imported/owners", proxy.gateway))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403, "not an operation of the document");
+    let res = http
+        .post(format!("{}/imported/pets", proxy.gateway))
+        .header("content-type", "application/json")
+        .body(r#"{"id": 1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 422, "validated after the patch");
 
     // Governance: the agent's `meridian` provider reports the OAS API with
     // its OpenAPI document (without the gateway's extension), the classic

@@ -4,7 +4,7 @@
 // allows only this script, so no inline handlers or styles.
 'use strict';
 
-const state = { csrf: null, agentUrl: '', timers: [], page: null, generation: 0 };
+const state = { csrf: null, agentUrl: '', timers: [], page: null, generation: 0, flash: null };
 
 // Ids in URLs are always encoded: an id is data, never a path.
 const enc = encodeURIComponent;
@@ -476,18 +476,73 @@ function gatewayPage(main, apiId) {
   const apisBox = h('div', {});
   const clientsBox = h('div', { id: 'oauth-clients' });
   const tokensBox = h('div', { id: 'oauth-tokens' });
+  const opsBox = h('div', { id: 'oas-operations' });
   const auth = (d) => (d.use_keyless ? 'keyless' : (d.use_oauth2 ? 'OAuth 2.0 tokens (or keys)' : 'key'));
+  // Import: a plain OpenAPI document (JSON), pasted or read from a file.
+  const docText = h('textarea', { id: 'oas-document', rows: 6, placeholder: '{"openapi": "3.0.3", ...}' });
+  const docFile = h('input', { type: 'file', id: 'oas-file', accept: '.json,application/json', on: { change: async () => {
+    const f = docFile.files[0];
+    if (f) docText.value = await f.text();
+  } } });
+  const listen = h('input', { id: 'oas-listen-path', placeholder: '/pets/' });
+  const upstream = h('input', { id: 'oas-upstream', placeholder: 'http://pets.internal:8080 (default: the first server)' });
+  const keyed = h('input', { type: 'checkbox', id: 'oas-auth', checked: true });
+  const importForm = h('form', { class: 'inline card', 'aria-label': 'Import an OpenAPI document', on: { submit: async (e) => {
+    e.preventDefault();
+    let doc;
+    try { doc = JSON.parse(docText.value); } catch (err) { say(`The document is not JSON: ${err.message}`); return; }
+    const qs = new URLSearchParams({ authentication: keyed.checked ? 'true' : 'false' });
+    if (listen.value) qs.set('listenPath', listen.value);
+    if (upstream.value) qs.set('upstreamURL', upstream.value);
+    const out = await act(() => api('POST', `/tyk/apis/oas/import?${qs}`, doc));
+    if (out) { state.flash = `API imported: ${out.key}, live on every gateway replica`; location.hash = `#/gateway/${enc(out.key)}`; }
+  } } }, field('OpenAPI document (JSON)', docText), field('or a file', docFile), field('Listen path', listen), field('Upstream URL', upstream),
+  field('Check its security scheme', keyed), h('button', { type: 'submit' }, 'Import'));
   async function refresh() {
-    const apis = await act(() => api('GET', '/tyk/apis'));
+    const [apis, docs] = await Promise.all([act(() => api('GET', '/tyk/apis')), act(() => api('GET', '/tyk/apis/oas'))]);
     if (!apis) return;
-    apisBox.replaceChildren(apis.length ? table(['API', 'Listen path', 'Authentication', 'Middleware on', 'State', ''], apis.map((d) => h('tr', { 'data-gateway-api': d.api_id },
+    const oas = new Set((docs || []).map((d) => d['x-tyk-api-gateway']?.info?.id));
+    // An OAS API's operation rules, which the classic form does not show.
+    const opRules = Object.fromEntries((docs || []).map((d) => [d['x-tyk-api-gateway']?.info?.id,
+      Object.keys(d['x-tyk-api-gateway']?.middleware?.operations || {}).length]));
+    const onOf = (d) => [...middlewareOf(d), ...(opRules[d.api_id] ? [`operation rules (${opRules[d.api_id]})`] : [])];
+    apisBox.replaceChildren(apis.length ? table(['API', 'Format', 'Listen path', 'Authentication', 'Middleware on', 'State', ''], apis.map((d) => h('tr', { 'data-gateway-api': d.api_id },
       h('td', {}, h('strong', {}, d.name || d.api_id), h('div', { class: 'muted' }, d.api_id)),
+      h('td', {}, oas.has(d.api_id) ? 'Tyk OAS' : 'classic'),
       h('td', {}, h('code', {}, d.proxy?.listen_path || '')),
       h('td', {}, auth(d)),
-      h('td', { class: 'middleware' }, middlewareOf(d).join(', ') || '—'),
+      h('td', { class: 'middleware' }, onOf(d).join(', ') || '—'),
       h('td', {}, badge(d.active === false ? 'inactive' : 'active')),
-      h('td', {}, d.use_oauth2 ? h('a', { href: `#/gateway/${enc(d.api_id)}` }, 'OAuth clients') : ''))), 'Gateway APIs')
+      h('td', {}, (d.use_oauth2 || oas.has(d.api_id)) ? h('a', { href: `#/gateway/${enc(d.api_id)}` }, oas.has(d.api_id) ? 'Details' : 'OAuth clients') : ''))), 'Gateway APIs')
       : h('p', { class: 'muted' }, 'No APIs on the gateway.'));
+  }
+  // An OAS API's operations and the middleware each has; its export.
+  async function operations(id) {
+    const doc = await api('GET', `/tyk/apis/oas/${enc(id)}`).catch(() => null);
+    if (!doc) { opsBox.replaceChildren(); return; }
+    const ops = doc['x-tyk-api-gateway']?.middleware?.operations || {};
+    const rows = [];
+    for (const [path, item] of Object.entries(doc.paths || {})) {
+      for (const [method, op] of Object.entries(item || {})) {
+        if (!['get', 'put', 'post', 'delete', 'patch', 'head', 'options', 'trace'].includes(method)) continue;
+        const on = Object.entries(ops[op.operationId] || {}).filter(([, v]) => v && v.enabled).map(([k]) => k);
+        rows.push(h('tr', { 'data-operation': op.operationId || `${method} ${path}` },
+          h('td', {}, h('span', { class: `method ${method}` }, method), ' ', h('code', {}, path)),
+          h('td', {}, op.operationId || '—', h('div', { class: 'muted' }, op.summary || '')),
+          h('td', { class: 'operation-middleware' }, on.join(', ') || '—')));
+      }
+    }
+    // The export is fetched, then offered as a link to save.
+    const saved = h('span', { id: 'oas-exported' });
+    const exportButton = h('button', { type: 'button', class: 'secondary', id: 'oas-export', on: { click: async () => {
+      const file = await act(() => api('GET', `/tyk/apis/oas/${enc(id)}/export`));
+      if (!file) return;
+      const href = URL.createObjectURL(new Blob([JSON.stringify(file, null, 2)], { type: 'application/json' }));
+      saved.replaceChildren(' ', h('a', { href, download: `${id}.json`, id: 'oas-download' }, `Save ${id}.json`));
+      say(`Exported ${id}.json`, true);
+    } } }, 'Export the document');
+    opsBox.replaceChildren(h('h2', {}, `Operations of ${doc.info?.title || id}`), h('p', {}, exportButton, saved),
+      rows.length ? table(['Operation', 'operationId', 'Middleware on'], rows, 'Operations') : h('p', { class: 'muted' }, 'The document has no operations.'));
   }
   async function tokens(id, clientId) {
     const list = await act(() => api('GET', `/tyk/oauth/clients/${enc(id)}/${enc(clientId)}/tokens`));
@@ -511,9 +566,12 @@ function gatewayPage(main, apiId) {
           if (await act(() => api('DELETE', `/tyk/oauth/clients/${enc(id)}/${enc(c.client_id)}`), 'Client deleted: its tokens no longer work') !== undefined) { tokensBox.replaceChildren(); clients(id); }
         }))))), 'OAuth clients') : h('p', { class: 'muted' }, 'No OAuth clients for this API.'));
   }
-  main.append(h('h1', {}, 'Gateway'), apisBox, clientsBox, tokensBox);
+  main.append(h('h1', {}, 'Gateway'), apisBox, h('h2', {}, 'Import an OpenAPI document'), importForm, opsBox, clientsBox, tokensBox);
   refresh();
-  if (apiId) clients(apiId);
+  if (apiId) {
+    operations(apiId);
+    api('GET', `/tyk/apis/${enc(apiId)}`).then((d) => { if (d?.use_oauth2) clients(apiId); }).catch((e) => say(e.message));
+  }
 }
 
 // ---------- Developer portal ----------
@@ -589,7 +647,9 @@ function render() {
   for (const a of document.querySelectorAll('nav a')) {
     if (a.getAttribute('href') === `#/${name === 'api' ? 'apis' : name}`) a.setAttribute('aria-current', 'page'); else a.removeAttribute('aria-current');
   }
-  say('');
+  // A message left for the page an action moved to (`state.flash`).
+  say(state.flash || '', true);
+  state.flash = null;
   page(view, arg);
   main.focus();
 }

@@ -931,12 +931,16 @@ impl DataPlane {
             {
                 Ok(collected) => collected.to_bytes(),
                 Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                    return Err(refuse(
+                    // The rest of the body is not read: the connection ends.
+                    let mut res = refuse(
                         413,
                         format!(
                             "request validation error: the body is larger than {MAX_BODY} bytes"
                         ),
-                    ));
+                    );
+                    res.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    return Err(res);
                 }
                 Err(_) => return Err(refuse(400, CLIENT_BODY_FAILED.to_owned())),
             };

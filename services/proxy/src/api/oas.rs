@@ -28,7 +28,7 @@ const CLASSIC: &str =
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
         .routes(routes!(list_oas, create_oas))
-        .routes(routes!(get_oas, update_oas, delete_oas))
+        .routes(routes!(get_oas, update_oas, patch_oas, delete_oas))
         .routes(routes!(export_one))
         .routes(routes!(export_all))
         .routes(routes!(import_oas))
@@ -293,16 +293,36 @@ fn flag(field: &str, value: Option<&str>) -> Result<Option<bool>, TykError> {
     }
 }
 
+impl ImportQuery {
+    /// The parameters read (a bad boolean, or a custom domain, refused).
+    fn params(&self) -> Result<oas::Params, TykError> {
+        if self.custom_domain.as_deref().is_some_and(|d| !d.is_empty()) {
+            return Err(TykError::bad_request(
+                "Request malformed: customDomain: custom domains are not served by Meridian's gateway",
+            ));
+        }
+        Ok(oas::Params {
+            listen_path: self.listen_path.clone(),
+            upstream: self.upstream_url.clone(),
+            authentication: flag("authentication", self.authentication.as_deref())?,
+            allow_list: flag("allowList", self.allow_list.as_deref())?,
+            validate_request: flag("validateRequest", self.validate_request.as_deref())?,
+            mock_response: flag("mockResponse", self.mock_response.as_deref())?,
+        })
+    }
+}
+
 /// Imports a plain OpenAPI 3 document (no `x-tyk-api-gateway`): the
 /// extension is made from the parameters and the document (its title, its
 /// first server as the upstream, its security requirement as the
-/// authentication).
+/// authentication); `allowList`, `validateRequest` and `mockResponse` turn
+/// those on for every operation with an `operationId` (with a JSON request
+/// body, with a JSON 200 answer).
 #[utoipa::path(post, path = "/tyk/apis/oas/import", tag = "apis", security(("tyk_secret" = [])),
     params(("listenPath" = Option<String>, Query), ("upstreamURL" = Option<String>, Query),
         ("customDomain" = Option<String>, Query, description = "Not served: refused when given"),
-        ("allowList" = Option<bool>, Query, description = "Not served yet: refused when true"),
-        ("validateRequest" = Option<bool>, Query, description = "Not served yet: refused when true"),
-        ("mockResponse" = Option<bool>, Query, description = "Not served yet: refused when true"),
+        ("allowList" = Option<bool>, Query), ("validateRequest" = Option<bool>, Query),
+        ("mockResponse" = Option<bool>, Query),
         ("authentication" = Option<bool>, Query, description = "Check the document's security scheme (default: when the document has a security requirement)")),
     request_body(content = Object, description = "An OpenAPI 3 document without x-tyk-api-gateway"),
     responses((status = 200, body = ModifyKey)))]
@@ -316,32 +336,43 @@ async fn import_oas(
             "the import payload should not contain x-tyk-api-gateway",
         ));
     }
-    if q.custom_domain.as_deref().is_some_and(|d| !d.is_empty()) {
-        return Err(TykError::bad_request(
-            "Request malformed: customDomain: custom domains are not served by Meridian's gateway",
-        ));
-    }
-    for (field, value) in [
-        ("allowList", q.allow_list.as_deref()),
-        ("validateRequest", q.validate_request.as_deref()),
-        ("mockResponse", q.mock_response.as_deref()),
-    ] {
-        if flag(field, value)? == Some(true) {
-            return Err(TykError::bad_request(format!(
-                "Request malformed: {field}: not served by Meridian's gateway yet"
-            )));
-        }
-    }
-    let auth = flag("authentication", q.authentication.as_deref())?;
+    let params = q.params()?;
     let id = Uuid::new_v4().simple().to_string();
-    let doc = oas::imported(
-        doc,
-        &id,
-        q.listen_path.as_deref(),
-        q.upstream_url.as_deref(),
-        auth,
-    )?;
+    let doc = oas::imported(doc, &id, &params)?;
     let id = save(&s, doc, true).await?;
     tracing::info!(api = %id, "OAS API imported");
     Ok(axum::Json(ModifyKey::new(id, "added")))
+}
+
+/// Replaces the OpenAPI part of a Tyk OAS API and configures its extension
+/// from the parameters (as import does); a body with `x-tyk-api-gateway`
+/// and no parameters is a `PUT`.
+#[utoipa::path(patch, path = "/tyk/apis/oas/{apiID}", tag = "apis", security(("tyk_secret" = [])),
+    params(("apiID" = String, Path), ("listenPath" = Option<String>, Query), ("upstreamURL" = Option<String>, Query),
+        ("customDomain" = Option<String>, Query, description = "Not served: refused when given"),
+        ("allowList" = Option<bool>, Query), ("validateRequest" = Option<bool>, Query),
+        ("mockResponse" = Option<bool>, Query), ("authentication" = Option<bool>, Query)),
+    request_body(content = Object, description = "An OpenAPI 3 document, with or without x-tyk-api-gateway"),
+    responses((status = 200, body = ModifyKey)))]
+async fn patch_oas(
+    State(s): State<ApiState>,
+    TykPath(id): TykPath<String>,
+    TykQuery(q): TykQuery<ImportQuery>,
+    TykJson(doc): TykJson<Value>,
+) -> Result<axum::Json<ModifyKey>, TykError> {
+    let params = q.params()?;
+    let stored = document(&s, &id).await?;
+    let mut doc = doc;
+    let root = doc.as_object_mut().ok_or_else(|| {
+        TykError::bad_request("Request malformed: body: must be an OpenAPI document")
+    })?;
+    if !root.contains_key(EXTENSION) {
+        root.insert(EXTENSION.into(), stored[EXTENSION].clone());
+    }
+    oas::apply(&mut doc, &params)?;
+    let doc = oas::with_id(doc, &id);
+    s.writer.catch_up().await;
+    save(&s, doc, false).await?;
+    tracing::info!(api = %id, "OAS API patched");
+    Ok(axum::Json(ModifyKey::new(id, "modified")))
 }

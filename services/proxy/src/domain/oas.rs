@@ -635,18 +635,132 @@ pub fn with_id(mut doc: Value, api_id: &str) -> Value {
     doc
 }
 
+/// The query parameters of `POST /tyk/apis/oas/import` and `PATCH
+/// /tyk/apis/oas/{apiID}`: each given one changes the extension.
+#[derive(Clone, Debug, Default)]
+pub struct Params {
+    /// `listenPath`.
+    pub listen_path: Option<String>,
+    /// `upstreamURL`.
+    pub upstream: Option<String>,
+    /// `authentication`: check the document's security requirement.
+    pub authentication: Option<bool>,
+    /// `allowList`: every operation allowed (and only those).
+    pub allow_list: Option<bool>,
+    /// `validateRequest`: every operation with a JSON request body validated.
+    pub validate_request: Option<bool>,
+    /// `mockResponse`: every operation with a JSON 200 answer mocked from
+    /// its examples.
+    pub mock_response: Option<bool>,
+}
+
+/// The operations of `doc` with an `operationId`: (id, operation).
+fn operations(doc: &Value) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for item in doc
+        .get("paths")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flat_map(|p| p.values())
+    {
+        for m in METHODS {
+            if let Some(op) = item.get(m)
+                && let Some(id) = op.get("operationId").and_then(Value::as_str)
+            {
+                out.push((id.to_owned(), op.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// Applies `p` to the extension of `doc` (which has one).
+pub fn apply(doc: &mut Value, p: &Params) -> Result<(), Invalid> {
+    let requirement: Vec<String> = doc
+        .get("security")
+        .and_then(Value::as_array)
+        .and_then(|s| s.first())
+        .and_then(Value::as_object)
+        .map(|r| r.keys().cloned().collect())
+        .unwrap_or_default();
+    let ops = operations(doc);
+    let x = doc
+        .get_mut(EXTENSION)
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| Invalid::new(EXTENSION, "the payload should contain x-tyk-api-gateway"))?;
+    if let Some(listen) = p.listen_path.as_deref().filter(|l| !l.is_empty()) {
+        x.entry("server").or_insert_with(|| json!({}))["listenPath"] =
+            json!({"value": listen, "strip": true});
+    }
+    if let Some(url) = p.upstream.as_deref().filter(|u| !u.is_empty()) {
+        x.entry("upstream").or_insert_with(|| json!({}))["url"] = json!(url);
+    }
+    if let Some(on) = p.authentication {
+        if on && requirement.is_empty() {
+            return Err(Invalid::new(
+                "authentication",
+                "the document has no security requirement to check",
+            ));
+        }
+        let schemes: Object = requirement
+            .iter()
+            .map(|name| (name.clone(), json!({"enabled": true})))
+            .collect();
+        x.entry("server").or_insert_with(|| json!({}))["authentication"] = if on {
+            json!({"enabled": true, "securitySchemes": schemes})
+        } else {
+            json!({"enabled": false})
+        };
+    }
+    let mw = x.entry("middleware").or_insert_with(|| json!({}));
+    for (id, op) in &ops {
+        let section = &mut mw["operations"][id.as_str()];
+        if let Some(on) = p.allow_list {
+            section["allow"] = json!({"enabled": on});
+        }
+        let json_body = op
+            .get("requestBody")
+            .and_then(|b| b.get("content"))
+            .and_then(Value::as_object)
+            .is_some_and(|c| c.keys().any(|ct| super::validate::is_json(Some(ct))));
+        if let Some(on) = p.validate_request
+            && json_body
+        {
+            section["validateRequest"] = json!({"enabled": on});
+        }
+        let json_answer = op
+            .get("responses")
+            .and_then(|r| r.get("200"))
+            .and_then(|r| r.get("content"))
+            .is_some_and(|c| c.get("application/json").is_some());
+        if let Some(on) = p.mock_response
+            && json_answer
+        {
+            section["mockResponse"] = json!({"enabled": on, "fromOASExamples": {"enabled": on}});
+        }
+        if section.as_object().is_none_or(Map::is_empty) {
+            mw["operations"].as_object_mut().map(|o| o.remove(id));
+        }
+    }
+    if mw
+        .get("operations")
+        .and_then(Value::as_object)
+        .is_some_and(Map::is_empty)
+    {
+        mw.as_object_mut().map(|m| m.remove("operations"));
+    }
+    if mw.as_object().is_some_and(Map::is_empty) {
+        x.remove("middleware");
+    }
+    Ok(())
+}
+
 /// A plain OpenAPI document made a Tyk OAS API, as Tyk's import makes it:
-/// named by its `info.title`, served on `listen_path` (default `/`,
-/// stripped) from `upstream` (default: the document's first server URL),
-/// its first security requirement's schemes checked when `authentication`
-/// is on (default: when the document has one).
-pub fn imported(
-    doc: Value,
-    api_id: &str,
-    listen_path: Option<&str>,
-    upstream: Option<&str>,
-    authentication: Option<bool>,
-) -> Result<Value, Invalid> {
+/// named by its `info.title`, served on `listenPath` (default `/`,
+/// stripped) from `upstreamURL` (default: the document's first server
+/// URL), its first security requirement's schemes checked unless
+/// `authentication=false`, and the other parameters applied ([`apply`]).
+pub fn imported(doc: Value, api_id: &str, p: &Params) -> Result<Value, Invalid> {
     let mut doc = doc;
     let root = doc
         .as_object_mut()
@@ -664,9 +778,10 @@ pub fn imported(
         .and_then(|s| s.get("url"))
         .and_then(Value::as_str)
         .map(str::to_owned);
-    let upstream = upstream
+    let upstream = p
+        .upstream
+        .clone()
         .filter(|u| !u.is_empty())
-        .map(str::to_owned)
         .or(server)
         .ok_or_else(|| {
             Invalid::new(
@@ -674,36 +789,23 @@ pub fn imported(
                 "is required: the document has no servers to take the upstream from",
             )
         })?;
-    let requirement: Vec<String> = root
+    let has_security = root
         .get("security")
         .and_then(Value::as_array)
-        .and_then(|s| s.first())
-        .and_then(Value::as_object)
-        .map(|r| r.keys().cloned().collect())
-        .unwrap_or_default();
-    let auth_on = authentication.unwrap_or(!requirement.is_empty());
-    if auth_on && requirement.is_empty() {
-        return Err(Invalid::new(
-            "authentication",
-            "the document has no security requirement to check",
-        ));
-    }
-    let schemes: Object = requirement
-        .iter()
-        .map(|name| (name.clone(), json!({"enabled": true})))
-        .collect();
-    let mut server_section = json!({"listenPath": {"value": listen_path.filter(|l| !l.is_empty()).unwrap_or("/"), "strip": true}});
-    if auth_on {
-        server_section["authentication"] = json!({"enabled": true, "securitySchemes": schemes});
-    }
+        .is_some_and(|s| !s.is_empty());
     root.insert(
         EXTENSION.into(),
         json!({
             "info": {"id": api_id, "name": title, "state": {"active": true}},
             "upstream": {"url": upstream},
-            "server": server_section,
+            "server": {"listenPath": {"value": "/", "strip": true}},
         }),
     );
+    let params = Params {
+        authentication: Some(p.authentication.unwrap_or(has_security)),
+        ..p.clone()
+    };
+    apply(&mut doc, &params)?;
     Ok(doc)
 }
 
@@ -863,7 +965,13 @@ mod tests {
     fn imports_take_the_title_the_first_server_and_the_security_requirement() {
         let mut plain = public(&petstore());
         plain["servers"] = json!([{"url": "http://pets.internal:8080"}]);
-        let doc = imported(plain.clone(), "imp", Some("/imported/"), None, None).unwrap();
+        let p = |listen: Option<&str>, up: Option<&str>, auth: Option<bool>| Params {
+            listen_path: listen.map(str::to_owned),
+            upstream: up.map(str::to_owned),
+            authentication: auth,
+            ..Params::default()
+        };
+        let doc = imported(plain.clone(), "imp", &p(Some("/imported/"), None, None)).unwrap();
         let def = to_classic(&doc).unwrap();
         assert_eq!(
             (def.api_id.as_str(), def.name.as_str()),
@@ -875,9 +983,7 @@ mod tests {
         let open = imported(
             plain.clone(),
             "imp",
-            None,
-            Some("http://other:1"),
-            Some(false),
+            &p(None, Some("http://other:1"), Some(false)),
         )
         .unwrap();
         let def = to_classic(&open).unwrap();
@@ -889,9 +995,23 @@ mod tests {
             ),
             ("/", "http://other:1")
         );
+        let everything = Params {
+            allow_list: Some(true),
+            ..p(None, Some("http://other:1"), Some(false))
+        };
+        let allowed = imported(plain.clone(), "imp", &everything).unwrap();
+        let (_, route) = super::compile(&allowed).unwrap();
+        let endpoints = route.endpoints.unwrap();
+        assert!(endpoints.decide("GET", "/pets").is_ok());
+        assert!(
+            endpoints.decide("DELETE", "/pets").is_err(),
+            "only the document's operations"
+        );
         plain.as_object_mut().unwrap().remove("servers");
         assert_eq!(
-            imported(plain, "imp", None, None, None).unwrap_err().field,
+            imported(plain, "imp", &p(None, None, None))
+                .unwrap_err()
+                .field,
             "upstreamURL"
         );
     }
