@@ -525,7 +525,7 @@ function gatewayPage(main, apiId) {
     for (const [path, item] of Object.entries(doc.paths || {})) {
       for (const [method, op] of Object.entries(item || {})) {
         if (!['get', 'put', 'post', 'delete', 'patch', 'head', 'options', 'trace'].includes(method)) continue;
-        const on = Object.entries(ops[op.operationId] || {}).filter(([, v]) => v && v.enabled).map(([k]) => k);
+        const on = Object.entries(ops[op.operationId] || {}).filter(([, v]) => v?.enabled).map(([k]) => k);
         rows.push(h('tr', { 'data-operation': op.operationId || `${method} ${path}` },
           h('td', {}, h('span', { class: `method ${method}` }, method), ' ', h('code', {}, path)),
           h('td', {}, op.operationId || '—', h('div', { class: 'muted' }, op.summary || '')),
