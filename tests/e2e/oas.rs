@@ -335,6 +335,19 @@ async fn an_openapi_document_is_the_api_stored_served_and_given_back() {
         .expect("orders reported");
     assert!(orders.openapi.is_empty());
 
+    // The extension's schema as this gateway serves it; 404 for OAS 4.
+    let published = admin.get_ok("/tyk/schema").await;
+    assert_eq!(published["status"], "Success");
+    assert!(
+        published["schema"]["properties"]["middleware"].is_object(),
+        "{published}"
+    );
+    let (status, body) = admin.get("/tyk/schema?oasVersion=4").await;
+    assert_eq!(
+        (status, body["message"].as_str()),
+        (404, Some("Schema not found for version \"4\""))
+    );
+
     // Deleted through either endpoint family.
     admin.delete_ok("/tyk/apis/oas/petstore").await;
     let (status, _) = admin.get("/tyk/apis/oas/petstore").await;

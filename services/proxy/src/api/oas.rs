@@ -32,6 +32,34 @@ pub fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(export_one))
         .routes(routes!(export_all))
         .routes(routes!(import_oas))
+        .routes(routes!(schema))
+}
+
+/// `?oasVersion=`.
+#[derive(Debug, Default, Deserialize)]
+struct SchemaQuery {
+    #[serde(default, rename = "oasVersion")]
+    oas_version: Option<String>,
+}
+
+/// The JSON Schema of `x-tyk-api-gateway` as this gateway serves it (the
+/// fields it reads; any other is refused), for OpenAPI 3.0 and 3.1
+/// documents; 404 for another version, as Tyk answers.
+#[utoipa::path(get, path = "/tyk/schema", tag = "apis", security(("tyk_secret" = [])),
+    params(("oasVersion" = Option<String>, Query, description = "3.0.x or 3.1.x (default: 3.0)")),
+    responses((status = 200, body = Object, description = "{status, message, schema}"),
+        (status = 404, body = Object, description = "No schema for that OpenAPI version")))]
+async fn schema(TykQuery(q): TykQuery<SchemaQuery>) -> Response {
+    let version = q.oas_version.unwrap_or_default();
+    if !(version.is_empty() || version.starts_with("3.0") || version.starts_with("3.1")) {
+        let body = serde_json::json!({"status": "Failed",
+            "message": format!("Schema not found for version {version:?}")});
+        return (axum::http::StatusCode::NOT_FOUND, axum::Json(body)).into_response();
+    }
+    let schema: Value =
+        serde_json::from_str(oas::EXTENSION_SCHEMA).expect("the published schema is JSON");
+    axum::Json(serde_json::json!({"status": "Success", "message": "", "schema": schema}))
+        .into_response()
 }
 
 /// `?mode=public`: without the extension.

@@ -37,6 +37,10 @@ use super::routes::Route;
 /// The extension's name.
 pub const EXTENSION: &str = "x-tyk-api-gateway";
 
+/// The JSON Schema of the extension as the gateway serves it (what `GET
+/// /tyk/schema` answers): the fields read here, nothing else.
+pub const EXTENSION_SCHEMA: &str = include_str!("x-tyk-api-gateway.schema.json");
+
 type Object = Map<String, Value>;
 
 /// Refuses a key of `obj` not in `served` (vendor extensions pass).
@@ -1013,6 +1017,32 @@ mod tests {
                 .unwrap_err()
                 .field,
             "upstreamURL"
+        );
+    }
+
+    #[test]
+    fn the_published_schema_describes_what_is_served() {
+        let schema: Value = serde_json::from_str(EXTENSION_SCHEMA).unwrap();
+        let v = jsonschema::draft7::new(&schema).unwrap();
+        let doc = petstore();
+        assert!(
+            v.is_valid(&doc[EXTENSION]),
+            "{:?}",
+            v.validate(&doc[EXTENSION]).err()
+        );
+        let mut unserved = doc[EXTENSION].clone();
+        unserved["server"]["customDomain"] = json!({"enabled": true});
+        assert!(
+            !v.is_valid(&unserved),
+            "what the gateway refuses, the schema refuses"
+        );
+        assert!(
+            to_classic(&{
+                let mut d = doc.clone();
+                d[EXTENSION] = unserved;
+                d
+            })
+            .is_err()
         );
     }
 
