@@ -62,6 +62,23 @@ fn petstore(upstream: &str) -> Value {
     })
 }
 
+/// A key for the Petstore, from key-issuer, once every replica serves
+/// what was stored.
+async fn petstore_key(keys: &Tyk, admin: &Tyk) -> String {
+    let key = keys
+        .post_ok(
+            "/tyk/keys",
+            &json!({"access_rights": {"petstore": {"api_id": "petstore", "versions": ["Default"]}}}),
+        )
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = admin.get("/tyk/reload?block=true").await;
+    assert_eq!(status, 200);
+    key
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_openapi_document_is_the_api_stored_served_and_given_back() {
     let nats = Nats::start().await;
@@ -90,17 +107,7 @@ async fn an_openapi_document_is_the_api_stored_served_and_given_back() {
     assert_eq!(classic["auth"]["auth_header_name"], "X-Api-Key");
 
     // Served: the document's API key in its header, the headers injected.
-    let key = keys
-        .post_ok(
-            "/tyk/keys",
-            &json!({"access_rights": {"petstore": {"api_id": "petstore", "versions": ["Default"]}}}),
-        )
-        .await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (status, _) = admin.get("/tyk/reload?block=true").await;
-    assert_eq!(status, 200);
+    let key = petstore_key(&keys, &admin).await;
     let call = |path: &str, key: Option<&str>| {
         let mut req = http
             .get(format!("{}/petstore{path}", proxy.gateway))
@@ -388,17 +395,7 @@ async fn operations_are_allowed_blocked_opened_and_mocked_by_operation_id() {
             "headers": [{"name": "X-Mocked", "value": "yes"}]}}
     }});
     admin.post_ok("/tyk/apis/oas", &blocked).await;
-    let key = Tyk::new(&ki.url)
-        .post_ok(
-            "/tyk/keys",
-            &json!({"access_rights": {"petstore": {"api_id": "petstore", "versions": ["Default"]}}}),
-        )
-        .await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (status, _) = admin.get("/tyk/reload?block=true").await;
-    assert_eq!(status, 200);
+    let key = petstore_key(&Tyk::new(&ki.url), &admin).await;
 
     for gateway in [&fast.gateway, &hyper_only.gateway] {
         let send = |method: reqwest::Method, path: &str, key: Option<&str>| {
@@ -522,10 +519,12 @@ async fn requests_are_validated_against_the_operations_schemas() {
             );
             assert!(message.contains(expected), "{message}");
         }
-        let res = post("x".repeat(2 * 1024 * 1024), "application/json")
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 413);
+        // Over the cap: 413 and the connection closed; a client still
+        // writing when the gateway closes sees its write cut instead.
+        match post("x".repeat(2 * 1024 * 1024), "application/json").await {
+            Ok(res) => assert_eq!(res.status(), 413),
+            Err(e) => assert!(e.is_request(), "{gateway}: {e}"),
+        }
         // Parameters, with the operation's own error code.
         let res = http
             .get(format!("{gateway}/petstore/pets?limit=1000"))

@@ -79,6 +79,22 @@ impl Gateway {
         .await
     }
 
+    /// The API owner's approval on replica `i` (`authorize-client` with the
+    /// Gateway API secret); its answer, which must be a 200.
+    async fn approve(&self, i: usize, form: &[(&str, &str)]) -> Value {
+        let (status, body) = self
+            .form(
+                i,
+                "/pets/tyk/oauth/authorize-client/",
+                None,
+                form,
+                Some(GATEWAY_SECRET),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
     /// `GET /pets/items` on replica `i` with `authorization`.
     async fn call(&self, i: usize, authorization: Option<&str>) -> (u16, Value) {
         let mut req = self.http.get(format!("{}/pets/items", self.planes[i]));
@@ -305,16 +321,7 @@ async fn every_grant_issues_tokens_that_work_everywhere_until_revoked() {
             Some("Attempted administrative access with invalid or missing key!")
         )
     );
-    let (status, body) = gw
-        .form(
-            1,
-            "/pets/tyk/oauth/authorize-client/",
-            None,
-            &approve,
-            Some(GATEWAY_SECRET),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let body = gw.approve(1, &approve).await;
     let code = body["code"].as_str().unwrap().to_owned();
     assert_eq!(body["state"], "s1");
     assert_eq!(
@@ -335,17 +342,10 @@ async fn every_grant_issues_tokens_that_work_everywhere_until_revoked() {
         "a code is used once"
     );
     // Two replicas asked to exchange one code at once: one token.
-    let (status, body) = gw
-        .form(
-            0,
-            "/pets/tyk/oauth/authorize-client/",
-            None,
-            &approve,
-            Some(GATEWAY_SECRET),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let raced = body["code"].as_str().unwrap().to_owned();
+    let raced = gw.approve(0, &approve).await["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let twice = [
         ("grant_type", "authorization_code"),
         ("code", raced.as_str()),
@@ -435,16 +435,7 @@ async fn every_grant_issues_tokens_that_work_everywhere_until_revoked() {
         ("client_id", client.0.as_str()),
         ("state", "s2"),
     ];
-    let (status, body) = gw
-        .form(
-            0,
-            "/pets/tyk/oauth/authorize-client/",
-            None,
-            &implicit,
-            Some(GATEWAY_SECRET),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let body = gw.approve(0, &implicit).await;
     let it = body["access_token"].as_str().unwrap().to_owned();
     assert_eq!(
         body["redirect_to"],

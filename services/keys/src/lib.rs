@@ -45,6 +45,17 @@ pub fn hash_secret(secret: &str) -> String {
     out
 }
 
+/// Whether `secret` hashes to `stored_hex` (a [`hash_secret`]), compared
+/// in constant time.
+pub fn secret_matches(secret: &str, stored_hex: &str) -> bool {
+    same_bytes(hash_secret(secret).as_bytes(), stored_hex.as_bytes())
+}
+
+/// Two byte strings compared in constant time (for their length).
+pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Whether `s` looks like a hash from [`hash_secret`].
 pub fn is_hash(s: &str) -> bool {
     s.len() == 64

@@ -543,7 +543,7 @@ async fn revoke_all(
         .client(&form.client_id)
         .map(|c| c.value.secret_hash.clone())
         .ok_or_else(|| TykError::not_found(MISSING))?;
-    if !matches_hash(&form.client_secret, &secret_hash) {
+    if !meridian_keys::secret_matches(&form.client_secret, &secret_hash) {
         return Err(TykError::new(
             meridian_kit::error::ErrorCode::Unauthenticated,
             "client secret is invalid",
@@ -557,17 +557,6 @@ async fn revoke_all(
     s.append(&event).await?;
     tracing::info!(client = %form.client_id, "every OAuth token of the client revoked");
     Ok(ok("tokens revoked successfully"))
-}
-
-/// Compares a secret with a stored hash in constant time.
-fn matches_hash(secret: &str, stored_hex: &str) -> bool {
-    let computed = hash_secret(secret);
-    computed.len() == stored_hex.len()
-        && computed
-            .bytes()
-            .zip(stored_hex.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
 }
 
 /// `?scope=`.

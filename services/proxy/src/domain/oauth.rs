@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use meridian_keys::{KeysState, hash_secret};
+use meridian_keys::{KeysState, hash_secret, same_bytes, secret_matches};
 use serde_json::{Map, Value};
 
 use super::Invalid;
@@ -390,17 +390,6 @@ fn decode_base64(s: &str) -> Option<Vec<u8>> {
         .ok()
 }
 
-/// Compares a secret with a stored SHA-256 (hex) in constant time.
-pub fn secret_matches(secret: &str, stored_hex: &str) -> bool {
-    let computed = hash_secret(secret);
-    computed.len() == stored_hex.len()
-        && computed
-            .bytes()
-            .zip(stored_hex.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
-}
-
 /// A client of the API, checked as osin checks it: it exists and belongs
 /// to the API, and it has a redirect URI. `secret`: checked when given.
 fn client_of<'a>(
@@ -548,14 +537,7 @@ fn password_matches(session_other: &Map<String, Value>, password: &str) -> bool 
     }
     match data.get("hash_type").and_then(Value::as_str).unwrap_or("") {
         "bcrypt" => bcrypt::verify(password, stored).unwrap_or(false),
-        "" | "plaintext" => {
-            stored.len() == password.len()
-                && stored
-                    .bytes()
-                    .zip(password.bytes())
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0
-        }
+        "" | "plaintext" => same_bytes(stored.as_bytes(), password.as_bytes()),
         _ => false,
     }
 }
