@@ -13,17 +13,17 @@ use super::fastpath::{api, comparable, host_port, reload};
 
 /// What every test here starts: NATS, an upstream, key-issuer, a replica
 /// with the fast path and one without, and the first's admin API.
-struct Engines {
-    nats: Nats,
-    up: Upstream,
-    ki: meridian_tests::Running,
-    fast: meridian_tests::tyk::Proxy,
-    hyper_only: meridian_tests::tyk::Proxy,
-    admin: Tyk,
+pub(super) struct Engines {
+    pub(super) nats: Nats,
+    pub(super) up: Upstream,
+    pub(super) ki: meridian_tests::Running,
+    pub(super) fast: meridian_tests::tyk::Proxy,
+    pub(super) hyper_only: meridian_tests::tyk::Proxy,
+    pub(super) admin: Tyk,
 }
 
 impl Engines {
-    async fn start() -> Self {
+    pub(super) async fn start() -> Self {
         let nats = Nats::start().await;
         let up = Upstream::start().await;
         let (ki, _) = start_key_issuer(&nats, |_| {}).await;

@@ -364,12 +364,14 @@ async fn an_openapi_document_is_the_api_stored_served_and_given_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_are_allowed_blocked_opened_and_mocked_by_operation_id() {
-    let nats = Nats::start().await;
-    let up = Upstream::start().await;
-    let (ki, _) = start_key_issuer(&nats, |_| {}).await;
-    let fast = start_proxy(&nats, |_| {}).await;
-    let hyper_only = start_proxy(&nats, |c| c.http1_fast_path = false).await;
-    let admin = Tyk::new(&fast.admin.url);
+    let super::middleware::Engines {
+        nats: _nats,
+        up,
+        ki,
+        fast,
+        hyper_only,
+        admin,
+    } = super::middleware::Engines::start().await;
     let http = reqwest::Client::new();
 
     // Only listPets (open to all) and showPetById (mocked from the

@@ -8,8 +8,7 @@
 use std::time::Duration;
 
 use meridian_keys::hash_secret;
-use meridian_tests::tyk::{GATEWAY_SECRET, Tyk, start_key_issuer, start_proxy};
-use meridian_tests::upstream::Upstream;
+use meridian_tests::tyk::{GATEWAY_SECRET, Tyk};
 use meridian_tests::*;
 use serde_json::{Value, json};
 
@@ -144,12 +143,14 @@ impl Gateway {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_grant_issues_tokens_that_work_everywhere_until_revoked() {
-    let nats = Nats::start().await;
-    let up = Upstream::start().await;
-    let (ki, _) = start_key_issuer(&nats, |_| {}).await;
-    let fast = start_proxy(&nats, |_| {}).await;
-    let hyper_only = start_proxy(&nats, |c| c.http1_fast_path = false).await;
-    let admin = Tyk::new(&fast.admin.url);
+    let super::middleware::Engines {
+        nats: _nats,
+        up,
+        ki,
+        fast,
+        hyper_only,
+        admin,
+    } = super::middleware::Engines::start().await;
     let keys = Tyk::new(&ki.url);
     let api = json!({"api_id": "pets", "name": "Pets", "org_id": "acme", "use_oauth2": true,
         "oauth_meta": {"allowed_access_types": ["authorization_code", "refresh_token",

@@ -84,7 +84,9 @@ fn boolean(obj: &Object, at: &str, key: &str) -> Result<bool, Invalid> {
     }
 }
 
-fn strings(obj: &Object, at: &str, key: &str) -> Result<Vec<String>, Invalid> {
+/// `obj.key` as a list of strings (absent or `null`: none), or the 400
+/// naming `at.key`.
+pub(super) fn strings(obj: &Object, at: &str, key: &str) -> Result<Vec<String>, Invalid> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(items)) => items

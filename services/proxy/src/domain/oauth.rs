@@ -76,19 +76,9 @@ impl OAuth {
 }
 
 fn strings(meta: Option<&Map<String, Value>>, name: &str) -> Result<Vec<String>, Invalid> {
-    let field = format!("oauth_meta.{name}");
-    match meta.and_then(|m| m.get(name)) {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|v| {
-                v.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| Invalid::new(&field, "must be a list of strings"))
-            })
-            .collect(),
-        Some(_) => Err(Invalid::new(field, "must be a list of strings")),
-    }
+    meta.map_or(Ok(Vec::new()), |m| {
+        super::oas::strings(m, "oauth_meta", name)
+    })
 }
 
 /// The OAuth settings of a definition with `use_oauth2` (`None` without),

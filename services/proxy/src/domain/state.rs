@@ -54,51 +54,46 @@ impl ApisState {
         if seq <= self.position {
             return Ok(());
         }
-        match event {
-            ApisEvent::ApiSaved {
-                api_id, definition, ..
-            } => {
-                let corrupt = |reason: String| CorruptDefinition {
-                    api_id: api_id.clone(),
+        // A save, read as the definition served, its route and (Tyk OAS)
+        // the document; `None` for a deletion.
+        let saved = match event {
+            ApisEvent::ApiSaved { definition, .. } => Some(
+                serde_json::from_str::<ApiDefinition>(definition)
+                    .map_err(|e| e.to_string())
+                    .and_then(|def| {
+                        let route = compile(&def).map_err(|e| e.to_string())?;
+                        Ok((def, route, None))
+                    }),
+            ),
+            ApisEvent::OasSaved { document, .. } => Some(
+                serde_json::from_str::<serde_json::Value>(document)
+                    .map_err(|e| e.to_string())
+                    .and_then(|doc| {
+                        let (def, route) = super::oas::compile(&doc).map_err(|e| e.to_string())?;
+                        Ok((def, route, Some(Arc::new(doc))))
+                    }),
+            ),
+            ApisEvent::ApiDeleted { .. } => None,
+        };
+        let api_id = event.api_id();
+        match saved {
+            Some(read) => {
+                let (def, route, document) = read.map_err(|reason| CorruptDefinition {
+                    api_id: api_id.to_owned(),
                     seq,
                     reason,
-                };
-                let def: ApiDefinition =
-                    serde_json::from_str(definition).map_err(|e| corrupt(e.to_string()))?;
-                let route = Arc::new(compile(&def).map_err(|e| corrupt(e.to_string()))?);
+                })?;
                 self.apis.insert(
-                    api_id.clone(),
+                    api_id.to_owned(),
                     StoredApi {
                         definition: Arc::new(def),
                         seq,
-                        route,
-                        document: None,
+                        route: Arc::new(route),
+                        document,
                     },
                 );
             }
-            ApisEvent::OasSaved {
-                api_id, document, ..
-            } => {
-                let corrupt = |reason: String| CorruptDefinition {
-                    api_id: api_id.clone(),
-                    seq,
-                    reason,
-                };
-                let doc: serde_json::Value =
-                    serde_json::from_str(document).map_err(|e| corrupt(e.to_string()))?;
-                let (def, route) = super::oas::compile(&doc).map_err(|e| corrupt(e.to_string()))?;
-                let route = Arc::new(route);
-                self.apis.insert(
-                    api_id.clone(),
-                    StoredApi {
-                        definition: Arc::new(def),
-                        seq,
-                        route,
-                        document: Some(Arc::new(doc)),
-                    },
-                );
-            }
-            ApisEvent::ApiDeleted { api_id, .. } => {
+            None => {
                 self.apis.remove(api_id);
             }
         }
